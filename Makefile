@@ -1,0 +1,38 @@
+# Every target creates .venv from requirements.lock when it is missing, so a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest lock fidelity-venv clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m connector.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -n 2 -p no:cacheprovider
+
+test: lint typecheck pytest
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	echo '# Pinned dependency set used by make (pip install -c requirements.lock). Regenerate with `make lock`.' > requirements.lock
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' >> requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .venv-fidelity build dist *.egg-info

@@ -1,0 +1,216 @@
+"""One exception tree, split by who must act.
+
+::
+
+    ConnectorError                  root; never raised directly
+    ├── ContractError               manifest, schemas and hooks disagree (a bug in this repository or a pack)
+    │   └── PluginError             a pack could not be loaded, or overrides a built-in without declaring it
+    ├── InputError                  the caller's inputs are wrong; every problem listed with its JSON path
+    ├── ConnectionConfigError       the connection settings are wrong or incomplete
+    │   └── AuthenticationError     the identity platform refused to issue a token
+    ├── DataverseApiError           Dataverse answered with an error (status, code, request id, Retry-After)
+    │   ├── RetriableApiError       throttled or transient: the request was not executed and may be sent again
+    │   ├── FatalApiError           the request is wrong for Dataverse: sending it again gives the same answer
+    │   │   └── NotFoundError       the row (or resource) named by id or key does not exist
+    │   └── OutcomeUnknownError     a non-idempotent request may or may not have been applied
+    └── WebhookError                a webhook delivery could not be accepted
+        ├── WebhookVerificationError
+        └── WebhookPayloadError
+
+Every error carries a user-facing ``message`` that says what to do, and ``to_dict()`` for JSON output. The CLI maps the
+branches to exit codes: input 2, connection/auth 3, Dataverse API 4, anything else 1. No error ever carries a secret:
+messages are built from field names and server answers, never from configuration values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectionConfigError",
+    "ConnectorError",
+    "ContractError",
+    "DataverseApiError",
+    "FatalApiError",
+    "InputError",
+    "InputProblem",
+    "NotFoundError",
+    "OutcomeUnknownError",
+    "PluginError",
+    "RetriableApiError",
+    "WebhookError",
+    "WebhookPayloadError",
+    "WebhookVerificationError",
+]
+
+
+class ConnectorError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 1
+    kind = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape the CLI prints on stderr and a runtime may store with a failed run."""
+        return {"error": self.kind, "type": type(self).__name__, "message": self.message}
+
+
+class ContractError(ConnectorError):
+    """Raised at start-up when the manifest, the schemas and the hook implementations disagree."""
+
+    kind = "contract"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the connector contract is broken ({len(self.problems)} problem(s)):\n{lines}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "problems": self.problems}
+
+
+class PluginError(ContractError):
+    """Raised when a pack cannot be loaded or overrides a built-in action without declaring it."""
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One thing wrong with the inputs: where (a JSON path such as ``$.fields.name``) and what is expected."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class InputError(ConnectorError):
+    """Raised before any write when the inputs fail their schema or the table's metadata; never retried."""
+
+    exit_code = 2
+    kind = "input"
+
+    def __init__(self, problems: list[InputProblem] | str, *, action_id: str | None = None) -> None:
+        if isinstance(problems, str):
+            problems = [InputProblem("$", problems)]
+        self.problems = list(problems)
+        self.action_id = action_id
+        where = f" for {action_id}" if action_id else ""
+        if len(self.problems) == 1:
+            text = f"invalid input{where}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            text = f"invalid input{where} ({len(self.problems)} problems):\n{lines}"
+        super().__init__(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "problems": [{"path": p.path, "message": p.message} for p in self.problems],
+        }
+
+
+class ConnectionConfigError(ConnectorError):
+    """Raised when the connection settings are missing, malformed or point at the wrong place."""
+
+    exit_code = 3
+    kind = "connection"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class AuthenticationError(ConnectionConfigError):
+    """Raised when the token endpoint refuses the credentials; ``code`` is the AADSTS code when there is one."""
+
+    kind = "auth"
+
+    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status_code = status_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "code": self.code, "status_code": self.status_code}
+
+
+class DataverseApiError(ConnectorError):
+    """Raised when Dataverse answers with an error; carries what support needs to find the request."""
+
+    exit_code = 4
+    kind = "dataverse"
+    retriable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.method = method
+        self.url = url
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "status_code": self.status_code,
+            "code": self.code,
+            "request_id": self.request_id,
+            "retry_after": self.retry_after,
+            "retriable": self.retriable,
+        }
+
+
+class RetriableApiError(DataverseApiError):
+    """Raised when a throttled or transient failure outlived the retry budget; the request was not executed."""
+
+    retriable = True
+
+
+class FatalApiError(DataverseApiError):
+    """Raised for a 4xx, or a 5xx carrying a Dataverse error code: sending it again would fail the same way."""
+
+
+class NotFoundError(FatalApiError):
+    """Raised when the row or resource named by an id or an alternate key does not exist."""
+
+
+class OutcomeUnknownError(DataverseApiError):
+    """Raised when a non-idempotent request failed in transit: it may or may not have been applied."""
+
+
+class WebhookError(ConnectorError):
+    """Raised when a webhook delivery cannot be accepted."""
+
+    kind = "webhook"
+
+
+class WebhookVerificationError(WebhookError):
+    """Raised when a delivery's shared key, header or query-string secret does not match."""
+
+
+class WebhookPayloadError(WebhookError):
+    """Raised when a delivery's body is not a RemoteExecutionContext we can normalise."""

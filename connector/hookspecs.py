@@ -1,0 +1,82 @@
+# mypy: disable-error-code="empty-body"
+"""The hook contract between the runtime and the plugins that implement actions, triggers and data sources.
+
+Every action in the manifest has one ``firstresult`` hookspec of the same name taking ``(inputs, connection)``; the
+runtime never calls those directly but through ``execute_action``, whose built-in implementation dispatches by id, so a
+plugin that wraps ``execute_action`` (``@hookimpl(wrapper=True)``) sees every action call. Triggers get three hooks per
+trigger id (``handle_<id>``, ``subscribe_<id>``, ``unsubscribe_<id>``); packs build theirs with
+:func:`make_trigger_specs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+    from connector.errors import InputProblem
+
+PROJECT = "d365_connector"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+ACTION_ARGNAMES = ("inputs", "connection")
+
+
+class ActionSpecs:
+    """One hookspec per built-in action; the hook name is the manifest action id."""
+
+    @hookspec(firstresult=True)
+    def get_current_user(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Who the connection acts as: WhoAmI, then the systemuser row."""
+
+    @hookspec(firstresult=True)
+    def test_connection(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Fetch a token and call WhoAmI; explain any failure with its fix instead of raising."""
+
+
+class RuntimeSpecs:
+    """Hooks the runtime calls; wrappers placed here apply to every action or data source."""
+
+    @hookspec(firstresult=True)
+    def execute_action(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Run one validated action; the built-in implementation dispatches to the hook named ``action_id``."""
+
+    @hookspec
+    def validate_inputs(
+        self, action_id: str, inputs: Mapping[str, Any], connection: Connection
+    ) -> list[InputProblem] | None:
+        """Phase-two validation against cached metadata (metadata GETs only, never writes); return the problems."""
+
+    @hookspec(firstresult=True)
+    def data_source(self, name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]]:
+        """Answer a builder data source (dropdown options: ``{"value": ..., "label": ...}``) declared in the manifest."""
+
+
+def make_trigger_specs(trigger_id: str) -> type:
+    """Build the three hookspecs of one trigger, so every trigger (built-in or from a pack) has the same shape."""
+
+    def handle(self: Any, request: Any, config: Mapping[str, Any]) -> Any:
+        """Verify, parse and normalise one delivery; pure function of the request."""
+
+    def subscribe(self: Any, config: Mapping[str, Any], connection: Connection, target_url: str) -> Any:
+        """Register the delivery endpoint with Dataverse; return the subscription to keep."""
+
+    def unsubscribe(self: Any, subscription: Mapping[str, Any], connection: Connection) -> Any:
+        """Remove what ``subscribe`` registered."""
+
+    namespace: dict[str, Any] = {}
+    for prefix, fn in (("handle", handle), ("subscribe", subscribe), ("unsubscribe", unsubscribe)):
+        name = f"{prefix}_{trigger_id}"
+        fn.__name__ = name
+        fn.__qualname__ = f"TriggerSpecs_{trigger_id}.{name}"  # pluggy strips ``self`` only for qualified names
+        namespace[name] = hookspec(firstresult=True)(fn)
+    return type(f"TriggerSpecs_{trigger_id}", (), namespace)
+
+
+def action_hook_names(specs: type = ActionSpecs) -> set[str]:
+    """The action ids a spec class declares (every public attribute is one hookspec)."""
+    return {name for name in vars(specs) if not name.startswith("_")}

@@ -1,0 +1,216 @@
+"""Loading ``manifest.json`` and ``schemas/``, and validating instances against them.
+
+The files live at the repository root (where builders and reviewers look for them) and are copied into
+``connector/_data/`` when the wheel is built. :func:`data_root` is the one place that knows both layouts, so a checkout
+(editable install) and an installed wheel read the same files through the same code.
+
+Every schema has an ``$id`` under :data:`SCHEMA_BASE`; ``$ref`` between files is resolved through one
+``referencing.Registry``. Validators are built once per schema and use the 2020-12 format checker, without which
+``format`` would be an annotation only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
+from referencing import Registry, Resource
+from referencing.exceptions import Unresolvable
+
+from connector.errors import InputProblem
+
+SCHEMA_BASE = "https://d365-connector.dev/schemas/"
+_FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
+
+
+def data_root() -> Traversable:
+    """Where ``manifest.json`` and ``schemas/`` are: inside the wheel, else the checkout this module runs from."""
+    packaged = resources.files("connector") / "_data"
+    if packaged.joinpath("manifest.json").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[1]
+
+
+def load_json(relpath: str, root: Traversable | None = None) -> Any:
+    """Read one JSON file below the data root (``manifest.json``, ``schemas/actions/x.input.json``)."""
+    node = root or data_root()
+    for part in relpath.split("/"):
+        node = node / part
+    return json.loads(node.read_text(encoding="utf-8"))
+
+
+def iter_schema_files(root: Traversable) -> Iterator[tuple[str, Traversable]]:
+    """Every ``*.json`` below ``root``, with its path relative to it (``actions/x.input.json``)."""
+
+    def walk(node: Traversable, prefix: str) -> Iterator[tuple[str, Traversable]]:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                yield from walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".json"):
+                yield f"{prefix}{child.name}", child
+
+    return walk(root, "")
+
+
+class SchemaStore:
+    """All schemas known to one runtime (built-in plus packs), with cached validators.
+
+    Packs register their own schema folders; their files must carry an ``$id`` of their own (they may ``$ref`` the
+    built-in ``common/defs.json`` by its absolute ``$id``).
+    """
+
+    def __init__(self) -> None:
+        self._schemas: dict[str, dict[str, Any]] = {}
+        self._registry: Registry[Any] = Registry()
+        self._validators: dict[str, Draft202012Validator] = {}
+
+    def add_folder(self, root: Traversable, base: str = SCHEMA_BASE) -> list[str]:
+        """Register every schema below ``root``; returns problems (unreadable JSON, missing or duplicate ``$id``)."""
+        problems: list[str] = []
+        for rel, node in iter_schema_files(root):
+            try:
+                schema = json.loads(node.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                problems.append(f"schema {rel}: not readable JSON ({exc})")
+                continue
+            expected = base + rel
+            sid = schema.get("$id") if isinstance(schema, dict) else None
+            if base == SCHEMA_BASE and sid != expected:
+                problems.append(f"schema {rel}: $id must be {expected!r}, found {sid!r}")
+                continue
+            if not isinstance(sid, str) or not sid:
+                problems.append(f"schema {rel}: has no $id")
+                continue
+            if sid in self._schemas:
+                problems.append(f"schema {rel}: $id {sid!r} is already registered")
+                continue
+            self.add(sid, schema)
+        return problems
+
+    def add(self, schema_id: str, schema: dict[str, Any]) -> None:
+        """Register one schema under its ``$id``."""
+        self._schemas[schema_id] = schema
+        self._registry = self._registry.with_resource(schema_id, Resource.from_contents(schema))
+        self._validators.clear()
+
+    def ids(self) -> list[str]:
+        return sorted(self._schemas)
+
+    def has(self, ref: str) -> bool:
+        return self.resolve_id(ref) in self._schemas
+
+    def get(self, ref: str) -> dict[str, Any]:
+        """A schema by ``$id`` or by path relative to ``schemas/`` (``actions/get_entity.input.json``)."""
+        sid = self.resolve_id(ref)
+        try:
+            return self._schemas[sid]
+        except KeyError:
+            raise KeyError(f"no schema {ref!r} is registered") from None
+
+    @staticmethod
+    def resolve_id(ref: str) -> str:
+        if "://" in ref or ref.startswith("urn:"):
+            return ref
+        return SCHEMA_BASE + ref.removeprefix("schemas/")
+
+    def check(self, ref: str) -> list[str]:
+        """Problems with one schema itself: not a valid 2020-12 schema, or a ``$ref`` that does not resolve."""
+        schema = self.get(ref)
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            return [f"schema {ref}: invalid JSON Schema: {exc.message}"]
+        errors: list[str] = []
+        resolver = self._registry.resolver(base_uri=self.resolve_id(ref))
+        for target in _refs(schema):
+            try:
+                resolver.lookup(target)
+            except Unresolvable:
+                errors.append(f"schema {ref}: $ref {target!r} does not resolve")
+        return errors
+
+    def validator(self, ref: str) -> Draft202012Validator:
+        sid = self.resolve_id(ref)
+        validator = self._validators.get(sid)
+        if validator is None:
+            validator = Draft202012Validator(self.get(sid), registry=self._registry, format_checker=_FORMAT_CHECKER)
+            self._validators[sid] = validator
+        return validator
+
+    def validate(self, instance: Any, ref: str) -> list[InputProblem]:
+        """Every problem at once, each with its JSON path and what is expected; secrets are never echoed."""
+        errors = sorted(self.validator(ref).iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
+        return [InputProblem(_json_path(e.absolute_path), _describe(e)) for e in errors]
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _json_path(path: Iterable[Any]) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    """A message that says what is expected; for ``writeOnly`` (secret) values the value itself is never shown."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    secret = bool(schema.get("writeOnly"))
+    title = schema.get("title")
+    hint = f" ({title})" if isinstance(title, str) and title else ""
+    v = error.validator
+    if v == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"required property {missing!r} is missing"
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        return f"{error.message}; allowed properties: {', '.join(allowed)}"
+    if secret:
+        return f"the secret value does not satisfy {v!r}{hint}; check the value you supplied"
+    if v == "pattern":
+        desc = schema.get("description") or f"pattern {schema.get('pattern')}"
+        return f"{error.instance!r} is not valid here: expected {desc}"
+    if v == "format":
+        return f"{error.instance!r} is not a valid {schema.get('format')}{hint}"
+    if v == "enum":
+        return f"{error.instance!r} is not one of {', '.join(repr(x) for x in schema.get('enum', []))}"
+    if v in ("oneOf", "anyOf"):
+        options = [s.get("title") or s.get("description") for s in schema.get(v, []) if isinstance(s, Mapping)]
+        named = [o for o in options if o]
+        suffix = f"; expected one of: {'; '.join(named)}" if named else ""
+        return f"{error.message}{suffix}"
+    return f"{error.message}{hint}"
+
+
+@lru_cache(maxsize=1)
+def builtin_store() -> SchemaStore:
+    """The store of the built-in schemas, read once per process."""
+    store = SchemaStore()
+    problems = store.add_folder(data_root() / "schemas")
+    if problems:
+        from connector.errors import ContractError
+
+        raise ContractError(problems)
+    return store
+
+
+def validate(instance: Any, ref: str) -> list[InputProblem]:
+    """Validate against a built-in schema given by path relative to ``schemas/``."""
+    return builtin_store().validate(instance, ref)
