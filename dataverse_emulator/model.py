@@ -1,0 +1,554 @@
+"""Preloaded table metadata: the standard tables the emulator knows, kept compact.
+
+Why a Python data module: the metadata drives SQLite DDL, payload validation, `_x_value` read-back, navigation
+property names for ``@odata.bind``, and the ``EntityDefinitions`` answers, so one source must feed all of them.
+Names (navigation properties, relationship schema names) follow Dataverse's system tables as documented; where the
+real name was not checked the value is marked ``guess`` in BEHAVIOURS.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+NS = uuid.UUID("5b0f1a2e-7d3c-4c55-9a8e-d365e0000001")
+
+
+def meta_id(*parts: str) -> str:
+    """A stable MetadataId derived from names, so ids survive restarts and match across processes."""
+    return str(uuid.uuid5(NS, "/".join(parts)))
+
+
+@dataclass
+class Attribute:
+    """One column. ``type`` is the AttributeTypeCode name (String, Integer, Lookup, ...)."""
+
+    name: str
+    type: str
+    max_length: int | None = None
+    targets: tuple[str, ...] = ()
+    options: dict[int, str] | None = None
+    required: str = "None"
+    valid_for_create: bool = True
+    valid_for_update: bool = True
+    date_only: bool = False
+    is_primary_id: bool = False
+    is_primary_name: bool = False
+    entity: str = ""
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.type in ("Lookup", "Customer", "Owner")
+
+    @property
+    def odata_type(self) -> str:
+        special = {
+            "Customer": "Lookup",
+            "Owner": "Lookup",
+            "State": "State",
+            "Status": "Status",
+            "Uniqueidentifier": "UniqueIdentifier",
+        }
+        return f"Microsoft.Dynamics.CRM.{special.get(self.type, self.type)}AttributeMetadata"
+
+    @property
+    def metadata_id(self) -> str:
+        return meta_id(self.entity, self.name)
+
+
+@dataclass
+class Relationship:
+    """A 1:N relationship as seen from both sides (ManyToOne on the referencing table)."""
+
+    schema_name: str
+    referenced_entity: str
+    referenced_attribute: str
+    referencing_entity: str
+    referencing_attribute: str
+    referencing_nav: str  # single-valued navigation property on the referencing table
+    referenced_nav: str  # collection-valued navigation property on the referenced table
+
+    @property
+    def metadata_id(self) -> str:
+        return meta_id("rel", self.schema_name)
+
+
+@dataclass
+class Key:
+    """An alternate key. Status moves Pending -> Active (or Failed) on the injected clock."""
+
+    schema_name: str
+    entity: str
+    attributes: list[str]
+    created_at: float
+    metadata_id: str
+    failed: bool = False
+    display_name: str | None = None
+
+
+@dataclass
+class Table:
+    """One table's metadata."""
+
+    logical_name: str
+    schema_name: str
+    entity_set: str
+    primary_id: str
+    primary_name: str | None
+    object_type_code: int
+    ownership: str = "UserOwned"
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+    display_name: str = ""
+    display_collection_name: str = ""
+
+    @property
+    def metadata_id(self) -> str:
+        return meta_id(self.logical_name)
+
+
+# --- option sets -------------------------------------------------------------------------------------------------
+
+ACTIVE_INACTIVE_STATE = {0: "Active", 1: "Inactive"}
+ACTIVE_INACTIVE_STATUS = {1: "Active", 2: "Inactive"}
+INDUSTRY = dict(
+    enumerate(
+        [
+            "Accounting",
+            "Agriculture and Non-petrol Natural Resource Extraction",
+            "Broadcasting Printing and Publishing",
+            "Brokers",
+            "Building Supply Retail",
+            "Business Services",
+            "Consulting",
+            "Consumer Services",
+            "Design, Direction and Creative Management",
+            "Distributors, Dispatchers and Processors",
+            "Doctor's Offices and Clinics",
+            "Durable Manufacturing",
+            "Eating and Drinking Places",
+            "Entertainment Retail",
+            "Equipment Rental and Leasing",
+            "Financial",
+            "Food and Tobacco Processing",
+            "Inbound Capital Intensive Processing",
+            "Inbound Repair and Services",
+            "Insurance",
+            "Legal Services",
+            "Non-Durable Merchandise Retail",
+            "Outbound Consumer Service",
+            "Petrochemical Extraction and Distribution",
+            "Service Retail",
+            "SIG Affiliations",
+            "Social Services",
+            "Special Outbound Trade Contractors",
+            "Specialty Realty",
+            "Transportation",
+            "Utility Creation and Distribution",
+            "Vehicle Retail",
+            "Wholesale",
+        ],
+        start=1,
+    )
+)
+CUSTOMER_TYPE = dict(
+    enumerate(
+        [
+            "Competitor",
+            "Consultant",
+            "Customer",
+            "Investor",
+            "Partner",
+            "Influencer",
+            "Press",
+            "Prospect",
+            "Reseller",
+            "Supplier",
+            "Vendor",
+            "Other",
+        ],
+        start=1,
+    )
+)
+LEAD_SOURCE = dict(
+    enumerate(
+        [
+            "Advertisement",
+            "Employee Referral",
+            "External Referral",
+            "Partner",
+            "Public Relations",
+            "Seminar",
+            "Trade Show",
+            "Web",
+            "Word of Mouth",
+            "Other",
+        ],
+        start=1,
+    )
+)
+
+# --- table definitions (compact: (name, type, extra)) -------------------------------------------------------------
+
+S = "String"
+M = "Memo"
+I = "Integer"  # noqa: E741
+MNY = "Money"
+B = "Boolean"
+DT = "DateTime"
+PL = "Picklist"
+DEC = "Decimal"
+DBL = "Double"
+UID = "Uniqueidentifier"
+
+_OWNED_TABLES = ("account", "contact", "lead", "opportunity", "incident", "list")
+
+_SPECS: dict[str, dict[str, object]] = {
+    "account": {
+        "schema": "Account",
+        "set": "accounts",
+        "otc": 1,
+        "name": "name",
+        "display": ("Account", "Accounts"),
+        "cols": [
+            ("name", S, {"max_length": 160, "required": "ApplicationRequired"}),
+            ("accountnumber", S, {"max_length": 20}),
+            ("telephone1", S, {"max_length": 50}),
+            ("fax", S, {"max_length": 50}),
+            ("emailaddress1", S, {"max_length": 100}),
+            ("websiteurl", S, {"max_length": 200}),
+            ("address1_line1", S, {"max_length": 250}),
+            ("address1_city", S, {"max_length": 80}),
+            ("address1_stateorprovince", S, {"max_length": 50}),
+            ("address1_postalcode", S, {"max_length": 20}),
+            ("address1_country", S, {"max_length": 80}),
+            ("description", M, {"max_length": 2000}),
+            ("revenue", MNY, {}),
+            ("creditlimit", MNY, {}),
+            ("numberofemployees", I, {}),
+            ("creditonhold", B, {}),
+            ("industrycode", PL, {"options": INDUSTRY}),
+            ("accountcategorycode", PL, {"options": {1: "Preferred Customer", 2: "Standard"}}),
+            ("customertypecode", PL, {"options": CUSTOMER_TYPE}),
+            ("primarycontactid", "Lookup", {"targets": ("contact",)}),
+            ("parentaccountid", "Lookup", {"targets": ("account",)}),
+        ],
+        "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
+    },
+    "contact": {
+        "schema": "Contact",
+        "set": "contacts",
+        "otc": 2,
+        "name": "fullname",
+        "display": ("Contact", "Contacts"),
+        "cols": [
+            ("fullname", S, {"max_length": 160, "valid_for_create": False, "valid_for_update": False}),
+            ("firstname", S, {"max_length": 50}),
+            ("lastname", S, {"max_length": 50, "required": "ApplicationRequired"}),
+            ("middlename", S, {"max_length": 50}),
+            ("emailaddress1", S, {"max_length": 100}),
+            ("telephone1", S, {"max_length": 50}),
+            ("mobilephone", S, {"max_length": 50}),
+            ("jobtitle", S, {"max_length": 100}),
+            ("address1_city", S, {"max_length": 80}),
+            ("description", M, {"max_length": 2000}),
+            ("birthdate", DT, {"date_only": True}),
+            ("annualincome", MNY, {}),
+            ("creditonhold", B, {}),
+            ("numberofchildren", I, {}),
+            ("gendercode", PL, {"options": {1: "Male", 2: "Female"}}),
+            ("parentcustomerid", "Customer", {"targets": ("account", "contact")}),
+        ],
+        "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
+    },
+    "lead": {
+        "schema": "Lead",
+        "set": "leads",
+        "otc": 4,
+        "name": "fullname",
+        "display": ("Lead", "Leads"),
+        "cols": [
+            ("fullname", S, {"max_length": 160, "valid_for_create": False, "valid_for_update": False}),
+            ("subject", S, {"max_length": 300}),
+            ("firstname", S, {"max_length": 50}),
+            ("lastname", S, {"max_length": 50, "required": "ApplicationRequired"}),
+            ("companyname", S, {"max_length": 100}),
+            ("emailaddress1", S, {"max_length": 100}),
+            ("telephone1", S, {"max_length": 50}),
+            ("description", M, {"max_length": 2000}),
+            ("estimatedamount", MNY, {}),
+            ("leadsourcecode", PL, {"options": LEAD_SOURCE}),
+            ("parentaccountid", "Lookup", {"targets": ("account",)}),
+            ("parentcontactid", "Lookup", {"targets": ("contact",)}),
+            ("customerid", "Customer", {"targets": ("account", "contact")}),
+        ],
+        "state": (
+            {0: "Open", 1: "Qualified", 2: "Disqualified"},
+            {
+                1: "New",
+                2: "Contacted",
+                3: "Qualified",
+                4: "Lost",
+                5: "Cannot Contact",
+                6: "No Longer Interested",
+                7: "Canceled",
+            },
+        ),
+    },
+    "opportunity": {
+        "schema": "Opportunity",
+        "set": "opportunities",
+        "otc": 3,
+        "name": "name",
+        "display": ("Opportunity", "Opportunities"),
+        "cols": [
+            ("name", S, {"max_length": 300, "required": "ApplicationRequired"}),
+            ("description", M, {"max_length": 2000}),
+            ("estimatedvalue", MNY, {}),
+            ("estimatedclosedate", DT, {"date_only": True}),
+            ("closeprobability", I, {}),
+            ("opportunityratingcode", PL, {"options": {1: "Hot", 2: "Warm", 3: "Cold"}}),
+            ("customerid", "Customer", {"targets": ("account", "contact")}),
+            ("parentaccountid", "Lookup", {"targets": ("account",)}),
+            ("parentcontactid", "Lookup", {"targets": ("contact",)}),
+        ],
+        "state": (
+            {0: "Open", 1: "Won", 2: "Lost"},
+            {1: "In Progress", 2: "On Hold", 3: "Won", 4: "Canceled", 5: "Out-Sold"},
+        ),
+    },
+    "incident": {
+        "schema": "Incident",
+        "set": "incidents",
+        "otc": 112,
+        "name": "title",
+        "display": ("Case", "Cases"),
+        "cols": [
+            ("title", S, {"max_length": 200, "required": "ApplicationRequired"}),
+            ("ticketnumber", S, {"max_length": 100}),
+            ("description", M, {"max_length": 2000}),
+            ("prioritycode", PL, {"options": {1: "High", 2: "Normal", 3: "Low"}}),
+            ("caseorigincode", PL, {"options": {1: "Phone", 2: "Email", 3: "Web", 2483: "Facebook", 3986: "Twitter"}}),
+            ("customerid", "Customer", {"targets": ("account", "contact"), "required": "SystemRequired"}),
+            ("primarycontactid", "Lookup", {"targets": ("contact",)}),
+        ],
+        "state": (
+            {0: "Active", 1: "Resolved", 2: "Cancelled"},
+            {
+                1: "In Progress",
+                2: "On Hold",
+                3: "Waiting for Details",
+                4: "Researching",
+                5: "Problem Solved",
+                1000: "Information Provided",
+                6: "Cancelled",
+                2000: "Merged",
+            },
+        ),
+    },
+    "systemuser": {
+        "schema": "SystemUser",
+        "set": "systemusers",
+        "otc": 8,
+        "name": "fullname",
+        "ownership": "BusinessOwned",
+        "display": ("User", "Users"),
+        "cols": [
+            ("fullname", S, {"max_length": 200, "valid_for_create": False, "valid_for_update": False}),
+            ("firstname", S, {"max_length": 64}),
+            ("lastname", S, {"max_length": 64}),
+            ("domainname", S, {"max_length": 1024}),
+            ("internalemailaddress", S, {"max_length": 100}),
+            ("azureactivedirectoryobjectid", UID, {}),
+            ("applicationid", UID, {}),
+            ("isdisabled", B, {}),
+            (
+                "accessmode",
+                PL,
+                {
+                    "options": {
+                        0: "Read-Write",
+                        1: "Administrative",
+                        2: "Read",
+                        3: "Support User",
+                        4: "Non-interactive",
+                        5: "Delegated Admin",
+                    }
+                },
+            ),
+            ("businessunitid", "Lookup", {"targets": ("businessunit",), "required": "SystemRequired"}),
+        ],
+    },
+    "businessunit": {
+        "schema": "BusinessUnit",
+        "set": "businessunits",
+        "otc": 10,
+        "name": "name",
+        "ownership": "BusinessOwned",
+        "display": ("Business Unit", "Business Units"),
+        "cols": [
+            ("name", S, {"max_length": 160, "required": "SystemRequired"}),
+            ("parentbusinessunitid", "Lookup", {"targets": ("businessunit",)}),
+        ],
+    },
+    "team": {
+        "schema": "Team",
+        "set": "teams",
+        "otc": 9,
+        "name": "name",
+        "ownership": "BusinessOwned",
+        "display": ("Team", "Teams"),
+        "cols": [
+            ("name", S, {"max_length": 160, "required": "SystemRequired"}),
+            ("teamtype", PL, {"options": {0: "Owner", 1: "Access", 2: "Security Group", 3: "Office Group"}}),
+            ("azureactivedirectoryobjectid", UID, {}),
+            ("businessunitid", "Lookup", {"targets": ("businessunit",), "required": "SystemRequired"}),
+        ],
+    },
+    "list": {
+        "schema": "List",
+        "set": "lists",
+        "otc": 4300,
+        "name": "listname",
+        "display": ("Marketing List", "Marketing Lists"),
+        "cols": [
+            ("listname", S, {"max_length": 128, "required": "SystemRequired"}),
+            ("type", B, {}),
+            ("createdfromcode", PL, {"options": {1: "Account", 2: "Contact", 4: "Lead"}}),
+            ("membercount", I, {}),
+            ("description", M, {"max_length": 2000}),
+            ("query", M, {"max_length": 1048576}),
+        ],
+        "state": ({0: "Active", 1: "Inactive"}, {0: "Active", 1: "Inactive"}),
+    },
+    "listmember": {
+        "schema": "ListMember",
+        "set": "listmembers",
+        "otc": 4301,
+        "name": None,
+        "ownership": "None",
+        "display": ("Marketing List Member", "Marketing List Members"),
+        "cols": [
+            ("listid", "Lookup", {"targets": ("list",)}),
+            ("entityid", "Lookup", {"targets": ("account", "contact", "lead")}),
+            ("entitytype", "EntityName", {}),
+        ],
+    },
+}
+
+# Relationship names for lookups with a documented or well-known system name; other lookups get a generated name.
+_KNOWN_RELATIONSHIPS = {
+    ("account", "primarycontactid", "contact"): ("account_primary_contact", "account_primary_contact"),
+    ("account", "parentaccountid", "account"): ("account_parent_account", "account_parent_account"),
+    ("contact", "parentcustomerid", "account"): ("contact_customer_accounts", "contact_customer_accounts"),
+    ("contact", "parentcustomerid", "contact"): ("contact_customer_contacts", "contact_customer_contacts"),
+    ("opportunity", "customerid", "account"): ("opportunity_customer_accounts", "opportunity_customer_accounts"),
+    ("opportunity", "customerid", "contact"): ("opportunity_customer_contacts", "opportunity_customer_contacts"),
+    ("opportunity", "parentaccountid", "account"): ("opportunity_parent_account", "opportunity_parent_account"),
+    ("opportunity", "parentcontactid", "contact"): ("opportunity_parent_contact", "opportunity_parent_contact"),
+    ("incident", "customerid", "account"): ("incident_customer_accounts", "incident_customer_accounts"),
+    ("incident", "customerid", "contact"): ("incident_customer_contacts", "incident_customer_contacts"),
+    ("incident", "primarycontactid", "contact"): ("contact_as_primary_contact", "contact_as_primary_contact"),
+    ("lead", "customerid", "account"): ("lead_customer_accounts", "lead_customer_accounts"),
+    ("lead", "customerid", "contact"): ("lead_customer_contacts", "lead_customer_contacts"),
+    ("lead", "parentaccountid", "account"): ("lead_parent_account", "lead_parent_account"),
+    ("lead", "parentcontactid", "contact"): ("lead_parent_contact", "lead_parent_contact"),
+    ("systemuser", "businessunitid", "businessunit"): ("business_unit_system_users", "business_unit_system_users"),
+    ("team", "businessunitid", "businessunit"): ("business_unit_teams", "business_unit_teams"),
+    ("businessunit", "parentbusinessunitid", "businessunit"): (
+        "business_unit_parent_business_unit",
+        "business_unit_parent_business_unit",
+    ),
+    ("listmember", "listid", "list"): ("listmember_list", "listmember_list"),
+}
+
+
+def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[str, str, dict[str, object]]]:
+    """Columns every table carries: audit, version, state and (for user-owned tables) ownership."""
+    cols: list[tuple[str, str, dict[str, object]]] = [
+        ("createdon", DT, {"valid_for_create": False, "valid_for_update": False}),
+        ("modifiedon", DT, {"valid_for_create": False, "valid_for_update": False}),
+        ("overriddencreatedon", DT, {"valid_for_update": False}),
+        ("versionnumber", "BigInt", {"valid_for_create": False, "valid_for_update": False}),
+        ("importsequencenumber", I, {"valid_for_update": False}),
+    ]
+    for col in ("createdby", "modifiedby", "createdonbehalfby", "modifiedonbehalfby"):
+        cols.append((col, "Lookup", {"targets": ("systemuser",), "valid_for_create": False, "valid_for_update": False}))
+    if ownership == "UserOwned":
+        cols += [
+            ("ownerid", "Owner", {"targets": ("systemuser", "team"), "required": "SystemRequired"}),
+            ("owninguser", "Lookup", {"targets": ("systemuser",), "valid_for_create": False, "valid_for_update": False}),
+            ("owningteam", "Lookup", {"targets": ("team",), "valid_for_create": False, "valid_for_update": False}),
+            (
+                "owningbusinessunit",
+                "Lookup",
+                {"targets": ("businessunit",), "valid_for_create": False, "valid_for_update": False},
+            ),
+        ]
+    if state:
+        st, su = state  # type: ignore[misc]
+        cols += [("statecode", "State", {"options": st}), ("statuscode", "Status", {"options": su})]
+    return cols
+
+
+def _relationship_for(table: str, attr: Attribute, target: str) -> Relationship:
+    """Name a 1:N relationship the way Dataverse names the system ones (owner_*, lk_*base_createdby, ...)."""
+    target_pk = TABLES_PK[target]
+    polymorphic = len(attr.targets) > 1 and attr.type != "Owner"
+    nav = f"{attr.name}_{target}" if polymorphic else attr.name
+    known = _KNOWN_RELATIONSHIPS.get((table, attr.name, target))
+    plural = _SPECS[table]["set"]
+    if known:
+        schema, coll = known
+    elif attr.type == "Owner":
+        schema, coll = f"owner_{plural}", f"owner_{plural}"
+        target_pk = "ownerid"
+        target = "owner"
+    elif attr.name in ("createdby", "modifiedby", "createdonbehalfby", "modifiedonbehalfby"):
+        schema = f"lk_{table}base_{attr.name}"
+        coll = schema
+    elif attr.name == "owninguser":
+        schema = coll = f"user_{plural}"
+    elif attr.name == "owningteam":
+        schema = coll = f"team_{plural}"
+    elif attr.name == "owningbusinessunit":
+        schema = coll = f"business_unit_{plural}"
+    else:
+        schema = coll = f"{table}_{attr.name}_{target}"
+    return Relationship(schema, target, target_pk, table, attr.name, nav, coll)
+
+
+TABLES_PK = {name: f"{name}id" for name in _SPECS}
+
+
+def build_tables() -> tuple[dict[str, Table], list[Relationship]]:
+    """Materialise the compact specs into Table/Attribute/Relationship objects."""
+    tables: dict[str, Table] = {}
+    for logical, spec in _SPECS.items():
+        ownership = str(spec.get("ownership", "UserOwned"))
+        display = spec["display"]
+        t = Table(
+            logical_name=logical,
+            schema_name=str(spec["schema"]),
+            entity_set=str(spec["set"]),
+            primary_id=f"{logical}id",
+            primary_name=spec["name"],  # type: ignore[arg-type]
+            object_type_code=int(spec["otc"]),  # type: ignore[call-overload]
+            ownership=ownership,
+            display_name=display[0],  # type: ignore[index]
+            display_collection_name=display[1],  # type: ignore[index]
+        )
+        pk = Attribute(t.primary_id, UID, is_primary_id=True, valid_for_update=False, entity=logical)
+        t.attributes[pk.name] = pk
+        for name, typ, extra in list(spec["cols"]) + _system_columns(logical, ownership, spec.get("state")):  # type: ignore[call-overload]
+            a = Attribute(name, typ, entity=logical, **extra)
+            a.is_primary_name = name == t.primary_name
+            t.attributes[name] = a
+        tables[logical] = t
+    rels: list[Relationship] = []
+    for t in tables.values():
+        for a in t.attributes.values():
+            if a.is_lookup:
+                targets = a.targets[:1] if a.type == "Owner" else a.targets
+                for target in targets:
+                    rels.append(_relationship_for(t.logical_name, a, target))
+    return tables, rels

@@ -1,0 +1,246 @@
+"""SQLite storage: one real table per Dataverse table, one real column per attribute.
+
+Why real columns: filters and ordering compile to SQL, so they run at SQLite speed and with its semantics; strings use
+``COLLATE NOCASE`` because Dataverse compares strings case-insensitively; datetimes are stored as canonical UTC text
+(``YYYY-MM-DDTHH:MM:SSZ``) so text comparison equals time comparison. Lookups are two columns: the GUID and the target
+table (polymorphic lookups need it to answer ``lookuplogicalname``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .model import Attribute, Key, Relationship, Table
+
+SQL_TYPES = {
+    "String": "TEXT COLLATE NOCASE",
+    "Memo": "TEXT COLLATE NOCASE",
+    "EntityName": "TEXT COLLATE NOCASE",
+    "Uniqueidentifier": "TEXT COLLATE NOCASE",
+    "Integer": "INTEGER",
+    "BigInt": "INTEGER",
+    "Picklist": "INTEGER",
+    "State": "INTEGER",
+    "Status": "INTEGER",
+    "Boolean": "INTEGER",
+    "Money": "REAL",
+    "Decimal": "REAL",
+    "Double": "REAL",
+    "DateTime": "TEXT",
+}
+
+
+def q(name: str) -> str:
+    """Quote an identifier for SQLite (names come from metadata, never from users, but quote anyway)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def type_col(attr: str) -> str:
+    """The companion column holding a lookup's target table."""
+    return f"{attr}__type"
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE | re.DOTALL)
+
+
+def _dv_match(pattern: str | None, value: str | None) -> int | None:
+    """SQLite function behind contains/startswith/endswith: ``pattern`` is a regex from odata.wildcard_to_regex."""
+    if value is None or pattern is None:
+        return None
+    return 1 if _compiled(pattern).fullmatch(value) else 0
+
+
+class Store:
+    """The emulator's data: rows in SQLite, alternate keys and a global row-version counter."""
+
+    def __init__(
+        self,
+        tables: dict[str, Table],
+        relationships: list[Relationship],
+        db_path: str | None,
+        clock: Callable[[], float],
+        key_activation_s: float,
+    ) -> None:
+        self.tables = tables
+        self.relationships = relationships
+        self.clock = clock
+        self.key_activation_s = key_activation_s
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(db_path or ":memory:", check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL" if db_path else "PRAGMA journal_mode=MEMORY")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.create_function("dv_match", 2, _dv_match, deterministic=True)
+        self.keys: dict[str, list[Key]] = {}
+        self._create_schema()
+
+    # -- schema -----------------------------------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS _emulator_meta (k TEXT PRIMARY KEY, v TEXT)")
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS _emulator_keys (metadataid TEXT PRIMARY KEY, entity TEXT, schemaname TEXT,"
+            " attributes TEXT, created REAL, failed INTEGER, displayname TEXT)"
+        )
+        for t in self.tables.values():
+            cols = []
+            for a in t.attributes.values():
+                if a.is_primary_id:
+                    cols.append(f"{q(a.name)} TEXT COLLATE NOCASE PRIMARY KEY")
+                elif a.is_lookup:
+                    cols.append(f"{q(a.name)} TEXT COLLATE NOCASE")
+                    cols.append(f"{q(type_col(a.name))} TEXT")
+                else:
+                    cols.append(f"{q(a.name)} {SQL_TYPES[a.type]}")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {q(t.logical_name)} ({', '.join(cols)})")
+            for a in t.attributes.values():
+                if a.is_lookup:
+                    c.execute(
+                        f"CREATE INDEX IF NOT EXISTS {q('ix_' + t.logical_name + '_' + a.name)} "
+                        f"ON {q(t.logical_name)} ({q(a.name)})"
+                    )
+        for mid, entity, schema, attrs, created, failed, display in c.execute("SELECT * FROM _emulator_keys"):
+            self.keys.setdefault(entity, []).append(
+                Key(schema, entity, json.loads(attrs), created, mid, bool(failed), display)
+            )
+
+    def next_version(self) -> int:
+        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``."""
+        row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k='version'").fetchone()
+        n = int(row[0]) + 1 if row else 1000
+        self.conn.execute("INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES ('version', ?)", (str(n),))
+        return n
+
+    def meta_get(self, k: str) -> str | None:
+        row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k=?", (k,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, k: str, v: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES (?, ?)", (k, v))
+
+    # -- rows -------------------------------------------------------------------------------------------------------
+
+    def get(self, table: str, rid: str) -> dict[str, Any] | None:
+        t = self.tables[table]
+        cur = self.conn.execute(f"SELECT * FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def exists(self, table: str, rid: str) -> bool:
+        t = self.tables[table]
+        return self.conn.execute(f"SELECT 1 FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,)).fetchone() is not None
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        cols = list(row)
+        sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+        self.conn.execute(sql, [row[c] for c in cols])
+
+    def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Bulk insert for the admin seed: one transaction, executemany per column set."""
+        n = 0
+        with self.lock:
+            self.conn.execute("BEGIN")
+            try:
+                groups: dict[tuple[str, ...], list[list[Any]]] = {}
+                for row in rows:
+                    cols = tuple(row)
+                    groups.setdefault(cols, []).append([row[c] for c in cols])
+                    n += 1
+                for cols, values in groups.items():
+                    sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+                    self.conn.executemany(sql, values)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return n
+
+    def update(self, table: str, rid: str, changes: dict[str, Any]) -> None:
+        if not changes:
+            return
+        t = self.tables[table]
+        sets = ", ".join(f"{q(c)} = ?" for c in changes)
+        self.conn.execute(f"UPDATE {q(table)} SET {sets} WHERE {q(t.primary_id)} = ?", [*changes.values(), rid])
+
+    def delete(self, table: str, rid: str) -> None:
+        t = self.tables[table]
+        self.conn.execute(f"DELETE FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
+
+    def find_ids(self, table: str, values: dict[str, Any], exclude: str | None = None) -> list[str]:
+        """Ids of rows whose columns equal ``values`` (used for alternate keys)."""
+        t = self.tables[table]
+        conds = [f"{q(c)} IS ?" for c in values]
+        params = list(values.values())
+        if exclude:
+            conds.append(f"{q(t.primary_id)} <> ?")
+            params.append(exclude)
+        sql = f"SELECT {q(t.primary_id)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+        return [r[0] for r in self.conn.execute(sql, params)]
+
+    def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def scalar(self, sql: str, params: list[Any]) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def reset(self) -> None:
+        """Drop all rows and keys (admin reset); metadata stays."""
+        with self.lock:
+            for t in self.tables:
+                self.conn.execute(f"DELETE FROM {q(t)}")
+            self.conn.execute("DELETE FROM _emulator_keys")
+            self.keys.clear()
+
+    # -- alternate keys ---------------------------------------------------------------------------------------------
+
+    def add_key(self, key: Key) -> None:
+        self.keys.setdefault(key.entity, []).append(key)
+        self.conn.execute(
+            "INSERT INTO _emulator_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.metadata_id,
+                key.entity,
+                key.schema_name,
+                json.dumps(key.attributes),
+                key.created_at,
+                int(key.failed),
+                key.display_name,
+            ),
+        )
+
+    def remove_key(self, key: Key) -> None:
+        self.keys[key.entity].remove(key)
+        self.conn.execute("DELETE FROM _emulator_keys WHERE metadataid = ?", (key.metadata_id,))
+
+    def has_duplicates(self, table: str, attrs: list[str]) -> bool:
+        cols = ", ".join(q(a) for a in attrs)
+        nn = " AND ".join(f"{q(a)} IS NOT NULL" for a in attrs)
+        sql = f"SELECT 1 FROM {q(table)} WHERE {nn} GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1"
+        return self.conn.execute(sql).fetchone() is not None
+
+    def key_status(self, key: Key) -> str:
+        """``Pending`` until ``key_activation_s`` has passed on the injected clock, then ``Active`` or ``Failed``."""
+        if key.failed:
+            return "Failed"
+        if self.clock() - key.created_at < self.key_activation_s:
+            return "Pending"
+        return "Active"
+
+    def active_keys(self, table: str) -> list[Key]:
+        return [k for k in self.keys.get(table, []) if self.key_status(k) == "Active"]
+
+    def attribute(self, table: str, name: str) -> Attribute | None:
+        return self.tables[table].attributes.get(name)
