@@ -53,7 +53,7 @@ class RuntimeSpecs:
 
     @hookspec(firstresult=True)
     def data_source(self, name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]]:
-        """Answer a builder data source (dropdown options: ``{"value": ..., "label": ...}``) declared in the manifest."""
+        """Answer a builder data source declared in the manifest: options as ``{"value": ..., "label": ...}``."""
 
 
 def make_trigger_specs(trigger_id: str) -> type:

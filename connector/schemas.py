@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
@@ -25,6 +25,9 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
 from connector.errors import InputProblem
+
+if TYPE_CHECKING:
+    from referencing._core import Resolver
 
 SCHEMA_BASE = "https://d365-connector.dev/schemas/"
 _FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
@@ -108,7 +111,7 @@ class SchemaStore:
 
     def get(self, ref: str) -> dict[str, Any]:
         """A schema by ``$id`` or by path relative to ``schemas/`` (``actions/get_entity.input.json``)."""
-        sid = self.resolve_id(ref)
+        sid = self.resolve_id(ref).partition("#")[0]
         try:
             return self._schemas[sid]
         except KeyError:
@@ -136,11 +139,16 @@ class SchemaStore:
                 errors.append(f"schema {ref}: $ref {target!r} does not resolve")
         return errors
 
+    def resolver(self, ref: str) -> Resolver[Any]:
+        """A ``$ref`` resolver based at one schema, for reading defaults behind references."""
+        return self._registry.resolver(base_uri=self.resolve_id(ref))
+
     def validator(self, ref: str) -> Draft202012Validator:
         sid = self.resolve_id(ref)
         validator = self._validators.get(sid)
         if validator is None:
-            validator = Draft202012Validator(self.get(sid), registry=self._registry, format_checker=_FORMAT_CHECKER)
+            schema = {"$ref": sid} if "#" in sid else self.get(sid)
+            validator = Draft202012Validator(schema, registry=self._registry, format_checker=_FORMAT_CHECKER)
             self._validators[sid] = validator
         return validator
 
@@ -170,9 +178,12 @@ def _json_path(path: Iterable[Any]) -> str:
 
 
 def _describe(error: ValidationError) -> str:
-    """A message that says what is expected; for ``writeOnly`` (secret) values the value itself is never shown."""
+    """A message that says what is expected.
+
+    Values are echoed only when they are scalars outside ``writeOnly`` (secret) properties: an object-level message
+    would otherwise print the whole object, secrets included.
+    """
     schema = error.schema if isinstance(error.schema, Mapping) else {}
-    secret = bool(schema.get("writeOnly"))
     title = schema.get("title")
     hint = f" ({title})" if isinstance(title, str) and title else ""
     v = error.validator
@@ -181,22 +192,57 @@ def _describe(error: ValidationError) -> str:
         return f"required property {missing!r} is missing"
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        return f"{error.message}; allowed properties: {', '.join(allowed)}"
-    if secret:
-        return f"the secret value does not satisfy {v!r}{hint}; check the value you supplied"
-    if v == "pattern":
-        desc = schema.get("description") or f"pattern {schema.get('pattern')}"
-        return f"{error.instance!r} is not valid here: expected {desc}"
-    if v == "format":
-        return f"{error.instance!r} is not a valid {schema.get('format')}{hint}"
-    if v == "enum":
-        return f"{error.instance!r} is not one of {', '.join(repr(x) for x in schema.get('enum', []))}"
+        extra = (
+            [k for k in error.instance if k not in schema.get("properties", {})]
+            if isinstance(error.instance, Mapping)
+            else []
+        )
+        return f"unexpected property {', '.join(map(repr, extra))}; allowed properties: {', '.join(allowed)}"
     if v in ("oneOf", "anyOf"):
         options = [s.get("title") or s.get("description") for s in schema.get(v, []) if isinstance(s, Mapping)]
-        named = [o for o in options if o]
-        suffix = f"; expected one of: {'; '.join(named)}" if named else ""
-        return f"{error.message}{suffix}"
-    return f"{error.message}{hint}"
+        named = [str(o) for o in options if o]
+        return f"must satisfy {'exactly one' if v == 'oneOf' else 'at least one'} of: {'; '.join(named) or v}{hint}"
+    if schema.get("writeOnly") or _secret_path(error):
+        return f"the secret does not satisfy {v!r}{hint}; check the value supplied"
+    shown = _show(error.instance)
+    if v == "pattern":
+        expected = schema.get("description") or f"pattern {schema.get('pattern')}"
+        return f"{shown} is not valid here: expected {expected}"
+    if v == "format":
+        return f"{shown} is not a valid {schema.get('format')}{hint}"
+    if v in ("enum", "const"):
+        allowed_values = schema.get("enum", [schema.get("const")])
+        return f"{shown} is not allowed; expected one of {', '.join(json.dumps(x) for x in allowed_values)}"
+    if v == "type":
+        return f"expected {schema.get('type')}, got {_json_type(error.instance)}{hint}"
+    message = error.message
+    if not isinstance(error.instance, (Mapping, list)):
+        return f"{message}{hint}"
+    return f"{message.replace(repr(error.instance), 'the value')}{hint}"
+
+
+def _secret_path(error: ValidationError) -> bool:
+    """True when the failing value sits under a schema marked ``writeOnly`` (e.g. inside a secret's oneOf branch)."""
+    parent = error.parent
+    while parent is not None:
+        if isinstance(parent.schema, Mapping) and parent.schema.get("writeOnly"):
+            return True
+        parent = parent.parent
+    return False
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (Mapping, list)):
+        return f"the {_json_type(value)}"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_type(value: Any) -> str:
+    for name, kind in (("null", type(None)), ("boolean", bool), ("integer", int), ("number", float), ("string", str)):
+        if isinstance(value, kind):
+            return name
+    return "array" if isinstance(value, list) else "object"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,304 @@
+"""``d365``: the local action-runner harness, and the composition root of the package.
+
+Output JSON goes to stdout and errors to stderr, with exit codes a script can branch on: 0 ok, 2 bad input, 3
+connection or auth, 4 Dataverse API error, 1 anything else. The emulator is imported lazily, only by ``d365 emulator``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from connector import __version__
+from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
+
+CONNECTION_ENV = "D365_CONNECTION"
+
+
+def _stdout() -> Console:
+    return Console(soft_wrap=True)
+
+
+def _fail(exc: ConnectorError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps(exc.to_dict()), err=True)
+    else:
+        click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _runtime() -> Any:
+    from connector.runtime import default_runtime
+
+    return default_runtime()
+
+
+def _print_json(data: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+    else:
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
+    """Read a connection file given by ``--connection`` or ``D365_CONNECTION``; problems are connection errors."""
+    if not path:
+        raise ConnectionConfigError(
+            f"no connection given: pass --connection FILE or set {CONNECTION_ENV} to a connection file",
+            field="connection",
+        )
+    file = Path(path).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConnectionConfigError(f"connection file {str(file)!r} does not exist", field="connection") from None
+    except (OSError, ValueError) as exc:
+        raise ConnectionConfigError(
+            f"connection file {str(file)!r} is not readable JSON ({type(exc).__name__}: line "
+            f"{getattr(exc, 'lineno', '?')}); fix the file",
+            field="connection",
+        ) from None
+    if not isinstance(data, dict):
+        raise ConnectionConfigError(f"connection file {str(file)!r} must hold a JSON object", field="connection")
+    return data, file.resolve().parent
+
+
+def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--set a.b=value`` pairs into nested inputs; a value that parses as JSON is taken as JSON, else as text."""
+    inputs: dict[str, Any] = {}
+    problems: list[InputProblem] = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            problems.append(InputProblem(f"--set {pair}", "expected key=value, e.g. --set table=account"))
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = inputs
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object"))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise InputError(problems)
+    return inputs
+
+
+def _read_inputs(input_file: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if input_file is not None:
+        try:
+            text = sys.stdin.read() if input_file == "-" else Path(input_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError([InputProblem("--input", f"cannot read {input_file!r}: {exc.strerror}")]) from None
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:
+            raise InputError([InputProblem("--input", f"not valid JSON: {exc}")]) from None
+        if not isinstance(loaded, dict):
+            raise InputError([InputProblem("--input", "inputs must be a JSON object")])
+        inputs.update(loaded)
+    _deep_merge(inputs, parse_set_options(pairs))
+    return inputs
+
+
+def _deep_merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="d365")
+def main() -> None:
+    """Run Dynamics 365 / Dataverse connector actions from a terminal, and serve the local emulator."""
+
+
+# -- actions ----------------------------------------------------------------------------------------------------------
+@main.group()
+def actions() -> None:
+    """List and describe the actions of the effective manifest."""
+
+
+@actions.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def actions_list(as_json: bool) -> None:
+    """Every action, with the plugin that provides it."""
+    try:
+        runtime = _runtime()
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    rows = [
+        {"id": a.id, "label": a.label, "category": a.category, "provider": a.provider, "description": a.description}
+        for a in sorted(runtime.manifest.actions.values(), key=lambda a: (a.category, a.id))
+    ]
+    if as_json:
+        _print_json(rows, True)
+        return
+    table = Table("id", "label", "category", "provider")
+    for row in rows:
+        table.add_row(row["id"], row["label"], row["category"], row["provider"])
+    _stdout().print(table)
+
+
+@actions.command("describe")
+@click.argument("action_id")
+def actions_describe(action_id: str) -> None:
+    """An action's manifest entry with its input and output schemas."""
+    try:
+        runtime = _runtime()
+        info = runtime.manifest.action(action_id)
+        if info is None:
+            known = ", ".join(sorted(runtime.manifest.actions))
+            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
+    except ConnectorError as exc:
+        _fail(exc, False)
+    _print_json(
+        {
+            **dict(info.entry),
+            "input": runtime.store.get(info.input_schema),
+            "output": runtime.store.get(info.output_schema),
+        },
+        False,
+    )
+
+
+# -- run ------------------------------------------------------------------------------------------------------------
+@main.command("run")
+@click.argument("action_id")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
+@click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
+@click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="One input; dotted keys nest; JSON values.")
+@click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
+def run(
+    action_id: str, connection_file: str | None, input_file: str | None, pairs: tuple[str, ...], as_json: bool
+) -> None:
+    """Run one action: inputs are validated before the connection is used; the output is JSON on stdout."""
+    try:
+        runtime = _runtime()
+        inputs = _read_inputs(input_file, pairs)
+        runtime.validate_inputs(action_id, inputs)
+        config, base_dir = _load_connection_file(connection_file)
+        connection = runtime.connection(config, base_dir=base_dir)
+        try:
+            result = runtime.run_action(action_id, inputs, connection)
+        finally:
+            runtime.close()
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    _print_json(result, as_json)
+
+
+# -- connection -----------------------------------------------------------------------------------------------------
+@main.group()
+def connection() -> None:
+    """Check a connection file."""
+
+
+@connection.command("test")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
+@click.option("--json", "as_json", is_flag=True, help="Compact JSON output.")
+def connection_test(connection_file: str | None, as_json: bool) -> None:
+    """Fetch a token and call WhoAmI; exit 0 when connected, 3 with the diagnosis and its fix otherwise."""
+    try:
+        runtime = _runtime()
+        config, base_dir = _load_connection_file(connection_file)
+        conn = runtime.connection(config, base_dir=base_dir)
+        try:
+            result = runtime.run_action("test_connection", {}, conn)
+        finally:
+            runtime.close()
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    _print_json(result, as_json)
+    if not result.get("ok"):
+        sys.exit(ConnectionConfigError.exit_code)
+
+
+# -- manifest -------------------------------------------------------------------------------------------------------
+@main.group()
+def manifest() -> None:
+    """Validate and show the effective manifest (built-in plus packs)."""
+
+
+@manifest.command("validate")
+def manifest_validate() -> None:
+    """Run the contract check; exit 1 listing every problem."""
+    from connector.runtime import Runtime
+
+    try:
+        runtime = Runtime(check=False)
+        from connector.contract import check_contract
+
+        problems = check_contract(runtime)
+    except ConnectorError as exc:
+        _fail(exc, False)
+    if problems:
+        for problem in problems:
+            click.echo(f"- {problem}", err=True)
+        sys.exit(1)
+    n = len(runtime.manifest.actions)
+    click.echo(f"manifest ok: {n} actions, {len(runtime.manifest.document.get('triggers', []))} triggers")
+
+
+@manifest.command("show")
+def manifest_show() -> None:
+    """The effective manifest as JSON (each action names its provider)."""
+    try:
+        runtime = _runtime()
+    except ConnectorError as exc:
+        _fail(exc, False)
+    _print_json(runtime.manifest.document, False)
+
+
+@manifest.command("schema")
+@click.argument("action_id")
+@click.option("--output", "which", flag_value="output", help="Print the output schema instead of the input schema.")
+def manifest_schema(action_id: str, which: str | None) -> None:
+    """An action's input schema (or output schema with --output)."""
+    try:
+        runtime = _runtime()
+        info = runtime.manifest.action(action_id)
+        if info is None:
+            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}")])
+    except ConnectorError as exc:
+        _fail(exc, False)
+    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), False)
+
+
+# -- emulator -------------------------------------------------------------------------------------------------------
+class _EmulatorGroup(click.Group):
+    """Loads the emulator's commands only when ``d365 emulator`` is used, keeping ``d365`` start-up light."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["serve"]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name != "serve":
+            return None
+        from dataverse_emulator.cli import serve
+
+        return serve  # type: ignore[no-any-return]
+
+
+main.add_command(_EmulatorGroup("emulator", help="Serve the local Dataverse Web API emulator."))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,180 @@
+"""Manifest, schemas, hooks and tests as one contract: every drift between them is reported by name.
+
+The runtime calls :func:`check_contract` at start-up (once per distinct effective manifest) and refuses to start on
+any problem. The test suite calls it with ``repo_checks=True``, which also needs the checkout: every action has a test
+named after it and a README entry whose JSON example validates, and (given the run ledger) every action ran
+successfully through ``run_action`` and was refused once with an input error during the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from connector.hookspecs import ACTION_ARGNAMES
+from connector.plugins import BUILTIN
+
+if TYPE_CHECKING:
+    from connector.runtime import Runtime
+
+_RUNTIME_PLUGINS = {"connector.runtime.dispatch"}
+
+
+def check_contract(
+    runtime: Runtime,
+    *,
+    repo_checks: bool = False,
+    repo_root: Path | None = None,
+    ledger: Iterable[dict[str, object]] | None = None,
+) -> list[str]:
+    """Every problem found, as sentences that name the action, schema or hook concerned."""
+    problems: list[str] = list(runtime.manifest.problems)
+    store, manifest, pm = runtime.store, runtime.manifest, runtime.pm
+    document = manifest.document
+
+    # 1. The manifest itself (provider keys are ours, added while merging).
+    plain = json.loads(json.dumps(document))
+    for entry in plain.get("actions", []):
+        if isinstance(entry, dict):
+            entry.pop("provider", None)
+    problems += [f"manifest.json {p}" for p in store.validate(plain, "manifest.schema.json")]
+
+    # 2. Every schema registered is a valid 2020-12 schema whose $refs resolve; every referenced schema exists.
+    for sid in store.ids():
+        problems += store.check(sid)
+    referenced: list[tuple[str, str]] = []
+    for kind in document.get("connections", []):
+        referenced.append((f"connection {kind.get('kind')!r}", manifest.schema_id(BUILTIN, kind.get("schema", ""))))
+    for info in manifest.actions.values():
+        referenced += [(f"action {info.id!r}", info.input_schema), (f"action {info.id!r}", info.output_schema)]
+    for trig in document.get("triggers", []):
+        for key in ("config_schema", "payload_schema"):
+            referenced.append((f"trigger {trig.get('id')!r}", manifest.schema_id(BUILTIN, trig.get(key, ""))))
+    for source in document.get("data_sources", []):
+        referenced.append((f"data source {source.get('name')!r}", manifest.schema_id(BUILTIN, source["params_schema"])))
+    missing = {(who, sid) for who, sid in referenced if not store.has(sid)}
+    problems += [f"{who}: schema {sid} is missing" for who, sid in sorted(missing)]
+
+    # 3-5. Hookspecs and implementations match the manifest.
+    action_ids = set(manifest.actions)
+    spec_names = {
+        name
+        for name, caller in vars(pm.hook).items()
+        if not name.startswith("_") and caller.spec is not None and caller.spec.argnames == ACTION_ARGNAMES
+    }
+    for orphan in sorted(spec_names - action_ids):
+        problems.append(f"hook {orphan!r} has an action hookspec but no manifest entry")
+    for action_id in sorted(action_ids):
+        caller = getattr(pm.hook, action_id, None)
+        if caller is None or caller.spec is None:
+            problems.append(f"action {action_id!r} is in the manifest but has no hookspec")
+            continue
+        if caller.spec.argnames != ACTION_ARGNAMES:
+            problems.append(
+                f"action {action_id!r}: hookspec arguments are {caller.spec.argnames}, expected (inputs, connection)"
+            )
+        impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+        providers = [i.plugin_name for i in impls]
+        override = manifest.overrides.get(action_id)
+        if override:
+            providers = [p for p in providers if p == override or p not in _builtin_plugin_names()]
+        if not providers:
+            problems.append(f"action {action_id!r} has no implementation")
+        elif len(providers) > 1:
+            problems.append(f"action {action_id!r} has {len(providers)} implementations ({', '.join(providers)})")
+        undeclared = [p for p in [i.plugin_name for i in impls] if p not in _builtin_plugin_names()]
+        if manifest.actions[action_id].provider == BUILTIN and undeclared:
+            problems.append(
+                f"pack {undeclared[0]} implements built-in action {action_id!r} without declaring it in its "
+                "fragment's overrides"
+            )
+    for trig in document.get("triggers", []):
+        for prefix in ("handle", "subscribe", "unsubscribe"):
+            name = f"{prefix}_{trig.get('id')}"
+            caller = getattr(pm.hook, name, None)
+            if caller is None or caller.spec is None:
+                problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no hookspec")
+            elif not [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]:
+                problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no implementation")
+    try:
+        pm.check_pending()
+    except Exception as exc:  # PluginValidationError names the plugin and the unknown hook
+        problems.append(f"unknown hook implementation: {exc}")
+
+    # 6. Examples validate against their input schema.
+    for info in manifest.actions.values():
+        if not store.has(info.input_schema):
+            continue
+        for n, example in enumerate(info.examples):
+            for p in store.validate(example.get("input"), info.input_schema):
+                problems.append(f"action {info.id!r} example {n} ({example.get('title')!r}) fails its schema: {p}")
+
+    # 7. No duplicate ids or labels.
+    for kind, key in (("actions", "id"), ("actions", "label"), ("triggers", "id"), ("data_sources", "name")):
+        seen: set[str] = set()
+        for entry in document.get(kind, []):
+            value = entry.get(key)
+            if value in seen:
+                problems.append(f"{kind}: duplicate {key} {value!r}")
+            seen.add(value)
+
+    if repo_checks:
+        problems += _repo_checks(runtime, repo_root or Path(__file__).resolve().parents[1], ledger)
+    return problems
+
+
+def _builtin_plugin_names() -> set[str]:
+    from connector.plugins import DEFAULT_PLUGINS
+
+    return set(DEFAULT_PLUGINS) | _RUNTIME_PLUGINS
+
+
+def _repo_checks(runtime: Runtime, root: Path, ledger: Iterable[dict[str, object]] | None) -> list[str]:
+    """Checks that need the checkout: a test per action, a README entry per action, and (given a ledger) runs."""
+    problems: list[str] = []
+    builtin_actions = sorted(a.id for a in runtime.manifest.actions.values() if a.provider == BUILTIN)
+    test_sources = "\n".join(p.read_text(encoding="utf-8") for p in sorted((root / "tests").rglob("test_*.py")))
+    readme = (root / "README.md").read_text(encoding="utf-8") if (root / "README.md").is_file() else ""
+    sections = _readme_sections(readme)
+    for action_id in builtin_actions:
+        if not re.search(rf"def test_{action_id}(_\w+)?\(", test_sources):
+            problems.append(f"action {action_id!r} has no test named test_{action_id}_*")
+        body = sections.get(action_id)
+        if body is None:
+            problems.append(f"action {action_id!r} has no '### {action_id}' section in README.md")
+            continue
+        blocks = re.findall(r"```json\n(.*?)```", body, flags=re.S)
+        if not blocks:
+            problems.append(f"README '### {action_id}' has no ```json example")
+        for block in blocks[:1]:
+            try:
+                example = json.loads(block)
+            except ValueError as exc:
+                problems.append(f"README '### {action_id}' example is not JSON: {exc}")
+                continue
+            info = runtime.manifest.actions[action_id]
+            for p in runtime.store.validate(example, info.input_schema):
+                problems.append(f"README '### {action_id}' example fails the input schema: {p}")
+    if ledger is not None:
+        runs = list(ledger)
+        for action_id in builtin_actions:
+            outcomes = {r.get("outcome") for r in runs if r.get("action") == action_id}
+            if "ok" not in outcomes:
+                problems.append(f"action {action_id!r} never ran successfully through run_action in the suite")
+            if "input_error" not in outcomes:
+                problems.append(f"action {action_id!r} was never refused with an input error in the suite")
+    return problems
+
+
+def _readme_sections(text: str) -> dict[str, str]:
+    """``### <id>`` sections of the README, each up to the next heading of level 3 or higher."""
+    out: dict[str, str] = {}
+    parts = re.split(r"^(#{1,3}) (.+)$", text, flags=re.M)
+    for i in range(1, len(parts) - 2, 3):
+        level, title, body = parts[i], parts[i + 1].strip(), parts[i + 2]
+        if level == "###":
+            out[title.strip("`")] = body
+    return out

@@ -1,0 +1,236 @@
+"""The one place that validates inputs and dispatches actions.
+
+``run_action`` validates in two phases before anything is written: (1) the action's JSON Schema, every problem with
+its JSON path; (2) the ``validate_inputs`` hook, where actions check inputs against cached Dataverse metadata (unknown
+column, key column not in an alternate key, option label not in the option set). Both raise :class:`InputError`.
+Dispatch goes through the ``execute_action`` hook, so a wrapper sees every call. Hook implementations never validate.
+
+A platform keeps one :class:`Runtime` and, through :meth:`Runtime.connection`, one ``Connection`` per connection
+configuration: the connection's token, metadata cache and (later) throttle governor are then shared by every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+import time
+import types
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pluggy
+
+from connector.errors import ConnectorError, ContractError, InputError, InputProblem
+from connector.hookspecs import hookimpl
+from connector.manifest import EffectiveManifest, build_manifest
+from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, make_plugin_manager
+from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
+
+if TYPE_CHECKING:
+    from connector.clock import Clock
+    from connector.connection import Connection
+
+log = logging.getLogger("connector.runtime")
+
+#: When set, every action run appends one JSON line here (action, outcome, error type, host): an audit trail a
+#: platform can keep, and the record the test suite uses to prove every action ran and was refused at least once.
+RUN_LEDGER_ENV = "D365_RUN_LEDGER"
+#: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
+DEBUG_ENV = "D365_DEBUG"
+
+_checked_digests: dict[str, list[str]] = {}
+_check_lock = threading.Lock()
+
+
+class _Dispatcher:
+    """Built-in ``execute_action``: calls the hook named by the action id, minus built-ins a pack overrides."""
+
+    def __init__(self, pm: pluggy.PluginManager, overrides: Mapping[str, str]) -> None:
+        self._pm = pm
+        self._overrides = overrides
+
+    @hookimpl(trylast=True)
+    def execute_action(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
+        caller = getattr(self._pm.hook, action_id, None)
+        if caller is None:
+            raise ContractError([f"action {action_id!r} has no hookspec"])
+        if action_id in self._overrides:
+            builtin = [self._pm.get_plugin(name) for name in DEFAULT_PLUGINS]
+            caller = self._pm.subset_hook_caller(action_id, remove_plugins=[p for p in builtin if p is not None])
+        return caller(inputs=inputs, connection=connection)
+
+
+class Runtime:
+    """Plugin manager, effective manifest, schemas and connections for one process (or one tenant of a platform)."""
+
+    def __init__(
+        self,
+        *,
+        load_entrypoints: bool = True,
+        disabled: Sequence[str] | None = None,
+        extra_packs: Sequence[Pack] = (),
+        validate_output: bool | None = None,
+        check: bool = True,
+    ) -> None:
+        self.pm, self.packs = make_plugin_manager(
+            load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs
+        )
+        self.store = SchemaStore()
+        problems = self.store.add_folder(data_root() / "schemas")
+        self.manifest: EffectiveManifest = build_manifest(self.packs, self.store)
+        self.manifest.problems[:0] = problems
+        self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name="connector.runtime.dispatch")
+        if validate_output is None:
+            validate_output = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+        self.validate_output = validate_output
+        self._connections: dict[str, Connection] = {}
+        self._connections_lock = threading.Lock()
+        if check:
+            self.check()
+
+    # -- contract -----------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`ContractError` listing every contract problem; runs once per distinct effective manifest."""
+        from connector.contract import check_contract
+
+        key = self.manifest.digest + "|" + ",".join(sorted(p.name for p in self.packs))
+        with _check_lock:
+            problems = _checked_digests.get(key)
+            if problems is None:
+                problems = check_contract(self)
+                _checked_digests[key] = problems
+        if problems:
+            raise ContractError(problems)
+
+    def provider_of(self, action_id: str) -> str:
+        info = self.manifest.action(action_id)
+        return info.provider if info else BUILTIN
+
+    # -- connections --------------------------------------------------------------------------------------------
+    def connection(
+        self,
+        config: Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> Connection:
+        """The ``Connection`` for this configuration, created once and reused by every later run."""
+        from connector.connection import Connection
+
+        candidate = Connection.from_config(config, base_dir=base_dir, transport=transport, clock=clock)
+        with self._connections_lock:
+            existing = self._connections.get(candidate.fingerprint)
+            if existing is not None:
+                candidate.close()
+                return existing
+            self._connections[candidate.fingerprint] = candidate
+            return candidate
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections.values():
+                conn.close()
+            self._connections.clear()
+
+    # -- actions ------------------------------------------------------------------------------------------------
+    def validate_inputs(self, action_id: str, inputs: Any) -> dict[str, Any]:
+        """Phase one: the input schema. Returns the inputs with top-level defaults filled in."""
+        info = self.manifest.action(action_id)
+        if info is None:
+            known = ", ".join(sorted(self.manifest.actions))
+            raise InputError([InputProblem("$action", f"unknown action {action_id!r}; known actions: {known}")])
+        if not isinstance(inputs, Mapping):
+            raise InputError([InputProblem("$", "inputs must be a JSON object")], action_id=action_id)
+        problems = self.store.validate(dict(inputs), info.input_schema)
+        if problems:
+            raise InputError(problems, action_id=action_id)
+        return self._with_defaults(info.input_schema, dict(inputs))
+
+    def run_action(self, action_id: str, inputs: Any, connection: Connection) -> dict[str, Any]:
+        """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output."""
+        started = time.perf_counter()
+        outcome, error_type = "ok", None
+        try:
+            validated = self.validate_inputs(action_id, inputs)
+            frozen = types.MappingProxyType(copy.deepcopy(validated))
+            semantic = [
+                p
+                for batch in self.pm.hook.validate_inputs(action_id=action_id, inputs=frozen, connection=connection)
+                if batch
+                for p in batch
+            ]
+            if semantic:
+                raise InputError(semantic, action_id=action_id)
+            result = self.pm.hook.execute_action(action_id=action_id, inputs=frozen, connection=connection)
+            if result is None:
+                raise ContractError([f"action {action_id!r}: no implementation returned a result"])
+            if self.validate_output:
+                info = self.manifest.action(action_id)
+                assert info is not None
+                problems = self.store.validate(result, info.output_schema)
+                if problems:
+                    raise ContractError([f"action {action_id!r} output {p}" for p in problems])
+            return dict(result)
+        except InputError:
+            outcome, error_type = "input_error", "InputError"
+            raise
+        except ConnectorError as exc:
+            outcome, error_type = "error", type(exc).__name__
+            raise
+        except Exception as exc:
+            outcome, error_type = "error", type(exc).__name__
+            raise
+        finally:
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+            log.debug("action %s %s in %s ms", action_id, outcome, elapsed_ms)
+            _append_ledger(action_id, outcome, error_type, connection, elapsed_ms)
+
+    def _with_defaults(self, schema_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Fill in top-level defaults so hooks see what the builder form showed (defaults behind ``$ref`` too)."""
+        schema = self.store.get(schema_id)
+        resolver = self.store.resolver(schema_id)
+        for name, prop in schema.get("properties", {}).items():
+            if name in inputs or not isinstance(prop, Mapping):
+                continue
+            node: Mapping[str, Any] = prop
+            while "default" not in node and isinstance(node.get("$ref"), str):
+                node = resolver.lookup(node["$ref"]).contents
+            if "default" in node:
+                inputs[name] = copy.deepcopy(node["default"])
+        return inputs
+
+
+def _append_ledger(action_id: str, outcome: str, error_type: str | None, connection: Any, elapsed_ms: float) -> None:
+    path = os.environ.get(RUN_LEDGER_ENV)
+    if not path:
+        return
+    host = None
+    url = getattr(connection, "organization_url", None)
+    if isinstance(url, str):
+        host = httpx.URL(url).host
+    line = json.dumps(
+        {"action": action_id, "outcome": outcome, "error": error_type, "host": host, "elapsed_ms": elapsed_ms}
+    )
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+@lru_cache(maxsize=1)
+def default_runtime() -> Runtime:
+    """The process-wide runtime the CLI and :func:`run_action` use (entry points loaded)."""
+    return Runtime()
+
+
+def run_action(action_id: str, inputs: Any, connection: Connection) -> dict[str, Any]:
+    """Run one action through the default runtime."""
+    return default_runtime().run_action(action_id, inputs, connection)
+
+
+__all__ = ["DEBUG_ENV", "RUN_LEDGER_ENV", "SCHEMA_BASE", "Runtime", "default_runtime", "run_action"]
