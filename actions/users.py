@@ -1,0 +1,25 @@
+"""The ``get_current_user`` and ``test_connection`` actions: thin hooks over :mod:`connector.diagnostics`.
+
+Inputs arrive validated by the runtime; these functions only translate them into library calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector.connection import Connection
+from connector.diagnostics import current_user, run_connection_test
+from connector.hookspecs import hookimpl
+
+
+@hookimpl
+def get_current_user(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """WhoAmI, then the systemuser row; ``impersonate`` answers for another user."""
+    return current_user(connection, impersonate=inputs.get("impersonate"))
+
+
+@hookimpl
+def test_connection(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """Token, audience, WhoAmI; a failure is explained with its fix instead of raised."""
+    return run_connection_test(connection)

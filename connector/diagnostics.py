@@ -1,0 +1,241 @@
+"""Who am I, and is this connection working: the logic behind the ``get_current_user`` and ``test_connection`` actions.
+
+``test_connection`` never raises for a connection problem: a builder's "Test" button and ``d365 connection test``
+need an explanation and a fix, not a stack trace. Each failure the identity platform or Dataverse can produce is
+mapped to a ``diagnosis`` (what is wrong) and a ``fix`` (what to change, and where).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from connector.auth import AUDIENCE_MISMATCH, ID_TOKEN_REFUSED, decode_jwt_claims
+from connector.client import DataverseAuthError, NetworkConfigError
+from connector.errors import AuthenticationError, ConnectorError, DataverseApiError, FatalApiError
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+
+__all__ = ["SYSTEMUSER_SELECT", "current_user", "diagnose", "run_connection_test"]
+
+SYSTEMUSER_SELECT = (
+    "fullname",
+    "domainname",
+    "internalemailaddress",
+    "azureactivedirectoryobjectid",
+    "applicationid",
+    "_businessunitid_value",
+    "isdisabled",
+    "accessmode",
+)
+_FORMATTED = "OData.Community.Display.V1.FormattedValue"
+
+APP_USER_FIX = (
+    "In the Power Platform admin center open the environment, Settings > Users + permissions > Application users, "
+    "add the app registration (its client_id) as an application user, and give it a security role"
+)
+
+# (diagnosis, fix) per AADSTS code; the token endpoint's own refusal.
+_AADSTS: dict[str, tuple[str, str]] = {
+    "AADSTS700016": (
+        "The application (client_id) was not found in the tenant (tenant_id).",
+        "Copy the Application (client) ID and Directory (tenant) ID from the app registration's Overview page; "
+        "a multi-tenant app must also be consented to in this tenant.",
+    ),
+    "AADSTS7000215": (
+        "The client secret is invalid.",
+        "Use the client secret's Value (shown once, when it was created), not its Secret ID; if it has expired, "
+        "create a new one under Certificates & secrets.",
+    ),
+    "AADSTS7000222": (
+        "The client secret has expired.",
+        "Create a new client secret under Certificates & secrets in the app registration and update client_secret.",
+    ),
+    "AADSTS90002": (
+        "The tenant (tenant_id) was not found.",
+        "Set tenant_id to the Directory (tenant) ID GUID or a verified domain of the tenant; for GCC High, DoD or "
+        "China also check authority_host.",
+    ),
+    "AADSTS650057": (
+        "The identity platform does not accept the requested resource for this app.",
+        "Request the scope {org}/.default (leave scopes out), and add the Dynamics CRM API permission to the app "
+        "registration with admin consent.",
+    ),
+    "AADSTS70011": (
+        "The requested scope is invalid.",
+        "For client credentials the scope must be exactly {org}/.default: leave scopes out to get it.",
+    ),
+    "AADSTS500011": (
+        "No resource with this URL exists in the tenant.",
+        "Check organization_url (copy it from the Power Platform admin center) and that the environment belongs to "
+        "tenant_id.",
+    ),
+}
+
+_AUTH_URI = re.compile(r"authorization_uri\s*=\s*\"?([^\",\s]+)", re.IGNORECASE)
+
+
+def _challenge_tenant(www_authenticate: str | None) -> str | None:
+    """The tenant named in a ``WWW-Authenticate: Bearer authorization_uri=...`` challenge, quoted or not."""
+    if not www_authenticate:
+        return None
+    match = _AUTH_URI.search(www_authenticate)
+    if not match:
+        return None
+    parts = [p for p in match.group(1).split("/") if p]
+    return parts[2] if len(parts) >= 3 and parts[0].lower().startswith("http") else None
+
+
+def diagnose(error: ConnectorError, connection: Connection) -> tuple[str, str]:
+    """``(diagnosis, fix)`` for an error met while testing ``connection``."""
+    org = connection.organization_url
+    config = connection.config
+    if isinstance(error, NetworkConfigError):
+        if error.reason == "dns":
+            where = "the token endpoint" if error.field == "token_url" else "the environment"
+            return (
+                f"The host name of {where} cannot be resolved.",
+                "Check organization_url (copy it from the Power Platform admin center; a deleted or renamed "
+                "environment no longer resolves)"
+                + (" and token_url" if error.field == "token_url" else "")
+                + ", and this machine's DNS.",
+            )
+        return (
+            "The server's TLS certificate is not trusted.",
+            "Behind a TLS-inspecting corporate proxy set ca_file to the proxy's CA bundle; for the local emulator "
+            "set ca_file to the CA it generated.",
+        )
+    if isinstance(error, DataverseAuthError):
+        tenant = _challenge_tenant(error.www_authenticate)
+        if tenant and config.tenant_id and tenant.lower() != config.tenant_id.lower():
+            return (
+                f"Dataverse rejected the token (401): the environment belongs to tenant {tenant}, "
+                f"but the token was issued by tenant {config.tenant_id}.",
+                f"Set tenant_id to {tenant}, and register (or consent) the app in that tenant.",
+            )
+        return (
+            "Dataverse rejected the access token (401).",
+            "Check that the client secret is current and not expired, that tenant_id is the tenant of the "
+            f"environment, and that the token is issued for {org} (scope {org}/.default).",
+        )
+    if isinstance(error, AuthenticationError):
+        if error.code in (AUDIENCE_MISMATCH, ID_TOKEN_REFUSED):
+            return (error.message[:1].upper() + error.message[1:] + ".", f"Request the scope {org}/.default.")
+        if error.code in _AADSTS:
+            diagnosis, fix = _AADSTS[error.code]
+            return (f"{diagnosis} ({error.code})", fix.replace("{org}", org))
+        return (
+            f"The identity platform refused to issue a token: {error.message}.",
+            "Check client_id, client_secret, tenant_id and token_url.",
+        )
+    if isinstance(error, FatalApiError) and error.status_code == 403:
+        return (
+            "Dataverse denied access (403): the app has no application user in this environment, or the "
+            "application user has no security role.",
+            APP_USER_FIX + ".",
+        )
+    if isinstance(error, DataverseApiError) and error.code == "Timeout":
+        return (
+            "The server did not answer in time.",
+            "Check the network path to the environment (proxy, firewall), or raise timeout_s.",
+        )
+    if isinstance(error, DataverseApiError) and error.code == "NetworkError":
+        return ("The connection to the server failed.", "Check the network, any proxy, and organization_url.")
+    if isinstance(error, DataverseApiError):
+        return (
+            f"Dataverse answered with an error: {error.message}.",
+            "Try again later; if it persists, give the request id to your Dataverse administrator.",
+        )
+    return (error.message, "Check the connection settings.")
+
+
+def run_connection_test(connection: Connection) -> dict[str, Any]:
+    """Fetch a token, check its audience, call WhoAmI; report each step, and on failure the diagnosis and fix."""
+    clock = connection.clock
+    start = clock.monotonic()
+    checks: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
+        "ok": False,
+        "checks": checks,
+        "diagnosis": None,
+        "fix": None,
+        "user_id": None,
+        "organization_id": None,
+        "organization_url": connection.organization_url,
+        "elapsed_ms": 0,
+    }
+
+    def finish(error: ConnectorError | None = None) -> dict[str, Any]:
+        if error is not None:
+            result["diagnosis"], result["fix"] = diagnose(error, connection)
+        else:
+            result["ok"] = True
+        result["elapsed_ms"] = round((clock.monotonic() - start) * 1000)
+        return result
+
+    try:
+        token = connection.token()
+    except AuthenticationError as exc:
+        if exc.code in (AUDIENCE_MISMATCH, ID_TOKEN_REFUSED):
+            checks.append({"name": "token", "ok": True, "detail": "the token endpoint issued a token"})
+            checks.append({"name": "audience", "ok": False, "detail": exc.message})
+        else:
+            checks.append({"name": "token", "ok": False, "detail": exc.message})
+        return finish(exc)
+    except ConnectorError as exc:
+        checks.append({"name": "token", "ok": False, "detail": exc.message})
+        return finish(exc)
+    checks.append({"name": "token", "ok": True, "detail": "the token endpoint issued a token"})
+    aud = (decode_jwt_claims(token) or {}).get("aud")
+    checks.append(
+        {
+            "name": "audience",
+            "ok": True,
+            "detail": f"the token is for {aud}" if aud else "the token is opaque; Dataverse will judge it",
+        }
+    )
+    try:
+        who = connection.client.whoami()
+    except ConnectorError as exc:
+        checks.append({"name": "whoami", "ok": False, "detail": exc.message})
+        return finish(exc)
+    checks.append({"name": "whoami", "ok": True, "detail": f"Dataverse knows this app as user {who.user_id}"})
+    result["user_id"] = who.user_id
+    result["organization_id"] = who.organization_id
+    return finish()
+
+
+def current_user(connection: Connection, *, impersonate: str | Mapping[str, str] | None = None) -> dict[str, Any]:
+    """WhoAmI (as the impersonated user when given), then that user's systemuser row, flattened.
+
+    The row is read as the connection's own identity: the impersonated user may not be allowed to read user rows. A row
+    that cannot be read (403) leaves its fields null rather than failing the whole answer.
+    """
+    client = connection.client
+    who = client.whoami(impersonate=impersonate)
+    row: dict[str, Any] = {}
+    try:
+        body = client.get_json(
+            f"systemusers({who.user_id})",
+            params={"$select": ",".join(SYSTEMUSER_SELECT)},
+            prefer=[f'odata.include-annotations="{_FORMATTED}"'],
+        )
+        row = body if isinstance(body, dict) else {}
+    except FatalApiError as exc:
+        if exc.status_code != 403:
+            raise
+    application_id = row.get("applicationid")
+    return {
+        "user_id": who.user_id,
+        "full_name": row.get("fullname"),
+        "domain_name": row.get("domainname"),
+        "email": row.get("internalemailaddress"),
+        "azure_object_id": row.get("azureactivedirectoryobjectid"),
+        "application_id": application_id,
+        "is_application_user": (application_id is not None) if row else None,
+        "business_unit_id": row.get("_businessunitid_value") or who.business_unit_id,
+        "business_unit_name": row.get(f"_businessunitid_value@{_FORMATTED}"),
+        "organization_id": who.organization_id,
+    }
