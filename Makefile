@@ -34,5 +34,16 @@ lock:
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' >> requirements.lock
 	rm -rf .lock-venv
 
+# Microsoft's official SDK in its own venv (pandas and pins that would fight ours), for tests/fidelity/.
+FIDELITY_VENV := .venv-fidelity
+FIDELITY_STAMP := $(FIDELITY_VENV)/.installed
+
+fidelity-venv: $(FIDELITY_STAMP)
+
+$(FIDELITY_STAMP): tests/fidelity/requirements.lock
+	@test -x $(FIDELITY_VENV)/bin/python || $(PYTHON) -m venv $(FIDELITY_VENV) || python3 -m venv $(FIDELITY_VENV)
+	$(FIDELITY_VENV)/bin/python -m pip install -q -r tests/fidelity/requirements.lock
+	@touch $(FIDELITY_STAMP)
+
 clean:
 	rm -rf $(VENV) .venv-fidelity build dist *.egg-info
