@@ -73,13 +73,9 @@ def build_manifest(packs: Sequence[Pack], store: SchemaStore) -> EffectiveManife
             problems += [f"pack {pack.name}: manifest fragment {p}" for p in fragment_problems]
             continue
         if pack.schemas_root is not None:
-            ids_before = set(store.ids())
-            problems += [f"pack {pack.name}: {p}" for p in store.add_folder(pack.schemas_root, base="")]
-            added = set(store.ids()) - ids_before
-            for rel, node in _pack_schema_files(pack):
-                sid = json.loads(node.read_text(encoding="utf-8")).get("$id")
-                if sid in added:
-                    schema_ids[(pack.name, rel)] = sid
+            folder_problems, added = store.add_folder(pack.schemas_root, base="")
+            problems += [f"pack {pack.name}: {p}" for p in folder_problems]
+            schema_ids.update({(pack.name, rel): sid for rel, sid in added.items()})
         declared = set(pack.fragment.get("overrides", []))
         for entry in pack.fragment.get("actions", []):
             entry = {**entry, "provider": pack.name}
@@ -119,9 +115,3 @@ def build_manifest(packs: Sequence[Pack], store: SchemaStore) -> EffectiveManife
             entry=entry,
         )
     return manifest
-
-
-def _pack_schema_files(pack: Pack) -> list[tuple[str, Any]]:
-    from connector.schemas import iter_schema_files
-
-    return list(iter_schema_files(pack.schemas_root)) if pack.schemas_root is not None else []

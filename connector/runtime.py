@@ -82,7 +82,7 @@ class Runtime:
             load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs
         )
         self.store = SchemaStore()
-        problems = self.store.add_folder(data_root() / "schemas")
+        problems, _ = self.store.add_folder(data_root() / "schemas")
         self.manifest: EffectiveManifest = build_manifest(self.packs, self.store)
         self.manifest.problems[:0] = problems
         self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name="connector.runtime.dispatch")

@@ -74,9 +74,14 @@ class SchemaStore:
         self._registry: Registry[Any] = Registry()
         self._validators: dict[str, Draft202012Validator] = {}
 
-    def add_folder(self, root: Traversable, base: str = SCHEMA_BASE) -> list[str]:
-        """Register every schema below ``root``; returns problems (unreadable JSON, missing or duplicate ``$id``)."""
+    def add_folder(self, root: Traversable, base: str = SCHEMA_BASE) -> tuple[list[str], dict[str, str]]:
+        """Register every schema below ``root``.
+
+        Returns the problems (unreadable JSON, missing or duplicate ``$id``) and the ``$id`` of each registered file by
+        its path relative to ``root``.
+        """
         problems: list[str] = []
+        added: dict[str, str] = {}
         for rel, node in iter_schema_files(root):
             try:
                 schema = json.loads(node.read_text(encoding="utf-8"))
@@ -95,7 +100,8 @@ class SchemaStore:
                 problems.append(f"schema {rel}: $id {sid!r} is already registered")
                 continue
             self.add(sid, schema)
-        return problems
+            added[rel] = sid
+        return problems, added
 
     def add(self, schema_id: str, schema: dict[str, Any]) -> None:
         """Register one schema under its ``$id``."""
@@ -249,7 +255,7 @@ def _json_type(value: Any) -> str:
 def builtin_store() -> SchemaStore:
     """The store of the built-in schemas, read once per process."""
     store = SchemaStore()
-    problems = store.add_folder(data_root() / "schemas")
+    problems, _ = store.add_folder(data_root() / "schemas")
     if problems:
         from connector.errors import ContractError
 

@@ -1,0 +1,155 @@
+"""The contract check: clean for the built-ins, and each kind of drift reported by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector import plugins
+from connector.contract import check_contract
+from connector.errors import ContractError
+from connector.runtime import Runtime
+from tests.framework.packs import action_entry, io_schemas, make_pack
+
+IMPL = """
+@hookimpl
+def {id}(inputs, connection):
+    return {{"echo": inputs["word"]}}
+"""
+
+
+def problems_with(*packs: object) -> list[str]:
+    runtime = Runtime(load_entrypoints=False, extra_packs=list(packs), check=False)  # type: ignore[arg-type]
+    return check_contract(runtime)
+
+
+def test_builtin_contract_is_clean() -> None:
+    assert problems_with() == []
+
+
+def test_missing_schema_is_reported(tmp_path: Path) -> None:
+    schemas = io_schemas("p", "one")
+    del schemas["actions/one.output.json"]
+    pack = make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=schemas,
+    )
+    assert (
+        "action 'one': schema https://d365-connector.dev/schemas/actions/one.output.json is missing"
+        in problems_with(pack)
+    )
+
+
+def test_invalid_schema_is_reported(tmp_path: Path) -> None:
+    schemas = io_schemas("p", "one")
+    schemas["actions/one.output.json"]["type"] = 12
+    pack = make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=schemas,
+    )
+    found = [p for p in problems_with(pack) if "invalid JSON Schema" in p]
+    assert found and found[0].startswith("schema https://packs.test/p/actions/one.output.json: invalid JSON Schema")
+
+
+def test_unreadable_schema_file_is_reported(tmp_path: Path) -> None:
+    schemas: dict[str, object] = dict(io_schemas("p", "one"))
+    schemas["actions/broken.json"] = "{not json"
+    pack = make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=schemas,
+    )
+    assert any(p.startswith("pack p: schema actions/broken.json: not readable JSON") for p in problems_with(pack))
+
+
+def test_extra_hook_without_manifest_entry_is_reported(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path, name="p", code=IMPL.format(id="orphan"), spec_ids=("orphan",))
+    assert "hook 'orphan' has an action hookspec but no manifest entry" in problems_with(pack)
+
+
+def test_missing_implementation_is_reported(tmp_path: Path) -> None:
+    pack = make_pack(
+        tmp_path,
+        name="p",
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=io_schemas("p", "one"),
+    )
+    assert "action 'one' has no implementation" in problems_with(pack)
+
+
+def test_missing_builtin_implementation_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", ())
+    problems = problems_with()
+    assert "action 'get_current_user' has no implementation" in problems
+    assert "action 'test_connection' has no implementation" in problems
+
+
+def test_two_implementations_are_reported(tmp_path: Path) -> None:
+    first = make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=io_schemas("p", "one"),
+    )
+    second = make_pack(tmp_path, name="q", code=IMPL.format(id="one"))
+    assert "action 'one' has 2 implementations (p, q)" in problems_with(first, second)
+
+
+def test_example_failing_its_schema_is_reported(tmp_path: Path) -> None:
+    pack = make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one", example={"word": 5})]},
+        schemas=io_schemas("p", "one"),
+    )
+    assert "action 'one' example 0 ('example') fails its schema: $.word: expected string, got integer (Word)" in (
+        problems_with(pack)
+    )
+
+
+def test_unknown_hook_implementation_is_reported(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path, name="p", code=IMPL.format(id="get_curent_user"))
+    assert any(p.startswith("unknown hook implementation:") and "get_curent_user" in p for p in problems_with(pack))
+
+
+def test_runtime_refuses_to_start_on_drift(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path, name="p", code=IMPL.format(id="orphan2"), spec_ids=("orphan2",))
+    with pytest.raises(ContractError) as err:
+        Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert "hook 'orphan2' has an action hookspec but no manifest entry" in err.value.problems
+
+
+def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("def test_get_current_user_ok():\n    pass\n", encoding="utf-8")
+    (tmp_path / "README.md").write_text(
+        '### get_current_user\n\n```json\n{"impersonate": "nope"}\n```\n', encoding="utf-8"
+    )
+    runtime = Runtime(load_entrypoints=False)
+    ledger = [{"action": "get_current_user", "outcome": "ok"}]
+    problems = check_contract(runtime, repo_checks=True, repo_root=tmp_path, ledger=ledger)
+    assert "action 'test_connection' has no test named test_test_connection_*" in problems
+    assert "action 'test_connection' has no '### test_connection' section in README.md" in problems
+    assert any(
+        p.startswith("README '### get_current_user' example fails the input schema: $.impersonate") for p in problems
+    )
+    assert "action 'get_current_user' was never refused with an input error in the suite" in problems
+    assert "action 'test_connection' never ran successfully through run_action in the suite" in problems
+    assert not any(p.startswith("action 'get_current_user' has no test") for p in problems)

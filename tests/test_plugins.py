@@ -1,0 +1,122 @@
+"""Packs: a new action, a declared override, an undeclared override refused by name, wrappers, disabling, entry points."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.errors import ContractError, InputError
+from connector.runtime import Runtime
+from tests.framework.packs import action_entry, io_schemas, make_pack
+
+ECHO_IMPL = """
+@hookimpl
+def echo_word(inputs, connection):
+    return {"echo": inputs["word"]}
+"""
+
+
+def echo_pack(tmp_path: Path, name: str = "echo") -> Any:
+    return make_pack(
+        tmp_path,
+        name=name,
+        code=ECHO_IMPL,
+        spec_ids=("echo_word",),
+        fragment={"pack": name, "actions": [action_entry("echo_word")]},
+        schemas=io_schemas(name, "echo_word"),
+    )
+
+
+def test_pack_adds_an_action_with_its_schemas(tmp_path: Path) -> None:
+    runtime = Runtime(load_entrypoints=False, extra_packs=[echo_pack(tmp_path)])
+    assert runtime.provider_of("echo_word") == "echo"
+    assert runtime.run_action("echo_word", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
+    with pytest.raises(InputError) as err:
+        runtime.run_action("echo_word", {"word": "far too long a word", "x": 1}, connection=None)  # type: ignore[arg-type]
+    paths = sorted(p.path for p in err.value.problems)
+    assert paths == ["$", "$.word"]
+
+
+def test_declared_override_replaces_the_builtin(tmp_path: Path) -> None:
+    code = """
+    @hookimpl
+    def test_connection(inputs, connection):
+        return {"ok": True, "checks": [], "diagnosis": None, "fix": None}
+    """
+    entry = {**action_entry("test_connection"), "input_schema": "actions/test_connection.input.json"}
+    schemas = io_schemas("ovr", "test_connection")
+    schemas["actions/test_connection.input.json"] = {
+        **schemas["actions/test_connection.input.json"],
+        "required": [],
+    }
+    schemas["actions/test_connection.output.json"]["required"] = ["ok"]
+    entry["examples"] = [{"title": "empty", "input": {}}]
+    pack = make_pack(
+        tmp_path,
+        name="ovr",
+        code=code,
+        fragment={"pack": "ovr", "overrides": ["test_connection"], "actions": [entry]},
+        schemas=schemas,
+    )
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert runtime.provider_of("test_connection") == "ovr"
+    result = runtime.run_action("test_connection", {}, connection=None)  # type: ignore[arg-type]
+    assert result == {"ok": True, "checks": [], "diagnosis": None, "fix": None}
+
+
+def test_undeclared_override_is_refused_by_name(tmp_path: Path) -> None:
+    code = """
+    @hookimpl
+    def get_current_user(inputs, connection):
+        return {"user_id": "hijacked"}
+    """
+    pack = make_pack(tmp_path, name="sneaky", code=code, fragment={"pack": "sneaky", "actions": []})
+    with pytest.raises(ContractError) as err:
+        Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert any("pack sneaky implements built-in action 'get_current_user'" in p for p in err.value.problems)
+
+
+def test_wrapper_sees_every_action_call(tmp_path: Path) -> None:
+    code = """
+    seen = []
+
+    @hookimpl(wrapper=True)
+    def execute_action(action_id, inputs, connection):
+        seen.append(action_id)
+        result = yield
+        return {**result, "wrapped": True}
+    """
+    spy = make_pack(tmp_path, name="spy", code=code)
+    runtime = Runtime(load_entrypoints=False, extra_packs=[echo_pack(tmp_path), spy])
+    assert runtime.run_action("echo_word", {"word": "a"}, None) == {"echo": "a", "wrapped": True}  # type: ignore[arg-type]
+    runtime.run_action("echo_word", {"word": "b"}, None)  # type: ignore[arg-type]
+    assert spy.module.seen == ["echo_word", "echo_word"]
+
+
+def test_pack_can_be_disabled_by_name(tmp_path: Path) -> None:
+    runtime = Runtime(load_entrypoints=False, extra_packs=[echo_pack(tmp_path)], disabled=["echo"])
+    assert runtime.manifest.action("echo_word") is None
+
+
+def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pack = echo_pack(tmp_path, name="epack")
+    dist = tmp_path / "d365_epack-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: d365-epack\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(f"""
+        [d365_connector]
+        epack = {pack.module.__name__}
+        """),
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    runtime = Runtime(load_entrypoints=True, disabled=[])
+    assert runtime.provider_of("echo_word") == "epack"
+    assert [p.distribution for p in runtime.packs] == ["d365-epack"]
+    monkeypatch.setenv("D365_CONNECTOR_DISABLED_PLUGINS", "other, epack")
+    assert Runtime(load_entrypoints=True).manifest.action("echo_word") is None
