@@ -1,0 +1,248 @@
+"""Run one scenario with Microsoft's official Dataverse SDK (powerplatform-dataverse-client) and print a JSON result.
+
+Runs inside ``.venv-fidelity`` (never the project venv), so it imports nothing from this repository:
+
+    .venv-fidelity/bin/python tests/fidelity/sdk_driver.py SCENARIO --base-url URL --connection FILE --tag TAG
+
+The SDK is used unmodified. The only local piece is the credential: a duck-typed azure-core ``TokenCredential`` that
+fetches a client-credentials token from the token endpoint named in the emulator's connection file. TLS trust comes
+from ``REQUESTS_CA_BUNDLE``, which the caller points at the emulator's CA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from azure.core.credentials import AccessToken
+from PowerPlatform.Dataverse import col
+from PowerPlatform.Dataverse.client import DataverseClient
+from PowerPlatform.Dataverse.models.upsert import UpsertItem
+
+
+class ConnectionFileCredential:
+    """Client-credentials token from the connection file's ``token_url``, ``client_id`` and ``client_secret``."""
+
+    def __init__(self, connection: dict[str, Any]) -> None:
+        self._connection = connection
+        self._cache: dict[str, AccessToken] = {}
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        scope = " ".join(scopes)
+        cached = self._cache.get(scope)
+        if cached is not None and cached.expires_on - 60 > time.time():
+            return cached
+        self.calls += 1
+        response = requests.post(
+            self._connection["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self._connection["client_id"],
+                "client_secret": self._connection["client_secret"],
+                "scope": scope,
+            },
+            timeout=30,
+        )
+        response.raise_for_status()
+        body = response.json()
+        token = AccessToken(body["access_token"], int(time.time()) + int(body.get("expires_in", 3600)))
+        self._cache[scope] = token
+        return token
+
+
+def _names(records: Any) -> list[Any]:
+    return [r["name"] for r in records]
+
+
+def scenario_create_retrieve(client: DataverseClient, tag: str) -> dict[str, Any]:
+    rid = client.records.create("account", {"name": f"{tag} Contoso", "numberofemployees": 42})
+    record = client.records.retrieve("account", rid, select=["name", "numberofemployees"])
+    missing = client.records.retrieve("account", "00000000-0000-0000-0000-0000000000ff")
+    return {
+        "id": rid,
+        "record_id": record.id if record is not None else None,
+        "data": dict(record.data) if record is not None else None,
+        "etag_present": bool(record is not None and record.etag),
+        "missing": missing is None,
+    }
+
+
+def scenario_update(client: DataverseClient, tag: str) -> dict[str, Any]:
+    rid = client.records.create("account", {"name": f"{tag} before"})
+    client.records.update("account", rid, {"name": f"{tag} after", "telephone1": "555-0100"})
+    record = client.records.retrieve("account", rid, select=["name", "telephone1"])
+    assert record is not None
+    return {"name": record["name"], "telephone1": record["telephone1"]}
+
+
+def scenario_delete(client: DataverseClient, tag: str) -> dict[str, Any]:
+    rid = client.records.create("account", {"name": f"{tag} doomed"})
+    before = client.records.retrieve("account", rid, select=["name"]) is not None
+    client.records.delete("account", rid)
+    after = client.records.retrieve("account", rid, select=["name"])
+    error = None
+    try:
+        client.records.delete("account", rid)
+    except Exception as exc:  # the SDK's HttpError; its shape is what we report
+        error = {"type": type(exc).__name__, "status": getattr(exc, "status_code", None)}
+    return {"existed": before, "after": after is None, "second_delete": error}
+
+
+def _wait_key_active(client: DataverseClient, table: str, schema_name: str, timeout: float = 30.0) -> list[str]:
+    statuses: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        keys = {k.schema_name: k for k in client.tables.get_alternate_keys(table)}
+        status = keys[schema_name].status if schema_name in keys else "missing"
+        if not statuses or statuses[-1] != status:
+            statuses.append(status)
+        if status in ("Active", "Failed"):
+            break
+        time.sleep(0.25)
+    return statuses
+
+
+def scenario_alternate_key(client: DataverseClient, tag: str) -> dict[str, Any]:
+    info = client.tables.create_alternate_key("contact", "fid_contact_name_key", ["firstname", "lastname"])
+    keys = client.tables.get_alternate_keys("contact")
+    statuses = _wait_key_active(client, "contact", "fid_contact_name_key")
+    final = [k for k in client.tables.get_alternate_keys("contact") if k.schema_name == "fid_contact_name_key"]
+    return {
+        "created": {
+            "schema_name": info.schema_name,
+            "key_attributes": list(info.key_attributes),
+            "status": info.status,
+            "metadata_id_present": bool(info.metadata_id),
+        },
+        "listed": sorted(k.schema_name for k in keys),
+        "statuses": statuses,
+        "final": [
+            {"schema_name": k.schema_name, "key_attributes": sorted(k.key_attributes), "status": k.status}
+            for k in final
+        ],
+        "same_id": bool(final) and final[0].metadata_id == info.metadata_id,
+    }
+
+
+def scenario_upsert(client: DataverseClient, tag: str) -> dict[str, Any]:
+    client.tables.create_alternate_key("account", "fid_accountnumber_key", ["accountnumber"])
+    statuses = _wait_key_active(client, "account", "fid_accountnumber_key")
+    number = f"{tag}-A1"
+    client.records.upsert(
+        "account", [UpsertItem(alternate_key={"accountnumber": number}, record={"name": f"{tag} first"})]
+    )
+    first = client.records.list("account", filter=f"accountnumber eq '{number}'", select=["name", "accountnumber"])
+    assert all("accountid" in r for r in first), "a $select response carries the primary key"
+    client.records.upsert(
+        "account", [{"alternate_key": {"accountnumber": number}, "record": {"name": f"{tag} second"}}]
+    )
+    second = client.records.list("account", filter=f"accountnumber eq '{number}'", select=["name", "accountnumber"])
+    quoted = f"{tag}-O'Brien"
+    client.records.upsert("account", [UpsertItem(alternate_key={"accountnumber": quoted}, record={"name": "quoted"})])
+    third = client.records.list("account", filter=col("accountnumber") == quoted, select=["name"])
+    return {
+        "key_statuses": statuses,
+        "after_create": [{"name": r["name"], "accountnumber": r["accountnumber"]} for r in first],
+        "after_update": [{"name": r["name"], "accountnumber": r["accountnumber"]} for r in second],
+        "same_id": [r["accountid"] for r in first] == [r["accountid"] for r in second],
+        "quoted_key": _names(third),
+    }
+
+
+def scenario_list_paging(client: DataverseClient, tag: str) -> dict[str, Any]:
+    for i in range(5):
+        client.records.create("account", {"name": f"{tag}-page-{i}", "numberofemployees": i})
+    flt = f"startswith(name,'{tag}-page-')"
+    pages = list(client.records.list_pages("account", filter=flt, select=["name"], orderby=["name asc"], page_size=2))
+    everything = client.records.list("account", filter=flt, select=["name"], orderby=["name desc"], page_size=2)
+    top = client.records.list("account", filter=flt, select=["name"], orderby=["name asc"], top=3)
+    top_and_page = client.records.list(
+        "account", filter=flt, select=["name"], orderby=["name asc"], top=3, page_size=10
+    )
+    return {
+        "pages": [_names(p) for p in pages],
+        "all_desc": _names(everything),
+        "top": _names(top),
+        "top_with_page_size": _names(top_and_page),
+    }
+
+
+def scenario_query_builder(client: DataverseClient, tag: str) -> dict[str, Any]:
+    rows = [
+        {"name": f"{tag}-qb-alpha", "numberofemployees": 10, "telephone1": "555-0001"},
+        {"name": f"{tag}-qb-beta", "numberofemployees": 20},
+        {"name": f"{tag}-qb-gamma", "numberofemployees": 30, "telephone1": "555-0003"},
+        {"name": f"{tag}-qb-50%_off", "numberofemployees": 40},
+    ]
+    for row in rows:
+        client.records.create("account", row)
+    mine = col("name").startswith(f"{tag}-qb-")
+
+    def run(where: Any, *, desc: bool = False) -> list[Any]:
+        query = client.query.builder("account").select("name").where(where).order_by("name", descending=desc)
+        return _names(query.execute())
+
+    pages = (
+        client.query.builder("account")
+        .select("name", "numberofemployees")
+        .where(mine)
+        .order_by("numberofemployees")
+        .page_size(3)
+        .execute_pages()
+    )
+    return {
+        "ge": run(mine & (col("numberofemployees") >= 20)),
+        "eq_or": run(mine & ((col("numberofemployees") == 10) | (col("numberofemployees") == 30))),
+        "in": run(mine & col("numberofemployees").in_([10, 40])),
+        "not_in": run(mine & col("numberofemployees").not_in([10, 40])),
+        "between": run(mine & col("numberofemployees").between(15, 35)),
+        "contains": run(mine & col("name").contains("et")),
+        "endswith": run(mine & col("name").endswith("ALPHA")),
+        "like": run(col("name").like(f"{tag}-qb-g%")),
+        "literal_percent": run(mine & col("name").contains("50%_")),
+        "wildcard_underscore": run(mine & col("name").contains("qb-_eta")),
+        "bracket_escape": run(mine & col("name").contains("0[%][_]o")),
+        "is_null": run(mine & col("telephone1").is_null()),
+        "is_not_null": run(mine & col("telephone1").is_not_null(), desc=True),
+        "not": run(mine & ~col("name").endswith("beta")),
+        "top": _names(client.query.builder("account").select("name").where(mine).order_by("name").top(2).execute()),
+        "pages": [_names(p) for p in pages],
+    }
+
+
+SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
+    "create_retrieve": scenario_create_retrieve,
+    "update": scenario_update,
+    "delete": scenario_delete,
+    "alternate_key": scenario_alternate_key,
+    "upsert": scenario_upsert,
+    "list_paging": scenario_list_paging,
+    "query_builder": scenario_query_builder,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--connection", required=True)
+    parser.add_argument("--tag", required=True)
+    args = parser.parse_args(argv)
+    with open(args.connection, encoding="utf-8") as fh:
+        connection = json.load(fh)
+    credential = ConnectionFileCredential(connection)
+    with DataverseClient(args.base_url, credential) as client:
+        result = SCENARIOS[args.scenario](client, args.tag)
+    result["token_requests"] = credential.calls
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
