@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
 import httpx
 
 from connector.clock import Clock

@@ -22,7 +22,7 @@ import re
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -101,6 +101,12 @@ class Secret:
     def __hash__(self) -> int:
         return hash(("Secret", hashlib.sha256(self._value.encode()).hexdigest()))
 
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self  # immutable; copying must not go through pickling, which is refused below
+
     def __reduce__(self) -> Any:
         # Pickling would write the secret into a file or a queue in clear; refuse instead of leaking silently.
         raise TypeError("Secret values cannot be pickled")
@@ -139,7 +145,7 @@ class ConnectionConfig:
 
     def fingerprint(self) -> str:
         """A stable sha256 over every setting, secrets included, so a changed secret means a new connection."""
-        data = {k: v for k, v in asdict(self).items() if k not in SECRET_FIELDS}
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SECRET_FIELDS}
         data["ca_file"] = str(self.ca_file) if self.ca_file else None
         data["scopes"] = list(self.scopes)
         for name in SECRET_FIELDS:
@@ -346,8 +352,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
                 field="ca_file",
             )
 
-    fields: dict[str, Any] = {}
-    KINDS[kind](data, fields, base_dir)
+    extra: dict[str, Any] = {}
+    KINDS[kind](data, extra, base_dir)
     return ConnectionConfig(
         kind=kind,
         organization_url=organization_url,
@@ -360,7 +366,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
         ca_file=ca_file,
         allow_insecure_loopback=allow_loopback,
         timeout_s=float(data.get("timeout_s", DEFAULT_TIMEOUT_S)),
-        **fields,
+        **extra,
     )
 
 
@@ -480,6 +486,8 @@ class Connection:
     @property
     def client(self) -> DataverseClient:
         """The one :class:`DataverseClient` of this connection, created on first use."""
+        if self._closed:
+            raise ConnectionConfigError("this connection is closed; create a new one")
         if self._client is None:
             with self._lock:
                 if self._closed:
