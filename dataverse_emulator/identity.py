@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -175,8 +175,8 @@ class IdentityEndpoints:
 
     async def token(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
-        form = dict(await request.form())
-        form = {k: str(v) for k, v in form.items()}
+        # urlencoded form parsed with the stdlib: Starlette's form parser needs python-multipart
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
         if not self._tenant_ok(tenant):
             return aad_error(
                 400,

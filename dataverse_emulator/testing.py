@@ -1,0 +1,143 @@
+"""Run the emulator on a real socket in a background thread, for tests (ours and other people's).
+
+Why a thread with uvicorn rather than an in-process transport: Microsoft's SDK uses ``requests`` and needs a socket,
+streaming must behave as over the network, and the connector's retry paths must see real connections. Startup is
+awaited with an Event, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from .app import create_app
+
+
+class AdminClient:
+    """Helpers for the test-only ``/_emulator/`` surface."""
+
+    def __init__(self, base_url: str, verify: Any) -> None:
+        self._client = httpx.Client(base_url=base_url, verify=verify, timeout=60)
+
+    def seed(self, table: str, rows: list[dict[str, Any]]) -> list[str]:
+        r = self._client.post("/_emulator/seed", json={"table": table, "rows": rows})
+        r.raise_for_status()
+        return list(r.json()["ids"])
+
+    def requests(self) -> list[dict[str, Any]]:
+        r = self._client.get("/_emulator/requests")
+        r.raise_for_status()
+        return list(r.json()["requests"])
+
+    def clear_requests(self) -> None:
+        self._client.delete("/_emulator/requests").raise_for_status()
+
+    def reset(self) -> None:
+        self._client.post("/_emulator/reset").raise_for_status()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass
+class EmulatorHandle:
+    """What ``running_emulator`` yields."""
+
+    base_url: str
+    ca_file: str | None
+    app: Any
+    admin: AdminClient
+    data_dir: str
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/data/v9.2"
+
+    @property
+    def emulator(self) -> Any:
+        return self.app.state.emulator
+
+    def connection_config(self, kind: str = "client_credentials") -> dict[str, Any]:
+        return dict(self.emulator.connection_config(self.base_url, kind, self.ca_file, self.data_dir))
+
+    def token(self, kind: str = "client_credentials") -> str:
+        """An access token for this organization (client credentials unless another kind is asked for)."""
+        emu = self.emulator
+        app = emu.apps_by_kind[kind]
+        return str(emu.identity.issue(self.base_url, app, app.object_id, None))
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
+        super().__init__(config)
+        self._started = started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._started.set()
+
+    def install_signal_handlers(self) -> None:  # a background thread cannot install signal handlers
+        pass
+
+
+def uvicorn_config(app: Any, sock: socket.socket, certfile: str | None = None, keyfile: str | None = None) -> uvicorn.Config:
+    """uvicorn settings shared with the CLI: h11 with room for 32 KB URLs, no access log."""
+    return uvicorn.Config(
+        app,
+        fd=None,
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        h11_max_incomplete_event_size=256 * 1024,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        lifespan="off",
+        timeout_keep_alive=30,
+    )
+
+
+@contextmanager
+def running_emulator(*, tls: bool = False, data_dir: str | None = None, **create_app_options: Any) -> Iterator[EmulatorHandle]:
+    """Serve ``create_app(**create_app_options)`` on 127.0.0.1, a free port, in a daemon thread."""
+    create_app_options.setdefault("admin", True)
+    app = create_app(**create_app_options)
+    ddir = data_dir or tempfile.mkdtemp(prefix="d365-emulator-")
+    certfile = keyfile = ca = None
+    if tls:
+        from .tls import issue_server_cert
+
+        cert_p, key_p, ca_p = issue_server_cert(Path(ddir))
+        certfile, keyfile, ca = str(cert_p), str(key_p), str(ca_p)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    started = threading.Event()
+    server = _Server(uvicorn_config(app, sock, certfile, keyfile), started)
+
+    def run() -> None:
+        asyncio.run(server.serve(sockets=[sock]))
+
+    thread = threading.Thread(target=run, name="dataverse-emulator", daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("the emulator did not start within 30 s")
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    admin = AdminClient(base, ca if ca else True)
+    try:
+        yield EmulatorHandle(base, ca, app, admin, ddir)
+    finally:
+        admin.close()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
