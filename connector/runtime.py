@@ -195,13 +195,14 @@ class Runtime:
     def _with_defaults(self, schema_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
         """Fill in top-level defaults so hooks see what the builder form showed (defaults behind ``$ref`` too)."""
         schema = self.store.get(schema_id)
-        resolver = self.store.resolver(schema_id)
         for name, prop in schema.get("properties", {}).items():
             if name in inputs or not isinstance(prop, Mapping):
                 continue
             node: Mapping[str, Any] = prop
+            resolver = self.store.resolver(schema_id)
             while "default" not in node and isinstance(node.get("$ref"), str):
-                node = resolver.lookup(node["$ref"]).contents
+                resolved = resolver.lookup(node["$ref"])
+                node, resolver = resolved.contents, resolved.resolver
             if "default" in node:
                 inputs[name] = copy.deepcopy(node["default"])
         return inputs

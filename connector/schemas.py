@@ -161,6 +161,9 @@ class SchemaStore:
     def validate(self, instance: Any, ref: str) -> list[InputProblem]:
         """Every problem at once, each with its JSON path and what is expected; secrets are never echoed."""
         errors = sorted(self.validator(ref).iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
+        # A GUID fails both its pattern and format "uuid": one message per value is enough.
+        patterned = {_json_path(e.absolute_path) for e in errors if e.validator == "pattern"}
+        errors = [e for e in errors if not (e.validator == "format" and _json_path(e.absolute_path) in patterned)]
         return [InputProblem(_json_path(e.absolute_path), _describe(e)) for e in errors]
 
 

@@ -1,4 +1,4 @@
-"""Packs: a new action, a declared override, an undeclared override refused by name, wrappers, disabling, entry points."""
+"""Packs: new action, declared override, undeclared override refused by name, wrappers, disabling, entry points."""
 
 from __future__ import annotations
 
