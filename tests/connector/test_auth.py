@@ -1,0 +1,235 @@
+"""Client-credentials tokens: the request, caching and refresh on the fake clock, AADSTS refusals, audience checks."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from connector.auth import DYNAMICS_CRM_APP_ID, audience_problem, decode_jwt_claims, refresh_leeway
+from connector.client import NetworkConfigError
+from connector.errors import AuthenticationError
+
+
+def test_auth_token_request_body(cloud: Any) -> None:
+    conn = cloud.connect()
+    token = conn.token()
+    assert token == cloud.issued[-1]
+    (request,) = cloud.requests
+    assert request.method == "POST"
+    assert str(request.url) == cloud.TOKEN_URL
+    assert request.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    assert "Authorization" not in request.headers  # client_secret_post: the secret is in the form, as Microsoft shows
+    assert request.headers["User-Agent"].startswith("d365-connector/")
+    assert cloud.token_forms == [
+        {
+            "grant_type": "client_credentials",
+            "scope": "https://contoso.crm.dynamics.com/.default",
+            "client_id": cloud.CLIENT_ID,
+            "client_secret": cloud.SECRET,
+        }
+    ]
+
+
+def test_auth_token_is_cached(cloud: Any) -> None:
+    conn = cloud.connect()
+    assert conn.token() == conn.token() == conn.token()
+    assert len(cloud.token_forms) == 1
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "still_valid", "refreshed"),
+    [
+        pytest.param(3600, 3600 - 300 - 1, 3600 - 300, id="entra-hour-5min-leeway"),
+        pytest.param(600, 600 - 60 - 1, 600 - 60, id="ten-minutes"),
+        pytest.param(20, 17, 18, id="short-test-token"),
+    ],
+)
+def test_auth_refresh_before_expiry(cloud: Any, lifetime: int, still_valid: int, refreshed: int) -> None:
+    cloud.token_lifetime = lifetime
+    conn = cloud.connect()
+    first = conn.token()
+    cloud.clock.advance(still_valid)
+    assert conn.token() == first
+    assert len(cloud.token_forms) == 1
+    cloud.clock.advance(refreshed - still_valid)
+    second = conn.token()
+    assert second != first
+    assert len(cloud.token_forms) == 2
+
+
+def test_auth_refresh_leeway_scales_with_lifetime() -> None:
+    assert refresh_leeway(4500) == 300
+    assert refresh_leeway(600) == 60
+    assert refresh_leeway(2) == pytest.approx(0.2)
+    assert refresh_leeway(0) == 0
+
+
+def test_auth_lifetime_from_exp_when_expires_in_missing(cloud: Any) -> None:
+    token = cloud.make_jwt({"aud": cloud.ORG, "exp": int(cloud.clock.time()) + 100})
+    cloud.token_queue.append(httpx.Response(200, json={"token_type": "Bearer", "access_token": token}))
+    conn = cloud.connect()
+    assert conn.token() == token
+    cloud.clock.advance(89)
+    assert conn.token() == token
+    cloud.clock.advance(2)
+    assert conn.token() != token
+
+
+def test_auth_force_refresh_shared_by_callers(cloud: Any) -> None:
+    conn = cloud.connect()
+    provider = conn.token_provider
+    stale = provider.token()
+    fresh = provider.force_refresh(stale)
+    assert fresh != stale
+    # A second caller that also saw the stale token rejected reuses the new one instead of fetching again.
+    assert provider.force_refresh(stale) == fresh
+    assert len(cloud.token_forms) == 2
+
+
+def test_auth_concurrent_callers_share_one_fetch(cloud: Any) -> None:
+    conn = cloud.connect()
+    gate = threading.Event()
+    cloud.token_gate = gate
+    barrier = threading.Barrier(9)
+    results: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(conn.token())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 8
+    assert len(set(results)) == 1
+    assert len(cloud.token_forms) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "needle"),
+    [
+        (700016, "unauthorized_client", "client_id and tenant_id"),
+        (7000215, "invalid_client", "Value"),
+        (7000222, "invalid_client", "expired"),
+        (90002, "invalid_request", "tenant_id"),
+        (650057, "invalid_resource", "https://contoso.crm.dynamics.com/.default"),
+        (70011, "invalid_scope", "https://contoso.crm.dynamics.com/.default"),
+        (500011, "invalid_resource", "organization_url"),
+    ],
+)
+def test_auth_aadsts_errors_mapped(cloud: Any, code: int, error: str, needle: str) -> None:
+    cloud.token_queue.append(cloud.aad_error(code, error, "The server's explanation."))
+    conn = cloud.connect()
+    with pytest.raises(AuthenticationError) as info:
+        conn.token()
+    assert info.value.code == f"AADSTS{code}"
+    assert info.value.status_code == 400
+    assert needle in info.value.message
+    assert "The server's explanation." in info.value.message
+    assert "Trace ID" not in info.value.message
+    assert cloud.SECRET not in str(info.value)
+
+
+def test_auth_aadsts_code_from_description_only(cloud: Any) -> None:
+    cloud.token_queue.append(
+        httpx.Response(401, json={"error": "invalid_client", "error_description": "AADSTS7000215: Invalid secret."})
+    )
+    with pytest.raises(AuthenticationError) as info:
+        cloud.connect().token()
+    assert info.value.code == "AADSTS7000215"
+
+
+def test_auth_token_endpoint_without_oauth_body(cloud: Any) -> None:
+    cloud.token_queue.append(httpx.Response(404, text="<html>Not Found</html>"))
+    with pytest.raises(AuthenticationError, match="token_url"):
+        cloud.connect().token()
+
+
+def test_auth_token_endpoint_dns_failure(cloud: Any) -> None:
+    cloud.token_queue.append(httpx.ConnectError("[Errno -2] Name or service not known"))
+    with pytest.raises(NetworkConfigError) as info:
+        cloud.connect().token()
+    assert info.value.reason == "dns"
+    assert info.value.field == "token_url"
+
+
+def test_auth_audience_mismatch_refused(cloud: Any) -> None:
+    cloud.audience = "https://fabrikam.crm.dynamics.com"
+    with pytest.raises(AuthenticationError) as info:
+        cloud.connect().token()
+    assert info.value.code == "AudienceMismatch"
+    message = info.value.message
+    assert "https://fabrikam.crm.dynamics.com" in message
+    assert "https://contoso.crm.dynamics.com" in message
+    assert "https://contoso.crm.dynamics.com/.default" in message
+    assert cloud.TOKEN_SIGNATURE not in message
+
+
+def test_auth_id_token_refused(cloud: Any) -> None:
+    cloud.audience = cloud.CLIENT_ID
+    with pytest.raises(AuthenticationError) as info:
+        cloud.connect().token()
+    assert info.value.code == "IdTokenRefused"
+    assert "ID token" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [
+        "https://contoso.crm.dynamics.com",
+        "https://contoso.crm.dynamics.com/",
+        "https://contoso.api.crm.dynamics.com/",
+        "HTTPS://CONTOSO.CRM.DYNAMICS.COM",
+        ["https://contoso.crm.dynamics.com", "other"],
+        DYNAMICS_CRM_APP_ID,
+    ],
+)
+def test_auth_audience_accepted(cloud: Any, aud: Any) -> None:
+    assert audience_problem(cloud.make_jwt({"aud": aud}), cloud.ORG, cloud.CLIENT_ID) is None
+
+
+@pytest.mark.parametrize(
+    "aud",
+    ["http://contoso.crm.dynamics.com", "https://contoso.crm.dynamics.com:8443", "https://contoso.crm4.dynamics.com"],
+)
+def test_auth_audience_scheme_host_port_compared(cloud: Any, aud: str) -> None:
+    problem = audience_problem(cloud.make_jwt({"aud": aud}), cloud.ORG, cloud.CLIENT_ID)
+    assert problem is not None and problem[0] == "AudienceMismatch"
+
+
+def test_auth_opaque_token_not_checked(cloud: Any) -> None:
+    assert decode_jwt_claims("opaque-token") is None
+    assert audience_problem("opaque-token", cloud.ORG, cloud.CLIENT_ID) is None
+
+
+def test_auth_never_logs_token_or_secret(cloud: Any, caplog: Any) -> None:
+    with caplog.at_level(logging.DEBUG):
+        conn = cloud.connect()
+        conn.token()
+        cloud.clock.advance(4000)
+        conn.token()
+        conn.client.whoami()
+    assert cloud.SECRET not in caplog.text
+    assert cloud.TOKEN_SIGNATURE not in caplog.text
+    assert all(t not in caplog.text for t in cloud.issued)
+
+
+def test_auth_dns_error_chain_detected(cloud: Any) -> None:
+    try:
+        raise socket.gaierror(-2, "Name or service not known")
+    except socket.gaierror as cause:
+        exc = httpx.ConnectError("connect failed")
+        exc.__cause__ = cause
+    cloud.token_queue.append(exc)
+    with pytest.raises(NetworkConfigError) as info:
+        cloud.connect().token()
+    assert info.value.reason == "dns"
