@@ -22,7 +22,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) fidelity-venv
 	$(BIN)/pytest -n 2 -p no:cacheprovider
 
 test: lint typecheck pytest

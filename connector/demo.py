@@ -1,0 +1,49 @@
+"""``make demo``: the main job end to end against the embedded emulator, one step per capability.
+
+The emulator runs in this process on 127.0.0.1 (a free port); the connector reaches it over a real socket with a
+client-credentials connection the emulator issued, exactly as it would reach a Dataverse environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from connector.runtime import Runtime
+
+console = Console(soft_wrap=True)
+
+
+def step(title: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = fn()
+    elapsed = (time.perf_counter() - started) * 1000
+    console.print(f"[bold green]✓[/] {title} [dim]({elapsed:.0f} ms)[/]")
+    console.print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def main() -> int:
+    from dataverse_emulator.testing import running_emulator
+
+    runtime = Runtime()
+    step("actions in the effective manifest", lambda: sorted(runtime.manifest.actions))
+    with running_emulator() as emulator:
+        console.print(f"emulator serving {emulator.base_url}")
+        config = emulator.connection_config("client_credentials")
+        connection = runtime.connection(config)
+        try:
+            step("test_connection", lambda: runtime.run_action("test_connection", {}, connection))
+            step("get_current_user", lambda: runtime.run_action("get_current_user", {}, connection))
+        finally:
+            runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
