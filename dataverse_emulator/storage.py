@@ -79,6 +79,7 @@ class Store:
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.create_function("dv_match", 2, _dv_match, deterministic=True)
         self.keys: dict[str, list[Key]] = {}
+        self._activated: set[str] = set()
         self._create_schema()
 
     # -- schema -----------------------------------------------------------------------------------------------------
@@ -237,6 +238,13 @@ class Store:
             return "Failed"
         if self.clock() - key.created_at < self.key_activation_s:
             return "Pending"
+        if key.metadata_id not in self._activated:
+            # the index is built now: rows written while the key was pending can still make it fail
+            self._activated.add(key.metadata_id)
+            if self.has_duplicates(key.entity, key.attributes):
+                key.failed = True
+                self.conn.execute("UPDATE _emulator_keys SET failed = 1 WHERE metadataid = ?", (key.metadata_id,))
+                return "Failed"
         return "Active"
 
     def active_keys(self, table: str) -> list[Key]:
