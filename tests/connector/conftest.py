@@ -89,6 +89,7 @@ class FakeCloud:
         self.token_queue: list[Responder] = []
         self.api_queue: list[Responder] = []
         self.token_gate: threading.Event | None = None
+        self.token_arrivals: threading.Semaphore | None = None
         self._lock = threading.Lock()
 
     @property
@@ -128,6 +129,8 @@ class FakeCloud:
         self.requests.append(request)
         if request.url.path.endswith("/oauth2/v2.0/token"):
             self.token_forms.append(dict(urllib.parse.parse_qsl(request.content.decode())))
+            if self.token_arrivals is not None:
+                self.token_arrivals.release()
             if self.token_gate is not None:
                 self.token_gate.wait(5)
             return self._serve(self.token_queue, request) or self.token_response()

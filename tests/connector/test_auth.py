@@ -93,19 +93,32 @@ def test_auth_force_refresh_shared_by_callers(cloud: Any) -> None:
 
 def test_auth_concurrent_callers_share_one_fetch(cloud: Any) -> None:
     conn = cloud.connect()
+    provider = conn.token_provider
+    arrivals = threading.Semaphore(0)
     gate = threading.Event()
-    cloud.token_gate = gate
-    barrier = threading.Barrier(9)
+    cloud.token_gate, cloud.token_arrivals = gate, arrivals
+
+    class CountingLock:
+        """Counts callers reaching the provider's lock, so the test knows when all 8 are inside token()."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __enter__(self) -> None:
+            arrivals.release()
+            self.inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.release()
+
+    provider._lock = CountingLock(provider._lock)  # type: ignore[attr-defined]
     results: list[str] = []
-
-    def worker() -> None:
-        barrier.wait()
-        results.append(conn.token())
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: results.append(conn.token())) for _ in range(8)]
     for t in threads:
         t.start()
-    barrier.wait()
+    # Every thread is at the lock (or, were there no lock, at the token endpoint) before the endpoint answers.
+    for _ in range(8):
+        assert arrivals.acquire(timeout=5)
     gate.set()
     for t in threads:
         t.join(5)
