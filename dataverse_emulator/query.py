@@ -169,7 +169,7 @@ class Compiler:
 
     def expr(self, e: Expr, scope: Scope) -> str:
         if isinstance(e, Logical):
-            return "(" + f" {e.op.upper()} ".join(self.expr(x, scope) for x in e.operands) + ")"
+            return self._balanced([self.expr(x, scope) for x in e.operands], f" {e.op.upper()} ")
         if isinstance(e, Not):
             return f"(NOT {self.expr(e.operand, scope)})"
         if isinstance(e, Compare):
@@ -186,6 +186,13 @@ class Compiler:
         if isinstance(e, Literal):
             return "1" if e.value else "0"
         raise errors.bad_request("The query is not supported.")
+
+    def _balanced(self, parts: list[str], op: str) -> str:
+        """Join as a balanced tree: SQLite caps expression depth at 1000, and 32 KB URLs hold long ``or`` chains."""
+        if len(parts) <= 8:
+            return "(" + op.join(parts) + ")"
+        mid = len(parts) // 2
+        return "(" + self._balanced(parts[:mid], op) + op + self._balanced(parts[mid:], op) + ")"
 
     def compare(self, e: Compare, scope: Scope) -> str:
         left_attr = self.path_sql(e.left, scope)[1] if isinstance(e.left, Property) else None
