@@ -1,0 +1,260 @@
+"""Documented Dataverse behaviours, copied into ``doc_cases/*.json`` with their Microsoft doc path, replayed against the
+emulator over a real TLS socket.
+
+Case file format (JSON):
+
+* ``behaviour``: an id listed in ``doc_cases/BEHAVIOURS.txt``; ``doc``: the Microsoft doc source path (and ``ms.date``
+  where known); ``doc_quote``: the documented text the case is built from; ``provenance``: DOC, COMMUNITY or
+  UNVERIFIED (an UNVERIFIED expectation follows the project's reference where the docs are silent).
+* ``steps``: requests run in order. Each has ``method``, ``path`` (relative to the API root) or ``url`` (absolute),
+  optional ``query`` (list of ``[name, value]``, encoded by the runner), ``headers``, ``json`` body, ``auth`` (default
+  true), ``capture`` (``{"var": "entityid" | "header:Name" | "json:a/b/0"}``), ``poll`` (repeat until a JSON path
+  equals a value), and ``expect`` (only the last step must have one; setup steps may carry ``expect_status``).
+  Strings may use ``{api}``, ``{org}``, ``{tag}`` (unique per case), ``{guid}`` (random per case), ``{re_api}``
+  (``{api}`` escaped for regexes) and captured ``{var}`` values.
+* ``expect``: ``status`` (or ``status_in`` where Microsoft does not document it), ``error`` (``code`` exact, or
+  ``null`` when the code is not documented; ``message`` exact or ``message_regex``), ``headers`` (name -> regex, must
+  be present), ``headers_absent``, ``json_keys`` (the exact set of top-level keys; ``null`` for no body),
+  ``value_keys`` (exact set of keys of every item of ``value``), ``value_count``, ``json_equals`` (``/``-separated
+  path -> value),
+  ``content_type`` (regex), ``text_regex`` (non-JSON bodies).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from .conftest import ServedEmulator
+
+CASES_DIR = Path(__file__).parent / "doc_cases"
+BEHAVIOURS_FILE = CASES_DIR / "BEHAVIOURS.txt"
+CASE_FILES = sorted(CASES_DIR.glob("*.json"))
+ODATA_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+
+
+def listed_behaviours() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in BEHAVIOURS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            ident, _, description = line.partition(" ")
+            out[ident] = description.strip()
+    return out
+
+
+def load_case(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads(path.read_text())
+    return case
+
+
+@pytest.fixture(scope="module")
+def api_client(served_emulator: ServedEmulator) -> Iterator[httpx.Client]:
+    conn = served_emulator.connection
+    tls = ssl.create_default_context(cafile=str(served_emulator.ca_file))
+    with httpx.Client(verify=tls, trust_env=False, timeout=30) as client:
+        token = client.post(
+            conn["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_id": conn["client_id"],
+                "client_secret": conn["client_secret"],
+                "scope": f"{served_emulator.base_url}/.default",
+            },
+        )
+        assert token.status_code == 200, token.text
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        # an alternate key on account(accountnumber), shared by the cases that address rows by key
+        key = client.post(
+            f"{served_emulator.api_url}/EntityDefinitions(LogicalName='account')/Keys",
+            headers=ODATA_HEADERS,
+            json={
+                "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
+                "SchemaName": "doccase_accountnumber",
+                "DisplayName": {
+                    "@odata.type": "Microsoft.Dynamics.CRM.Label",
+                    "LocalizedLabels": [
+                        {
+                            "@odata.type": "Microsoft.Dynamics.CRM.LocalizedLabel",
+                            "Label": "Account number",
+                            "LanguageCode": 1033,
+                        }
+                    ],
+                },
+                "KeyAttributes": ["accountnumber"],
+            },
+        )
+        assert key.status_code in (200, 201, 204), key.text
+        _wait_for_keys(client, served_emulator.api_url)
+        yield client
+
+
+def _wait_for_keys(client: httpx.Client, api: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        keys = client.get(
+            f"{api}/EntityDefinitions(LogicalName='account')/Keys?$select=SchemaName,EntityKeyIndexStatus",
+            headers=ODATA_HEADERS,
+        ).json()["value"]
+        if all(k["EntityKeyIndexStatus"] == "Active" for k in keys):
+            return
+        time.sleep(0.2)
+    pytest.fail("the account alternate key never became Active")
+
+
+class CaseRun:
+    def __init__(self, served: ServedEmulator, client: httpx.Client) -> None:
+        self.served = served
+        self.client = client
+        self.vars: dict[str, str] = {
+            "api": served.api_url,
+            "org": served.base_url,
+            "re_api": re.escape(served.api_url),
+            "tag": "d" + uuid.uuid4().hex[:8],
+            "guid": str(uuid.uuid4()),
+        }
+
+    def sub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return re.sub(r"\{(\w+)\}", lambda m: self.vars.get(m.group(1), m.group(0)), value)
+        if isinstance(value, list):
+            return [self.sub(v) for v in value]
+        if isinstance(value, dict):
+            return {self.sub(k): self.sub(v) for k, v in value.items()}
+        return value
+
+    def send(self, step: dict[str, Any]) -> httpx.Response:
+        url = self.sub(step["url"]) if "url" in step else f"{self.served.api_url}/{self.sub(step['path'])}"
+        if step.get("query"):
+            pairs = [(self.sub(k), self.sub(v)) for k, v in step["query"]]
+            url += ("&" if "?" in url else "?") + "&".join(
+                f"{quote(k, safe='$@')}={quote(v, safe=chr(39) + '(),=$@/:')}" for k, v in pairs
+            )
+        headers = dict(ODATA_HEADERS)
+        headers.update(self.sub(step.get("headers", {})))
+        if not step.get("auth", True):
+            headers["Authorization"] = ""
+        kwargs: dict[str, Any] = {"headers": headers}
+        if "json" in step:
+            kwargs["json"] = self.sub(step["json"])
+        request = self.client.build_request(step["method"], url, **kwargs)
+        if not step.get("auth", True):
+            del request.headers["Authorization"]
+        return self.client.send(request)
+
+    def capture(self, step: dict[str, Any], response: httpx.Response) -> None:
+        for var, source in step.get("capture", {}).items():
+            if source == "entityid":
+                m = re.search(r"\(([0-9a-fA-F-]{36})\)$", response.headers.get("OData-EntityId", ""))
+                assert m, f"no GUID in OData-EntityId: {response.headers.get('OData-EntityId')!r}"
+                self.vars[var] = m.group(1)
+            elif source.startswith("header:"):
+                self.vars[var] = response.headers[source[len("header:") :]]
+            elif source.startswith("json:"):
+                self.vars[var] = str(json_path(response.json(), source[len("json:") :]))
+            else:
+                raise AssertionError(f"unknown capture source {source!r}")
+
+    def run(self, case: dict[str, Any]) -> None:
+        steps = case["steps"]
+        for index, step in enumerate(steps):
+            response = self.send(step)
+            poll = step.get("poll")
+            if poll:
+                deadline = time.monotonic() + poll.get("timeout", 30)
+                while json_path(response.json(), poll["path"]) != poll["equals"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    response = self.send(step)
+            where = f"step {index} {step['method']} {response.request.url}"
+            if "expect" in step:
+                check(self.sub(step["expect"]), response, where)
+            elif "expect_status" in step:
+                assert response.status_code == step["expect_status"], f"{where}: {response.status_code} {response.text}"
+            self.capture(step, response)
+
+
+def json_path(doc: Any, path: str) -> Any:
+    for part in path.split("/") if path else []:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
+def check(expect: dict[str, Any], response: httpx.Response, where: str) -> None:
+    body = response.text
+    context = f"{where} -> {response.status_code} {dict(response.headers)} {body[:1500]}"
+    if "status" in expect:
+        assert response.status_code == expect["status"], context
+    if "status_in" in expect:
+        assert response.status_code in expect["status_in"], context
+    for name, pattern in expect.get("headers", {}).items():
+        assert name in response.headers, f"missing header {name}: {context}"
+        assert re.search(pattern, response.headers[name]), f"header {name}={response.headers[name]!r} !~ {pattern}"
+    for name in expect.get("headers_absent", []):
+        assert name not in response.headers, f"unexpected header {name}: {context}"
+    if "content_type" in expect:
+        assert re.search(expect["content_type"], response.headers.get("Content-Type", "")), context
+    if "text_regex" in expect:
+        assert re.fullmatch(expect["text_regex"], body), context
+    if "json_keys" in expect:
+        if expect["json_keys"] is None:
+            assert body == "", f"expected no body: {context}"
+        else:
+            assert sorted(response.json()) == sorted(expect["json_keys"]), context
+    if "error" in expect:
+        error = response.json()["error"]
+        if expect["error"].get("code") is not None:
+            assert error.get("code") == expect["error"]["code"], context
+        assert isinstance(error.get("message"), str), context
+        if "message" in expect["error"]:
+            assert error["message"] == expect["error"]["message"], context
+        if "message_regex" in expect["error"]:
+            assert re.search(expect["error"]["message_regex"], error["message"]), context
+    if "value_keys" in expect:
+        rows = response.json()["value"]
+        assert rows, f"expected rows: {context}"
+        for row in rows:
+            assert sorted(row) == sorted(expect["value_keys"]), context
+    if "value_count" in expect:
+        assert len(response.json()["value"]) == expect["value_count"], context
+    for path, value in expect.get("json_equals", {}).items():
+        assert json_path(response.json(), path) == value, f"{path}: {context}"
+
+
+@pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.stem for p in CASE_FILES])
+def test_doc_case(case_file: Path, served_emulator: ServedEmulator, api_client: httpx.Client) -> None:
+    case = load_case(case_file)
+    CaseRun(served_emulator, api_client).run(case)
+
+
+def test_every_listed_behaviour_has_a_case() -> None:
+    behaviours = listed_behaviours()
+    covered = {load_case(p)["behaviour"] for p in CASE_FILES}
+    missing = sorted(set(behaviours) - covered)
+    assert not missing, f"behaviours in BEHAVIOURS.txt without a case in doc_cases/: {missing}"
+    unknown = sorted(covered - set(behaviours))
+    assert not unknown, f"cases naming behaviours not listed in BEHAVIOURS.txt: {unknown}"
+
+
+def test_cases_are_well_formed() -> None:
+    assert len(CASE_FILES) >= 30
+    for path in CASE_FILES:
+        case = load_case(path)
+        assert set(case) <= {"behaviour", "doc", "doc_quote", "provenance", "notes", "steps"}, path
+        assert case["doc"].startswith(("powerapps-docs/", "MicrosoftDocs/", "microsoft/")), path
+        assert case["doc_quote"].strip(), path
+        assert case["provenance"] in ("DOC", "DOC-REF", "SAMPLE", "COMMUNITY", "UNVERIFIED"), path
+        assert "expect" in case["steps"][-1], path
+        expect = case["steps"][-1]["expect"]
+        assert "status" in expect or "status_in" in expect, path
+        if expect.get("status", 200) >= 400 or "status_in" in expect:
+            assert "error" in expect or expect.get("status") == 401 or "json_keys" in expect, path
