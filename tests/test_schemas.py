@@ -1,0 +1,61 @@
+"""Schema quality rules builders rely on: titles and descriptions everywhere, constrained URL values, secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connector.schemas import builtin_store, load_json
+
+STORE = builtin_store()
+SCHEMA_IDS = [sid for sid in STORE.ids() if not sid.endswith("manifest.schema.json")]
+
+
+def properties(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        for name, prop in node.get("properties", {}).items():
+            if isinstance(prop, dict):
+                yield f"{path}.{name}", prop
+        for key, value in node.items():
+            if key in ("properties", "$defs"):
+                for name, child in value.items():
+                    yield from properties(child, f"{path}.{name}")
+            elif isinstance(value, (dict, list)) and key not in ("examples", "default", "enum", "const"):
+                yield from properties(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from properties(item, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("schema_id", SCHEMA_IDS, ids=lambda s: s.rsplit("/schemas/", 1)[1])
+def test_every_property_has_a_title_and_description(schema_id: str) -> None:
+    schema = STORE.get(schema_id)
+    assert schema.get("title") and schema.get("description"), f"{schema_id} needs a title and a description"
+    missing = []
+    for path, prop in properties(schema):
+        target = prop
+        if "$ref" in prop and not ("title" in prop and "description" in prop):
+            target = STORE.resolver(schema_id).lookup(prop["$ref"]).contents
+        if not (target.get("title") and target.get("description")):
+            missing.append(path)
+    assert missing == [], f"properties without a title and a description in {schema_id}: {missing}"
+
+
+def test_secrets_are_write_only() -> None:
+    secret = load_json("schemas/common/defs.json")["$defs"]["secret"]
+    assert secret["writeOnly"] is True
+    conn = STORE.get("connections/client_credentials.json")
+    assert conn["properties"]["client_secret"]["$ref"].endswith("#/$defs/secret")
+
+
+@pytest.mark.parametrize("name", ["table", "guid", "identifier", "page_token"])
+def test_values_that_reach_urls_are_constrained(name: str) -> None:
+    problems = STORE.validate("accounts(x)/../$batch", f"common/defs.json#/$defs/{name}")
+    assert problems, f"{name} must refuse a value that would change the URL"
+
+
+@pytest.mark.parametrize("value", ["account", "new_Balance", "contacts"])
+def test_table_accepts_logical_and_entity_set_names(value: str) -> None:
+    assert STORE.validate(value, "common/defs.json#/$defs/table") == []

@@ -1,0 +1,95 @@
+"""The wheel: built from the checkout, installed into a fresh venv, used outside the repository.
+
+It proves that ``manifest.json`` and ``schemas/`` travel as package data (read through the same function as in a
+checkout), that the console script works, and that the packaged emulator serves ``get_current_user``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, assert_no_secrets
+
+
+@pytest.fixture(scope="module")
+def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=work,
+    )
+    wheel = next((work / "dist").glob("d365_connector-*.whl"))
+    env_dir = work / "venv"
+    venv.create(env_dir, with_pip=True)
+    subprocess.run(
+        [
+            str(env_dir / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            str(ROOT / "requirements.lock"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=work,
+    )
+    return env_dir
+
+
+def run(env_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "D365_RUN_LEDGER")}
+    return subprocess.run(
+        [str(env_dir / "bin" / a) if i == 0 else a for i, a in enumerate(args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_wheel_actions_list_outside_the_repository(wheel_env: Path, tmp_path: Path) -> None:
+    result = run(wheel_env, "d365", "actions", "list", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {row["id"] for row in json.loads(result.stdout)} >= {"get_current_user", "test_connection"}
+    where = run(wheel_env, "python", "-c", "import connector.schemas as s; print(s.data_root())", cwd=tmp_path)
+    assert "site-packages/connector/_data" in where.stdout
+    assert run(wheel_env, "d365", "manifest", "validate", cwd=tmp_path).returncode == 0
+
+
+def test_wheel_emulator_serves_get_current_user(wheel_env: Path, tmp_path: Path) -> None:
+    conn = tmp_path / "conn.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with subprocess.Popen(
+        [str(wheel_env / "bin" / "d365"), "emulator", "serve", "--port", "0", "--connection-out", str(conn)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            base_url = server.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:")
+            result = run(
+                wheel_env, "d365", "run", "get_current_user", "--connection", str(conn), "--json", cwd=tmp_path
+            )
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["is_application_user"] is True
+            assert_no_secrets(result.stdout, result.stderr)
+        finally:
+            server.terminate()
+            server.communicate(timeout=30)
