@@ -28,10 +28,17 @@ from . import errors, metadata
 from .errors import JSON_CT, DataverseError, error_response
 from .identity import App, Identity, IdentityEndpoints, org_of
 from .model import Relationship, Table, build_tables
-from .odata import ExpandItem, ODataSyntaxError, parse_expand, parse_filter, parse_key_predicate, parse_orderby
-from .odata import parse_select
-from .query import Compiler, Scope as QScope
-from .query import fmt_dt
+from .odata import (
+    ExpandItem,
+    ODataSyntaxError,
+    parse_expand,
+    parse_filter,
+    parse_key_predicate,
+    parse_orderby,
+    parse_select,
+)
+from .query import Compiler, fmt_dt
+from .query import Scope as QScope
 from .records import (
     ASSOC_NAV,
     FORMATTED,
@@ -57,7 +64,7 @@ def split_path(path: str) -> list[str]:
     """Split an OData resource path on ``/`` outside quotes and parentheses."""
     out, cur, depth, quoted = [], [], 0, False
     for ch in path:
-        if ch == "'" :
+        if ch == "'":
             quoted = not quoted
         elif not quoted and ch == "(":
             depth += 1
@@ -162,7 +169,7 @@ class Emulator:
         import hashlib
 
         apps["certificate"].cert_thumbprint_x5t = (
-            base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")  # noqa: S324
+            base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")
         )
         idp.cert_pem, idp.key_pem = cert_pem, key_pem
         for a in apps.values():
@@ -178,8 +185,13 @@ class Emulator:
             v = s.next_version()
             s.insert(
                 "businessunit",
-                {"businessunitid": self.root_bu, "name": "emulator", "createdon": now, "modifiedon": now,
-                 "versionnumber": v},
+                {
+                    "businessunitid": self.root_bu,
+                    "name": "emulator",
+                    "createdon": now,
+                    "modifiedon": now,
+                    "versionnumber": v,
+                },
             )
         users = [(self.system_user, "SYSTEM", None, None)]
         users += [(a.object_id, f"# {kind} app", a.client_id, a.object_id) for kind, a in self.apps_by_kind.items()]
@@ -215,7 +227,9 @@ class Emulator:
         if claims.get("idtyp") == "app":
             rows = self.store.query("SELECT * FROM systemuser WHERE applicationid = ?", [claims.get("appid")])
         else:
-            rows = self.store.query("SELECT * FROM systemuser WHERE azureactivedirectoryobjectid = ?", [claims.get("oid")])
+            rows = self.store.query(
+                "SELECT * FROM systemuser WHERE azureactivedirectoryobjectid = ?", [claims.get("oid")]
+            )
         if not rows:
             return None
         self.user_cache[key] = rows[0]
@@ -223,8 +237,9 @@ class Emulator:
 
     # -- connection configs -----------------------------------------------------------------------------------------
 
-    def connection_config(self, org: str, kind: str = "client_credentials", ca_file: str | None = None,
-                          files_dir: str | None = None) -> dict[str, Any]:
+    def connection_config(
+        self, org: str, kind: str = "client_credentials", ca_file: str | None = None, files_dir: str | None = None
+    ) -> dict[str, Any]:
         """A connection file body (see README): the shape ``--connection-out`` writes."""
         tenant = self.identity.tenant_id
         app = self.apps_by_kind[kind]
@@ -324,8 +339,13 @@ class Observe:
                 await asyncio.sleep(emu.latency_ms / 1000)
             if url_len > MAX_URL and not is_admin:
                 resp = JSONResponse(
-                    {"error": {"code": "", "message": "The length of the URL for this request exceeds the configured "
-                               "maxUrlLength value."}},
+                    {
+                        "error": {
+                            "code": "",
+                            "message": "The length of the URL for this request exceeds the configured "
+                            "maxUrlLength value.",
+                        }
+                    },
                     status_code=414,
                 )
                 await resp(scope, receive, send_wrapper)
@@ -434,8 +454,10 @@ class WebApi:
                     headers={"x-ms-dop-hint": "4"},
                 )
             return self.json(
-                {"@odata.context": f"{ctx.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
-                 "Version": VERSION}
+                {
+                    "@odata.context": f"{ctx.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
+                    "Version": VERSION,
+                }
             )
         if head == "EntityDefinitions":
             return await metadata.entity_definitions(self, request, ctx, key, segs[1:])
@@ -448,8 +470,9 @@ class WebApi:
                     return self.list_records(request, ctx, table)
                 if method == "POST":
                     return await self.create(request, ctx, table)
-                raise errors.DataverseError(405, "0x80060888", f"The requested resource does not support http method "
-                                            f"'{method}'.")
+                raise errors.DataverseError(
+                    405, "0x80060888", f"The requested resource does not support http method '{method}'."
+                )
             if len(segs) == 2 and segs[1] == "$count" and method == "GET":
                 n = min(self.store.scalar(f"SELECT COUNT(*) FROM {q(table.logical_name)}", []), MAX_PAGE)
                 return Response(str(n), media_type="text/plain", headers={"OData-Version": "4.0"})
@@ -468,7 +491,9 @@ class WebApi:
 
     def json(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         data = json.dumps(body, separators=(",", ":")).encode()
-        return Response(data, status_code=status, media_type=JSON_CT, headers={"OData-Version": "4.0", **(headers or {})})
+        return Response(
+            data, status_code=status, media_type=JSON_CT, headers={"OData-Version": "4.0", **(headers or {})}
+        )
 
     def service_document(self, ctx: Ctx) -> Response:
         value = [{"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set} for t in self.tables.values()]
@@ -564,11 +589,13 @@ class WebApi:
         t = self.tables.get(table_name or "")
         if t is None or not t.primary_name:
             return None
-        return self.store.scalar(f"SELECT {q(t.primary_name)} FROM {q(t.logical_name)} WHERE {q(t.primary_id)} = ?",
-                                 [rid])
+        return self.store.scalar(
+            f"SELECT {q(t.primary_name)} FROM {q(t.logical_name)} WHERE {q(t.primary_id)} = ?", [rid]
+        )
 
-    def expand(self, ctx: Ctx, table: Table, ent: dict[str, Any], row: dict[str, Any],
-               items: tuple[ExpandItem, ...]) -> None:
+    def expand(
+        self, ctx: Ctx, table: Table, ent: dict[str, Any], row: dict[str, Any], items: tuple[ExpandItem, ...]
+    ) -> None:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         for it in items:
             single = comp.single_nav(table, it.nav)
@@ -609,8 +636,9 @@ class WebApi:
                 vals.append(e)
             ent[it.nav] = vals
 
-    def child_rows(self, child_t: Table, rel: Relationship, parent: Table, pid: str,
-                   it: ExpandItem | None) -> list[dict[str, Any]]:
+    def child_rows(
+        self, child_t: Table, rel: Relationship, parent: Table, pid: str, it: ExpandItem | None
+    ) -> list[dict[str, Any]]:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         scope = QScope(child_t, "t0")
         where = [f"t0.{q(rel.referencing_attribute)} = ?"]
@@ -627,11 +655,15 @@ class WebApi:
                 order = comp.orderby(it.orderby, scope) + order
             if it.top is not None:
                 limit = it.top
-        sql = (f"SELECT t0.* FROM {q(child_t.logical_name)} t0 WHERE {' AND '.join(where)} "
-               f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")
+        sql = (
+            f"SELECT t0.* FROM {q(child_t.logical_name)} t0 WHERE {' AND '.join(where)} "
+            f"ORDER BY {', '.join(order)} LIMIT {int(limit)}"
+        )
         return self.store.query(sql, comp.params)
 
-    def context_url(self, ctx: Ctx, table: Table, select: list[str] | None, entity: bool, expand: str | None = None) -> str:
+    def context_url(
+        self, ctx: Ctx, table: Table, select: list[str] | None, entity: bool, expand: str | None = None
+    ) -> str:
         sel = ",".join(select) if select else ""
         if expand:
             sel = ",".join(x for x in (sel, expand) if x)
@@ -646,8 +678,17 @@ class WebApi:
         for k, v in parse_qsl(raw, keep_blank_values=True):
             opts[k] = v
         for k in opts:
-            if k.startswith("$") and k not in ("$select", "$expand", "$filter", "$orderby", "$top", "$count",
-                                                "$skiptoken", "$apply", "$id"):
+            if k.startswith("$") and k not in (
+                "$select",
+                "$expand",
+                "$filter",
+                "$orderby",
+                "$top",
+                "$count",
+                "$skiptoken",
+                "$apply",
+                "$id",
+            ):
                 if k in ("$skip", "$search", "$format"):
                     raise errors.bad_request(f"The query parameter {k} is not supported.", "0x80060888")
                 raise errors.bad_request(f"The query parameter '{k}' is not supported.", "0x0")
@@ -655,7 +696,7 @@ class WebApi:
 
     def retrieve(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
         opts = self.query_options(request)
-        rid, row = self.load(table, key)
+        _, row = self.load(table, key)
         select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
         expand = parse_expand(opts["$expand"]) if "$expand" in opts else ()
         tag = etag(row.get("versionnumber"))
@@ -666,8 +707,12 @@ class WebApi:
         if expand:
             self.expand(ctx, table, ent, row, expand)
         self.apply_annotation_pref(ctx)
-        body = {"@odata.context": self.context_url(ctx, table, select, True, opts.get("$expand") and
-                                                    ",".join(f"{e.nav}()" for e in expand)), **ent}
+        body = {
+            "@odata.context": self.context_url(
+                ctx, table, select, True, opts.get("$expand") and ",".join(f"{e.nav}()" for e in expand)
+            ),
+            **ent,
+        }
         return self.json(body, headers={"ETag": tag})
 
     def apply_annotation_pref(self, ctx: Ctx) -> None:
@@ -677,8 +722,14 @@ class WebApi:
 
     # -- list -------------------------------------------------------------------------------------------------------
 
-    def list_records(self, request: Request, ctx: Ctx, table: Table, parent: tuple[Relationship, Table, str] | None = None,
-                     base_path: str | None = None) -> Response:
+    def list_records(
+        self,
+        request: Request,
+        ctx: Ctx,
+        table: Table,
+        parent: tuple[Relationship, Table, str] | None = None,
+        base_path: str | None = None,
+    ) -> Response:
         opts = self.query_options(request)
         if "fetchXml" in opts or "$apply" in opts:
             raise errors.bad_request("FetchXML and $apply are not supported by this emulator yet (part 2).")
@@ -717,7 +768,9 @@ class WebApi:
             try:
                 top = int(opts["$top"])
             except ValueError:
-                raise errors.bad_request(f"Invalid value '{opts['$top']}' for $top query option found.", "0x0") from None
+                raise errors.bad_request(
+                    f"Invalid value '{opts['$top']}' for $top query option found.", "0x0"
+                ) from None
             if top < 0:
                 raise errors.bad_request(f"Invalid value '{opts['$top']}' for $top query option found.", "0x0")
         page_no, last = self.read_skiptoken(opts.get("$skiptoken"))
@@ -735,8 +788,10 @@ class WebApi:
         limit = page_size + 1
         if top is not None:
             limit = min(limit, top)
-        sql = (f"SELECT t0.* FROM {q(table.logical_name)} t0{where_sql} ORDER BY {order_sql} "
-               f"LIMIT {int(limit)} OFFSET {int(offset)}")
+        sql = (
+            f"SELECT t0.* FROM {q(table.logical_name)} t0{where_sql} ORDER BY {order_sql} "
+            f"LIMIT {int(limit)} OFFSET {int(offset)}"
+        )
         rows = self.store.query(sql, where_params + extra_params)
         more = top is None and len(rows) > page_size
         rows = rows[:page_size]
@@ -764,8 +819,9 @@ class WebApi:
             values.append(e)
         body["value"] = values
         if more:
-            body["@odata.nextLink"] = self.next_link(request, ctx, page_no + 1, rows[-1][table.primary_id],
-                                                     rows[0][table.primary_id], table)
+            body["@odata.nextLink"] = self.next_link(
+                request, ctx, page_no + 1, rows[-1][table.primary_id], rows[0][table.primary_id], table
+            )
         self.apply_annotation_pref(ctx)
         return self.json(body)
 
@@ -781,8 +837,13 @@ class WebApi:
         return int(m.group(1)), (last.group(1).lower() if last else None)
 
     def next_link(self, request: Request, ctx: Ctx, page: int, last: str, first: str, table: Table) -> str:
-        cookie = f'<cookie page="{page - 1}"><{table.primary_id} last="{{{last.upper()}}}" first="{{{first.upper()}}}" /></cookie>'
-        token = f'<cookie pagenumber="{page}" pagingcookie="{quote(quote(cookie, safe=""), safe="")}" istracking="False" />'
+        cookie = (
+            f'<cookie page="{page - 1}"><{table.primary_id} last="{{{last.upper()}}}" '
+            f'first="{{{first.upper()}}}" /></cookie>'
+        )
+        token = (
+            f'<cookie pagenumber="{page}" pagingcookie="{quote(quote(cookie, safe=""), safe="")}" istracking="False" />'
+        )
         raw = request.scope.get("query_string", b"").decode("latin-1")
         keep = [(k, v) for k, v in parse_qsl(raw, keep_blank_values=True) if k != "$skiptoken"]
         parts = [f"{quote(k, safe='$@')}={quote(v, safe=',()=/:@$')}" for k, v in keep]
@@ -806,8 +867,9 @@ class WebApi:
     def bind_target(self, value: Any, table_name: str, entity_set: str) -> tuple[Table, str]:
         """Resolve an ``@odata.bind`` / ``@odata.id`` URL (relative, with or without ``/``, or absolute)."""
         if not isinstance(value, str):
-            raise errors.payload_error(entity_set, "Microsoft.OData.ODataException: The value of an odata.bind "
-                                       "annotation must be a string.")
+            raise errors.payload_error(
+                entity_set, "Microsoft.OData.ODataException: The value of an odata.bind annotation must be a string."
+            )
         path = urlsplit(value).path if "://" in value else value
         path = unquote(path)
         if "/api/data/" in path:
@@ -816,13 +878,15 @@ class WebApi:
         name, key = seg_key(path)
         t = self.emu.by_set.get(name)
         if t is None or key is None:
-            raise errors.payload_error(entity_set, f"Microsoft.OData.ODataException: The URI '{value}' is not valid "
-                                       "for an entity reference.")
-        rid, row = self.load(t, key)
+            raise errors.payload_error(
+                entity_set, f"Microsoft.OData.ODataException: The URI '{value}' is not valid for an entity reference."
+            )
+        rid, _ = self.load(t, key)
         return t, rid
 
-    def apply_payload(self, ctx: Ctx, table: Table, data: dict[str, Any], row: dict[str, Any],
-                      creating: bool) -> list[tuple[Relationship, list[str]]]:
+    def apply_payload(
+        self, ctx: Ctx, table: Table, data: dict[str, Any], row: dict[str, Any], creating: bool
+    ) -> list[tuple[Relationship, list[str]]]:
         """Validate a create/update body into ``row`` (SQL columns); return collection binds to apply after."""
         entity_set = table.entity_set
         comp = Compiler(self.tables, self.rels, self.emu.clock)
@@ -837,8 +901,9 @@ class WebApi:
             a = table.attributes.get(k)
             if a is None:
                 if comp.collection_nav(table, k) or comp.single_nav(table, k):
-                    raise errors.payload_error(entity_set, "Microsoft.OData.ODataException: Deep insert is not "
-                                               "supported by the emulator.")
+                    raise errors.payload_error(
+                        entity_set, "Microsoft.OData.ODataException: Deep insert is not supported by the emulator."
+                    )
                 raise errors.invalid_payload_property(k, table.logical_name)
             if a.is_lookup:
                 if v is not None:
@@ -865,7 +930,8 @@ class WebApi:
                     raise errors.payload_error(
                         entity_set,
                         f"Microsoft.OData.ODataException: A resource of type 'Microsoft.Dynamics.CRM.{t.logical_name}' "
-                        f"was found but a resource of type 'Microsoft.Dynamics.CRM.{rel.referenced_entity}' is expected.",
+                        f"was found but a resource of type 'Microsoft.Dynamics.CRM.{rel.referenced_entity}' "
+                        "is expected.",
                     )
                 row[attr.name] = rid
                 row[type_col(attr.name)] = t.logical_name
@@ -876,8 +942,10 @@ class WebApi:
                 for item in v:
                     t, rid = self.bind_target(item, table.logical_name, entity_set)
                     if t.logical_name != crel.referencing_entity:
-                        raise errors.payload_error(entity_set, "Microsoft.OData.ODataException: Unexpected resource "
-                                                   "type in a collection binding.")
+                        raise errors.payload_error(
+                            entity_set,
+                            "Microsoft.OData.ODataException: Unexpected resource type in a collection binding.",
+                        )
                     ids.append(rid)
                 deferred.append((crel, ids))
                 continue
@@ -894,13 +962,19 @@ class WebApi:
                 shown = ",".join(str(v) for v in values.values())
                 raise errors.DataverseError(
                     412,
-                    "0x80040237",
+                    "0x80060892",
                     f"A record that has the attribute values {shown} already exists. The entity key {key.schema_name} "
                     "requires that this set of attributes contains unique values. Select unique values and try again.",
                 )
 
-    def do_create(self, ctx: Ctx, table: Table, data: dict[str, Any], rid: str | None = None,
-                  key_values: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def do_create(
+        self,
+        ctx: Ctx,
+        table: Table,
+        data: dict[str, Any],
+        rid: str | None = None,
+        key_values: dict[str, Any] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         row: dict[str, Any] = {}
         if key_values:
             row.update(key_values)
@@ -938,18 +1012,30 @@ class WebApi:
         owner, kind = row.get("ownerid"), row.get("ownerid__type")
         row["owninguser"], row["owninguser__type"] = (owner, "systemuser") if kind == "systemuser" else (None, None)
         row["owningteam"], row["owningteam__type"] = (owner, "team") if kind == "team" else (None, None)
-        bu = self.store.scalar(f"SELECT businessunitid FROM {q(kind or 'systemuser')} WHERE {q((kind or 'systemuser') + 'id')} = ?",
-                               [owner])
+        bu = self.store.scalar(
+            f"SELECT businessunitid FROM {q(kind or 'systemuser')} WHERE {q((kind or 'systemuser') + 'id')} = ?",
+            [owner],
+        )
         row["owningbusinessunit"], row["owningbusinessunit__type"] = bu, "businessunit"
 
     def apply_deferred(self, deferred: list[tuple[Relationship, list[str]]], rid: str, table: Table) -> None:
         for rel, ids in deferred:
             for cid in ids:
-                self.store.update(rel.referencing_entity, cid, {rel.referencing_attribute: rid,
-                                                                type_col(rel.referencing_attribute): table.logical_name})
+                self.store.update(
+                    rel.referencing_entity,
+                    cid,
+                    {rel.referencing_attribute: rid, type_col(rel.referencing_attribute): table.logical_name},
+                )
 
-    def do_update(self, ctx: Ctx, table: Table, rid: str, row: dict[str, Any], data: dict[str, Any],
-                  strip: list[str] | None = None) -> dict[str, Any]:
+    def do_update(
+        self,
+        ctx: Ctx,
+        table: Table,
+        rid: str,
+        row: dict[str, Any],
+        data: dict[str, Any],
+        strip: list[str] | None = None,
+    ) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         data = {k: v for k, v in data.items() if not strip or k not in strip}
         deferred = self.apply_payload(ctx, table, data, changes, creating=False)
@@ -965,7 +1051,10 @@ class WebApi:
         changes["modifiedon"] = fmt_dt_now(self.emu.clock)
         changes["modifiedby"], changes["modifiedby__type"] = ctx.user["systemuserid"], "systemuser"
         if ctx.caller is not None:
-            changes["modifiedonbehalfby"], changes["modifiedonbehalfby__type"] = ctx.caller["systemuserid"], "systemuser"
+            changes["modifiedonbehalfby"], changes["modifiedonbehalfby__type"] = (
+                ctx.caller["systemuserid"],
+                "systemuser",
+            )
         changes["versionnumber"] = self.store.next_version()
         merged_row = {**row, **changes}
         self.check_alt_keys(table, merged_row, rid)
@@ -979,8 +1068,9 @@ class WebApi:
         rid, _ = self.do_create(ctx, table, data)
         return self.write_response(request, ctx, table, rid, opts, 201, f"{ctx.api}/{table.entity_set}({rid})")
 
-    def write_response(self, request: Request, ctx: Ctx, table: Table, rid: str, opts: dict[str, str], status: int,
-                       entity_id: str) -> Response:
+    def write_response(
+        self, request: Request, ctx: Ctx, table: Table, rid: str, opts: dict[str, str], status: int, entity_id: str
+    ) -> Response:
         if ctx.prefer.get("return") == "representation":
             row = self.store.get(table.logical_name, rid) or {}
             select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
@@ -1051,16 +1141,21 @@ class WebApi:
                 v = row.get(col)
                 if v is None:
                     return Response(status_code=204, headers={"OData-Version": "4.0"})
-                return self.json({"@odata.context": f"{ctx.api}/$metadata#{table.entity_set}({rid})/{name}",
-                                  "value": json_value(attr, v)})
+                return self.json(
+                    {
+                        "@odata.context": f"{ctx.api}/$metadata#{table.entity_set}({rid})/{name}",
+                        "value": json_value(attr, v),
+                    }
+                )
             if method in ("PUT", "DELETE"):
                 if attr.is_lookup:
                     raise errors.bad_request("Use the navigation property with /$ref to change a lookup.", "0x0")
                 if method == "PUT":
                     data = await self.body_json(request, table.entity_set)
                     if "value" not in data:
-                        raise errors.payload_error(table.entity_set, "Microsoft.OData.ODataException: A 'value' "
-                                                   "property was expected.")
+                        raise errors.payload_error(
+                            table.entity_set, "Microsoft.OData.ODataException: A 'value' property was expected."
+                        )
                     payload = {name: data["value"]}
                 else:
                     payload = {name: None}
@@ -1092,7 +1187,10 @@ class WebApi:
                     return Response(status_code=204, headers={"OData-Version": "4.0"})
                 opts = self.query_options(request)
                 select = self.check_select(tt, parse_select(opts["$select"]) if "$select" in opts else None)
-                body = {"@odata.context": self.context_url(ctx, tt, select, True), **self.entity(ctx, tt, child, select)}
+                body = {
+                    "@odata.context": self.context_url(ctx, tt, select, True),
+                    **self.entity(ctx, tt, child, select),
+                }
                 return self.json(body)
             raise errors.no_resource(str(request.url))
         assert coll is not None
@@ -1105,8 +1203,9 @@ class WebApi:
                 if t.logical_name != child_t.logical_name:
                     raise errors.payload_error(table.entity_set, "Microsoft.OData.ODataException: Unexpected type.")
                 crow = self.store.get(t.logical_name, cid) or {}
-                self.do_update(ctx, t, cid, crow, {f"{self.nav_for(coll, table)}@odata.bind":
-                                                   f"/{table.entity_set}({rid})"})
+                self.do_update(
+                    ctx, t, cid, crow, {f"{self.nav_for(coll, table)}@odata.bind": f"/{table.entity_set}({rid})"}
+                )
                 return Response(status_code=204, headers={"OData-Version": "4.0"})
             if method == "DELETE":
                 target_id = sub_key
@@ -1121,9 +1220,14 @@ class WebApi:
                 return Response(status_code=204, headers={"OData-Version": "4.0"})
             if method == "GET":
                 rows = self.child_rows(child_t, coll, table, rid, None)
-                return self.json({"@odata.context": f"{ctx.api}/$metadata#Collection($ref)",
-                                  "value": [{"@odata.id": f"{ctx.api}/{child_t.entity_set}({r[child_t.primary_id]})"}
-                                            for r in rows]})
+                return self.json(
+                    {
+                        "@odata.context": f"{ctx.api}/$metadata#Collection($ref)",
+                        "value": [
+                            {"@odata.id": f"{ctx.api}/{child_t.entity_set}({r[child_t.primary_id]})"} for r in rows
+                        ],
+                    }
+                )
         if method == "GET" and len(segs) == 2 and segs[1] == "$count":
             n = len(self.child_rows(child_t, coll, table, rid, None))
             return Response("\ufeff" + str(n), media_type="text/plain", headers={"OData-Version": "4.0"})
@@ -1188,7 +1292,7 @@ class Admin:
             ids.append(row[table.primary_id])
         try:
             n = self.emu.store.insert_many(table.logical_name, rows)
-        except Exception as e:  # noqa: BLE001 (report any SQLite error to the test)
+        except Exception as e:
             return JSONResponse({"error": str(e)}, 400)
         return JSONResponse({"inserted": n, "ids": ids})
 

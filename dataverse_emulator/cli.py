@@ -6,6 +6,7 @@ The first line of stdout is the base URL (flushed) so scripts can read it; ``--p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -70,7 +71,7 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     real_port = sock.getsockname()[1]
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
     base = f"{'https' if tls else 'http'}://{shown_host}:{real_port}"
@@ -84,8 +85,6 @@ def serve(
     import uvicorn
 
     server = uvicorn.Server(uvicorn_config(app, sock, certfile, keyfile))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(sockets=[sock]))
-    except KeyboardInterrupt:
-        pass
     sys.stdout.flush()

@@ -40,7 +40,9 @@ def not_found(entity: str, rid: str) -> DataverseError:
 
 
 def key_not_found(entity: str) -> DataverseError:
-    return DataverseError(404, "0x80060891", f"A record with the specified key values does not exist in {entity} entity")
+    return DataverseError(
+        404, "0x80060891", f"A record with the specified key values does not exist in {entity} entity"
+    )
 
 
 def duplicate_record() -> DataverseError:
@@ -62,7 +64,9 @@ def no_resource(url: str) -> DataverseError:
 
 
 def unknown_property(name: str, entity: str) -> DataverseError:
-    return DataverseError(400, "0x0", f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{entity}'.")
+    return DataverseError(
+        400, "0x0", f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{entity}'."
+    )
 
 
 def invalid_payload_property(name: str, entity: str) -> DataverseError:
@@ -92,7 +96,8 @@ def payload_error(entity_set: str, inner: str) -> DataverseError:
         400,
         "0x80048d19",
         f"Error identified in Payload provided by the user for Entity :'{entity_set}', For more information on this "
-        f"error please follow this help link https://go.microsoft.com/fwlink/?linkid=2195293  ---->  InnerException : {inner}",
+        "error please follow this help link https://go.microsoft.com/fwlink/?linkid=2195293  ---->  "
+        f"InnerException : {inner}",
     )
 
 
@@ -100,8 +105,8 @@ def bad_key(entity: str) -> DataverseError:
     return DataverseError(
         400,
         "0x80060888",
-        f"The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{entity}'. Ensure that the names "
-        f"and number of key properties match the declared or alternate key properties for the resource "
+        f"The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{entity}'. Ensure that the "
+        f"names and number of key properties match the declared or alternate key properties for the resource "
         f"'Microsoft.Dynamics.CRM.{entity}'.",
     )
 

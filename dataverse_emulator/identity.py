@@ -153,7 +153,7 @@ def org_of(request: Request) -> str:
 
 
 def _x5t(cert_der: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha1(cert_der).digest()).decode().rstrip("=")  # noqa: S324 (x5t is SHA-1)
+    return base64.urlsafe_b64encode(hashlib.sha1(cert_der).digest()).decode().rstrip("=")
 
 
 class IdentityEndpoints:
@@ -220,8 +220,10 @@ class IdentityEndpoints:
         if grant_type == "client_credentials":
             if app.public:
                 return aad_error(
-                    401, "invalid_client", 7000218, "The request body must contain the following parameter: "
-                    "'client_assertion' or 'client_secret'."
+                    401,
+                    "invalid_client",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                 )
             if len(scopes) != 1 or not scopes[0].endswith("/.default"):
                 return aad_error(
@@ -240,17 +242,30 @@ class IdentityEndpoints:
         if grant_type == "authorization_code":
             code = self.idp.codes.pop(form.get("code", ""), None)
             if code is None or code.client_id != app.client_id or code.expires_at < self.idp.clock():
-                return aad_error(400, "invalid_grant", 70008, "The provided authorization code or refresh token has "
-                                 "expired due to inactivity. Send a new interactive authorization request.")
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token has "
+                    "expired due to inactivity. Send a new interactive authorization request.",
+                )
             if code.redirect_uri and form.get("redirect_uri") != code.redirect_uri:
-                return aad_error(400, "invalid_grant", 50148, "The redirect_uri does not match the one used in the "
-                                 "authorization request.")
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    50148,
+                    "The redirect_uri does not match the one used in the authorization request.",
+                )
             if code.code_challenge is not None:
                 verifier = form.get("code_verifier", "")
                 digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
                 if digest != code.code_challenge:
-                    return aad_error(400, "invalid_grant", 501481, "The Code_Verifier does not match the "
-                                     "code_challenge supplied in the authorization request.")
+                    return aad_error(
+                        400,
+                        "invalid_grant",
+                        501481,
+                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                    )
             return self._user_tokens(app, code.scopes, code.subject_oid, request, tenant)
         if grant_type == "refresh_token":
             rt = self.idp.refresh_tokens.pop(form.get("refresh_token", ""), None)
@@ -318,7 +333,9 @@ class IdentityEndpoints:
             return fail(700024, "Client assertion is not within its valid time range.")
         aud = str(claims.get("aud", ""))
         if aud.rstrip("/").lower() != token_url.rstrip("/").lower():
-            return fail(700212, f"No matching federated identity record found for presented assertion audience '{aud}'.")
+            return fail(
+                700212, f"No matching federated identity record found for presented assertion audience '{aud}'."
+            )
         return None
 
     def _check_resource(self, resource: str, request: Request, tenant: str) -> Response | None:
@@ -336,8 +353,13 @@ class IdentityEndpoints:
     def _user_tokens(self, app: App, scopes: list[str], oid: str, request: Request, tenant: str) -> Response:
         resource, err = self._resource_from_scopes(scopes)
         if err or resource is None:
-            return aad_error(400, "invalid_scope", 70011, "The provided value for the input parameter 'scope' is not "
-                             "valid. Scopes must be for a single resource.")
+            return aad_error(
+                400,
+                "invalid_scope",
+                70011,
+                "The provided value for the input parameter 'scope' is not "
+                "valid. Scopes must be for a single resource.",
+            )
         bad = self._check_resource(resource, request, tenant)
         if bad is not None:
             return bad
@@ -370,22 +392,40 @@ class IdentityEndpoints:
             return aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
         app = self.idp.apps.get(p.get("client_id", "").lower())
         if app is None:
-            return aad_error(400, "unauthorized_client", 700016, f"Application with identifier '{p.get('client_id')}' "
-                             f"was not found in the directory '{tenant}'.")
+            return aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{p.get('client_id')}' was not found in the directory '{tenant}'.",
+            )
         redirect_uri = p.get("redirect_uri", "")
         host = urlsplit(redirect_uri).hostname or ""
         if host not in ("localhost", "127.0.0.1", "::1"):
-            return aad_error(400, "invalid_request", 50011, f"The redirect URI '{redirect_uri}' specified in the "
-                             f"request does not match the redirect URIs configured for the application '{app.client_id}'.")
+            return aad_error(
+                400,
+                "invalid_request",
+                50011,
+                f"The redirect URI '{redirect_uri}' specified in the "
+                f"request does not match the redirect URIs configured for the application '{app.client_id}'.",
+            )
         if p.get("response_type") != "code":
-            return aad_error(400, "unsupported_response_type", 900144, "The provided value for the input parameter "
-                             "'response_type' is not allowed for this request. Expected value: code.")
+            return aad_error(
+                400,
+                "unsupported_response_type",
+                900144,
+                "The provided value for the input parameter "
+                "'response_type' is not allowed for this request. Expected value: code.",
+            )
         challenge = p.get("code_challenge")
         if challenge is not None and p.get("code_challenge_method", "plain") != "S256":
             return aad_error(400, "invalid_request", 501491, "Invalid code_challenge_method: only S256 is supported.")
         code = secrets.token_urlsafe(24)
         self.idp.codes[code] = Grant(
-            app.client_id, p.get("scope", "").split(), self.idp.user_oid, redirect_uri, challenge,
+            app.client_id,
+            p.get("scope", "").split(),
+            self.idp.user_oid,
+            redirect_uri,
+            challenge,
             self.idp.clock() + 600,
         )
         params = {"code": code}
@@ -413,21 +453,30 @@ class IdentityEndpoints:
         if not secrets.compare_digest(request.headers.get("x-identity-header", ""), self.idp.identity_header):
             return JSONResponse({"statusCode": 401, "message": "Unauthorized"}, 401)
         if request.query_params.get("api-version") != "2019-08-01":
-            return JSONResponse({"error": "invalid_request", "error_description": "api-version 2019-08-01 required"}, 400)
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "api-version 2019-08-01 required"}, 400
+            )
         return self._mi_token(request, "2019-08-01", imds=False)
 
     def _mi_token(self, request: Request, version: str, imds: bool) -> Response:
         p = request.query_params
         resource = p.get("resource", "")
         if not resource:
-            return JSONResponse({"error": "invalid_request", "error_description": "Required query variable 'resource' "
-                                 "is missing"}, 400)
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "Required query variable 'resource' is missing"}, 400
+            )
         app = self._mi_app(p.get("client_id"))
         if app is None or app.kind != "managed_identity":
             return JSONResponse({"error": "invalid_request", "error_description": "Identity not found"}, 400)
         if normalise_resource(resource) != normalise_resource(org_of(request)):
-            return JSONResponse({"error": "invalid_resource", "error_description": f"AADSTS500011: The resource "
-                                 f"principal named {resource} was not found in the tenant."}, 400)
+            return JSONResponse(
+                {
+                    "error": "invalid_resource",
+                    "error_description": f"AADSTS500011: The resource "
+                    f"principal named {resource} was not found in the tenant.",
+                },
+                400,
+            )
         self.ensure_user(app, app.object_id)
         token = self.idp.issue(resource.rstrip("/"), app, app.object_id, None)
         now = int(self.idp.clock())

@@ -20,8 +20,8 @@ from .model import Attribute, Key, Relationship, Table
 from .odata import (
     Call,
     Compare,
-    Expr,
     ExpandItem,
+    Expr,
     Literal,
     Logical,
     Not,
@@ -250,7 +250,9 @@ def evaluate(e: Expr, obj: dict[str, Any]) -> Any:
     raise errors.bad_request("The metadata query is not supported.", "0x0")
 
 
-def project(obj: dict[str, Any], select: tuple[str, ...] | None, type_name: str, always: tuple[str, ...]) -> dict[str, Any]:
+def project(
+    obj: dict[str, Any], select: tuple[str, ...] | None, type_name: str, always: tuple[str, ...]
+) -> dict[str, Any]:
     if select is None:
         return dict(obj)
     out: dict[str, Any] = {}
@@ -267,8 +269,13 @@ def project(obj: dict[str, Any], select: tuple[str, ...] | None, type_name: str,
     return out
 
 
-def apply_options(items: list[dict[str, Any]], item: ExpandItem | None, select: tuple[str, ...] | None,
-                  flt: Expr | None, type_name: str) -> list[dict[str, Any]]:
+def apply_options(
+    items: list[dict[str, Any]],
+    item: ExpandItem | None,
+    select: tuple[str, ...] | None,
+    flt: Expr | None,
+    type_name: str,
+) -> list[dict[str, Any]]:
     if item is not None:
         select, flt = item.select, item.filter
     if flt is not None:
@@ -290,11 +297,17 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
     if key is None:
         if rest or method != "GET":
             raise errors.no_resource(str(request.url))
-        ents = [e for e in (_full_entity(api, t, expand) for t in emu.tables.values()) if flt is None or evaluate(flt, e)]
+        ents = [
+            e for e in (_full_entity(api, t, expand) for t in emu.tables.values()) if flt is None or evaluate(flt, e)
+        ]
         value = [project(e, select, "EntityMetadata", ("MetadataId",)) | _expanded(e, expand) for e in ents]
         ctx_sel = ",".join(select) if select else ""
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions" + (f"({ctx_sel})" if ctx_sel else ""),
-                         "value": value})
+        return api.json(
+            {
+                "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions" + (f"({ctx_sel})" if ctx_sel else ""),
+                "value": value,
+            }
+        )
     table = _find_table(api, key)
     if not rest:
         if method != "GET":
@@ -309,10 +322,17 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
         if sub_key is not None:
             match = [a for a in attrs if _match_key(sub_key, a)]
             if not match:
-                raise errors.DataverseError(404, "0x80040217", f"Could not find attribute {sub_key} in {table.logical_name}.")
+                raise errors.DataverseError(
+                    404, "0x80040217", f"Could not find attribute {sub_key} in {table.logical_name}."
+                )
             body = project(match[0], select, "AttributeMetadata", ("MetadataId",))
-            return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/"
-                             "Attributes/$entity", **body})
+            return api.json(
+                {
+                    "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/"
+                    "Attributes/$entity",
+                    **body,
+                }
+            )
         type_name = "AttributeMetadata"
         if cast:
             type_name = cast.rsplit(".", 1)[-1]
@@ -336,12 +356,20 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
                     raise errors.unknown_property(it.nav, type_name)
             out.append(row)
         suffix = f"/{cast}" if cast else ""
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/"
-                         f"Attributes{suffix}", "value": out})
+        return api.json(
+            {
+                "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Attributes{suffix}",
+                "value": out,
+            }
+        )
     if nav in ("ManyToOneRelationships", "OneToManyRelationships", "ManyToManyRelationships"):
         rels = _relationships(api, table, nav)
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/{nav}",
-                         "value": apply_options(rels, None, select, flt, "RelationshipMetadataBase")})
+        return api.json(
+            {
+                "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/{nav}",
+                "value": apply_options(rels, None, select, flt, "RelationshipMetadataBase"),
+            }
+        )
     if nav == "Keys":
         return await _keys(api, request, ctx, table, sub_key, select, flt)
     raise errors.segment_not_found(nav)
@@ -388,12 +416,18 @@ def _full_entity(api: WebApi, t: Table, expand: tuple[ExpandItem, ...]) -> dict[
     e = entity_json(t)
     for it in expand:
         if it.nav == "Attributes":
-            e["Attributes"] = apply_options([attribute_json(a, t) for a in t.attributes.values()], it, None, None,
-                                            "AttributeMetadata")
+            e["Attributes"] = apply_options(
+                [attribute_json(a, t) for a in t.attributes.values()], it, None, None, "AttributeMetadata"
+            )
         elif it.nav == "Keys":
             store = api.store
-            e["Keys"] = apply_options([key_json(k, store.key_status(k)) for k in store.keys.get(t.logical_name, [])],
-                                      it, None, None, "EntityKeyMetadata")
+            e["Keys"] = apply_options(
+                [key_json(k, store.key_status(k)) for k in store.keys.get(t.logical_name, [])],
+                it,
+                None,
+                None,
+                "EntityKeyMetadata",
+            )
         elif it.nav in ("ManyToOneRelationships", "OneToManyRelationships", "ManyToManyRelationships"):
             e[it.nav] = apply_options(_relationships(api, t, it.nav), it, None, None, "RelationshipMetadataBase")
         else:
@@ -405,25 +439,39 @@ def _expanded(e: dict[str, Any], expand: tuple[ExpandItem, ...]) -> dict[str, An
     return {it.nav: e[it.nav] for it in expand}
 
 
-async def _keys(api: WebApi, request: Request, ctx: Ctx, table: Table, sub_key: str | None,
-                select: tuple[str, ...] | None, flt: Expr | None) -> Response:
+async def _keys(
+    api: WebApi,
+    request: Request,
+    ctx: Ctx,
+    table: Table,
+    sub_key: str | None,
+    select: tuple[str, ...] | None,
+    flt: Expr | None,
+) -> Response:
     store = api.store
     keys = store.keys.get(table.logical_name, [])
     method = request.method
     if sub_key is not None:
-        match = [k for k in keys if _match_key(sub_key, {"LogicalName": k.schema_name.lower(), "MetadataId": k.metadata_id})]
+        match = [
+            k for k in keys if _match_key(sub_key, {"LogicalName": k.schema_name.lower(), "MetadataId": k.metadata_id})
+        ]
         if not match:
             raise errors.DataverseError(404, "0x80040217", f"Could not find key {sub_key} on {table.logical_name}.")
         if method == "DELETE":
             store.remove_key(match[0])
             return Response(status_code=204, headers={"OData-Version": "4.0"})
         body = project(key_json(match[0], store.key_status(match[0])), select, "EntityKeyMetadata", ("MetadataId",))
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Keys/$entity",
-                         **body})
+        return api.json(
+            {"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Keys/$entity", **body}
+        )
     if method == "GET":
         items = [key_json(k, store.key_status(k)) for k in keys]
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Keys",
-                         "value": apply_options(items, None, select, flt, "EntityKeyMetadata")})
+        return api.json(
+            {
+                "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Keys",
+                "value": apply_options(items, None, select, flt, "EntityKeyMetadata"),
+            }
+        )
     if method != "POST":
         raise errors.no_resource(str(request.url))
     data = await api.body_json(request, "EntityDefinitions")
@@ -434,59 +482,95 @@ async def _keys(api: WebApi, request: Request, ctx: Ctx, table: Table, sub_key: 
     if any(k.schema_name.lower() == schema.lower() for k in keys):
         raise errors.DataverseError(400, "0x80047013", f"An entity key with the name {schema} already exists.")
     if len(keys) >= 10:
-        raise errors.DataverseError(400, "0x80060887", "The maximum number of keys (10) for an entity has been reached.")
+        raise errors.DataverseError(
+            400, "0x80060887", "The maximum number of keys (10) for an entity has been reached."
+        )
     if len(attrs) > 16:
         raise errors.DataverseError(400, "0x80060886", "A key cannot contain more than 16 attributes.")
     for a in attrs:
         attr = table.attributes.get(str(a))
         if attr is None:
-            raise errors.DataverseError(400, "0x80040217", f"Could not find attribute {a} in entity {table.logical_name}.")
+            raise errors.DataverseError(
+                400, "0x80040217", f"Could not find attribute {a} in entity {table.logical_name}."
+            )
         if attr.type not in KEY_TYPES or attr.is_primary_id:
-            raise errors.DataverseError(400, "0x80060885", f"Attribute {a} of type {attr.type} cannot be part of an "
-                                        "entity key.")
+            raise errors.DataverseError(
+                400, "0x80060885", f"Attribute {a} of type {attr.type} cannot be part of an entity key."
+            )
     label_text = None
     dn = data.get("DisplayName")
     if isinstance(dn, dict) and dn.get("LocalizedLabels"):
         label_text = dn["LocalizedLabels"][0].get("Label")
-    key = Key(schema, table.logical_name, [str(a) for a in attrs], api.emu.clock(),
-              str(uuid.UUID(int=api.emu.rng.getrandbits(128), version=4)), display_name=label_text)
+    key = Key(
+        schema,
+        table.logical_name,
+        [str(a) for a in attrs],
+        api.emu.clock(),
+        str(uuid.UUID(int=api.emu.rng.getrandbits(128), version=4)),
+        display_name=label_text,
+    )
     key.failed = store.has_duplicates(table.logical_name, key.attributes)
     store.add_key(key)
-    return Response(status_code=204, headers={
-        "OData-Version": "4.0",
-        "OData-EntityId": f"{ctx.api}/EntityDefinitions(LogicalName='{table.logical_name}')/Keys({key.metadata_id})",
-    })
+    return Response(
+        status_code=204,
+        headers={
+            "OData-Version": "4.0",
+            "OData-EntityId": (
+                f"{ctx.api}/EntityDefinitions(LogicalName='{table.logical_name}')/Keys({key.metadata_id})"
+            ),
+        },
+    )
 
 
 def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
     """A minimal CSDL: entity types with keys, properties and navigation properties, plus the container."""
     edm = {
-        "String": "Edm.String", "Memo": "Edm.String", "EntityName": "Edm.String", "Integer": "Edm.Int32",
-        "BigInt": "Edm.Int64", "Picklist": "Edm.Int32", "State": "Edm.Int32", "Status": "Edm.Int32",
-        "Boolean": "Edm.Boolean", "Money": "Edm.Decimal", "Decimal": "Edm.Decimal", "Double": "Edm.Double",
-        "DateTime": "Edm.DateTimeOffset", "Uniqueidentifier": "Edm.Guid",
+        "String": "Edm.String",
+        "Memo": "Edm.String",
+        "EntityName": "Edm.String",
+        "Integer": "Edm.Int32",
+        "BigInt": "Edm.Int64",
+        "Picklist": "Edm.Int32",
+        "State": "Edm.Int32",
+        "Status": "Edm.Int32",
+        "Boolean": "Edm.Boolean",
+        "Money": "Edm.Decimal",
+        "Decimal": "Edm.Decimal",
+        "Double": "Edm.Double",
+        "DateTime": "Edm.DateTimeOffset",
+        "Uniqueidentifier": "Edm.Guid",
     }
-    parts = ['<?xml version="1.0" encoding="utf-8"?>',
-             '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx"><edmx:DataServices>',
-             '<Schema Namespace="Microsoft.Dynamics.CRM" Alias="mscrm" xmlns="http://docs.oasis-open.org/odata/ns/edm">']
+    parts = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx"><edmx:DataServices>',
+        '<Schema Namespace="Microsoft.Dynamics.CRM" Alias="mscrm" xmlns="http://docs.oasis-open.org/odata/ns/edm">',
+    ]
     for t in tables.values():
-        parts.append(f"<EntityType Name={quoteattr(t.logical_name)}><Key><PropertyRef Name={quoteattr(t.primary_id)} /></Key>")
+        parts.append(
+            f"<EntityType Name={quoteattr(t.logical_name)}><Key><PropertyRef Name={quoteattr(t.primary_id)} /></Key>"
+        )
         for a in t.attributes.values():
             if a.is_lookup:
-                parts.append(f"<Property Name={quoteattr('_' + a.name + '_value')} Type=\"Edm.Guid\" />")
+                parts.append(f'<Property Name={quoteattr("_" + a.name + "_value")} Type="Edm.Guid" />')
             else:
                 parts.append(f"<Property Name={quoteattr(a.name)} Type={quoteattr(edm.get(a.type, 'Edm.String'))} />")
         for r in rels:
             if r.referencing_entity == t.logical_name:
                 target = "principal" if r.referenced_entity == "owner" else r.referenced_entity
-                parts.append(f"<NavigationProperty Name={quoteattr(r.referencing_nav)} "
-                             f"Type=\"mscrm.{target}\" Partner={quoteattr(r.referenced_nav)} />")
+                parts.append(
+                    f"<NavigationProperty Name={quoteattr(r.referencing_nav)} "
+                    f'Type="mscrm.{target}" Partner={quoteattr(r.referenced_nav)} />'
+                )
             if r.referenced_entity == t.logical_name:
-                parts.append(f"<NavigationProperty Name={quoteattr(r.referenced_nav)} "
-                             f"Type=\"Collection(mscrm.{r.referencing_entity})\" Partner={quoteattr(r.referencing_nav)} />")
+                parts.append(
+                    f"<NavigationProperty Name={quoteattr(r.referenced_nav)} "
+                    f'Type="Collection(mscrm.{r.referencing_entity})" Partner={quoteattr(r.referencing_nav)} />'
+                )
         parts.append("</EntityType>")
     parts.append('<EntityContainer Name="System">')
     for t in tables.values():
-        parts.append(f"<EntitySet Name={quoteattr(t.entity_set)} EntityType=\"Microsoft.Dynamics.CRM.{t.logical_name}\" />")
+        parts.append(
+            f'<EntitySet Name={quoteattr(t.entity_set)} EntityType="Microsoft.Dynamics.CRM.{t.logical_name}" />'
+        )
     parts.append("</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>")
     return "".join(parts)

@@ -476,7 +476,11 @@ def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[s
     if ownership == "UserOwned":
         cols += [
             ("ownerid", "Owner", {"targets": ("systemuser", "team"), "required": "SystemRequired"}),
-            ("owninguser", "Lookup", {"targets": ("systemuser",), "valid_for_create": False, "valid_for_update": False}),
+            (
+                "owninguser",
+                "Lookup",
+                {"targets": ("systemuser",), "valid_for_create": False, "valid_for_update": False},
+            ),
             ("owningteam", "Lookup", {"targets": ("team",), "valid_for_create": False, "valid_for_update": False}),
             (
                 "owningbusinessunit",

@@ -236,7 +236,9 @@ class Compiler:
             return f"({col} {'=' if name == 'EqualBusinessId' else '<>'} ?)"
         rng = self.date_range(name, vals)
         if rng is None:
-            raise errors.bad_request(f"The query function Microsoft.Dynamics.CRM.{name} is not supported by the emulator.")
+            raise errors.bad_request(
+                f"The query function Microsoft.Dynamics.CRM.{name} is not supported by the emulator."
+            )
         lo, hi = rng
         conds = []
         if lo is not None:

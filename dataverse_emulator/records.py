@@ -13,7 +13,6 @@ from typing import Any
 from . import errors
 from .model import Attribute, Table
 from .query import fmt_dt
-from .storage import type_col
 
 FORMATTED = "OData.Community.Display.V1.FormattedValue"
 ASSOC_NAV = "Microsoft.Dynamics.CRM.associatednavigationproperty"
@@ -73,7 +72,8 @@ def convert(table: Table, attr: Attribute, value: Any, entity_set: str) -> Any:
             raise errors.DataverseError(
                 400,
                 "0x80044331",
-                f"A validation error occurred.  The length of the '{attr.name}' attribute of the '{table.logical_name}' "
+                f"A validation error occurred.  The length of the '{attr.name}' attribute of the "
+                f"'{table.logical_name}' "
                 f"entity exceeded the maximum allowed length of '{attr.max_length}'.",
             )
         return value

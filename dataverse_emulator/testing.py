@@ -90,7 +90,9 @@ class _Server(uvicorn.Server):
         pass
 
 
-def uvicorn_config(app: Any, sock: socket.socket, certfile: str | None = None, keyfile: str | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, sock: socket.socket, certfile: str | None = None, keyfile: str | None = None
+) -> uvicorn.Config:
     """uvicorn settings shared with the CLI: h11 with room for 32 KB URLs, no access log."""
     return uvicorn.Config(
         app,
@@ -107,7 +109,9 @@ def uvicorn_config(app: Any, sock: socket.socket, certfile: str | None = None, k
 
 
 @contextmanager
-def running_emulator(*, tls: bool = False, data_dir: str | None = None, **create_app_options: Any) -> Iterator[EmulatorHandle]:
+def running_emulator(
+    *, tls: bool = False, data_dir: str | None = None, **create_app_options: Any
+) -> Iterator[EmulatorHandle]:
     """Serve ``create_app(**create_app_options)`` on 127.0.0.1, a free port, in a daemon thread."""
     create_app_options.setdefault("admin", True)
     app = create_app(**create_app_options)

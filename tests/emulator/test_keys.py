@@ -10,9 +10,15 @@ from .conftest import FakeClock, created_id, error_of
 
 
 def make_key(api: httpx.Client, table: str, name: str, cols: list[str]) -> httpx.Response:
-    return api.post(f"EntityDefinitions(LogicalName='{table}')/Keys", json={
-        "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata", "SchemaName": name, "KeyAttributes": cols,
-        "DisplayName": {"LocalizedLabels": [{"Label": name, "LanguageCode": 1033}]}})
+    return api.post(
+        f"EntityDefinitions(LogicalName='{table}')/Keys",
+        json={
+            "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
+            "SchemaName": name,
+            "KeyAttributes": cols,
+            "DisplayName": {"LocalizedLabels": [{"Label": name, "LanguageCode": 1033}]},
+        },
+    )
 
 
 def key_status(api: httpx.Client, table: str) -> list[str]:
@@ -35,21 +41,30 @@ def test_key_lifecycle_and_key_urls(api: httpx.Client, clock: FakeClock, emulato
     row = api.get("accounts(accountnumber='O''Brien')?$select=name,accountnumber").json()
     assert row["accountnumber"] == "O'Brien" and row["name"] == "quote"
     # update through the key URL keeps the key value
-    assert api.patch("accounts(accountnumber='O''Brien')", json={"name": "q2", "accountnumber": "zz"}).status_code == 204
+    assert (
+        api.patch("accounts(accountnumber='O''Brien')", json={"name": "q2", "accountnumber": "zz"}).status_code == 204
+    )
     assert api.get("accounts(accountnumber='O''Brien')?$select=name").json()["name"] == "q2"
     assert error_of(api.get("accounts(accountnumber='nope')")) == (
-        404, "0x80060891", "A record with the specified key values does not exist in account entity")
+        404,
+        "0x80060891",
+        "A record with the specified key values does not exist in account entity",
+    )
     assert error_of(api.get("accounts(name='x')"))[0:2] == (400, "0x80060888")
-    assert error_of(api.patch("accounts(accountnumber='O''Brien')", json={"name": "x"},
-                              headers={"If-None-Match": "*"}))[:2] == (412, "0x80040237")
+    assert error_of(
+        api.patch("accounts(accountnumber='O''Brien')", json={"name": "x"}, headers={"If-None-Match": "*"})
+    )[:2] == (412, "0x80040237")
     # uniqueness on create
-    assert error_of(api.post("accounts", json={"name": "dup", "accountnumber": "O'Brien"}))[:2] == (412, "0x80040237")
+    assert error_of(api.post("accounts", json={"name": "dup", "accountnumber": "O'Brien"}))[:2] == (412, "0x80060892")
     # delete by key
     assert api.delete("accounts(accountnumber='O''Brien')").status_code == 204
     # bind through an alternate key
     created_id(api.post("accounts", json={"name": "P", "accountnumber": "P1"}))
-    cid = created_id(api.post("contacts", json={"lastname": "c", "parentcustomerid_account@odata.bind":
-                                                "/accounts(accountnumber='P1')"}))
+    cid = created_id(
+        api.post(
+            "contacts", json={"lastname": "c", "parentcustomerid_account@odata.bind": "/accounts(accountnumber='P1')"}
+        )
+    )
     assert api.get(f"contacts({cid})?$select=_parentcustomerid_value").json()["_parentcustomerid_value"]
 
 
@@ -63,7 +78,9 @@ def test_composite_key_any_order(api: httpx.Client, clock: FakeClock) -> None:
 
 
 def test_key_fails_when_rows_violate_it(api: httpx.Client, emulator: EmulatorHandle, clock: FakeClock) -> None:
-    emulator.admin.seed("lead", [{"lastname": "a", "emailaddress1": "same@x"}, {"lastname": "b", "emailaddress1": "same@x"}])
+    emulator.admin.seed(
+        "lead", [{"lastname": "a", "emailaddress1": "same@x"}, {"lastname": "b", "emailaddress1": "same@x"}]
+    )
     assert make_key(api, "lead", "new_email", ["emailaddress1"]).status_code == 204
     clock.advance(5)
     assert key_status(api, "lead") == ["Failed"]
@@ -74,8 +91,9 @@ def test_key_definition_errors(api: httpx.Client) -> None:
     assert make_key(api, "account", "bad2", ["creditonhold"]).status_code == 400
     assert make_key(api, "account", "k1", ["accountnumber"]).status_code == 204
     assert make_key(api, "account", "k1", ["name"]).status_code == 400
-    listed = api.get("EntityDefinitions?$select=SchemaName&$expand=Keys($select=KeyAttributes)&"
-                     "$filter=LogicalName eq 'account'").json()["value"][0]
+    listed = api.get(
+        "EntityDefinitions?$select=SchemaName&$expand=Keys($select=KeyAttributes)&$filter=LogicalName eq 'account'"
+    ).json()["value"][0]
     assert [k["KeyAttributes"] for k in listed["Keys"]] == [["accountnumber"]]
 
 

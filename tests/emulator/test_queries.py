@@ -21,13 +21,16 @@ def names(r: httpx.Response) -> list[str]:
 
 @pytest.fixture
 def sample(emulator: EmulatorHandle) -> list[str]:
-    return emulator.admin.seed("account", [
-        {"name": "Contoso", "revenue": 100.0, "numberofemployees": 5, "industrycode": 1, "accountnumber": "A1"},
-        {"name": "contoso ltd", "revenue": 200.0, "numberofemployees": 50, "industrycode": 2},
-        {"name": "Fabrikam", "revenue": 300.0, "numberofemployees": 500, "industrycode": 3},
-        {"name": "50% off", "revenue": None, "numberofemployees": 1},
-        {"name": "f_s [x]", "numberofemployees": 2},
-    ])
+    return emulator.admin.seed(
+        "account",
+        [
+            {"name": "Contoso", "revenue": 100.0, "numberofemployees": 5, "industrycode": 1, "accountnumber": "A1"},
+            {"name": "contoso ltd", "revenue": 200.0, "numberofemployees": 50, "industrycode": 2},
+            {"name": "Fabrikam", "revenue": 300.0, "numberofemployees": 500, "industrycode": 3},
+            {"name": "50% off", "revenue": None, "numberofemployees": 1},
+            {"name": "f_s [x]", "numberofemployees": 2},
+        ],
+    )
 
 
 def test_filters(api: httpx.Client, sample: list[str]) -> None:
@@ -43,12 +46,18 @@ def test_filters(api: httpx.Client, sample: list[str]) -> None:
     assert q("revenue gt 150 and revenue le 300") == ["Fabrikam", "contoso ltd"]
     assert q("revenue eq null") == ["50% off", "f_s [x]"]
     assert q("not contains(name,'o')") == ["Fabrikam", "f_s [x]"]
-    assert q("Microsoft.Dynamics.CRM.In(PropertyName='industrycode',PropertyValues=[\"1\",\"3\"])") == [
-        "Contoso", "Fabrikam"]
-    assert q("Microsoft.Dynamics.CRM.Between(PropertyName='numberofemployees',PropertyValues=[\"2\",\"50\"])") == [
-        "Contoso", "contoso ltd", "f_s [x]"]
+    assert q('Microsoft.Dynamics.CRM.In(PropertyName=\'industrycode\',PropertyValues=["1","3"])') == [
+        "Contoso",
+        "Fabrikam",
+    ]
+    assert q('Microsoft.Dynamics.CRM.Between(PropertyName=\'numberofemployees\',PropertyValues=["2","50"])') == [
+        "Contoso",
+        "contoso ltd",
+        "f_s [x]",
+    ]
     assert q("Microsoft.Dynamics.CRM.Today(PropertyName='createdon')") == sorted(
-        ["Contoso", "contoso ltd", "Fabrikam", "50% off", "f_s [x]"])
+        ["Contoso", "contoso ltd", "Fabrikam", "50% off", "f_s [x]"]
+    )
     assert q(f"accountid eq {sample[2]}") == ["Fabrikam"]
     assert sorted(names(api.get("accounts?$select=name&$filter=name eq @p1&@p1='fabrikam'"))) == ["Fabrikam"]
     assert error_of(api.get("accounts?$filter=Name eq 'x'"))[:2] == (400, "0x0")
@@ -57,21 +66,30 @@ def test_filters(api: httpx.Client, sample: list[str]) -> None:
 def test_lookup_paths_and_lambdas(api: httpx.Client) -> None:
     aid = created_id(api.post("accounts", json={"name": "Parent"}))
     created_id(api.post("accounts", json={"name": "Lonely"}))
-    created_id(api.post("contacts", json={"firstname": "Kid", "lastname": "One",
-                                          "parentcustomerid_account@odata.bind": f"/accounts({aid})"}))
+    created_id(
+        api.post(
+            "contacts",
+            json={"firstname": "Kid", "lastname": "One", "parentcustomerid_account@odata.bind": f"/accounts({aid})"},
+        )
+    )
     assert names(api.get("accounts?$select=name&$filter=contact_customer_accounts/any(c:c/firstname eq 'kid')")) == [
-        "Parent"]
+        "Parent"
+    ]
     assert names(api.get("accounts?$select=name&$filter=contact_customer_accounts/any()")) == ["Parent"]
-    assert sorted(names(api.get("accounts?$select=name&$filter=contact_customer_accounts/all(c:c/firstname eq 'x')"))) == [
-        "Lonely"]
-    r = api.get(f"contacts?$select=fullname&$filter=parentcustomerid_account/name eq 'Parent'")
+    assert sorted(
+        names(api.get("accounts?$select=name&$filter=contact_customer_accounts/all(c:c/firstname eq 'x')"))
+    ) == ["Lonely"]
+    r = api.get("contacts?$select=fullname&$filter=parentcustomerid_account/name eq 'Parent'")
     assert [v["fullname"] for v in r.json()["value"]] == ["Kid One"]
     r = api.get(f"contacts?$select=fullname&$filter=_parentcustomerid_value eq {aid}")
     assert len(r.json()["value"]) == 1
     r = api.get("accounts?$select=name&$filter=name eq 'Parent'&$expand=contact_customer_accounts($select=fullname)")
     assert r.json()["value"][0]["contact_customer_accounts"][0]["fullname"] == "Kid One"
     assert error_of(api.get("accounts?$expand=contact_customer_accounts/$ref")) == (
-        400, "0x80060888", "Expand with $ref is only supported on lookup type navigation property.")
+        400,
+        "0x80060888",
+        "Expand with $ref is only supported on lookup type navigation property.",
+    )
 
 
 def test_orderby_top_and_count(api: httpx.Client, sample: list[str], emulator: EmulatorHandle) -> None:
@@ -106,9 +124,13 @@ def test_paging_follows_absolute_next_links(api: httpx.Client, emulator: Emulato
 
 def test_count_is_capped_at_5000(api: httpx.Client, emulator: EmulatorHandle) -> None:
     emulator.admin.seed("lead", [{"lastname": str(i)} for i in range(5001)])
-    r = api.get("leads?$select=lastname&$count=true", headers={
-        "Prefer": 'odata.maxpagesize=1,odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
-                  'Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"'})
+    r = api.get(
+        "leads?$select=lastname&$count=true",
+        headers={
+            "Prefer": 'odata.maxpagesize=1,odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
+            'Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"'
+        },
+    )
     body = r.json()
     assert body["@odata.count"] == 5000
     assert body["@Microsoft.Dynamics.CRM.totalrecordcount"] == 5000
@@ -116,14 +138,18 @@ def test_count_is_capped_at_5000(api: httpx.Client, emulator: EmulatorHandle) ->
 
 
 def test_formatted_values(api: httpx.Client, sample: list[str]) -> None:
-    r = api.get(f"accounts({sample[0]})?$select=industrycode,revenue", headers={
-        "Prefer": 'odata.include-annotations="OData.Community.Display.V1.FormattedValue"'})
+    r = api.get(
+        f"accounts({sample[0]})?$select=industrycode,revenue",
+        headers={"Prefer": 'odata.include-annotations="OData.Community.Display.V1.FormattedValue"'},
+    )
     body = r.json()
     assert body["industrycode@OData.Community.Display.V1.FormattedValue"] == "Accounting"
     assert body["revenue@OData.Community.Display.V1.FormattedValue"] == "$100.00"
     assert r.headers["Preference-Applied"] == 'odata.include-annotations="OData.Community.Display.V1.FormattedValue"'
-    assert "industrycode@OData.Community.Display.V1.FormattedValue" not in api.get(
-        f"accounts({sample[0]})?$select=industrycode").json()
+    assert (
+        "industrycode@OData.Community.Display.V1.FormattedValue"
+        not in api.get(f"accounts({sample[0]})?$select=industrycode").json()
+    )
 
 
 def test_rejected_options_and_url_length(api: httpx.Client) -> None:

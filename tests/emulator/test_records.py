@@ -22,8 +22,11 @@ def test_create_returns_204_with_entity_id(api: httpx.Client, emulator: Emulator
 
 
 def test_create_with_representation(api: httpx.Client, emulator: EmulatorHandle) -> None:
-    r = api.post("accounts?$select=name,revenue", json={"name": "Rep", "revenue": 5000},
-                 headers={"Prefer": "return=representation"})
+    r = api.post(
+        "accounts?$select=name,revenue",
+        json={"name": "Rep", "revenue": 5000},
+        headers={"Prefer": "return=representation"},
+    )
     assert r.status_code == 201
     assert "OData-EntityId" not in r.headers
     assert r.headers["Preference-Applied"] == "return=representation"
@@ -37,7 +40,10 @@ def test_client_supplied_id_and_duplicate(api: httpx.Client) -> None:
     rid = str(uuid.uuid4())
     assert created_id(api.post("accounts", json={"accountid": rid, "name": "A"})) == rid
     assert error_of(api.post("accounts", json={"accountid": rid, "name": "B"})) == (
-        412, "0x80040237", "A record with matching key values already exists.")
+        412,
+        "0x80040237",
+        "A record with matching key values already exists.",
+    )
 
 
 def test_retrieve_select_and_not_found(api: httpx.Client) -> None:
@@ -46,7 +52,11 @@ def test_retrieve_select_and_not_found(api: httpx.Client) -> None:
     assert r.status_code == 200
     assert set(r.json()) == {"@odata.context", "@odata.etag", "name", "accountid"}
     missing = "00000000-0000-0000-0000-000000000001"
-    assert error_of(api.get(f"accounts({missing})")) == (404, "0x80040217", f"account With Id = {missing} Does Not Exist")
+    assert error_of(api.get(f"accounts({missing})")) == (
+        404,
+        "0x80040217",
+        f"account With Id = {missing} Does Not Exist",
+    )
     assert error_of(api.get(f"accounts({rid})?$select=Name"))[:2] == (400, "0x0")
 
 
@@ -63,12 +73,20 @@ def test_update_if_match_and_etags(api: httpx.Client) -> None:
     tag = api.get(f"accounts({rid})").headers["ETag"]
     assert api.patch(f"accounts({rid})", json={"name": "U2"}, headers={"If-Match": tag}).status_code == 204
     assert error_of(api.patch(f"accounts({rid})", json={"name": "U3"}, headers={"If-Match": tag})) == (
-        412, "0x80060882", "The version of the existing record doesn't match the RowVersion property provided.")
+        412,
+        "0x80060882",
+        "The version of the existing record doesn't match the RowVersion property provided.",
+    )
     missing = str(uuid.uuid4())
     assert error_of(api.patch(f"accounts({missing})", json={"name": "x"}, headers={"If-Match": "*"}))[:2] == (
-        404, "0x80040217")
-    r = api.patch(f"accounts({rid})?$select=name", json={"name": "U4"},
-                  headers={"If-Match": "*", "Prefer": "return=representation"})
+        404,
+        "0x80040217",
+    )
+    r = api.patch(
+        f"accounts({rid})?$select=name",
+        json={"name": "U4"},
+        headers={"If-Match": "*", "Prefer": "return=representation"},
+    )
     assert r.status_code == 200 and r.json()["name"] == "U4"
 
 
@@ -79,10 +97,19 @@ def test_upsert_by_id(api: httpx.Client, emulator: EmulatorHandle) -> None:
     r = api.patch(f"accounts({rid})", json={"name": "again"})
     assert r.status_code == 204
     assert error_of(api.patch(f"accounts({rid})", json={"name": "x"}, headers={"If-None-Match": "*"})) == (
-        412, "0x80040237", "A record with matching key values already exists.")
+        412,
+        "0x80040237",
+        "A record with matching key values already exists.",
+    )
     rid2 = str(uuid.uuid4())
-    assert api.patch(f"accounts({rid2})", json={"name": "r"}, headers={"Prefer": "return=representation"}).status_code == 201
-    assert api.patch(f"accounts({rid2})", json={"name": "r"}, headers={"Prefer": "return=representation"}).status_code == 200
+    assert (
+        api.patch(f"accounts({rid2})", json={"name": "r"}, headers={"Prefer": "return=representation"}).status_code
+        == 201
+    )
+    assert (
+        api.patch(f"accounts({rid2})", json={"name": "r"}, headers={"Prefer": "return=representation"}).status_code
+        == 200
+    )
 
 
 def test_delete(api: httpx.Client) -> None:
@@ -103,27 +130,46 @@ def test_single_property(api: httpx.Client, emulator: EmulatorHandle) -> None:
 
 def test_binds_and_lookup_annotations(api: httpx.Client) -> None:
     aid = created_id(api.post("accounts", json={"name": "Parent"}))
-    cid = created_id(api.post("contacts", json={"firstname": "Jo", "lastname": "Doe",
-                                                "parentcustomerid_account@odata.bind": f"/accounts({aid})"}))
+    cid = created_id(
+        api.post(
+            "contacts",
+            json={"firstname": "Jo", "lastname": "Doe", "parentcustomerid_account@odata.bind": f"/accounts({aid})"},
+        )
+    )
     row = api.get(f"contacts({cid})?$select=fullname,_parentcustomerid_value", headers=ANN).json()
     assert row["fullname"] == "Jo Doe"
     assert row["_parentcustomerid_value"] == aid
     assert row["_parentcustomerid_value@OData.Community.Display.V1.FormattedValue"] == "Parent"
-    assert row["_parentcustomerid_value@Microsoft.Dynamics.CRM.associatednavigationproperty"] == "parentcustomerid_account"
+    assert (
+        row["_parentcustomerid_value@Microsoft.Dynamics.CRM.associatednavigationproperty"] == "parentcustomerid_account"
+    )
     assert row["_parentcustomerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] == "account"
-    code, hexcode, message = error_of(api.post("contacts", json={
-        "lastname": "x", "parentcustomerid@odata.bind": f"accounts({aid})"}))
+    code, hexcode, message = error_of(
+        api.post("contacts", json={"lastname": "x", "parentcustomerid@odata.bind": f"accounts({aid})"})
+    )
     assert (code, hexcode) == (400, "0x80048d19")
     assert "An undeclared property 'parentcustomerid' which only has property annotations" in message
     assert error_of(api.post("accounts", json={"Name": "x"}))[:2] == (400, "0x0")
     # clearing a lookup with null
-    assert api.patch(f"contacts({cid})", json={"parentcustomerid_account@odata.bind": None},
-                     headers={"If-Match": "*"}).status_code == 204
+    assert (
+        api.patch(
+            f"contacts({cid})", json={"parentcustomerid_account@odata.bind": None}, headers={"If-Match": "*"}
+        ).status_code
+        == 204
+    )
     assert api.get(f"contacts({cid})?$select=_parentcustomerid_value").json()["_parentcustomerid_value"] is None
     # owner bound to a user; expanded single-valued navigation
     me = api.get("WhoAmI").json()["UserId"]
-    oid = created_id(api.post("opportunities", json={"name": "O", "ownerid@odata.bind": f"/systemusers({me})",
-                                                     "customerid_account@odata.bind": f"accounts({aid})"}))
+    oid = created_id(
+        api.post(
+            "opportunities",
+            json={
+                "name": "O",
+                "ownerid@odata.bind": f"/systemusers({me})",
+                "customerid_account@odata.bind": f"accounts({aid})",
+            },
+        )
+    )
     opp = api.get(f"opportunities({oid})?$select=name&$expand=customerid_account($select=name)").json()
     assert opp["customerid_account"]["name"] == "Parent"
 
@@ -131,24 +177,36 @@ def test_binds_and_lookup_annotations(api: httpx.Client) -> None:
 def test_associate_and_disassociate(api: httpx.Client, emulator: EmulatorHandle) -> None:
     aid = created_id(api.post("accounts", json={"name": "A"}))
     oid = created_id(api.post("opportunities", json={"name": "O"}))
-    r = api.post(f"accounts({aid})/opportunity_customer_accounts/$ref",
-                 json={"@odata.id": f"{emulator.api_url}/opportunities({oid})"})
+    r = api.post(
+        f"accounts({aid})/opportunity_customer_accounts/$ref",
+        json={"@odata.id": f"{emulator.api_url}/opportunities({oid})"},
+    )
     assert r.status_code == 204
     refs = api.get(f"accounts({aid})/opportunity_customer_accounts/$ref").json()
     assert refs["value"] == [{"@odata.id": f"{emulator.api_url}/opportunities({oid})"}]
     assert api.delete(f"accounts({aid})/opportunity_customer_accounts({oid})/$ref").status_code == 204
     assert api.get(f"accounts({aid})/opportunity_customer_accounts/$ref").json()["value"] == []
-    assert api.put(f"opportunities({oid})/customerid_account/$ref",
-                   json={"@odata.id": f"accounts({aid})"}).status_code == 204
+    assert (
+        api.put(f"opportunities({oid})/customerid_account/$ref", json={"@odata.id": f"accounts({aid})"}).status_code
+        == 204
+    )
     assert api.get(f"opportunities({oid})?$select=_customerid_value").json()["_customerid_value"] == aid
     assert api.delete(f"opportunities({oid})/customerid_account/$ref").status_code == 204
 
 
 def test_impersonation(api: httpx.Client, emulator: EmulatorHandle) -> None:
     me = api.get("WhoAmI").json()["UserId"]
-    users = emulator.admin.seed("systemuser", [{"firstname": "Imp", "lastname": "User", "businessunitid":
-                                                 api.get("WhoAmI").json()["BusinessUnitId"],
-                                                 "azureactivedirectoryobjectid": str(uuid.uuid4())}])
+    users = emulator.admin.seed(
+        "systemuser",
+        [
+            {
+                "firstname": "Imp",
+                "lastname": "User",
+                "businessunitid": api.get("WhoAmI").json()["BusinessUnitId"],
+                "azureactivedirectoryobjectid": str(uuid.uuid4()),
+            }
+        ],
+    )
     r = api.post("accounts", json={"name": "I"}, headers={"MSCRMCallerID": users[0]})
     rid = created_id(r)
     row = api.get(f"accounts({rid})?$select=_createdby_value,_createdonbehalfby_value,_ownerid_value").json()
@@ -163,7 +221,10 @@ def test_functions_and_documents(api: httpx.Client, emulator: EmulatorHandle) ->
     assert set(who.json()) == {"@odata.context", "BusinessUnitId", "UserId", "OrganizationId"}
     assert "x-ms-dop-hint" in who.headers
     assert error_of(api.post("WhoAmI")) == (
-        404, "", f"No HTTP resource was found that matches the request URI '{emulator.api_url}/WhoAmI'.")
+        404,
+        "",
+        f"No HTTP resource was found that matches the request URI '{emulator.api_url}/WhoAmI'.",
+    )
     assert "Version" in api.get("RetrieveVersion").json()
     doc = api.get("").json()
     assert {"name": "accounts", "kind": "EntitySet", "url": "accounts"} in doc["value"]
@@ -176,7 +237,9 @@ def test_validation_errors(api: httpx.Client) -> None:
     assert error_of(api.post("accounts", json={"name": "x", "industrycode": 999}))[:2] == (400, "0x8004431a")
     assert error_of(api.post("accounts", json={"name": "x", "numberofemployees": "many"}))[:2] == (400, "0x80048d19")
     assert error_of(api.post("accounts", content=b"{not json", headers={"Content-Type": "application/json"}))[:2] == (
-        400, "0x80048d19")
+        400,
+        "0x80048d19",
+    )
 
 
 def test_version_numbers_increase(api: httpx.Client) -> None:
