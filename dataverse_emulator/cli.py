@@ -70,6 +70,9 @@ def serve(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listen before printing the URL: a client that connects as soon as it reads the first line waits in the
+    # backlog until uvicorn accepts, instead of being refused.
+    sock.listen(2048)
     real_port = sock.getsockname()[1]
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if ":" in shown_host:
