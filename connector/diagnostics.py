@@ -93,14 +93,16 @@ def diagnose(error: ConnectorError, connection: Connection) -> tuple[str, str]:
     org = connection.organization_url
     config = connection.config
     if isinstance(error, NetworkConfigError):
-        if error.reason == "dns":
-            where = "the token endpoint" if error.field == "token_url" else "the environment"
+        if error.reason == "dns" and error.field == "token_url":
             return (
-                f"The host name of {where} cannot be resolved.",
+                "The host name of the token endpoint cannot be resolved.",
+                "Check token_url (or authority_host), and this machine's DNS and proxy settings.",
+            )
+        if error.reason == "dns":
+            return (
+                "The host name of the environment cannot be resolved.",
                 "Check organization_url (copy it from the Power Platform admin center; a deleted or renamed "
-                "environment no longer resolves)"
-                + (" and token_url" if error.field == "token_url" else "")
-                + ", and this machine's DNS.",
+                "environment no longer resolves), and this machine's DNS.",
             )
         return (
             "The server's TLS certificate is not trusted.",

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
+import traceback
 from typing import Any
 
 import httpx
 import pytest
 
 from connector.auth import DYNAMICS_CRM_APP_ID, audience_problem, decode_jwt_claims, refresh_leeway
-from connector.client import NetworkConfigError
-from connector.errors import AuthenticationError
+from connector.client import NetworkConfigError, RetryPolicy
+from connector.errors import AuthenticationError, ConnectorError
 
 
 def test_auth_token_request_body(cloud: Any) -> None:
@@ -246,3 +248,32 @@ def test_auth_dns_error_chain_detected(cloud: Any) -> None:
     with pytest.raises(NetworkConfigError) as info:
         cloud.connect().token()
     assert info.value.reason == "dns"
+
+
+def test_auth_secrets_absent_from_errors_and_logs_on_failure_paths(cloud: Any, caplog: Any) -> None:
+    failures: list[ConnectorError] = []
+    scenarios = [
+        lambda c: c.token_queue.append(c.aad_error(7000215, "invalid_client", "Invalid client secret provided.")),
+        lambda c: setattr(c, "audience", "https://fabrikam.crm.dynamics.com"),
+        lambda c: c.api_queue.extend(
+            [httpx.Response(401, json=c.error_body("0x80044302", "Request is not authenticated."))] * 2
+        ),
+        lambda c: c.api_queue.append(httpx.ReadTimeout("timed out")),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for setup in scenarios:
+            cloud.token_queue.clear()
+            cloud.api_queue.clear()
+            cloud.audience = cloud.ORG
+            setup(cloud)
+            conn = cloud.connect(retry=RetryPolicy(max_attempts=1))
+            with pytest.raises(ConnectorError) as info:
+                conn.client.whoami()
+            failures.append(info.value)
+    assert len(failures) == len(scenarios)
+    texts = [caplog.text]
+    for error in failures:
+        texts += [str(error), repr(error), json.dumps(error.to_dict()), "".join(traceback.format_exception(error))]
+    for text in texts:
+        assert cloud.SECRET not in text
+        assert cloud.TOKEN_SIGNATURE not in text
