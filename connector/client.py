@@ -295,6 +295,13 @@ def impersonation_headers(impersonate: str | Mapping[str, str] | None) -> dict[s
         raise InputError(f"impersonate: {name} must be a GUID") from None
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` with the scheme's default port made explicit, for same-host checks."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
+
+
 class DataverseClient:
     """Sends requests to one environment's Web API with a bearer token from a :class:`TokenProvider`.
 
@@ -314,8 +321,7 @@ class DataverseClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
-        parts = urlsplit(self._api_url)
-        self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        self._origin = _origin(self._api_url)
         self._tokens = tokens
         self._clock: Clock = clock or SystemClock()
         self._retry = retry or RetryPolicy()
@@ -350,8 +356,7 @@ class DataverseClient:
         """The absolute URL for a path relative to the API root, or an absolute URL checked to be on this host."""
         if path_or_url.lower().startswith(("http://", "https://")):
             parts = urlsplit(path_or_url)
-            origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
-            if origin != self._origin:
+            if _origin(path_or_url) != self._origin:
                 raise InputError(
                     f"refusing to send this connection's token to {parts.scheme}://{parts.netloc}: only URLs on "
                     f"{self._api_url} are allowed"
