@@ -249,3 +249,28 @@ def test_connection_client_created_once_and_closed(cloud: Any) -> None:
     conn.close()
     with pytest.raises(ConnectionConfigError, match="closed"):
         _ = conn.client
+
+
+@pytest.mark.parametrize(
+    ("host", "login"),
+    [
+        ("contoso.crm.microsoftdynamics.us", "login.microsoftonline.us"),
+        ("contoso.crm.dynamics.cn", "login.chinacloudapi.cn"),
+    ],
+)
+def test_connection_sovereign_token_request_goes_to_its_cloud(cloud: Any, host: str, login: str) -> None:
+    cloud.audience = f"https://{host}"
+    conn = cloud.connect(organization_url=f"https://{host}")
+    conn.token()
+    (request,) = cloud.requests
+    assert str(request.url) == f"https://{login}/{cloud.TENANT}/oauth2/v2.0/token"
+    assert cloud.token_forms[0]["scope"] == f"https://{host}/.default"
+
+
+def test_connection_ca_file_becomes_ssl_context(cloud: Any) -> None:
+    import ssl
+
+    conn = cloud.connect(ca_file=certifi.where())
+    assert isinstance(conn._verify, ssl.SSLContext)
+    assert conn._verify.verify_mode == ssl.CERT_REQUIRED
+    assert cloud.connect()._verify is True
