@@ -131,7 +131,8 @@ class Emulator:
         self.by_set: dict[str, Table] = {t.entity_set: t for t in self.tables.values()}
         self.store = Store(self.tables, self.rels, db_path, self.clock, key_activation_s)
         stable = random.Random(seed if seed is not None else 365)
-        self.rng = random.Random(seed) if seed is not None else random.Random()
+        # a different stream from `stable`, so generated record ids never repeat the fixed principal ids
+        self.rng = random.Random(f"records-{seed}") if seed is not None else random.Random()
         self.identity = Identity(
             tenant_id=str(uuid.UUID(int=stable.getrandbits(128), version=4)),
             clock=self.clock,
