@@ -143,7 +143,10 @@ def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
         '### get_current_user\n\n```json\n{"impersonate": "nope"}\n```\n', encoding="utf-8"
     )
     runtime = Runtime(load_entrypoints=False)
-    ledger = [{"action": "get_current_user", "outcome": "ok"}]
+    ledger = [
+        {"action": "get_current_user", "outcome": "ok", "host": "127.0.0.1"},
+        {"action": "test_connection", "outcome": "ok", "host": "contoso.crm.dynamics.com"},
+    ]
     problems = check_contract(runtime, repo_checks=True, repo_root=tmp_path, ledger=ledger)
     assert "action 'test_connection' has no test named test_test_connection_*" in problems
     assert "action 'test_connection' has no '### test_connection' section in README.md" in problems
@@ -151,5 +154,7 @@ def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
         p.startswith("README '### get_current_user' example fails the input schema: $.impersonate") for p in problems
     )
     assert "action 'get_current_user' was never refused with an input error in the suite" in problems
-    assert "action 'test_connection' never ran successfully through run_action in the suite" in problems
+    assert (
+        "action 'test_connection' never ran successfully through run_action against the emulator in the suite"
+    ) in problems
     assert not any(p.startswith("action 'get_current_user' has no test") for p in problems)
