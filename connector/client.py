@@ -148,7 +148,8 @@ def map_transport_error(
         for marker in ("name or service not known", "nodename nor servname", "getaddrinfo failed", "name resolution")
     ):
         return NetworkConfigError(
-            f"cannot resolve the host of {what}: check {field} (spelling, and that the environment exists)",
+            f"cannot resolve the host of {what}: check {field} (spelling, and that it still exists) and this "
+            "machine's DNS",
             reason="dns",
             field=field,
         )

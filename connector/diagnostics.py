@@ -88,8 +88,8 @@ def _challenge_tenant(www_authenticate: str | None) -> str | None:
     return parts[2] if len(parts) >= 3 and parts[0].lower().startswith("http") else None
 
 
-def diagnose(error: ConnectorError, connection: Connection) -> tuple[str, str]:
-    """``(diagnosis, fix)`` for an error met while testing ``connection``."""
+def diagnose(error: ConnectorError, connection: Connection, stage: str = "whoami") -> tuple[str, str]:
+    """``(diagnosis, fix)`` for an error met while testing ``connection``; ``stage`` is the check that failed."""
     org = connection.organization_url
     config = connection.config
     if isinstance(error, NetworkConfigError):
@@ -138,13 +138,18 @@ def diagnose(error: ConnectorError, connection: Connection) -> tuple[str, str]:
             "application user has no security role.",
             APP_USER_FIX + ".",
         )
+    target = "token_url (or authority_host)" if stage == "token" else "organization_url"
+    server = "The token endpoint" if stage == "token" else "Dataverse"
     if isinstance(error, DataverseApiError) and error.code == "Timeout":
         return (
-            "The server did not answer in time.",
-            "Check the network path to the environment (proxy, firewall), or raise timeout_s.",
+            f"{server} did not answer in time.",
+            f"Check the network path to it (proxy, firewall) and {target}, or raise timeout_s.",
         )
     if isinstance(error, DataverseApiError) and error.code == "NetworkError":
-        return ("The connection to the server failed.", "Check the network, any proxy, and organization_url.")
+        return (
+            f"The connection to {server.lower() if stage == 'token' else server} failed.",
+            f"Check that {target} is right and reachable from this machine (network, proxy, firewall).",
+        )
     if isinstance(error, DataverseApiError):
         return (
             f"Dataverse answered with an error: {error.message}.",
@@ -171,7 +176,7 @@ def run_connection_test(connection: Connection) -> dict[str, Any]:
 
     def finish(error: ConnectorError | None = None) -> dict[str, Any]:
         if error is not None:
-            result["diagnosis"], result["fix"] = diagnose(error, connection)
+            result["diagnosis"], result["fix"] = diagnose(error, connection, checks[-1]["name"])
         else:
             result["ok"] = True
         result["elapsed_ms"] = round((clock.monotonic() - start) * 1000)
