@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -137,7 +138,7 @@ def running_emulator(
     if not started.wait(30):
         raise RuntimeError("the emulator did not start within 30 s")
     base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    admin = AdminClient(base, ca if ca else True)
+    admin = AdminClient(base, ssl.create_default_context(cafile=ca) if ca else True)
     try:
         yield EmulatorHandle(base, ca, app, admin, ddir)
     finally:
