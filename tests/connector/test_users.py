@@ -151,6 +151,18 @@ CASES: dict[str, tuple[Any, str, list[str], list[str]]] = {
         ["cannot be resolved", "token endpoint"],
         ["token_url"],
     ),
+    "token-endpoint-timeout": (
+        lambda c: c.token_queue.append(httpx.ConnectTimeout("timed out")),
+        "token",
+        ["token endpoint", "did not answer in time"],
+        ["token_url", "timeout_s"],
+    ),
+    "token-endpoint-refused": (
+        lambda c: c.token_queue.append(httpx.ConnectError("[Errno 111] Connection refused")),
+        "token",
+        ["token endpoint"],
+        ["token_url", "reachable"],
+    ),
     "audience-mismatch": (
         lambda c: setattr(c, "audience", "https://fabrikam.crm.dynamics.com"),
         "audience",
@@ -200,8 +212,8 @@ CASES: dict[str, tuple[Any, str, list[str], list[str]]] = {
     "timeout": (
         lambda c: c.api_queue.extend(httpx.ConnectTimeout("timed out") for _ in range(5)),
         "whoami",
-        ["did not answer in time"],
-        ["timeout_s"],
+        ["Dataverse did not answer in time"],
+        ["organization_url", "timeout_s"],
     ),
 }
 
