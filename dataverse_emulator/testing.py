@@ -110,21 +110,12 @@ def uvicorn_config(
 
 
 @contextmanager
-def running_emulator(
-    *, tls: bool = False, data_dir: str | None = None, **create_app_options: Any
-) -> Iterator[EmulatorHandle]:
-    """Serve ``create_app(**create_app_options)`` on 127.0.0.1, a free port, in a daemon thread."""
-    create_app_options.setdefault("admin", True)
-    app = create_app(**create_app_options)
-    ddir = data_dir or tempfile.mkdtemp(prefix="d365-emulator-")
-    certfile = keyfile = ca = None
-    if tls:
-        from .tls import issue_server_cert
-
-        cert_p, key_p, ca_p = issue_server_cert(Path(ddir))
-        certfile, keyfile, ca = str(cert_p), str(key_p), str(ca_p)
+def serve_asgi(app: Any, certfile: str | None = None, keyfile: str | None = None) -> Iterator[str]:
+    """Serve any ASGI app on 127.0.0.1:0 in a daemon thread; yields the base URL (also used for benchmark baselines)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted sockets inherit TCP_NODELAY on Linux; without it small responses wait for delayed ACKs (~40 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     started = threading.Event()
@@ -136,13 +127,32 @@ def running_emulator(
     thread = threading.Thread(target=run, name="dataverse-emulator", daemon=True)
     thread.start()
     if not started.wait(30):
-        raise RuntimeError("the emulator did not start within 30 s")
-    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    admin = AdminClient(base, ssl.create_default_context(cafile=ca) if ca else True)
+        raise RuntimeError("the server did not start within 30 s")
     try:
-        yield EmulatorHandle(base, ca, app, admin, ddir)
+        yield f"{'https' if certfile else 'http'}://127.0.0.1:{port}"
     finally:
-        admin.close()
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def running_emulator(
+    *, tls: bool = False, data_dir: str | None = None, **create_app_options: Any
+) -> Iterator[EmulatorHandle]:
+    """Serve ``create_app(**create_app_options)`` on 127.0.0.1, a free port, in a daemon thread (admin on)."""
+    create_app_options.setdefault("admin", True)
+    app = create_app(**create_app_options)
+    ddir = data_dir or tempfile.mkdtemp(prefix="d365-emulator-")
+    certfile = keyfile = ca = None
+    if tls:
+        from .tls import issue_server_cert
+
+        cert_p, key_p, ca_p = issue_server_cert(Path(ddir))
+        certfile, keyfile, ca = str(cert_p), str(key_p), str(ca_p)
+    with serve_asgi(app, certfile, keyfile) as base:
+        admin = AdminClient(base, ssl.create_default_context(cafile=ca) if ca else True)
+        try:
+            yield EmulatorHandle(base, ca, app, admin, ddir)
+        finally:
+            admin.close()
