@@ -1,5 +1,6 @@
 """d365-connector: a Microsoft Dynamics 365 / Dataverse connector usable as a plugin runtime or a plain library."""
 
+from connector.connection import Connection
 from connector.errors import (
     AuthenticationError,
     ConnectionConfigError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Connection",
     "ConnectionConfigError",
     "ConnectorError",
     "ContractError",
