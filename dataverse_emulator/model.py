@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 NS = uuid.UUID("5b0f1a2e-7d3c-4c55-9a8e-d365e0000001")
 
@@ -489,7 +490,7 @@ def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[s
             ),
         ]
     if state:
-        st, su = state  # type: ignore[misc]
+        st, su = cast(tuple[dict[int, str], dict[int, str]], state)
         cols += [("statecode", "State", {"options": st}), ("statuscode", "Status", {"options": su})]
     return cols
 

@@ -214,7 +214,7 @@ class Compiler:
             col, _ = self.operand(target, scope, None)
             if not isinstance(pattern, Literal) or not isinstance(pattern.value, str):
                 raise errors.bad_request(f"The '{e.name}' function requires a string literal.", "0x0")
-            self.params.append(wildcard_to_regex(pattern.value, e.name).pattern)  # type: ignore[arg-type]
+            self.params.append(wildcard_to_regex(pattern.value, e.name).pattern)
             return f"(dv_match(?, {col}) = 1)"
         raise errors.bad_request(f"An unknown function with name '{e.name}' was found.", "0x0")
 

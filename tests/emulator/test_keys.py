@@ -103,3 +103,13 @@ def test_rows_written_while_pending_can_fail_the_key(api: httpx.Client, clock: F
     created_id(api.post("leads", json={"lastname": "b", "companyname": "same"}))
     clock.advance(5)
     assert key_status(api, "lead") == ["Failed"]
+
+
+def test_reserved_characters_in_key_values_are_refused(api: httpx.Client, clock: FakeClock) -> None:
+    assert make_key(api, "account", "new_num", ["accountnumber"]).status_code == 204
+    clock.advance(5)
+    created_id(api.post("accounts", json={"name": "amp", "accountnumber": "M&M"}))
+    assert error_of(api.get("accounts(accountnumber='M%26M')"))[0] == 400
+    # the documented workaround: find it with $filter instead
+    r = api.get("accounts?$select=name&$filter=accountnumber eq 'M%26M'")
+    assert [v["name"] for v in r.json()["value"]] == ["amp"]
