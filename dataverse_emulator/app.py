@@ -379,6 +379,7 @@ class WebApi:
         self.store = emu.store
         self.tables = emu.tables
         self.rels = emu.rels
+        self._deep_children: list[tuple[Relationship, list[dict[str, Any]]]] = []
 
     # -- entry ------------------------------------------------------------------------------------------------------
 
@@ -393,7 +394,14 @@ class WebApi:
             raw_path = request.scope.get("raw_path", b"").decode("latin-1")
             sub = raw_path.split("/api/data/", 1)[1].split("/", 1)
             rest = unquote(sub[1]) if len(sub) > 1 else ""
-            resp = await self.dispatch(request, ctx, split_path(rest))
+            if request.method == "GET":
+                resp = await self.dispatch(request, ctx, split_path(rest))
+            else:
+                # read the body first: once cached, dispatch has no suspension point, so no other request can run
+                # inside this transaction on the shared connection; any refusal rolls every write back
+                await request.body()
+                with self.store.transaction():
+                    resp = await self.dispatch(request, ctx, split_path(rest))
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
             resp.headers["OData-Version"] = "4.0"
@@ -911,6 +919,7 @@ class WebApi:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         deferred: list[tuple[Relationship, list[str]]] = []
         binds: dict[str, Any] = {}
+        deep: dict[str, Any] = {}
         for k, v in data.items():
             if "@" in k:
                 prop, _, ann = k.partition("@")
@@ -918,11 +927,14 @@ class WebApi:
                     binds[prop] = v
                 continue
             a = table.attributes.get(k)
-            if a is None:
-                if comp.collection_nav(table, k) or comp.single_nav(table, k):
+            if isinstance(v, dict | list) and (comp.single_nav(table, k) or comp.collection_nav(table, k)):
+                if not creating:
                     raise errors.payload_error(
-                        entity_set, "Microsoft.OData.ODataException: Deep insert is not supported by the emulator."
+                        entity_set, "Microsoft.OData.ODataException: Deep update is not supported."
                     )
+                deep[k] = v
+                continue
+            if a is None:
                 raise errors.invalid_payload_property(k, table.logical_name)
             if a.is_lookup:
                 if v is not None:
@@ -969,6 +981,20 @@ class WebApi:
                 deferred.append((crel, ids))
                 continue
             raise errors.undeclared_bind(nav, entity_set)
+        for nav, v in deep.items():
+            # deep insert: related rows are created in the same transaction as the parent
+            single = comp.single_nav(table, nav)
+            if single is not None and isinstance(v, dict) and single.referenced_entity != "owner":
+                target = self.tables[single.referenced_entity]
+                child_id, _ = self.do_create(ctx, target, v)
+                row[single.referencing_attribute] = child_id
+                row[type_col(single.referencing_attribute)] = target.logical_name
+                continue
+            coll = comp.collection_nav(table, nav)
+            if coll is not None and isinstance(v, list) and all(isinstance(x, dict) for x in v):
+                self._deep_children.append((coll, v))
+                continue
+            raise errors.payload_error(entity_set, f"Microsoft.OData.ODataException: Invalid value for '{nav}'.")
         computed(table, row)
         return deferred
 
@@ -997,7 +1023,10 @@ class WebApi:
         row: dict[str, Any] = {}
         if key_values:
             row.update(key_values)
+        outer_children = self._deep_children
+        self._deep_children = []
         deferred = self.apply_payload(ctx, table, data, row, creating=True)
+        children, self._deep_children = self._deep_children, outer_children
         if rid is None:
             rid = row.get(table.primary_id) or str(uuid.UUID(int=self.emu.rng.getrandbits(128), version=4))
         rid = str(rid).lower()
@@ -1006,7 +1035,9 @@ class WebApi:
             raise errors.duplicate_record()
         now = fmt_dt_now(self.emu.clock)
         user = ctx.user["systemuserid"]
-        row.update(createdon=now, modifiedon=now, versionnumber=self.store.next_version())
+        row.update(
+            createdon=row.get("overriddencreatedon") or now, modifiedon=now, versionnumber=self.store.next_version()
+        )
         for col in ("createdby", "modifiedby"):
             row[col], row[type_col(col)] = user, "systemuser"
         if ctx.caller is not None:
@@ -1025,6 +1056,11 @@ class WebApi:
         self.check_alt_keys(table, row, rid)
         self.store.insert(table.logical_name, row)
         self.apply_deferred(deferred, rid, table)
+        for rel, items in children:
+            child_t = self.tables[rel.referencing_entity]
+            fk = rel.referencing_attribute
+            for item in items:
+                self.do_create(ctx, child_t, item, key_values={fk: rid, type_col(fk): table.logical_name})
         return rid, row
 
     def owner_columns(self, row: dict[str, Any]) -> None:

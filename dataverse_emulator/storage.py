@@ -8,12 +8,13 @@ table (polymorphic lookups need it to answer ``lookuplogicalname``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .model import Attribute, Key, Relationship, Table
@@ -112,6 +113,21 @@ class Store:
             self.keys.setdefault(entity, []).append(
                 Key(schema, entity, json.loads(attrs), created, mid, bool(failed), display)
             )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write request = one transaction (deep inserts and deferred binds are all-or-nothing)."""
+        with self.lock:
+            if self.conn.in_transaction:
+                yield
+                return
+            self.conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def next_version(self) -> int:
         """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``."""

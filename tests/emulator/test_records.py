@@ -249,3 +249,37 @@ def test_version_numbers_increase(api: httpx.Client) -> None:
     row = api.get(f"accounts({rid})?$select=versionnumber")
     assert row.json()["versionnumber"] > v1
     assert row.headers["ETag"] == f'W/"{row.json()["versionnumber"]}"'
+
+
+def test_deep_insert_is_one_transaction(api: httpx.Client) -> None:
+    r = api.post(
+        "accounts",
+        json={
+            "name": "Deep",
+            "primarycontactid": {"firstname": "Pri", "lastname": "Mary"},
+            "opportunity_customer_accounts": [{"name": "Opp 1"}, {"name": "Opp 2"}],
+        },
+    )
+    aid = created_id(r)
+    row = api.get(
+        f"accounts({aid})?$select=name&$expand=primarycontactid($select=fullname),"
+        "opportunity_customer_accounts($select=name)"
+    ).json()
+    assert row["primarycontactid"]["fullname"] == "Pri Mary"
+    assert sorted(o["name"] for o in row["opportunity_customer_accounts"]) == ["Opp 1", "Opp 2"]
+    before = api.get("contacts/$count").text
+    bad = api.post(
+        "accounts",
+        json={
+            "name": "Bad",
+            "primarycontactid": {"lastname": "Kept?"},
+            "opportunity_customer_accounts": [{"name": "x" * 400}],
+        },
+    )
+    assert error_of(bad)[:2] == (400, "0x80044331")
+    assert api.get("contacts/$count").text == before  # the contact created first was rolled back
+
+
+def test_overridden_created_on(api: httpx.Client) -> None:
+    rid = created_id(api.post("accounts", json={"name": "Old", "overriddencreatedon": "2020-01-02T03:04:05Z"}))
+    assert api.get(f"accounts({rid})?$select=createdon").json()["createdon"] == "2020-01-02T03:04:05Z"
