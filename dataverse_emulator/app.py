@@ -410,12 +410,15 @@ class WebApi:
             entry = request.scope.get("state", {}).get("log_entry")
             if entry is not None:
                 entry["error_code"] = e.code
-            return error_response(e)
+            return error_response(e, AnnotationFilter(parse_prefer(request).get("odata.include-annotations")).wants)
         except ODataSyntaxError as e:
             entry = request.scope.get("state", {}).get("log_entry")
             if entry is not None:
                 entry["error_code"] = e.code
-            return error_response(DataverseError(400, e.code, e.message))
+            return error_response(
+                DataverseError(400, e.code, e.message),
+                AnnotationFilter(parse_prefer(request).get("odata.include-annotations")).wants,
+            )
         except Exception:  # an emulator bug must still answer like Dataverse (500 UnExpected), and be visible
             log.exception("unhandled error for %s %s", request.method, request.url.path)
             entry = request.scope.get("state", {}).get("log_entry")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 from starlette.responses import Response
 
@@ -25,9 +26,20 @@ class DataverseError(Exception):
         self.headers = headers or {}
 
 
-def error_response(err: DataverseError) -> Response:
-    """Render the error the way Dataverse does: JSON body, OData-Version and a REQ_ID header."""
-    body = json.dumps({"error": {"code": err.code, "message": err.message}}).encode()
+def error_response(err: DataverseError, wants: Callable[[str], bool] | None = None) -> Response:
+    """Render the error the way Dataverse does: JSON body, OData-Version and a REQ_ID header. ``wants`` tells which
+    ``Microsoft.PowerApps.CDS.*`` annotations the client asked for with ``Prefer: odata.include-annotations``."""
+    error: dict[str, str] = {"code": err.code, "message": err.message}
+    if wants is not None:
+        hexcode = err.code[2:].lower() if err.code.startswith("0x") else ""
+        if hexcode and wants("Microsoft.PowerApps.CDS.HelpLink"):
+            error["@Microsoft.PowerApps.CDS.HelpLink"] = (
+                "http://go.microsoft.com/fwlink/?LinkID=398563&error=Microsoft.Crm.CrmException%3a"
+                f"{hexcode}&client=platform"
+            )
+        if wants("Microsoft.PowerApps.CDS.InnerError.Message"):
+            error["@Microsoft.PowerApps.CDS.InnerError.Message"] = err.message
+    body = json.dumps({"error": error}).encode()
     headers = {"OData-Version": "4.0", "REQ_ID": str(uuid.uuid4()), **err.headers}
     return Response(body, status_code=err.status, media_type=JSON_CT, headers=headers)
 

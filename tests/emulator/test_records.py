@@ -283,3 +283,12 @@ def test_deep_insert_is_one_transaction(api: httpx.Client) -> None:
 def test_overridden_created_on(api: httpx.Client) -> None:
     rid = created_id(api.post("accounts", json={"name": "Old", "overriddencreatedon": "2020-01-02T03:04:05Z"}))
     assert api.get(f"accounts({rid})?$select=createdon").json()["createdon"] == "2020-01-02T03:04:05Z"
+
+
+def test_error_annotations_only_when_requested(api: httpx.Client) -> None:
+    missing = "00000000-0000-0000-0000-0000000000aa"
+    plain = api.get(f"accounts({missing})").json()["error"]
+    assert set(plain) == {"code", "message"}
+    rich = api.get(f"accounts({missing})", headers={"Prefer": 'odata.include-annotations="*"'}).json()["error"]
+    assert rich["@Microsoft.PowerApps.CDS.InnerError.Message"] == plain["message"]
+    assert "Microsoft.Crm.CrmException%3a80040217" in rich["@Microsoft.PowerApps.CDS.HelpLink"]
