@@ -36,6 +36,7 @@ from connector.errors import ConnectionConfigError
 
 if TYPE_CHECKING:
     from connector.auth import TokenProvider
+    from connector.metadata import MetadataCache
     from connector.client import DataverseClient, RetryPolicy
 
 __all__ = [
@@ -482,6 +483,20 @@ class Connection:
     def fingerprint(self) -> str:
         """Identifies the configuration (secrets included) so a runtime can reuse one Connection per configuration."""
         return self._config.fingerprint()
+
+    @property
+    def metadata(self) -> MetadataCache:
+        """The table metadata cache every action on this connection shares (created on first use)."""
+        cache: MetadataCache | None = self.__dict__.get("_metadata")
+        if cache is None:
+            with self._lock:
+                cache = self.__dict__.get("_metadata")
+                if cache is None:
+                    from connector.metadata import MetadataCache
+
+                    cache = MetadataCache(lambda: self.client, clock=self._clock)
+                    self.__dict__["_metadata"] = cache
+        return cache
 
     @property
     def client(self) -> DataverseClient:

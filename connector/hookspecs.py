@@ -37,6 +37,38 @@ class ActionSpecs:
     def test_connection(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
         """Fetch a token and call WhoAmI; explain any failure with its fix instead of raising."""
 
+    @hookspec(firstresult=True)
+    def get_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Read one row by id or alternate key."""
+
+    @hookspec(firstresult=True)
+    def create_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Create a row; lookups bound and choice labels mapped through metadata."""
+
+    @hookspec(firstresult=True)
+    def update_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Update an existing row by id or alternate key; never creates."""
+
+    @hookspec(firstresult=True)
+    def upsert_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Create or update a row by id or alternate key; the output says which happened."""
+
+    @hookspec(firstresult=True)
+    def delete_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Delete a row by id or alternate key."""
+
+    @hookspec(firstresult=True)
+    def query_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Query a table with OData or structured conditions, one page or every page up to max_records."""
+
+    @hookspec(firstresult=True)
+    def associate_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Link two rows through a navigation property ($ref)."""
+
+    @hookspec(firstresult=True)
+    def disassociate_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Remove the link between two rows through a navigation property ($ref)."""
+
 
 class RuntimeSpecs:
     """Hooks the runtime calls; wrappers placed here apply to every action or data source."""

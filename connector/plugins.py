@@ -35,7 +35,7 @@ TRACE_ENV = "D365_CONNECTOR_TRACE_PLUGINS"
 BUILTIN = "builtin"
 
 #: Built-in plugins, by module path; each module holds ``@hookimpl`` functions only.
-DEFAULT_PLUGINS: tuple[str, ...] = ("actions.users",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("actions.users", "actions.entities")
 
 
 @dataclass(frozen=True)

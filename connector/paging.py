@@ -1,0 +1,258 @@
+"""Querying a table page by page in constant memory, with opaque page tokens.
+
+:class:`QueryRun` is the one code path behind the ``query_entities`` action, the ``d365 run --jsonl`` stream and the
+library: iterating it yields records one at a time while only the current page is held, following
+``@odata.nextLink`` verbatim with the same ``Prefer: odata.maxpagesize``. It never stops silently: when it stops at
+``max_records`` (or after one page) it says whether more rows remain and gives a token that resumes exactly there,
+even in the middle of a page. ``top`` is sent as ``$top`` without ``odata.maxpagesize``, because Dataverse ignores
+``$top`` when both are sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from connector.errors import FatalApiError, InputError, InputProblem
+from connector.metadata import TableMetadata
+from connector.odata import PageToken, build_query_string, filter_column, where_problems_and_filter
+
+if TYPE_CHECKING:
+    from connector.client import DataverseClient
+    from connector.connection import Connection
+    from connector.records import _Problems
+
+__all__ = ["Page", "QueryRun", "iter_pages", "query_problems", "run_query"]
+
+COUNT_ANNOTATIONS = (
+    'odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
+    'Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"'
+)
+ALL_ANNOTATIONS = 'odata.include-annotations="*"'
+DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of rows, the URL that returned it (relative to the API root) and the next page's, if any."""
+
+    path: str
+    records: list[dict[str, Any]]
+    next_path: str | None
+    body: Mapping[str, Any]
+
+
+def _relative(client: DataverseClient, link: str) -> str:
+    """A nextLink relative to the API root; a link that leaves it is an error, never followed."""
+    root = client.api_url + "/"
+    if not link.startswith(root):
+        raise FatalApiError(f"Dataverse returned a next-page link outside {client.api_url}; it was not followed")
+    return link[len(root) :]
+
+
+def iter_pages(
+    client: DataverseClient,
+    path: str,
+    *,
+    page_size: int | None,
+    annotations: str | None = None,
+    impersonate: str | None = None,
+) -> Iterator[Page]:
+    """Every page from ``path`` on, one request per page, following ``@odata.nextLink`` as sent."""
+    prefer = [f"odata.maxpagesize={page_size}"] if page_size else []
+    if annotations:
+        prefer.append(annotations)
+    current: str | None = path
+    while current is not None:
+        body = client.get_json(current, prefer=prefer, impersonate=impersonate) or {}
+        link = body.get("@odata.nextLink")
+        next_path = _relative(client, str(link)) if link else None
+        if next_path == current:
+            raise FatalApiError(f"Dataverse returned the same page link twice for {path.split('?')[0]}; stopped")
+        records = body.get("value") or []
+        yield Page(current, records, next_path, {k: v for k, v in body.items() if k != "value"})
+        current = next_path
+
+
+class QueryRun:
+    """One query's rows as an iterator; after iteration ``next_page_token``, ``more_records`` and counts are set."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        start: PageToken,
+        limit: int | None,
+        impersonate: str | None = None,
+    ) -> None:
+        self._connection = connection
+        self._start = start
+        self._limit = limit
+        self._impersonate = impersonate
+        self.next_page_token: str | None = None
+        self.more_records = False
+        self.count: int | None = None
+        self.count_limit_exceeded: bool | None = None
+        self.returned = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        start = self._start
+        client = self._connection.client
+        skip = start.offset
+        first = True
+        for page in iter_pages(
+            client, start.path, page_size=start.page_size, annotations=start.annotations, impersonate=self._impersonate
+        ):
+            if first:
+                self._read_count(page.body)
+                first = False
+            records = page.records[skip:] if skip else page.records
+            for i, record in enumerate(records):
+                if self._limit is not None and self.returned >= self._limit:
+                    self._stop(PageToken(start.host, page.path, start.page_size, skip + i, start.annotations))
+                    return
+                self.returned += 1
+                yield record
+            skip = 0
+            if page.next_path is None:
+                return
+            if self._limit is not None and self.returned >= self._limit:
+                self._stop(PageToken(start.host, page.next_path, start.page_size, 0, start.annotations))
+                return
+
+    def _stop(self, token: PageToken) -> None:
+        self.more_records = True
+        self.next_page_token = token.encode()
+
+    def _read_count(self, body: Mapping[str, Any]) -> None:
+        if "@odata.count" in body:
+            self.count = int(body["@odata.count"])
+        exceeded = body.get("@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded")
+        if exceeded is not None:
+            self.count_limit_exceeded = bool(exceeded)
+
+
+def _host(connection: Connection) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(connection.api_url).netloc.lower()
+
+
+def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, int | None]:
+    """Where the query starts (a fresh query or a page token) and how many rows to return at most."""
+    meta = connection.metadata.table(inputs["table"])
+    limit: int | None
+    if inputs.get("top"):
+        limit = None
+    elif inputs.get("fetch_all"):
+        limit = int(inputs["max_records"])
+    else:
+        limit = int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
+    if inputs.get("page_token"):
+        token = PageToken.decode(inputs["page_token"], host=_host(connection))
+        if token.entity_set != meta.entity_set:
+            raise InputError(
+                [InputProblem("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")]
+            )
+        return token, limit
+    params: dict[str, str] = {}
+    types = meta.types
+    if inputs.get("select"):
+        params["$select"] = ",".join(filter_column(c, types[c]) for c in inputs["select"])
+    filters = []
+    if inputs.get("filter"):
+        filters.append(f"({inputs['filter']})" if inputs.get("where") else str(inputs["filter"]))
+    if inputs.get("where"):
+        built, problems = _where(connection, meta, inputs["where"])
+        if problems:
+            raise InputError(problems)
+        if built:
+            filters.append(built)
+    if filters:
+        params["$filter"] = " and ".join(filters)
+    if inputs.get("order_by"):
+        params["$orderby"] = ",".join(_order(c, types) for c in inputs["order_by"])
+    if inputs.get("expand"):
+        from connector.records import _expand_param
+
+        params["$expand"] = _expand_param(meta, inputs["expand"], connection)
+    if inputs.get("top"):
+        params["$top"] = str(int(inputs["top"]))
+    if inputs.get("include_count"):
+        params["$count"] = "true"
+    query = build_query_string(params)
+    path = f"{meta.entity_set}?{query}" if query else meta.entity_set
+    if inputs.get("include_annotations"):
+        annotations: str | None = ALL_ANNOTATIONS
+    elif inputs.get("include_count"):
+        annotations = COUNT_ANNOTATIONS
+    else:
+        annotations = None
+    page_size = None if inputs.get("top") else int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
+    return PageToken(_host(connection), path, page_size, 0, annotations), limit
+
+
+def _order(item: str, types: Mapping[str, str]) -> str:
+    column, _, direction = item.partition(" ")
+    name = filter_column(column, types.get(column, ""))
+    return f"{name} {direction}" if direction else name
+
+
+def _where(
+    connection: Connection, meta: TableMetadata, where: Any, path: str = "$.where"
+) -> tuple[str | None, list[InputProblem]]:
+    def choice(column: str, label: str) -> int:
+        from connector.odata import LiteralError
+
+        try:
+            return connection.metadata.choice_value(meta.logical_name, column, label)
+        except ValueError as exc:
+            raise LiteralError(str(exc)) from None
+
+    return where_problems_and_filter(where, meta.types, choice, table=meta.logical_name, path=path)
+
+
+def query_problems(p: _Problems, meta: TableMetadata, inputs: Mapping[str, Any]) -> None:
+    """Phase-two checks of ``query_entities``: columns of where and order_by, and the page token's host and table."""
+    columns = [str(c.get("column")) for c in inputs.get("where") or []]
+    columns += [str(c).partition(" ")[0] for c in inputs.get("order_by") or []]
+    if any(c not in meta.attributes for c in columns):
+        meta = p.fresh(meta)
+    if inputs.get("where"):
+        _, problems = _where(p.connection, meta, inputs["where"])
+        p.items += problems
+    for i, item in enumerate(inputs.get("order_by") or []):
+        column = str(item).partition(" ")[0]
+        if column not in meta.attributes:
+            p.add(f"$.order_by[{i}]", f"unknown column {column!r} of table {meta.logical_name!r}")
+    if inputs.get("page_token"):
+        try:
+            token = PageToken.decode(inputs["page_token"], host=_host(p.connection))
+        except InputError as exc:
+            p.items += exc.problems
+        else:
+            if token.entity_set != meta.entity_set:
+                p.add("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")
+
+
+def query(connection: Connection, inputs: Mapping[str, Any]) -> QueryRun:
+    """A :class:`QueryRun` for ``query_entities`` inputs (validated): iterate it to stream the rows."""
+    start, limit = plan(connection, inputs)
+    return QueryRun(connection, start=start, limit=limit, impersonate=inputs.get("impersonate"))
+
+
+def run_query(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``query_entities`` output: the rows (at most one page, or up to ``max_records`` with ``fetch_all``)."""
+    run = query(connection, inputs)
+    records = list(run)
+    out: dict[str, Any] = {
+        "records": records,
+        "returned": len(records),
+        "count": run.count,
+        "next_page_token": run.next_page_token,
+        "more_records": run.more_records,
+    }
+    if inputs.get("include_count"):
+        out["count_limit_exceeded"] = bool(run.count_limit_exceeded)
+    return out
