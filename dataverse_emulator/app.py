@@ -275,7 +275,6 @@ class Emulator:
         elif kind == "managed_identity":
             cfg["identity_endpoint"] = f"{org}/metadata/identity/oauth2/token"
             cfg["identity_style"] = "imds"
-            cfg["app_service_endpoint"] = f"{org}/msi/token"
             cfg["identity_header"] = self.identity.identity_header
         if ca_file:
             cfg["ca_file"] = ca_file

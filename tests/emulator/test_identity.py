@@ -206,7 +206,7 @@ def test_managed_identity_both_styles(emulator: EmulatorHandle, clock: FakeClock
     assert int(r.json()["expires_on"]) == int(clock()) + 3600
     who = httpx.get(emulator.api_url + "/WhoAmI", headers={"Authorization": f"Bearer {r.json()['access_token']}"})
     assert who.status_code == 200
-    svc = cfg["app_service_endpoint"]
+    svc = f"{emulator.base_url}/msi/token"  # App Service style: identity_style "app_service" points here
     assert httpx.get(svc, params={"resource": emulator.base_url, "api-version": "2019-08-01"}).status_code == 401
     r2 = httpx.get(
         svc,
