@@ -93,6 +93,20 @@ def seg_key(seg: str) -> tuple[str, str | None]:
     return seg, None
 
 
+def expand_context(items: tuple[ExpandItem, ...]) -> str | None:
+    """The ``$expand`` part of ``@odata.context``: ``primarycontactid(fullname)``, nested expands inside."""
+    if not items:
+        return None
+    parts = []
+    for it in items:
+        inner = [*(it.select or ())]
+        nested = expand_context(it.expand)
+        if nested:
+            inner.append(nested)
+        parts.append(f"{it.nav}({','.join(inner)})")
+    return ",".join(parts)
+
+
 def parse_prefer(request: Request) -> dict[str, str]:
     """All ``Prefer`` values, from repeated headers or comma lists (quoted commas respected)."""
     out: dict[str, str] = {}
@@ -404,6 +418,9 @@ class WebApi:
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
             resp.headers["OData-Version"] = "4.0"
+            req_id = str(uuid.uuid4())
+            resp.headers["REQ_ID"] = req_id
+            resp.headers["x-ms-service-request-id"] = req_id
             return resp
         except DataverseError as e:
             entry = request.scope.get("state", {}).get("log_entry")
@@ -508,7 +525,9 @@ class WebApi:
                 return await self.patch(request, ctx, table, key)
             if method == "DELETE":
                 return self.delete(request, ctx, table, key)
-            raise errors.no_resource(str(request.url))
+            raise errors.DataverseError(
+                405, "0x80060888", f"The requested resource does not support http method '{method}'."
+            )
         return await self.sub_resource(request, ctx, table, key, segs[1:])
 
     # -- helpers ----------------------------------------------------------------------------------------------------
@@ -737,9 +756,7 @@ class WebApi:
             self.expand(ctx, table, ent, row, expand)
         self.apply_annotation_pref(ctx)
         body = {
-            "@odata.context": self.context_url(
-                ctx, table, select, True, opts.get("$expand") and ",".join(f"{e.nav}()" for e in expand)
-            ),
+            "@odata.context": self.context_url(ctx, table, select, True, expand_context(expand)),
             **ent,
         }
         return self.json(body, headers={"ETag": tag})
@@ -824,7 +841,7 @@ class WebApi:
         rows = self.store.query(sql, where_params + extra_params)
         more = top is None and len(rows) > page_size
         rows = rows[:page_size]
-        body: dict[str, Any] = {"@odata.context": self.context_url(ctx, table, select, False)}
+        body: dict[str, Any] = {"@odata.context": self.context_url(ctx, table, select, False, expand_context(expand))}
         count_requested = opts.get("$count", "").lower() == "true"
         total = None
         if count_requested:

@@ -40,7 +40,8 @@ def error_response(err: DataverseError, wants: Callable[[str], bool] | None = No
         if wants("Microsoft.PowerApps.CDS.InnerError.Message"):
             error["@Microsoft.PowerApps.CDS.InnerError.Message"] = err.message
     body = json.dumps({"error": error}).encode()
-    headers = {"OData-Version": "4.0", "REQ_ID": str(uuid.uuid4()), **err.headers}
+    req_id = str(uuid.uuid4())
+    headers = {"OData-Version": "4.0", "REQ_ID": req_id, "x-ms-service-request-id": req_id, **err.headers}
     return Response(body, status_code=err.status, media_type=JSON_CT, headers=headers)
 
 

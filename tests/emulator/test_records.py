@@ -51,6 +51,7 @@ def test_retrieve_select_and_not_found(api: httpx.Client) -> None:
     r = api.get(f"accounts({rid})?$select=name")
     assert r.status_code == 200
     assert set(r.json()) == {"@odata.context", "@odata.etag", "name", "accountid"}
+    assert r.headers["REQ_ID"] == r.headers["x-ms-service-request-id"]
     missing = "00000000-0000-0000-0000-000000000001"
     assert error_of(api.get(f"accounts({missing})")) == (
         404,
@@ -171,6 +172,7 @@ def test_binds_and_lookup_annotations(api: httpx.Client) -> None:
         )
     )
     opp = api.get(f"opportunities({oid})?$select=name&$expand=customerid_account($select=name)").json()
+    assert opp["@odata.context"].endswith("#opportunities(name,customerid_account(name))/$entity")
     assert opp["customerid_account"]["name"] == "Parent"
 
 
