@@ -1,28 +1,31 @@
-"""The Dataverse Web API client core: one ``httpx.Client`` per connection, OData headers, typed errors, bounded retry.
+"""The Dataverse Web API client core: one ``httpx.Client`` per connection, OData headers, typed errors, retries.
 
 This is the one place where httpx errors and Dataverse error bodies become :mod:`connector.errors` (with
-``raise ... from exc``); nothing above it catches ``httpx.HTTPError``. Retries here are deliberately simple:
+``raise ... from exc``); nothing above it catches ``httpx.HTTPError``. Every send goes through the connection's
+:class:`~connector.governor.Governor`, and failures are classed as the design says:
 
 * 401: the token is re-fetched once and the request sent again (tokens can be revoked or rotated before they expire);
-* 429, and 503 with ``Retry-After``: Dataverse did not execute the request; wait exactly ``Retry-After`` seconds on
-  the injected clock and send again, within :class:`RetryPolicy`'s caps on attempts and total waiting;
-* network failures and 5xx without a Dataverse error code: sent again with capped exponential backoff and full
-  jitter when the request is idempotent, or when it provably never left (connection refused); otherwise the outcome
-  is unknown and :class:`OutcomeUnknownError` says so.
+* 429, and 503 with ``Retry-After``: Dataverse did not execute the request; the governor holds *every* request of the
+  connection until ``Retry-After`` has passed, then this one is sent again, within :class:`RetryPolicy`'s caps;
+* a 4xx, or a 5xx carrying a Dataverse error code: fatal, raised at once (sending it again gives the same answer);
+* network failures and other 5xx: sent again with capped exponential backoff and full jitter when the request is
+  idempotent, or when it provably never left (connection refused); otherwise the outcome is unknown and
+  :class:`OutcomeUnknownError` says so. :meth:`DataverseClient.create` with ``client_id`` turns a create into a
+  retry-safe request: a resend that meets "duplicate key" is confirmed by a GET and reported as done, once.
 
-The throttle governor shared by all threads of a connection (issue 5) replaces the 429 branch; until then each call
-waits on its own.
+The token is asked for inside the governor's slot, after any wait, so a retry that follows a wait longer than the
+token's remaining life carries a fresh token rather than an expired one.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import random
+import re
 import socket
 import ssl
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -41,12 +44,16 @@ from connector.errors import (
     OutcomeUnknownError,
     RetriableApiError,
 )
+from connector.governor import Governor, RetryPolicy
+from connector.ids import new_id
 
 if TYPE_CHECKING:
     from connector.auth import TokenProvider
 
 __all__ = [
+    "DUPLICATE_RECORD",
     "USER_AGENT",
+    "CreateResult",
     "DataverseAuthError",
     "DataverseClient",
     "NetworkConfigError",
@@ -63,22 +70,6 @@ log = logging.getLogger("connector.http")
 USER_AGENT = f"d365-connector/{__version__}"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Caps on the simple retries of this client (the governor of issue 5 will own the throttling part).
-
-    ``max_attempts`` counts every send of one request, the first included; ``max_wait_s`` caps the total time spent
-    waiting for ``Retry-After``. Network and 5xx backoff is ``min(backoff_cap_s, backoff_base_s * 2**n)`` scaled by
-    ``jitter()`` (full jitter: a uniform draw in [0, 1), so many clients do not retry in step).
-    """
-
-    max_attempts: int = 5
-    max_wait_s: float = 300.0
-    backoff_base_s: float = 0.5
-    backoff_cap_s: float = 8.0
-    jitter: Callable[[], float] = random.random
 
 
 class NetworkConfigError(ConnectionConfigError):
@@ -303,6 +294,40 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
 
 
+DUPLICATE_RECORD = "0x80040237"
+"""Dataverse's code for "a record with matching key values already exists" (also a duplicate primary key)."""
+
+_ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+
+
+@dataclass
+class _Trace:
+    """What happened to one logical request across its sends."""
+
+    sends: int = 0
+    maybe_applied: bool = False  # an earlier send may have reached Dataverse and been applied
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """A created row: its ``id``, how many times the POST was sent, and whether a GET confirmed it after a resend.
+
+    ``record`` holds the row when ``return_record`` was asked for (or, after a confirmation, the row as read back).
+    """
+
+    id: str | None
+    sends: int = 1
+    confirmed_by_get: bool = False
+    record: dict[str, Any] | None = None
+
+
+def _entity_id(response: httpx.Response) -> str | None:
+    """The GUID at the end of the ``OData-EntityId`` header of a create answer."""
+    header = response.headers.get("OData-EntityId")
+    match = _ENTITY_ID.search(header or "")
+    return match.group(1).lower() if match else None
+
+
 class DataverseClient:
     """Sends requests to one environment's Web API with a bearer token from a :class:`TokenProvider`.
 
@@ -320,12 +345,15 @@ class DataverseClient:
         verify: ssl.SSLContext | bool = True,
         timeout_s: float = 120.0,
         retry: RetryPolicy | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
         self._origin = _origin(self._api_url)
         self._tokens = tokens
-        self._clock: Clock = clock or SystemClock()
-        self._retry = retry or RetryPolicy()
+        if governor is None:
+            governor = Governor(clock=clock or SystemClock(), policy=retry)
+        self._governor = governor
+        self._clock: Clock = governor.clock
         kwargs: dict[str, Any] = {}
         if transport is not None:
             kwargs["transport"] = transport
@@ -348,7 +376,12 @@ class DataverseClient:
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        return self._retry
+        return self._governor.policy
+
+    @property
+    def governor(self) -> Governor:
+        """The connection's throttle governor (shared by every thread using this client)."""
+        return self._governor
 
     def close(self) -> None:
         self._http.close()
@@ -383,6 +416,32 @@ class DataverseClient:
         :func:`impersonation_headers`; ``idempotent`` defaults to true for every method but POST and decides whether
         a failure in transit may be retried.
         """
+        return self._send(
+            method,
+            path_or_url,
+            params=params,
+            json=json,
+            headers=headers,
+            prefer=prefer,
+            impersonate=impersonate,
+            idempotent=idempotent,
+            trace=_Trace(),
+        )
+
+    def _send(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        prefer: Sequence[str],
+        impersonate: str | Mapping[str, str] | None,
+        idempotent: bool | None,
+        trace: _Trace,
+    ) -> httpx.Response:
+        """The retry loop behind :meth:`request`; ``trace`` learns whether an earlier send may have been applied."""
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
@@ -393,30 +452,51 @@ class DataverseClient:
         extra.update(impersonation_headers(impersonate))
         if json is not None:
             extra.setdefault("Content-Type", "application/json")
-        policy = self._retry
+        governor = self._governor
+        policy = governor.policy
+        started = self._clock.monotonic()
         attempts = 0
         waited = 0.0
         refreshed = False
         backoff_n = 0
+        path = urlsplit(url).path  # logged without the query, which may carry data
         while True:
             attempts += 1
-            token = self._tokens.token()
-            request = self._http.build_request(
-                method, url, params=params, json=json, headers={**extra, "Authorization": f"Bearer {token}"}
-            )
-            start = self._clock.monotonic()
-            try:
-                response = self._http.send(request)
-            except httpx.HTTPError as exc:
-                error = map_transport_error(exc, what="Dataverse", idempotent=idempotent, method=method)
-                log.debug("%s %s failed: %s", method, request.url.path, type(exc).__name__)
-                if isinstance(error, RetriableApiError) and attempts < policy.max_attempts:
-                    self._backoff(backoff_n)
-                    backoff_n += 1
-                    continue
-                raise error from exc
-            elapsed_ms = (self._clock.monotonic() - start) * 1000
-            log.debug("%s %s -> %s in %.0f ms", method, request.url.path, response.status_code, elapsed_ms)
+            failure: httpx.HTTPError | None = None
+            with governor.slot():
+                # the token is read after any wait, so a long Retry-After never sends an expired token
+                token = self._tokens.token()
+                request = self._http.build_request(
+                    method, url, params=params, json=json, headers={**extra, "Authorization": f"Bearer {token}"}
+                )
+                sent_at = self._clock.monotonic()
+                try:
+                    response = self._http.send(request)
+                except httpx.HTTPError as exc:
+                    failure = exc
+            trace.sends += 1
+            if failure is not None:
+                error = map_transport_error(failure, what="Dataverse", idempotent=idempotent, method=method)
+                if not isinstance(failure, _NOT_SENT):
+                    trace.maybe_applied = True
+                if isinstance(error, RetriableApiError):
+                    delay = governor.backoff_delay(backoff_n)
+                    if governor.may_retry(attempts=attempts, started=started, delay=delay):
+                        log.debug(
+                            "%s %s failed (%s); attempt %d, retrying in %.2f s",
+                            method,
+                            path,
+                            type(failure).__name__,
+                            attempts,
+                            delay,
+                        )
+                        self._clock.sleep(delay)
+                        backoff_n += 1
+                        continue
+                raise error from failure
+            elapsed_ms = (self._clock.monotonic() - sent_at) * 1000
+            log.debug("%s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
+            governor.observe(response.headers)
             status = response.status_code
             if status < 400:
                 return response
@@ -427,28 +507,110 @@ class DataverseClient:
                 continue
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock.time())
             if status == 429 or (status == 503 and retry_after is not None):
-                wait = retry_after if retry_after is not None else self._backoff_delay(backoff_n)
-                if attempts < policy.max_attempts and waited + wait <= policy.max_wait_s:
-                    log.debug("%s %s throttled (%s); waiting %.1f s", method, request.url.path, status, wait)
-                    self._clock.sleep(wait)
+                wait = retry_after if retry_after is not None else governor.backoff_delay(backoff_n)
+                if waited + wait <= policy.max_wait_s and governor.may_retry(
+                    attempts=attempts, started=started, delay=wait
+                ):
+                    log.debug(
+                        "%s %s throttled (%s); attempt %d, retrying after %.1f s", method, path, status, attempts, wait
+                    )
+                    governor.throttle(wait, reason=str(status))
                     waited += wait
                     if retry_after is None:
                         backoff_n += 1
                     continue
-            elif status >= 500 and idempotent and attempts < policy.max_attempts:
-                code, _ = _error_body(response)
-                if not _has_code(code):
-                    self._backoff(backoff_n)
-                    backoff_n += 1
-                    continue
+            elif status >= 500 and not _has_code(_error_body(response)[0]):
+                trace.maybe_applied = True
+                if idempotent:
+                    delay = governor.backoff_delay(backoff_n)
+                    if governor.may_retry(attempts=attempts, started=started, delay=delay):
+                        log.debug("%s %s -> %s; attempt %d, retrying in %.2f s", method, path, status, attempts, delay)
+                        self._clock.sleep(delay)
+                        backoff_n += 1
+                        continue
             raise error_from_response(response, method=method, idempotent=idempotent, retry_after=retry_after)
 
-    def _backoff_delay(self, n: int) -> float:
-        policy = self._retry
-        return float(min(policy.backoff_cap_s, policy.backoff_base_s * (2**n)) * policy.jitter())
+    def create(
+        self,
+        entity_set: str,
+        body: Mapping[str, Any],
+        *,
+        id_attribute: str | None = None,
+        client_id: bool | str = False,
+        return_record: bool = False,
+        prefer: Sequence[str] = (),
+        impersonate: str | Mapping[str, str] | None = None,
+    ) -> CreateResult:
+        """Create a row with ``POST {entity_set}``; the answer says its id and whether a resend was confirmed.
 
-    def _backoff(self, n: int) -> None:
-        self._clock.sleep(self._backoff_delay(n))
+        Without ``client_id`` Dataverse picks the id, and a failure in transit raises :class:`OutcomeUnknownError`
+        (the row may exist). With ``client_id=True`` (or a GUID string) the primary key ``id_attribute`` is set in the
+        body to :func:`connector.ids.new_id` (or that GUID), which makes the create retry-safe: it is resent after a
+        dropped connection or a 5xx, and if a resend meets Dataverse's duplicate-key answer, a GET by the id confirms
+        that the earlier send created the row; the result then has ``confirmed_by_get`` set, and the row counts as
+        created once. A duplicate key on the *first* send is a real conflict and raises :class:`FatalApiError`.
+        Bulk writers turn ``client_id`` on by default; Microsoft recommends server-assigned ids for raw speed.
+        """
+        payload = dict(body)
+        row_id: str | None = None
+        if client_id:
+            if not id_attribute:
+                raise InputError("create with client_id needs id_attribute, the table's primary key column")
+            given = payload.get(id_attribute)
+            if isinstance(client_id, str):
+                row_id = client_id
+            elif isinstance(given, str) and given:
+                row_id = given
+            else:
+                row_id = new_id()
+            try:
+                row_id = str(uuid.UUID(row_id))
+            except ValueError:
+                raise InputError(f"{id_attribute} must be a GUID") from None
+            payload[id_attribute] = row_id
+        prefs = list(prefer)
+        if return_record and "return=representation" not in prefs:
+            prefs.append("return=representation")
+        trace = _Trace()
+        try:
+            response = self._send(
+                "POST",
+                entity_set,
+                params=None,
+                json=payload,
+                headers=None,
+                prefer=prefs,
+                impersonate=impersonate,
+                idempotent=row_id is not None,
+                trace=trace,
+            )
+        except FatalApiError as exc:
+            if row_id is None or exc.code != DUPLICATE_RECORD or not trace.maybe_applied:
+                raise
+            # An earlier send of this very row may have been applied before its answer was lost: look for it.
+            try:
+                record = self.get_json(f"{entity_set}({row_id})", impersonate=impersonate)
+            except NotFoundError:
+                raise exc from None
+            log.debug("POST %s: resend met a duplicate key; the row exists, so the earlier send created it", entity_set)
+            return CreateResult(
+                id=row_id,
+                sends=trace.sends,
+                confirmed_by_get=True,
+                record=record if return_record and isinstance(record, dict) else None,
+            )
+        record = None
+        if return_record and response.content:
+            try:
+                decoded = response.json()
+            except ValueError:
+                decoded = None
+            record = decoded if isinstance(decoded, dict) else None
+        created_id = row_id or _entity_id(response)
+        if created_id is None and record is not None and id_attribute:
+            value = record.get(id_attribute)
+            created_id = str(value) if value else None
+        return CreateResult(id=created_id, sends=trace.sends, confirmed_by_get=False, record=record)
 
     def get_json(
         self,

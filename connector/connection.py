@@ -36,8 +36,9 @@ from connector.errors import ConnectionConfigError
 
 if TYPE_CHECKING:
     from connector.auth import TokenProvider
+    from connector.client import DataverseClient
+    from connector.governor import Governor, RetryPolicy
     from connector.metadata import MetadataCache
-    from connector.client import DataverseClient, RetryPolicy
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -53,6 +54,7 @@ log = logging.getLogger("connector.connection")
 
 DEFAULT_API_VERSION = "v9.2"
 DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_PARALLELISM = 8  # connector.governor.DEFAULT_MAX_PARALLELISM; the governor is imported lazily
 PUBLIC_AUTHORITY = "login.microsoftonline.com"
 US_GOV_AUTHORITY = "login.microsoftonline.us"
 CHINA_AUTHORITY = "login.chinacloudapi.cn"
@@ -133,6 +135,7 @@ class ConnectionConfig:
     ca_file: Path | None = None
     allow_insecure_loopback: bool = False
     timeout_s: float = DEFAULT_TIMEOUT_S
+    max_parallelism: int = DEFAULT_MAX_PARALLELISM
 
     @property
     def api_url(self) -> str:
@@ -367,6 +370,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
         ca_file=ca_file,
         allow_insecure_loopback=allow_loopback,
         timeout_s=float(data.get("timeout_s", DEFAULT_TIMEOUT_S)),
+        max_parallelism=int(data.get("max_parallelism", DEFAULT_MAX_PARALLELISM)),
         **extra,
     )
 
@@ -405,11 +409,13 @@ class Connection:
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._transport = transport
-        self._retry = retry
         self._verify = _ssl_context(config.ca_file)
         self._provider: TokenProvider = make_token_provider(
             config, transport=transport, clock=self._clock, verify=self._verify
         )
+        from connector.governor import Governor
+
+        self._governor = Governor(clock=self._clock, max_parallelism=config.max_parallelism, policy=retry)
         self._client: DataverseClient | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -476,6 +482,11 @@ class Connection:
         return self._clock
 
     @property
+    def governor(self) -> Governor:
+        """The throttle governor every request of this connection goes through (see :mod:`connector.governor`)."""
+        return self._governor
+
+    @property
     def token_provider(self) -> TokenProvider:
         return self._provider
 
@@ -517,7 +528,7 @@ class Connection:
                         clock=self._clock,
                         verify=self._verify,
                         timeout_s=self._config.timeout_s,
-                        retry=self._retry,
+                        governor=self._governor,
                     )
         return self._client
 
