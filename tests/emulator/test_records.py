@@ -294,3 +294,40 @@ def test_error_annotations_only_when_requested(api: httpx.Client) -> None:
     rich = api.get(f"accounts({missing})", headers={"Prefer": 'odata.include-annotations="*"'}).json()["error"]
     assert rich["@Microsoft.PowerApps.CDS.InnerError.Message"] == plain["message"]
     assert "Microsoft.Crm.CrmException%3a80040217" in rich["@Microsoft.PowerApps.CDS.HelpLink"]
+
+
+def test_navigation_reads(api: httpx.Client, emulator: EmulatorHandle) -> None:
+    aid = created_id(api.post("accounts", json={"name": "Nav"}))
+    cid = created_id(
+        api.post(
+            "contacts",
+            json={"firstname": "N", "lastname": "One", "parentcustomerid_account@odata.bind": f"/accounts({aid})"},
+        )
+    )
+    api.patch(f"accounts({aid})", json={"primarycontactid@odata.bind": f"/contacts({cid})"}, headers={"If-Match": "*"})
+    single = api.get(f"accounts({aid})/primarycontactid?$select=fullname")
+    assert single.status_code == 200 and single.json()["fullname"] == "N One"
+    assert single.json()["@odata.context"] == f"{emulator.api_url}/$metadata#contacts(fullname)/$entity"
+    coll = api.get(f"accounts({aid})/contact_customer_accounts?$select=fullname")
+    assert [c["fullname"] for c in coll.json()["value"]] == ["N One"]
+    count = api.get(f"accounts({aid})/contact_customer_accounts/$count")
+    assert count.content == "\ufeff1".encode() and count.headers["content-type"].startswith("text/plain")
+    assert error_of(api.get(f"accounts({aid})/nosuchnav"))[:2] == (404, "0x8006088a")
+
+
+def test_wrong_methods(api: httpx.Client) -> None:
+    assert error_of(api.delete("accounts"))[0] == 405
+    rid = created_id(api.post("accounts", json={"name": "M"}))
+    assert error_of(api.post(f"accounts({rid})", json={}))[0] == 405
+
+
+def test_injected_latency() -> None:
+    import time
+
+    from dataverse_emulator.testing import running_emulator
+
+    with running_emulator(latency_ms=150) as h:
+        headers = {"Authorization": f"Bearer {h.token()}"}
+        start = time.perf_counter()
+        assert httpx.get(f"{h.api_url}/WhoAmI", headers=headers).status_code == 200
+        assert time.perf_counter() - start >= 0.15
