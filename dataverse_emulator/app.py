@@ -158,6 +158,7 @@ class Emulator:
             clock=self.clock,
             token_lifetime_s=token_lifetime_s,
             rng=self.rng,
+            seeded=seed is not None,
         )
         self.organization_id = str(uuid.UUID(int=stable.getrandbits(128), version=4))
         self._setup_principals(stable)
@@ -1349,7 +1350,10 @@ class Admin:
                 elif a.is_primary_id:
                     row[k] = str(v).lower()
                 else:
-                    row[k] = convert(table, a, v, table.entity_set)
+                    try:
+                        row[k] = convert(table, a, v, table.entity_set)
+                    except DataverseError as e:
+                        return JSONResponse({"error": f"{k}: {e.message}"}, 400)
             computed(table, row)
             row.setdefault(table.primary_id, str(uuid.UUID(int=self.emu.rng.getrandbits(128), version=4)))
             row.setdefault("createdon", now)

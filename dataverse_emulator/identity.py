@@ -67,6 +67,7 @@ class Identity:
     clock: Callable[[], float]
     token_lifetime_s: int
     rng: random.Random
+    seeded: bool = False
     apps: dict[str, App] = field(default_factory=dict)
     user_oid: str = ""
     codes: dict[str, Grant] = field(default_factory=dict)
@@ -81,6 +82,9 @@ class Identity:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def secret(self) -> str:
+        """A client secret: reproducible under ``--seed`` (tests), from ``secrets`` otherwise."""
+        if not self.seeded:
+            return secrets.token_urlsafe(32)
         return base64.urlsafe_b64encode(self.rng.getrandbits(256).to_bytes(32, "big")).decode().rstrip("=")
 
     # -- issuing ----------------------------------------------------------------------------------------------------
