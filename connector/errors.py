@@ -203,13 +203,27 @@ class OutcomeUnknownError(DataverseApiError):
 
 
 class WebhookError(ConnectorError):
-    """Raised when a webhook delivery cannot be accepted."""
+    """Raised when a webhook delivery cannot be accepted, or a subscription cannot be made.
+
+    ``status_code`` is what the receiver answers Dataverse with: only 2xx counts as delivered, and for a synchronous
+    step any other status fails the user's operation, so each refusal carries the status that names its reason.
+    """
 
     kind = "webhook"
 
+    def __init__(self, message: str, *, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "status_code": self.status_code}
+
 
 class WebhookVerificationError(WebhookError):
-    """Raised when a delivery's shared key, header or query-string secret does not match."""
+    """Raised when a delivery's shared key, header or query-string secret is missing or does not match (401)."""
+
+    def __init__(self, message: str, *, status_code: int = 401) -> None:
+        super().__init__(message, status_code=status_code)
 
 
 class WebhookPayloadError(WebhookError):

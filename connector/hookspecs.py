@@ -109,6 +109,10 @@ def make_trigger_specs(trigger_id: str) -> type:
     return type(f"TriggerSpecs_{trigger_id}", (), namespace)
 
 
+#: The built-in ``webhook`` trigger: ``handle_webhook``, ``subscribe_webhook``, ``unsubscribe_webhook``.
+WebhookSpecs = make_trigger_specs("webhook")
+
+
 def action_hook_names(specs: type = ActionSpecs) -> set[str]:
     """The action ids a spec class declares (every public attribute is one hookspec)."""
     return {name for name in vars(specs) if not name.startswith("_")}

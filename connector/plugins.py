@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from connector.errors import PluginError
-from connector.hookspecs import PROJECT, ActionSpecs, RuntimeSpecs
+from connector.hookspecs import PROJECT, ActionSpecs, RuntimeSpecs, WebhookSpecs
 
 ENTRYPOINT_GROUP = "d365_connector"
 DISABLED_ENV = "D365_CONNECTOR_DISABLED_PLUGINS"
@@ -35,7 +35,7 @@ TRACE_ENV = "D365_CONNECTOR_TRACE_PLUGINS"
 BUILTIN = "builtin"
 
 #: Built-in plugins, by module path; each module holds ``@hookimpl`` functions only.
-DEFAULT_PLUGINS: tuple[str, ...] = ("actions.users", "actions.entities")
+DEFAULT_PLUGINS: tuple[str, ...] = ("triggers.webhook", "actions.users", "actions.entities")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def make_plugin_manager(
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(ActionSpecs)
     pm.add_hookspecs(RuntimeSpecs)
+    pm.add_hookspecs(WebhookSpecs)
     for path in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(path), name=path)
     packs = discover_packs(blocked) if load_entrypoints else []

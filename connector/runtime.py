@@ -91,6 +91,7 @@ class Runtime:
         self.validate_output = validate_output
         self._connections: dict[str, Connection] = {}
         self._connections_lock = threading.Lock()
+        self._dedupe_stores: dict[str, Any] = {}
         if check:
             self.check()
 
@@ -191,6 +192,72 @@ class Runtime:
             elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
             log.debug("action %s %s in %s ms", action_id, outcome, elapsed_ms)
             _append_ledger(action_id, outcome, error_type, connection, elapsed_ms)
+
+    # -- triggers -----------------------------------------------------------------------------------------------
+    def trigger_config(self, trigger_id: str, config: Any) -> dict[str, Any]:
+        """A trigger configuration checked against its schema (every problem listed), with top-level defaults."""
+        entry = self._trigger_entry(trigger_id)
+        schema_id = self.manifest.schema_id(BUILTIN, entry["config_schema"])
+        if not isinstance(config, Mapping):
+            problem = InputProblem("$", "the trigger configuration must be a JSON object")
+            raise InputError([problem], action_id=trigger_id)
+        problems = self.store.validate(dict(config), schema_id)
+        if problems:
+            raise InputError(problems, action_id=trigger_id)
+        return self._with_defaults(schema_id, dict(config))
+
+    def handle_trigger(self, trigger_id: str, request: Any, config: Any) -> dict[str, Any] | None:
+        """One delivery: configuration validated, ``handle_<id>`` called, its event validated, redeliveries dropped.
+
+        Returns the event, or ``None`` for a redelivery of an event already returned (answer it 2xx so the sender
+        stops). Refusals raise :class:`~connector.errors.WebhookError` with the HTTP status to answer. An event that
+        fails the payload schema is our bug (``ContractError``), never handed on.
+        """
+        validated = self.trigger_config(trigger_id, config)
+        hook = getattr(self.pm.hook, f"handle_{trigger_id}")
+        event = hook(request=request, config=types.MappingProxyType(validated))
+        if event is None:
+            raise ContractError([f"trigger {trigger_id!r}: no implementation of handle_{trigger_id} returned an event"])
+        entry = self._trigger_entry(trigger_id)
+        problems = self.store.validate(event, self.manifest.schema_id(BUILTIN, entry["payload_schema"]))
+        if problems:
+            raise ContractError([f"trigger {trigger_id!r} event {p}" for p in problems])
+        key = event.get("dedupe_key")
+        if isinstance(key, str) and not self._dedupe_store(trigger_id, validated).add(key):
+            log.info("trigger %s: redelivery %s dropped", trigger_id, key)
+            return None
+        return dict(event)
+
+    def subscribe_trigger(self, trigger_id: str, config: Any, connection: Connection, target_url: str) -> Any:
+        """Register ``target_url`` with Dataverse through ``subscribe_<id>``; returns the subscription to keep."""
+        validated = self.trigger_config(trigger_id, config)
+        hook = getattr(self.pm.hook, f"subscribe_{trigger_id}")
+        return hook(config=types.MappingProxyType(validated), connection=connection, target_url=target_url)
+
+    def unsubscribe_trigger(self, trigger_id: str, subscription: Mapping[str, Any], connection: Connection) -> Any:
+        """Remove what ``subscribe_trigger`` registered (idempotent)."""
+        self._trigger_entry(trigger_id)
+        return getattr(self.pm.hook, f"unsubscribe_{trigger_id}")(subscription=subscription, connection=connection)
+
+    def _trigger_entry(self, trigger_id: str) -> dict[str, Any]:
+        for entry in self.manifest.document.get("triggers", []):
+            if entry.get("id") == trigger_id:
+                return dict(entry)
+        known = ", ".join(sorted(t.get("id", "") for t in self.manifest.document.get("triggers", [])))
+        raise InputError([InputProblem("$trigger", f"unknown trigger {trigger_id!r}; known triggers: {known}")])
+
+    def _dedupe_store(self, trigger_id: str, config: Mapping[str, Any]) -> Any:
+        """One store per trigger configuration (the secret left out of the key), kept for the runtime's life."""
+        from connector.webhooks import dedupe_store_for
+
+        basis = {k: v for k, v in config.items() if k != "secret"}
+        key = trigger_id + json.dumps(basis, sort_keys=True, default=str)
+        with self._connections_lock:
+            store = self._dedupe_stores.get(key)
+            if store is None:
+                capacity, path = config.get("dedupe_capacity"), config.get("dedupe_sqlite_path")
+                store = self._dedupe_stores[key] = dedupe_store_for(capacity, path)
+            return store
 
     def _with_defaults(self, schema_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
         """Fill in top-level defaults so hooks see what the builder form showed (defaults behind ``$ref`` too)."""

@@ -1,0 +1,32 @@
+"""The ``webhook`` trigger: thin hooks over :mod:`connector.webhooks`.
+
+The runtime's trigger entry points validate the configuration before these hooks run and the event after, and do the
+deduplication; the hooks only translate between the platform's call and the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector import webhooks
+from connector.connection import Connection
+from connector.hookspecs import hookimpl
+
+
+@hookimpl
+def handle_webhook(request: webhooks.WebhookRequest, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Verify the secret, parse the RemoteExecutionContext and flatten it into the event."""
+    return webhooks.handle(request, webhooks.WebhookConfig.from_mapping(config))
+
+
+@hookimpl
+def subscribe_webhook(config: Mapping[str, Any], connection: Connection, target_url: str) -> dict[str, Any]:
+    """Register the serviceendpoint and one step per message (with images); the ids come back to keep."""
+    return webhooks.subscribe(webhooks.WebhookConfig.from_mapping(config), connection, target_url)
+
+
+@hookimpl
+def unsubscribe_webhook(subscription: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """Remove everything ``subscribe_webhook`` registered; already removed rows are fine."""
+    return webhooks.unsubscribe(subscription, connection)
