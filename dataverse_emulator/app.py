@@ -1070,9 +1070,7 @@ class WebApi:
         if "statecode" in table.attributes:
             if row.get("statecode") is None:
                 row["statecode"] = 0
-            if row.get("statuscode") is None:
-                opts = table.attributes["statuscode"].options or {}
-                row["statuscode"] = min(opts) if opts else 1
+            self.fix_status(table, row, row)
         self.check_alt_keys(table, row, rid)
         self.store.insert(table.logical_name, row)
         self.apply_deferred(deferred, rid, table)
@@ -1082,6 +1080,22 @@ class WebApi:
             for item in items:
                 self.do_create(ctx, child_t, item, key_values={fk: rid, type_col(fk): table.logical_name})
         return rid, row
+
+    def fix_status(self, table: Table, current: dict[str, Any], changes: dict[str, Any]) -> None:
+        """Keep statuscode consistent with statecode: a state change without a status takes the state's default
+        status (the first listed); a status that belongs to another state is refused."""
+        states = table.attributes["statuscode"].status_states or {}
+        state = changes.get("statecode", current.get("statecode"))
+        status = changes.get("statuscode")
+        if status is None and ("statecode" in changes or current.get("statuscode") is None):
+            changes["statuscode"] = next((s for s, st in states.items() if st == state), None)
+        elif status is not None and states.get(int(status)) != state:
+            raise errors.DataverseError(
+                400,
+                "0x80040203",
+                f"{status} is not a valid status code for state code {table.schema_name}State.{state} on "
+                f"{table.logical_name}.",
+            )
 
     def owner_columns(self, row: dict[str, Any]) -> None:
         owner, kind = row.get("ownerid"), row.get("ownerid__type")
@@ -1123,6 +1137,8 @@ class WebApi:
                 changes["fullname"] = merged["fullname"]
         if "ownerid" in changes:
             self.owner_columns(changes)
+        if "statecode" in table.attributes and ("statecode" in changes or "statuscode" in changes):
+            self.fix_status(table, row, changes)
         changes["modifiedon"] = fmt_dt_now(self.emu.clock)
         changes["modifiedby"], changes["modifiedby__type"] = ctx.user["systemuserid"], "systemuser"
         if ctx.caller is not None:
@@ -1364,8 +1380,8 @@ class Admin:
                 row["owninguser"], row["owninguser__type"] = self.emu.system_user, "systemuser"
             if "statecode" in table.attributes:
                 row.setdefault("statecode", 0)
-                opts = table.attributes["statuscode"].options or {1: ""}
-                row.setdefault("statuscode", min(opts))
+                if row.get("statuscode") is None:
+                    self.api.fix_status(table, row, row)
             rows.append(row)
             ids.append(row[table.primary_id])
         try:

@@ -150,6 +150,7 @@ def option_set_json(a: Attribute) -> dict[str, Any]:
         "OptionSetType": a.type,
         "Options": [
             {"Value": v, "Label": label(text, a.metadata_id), "Description": label("", a.metadata_id)}
+            | ({"State": a.status_states[v]} if a.status_states else {})
             for v, text in (a.options or {}).items()
         ],
     }

@@ -36,6 +36,7 @@ class Attribute:
     is_primary_id: bool = False
     is_primary_name: bool = False
     entity: str = ""
+    status_states: dict[int, int] | None = None  # statuscode value -> the statecode it belongs to
 
     @property
     def is_lookup(self) -> bool:
@@ -463,6 +464,17 @@ _KNOWN_RELATIONSHIPS = {
 }
 
 
+# statuscode -> statecode (StatusOptionMetadata.State); the first status of a state is its default
+STATUS_STATE: dict[str, dict[int, int]] = {
+    "account": {1: 0, 2: 1},
+    "contact": {1: 0, 2: 1},
+    "lead": {1: 0, 2: 0, 3: 1, 4: 2, 5: 2, 6: 2, 7: 2},
+    "opportunity": {1: 0, 2: 0, 3: 1, 4: 2, 5: 2},
+    "incident": {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 1000: 1, 6: 2, 2000: 2},
+    "list": {0: 0, 1: 1},
+}
+
+
 def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[str, str, dict[str, object]]]:
     """Columns every table carries: audit, version, state and (for user-owned tables) ownership."""
     cols: list[tuple[str, str, dict[str, object]]] = [
@@ -491,7 +503,10 @@ def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[s
         ]
     if state:
         st, su = cast(tuple[dict[int, str], dict[int, str]], state)
-        cols += [("statecode", "State", {"options": st}), ("statuscode", "Status", {"options": su})]
+        cols += [
+            ("statecode", "State", {"options": st}),
+            ("statuscode", "Status", {"options": su, "status_states": STATUS_STATE[logical]}),
+        ]
     return cols
 
 

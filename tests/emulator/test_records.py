@@ -331,3 +331,15 @@ def test_injected_latency() -> None:
         start = time.perf_counter()
         assert httpx.get(f"{h.api_url}/WhoAmI", headers=headers).status_code == 200
         assert time.perf_counter() - start >= 0.15
+
+
+def test_state_and_status_stay_consistent(api: httpx.Client) -> None:
+    rid = created_id(api.post("opportunities", json={"name": "S"}))
+    row = api.get(f"opportunities({rid})?$select=statecode,statuscode").json()
+    assert (row["statecode"], row["statuscode"]) == (0, 1)
+    assert api.patch(f"opportunities({rid})", json={"statecode": 2}, headers={"If-Match": "*"}).status_code == 204
+    row = api.get(f"opportunities({rid})?$select=statecode,statuscode").json()
+    assert (row["statecode"], row["statuscode"]) == (2, 4)
+    assert error_of(
+        api.patch(f"opportunities({rid})", json={"statecode": 0, "statuscode": 3}, headers={"If-Match": "*"})
+    )[:2] == (400, "0x80040203")
