@@ -53,6 +53,7 @@ from .records import (
     lookup_nav,
 )
 from .storage import Store, q, type_col
+from .webhooks import Webhooks, notify
 
 log = logging.getLogger("dataverse_emulator")
 
@@ -161,6 +162,7 @@ class Emulator:
             seeded=seed is not None,
         )
         self.organization_id = str(uuid.UUID(int=stable.getrandbits(128), version=4))
+        self.webhooks = Webhooks(self)
         self._setup_principals(stable)
         self.log: deque[dict[str, Any]] = deque(maxlen=100000)
         self.in_flight = 0
@@ -202,6 +204,7 @@ class Emulator:
     def _ensure_bootstrap_rows(self) -> None:
         """Root business unit, SYSTEM user, the application users and the interactive test user."""
         s = self.store
+        self.webhooks.ensure_rows()
         now = fmt_dt_now(self.clock)
         if not s.exists("businessunit", self.root_bu):
             v = s.next_version()
@@ -242,6 +245,7 @@ class Emulator:
         """Called by the token endpoint; every app and the test user already have systemuser rows."""
 
     def user_for_claims(self, claims: dict[str, Any]) -> dict[str, Any] | None:
+        """The systemuser behind a token: application users by appid, people by Entra object id (cached)."""
         key = f"{claims.get('appid')}|{claims.get('oid')}|{claims.get('idtyp')}"
         u = self.user_cache.get(key)
         if u is not None:
@@ -299,6 +303,7 @@ class Emulator:
 
 
 def fmt_dt_now(clock: Callable[[], float]) -> str:
+    """Now on the injected clock, in the canonical storage form."""
     import datetime as dt
 
     return fmt_dt(dt.datetime.fromtimestamp(clock(), dt.UTC))
@@ -398,6 +403,7 @@ class WebApi:
     # -- entry ------------------------------------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
+        """Entry point for every Web API request: auth, dispatch, and Dataverse-shaped errors for any refusal."""
         m = API_RE.match(request.url.path)
         org = org_of(request)
         if not m:
@@ -444,6 +450,7 @@ class WebApi:
             return error_response(DataverseError(500, "0x80040216", "An unexpected error occurred."))
 
     def authenticate(self, request: Request, api: str, org: str) -> Ctx:
+        """Check the bearer token (signature, expiry, audience) and resolve caller and impersonated user."""
         idp = self.emu.identity
         www = f"Bearer authorization_uri={org}/{idp.tenant_id}/oauth2/authorize, resource_id={org}/"
         auth = request.headers.get("authorization", "")
@@ -474,6 +481,7 @@ class WebApi:
         return Ctx(request, api, user, caller)
 
     async def dispatch(self, request: Request, ctx: Ctx, segs: list[str]) -> Response:
+        """Route an OData resource path (already split into segments) to its handler."""
         method = request.method
         if not segs:
             if method != "GET":
@@ -525,7 +533,7 @@ class WebApi:
             if method == "PATCH":
                 return await self.patch(request, ctx, table, key)
             if method == "DELETE":
-                return self.delete(request, ctx, table, key)
+                return await self.delete(request, ctx, table, key)
             raise errors.DataverseError(
                 405, "0x80060888", f"The requested resource does not support http method '{method}'."
             )
@@ -534,12 +542,14 @@ class WebApi:
     # -- helpers ----------------------------------------------------------------------------------------------------
 
     def json(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        """A JSON response with Dataverse's content type (compact separators, as the service sends)."""
         data = json.dumps(body, separators=(",", ":")).encode()
         return Response(
             data, status_code=status, media_type=JSON_CT, headers={"OData-Version": "4.0", **(headers or {})}
         )
 
     def service_document(self, ctx: Ctx) -> Response:
+        """``GET {api}/``: the entity sets, as the service document lists them."""
         value = [{"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set} for t in self.tables.values()]
         value.append({"name": "EntityDefinitions", "kind": "EntitySet", "url": "EntityDefinitions"})
         return self.json({"@odata.context": f"{ctx.api}/$metadata", "value": value})
@@ -573,6 +583,7 @@ class WebApi:
         return (ids[0] if ids else None), values
 
     def load(self, table: Table, key: str) -> tuple[str, dict[str, Any]]:
+        """Row for a key predicate, or the documented 404 (0x80040217 by id, 0x80060891 by alternate key)."""
         rid, alt = self.resolve_key(table, key)
         row = self.store.get(table.logical_name, rid) if rid else None
         if row is None:
@@ -582,6 +593,7 @@ class WebApi:
         return str(rid), row
 
     def check_select(self, table: Table, select: tuple[str, ...] | None) -> list[str] | None:
+        """Validate ``$select`` names (0x0 for unknown ones); None means all columns."""
         if select is None:
             return None
         comp = Compiler(self.tables, self.rels, self.emu.clock)
@@ -594,12 +606,13 @@ class WebApi:
     # -- serialisation ----------------------------------------------------------------------------------------------
 
     def entity(self, ctx: Ctx, table: Table, row: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+        """Serialise a row as Dataverse does: etag first, lookups as ``_x_value``, annotations when asked."""
         out: dict[str, Any] = {"@odata.etag": etag(row.get("versionnumber"))}
         ann = ctx.annotations
         names = select if select is not None else None
         attrs = table.attributes
         if names is None:
-            todo = [a for a in attrs.values()]
+            todo = [a for a in attrs.values() if a.valid_for_read]
         else:
             todo = []
             for n in names:
@@ -634,6 +647,7 @@ class WebApi:
         return out
 
     def primary_name_of(self, table_name: str | None, rid: str) -> str | None:
+        """Primary name of a referenced row (the lookup's FormattedValue)."""
         t = self.tables.get(table_name or "")
         if t is None or not t.primary_name:
             return None
@@ -645,6 +659,7 @@ class WebApi:
     def expand(
         self, ctx: Ctx, table: Table, ent: dict[str, Any], row: dict[str, Any], items: tuple[ExpandItem, ...]
     ) -> None:
+        """Fill ``$expand`` items into ``ent``: single-valued as an object (or null), collections as arrays."""
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         for it in items:
             single = comp.single_nav(table, it.nav)
@@ -688,6 +703,7 @@ class WebApi:
     def child_rows(
         self, child_t: Table, rel: Relationship, parent: Table, pid: str, it: ExpandItem | None
     ) -> list[dict[str, Any]]:
+        """Rows on the many side of ``rel`` pointing at ``pid`` (polymorphic lookups also match the type)."""
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         scope = QScope(child_t, "t0")
         where = [f"t0.{q(rel.referencing_attribute)} = ?"]
@@ -713,6 +729,7 @@ class WebApi:
     def context_url(
         self, ctx: Ctx, table: Table, select: list[str] | None, entity: bool, expand: str | None = None
     ) -> str:
+        """The ``@odata.context`` URL for a table, its ``$select`` and ``$expand``."""
         sel = ",".join(select) if select else ""
         if expand:
             sel = ",".join(x for x in (sel, expand) if x)
@@ -722,6 +739,7 @@ class WebApi:
     # -- retrieve ---------------------------------------------------------------------------------------------------
 
     def query_options(self, request: Request) -> dict[str, str]:
+        """Query options of the request; ``$skip``/``$search``/``$format`` and unknown ``$`` options are refused."""
         opts: dict[str, str] = {}
         raw = request.scope.get("query_string", b"").decode("latin-1")
         for k, v in parse_qsl(raw, keep_blank_values=True):
@@ -744,6 +762,7 @@ class WebApi:
         return opts
 
     def retrieve(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
+        """``GET {set}({key})`` with ``$select``/``$expand`` and conditional GET (never 304 with expand/annotations)."""
         opts = self.query_options(request)
         _, row = self.load(table, key)
         select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
@@ -763,6 +782,7 @@ class WebApi:
         return self.json(body, headers={"ETag": tag})
 
     def apply_annotation_pref(self, ctx: Ctx) -> None:
+        """Echo an honoured ``odata.include-annotations`` in ``Preference-Applied``."""
         v = ctx.prefer.get("odata.include-annotations")
         if v is not None:
             ctx.applied.append(f"odata.include-annotations={v}")
@@ -777,6 +797,7 @@ class WebApi:
         parent: tuple[Relationship, Table, str] | None = None,
         base_path: str | None = None,
     ) -> Response:
+        """``GET {set}`` (or a collection navigation): filter, order, count, expand and page with a skiptoken."""
         opts = self.query_options(request)
         if "fetchXml" in opts or "$apply" in opts:
             raise errors.bad_request("FetchXML and $apply are not supported by this emulator yet (part 2).")
@@ -884,6 +905,7 @@ class WebApi:
         return int(m.group(1)), (last.group(1).lower() if last else None)
 
     def next_link(self, request: Request, ctx: Ctx, page: int, last: str, first: str, table: Table) -> str:
+        """Absolute ``@odata.nextLink`` carrying a Dataverse-shaped ``$skiptoken`` paging cookie."""
         cookie = (
             f'<cookie page="{page - 1}"><{table.primary_id} last="{{{last.upper()}}}" '
             f'first="{{{first.upper()}}}" /></cookie>'
@@ -902,6 +924,7 @@ class WebApi:
     # -- writes -----------------------------------------------------------------------------------------------------
 
     async def body_json(self, request: Request, entity_set: str) -> dict[str, Any]:
+        """The JSON object body, or Dataverse's payload error (0x80048d19)."""
         raw = await request.body()
         try:
             data = json.loads(raw or b"{}")
@@ -1019,6 +1042,7 @@ class WebApi:
         return deferred
 
     def check_alt_keys(self, table: Table, row: dict[str, Any], rid: str) -> None:
+        """Enforce uniqueness of Active alternate keys (0x80060892 when another row has the values)."""
         for key in self.store.active_keys(table.logical_name):
             values = {a: row.get(a) for a in key.attributes}
             if any(v is None for v in values.values()):
@@ -1040,6 +1064,7 @@ class WebApi:
         rid: str | None = None,
         key_values: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
+        """Create one row (with system columns, owner, state) and its deep-inserted or bound related rows."""
         row: dict[str, Any] = {}
         if key_values:
             row.update(key_values)
@@ -1098,6 +1123,7 @@ class WebApi:
             )
 
     def owner_columns(self, row: dict[str, Any]) -> None:
+        """Derive owninguser/owningteam/owningbusinessunit from ownerid, as Dataverse does."""
         owner, kind = row.get("ownerid"), row.get("ownerid__type")
         row["owninguser"], row["owninguser__type"] = (owner, "systemuser") if kind == "systemuser" else (None, None)
         row["owningteam"], row["owningteam__type"] = (owner, "team") if kind == "team" else (None, None)
@@ -1108,6 +1134,7 @@ class WebApi:
         row["owningbusinessunit"], row["owningbusinessunit__type"] = bu, "businessunit"
 
     def apply_deferred(self, deferred: list[tuple[Relationship, list[str]]], rid: str, table: Table) -> None:
+        """Apply collection-valued binds once the parent row exists."""
         for rel, ids in deferred:
             for cid in ids:
                 self.store.update(
@@ -1125,6 +1152,7 @@ class WebApi:
         data: dict[str, Any],
         strip: list[str] | None = None,
     ) -> dict[str, Any]:
+        """Update one row: validated changes, audit columns, a new row version, key uniqueness."""
         changes: dict[str, Any] = {}
         data = {k: v for k, v in data.items() if not strip or k not in strip}
         deferred = self.apply_payload(ctx, table, data, changes, creating=False)
@@ -1154,14 +1182,17 @@ class WebApi:
         return merged_row
 
     async def create(self, request: Request, ctx: Ctx, table: Table) -> Response:
+        """``POST {set}``: 204 with OData-EntityId, or 201 with the record for return=representation."""
         opts = self.query_options(request)
         data = await self.body_json(request, table.entity_set)
         rid, _ = self.do_create(ctx, table, data)
+        await notify(self, ctx, "Create", table, rid, data, None)
         return self.write_response(request, ctx, table, rid, opts, 201, f"{ctx.api}/{table.entity_set}({rid})")
 
     def write_response(
         self, request: Request, ctx: Ctx, table: Table, rid: str, opts: dict[str, str], status: int, entity_id: str
     ) -> Response:
+        """The answer to a create/update/upsert: 204 + OData-EntityId, or the record with representation."""
         if ctx.prefer.get("return") == "representation":
             row = self.store.get(table.logical_name, rid) or {}
             select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
@@ -1175,6 +1206,7 @@ class WebApi:
         return Response(status_code=204, headers={"OData-EntityId": entity_id, "OData-Version": "4.0"})
 
     async def patch(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
+        """``PATCH {set}({key})``: update, or upsert when no If-Match is sent (If-None-Match: * forbids update)."""
         opts = self.query_options(request)
         data = await self.body_json(request, table.entity_set)
         rid, alt = self.resolve_key(table, key)
@@ -1188,6 +1220,7 @@ class WebApi:
                     raise errors.key_not_found(table.logical_name)
                 raise errors.not_found(table.logical_name, str(rid))
             new_id, _ = self.do_create(ctx, table, data, rid=rid if alt is None else None, key_values=alt)
+            await notify(self, ctx, "Create", table, new_id, data, None)
             if alt is None:
                 entity_id = f"{ctx.api}/{table.entity_set}({new_id})"
             return self.write_response(request, ctx, table, new_id, opts, 201, entity_id)
@@ -1196,9 +1229,11 @@ class WebApi:
         if if_match is not None and if_match != "*" and if_match != etag(row.get("versionnumber")):
             raise errors.version_mismatch()
         self.do_update(ctx, table, str(rid), row, data, strip=list(alt) if alt else None)
+        await notify(self, ctx, "Update", table, str(rid), data, row)
         return self.write_response(request, ctx, table, str(rid), opts, 200, entity_id)
 
-    def delete(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
+    async def delete(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
+        """``DELETE {set}({key})`` with optional If-Match; child lookups are cleared (RemoveLink)."""
         rid, row = self.load(table, key)
         if_match = request.headers.get("if-match")
         if if_match is not None and if_match != "*" and if_match != etag(row.get("versionnumber")):
@@ -1213,11 +1248,13 @@ class WebApi:
                     f"{q(type_col(rel.referencing_attribute))} = ?",
                     (rid, table.logical_name),
                 )
+        await notify(self, ctx, "Delete", table, rid, {}, row)
         return Response(status_code=204, headers={"OData-Version": "4.0"})
 
     # -- properties, navigation, $ref -------------------------------------------------------------------------------
 
     async def sub_resource(self, request: Request, ctx: Ctx, table: Table, key: str, segs: list[str]) -> Response:
+        """Single properties, navigation properties and ``$ref`` (associate/disassociate) under a record."""
         method = request.method
         name, sub_key = seg_key(segs[0])
         comp = Compiler(self.tables, self.rels, self.emu.clock)
@@ -1391,9 +1428,11 @@ class Admin:
         return JSONResponse({"inserted": n, "ids": ids})
 
     async def requests(self, request: Request) -> Response:
+        """``GET /_emulator/requests``: the request log and the current in-flight count."""
         return JSONResponse({"requests": list(self.emu.log), "in_flight": self.emu.in_flight})
 
     async def reset(self, request: Request) -> Response:
+        """``POST /_emulator/reset``: drop all rows, keys and the log; principals are recreated."""
         self.emu.store.reset()
         self.emu.log.clear()
         self.emu.user_cache.clear()
@@ -1401,6 +1440,7 @@ class Admin:
         return JSONResponse({"reset": True})
 
     async def clear_log(self, request: Request) -> Response:
+        """``DELETE /_emulator/requests``: empty the request log only."""
         self.emu.log.clear()
         return JSONResponse({"cleared": True})
 
@@ -1447,6 +1487,7 @@ def create_app(
             Route("/_emulator/requests", adm.clear_log, methods=["DELETE"]),
             Route("/_emulator/reset", adm.reset, methods=["POST"]),
         ]
+        routes += emu.webhooks.admin_routes()
     app = Starlette(routes=routes)
     app.state.emulator = emu
     app.add_middleware(Observe, emu=emu)

@@ -57,19 +57,23 @@ TYPE_NAMES = {
 
 
 def label(text: str, mid: str) -> dict[str, Any]:
+    """A read-shaped Label (LocalizedLabels and UserLocalizedLabel, en-US)."""
     loc = {"Label": text, "LanguageCode": 1033, "IsManaged": True, "MetadataId": mid, "HasChanged": None}
     return {"LocalizedLabels": [loc], "UserLocalizedLabel": loc}
 
 
 def managed(value: bool, name: str) -> dict[str, Any]:
+    """A BooleanManagedProperty value."""
     return {"Value": value, "CanBeChanged": False, "ManagedPropertyLogicalName": name}
 
 
 def schema_name(name: str) -> str:
+    """A SchemaName for a system column (first letter upper-cased; a guess for most columns)."""
     return name[:1].upper() + name[1:]
 
 
 def entity_json(t: Table) -> dict[str, Any]:
+    """EntityMetadata for a table."""
     mid = t.metadata_id
     return {
         "MetadataId": mid,
@@ -103,6 +107,7 @@ def entity_json(t: Table) -> dict[str, Any]:
 
 
 def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
+    """AttributeMetadata for a column, typed with ``@odata.type``."""
     mid = a.metadata_id
     out: dict[str, Any] = {
         "@odata.type": "#" + a.odata_type,
@@ -143,6 +148,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
 
 
 def option_set_json(a: Attribute) -> dict[str, Any]:
+    """OptionSetMetadata for a choice, state or status column."""
     return {
         "MetadataId": a.metadata_id,
         "Name": f"{a.entity}_{a.name}",
@@ -157,6 +163,7 @@ def option_set_json(a: Attribute) -> dict[str, Any]:
 
 
 def relationship_json(r: Relationship) -> dict[str, Any]:
+    """OneToManyRelationshipMetadata (also used for the ManyToOne view)."""
     return {
         "MetadataId": r.metadata_id,
         "SchemaName": r.schema_name,
@@ -183,6 +190,7 @@ def relationship_json(r: Relationship) -> dict[str, Any]:
 
 
 def key_json(k: Key, status: str) -> dict[str, Any]:
+    """EntityKeyMetadata with the current index status."""
     return {
         "MetadataId": k.metadata_id,
         "SchemaName": k.schema_name,
@@ -226,6 +234,7 @@ def _norm(v: Any) -> Any:
 
 
 def evaluate(e: Expr, obj: dict[str, Any]) -> Any:
+    """Evaluate a metadata ``$filter`` over a metadata dict (string comparison ignores case)."""
     if isinstance(e, Logical):
         res = [bool(evaluate(x, obj)) for x in e.operands]
         return all(res) if e.op == "and" else any(res)
@@ -254,6 +263,7 @@ def evaluate(e: Expr, obj: dict[str, Any]) -> Any:
 def project(
     obj: dict[str, Any], select: tuple[str, ...] | None, type_name: str, always: tuple[str, ...]
 ) -> dict[str, Any]:
+    """Apply ``$select`` to a metadata dict; unknown names get Dataverse's 0x0 error."""
     if select is None:
         return dict(obj)
     out: dict[str, Any] = {}
@@ -277,6 +287,7 @@ def apply_options(
     flt: Expr | None,
     type_name: str,
 ) -> list[dict[str, Any]]:
+    """``$filter`` then ``$select`` (from an ``$expand`` item when given)."""
     if item is not None:
         select, flt = item.select, item.filter
     if flt is not None:
@@ -288,6 +299,7 @@ def apply_options(
 
 
 async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str | None, rest: list[str]) -> Response:
+    """Handler for ``EntityDefinitions`` and its Attributes, Keys and relationship collections."""
     emu = api.emu
     raw = request.scope.get("query_string", b"").decode("latin-1")
     opts = dict(parse_qsl(raw, keep_blank_values=True))

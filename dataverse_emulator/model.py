@@ -33,6 +33,7 @@ class Attribute:
     valid_for_create: bool = True
     valid_for_update: bool = True
     date_only: bool = False
+    valid_for_read: bool = True  # False for write-only columns such as serviceendpoint.authvalue
     is_primary_id: bool = False
     is_primary_name: bool = False
     entity: str = ""
@@ -473,6 +474,12 @@ STATUS_STATE: dict[str, dict[int, int]] = {
     "incident": {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 1000: 1, 6: 2, 2000: 2},
     "list": {0: 0, 1: 1},
 }
+
+# Webhook registration tables (serviceendpoint, sdkmessage*, plugintype): specs live with the delivery code.
+from .webhooks import REGISTRATION_RELATIONSHIPS, REGISTRATION_TABLES  # noqa: E402
+
+_SPECS.update(REGISTRATION_TABLES)
+_KNOWN_RELATIONSHIPS.update(REGISTRATION_RELATIONSHIPS)
 
 
 def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[str, str, dict[str, object]]]:

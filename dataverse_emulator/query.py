@@ -71,18 +71,21 @@ class Compiler:
         self._n = 0
 
     def alias(self) -> str:
+        """A fresh SQL table alias for subqueries."""
         self._n += 1
         return f"t{self._n}"
 
     # -- navigation -------------------------------------------------------------------------------------------------
 
     def single_nav(self, table: Table, nav: str) -> Relationship | None:
+        """The relationship behind a single-valued navigation property of ``table``."""
         for r in self.rels:
             if r.referencing_entity == table.logical_name and r.referencing_nav == nav:
                 return r
         return None
 
     def collection_nav(self, table: Table, nav: str) -> Relationship | None:
+        """The relationship behind a collection-valued navigation property of ``table``."""
         for r in self.rels:
             if r.referenced_nav == nav and (
                 r.referenced_entity == table.logical_name
@@ -104,6 +107,7 @@ class Compiler:
         raise errors.unknown_property(name, table.logical_name)
 
     def path_sql(self, prop: Property, scope: Scope) -> tuple[str, Attribute]:
+        """SQL for a property path (lookup paths become correlated subqueries)."""
         table, alias = scope.table, scope.alias
         if prop.var is not None:
             if prop.var not in scope.vars:
@@ -127,6 +131,7 @@ class Compiler:
     # -- values -----------------------------------------------------------------------------------------------------
 
     def value(self, lit: Literal, attr: Attribute | None) -> Any:
+        """A literal converted to the stored form of the column it is compared with."""
         v = lit.value
         if v is None:
             return None
@@ -155,6 +160,7 @@ class Compiler:
         return v
 
     def operand(self, e: Expr, scope: Scope, other: Attribute | None) -> tuple[str, Attribute | None]:
+        """SQL for one side of a comparison."""
         if isinstance(e, Property):
             return self.path_sql(e, scope)
         if isinstance(e, Literal):
@@ -168,6 +174,7 @@ class Compiler:
     # -- expressions ------------------------------------------------------------------------------------------------
 
     def expr(self, e: Expr, scope: Scope) -> str:
+        """SQL for a boolean expression."""
         if isinstance(e, Logical):
             return self._balanced([self.expr(x, scope) for x in e.operands], f" {e.op.upper()} ")
         if isinstance(e, Not):
@@ -195,6 +202,7 @@ class Compiler:
         return "(" + self._balanced(parts[:mid], op) + op + self._balanced(parts[mid:], op) + ")"
 
     def compare(self, e: Compare, scope: Scope) -> str:
+        """SQL for a comparison; ``eq null``/``ne null`` become IS [NOT] NULL."""
         left_attr = self.path_sql(e.left, scope)[1] if isinstance(e.left, Property) else None
         right_attr = self.path_sql(e.right, scope)[1] if isinstance(e.right, Property) else None
         # compile left then right so params stay in order
@@ -209,6 +217,7 @@ class Compiler:
         return f"({left} {OPS[e.op]} {right})"
 
     def call(self, e: Call, scope: Scope) -> str:
+        """SQL for contains/startswith/endswith through the Dataverse wildcard matcher."""
         if e.name in ("contains", "startswith", "endswith"):
             target, pattern = e.args
             col, _ = self.operand(target, scope, None)
@@ -219,6 +228,7 @@ class Compiler:
         raise errors.bad_request(f"An unknown function with name '{e.name}' was found.", "0x0")
 
     def function(self, f: DataverseFunction, scope: Scope) -> str:
+        """SQL for a ``Microsoft.Dynamics.CRM.*`` query function."""
         col, attr = self.path_sql(Property((f.property,)), scope)
         vals = [self.value(v, attr) for v in f.values]
         name = f.name
@@ -292,6 +302,7 @@ class Compiler:
         return fn()
 
     def lambda_(self, e: Lambda, scope: Scope) -> str:
+        """SQL for ``any``/``all`` over a collection navigation property (EXISTS / NOT EXISTS)."""
         rel = self.collection_nav(scope.table, e.nav.path[-1]) if len(e.nav.path) == 1 else None
         if rel is None:
             raise errors.unknown_property(".".join(e.nav.path), scope.table.logical_name)
@@ -309,6 +320,7 @@ class Compiler:
         return f"NOT EXISTS (SELECT 1 FROM {q(child.logical_name)} {a} WHERE {cond} AND NOT {body})"
 
     def orderby(self, items: tuple[OrderItem, ...], scope: Scope) -> list[str]:
+        """ORDER BY terms for ``$orderby``."""
         out = []
         for it in items:
             sql, _ = self.path_sql(it.property, scope)

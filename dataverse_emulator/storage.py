@@ -137,15 +137,18 @@ class Store:
         return n
 
     def meta_get(self, k: str) -> str | None:
+        """A value from the emulator's own key/value table."""
         row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
 
     def meta_set(self, k: str, v: str) -> None:
+        """Store a value in the emulator's own key/value table."""
         self.conn.execute("INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES (?, ?)", (k, v))
 
     # -- rows -------------------------------------------------------------------------------------------------------
 
     def get(self, table: str, rid: str) -> dict[str, Any] | None:
+        """One row by primary key, as a dict of SQL columns, or None."""
         t = self.tables[table]
         cur = self.conn.execute(f"SELECT * FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
         row = cur.fetchone()
@@ -154,10 +157,12 @@ class Store:
         return dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def exists(self, table: str, rid: str) -> bool:
+        """Whether a row with this primary key exists."""
         t = self.tables[table]
         return self.conn.execute(f"SELECT 1 FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,)).fetchone() is not None
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert one row (a dict of SQL columns)."""
         cols = list(row)
         sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
         self.conn.execute(sql, [row[c] for c in cols])
@@ -183,6 +188,7 @@ class Store:
         return n
 
     def update(self, table: str, rid: str, changes: dict[str, Any]) -> None:
+        """Update columns of one row."""
         if not changes:
             return
         t = self.tables[table]
@@ -190,6 +196,7 @@ class Store:
         self.conn.execute(f"UPDATE {q(table)} SET {sets} WHERE {q(t.primary_id)} = ?", [*changes.values(), rid])
 
     def delete(self, table: str, rid: str) -> None:
+        """Delete one row."""
         t = self.tables[table]
         self.conn.execute(f"DELETE FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
 
@@ -205,11 +212,13 @@ class Store:
         return [r[0] for r in self.conn.execute(sql, params)]
 
     def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        """Run a SELECT and return rows as dicts."""
         cur = self.conn.execute(sql, params)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def scalar(self, sql: str, params: list[Any]) -> Any:
+        """First column of the first row, or None."""
         row = self.conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
@@ -224,6 +233,7 @@ class Store:
     # -- alternate keys ---------------------------------------------------------------------------------------------
 
     def add_key(self, key: Key) -> None:
+        """Register an alternate key (persisted with ``--db``)."""
         self.keys.setdefault(key.entity, []).append(key)
         self.conn.execute(
             "INSERT INTO _emulator_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -239,10 +249,12 @@ class Store:
         )
 
     def remove_key(self, key: Key) -> None:
+        """Delete an alternate key definition."""
         self.keys[key.entity].remove(key)
         self.conn.execute("DELETE FROM _emulator_keys WHERE metadataid = ?", (key.metadata_id,))
 
     def has_duplicates(self, table: str, attrs: list[str]) -> bool:
+        """Whether two rows share non-null values for all ``attrs`` (a key would fail)."""
         cols = ", ".join(q(a) for a in attrs)
         nn = " AND ".join(f"{q(a)} IS NOT NULL" for a in attrs)
         sql = f"SELECT 1 FROM {q(table)} WHERE {nn} GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT 1"
@@ -264,7 +276,9 @@ class Store:
         return "Active"
 
     def active_keys(self, table: str) -> list[Key]:
+        """Alternate keys usable for lookups and enforced on writes."""
         return [k for k in self.keys.get(table, []) if self.key_status(k) == "Active"]
 
     def attribute(self, table: str, name: str) -> Attribute | None:
+        """Attribute metadata by name, or None."""
         return self.tables[table].attributes.get(name)

@@ -31,22 +31,33 @@ class AdminClient:
         self._client = httpx.Client(base_url=base_url, verify=verify, timeout=60)
 
     def seed(self, table: str, rows: list[dict[str, Any]]) -> list[str]:
+        """Insert rows in bulk (one request, one transaction); returns their ids."""
         r = self._client.post("/_emulator/seed", json={"table": table, "rows": rows})
         r.raise_for_status()
         return list(r.json()["ids"])
 
     def requests(self) -> list[dict[str, Any]]:
+        """The request log entries."""
         r = self._client.get("/_emulator/requests")
         r.raise_for_status()
         return list(r.json()["requests"])
 
     def clear_requests(self) -> None:
+        """Empty the request log."""
         self._client.delete("/_emulator/requests").raise_for_status()
 
+    def drain_webhooks(self) -> list[dict[str, Any]]:
+        """Wait until every asynchronous webhook delivery has finished; every delivery made since the last reset."""
+        r = self._client.post("/_emulator/webhooks/drain")
+        r.raise_for_status()
+        return list(r.json()["deliveries"])
+
     def reset(self) -> None:
+        """Drop all rows, keys and the log."""
         self._client.post("/_emulator/reset").raise_for_status()
 
     def close(self) -> None:
+        """Close the admin HTTP client."""
         self._client.close()
 
 
@@ -62,13 +73,16 @@ class EmulatorHandle:
 
     @property
     def api_url(self) -> str:
+        """The Web API root (v9.2)."""
         return f"{self.base_url}/api/data/v9.2"
 
     @property
     def emulator(self) -> Any:
+        """The in-process Emulator object (for tests that need its identity or store)."""
         return self.app.state.emulator
 
     def connection_config(self, kind: str = "client_credentials") -> dict[str, Any]:
+        """A connection file body for this server (same shape as ``--connection-out``)."""
         return dict(self.emulator.connection_config(self.base_url, kind, self.ca_file, self.data_dir))
 
     def token(self, kind: str = "client_credentials") -> str:
