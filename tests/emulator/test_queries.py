@@ -170,3 +170,93 @@ def test_eq_round_trips_any_string(api: httpx.Client, value: str) -> None:
     literal = ("zz" + value).replace("'", "''")
     found = names(api.get("accounts?$select=name&$filter=" + quote(f"name eq '{literal}'")))
     assert found and all(n.lower() == ("zz" + value).lower() for n in found)
+
+
+# -- property test: $filter results equal a three-valued-logic oracle over the same rows ------------------------------
+
+ROWS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["Alpha", "beta", "Gamma", "delta", "ALPHA"]),
+            "numberofemployees": st.one_of(st.none(), st.integers(0, 9)),
+            "creditonhold": st.one_of(st.none(), st.booleans()),
+        }
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@st.composite
+def conditions(draw: st.DrawFn, depth: int = 0) -> tuple[str, object]:
+    kind = draw(st.sampled_from(["cmp", "str", "null", "bool"] + (["and", "or", "not"] if depth < 2 else [])))
+    if kind == "cmp":
+        op = draw(st.sampled_from(["eq", "ne", "gt", "ge", "lt", "le"]))
+        n = draw(st.integers(0, 9))
+        return f"numberofemployees {op} {n}", ("cmp", op, n)
+    if kind == "str":
+        fn = draw(st.sampled_from(["eq", "contains", "startswith", "endswith"]))
+        v = draw(st.sampled_from(["alpha", "a", "ta", "Gam", "x"]))
+        text = f"name eq '{v}'" if fn == "eq" else f"{fn}(name,'{v}')"
+        return text, ("str", fn, v)
+    if kind == "null":
+        op = draw(st.sampled_from(["eq", "ne"]))
+        return f"numberofemployees {op} null", ("null", op)
+    if kind == "bool":
+        b = draw(st.booleans())
+        return f"creditonhold eq {str(b).lower()}", ("bool", b)
+    if kind == "not":
+        text, tree = draw(conditions(depth + 1))
+        return f"not ({text})", ("not", tree)
+    (lt, ltree), (rt, rtree) = draw(conditions(depth + 1)), draw(conditions(depth + 1))
+    return f"({lt}) {kind} ({rt})", (kind, ltree, rtree)
+
+
+def oracle(tree: object, row: dict[str, object]) -> bool | None:
+    """SQL three-valued logic, case-insensitive strings: what Dataverse's SQL would answer."""
+    t = tree  # type: ignore[assignment]
+    kind = t[0]  # type: ignore[index]
+    if kind == "cmp":
+        _, op, n = t  # type: ignore[misc]
+        v = row["numberofemployees"]
+        if v is None:
+            return None
+        return {"eq": v == n, "ne": v != n, "gt": v > n, "ge": v >= n, "lt": v < n, "le": v <= n}[op]  # type: ignore[operator]
+    if kind == "str":
+        _, fn, s = t  # type: ignore[misc]
+        name = str(row["name"]).lower()
+        s = s.lower()
+        return {"eq": name == s, "contains": s in name, "startswith": name.startswith(s), "endswith": name.endswith(s)}[
+            fn
+        ]
+    if kind == "null":
+        return (row["numberofemployees"] is None) == (t[1] == "eq")  # type: ignore[index]
+    if kind == "bool":
+        v = row["creditonhold"]
+        return None if v is None else v == t[1]  # type: ignore[index]
+    if kind == "not":
+        inner = oracle(t[1], row)  # type: ignore[index]
+        return None if inner is None else not inner
+    a, b = oracle(t[1], row), oracle(t[2], row)  # type: ignore[index]
+    if kind == "and":
+        if a is False or b is False:
+            return False
+        return None if a is None or b is None else True
+    if a is True or b is True:
+        return True
+    return None if a is None or b is None else False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ROWS, conditions())
+def test_filter_matches_three_valued_oracle(
+    api: httpx.Client, emulator: EmulatorHandle, rows: list[dict[str, object]], cond: tuple[str, object]
+) -> None:
+    emulator.admin.reset()
+    ids = emulator.admin.seed("account", rows)
+    text, tree = cond
+    r = api.get("accounts?$select=accountid&$filter=" + quote(text))
+    assert r.status_code == 200, (text, r.text)
+    got = {v["accountid"] for v in r.json()["value"]}
+    expected = {i for i, row in zip(ids, rows, strict=True) if oracle(tree, row) is True}
+    assert got == expected, text
