@@ -89,6 +89,11 @@ def serve(
     import uvicorn
 
     server = uvicorn.Server(uvicorn_config(app, sock, certfile, keyfile))
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(sockets=[sock]))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        for path in (certfile, keyfile):  # per-process server certificates; the CA stays
+            if path:
+                Path(path).unlink(missing_ok=True)
     sys.stdout.flush()

@@ -8,6 +8,7 @@ Why a CA rather than one self-signed server certificate: clients (requests via `
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 from pathlib import Path
@@ -41,8 +42,20 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def ensure_ca(data_dir: Path) -> tuple[Path, Path]:
-    """Create ``ca.pem``/``ca-key.pem`` in ``data_dir`` unless they exist; return their paths."""
+    """Create ``ca.pem``/``ca-key.pem`` in ``data_dir`` unless they exist; return their paths.
+
+    Several emulators may start at once on one data directory (parallel test workers): a file lock makes exactly
+    one of them generate the CA, so every server certificate is signed by the CA the clients trust."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / ".ca.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _ensure_ca_locked(data_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_ca_locked(data_dir: Path) -> tuple[Path, Path]:
     ca_pem, ca_key = data_dir / "ca.pem", data_dir / "ca-key.pem"
     if ca_pem.exists() and ca_key.exists():
         return ca_pem, ca_key
@@ -63,7 +76,9 @@ def ensure_ca(data_dir: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     _write(ca_key, _pem_key(key), private=True)
-    _write(ca_pem, cert.public_bytes(serialization.Encoding.PEM))
+    tmp = data_dir / f"ca.pem.{os.getpid()}"
+    _write(tmp, cert.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(ca_pem)  # readers never see a half-written CA
     return ca_pem, ca_key
 
 
