@@ -15,22 +15,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import http.server
 import json
 import logging
+import os
 import re
+import secrets
 import ssl
 import threading
+import uuid
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
 import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import RSAKey
 
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectorError
+from connector.errors import AuthenticationError, ConnectionConfigError, ConnectorError
+from connector.token_store import TokenStore
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers the httpx2 fork and warns when it falls back to httpx, which this project uses on purpose.
@@ -42,12 +53,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DYNAMICS_CRM_APP_ID",
+    "AuthorizationCodeProvider",
+    "CertificateProvider",
+    "ClientCertificate",
     "ClientCredentialsProvider",
+    "LoginRequest",
+    "ManagedIdentityProvider",
+    "OnToken",
     "TokenProvider",
     "audience_problem",
     "decode_jwt_claims",
+    "load_client_certificate",
     "make_token_provider",
     "refresh_leeway",
+    "run_login",
+    "x5t_thumbprint",
 ]
 
 log = logging.getLogger("connector.auth")
@@ -203,55 +223,22 @@ class _Token:
     refresh_at: float  # on the monotonic clock
 
 
-class ClientCredentialsProvider:
-    """Client-credentials tokens (a client secret) through authlib's ``OAuth2Client`` over httpx.
+class _CachingProvider:
+    """What every kind shares: the cached token, refresh before expiry, one refresh for concurrent callers.
 
-    Secrets go in the form body (``client_secret_post``), as Microsoft's documentation shows. ``transport`` replaces
-    the network for tests.
+    A subclass implements :meth:`_request_token`, which asks its identity endpoint and returns the raw token answer
+    (a dict with ``access_token`` and ``expires_in`` or ``expires_on``); it runs with the lock held.
     """
 
-    def __init__(
-        self,
-        *,
-        token_url: str,
-        client_id: str,
-        client_secret: str,
-        scopes: tuple[str, ...],
-        organization_url: str,
-        clock: Clock,
-        transport: httpx.BaseTransport | None = None,
-        verify: ssl.SSLContext | bool = True,
-        timeout_s: float = 30.0,
-    ) -> None:
-        from connector.client import USER_AGENT
+    _what = "the token endpoint"
 
-        self._token_url = token_url
-        self._client_id = client_id
-        self._scopes = scopes
+    def __init__(self, *, organization_url: str, client_id: str, scope_hint: str, clock: Clock) -> None:
         self._organization_url = organization_url
+        self._client_id = client_id
+        self._scope_hint = scope_hint
         self._clock = clock
         self._lock = threading.Lock()
         self._current: _Token | None = None
-        kwargs: dict[str, Any] = {"verify": verify, "timeout": timeout_s, "headers": {"User-Agent": USER_AGENT}}
-        if transport is not None:
-            kwargs["transport"] = transport
-        self._oauth = OAuth2Client(
-            client_id=client_id,
-            client_secret=client_secret,
-            token_endpoint_auth_method="client_secret_post",
-            scope=" ".join(scopes),
-            token_endpoint=token_url,
-            grant_type="client_credentials",
-            leeway=0,
-            **kwargs,
-        )
-        # Runs before authlib parses the body, so a refusal keeps its error_codes (authlib would keep only the text).
-        self._oauth.register_compliance_hook("access_token_response", self._check_response)
-
-    def _check_response(self, response: httpx.Response) -> httpx.Response:
-        if response.status_code >= 400:
-            raise _token_endpoint_error(response, self._scopes[0] if self._scopes else "{org}/.default")
-        return response
 
     def token(self) -> str:
         current = self._current
@@ -271,15 +258,105 @@ class ClientCredentialsProvider:
             return self._fetch()
 
     def close(self) -> None:
-        self._oauth.close()
+        """Nothing to release by default."""
+
+    def _request_token(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _fetch(self) -> str:
-        """Ask the token endpoint for a new token; the caller holds the lock."""
+        """Ask for a new token and check it; the caller holds the lock."""
+        start = self._clock.monotonic()
+        raw = self._request_token()
+        self._accept(raw, start)
+        assert self._current is not None
+        return self._current.access_token
+
+    def _accept(self, raw: dict[str, Any], start: float) -> None:
+        """Check a token answer (type, audience) and make it current; expiry counts from ``start``."""
+        access_token = raw.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise AuthenticationError(f"{self._what} answered without an access_token")
+        token_type = str(raw.get("token_type", "Bearer"))
+        if token_type.lower() != "bearer":
+            raise AuthenticationError(f"{self._what} issued a {token_type!r} token; Dataverse needs a Bearer token")
+        problem = audience_problem(access_token, self._organization_url, self._client_id)
+        if problem is not None:
+            raise AuthenticationError(problem[1], code=problem[0])
+        lifetime = self._lifetime(raw, access_token)
+        self._current = _Token(access_token, start + lifetime, start + lifetime - refresh_leeway(lifetime))
+        log.debug("fetched an access token valid for %.0f s", lifetime)
+
+    def _lifetime(self, raw: dict[str, Any], access_token: str) -> float:
+        """Seconds the token lives: ``expires_in``, else ``expires_on`` (managed identity), else the JWT's ``exp``."""
+        try:
+            if raw.get("expires_in") is not None:
+                return max(0.0, float(raw["expires_in"]))
+            if raw.get("expires_on") is not None:
+                return max(0.0, float(raw["expires_on"]) - self._clock.time())
+        except (TypeError, ValueError):
+            pass
+        claims = decode_jwt_claims(access_token) or {}
+        exp = claims.get("exp")
+        if isinstance(exp, int | float):
+            return max(0.0, float(exp) - self._clock.time())
+        return DEFAULT_LIFETIME_S
+
+
+class _AuthlibProvider(_CachingProvider):
+    """A provider that talks to an OAuth 2.0 token endpoint through authlib's ``OAuth2Client`` over httpx."""
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        scopes: tuple[str, ...],
+        organization_url: str,
+        clock: Clock,
+        transport: httpx.BaseTransport | None,
+        verify: ssl.SSLContext | bool,
+        timeout_s: float,
+        **oauth_options: Any,
+    ) -> None:
+        from connector.client import USER_AGENT
+
+        super().__init__(
+            organization_url=organization_url,
+            client_id=client_id,
+            scope_hint=scopes[0] if scopes else "{org}/.default",
+            clock=clock,
+        )
+        self._token_url = token_url
+        self._scopes = scopes
+        kwargs: dict[str, Any] = {"verify": verify, "timeout": timeout_s, "headers": {"User-Agent": USER_AGENT}}
+        if transport is not None:
+            kwargs["transport"] = transport
+        self._oauth = OAuth2Client(
+            client_id=client_id,
+            scope=" ".join(scopes),
+            token_endpoint=token_url,
+            leeway=0,
+            **oauth_options,
+            **kwargs,
+        )
+        # Runs before authlib parses the body, so a refusal keeps its error_codes (authlib would keep only the text).
+        self._oauth.register_compliance_hook("access_token_response", self._check_response)
+        self._oauth.register_compliance_hook("refresh_token_response", self._check_response)
+
+    def _check_response(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise _token_endpoint_error(response, self._scope_hint)
+        return response
+
+    def close(self) -> None:
+        self._oauth.close()
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run an authlib token call, mapping transport failures and odd answers to connector errors."""
         from connector.client import map_transport_error
 
-        start = self._clock.monotonic()
         try:
-            raw = self._oauth.fetch_token(self._token_url, grant_type="client_credentials")
+            raw = fn(*args, **kwargs)
         except ConnectorError:
             raise
         except httpx.HTTPError as exc:
@@ -289,33 +366,529 @@ class ClientCredentialsProvider:
                 f"the token endpoint answered with something that is not a token ({type(exc).__name__}): "
                 "check token_url, or tenant_id and authority_host"
             ) from None
-        access_token = raw.get("access_token")
-        if not isinstance(access_token, str) or not access_token:
-            raise AuthenticationError("the token endpoint answered without an access_token: check token_url")
-        token_type = str(raw.get("token_type", "Bearer"))
-        if token_type.lower() != "bearer":
-            raise AuthenticationError(
-                f"the token endpoint issued a {token_type!r} token; Dataverse needs a Bearer token"
-            )
-        problem = audience_problem(access_token, self._organization_url, self._client_id)
-        if problem is not None:
-            raise AuthenticationError(problem[1], code=problem[0])
-        lifetime = self._lifetime(raw, access_token)
-        self._current = _Token(access_token, start + lifetime, start + lifetime - refresh_leeway(lifetime))
-        log.debug("fetched an access token valid for %.0f s", lifetime)
-        return access_token
+        return dict(raw)
 
-    def _lifetime(self, raw: dict[str, Any], access_token: str) -> float:
+
+class ClientCredentialsProvider(_AuthlibProvider):
+    """Client-credentials tokens (a client secret) through authlib's ``OAuth2Client`` over httpx.
+
+    Secrets go in the form body (``client_secret_post``), as Microsoft's documentation shows. ``transport`` replaces
+    the network for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        scopes: tuple[str, ...],
+        organization_url: str,
+        clock: Clock,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            token_url=token_url,
+            client_id=client_id,
+            scopes=scopes,
+            organization_url=organization_url,
+            clock=clock,
+            transport=transport,
+            verify=verify,
+            timeout_s=timeout_s,
+            client_secret=client_secret,
+            token_endpoint_auth_method="client_secret_post",
+            grant_type="client_credentials",
+        )
+
+    def _request_token(self) -> dict[str, Any]:
+        return self._call(self._oauth.fetch_token, self._token_url, grant_type="client_credentials")
+
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME_S = 600
+"""Validity of a client assertion: Entra accepts up to 10 minutes; each token request signs a fresh one."""
+
+
+def x5t_thumbprint(certificate_der: bytes) -> str:
+    """The ``x5t`` JOSE header: base64url (no padding) of the certificate's SHA-1 thumbprint, as Entra expects."""
+    return base64.urlsafe_b64encode(hashlib.sha1(certificate_der).digest()).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A loaded certificate credential: the private key and the thumbprint that names the certificate to Entra."""
+
+    private_key: RSAPrivateKey = field(repr=False)
+    x5t: str
+    subject: str
+
+
+def load_client_certificate(
+    *,
+    certificate_file: Path | None,
+    private_key_file: Path | None,
+    pfx_file: Path | None,
+    password: str | None,
+) -> ClientCertificate:
+    """Load a PEM certificate and key (the key optionally encrypted) or a PFX/PKCS#12 file.
+
+    Errors name the file and what to check, never the password or key material.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    secret = password.encode() if password else None
+    key: Any
+    if pfx_file is not None:
+        data = _read_file(pfx_file, "pfx_file")
         try:
-            if raw.get("expires_in") is not None:
-                return max(0.0, float(raw["expires_in"]))
-        except (TypeError, ValueError):
-            pass
-        claims = decode_jwt_claims(access_token) or {}
-        exp = claims.get("exp")
-        if isinstance(exp, int | float):
-            return max(0.0, float(exp) - self._clock.time())
-        return DEFAULT_LIFETIME_S
+            key, cert, _ = pkcs12.load_key_and_certificates(data, secret)
+        except ValueError:
+            raise ConnectionConfigError(
+                f"pfx_file {pfx_file} cannot be opened: the file is not a PFX/PKCS#12 file, or private_key_password "
+                "is wrong or missing",
+                field="private_key_password",
+            ) from None
+        if key is None or cert is None:
+            raise ConnectionConfigError(
+                f"pfx_file {pfx_file} must hold both the certificate and its private key", field="pfx_file"
+            )
+    else:
+        if certificate_file is None or private_key_file is None:
+            raise ConnectionConfigError(
+                "give certificate_file and private_key_file (PEM), or pfx_file", field="certificate_file"
+            )
+        try:
+            cert = x509.load_pem_x509_certificate(_read_file(certificate_file, "certificate_file"))
+        except ValueError:
+            raise ConnectionConfigError(
+                f"certificate_file {certificate_file} is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+                field="certificate_file",
+            ) from None
+        try:
+            key = serialization.load_pem_private_key(_read_file(private_key_file, "private_key_file"), secret)
+        except TypeError:
+            raise ConnectionConfigError(
+                f"private_key_file {private_key_file} is encrypted: set private_key_password"
+                if secret is None
+                else f"private_key_file {private_key_file} is not encrypted: remove private_key_password",
+                field="private_key_password",
+            ) from None
+        except ValueError:
+            raise ConnectionConfigError(
+                f"private_key_file {private_key_file} cannot be read: it is not a PEM private key, or "
+                "private_key_password is wrong",
+                field="private_key_password" if secret else "private_key_file",
+            ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ConnectionConfigError(
+            "the certificate's key must be an RSA key (Entra signs and checks client assertions with RS256)",
+            field="pfx_file" if pfx_file is not None else "private_key_file",
+        )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return ClientCertificate(private_key=key, x5t=x5t_thumbprint(der), subject=cert.subject.rfc4514_string())
+
+
+def _read_file(path: Path, field_name: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConnectionConfigError(
+            f"{field_name} {path} cannot be read ({exc.strerror or type(exc).__name__}): check the path (relative "
+            "paths start at the connection file's folder) and its permissions",
+            field=field_name,
+        ) from None
+
+
+class CertificateProvider(_AuthlibProvider):
+    """Client credentials with a certificate: each token request carries a freshly signed client assertion.
+
+    The assertion is a JWT signed RS256 with the certificate's key, with header ``x5t`` (the thumbprint Entra finds the
+    certificate by) and claims ``aud`` = the token URL, ``iss`` = ``sub`` = client_id, a unique ``jti``, and ``iat``,
+    ``nbf``, ``exp`` from the injected clock. It is signed with joserfc and passed to authlib as form fields, so the
+    times are ours (testable) rather than authlib's wall clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        certificate: ClientCertificate,
+        scopes: tuple[str, ...],
+        organization_url: str,
+        clock: Clock,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            token_url=token_url,
+            client_id=client_id,
+            scopes=scopes,
+            organization_url=organization_url,
+            clock=clock,
+            transport=transport,
+            verify=verify,
+            timeout_s=timeout_s,
+            token_endpoint_auth_method="none",  # client_id in the form; the assertion authenticates the client
+            grant_type="client_credentials",
+        )
+        self._certificate = certificate
+        self._key = RSAKey.import_key(certificate.private_key)
+
+    def client_assertion(self) -> str:
+        """A new signed client assertion for the token URL."""
+        now = int(self._clock.time())
+        claims = {
+            "aud": self._token_url,
+            "iss": self._client_id,
+            "sub": self._client_id,
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ASSERTION_LIFETIME_S,
+        }
+        header = {"alg": "RS256", "typ": "JWT", "x5t": self._certificate.x5t}
+        return str(jose_jwt.encode(header, claims, self._key))
+
+    def _request_token(self) -> dict[str, Any]:
+        return self._call(
+            self._oauth.fetch_token,
+            self._token_url,
+            grant_type="client_credentials",
+            client_assertion_type=ASSERTION_TYPE,
+            client_assertion=self.client_assertion(),
+        )
+
+
+OnToken = Callable[[str], None]
+"""Called with each new refresh token (they rotate on every use); the platform stores it where it keeps secrets."""
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """One sign-in attempt: the URL to open, and the ``state`` and PKCE verifier that the answer must match."""
+
+    url: str
+    redirect_uri: str
+    state: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+
+
+class AuthorizationCodeProvider(_AuthlibProvider):
+    """Delegated access as a signed-in user: authorization code with PKCE (S256), then rotating refresh tokens.
+
+    The first refresh token comes from :meth:`begin_login` / :meth:`finish_login` (``d365 connection login``), from
+    the ``refresh_token`` field, or from the ``token_store`` file. Every refresh returns a new refresh token, which is
+    saved to the token store and passed to ``on_token``: the identity platform may stop accepting older ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        authorize_url: str,
+        client_id: str,
+        scopes: tuple[str, ...],
+        organization_url: str,
+        clock: Clock,
+        refresh_token: str | None = None,
+        token_store: TokenStore | None = None,
+        on_token: OnToken | None = None,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            token_url=token_url,
+            client_id=client_id,
+            scopes=scopes,
+            organization_url=organization_url,
+            clock=clock,
+            transport=transport,
+            verify=verify,
+            timeout_s=timeout_s,
+            token_endpoint_auth_method="none",  # a public client: PKCE, not a secret, protects the code
+            code_challenge_method="S256",  # without it authlib silently skips PKCE
+        )
+        self._authorize_url = authorize_url
+        self._store = token_store
+        self._on_token = on_token
+        self._refresh_token = refresh_token
+        self._loaded = refresh_token is not None
+
+    @property
+    def token_store(self) -> TokenStore | None:
+        return self._store
+
+    def _current_refresh_token(self) -> str:
+        if not self._loaded:
+            self._loaded = True
+            if self._store is not None:
+                self._refresh_token = self._store.load()
+        if not self._refresh_token:
+            where = f"token_store {self._store.path}" if self._store is not None else "refresh_token"
+            raise AuthenticationError(
+                f"no refresh token yet ({where} is empty): run `d365 connection login --connection FILE` to sign in, "
+                "or set refresh_token",
+                code="LoginRequired",
+            )
+        return self._refresh_token
+
+    def _request_token(self) -> dict[str, Any]:
+        raw = self._call(self._oauth.refresh_token, self._token_url, refresh_token=self._current_refresh_token())
+        self._rotate(raw)
+        return raw
+
+    def _rotate(self, raw: dict[str, Any]) -> None:
+        """Keep and persist the refresh token of a token answer (a new one every time)."""
+        new = raw.get("refresh_token")
+        if not isinstance(new, str) or not new or new == self._refresh_token:
+            return
+        self._refresh_token = new
+        self._loaded = True
+        if self._store is not None:
+            self._store.save(new, client_id=self._client_id, organization_url=self._organization_url)
+        if self._on_token is not None:
+            self._on_token(new)
+        log.debug("the refresh token rotated and was persisted")
+
+    def begin_login(self, redirect_uri: str) -> LoginRequest:
+        """The authorization URL (with ``code_challenge`` S256 and a random ``state``) for a browser to open."""
+        verifier = secrets.token_urlsafe(64)
+        state = secrets.token_urlsafe(24)
+        url, _ = self._oauth.create_authorization_url(
+            self._authorize_url,
+            state=state,
+            code_verifier=verifier,
+            redirect_uri=redirect_uri,
+            prompt="select_account",
+        )
+        return LoginRequest(url=str(url), redirect_uri=redirect_uri, state=state, code_verifier=verifier)
+
+    def finish_login(self, request: LoginRequest, callback_url: str) -> None:
+        """Redeem the code the redirect brought back; refuse a wrong ``state`` or an error answer."""
+        params = dict(parse_qsl(urlsplit(callback_url).query))
+        if "error" in params:
+            description = params.get("error_description", "").splitlines()[0:1]
+            raise AuthenticationError(
+                f"sign-in failed ({params['error']}){': ' + description[0] if description else ''}",
+                code=params["error"],
+            )
+        if not hmac.compare_digest(params.get("state", ""), request.state):
+            raise AuthenticationError(
+                "the sign-in answer's state does not match the request (a stale or forged redirect): sign in again",
+                code="StateMismatch",
+            )
+        if not params.get("code"):
+            raise AuthenticationError("the sign-in answer carries no authorization code: sign in again")
+        with self._lock:
+            start = self._clock.monotonic()
+            raw = self._call(
+                self._oauth.fetch_token,
+                self._token_url,
+                grant_type="authorization_code",
+                code=params["code"],
+                redirect_uri=request.redirect_uri,
+                code_verifier=request.code_verifier,
+            )
+            if not raw.get("refresh_token"):
+                raise AuthenticationError(
+                    "the sign-in returned no refresh token: include offline_access in scopes", code="NoRefreshToken"
+                )
+            self._accept(raw, start)
+            self._rotate(raw)
+
+
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    """Answers the browser's redirect to 127.0.0.1 once, handing the full callback URL to the waiting login."""
+
+    server: _RedirectServer
+
+    def do_GET(self) -> None:
+        query = dict(parse_qsl(urlsplit(self.path).query))
+        if not ({"code", "error", "state"} & set(query)):
+            self.send_error(404)
+            return
+        ok = "code" in query and "error" not in query
+        body = (
+            b"<!doctype html><title>d365</title><p>Signed in. You can close this window and return to the terminal."
+            if ok
+            else b"<!doctype html><title>d365</title><p>Sign-in failed. See the terminal for details."
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.callback(f"http://127.0.0.1:{self.server.server_port}{self.path}")
+
+    def log_message(self, format: str, *args: Any) -> None:  # the query holds the authorization code: never log it
+        pass
+
+
+class _RedirectServer(http.server.HTTPServer):
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _RedirectHandler)
+        self.received: str | None = None
+        self.done = threading.Event()
+
+    def callback(self, url: str) -> None:
+        if self.received is None:
+            self.received = url
+        self.done.set()
+
+
+def run_login(
+    provider: AuthorizationCodeProvider,
+    *,
+    port: int = 0,
+    show_url: Callable[[str], None],
+    timeout_s: float = 300.0,
+) -> None:
+    """Sign a user in: listen on 127.0.0.1:``port`` (0 = a free port), show the URL, redeem the code it brings back.
+
+    ``show_url`` opens a browser or prints the URL. The redirect URI is ``http://127.0.0.1:<port>/`` (Entra accepts
+    any port for a loopback redirect URI registered as ``http://localhost`` or ``http://127.0.0.1``). The refresh
+    token goes to the provider's token store and ``on_token`` callback.
+    """
+    try:
+        server = _RedirectServer(port)
+    except OSError as exc:
+        raise ConnectionConfigError(
+            f"cannot listen for the sign-in redirect on 127.0.0.1:{port} ({exc.strerror or type(exc).__name__}): "
+            "set redirect_port to a free port, or 0",
+            field="redirect_port",
+        ) from None
+    thread = threading.Thread(target=server.serve_forever, name="d365-login-redirect", daemon=True)
+    thread.start()
+    try:
+        request = provider.begin_login(f"http://127.0.0.1:{server.server_port}/")
+        show_url(request.url)
+        if not server.done.wait(timeout_s) or server.received is None:
+            raise AuthenticationError(
+                f"no sign-in arrived within {timeout_s:.0f} s: open the URL in a browser on this machine and sign in",
+                code="LoginTimeout",
+            )
+        provider.finish_login(request, server.received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+IMDS_ENDPOINT = "http://169.254.169.254/metadata/identity/oauth2/token"
+IMDS_API_VERSION = "2018-02-01"
+APP_SERVICE_API_VERSION = "2019-08-01"
+
+
+class ManagedIdentityProvider(_CachingProvider):
+    """Tokens from the Azure host's managed identity: a plain GET, no secret in the configuration.
+
+    Two endpoints exist (authlib supports neither): the instance metadata service (VMs, AKS, Container Instances) at
+    a fixed link-local address, asked with ``Metadata: true`` and answering ``expires_in``; and the App Service /
+    Functions / Container Apps endpoint, named by the ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER`` environment
+    variables, asked with ``X-IDENTITY-HEADER`` and answering ``expires_on``. ``identity_endpoint`` (with
+    ``identity_style`` and ``identity_header``) overrides the choice, for tests and the emulator.
+    """
+
+    _what = "the managed identity endpoint"
+
+    def __init__(
+        self,
+        *,
+        organization_url: str,
+        clock: Clock,
+        client_id: str | None = None,
+        endpoint: str | None = None,
+        style: str | None = None,
+        identity_header: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout_s: float = 30.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        from connector.client import USER_AGENT
+
+        super().__init__(organization_url=organization_url, client_id="", scope_hint=organization_url, clock=clock)
+        env = os.environ if environ is None else environ
+        if endpoint is None and env.get("IDENTITY_ENDPOINT") and env.get("IDENTITY_HEADER"):
+            endpoint, style, identity_header = env["IDENTITY_ENDPOINT"], "app_service", env["IDENTITY_HEADER"]
+        self._style = style or "imds"
+        self._endpoint = endpoint or IMDS_ENDPOINT
+        self._header = identity_header
+        self._mi_client_id = client_id
+        if self._style == "app_service" and not identity_header:
+            raise ConnectionConfigError(
+                "the App Service identity endpoint needs identity_header (IDENTITY_HEADER)", field="identity_header"
+            )
+        kwargs: dict[str, Any] = {}
+        if transport is not None:
+            kwargs["transport"] = transport
+        # trust_env=False: the identity endpoint is local to the host and must never go through a proxy
+        self._http = httpx.Client(
+            verify=verify, timeout=timeout_s, trust_env=False, headers={"User-Agent": USER_AGENT}, **kwargs
+        )
+
+    @property
+    def style(self) -> str:
+        return self._style
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request_token(self) -> dict[str, Any]:
+        from connector.client import map_transport_error
+
+        params = {"resource": self._organization_url}
+        if self._style == "app_service":
+            params["api-version"] = APP_SERVICE_API_VERSION
+            headers = {"X-IDENTITY-HEADER": self._header or ""}
+        else:
+            params["api-version"] = IMDS_API_VERSION
+            headers = {"Metadata": "true"}
+        if self._mi_client_id:
+            params["client_id"] = self._mi_client_id
+        try:
+            response = self._http.get(self._endpoint, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            error = map_transport_error(exc, what=self._what, field="identity_endpoint")
+            if isinstance(error, ConnectorError) and not isinstance(error, ConnectionConfigError):
+                raise AuthenticationError(
+                    f"{error.message}. Is this running on Azure with a managed identity enabled? Outside Azure use "
+                    "another connection kind",
+                    code="ManagedIdentityUnavailable",
+                ) from exc
+            raise error from exc
+        body: Any = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400 or not isinstance(body, dict):
+            said = ""
+            if isinstance(body, dict):
+                said = str(body.get("error_description") or body.get("message") or body.get("error") or "")
+            said = said.splitlines()[0] if said else ""
+            match = _AADSTS.search(said)
+            hint = {
+                400: "check managed_identity_client_id (a user-assigned identity's client id) and that the identity "
+                "is assigned to this resource",
+                401: "the identity header was refused: check IDENTITY_HEADER / identity_header",
+                404: "no managed identity is assigned to this resource: enable one in the Azure portal (Identity)",
+            }.get(response.status_code, "try again later")
+            raise AuthenticationError(
+                f"the managed identity endpoint refused the request (HTTP {response.status_code}): {hint}"
+                + (f"; server said: {said}" if said else ""),
+                code=f"AADSTS{match.group(1)}" if match else f"ManagedIdentity{response.status_code}",
+                status_code=response.status_code,
+            )
+        return body
 
 
 ProviderFactory = Callable[..., TokenProvider]
@@ -338,8 +911,77 @@ def _client_credentials(
     )
 
 
-PROVIDERS: dict[str, ProviderFactory] = {"client_credentials": _client_credentials}
-"""Token provider factory per connection kind; certificate, authorization_code and managed_identity add theirs."""
+def _certificate(
+    config: ConnectionConfig, *, transport: httpx.BaseTransport | None, clock: Clock, verify: ssl.SSLContext | bool
+) -> TokenProvider:
+    password = config.private_key_password.reveal() if config.private_key_password else None
+    certificate = load_client_certificate(
+        certificate_file=config.certificate_file,
+        private_key_file=config.private_key_file,
+        pfx_file=config.pfx_file,
+        password=password,
+    )
+    return CertificateProvider(
+        token_url=config.token_url,
+        client_id=config.client_id,
+        certificate=certificate,
+        scopes=config.scopes,
+        organization_url=config.organization_url,
+        clock=clock,
+        transport=transport,
+        verify=verify,
+        timeout_s=config.timeout_s,
+    )
+
+
+def _authorization_code(
+    config: ConnectionConfig,
+    *,
+    transport: httpx.BaseTransport | None,
+    clock: Clock,
+    verify: ssl.SSLContext | bool,
+    on_token: OnToken | None = None,
+) -> TokenProvider:
+    assert config.authorize_url is not None  # resolved by parse_config for this kind
+    return AuthorizationCodeProvider(
+        token_url=config.token_url,
+        authorize_url=config.authorize_url,
+        client_id=config.client_id,
+        scopes=config.scopes,
+        organization_url=config.organization_url,
+        clock=clock,
+        refresh_token=config.refresh_token.reveal() if config.refresh_token else None,
+        token_store=TokenStore(config.token_store) if config.token_store else None,
+        on_token=on_token,
+        transport=transport,
+        verify=verify,
+        timeout_s=config.timeout_s,
+    )
+
+
+def _managed_identity(
+    config: ConnectionConfig, *, transport: httpx.BaseTransport | None, clock: Clock, verify: ssl.SSLContext | bool
+) -> TokenProvider:
+    return ManagedIdentityProvider(
+        organization_url=config.organization_url,
+        clock=clock,
+        client_id=config.managed_identity_client_id,
+        endpoint=config.identity_endpoint,
+        style=config.identity_style,
+        identity_header=config.identity_header.reveal() if config.identity_header else None,
+        transport=transport,
+        verify=verify,
+        timeout_s=config.timeout_s,
+    )
+
+
+PROVIDERS: dict[str, ProviderFactory] = {
+    "client_credentials": _client_credentials,
+    "certificate": _certificate,
+    "authorization_code": _authorization_code,
+    "managed_identity": _managed_identity,
+}
+"""Token provider factory per connection kind."""
 
 
 def make_token_provider(
@@ -348,10 +990,13 @@ def make_token_provider(
     transport: httpx.BaseTransport | None = None,
     clock: Clock,
     verify: ssl.SSLContext | bool = True,
+    on_token: OnToken | None = None,
 ) -> TokenProvider:
-    """Build the token provider for ``config.kind``."""
+    """Build the token provider for ``config.kind``; ``on_token`` receives rotated refresh tokens (user sign-in)."""
     try:
         factory = PROVIDERS[config.kind]
     except KeyError:
         raise AuthenticationError(f"no token provider for connection kind {config.kind!r}") from None
+    if on_token is not None and config.kind == "authorization_code":
+        return factory(config, transport=transport, clock=clock, verify=verify, on_token=on_token)
     return factory(config, transport=transport, clock=clock, verify=verify)

@@ -35,7 +35,7 @@ from connector.clock import Clock, SystemClock
 from connector.errors import ConnectionConfigError
 
 if TYPE_CHECKING:
-    from connector.auth import TokenProvider
+    from connector.auth import OnToken, TokenProvider
     from connector.client import DataverseClient
     from connector.governor import Governor, RetryPolicy
     from connector.metadata import MetadataCache
@@ -76,7 +76,7 @@ _VERSION = re.compile(r"^v?(\d+\.\d+)$")
 
 # Fields whose value may be given inline, as {"env": NAME} or as {"file": PATH}. Later kinds add refresh_token and
 # private_key_password here; resolution and masking are the same for all.
-SECRET_FIELDS = ("client_secret", "refresh_token", "private_key_password")
+SECRET_FIELDS = ("client_secret", "refresh_token", "private_key_password", "identity_header")
 
 
 class Secret:
@@ -136,6 +136,21 @@ class ConnectionConfig:
     allow_insecure_loopback: bool = False
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_parallelism: int = DEFAULT_MAX_PARALLELISM
+    # certificate
+    certificate_file: Path | None = None
+    private_key_file: Path | None = None
+    pfx_file: Path | None = None
+    private_key_password: Secret | None = field(default=None, repr=False)
+    # authorization_code
+    authorize_url: str | None = None
+    redirect_port: int = 0
+    token_store: Path | None = None
+    refresh_token: Secret | None = field(default=None, repr=False)
+    # managed_identity
+    managed_identity_client_id: str | None = None
+    identity_endpoint: str | None = None
+    identity_style: str | None = None
+    identity_header: Secret | None = field(default=None, repr=False)
 
     @property
     def api_url(self) -> str:
@@ -155,7 +170,7 @@ class ConnectionConfig:
         for name in SECRET_FIELDS:
             value = getattr(self, name, None)
             data[name] = value.reveal() if isinstance(value, Secret) else None
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(b"d365-connector/connection/v1\0" + text.encode()).hexdigest()
 
 
@@ -168,6 +183,60 @@ def _client_credentials_fields(data: Mapping[str, Any], out: dict[str, Any], bas
 
 
 KINDS["client_credentials"] = _client_credentials_fields
+
+
+def _local_path(data: Mapping[str, Any], name: str, base_dir: Path | None, *, must_exist: bool = True) -> Path | None:
+    """A path field, relative to the connection file's folder; an input file that does not exist is refused."""
+    if not data.get(name):
+        return None
+    path = Path(str(data[name])).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if must_exist and not path.is_file():
+        raise ConnectionConfigError(
+            f"{name} {path} does not exist (relative paths start at the connection file's folder)", field=name
+        )
+    return path
+
+
+def _certificate_fields(data: Mapping[str, Any], out: dict[str, Any], base_dir: Path | None) -> None:
+    out["certificate_file"] = _local_path(data, "certificate_file", base_dir)
+    out["private_key_file"] = _local_path(data, "private_key_file", base_dir)
+    out["pfx_file"] = _local_path(data, "pfx_file", base_dir)
+    if data.get("private_key_password") is not None:
+        out["private_key_password"] = resolve_secret(data["private_key_password"], "private_key_password", base_dir)
+
+
+def _authorization_code_fields(data: Mapping[str, Any], out: dict[str, Any], base_dir: Path | None) -> None:
+    out["redirect_port"] = int(data.get("redirect_port", 0))
+    out["token_store"] = _local_path(data, "token_store", base_dir, must_exist=False)
+    if data.get("refresh_token") is not None:
+        out["refresh_token"] = resolve_secret(data["refresh_token"], "refresh_token", base_dir)
+    if data.get("authorize_url"):
+        _check_scheme(str(data["authorize_url"]), "authorize_url", bool(data.get("allow_insecure_loopback")))
+        out["authorize_url"] = str(data["authorize_url"]).strip()
+
+
+def _managed_identity_fields(data: Mapping[str, Any], out: dict[str, Any], base_dir: Path | None) -> None:
+    out["managed_identity_client_id"] = data.get("managed_identity_client_id") or data.get("client_id")
+    style = data.get("identity_style")
+    endpoint = data.get("identity_endpoint")
+    if endpoint:
+        # plain http is normal here: IMDS (169.254.169.254) and App Service endpoints are local to the host
+        if urlsplit(str(endpoint)).scheme.lower() not in ("http", "https"):
+            raise ConnectionConfigError("identity_endpoint must be an http(s):// URL", field="identity_endpoint")
+        out["identity_endpoint"] = str(endpoint).strip()
+    out["identity_style"] = style
+    if data.get("identity_header") is not None:
+        out["identity_header"] = resolve_secret(data["identity_header"], "identity_header", base_dir)
+
+
+KINDS["certificate"] = _certificate_fields
+KINDS["authorization_code"] = _authorization_code_fields
+KINDS["managed_identity"] = _managed_identity_fields
+
+_DEFAULT_SCOPES = {"authorization_code": ("{org}/user_impersonation", "offline_access")}
+"""Scopes when none are given; every other kind asks for ``{org}/.default`` (managed identity: the resource)."""
 
 
 def resolve_secret(value: Any, name: str, base_dir: Path | None) -> Secret:
@@ -321,7 +390,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
     tenant_id = data.get("tenant_id")
     authority_host: str | None = data.get("authority_host")
     token_url = data.get("token_url")
-    if token_url:
+    if kind == "managed_identity":
+        token_url = ""  # the host's identity endpoint issues the token; no tenant or token URL is involved
+    elif token_url:
         _check_scheme(str(token_url), "token_url", allow_loopback)
         token_url = str(token_url).strip()
     else:
@@ -342,7 +413,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
                 )
         token_url = f"https://{authority_host.lower()}/{tenant_id}/oauth2/v2.0/token"
 
-    scopes = tuple(s.replace("{org}", organization_url) for s in data.get("scopes") or ["{org}/.default"])
+    default_scopes = _DEFAULT_SCOPES.get(kind, ("{org}/.default",))
+    scopes = tuple(s.replace("{org}", organization_url) for s in data.get("scopes") or default_scopes)
 
     ca_file: Path | None = None
     if data.get("ca_file"):
@@ -358,11 +430,17 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
 
     extra: dict[str, Any] = {}
     KINDS[kind](data, extra, base_dir)
+    if kind == "authorization_code" and not extra.get("authorize_url"):
+        if not token_url.endswith("/token"):
+            raise ConnectionConfigError(
+                "authorize_url is required when token_url does not end in /token", field="authorize_url"
+            )
+        extra["authorize_url"] = token_url[: -len("/token")] + "/authorize"
     return ConnectionConfig(
         kind=kind,
         organization_url=organization_url,
         api_version=version,
-        client_id=str(data["client_id"]),
+        client_id=str(data.get("client_id") or ""),
         token_url=token_url,
         scopes=scopes,
         tenant_id=tenant_id,
@@ -403,6 +481,7 @@ class Connection:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        on_token: OnToken | None = None,
     ) -> None:
         from connector.auth import make_token_provider
 
@@ -411,7 +490,7 @@ class Connection:
         self._transport = transport
         self._verify = _ssl_context(config.ca_file)
         self._provider: TokenProvider = make_token_provider(
-            config, transport=transport, clock=self._clock, verify=self._verify
+            config, transport=transport, clock=self._clock, verify=self._verify, on_token=on_token
         )
         from connector.governor import Governor
 
@@ -429,9 +508,16 @@ class Connection:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        on_token: OnToken | None = None,
     ) -> Connection:
-        """Validate ``data`` (relative ``{"file"}`` secrets and ``ca_file`` start at ``base_dir``); connect lazily."""
-        return cls(parse_config(data, base_dir=base_dir), transport=transport, clock=clock, retry=retry)
+        """Validate ``data`` (relative ``{"file"}`` secrets and ``ca_file`` start at ``base_dir``); connect lazily.
+
+        ``on_token`` is called with every new refresh token of an ``authorization_code`` connection (they rotate on
+        each use), for platforms that keep tokens themselves; store it as a secret.
+        """
+        return cls(
+            parse_config(data, base_dir=base_dir), transport=transport, clock=clock, retry=retry, on_token=on_token
+        )
 
     @classmethod
     def from_file(
@@ -442,6 +528,7 @@ class Connection:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        on_token: OnToken | None = None,
     ) -> Connection:
         """Read a JSON connection file; relative paths inside it start at the file's folder."""
         file = Path(path)
@@ -461,6 +548,7 @@ class Connection:
             transport=transport,
             clock=clock,
             retry=retry,
+            on_token=on_token,
         )
 
     @property

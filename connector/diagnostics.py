@@ -72,6 +72,70 @@ _AADSTS: dict[str, tuple[str, str]] = {
         "Check organization_url (copy it from the Power Platform admin center) and that the environment belongs to "
         "tenant_id.",
     ),
+    "AADSTS700027": (
+        "The client assertion was refused: its certificate is not registered on the app, or the private key does not "
+        "belong to the certificate.",
+        "Upload the certificate's public part (.cer or .pem) under Certificates & secrets > Certificates in the app "
+        "registration, and check that private_key_file (or pfx_file) holds the key of that very certificate.",
+    ),
+    "AADSTS700024": (
+        "The client assertion is outside its valid time range.",
+        "Check this machine's clock (the certificate assertion is stamped with it); enable time synchronisation.",
+    ),
+    "AADSTS7000218": (
+        "The token request carried no client credential.",
+        "Give client_secret, or use the certificate kind with certificate_file and private_key_file (or pfx_file).",
+    ),
+    "AADSTS70008": (
+        "The refresh token or authorization code has expired.",
+        "Sign in again with `d365 connection login --connection FILE`.",
+    ),
+    "AADSTS9002313": (
+        "The refresh token was refused (revoked, already replaced, or malformed).",
+        "Sign in again with `d365 connection login --connection FILE`; a platform that keeps refresh_token must "
+        "store every new one it receives.",
+    ),
+    "AADSTS65001": (
+        "The user or an administrator has not consented to the app's Dynamics CRM permission.",
+        "Grant admin consent for the Dynamics CRM user_impersonation permission in the app registration's API "
+        "permissions, or sign in again and accept the consent prompt.",
+    ),
+    "LoginRequired": (
+        "No user has signed in for this connection yet.",
+        "Run `d365 connection login --connection FILE` (add --no-browser on a machine without a browser).",
+    ),
+    "StateMismatch": (
+        "The sign-in answer did not match the request.",
+        "Run `d365 connection login` again and finish the sign-in in the browser it opens.",
+    ),
+    "ManagedIdentityUnavailable": (
+        "The managed identity endpoint cannot be reached.",
+        "Run the connector on an Azure resource with a managed identity enabled (Identity in the Azure portal); "
+        "outside Azure use the client_credentials or certificate kind.",
+    ),
+    "ManagedIdentity400": (
+        "The managed identity endpoint refused the request.",
+        "For a user-assigned identity set managed_identity_client_id to its client id, and check that the identity "
+        "is assigned to this Azure resource.",
+    ),
+    "ManagedIdentity401": (
+        "The App Service identity endpoint refused the identity header.",
+        "Check IDENTITY_HEADER (or identity_header); it changes when the app restarts, so read it from the "
+        "environment rather than copying it.",
+    ),
+    "ManagedIdentity404": (
+        "No managed identity is assigned to this Azure resource.",
+        "Enable the system-assigned identity (or assign a user-assigned one) under Identity in the Azure portal, and "
+        "add it to the environment as an application user.",
+    ),
+}
+
+_GENERIC_FIX = {
+    "client_credentials": "Check client_id, client_secret, tenant_id and token_url.",
+    "certificate": "Check client_id, tenant_id, token_url, and that the certificate is registered on the app.",
+    "authorization_code": "Check client_id, tenant_id and token_url, and sign in again with `d365 connection login`.",
+    "managed_identity": "Check that a managed identity is enabled for this Azure resource and added to the "
+    "environment as an application user.",
 }
 
 _AUTH_URI = re.compile(r"authorization_uri\s*=\s*\"?([^\",\s]+)", re.IGNORECASE)
@@ -117,10 +181,16 @@ def diagnose(error: ConnectorError, connection: Connection, stage: str = "whoami
                 f"but the token was issued by tenant {config.tenant_id}.",
                 f"Set tenant_id to {tenant}, and register (or consent) the app in that tenant.",
             )
+        credential = {
+            "client_credentials": "the client secret is current and not expired",
+            "certificate": "the certificate is registered on the app and not expired",
+            "authorization_code": "the signed-in user is a user of this environment",
+            "managed_identity": "the managed identity is added to the environment as an application user",
+        }.get(config.kind, "the credential is current")
         return (
             "Dataverse rejected the access token (401).",
-            "Check that the client secret is current and not expired, that tenant_id is the tenant of the "
-            f"environment, and that the token is issued for {org} (scope {org}/.default).",
+            f"Check that {credential}, that tenant_id is the tenant of the environment, and that the token is "
+            f"issued for {org} (scope {org}/.default).",
         )
     if isinstance(error, AuthenticationError):
         if error.code in (AUDIENCE_MISMATCH, ID_TOKEN_REFUSED):
@@ -130,7 +200,7 @@ def diagnose(error: ConnectorError, connection: Connection, stage: str = "whoami
             return (f"{diagnosis} ({error.code})", fix.replace("{org}", org))
         return (
             f"The identity platform refused to issue a token: {error.message}.",
-            "Check client_id, client_secret, tenant_id and token_url.",
+            _GENERIC_FIX.get(config.kind, _GENERIC_FIX["client_credentials"]),
         )
     if isinstance(error, FatalApiError) and error.status_code == 403:
         return (
