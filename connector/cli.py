@@ -186,23 +186,65 @@ def actions_describe(action_id: str) -> None:
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="One input; dotted keys nest; JSON values.")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
+@click.option(
+    "--jsonl",
+    is_flag=True,
+    help="query_entities only: print each record as one JSON line as it arrives (constant memory); the "
+    "continuation (more_records, next_page_token) goes to stderr.",
+)
 def run(
-    action_id: str, connection_file: str | None, input_file: str | None, pairs: tuple[str, ...], as_json: bool
+    action_id: str,
+    connection_file: str | None,
+    input_file: str | None,
+    pairs: tuple[str, ...],
+    as_json: bool,
+    jsonl: bool,
 ) -> None:
     """Run one action: inputs are validated before the connection is used; the output is JSON on stdout."""
     try:
         runtime = _runtime()
         inputs = _read_inputs(input_file, pairs)
-        runtime.validate_inputs(action_id, inputs)
+        if jsonl and action_id not in STREAMING_ACTIONS:
+            raise InputError([InputProblem("--jsonl", f"only {', '.join(STREAMING_ACTIONS)} streams records")])
+        validated = runtime.validate_inputs(action_id, inputs)
         config, base_dir = _load_connection_file(connection_file)
         connection = runtime.connection(config, base_dir=base_dir)
         try:
+            if jsonl:
+                _stream_records(action_id, validated, connection, as_json)
+                return
             result = runtime.run_action(action_id, inputs, connection)
         finally:
             runtime.close()
     except ConnectorError as exc:
-        _fail(exc, as_json)
+        _fail(exc, as_json or jsonl)
     _print_json(result, as_json)
+
+
+#: Actions whose records ``d365 run --jsonl`` can stream from a library generator.
+STREAMING_ACTIONS = ("query_entities",)
+
+
+def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_json: bool) -> None:
+    """Print records one per line straight from :class:`connector.paging.QueryRun`: one page in memory at a time.
+
+    The same phase-two validation as ``run_action`` runs first, so bad input still exits 2 before any request for
+    data is sent.
+    """
+    from connector import paging, records
+
+    problems = records.input_problems(action_id, inputs, connection)
+    if problems:
+        raise InputError(problems, action_id=action_id)
+    run = paging.query(connection, inputs)
+    write = sys.stdout.write
+    for record in run:
+        write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    summary = {"returned": run.returned, "more_records": run.more_records, "next_page_token": run.next_page_token}
+    if run.count is not None:
+        summary["count"] = run.count
+    click.echo(json.dumps(summary), err=True)
 
 
 # -- connection -----------------------------------------------------------------------------------------------------

@@ -392,3 +392,21 @@ def test_record_actions_refuse_bad_input_before_any_write(
     assert field in str(caught.value)
     assert data_writes(fresh_emulator) == []
     assert all("EntityDefinitions" in r["path"] for r in web_api_requests(fresh_emulator))
+
+
+def test_query_entities_jsonl_streams_records_and_reports_the_rest(
+    connection_file: Path, fresh_emulator: EmulatorHandle
+) -> None:
+    fresh_emulator.admin.seed("account", [{"name": f"Stream {i:04d}"} for i in range(1200)])
+    inputs = {"table": "account", "select": ["name"], "order_by": ["name"], "fetch_all": True, "max_records": 1100}
+    out = d365(
+        "run", "query_entities", "--jsonl", "--connection", str(connection_file), "--input", "-",
+        stdin=json.dumps({**inputs, "page_size": 500}),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == [f"Stream {i:04d}" for i in range(1100)]
+    summary = json.loads(out.stderr.strip().splitlines()[-1])
+    assert summary["returned"] == 1100 and summary["more_records"] is True and summary["next_page_token"]
+    pages = [r for r in web_api_requests(fresh_emulator) if r["path"] == "/api/data/v9.2/accounts"]
+    assert len(pages) == 3

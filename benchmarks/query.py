@@ -1,0 +1,82 @@
+"""Rows per second and peak memory of ``d365 run query_entities --jsonl`` fetching every row, at 10k and 100k rows.
+
+The emulator runs in this process (rows seeded through its admin surface); the connector runs in a child process, so
+its peak resident set size (``ru_maxrss`` from ``wait4``) is the connector's alone. The goal is flat memory: the ratio
+of the two peaks should stay near 1 while the row count grows tenfold. Never part of the test suite's pass/fail.
+
+    .venv/bin/python benchmarks/query.py [--sizes 10000 100000] [--page-size 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dataverse_emulator.testing import EmulatorHandle, running_emulator
+
+
+def run_jsonl(connection_file: Path, rows: int, page_size: int) -> tuple[int, float, float]:
+    """(lines printed, seconds, peak RSS in MiB) of one ``--jsonl`` fetch-all in a child process."""
+    inputs = {"table": "account", "select": ["name", "accountnumber"], "fetch_all": True, "max_records": rows}
+    inputs["page_size"] = page_size
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "run", "query_entities", "--jsonl", "--input", "-",
+             "--connection", str(connection_file)],
+            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(json.dumps(inputs).encode())
+        proc.stdin.close()
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"d365 run failed ({proc.returncode}): {err.decode()[-500:]}")
+        out.seek(0)
+        lines = sum(1 for _ in out)
+    peak_kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024
+    return lines, elapsed, peak_kib / 1024
+
+
+def seed(emulator: EmulatorHandle, total: int, already: int) -> None:
+    for start in range(already, total, 20_000):
+        batch = [{"name": f"Bench {i:06d}", "accountnumber": f"N{i}"} for i in range(start, min(total, start + 20_000))]
+        emulator.admin.seed("account", batch)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--page-size", type=int, default=5000)
+    args = parser.parse_args()
+    sizes = sorted(args.sizes)
+    results: list[tuple[int, int, float, float]] = []
+    with running_emulator() as emulator, tempfile.TemporaryDirectory() as tmp:
+        connection_file = Path(tmp) / "connection.json"
+        connection_file.write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
+        seeded = 0
+        for size in sizes:
+            seed(emulator, size, seeded)
+            seeded = size
+            lines, seconds, peak = run_jsonl(connection_file, size, args.page_size)
+            if lines != size:
+                raise SystemExit(f"expected {size} records, got {lines}")
+            results.append((size, lines, seconds, peak))
+    base_peak = results[0][3]
+    print(f"{'rows':>8} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13} {'peak ratio':>11}")
+    for size, _, seconds, peak in results:
+        print(f"{size:>8} {seconds:>8.2f} {size / seconds:>9.0f} {peak:>13.1f} {peak / base_peak:>11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
