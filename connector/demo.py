@@ -28,18 +28,58 @@ def step(title: str, fn: Callable[[], Any]) -> Any:
     return result
 
 
+def records_demo(runtime: Runtime, connection: Any) -> None:
+    """An alternate key created through the metadata API, an upsert by it (created, then updated), and a query."""
+    connection.client.request(
+        "POST",
+        "EntityDefinitions(LogicalName='account')/Keys",
+        json={
+            "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
+            "SchemaName": "demo_accountnumber",
+            "DisplayName": {"LocalizedLabels": [{"Label": "Account number", "LanguageCode": 1033}]},
+            "KeyAttributes": ["accountnumber"],
+        },
+    )
+    connection.metadata.invalidate("account")
+    upsert = {"table": "account", "key": {"accountnumber": "A-1001"}}
+    step(
+        "upsert_entity by alternate key (created)",
+        lambda: runtime.run_action(
+            "upsert_entity", {**upsert, "fields": {"name": "Contoso", "industrycode": "Accounting"}}, connection
+        ),
+    )
+    step(
+        "upsert_entity by alternate key (updated)",
+        lambda: runtime.run_action("upsert_entity", {**upsert, "fields": {"telephone1": "+1 555 0100"}}, connection),
+    )
+    step(
+        "query_entities",
+        lambda: runtime.run_action(
+            "query_entities",
+            {
+                "table": "account",
+                "select": ["name", "accountnumber", "telephone1", "industrycode"],
+                "where": [{"column": "accountnumber", "operator": "startswith", "value": "A-"}],
+                "include_annotations": True,
+            },
+            connection,
+        ),
+    )
+
+
 def main() -> int:
     from dataverse_emulator.testing import running_emulator
 
     runtime = Runtime()
     step("actions in the effective manifest", lambda: sorted(runtime.manifest.actions))
-    with running_emulator() as emulator:
+    with running_emulator(key_activation_s=0) as emulator:
         console.print(f"emulator serving {emulator.base_url}")
         config = emulator.connection_config("client_credentials")
         connection = runtime.connection(config)
         try:
             step("test_connection", lambda: runtime.run_action("test_connection", {}, connection))
             step("get_current_user", lambda: runtime.run_action("get_current_user", {}, connection))
+            records_demo(runtime, connection)
         finally:
             runtime.close()
     return 0
