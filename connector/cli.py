@@ -324,6 +324,55 @@ def manifest_schema(action_id: str, which: str | None) -> None:
     _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), False)
 
 
+# -- webhook --------------------------------------------------------------------------------------------------------
+@main.group()
+def webhook() -> None:
+    """Receive Dataverse webhook deliveries (the ``webhook`` trigger) on this machine."""
+
+
+@webhook.command("serve")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help="Connection file (for --subscribe).")
+@click.option("--config", "config_file", required=True, help="Trigger configuration (JSON, webhook.config.json).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=0, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--path", "url_path", default="/", show_default=True, help="URL path deliveries are posted to.")
+@click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
+@click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
+def webhook_serve(
+    connection_file: str | None,
+    config_file: str,
+    host: str,
+    port: int,
+    url_path: str,
+    subscribe: bool,
+    public_url: str | None,
+) -> None:
+    """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) go to stderr."""
+    from connector.webhooks import load_trigger_config, serve
+
+    def emit(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event, default=str))
+        sys.stdout.flush()
+
+    def status(line: dict[str, Any]) -> None:
+        click.echo(json.dumps(line, default=str), err=True)
+
+    try:
+        runtime = _runtime()
+        config = load_trigger_config(config_file)
+        conn = None
+        if subscribe:
+            data, base_dir = _load_connection_file(connection_file)
+            conn = runtime.connection(data, base_dir=base_dir)
+        try:
+            serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
+                  on_event=emit, on_status=status)  # fmt: skip
+        finally:
+            runtime.close()
+    except ConnectorError as exc:
+        _fail(exc, False)
+
+
 # -- emulator -------------------------------------------------------------------------------------------------------
 class _EmulatorGroup(click.Group):
     """Loads the emulator's commands only when ``d365 emulator`` is used, keeping ``d365`` start-up light."""

@@ -25,7 +25,7 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -698,6 +698,92 @@ def create_asgi_app(
     return Starlette(routes=[Route(path, receive, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
 
 
+def load_trigger_config(path: str | Path) -> dict[str, Any]:
+    """Read a trigger configuration file; a ``{"file": ...}`` secret is taken relative to the file's folder."""
+    from connector.errors import InputError
+
+    file = Path(path).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"trigger configuration {str(file)!r} is not a readable JSON file ({type(exc).__name__})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"trigger configuration {str(file)!r} must hold a JSON object")
+    secret = data.get("secret")
+    if isinstance(secret, Mapping) and isinstance(secret.get("file"), str) and not Path(secret["file"]).is_absolute():
+        data["secret"] = {"file": str(file.resolve().parent / secret["file"])}
+    return data
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def serve(
+    runtime: Any,
+    config: Mapping[str, Any],
+    *,
+    connection: Connection | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    path: str = "/",
+    public_url: str | None = None,
+    on_event: EventCallback,
+    on_status: Callable[[dict[str, Any]], None],
+) -> None:
+    """Receive deliveries with uvicorn until interrupted; with a ``connection``, subscribe first and remove on exit.
+
+    The socket listens before subscribing, so a delivery Dataverse makes while the steps are being registered waits
+    in the backlog instead of being refused. ``public_url`` (where Dataverse can reach this receiver) is required
+    unless the organization is on loopback (the local emulator), where the local URL is reachable as it is. The
+    access log stays off: the WebhookKey travels in the URL's query string.
+    """
+    import socket
+
+    import uvicorn
+
+    class _StoppingServer(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM once shut down, which would kill the process before it unsubscribes."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()  # the signal did its job (stop serving); the caller cleans up
+
+    runtime.trigger_config("webhook", config)  # refuse a bad configuration before binding anything
+    if connection is not None and public_url is None and not _is_loopback_url(connection.organization_url):
+        raise WebhookError(
+            "--public-url is required with --subscribe: Dataverse must reach this receiver at a public HTTPS URL "
+            "(a tunnel or reverse proxy in front of it)"
+        )
+    if config.get("authentication") == "none":
+        log.warning("webhook receiver without authentication: anyone who knows the URL can post events")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    shown_host = f"[{host}]" if ":" in host else host
+    local_url = f"http://{shown_host}:{sock.getsockname()[1]}{path}"
+    on_status({"listening": local_url})
+    app = create_asgi_app(config, on_event, runtime=runtime, path=path)
+    subscription = None
+    try:
+        if connection is not None:
+            subscription = runtime.subscribe_trigger("webhook", config, connection, public_url or local_url)
+            on_status({"subscribed": subscription})
+        server = _StoppingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="h11"))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if subscription is not None and connection is not None:
+            on_status({"unsubscribed": runtime.unsubscribe_trigger("webhook", subscription, connection)})
+
+
 __all__ = [
     "DedupeStore",
     "MemoryDedupeStore",
@@ -706,9 +792,11 @@ __all__ = [
     "WebhookRequest",
     "create_asgi_app",
     "handle",
+    "load_trigger_config",
     "parse_context",
     "parse_date",
     "plain",
+    "serve",
     "subscribe",
     "subscription_tag",
     "unsubscribe",
