@@ -273,6 +273,46 @@ def connection_test(connection_file: str | None, as_json: bool) -> None:
         sys.exit(ConnectionConfigError.exit_code)
 
 
+@connection.command("login")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+def connection_login(connection_file: str | None, no_browser: bool, timeout_s: float) -> None:
+    """Sign in as a user (authorization_code connections) and keep the refresh token in token_store."""
+    import webbrowser
+
+    from connector.auth import AuthorizationCodeProvider, run_login
+    from connector.connection import Connection
+
+    def show(url: str) -> None:
+        if not no_browser and webbrowser.open(url):
+            click.echo("Opened the sign-in page in your browser; waiting for the redirect...", err=True)
+            return
+        click.echo("Open this URL in a browser on this machine to sign in:", err=True)
+        click.echo(url, err=True)
+
+    try:
+        config, base_dir = _load_connection_file(connection_file)
+        conn = Connection.from_config(config, base_dir=base_dir)
+        try:
+            provider = conn.token_provider
+            if not isinstance(provider, AuthorizationCodeProvider):
+                raise ConnectionConfigError(
+                    f"login is for kind authorization_code; this connection is {conn.config.kind}", field="kind"
+                )
+            if provider.token_store is None:
+                raise ConnectionConfigError(
+                    "set token_store in the connection file: login keeps the refresh token there", field="token_store"
+                )
+            run_login(provider, port=conn.config.redirect_port, show_url=show, timeout_s=timeout_s)
+            who = conn.client.whoami()
+        finally:
+            conn.close()
+    except ConnectorError as exc:
+        _fail(exc, False)
+    _print_json({"ok": True, "token_store": str(provider.token_store.path), "user_id": who.user_id}, False)
+
+
 # -- manifest -------------------------------------------------------------------------------------------------------
 @main.group()
 def manifest() -> None:
