@@ -341,3 +341,27 @@ def test_authorize_url_derived_from_the_token_url(cloud: Any) -> None:
     assert config.authorize_url == cloud.TOKEN_URL.removesuffix("/token") + "/authorize"
     assert config.scopes == (f"{cloud.ORG}/user_impersonation", "offline_access")
     assert config.redirect_port == 0
+
+
+def test_refused_refresh_token_is_explained(cloud: Any, clock: FakeClock) -> None:
+    cloud.token_queue.append(cloud.aad_error(9002313, "invalid_grant", "Invalid request. Request is malformed."))
+    conn = Connection.from_config(
+        _auth_code_config(cloud, refresh_token=REFRESH), transport=httpx.MockTransport(cloud.handler), clock=clock
+    )
+    with pytest.raises(AuthenticationError) as info:
+        conn.token()
+    assert info.value.code == "AADSTS9002313"
+    assert_no_secrets(info.value.message)
+
+
+def test_connection_test_asks_for_login_when_nobody_signed_in(cloud: Any, clock: FakeClock, tmp_path: Path) -> None:
+    from connector.diagnostics import run_connection_test
+
+    conn = Connection.from_config(
+        _auth_code_config(cloud, token_store=str(tmp_path / "none.json")),
+        transport=httpx.MockTransport(cloud.handler),
+        clock=clock,
+    )
+    report = run_connection_test(conn)
+    assert report["ok"] is False
+    assert "signed in" in report["diagnosis"] and "d365 connection login" in report["fix"]
