@@ -67,6 +67,31 @@ def records_demo(runtime: Runtime, connection: Any) -> None:
     )
 
 
+def webhook_demo(runtime: Runtime, connection: Any, emulator: Any) -> None:
+    """The webhook trigger subscribed in the emulator, one contact created, and the verified event it delivered."""
+    import secrets
+
+    from connector.webhooks import create_asgi_app
+    from dataverse_emulator.testing import serve_asgi
+
+    events: list[dict[str, Any]] = []
+    trigger = {"table": "contact", "messages": ["Create"], "secret": secrets.token_urlsafe(24), "post_image": True}
+    with serve_asgi(create_asgi_app(trigger, events.append, runtime=runtime)) as receiver:
+        subscription = step(
+            "subscribe the webhook trigger (serviceendpoint + step)",
+            lambda: runtime.subscribe_trigger("webhook", trigger, connection, f"{receiver}/"),
+        )
+        try:
+            runtime.run_action("create_entity", {"table": "contact", "fields": {"lastname": "Webhook"}}, connection)
+            emulator.admin.drain_webhooks()
+            step(
+                "webhook event (verified, flattened)",
+                lambda: {k: v for k, v in events[0].items() if k not in ("raw", "post_images")},
+            )
+        finally:
+            runtime.unsubscribe_trigger("webhook", subscription, connection)
+
+
 def main() -> int:
     from dataverse_emulator.testing import running_emulator
 
@@ -80,6 +105,7 @@ def main() -> int:
             step("test_connection", lambda: runtime.run_action("test_connection", {}, connection))
             step("get_current_user", lambda: runtime.run_action("get_current_user", {}, connection))
             records_demo(runtime, connection)
+            webhook_demo(runtime, connection, emulator)
         finally:
             runtime.close()
     return 0

@@ -412,7 +412,8 @@ class Webhooks:
             "OperationCreatedOn": f"/Date({now_ms})/",
             "OperationId": str(uuid.uuid4()),
             "OrganizationId": emu.organization_id,
-            "OrganizationName": org_host.split(".")[0],
+            # the unique name is the first label of the host (contoso.crm.dynamics.com); an IP has none
+            "OrganizationName": "emulator" if org_host.replace(".", "").isdigit() else org_host.split(".")[0],
             "OutputParameters": outputs,
             "OwningExtension": {
                 "Id": step["sdkmessageprocessingstepid"],

@@ -136,3 +136,34 @@ def test_webhook_emulator_authvalue_is_write_only(env: Any) -> None:
     row = conn.client.get_json(f"serviceendpoints({sub['serviceendpoint_id']})")
     assert "authvalue" not in row and row["contract"] == 8 and row["authtype"] == 4
     assert KEY not in json.dumps(row)
+
+
+def test_webhook_subscribe_rolls_back_on_partial_failure(env: Any) -> None:
+    _emulator, receiver, conn, runtime = env
+    from connector.errors import WebhookError
+
+    # Merge has no sdkmessage row in the emulator: the endpoint and the Create step exist when it fails
+    with pytest.raises(WebhookError, match="Merge"):
+        runtime.subscribe_trigger("webhook", config(messages=["Create", "Merge"]), conn, receiver.url)
+    assert conn.client.get_json("serviceendpoints?$select=name")["value"] == []
+    assert conn.client.get_json("sdkmessageprocessingsteps?$select=name")["value"] == []
+
+
+def test_webhook_subscribe_and_unsubscribe_are_idempotent(env: Any) -> None:
+    _emulator, receiver, conn, runtime = env
+    cfg = config(messages=["Update"], filtering_attributes=["firstname"], pre_image=["firstname"], post_image=True)
+    first = runtime.subscribe_trigger("webhook", cfg, conn, receiver.url)
+    again = runtime.subscribe_trigger("webhook", cfg, conn, receiver.url)
+    assert again == first
+    step = conn.client.get_json(f"sdkmessageprocessingsteps({first['steps'][0]['step_id']})")
+    assert (step["mode"], step["stage"], step["filteringattributes"]) == (1, 40, "firstname")
+    assert step["_eventhandler_value"] == first["serviceendpoint_id"]
+    images = conn.client.get_json("sdkmessageprocessingstepimages?$select=entityalias,imagetype,attributes")["value"]
+    assert sorted((i["entityalias"], i["imagetype"], i["attributes"]) for i in images) == [
+        ("PostImage", 1, None),
+        ("PreImage", 0, "firstname"),
+    ]
+    runtime.unsubscribe_trigger("webhook", first, conn)
+    runtime.unsubscribe_trigger("webhook", first, conn)
+    assert conn.client.get_json("serviceendpoints?$select=name")["value"] == []
+    assert conn.client.get_json("sdkmessageprocessingstepimages?$select=name")["value"] == []
