@@ -127,7 +127,8 @@ class WebhookConfig:
             except WebhookError:
                 raise
             except Exception as exc:  # ConnectionConfigError: same message, but this is the trigger's setup
-                raise WebhookError(f"trigger configuration: {getattr(exc, 'message', exc)}") from None
+                # 500: the receiver's own setup is broken (an unset variable, an unreadable file), not the delivery
+                raise WebhookError(f"trigger configuration: {getattr(exc, 'message', exc)}", status_code=500) from None
 
         def image(key: str) -> tuple[str, ...] | None:
             value = data.get(key)

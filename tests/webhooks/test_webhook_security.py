@@ -188,3 +188,12 @@ def test_webhook_unauthenticated_mode_warns_and_accepts(
 
 def test_webhook_request_repr_hides_the_key() -> None:
     assert_no_secrets(repr(delivery(payload(UPDATE))))
+
+
+def test_webhook_secret_from_an_unset_variable_is_the_receivers_fault(
+    handle: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("D365_UNSET_WEBHOOK_KEY", raising=False)
+    with pytest.raises(WebhookError) as err:
+        handle(delivery(payload(UPDATE)), secret={"env": "D365_UNSET_WEBHOOK_KEY"})
+    assert err.value.status_code == 500 and "D365_UNSET_WEBHOOK_KEY" in err.value.message
