@@ -785,6 +785,8 @@ def run_login(
 IMDS_ENDPOINT = "http://169.254.169.254/metadata/identity/oauth2/token"
 IMDS_API_VERSION = "2018-02-01"
 APP_SERVICE_API_VERSION = "2019-08-01"
+MI_RETRIES = 3
+_MI_TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
 class ManagedIdentityProvider(_CachingProvider):
@@ -843,7 +845,7 @@ class ManagedIdentityProvider(_CachingProvider):
         self._http.close()
 
     def _request_token(self) -> dict[str, Any]:
-        from connector.client import map_transport_error
+        from connector.client import map_transport_error, parse_retry_after
 
         params = {"resource": self._organization_url}
         if self._style == "app_service":
@@ -856,6 +858,14 @@ class ManagedIdentityProvider(_CachingProvider):
             params["client_id"] = self._mi_client_id
         try:
             response = self._http.get(self._endpoint, params=params, headers=headers)
+            for attempt in range(MI_RETRIES):
+                # IMDS throttles (429) and answers 5xx while the identity is being set up; Azure SDKs retry both
+                if response.status_code not in _MI_TRANSIENT:
+                    break
+                wait = parse_retry_after(response.headers.get("Retry-After")) or float(2**attempt)
+                log.debug("managed identity endpoint answered %s; retrying in %.1f s", response.status_code, wait)
+                self._clock.sleep(min(wait, 30.0))
+                response = self._http.get(self._endpoint, params=params, headers=headers)
         except httpx.HTTPError as exc:
             error = map_transport_error(exc, what=self._what, field="identity_endpoint")
             if isinstance(error, ConnectorError) and not isinstance(error, ConnectionConfigError):

@@ -365,3 +365,24 @@ def test_connection_test_asks_for_login_when_nobody_signed_in(cloud: Any, clock:
     report = run_connection_test(conn)
     assert report["ok"] is False
     assert "signed in" in report["diagnosis"] and "d365 connection login" in report["fix"]
+
+
+def test_managed_identity_retries_a_throttled_endpoint(cloud: Any, clock: FakeClock) -> None:
+    answers = [httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(503)]
+    seen: list[httpx.Request] = []
+    ok = _mi_handler(cloud, seen, "expires_in")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "169.254.169.254" and answers:
+            seen.append(request)
+            return answers.pop(0)
+        return ok(request)
+
+    conn = Connection.from_config(
+        {"kind": "managed_identity", "organization_url": cloud.ORG, "identity_endpoint": "http://169.254.169.254/t"},
+        transport=httpx.MockTransport(handler),
+        clock=clock,
+    )
+    assert conn.token() == cloud.issued[-1]
+    assert len(seen) == 3
+    assert clock.sleeps == [3.0, 2.0]
