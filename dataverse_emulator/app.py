@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import errors, metadata
+from . import aggregate, errors, fetchxml, metadata
 from .errors import JSON_CT, DataverseError, error_response
 from .identity import App, Identity, IdentityEndpoints, org_of
 from .model import Relationship, Table, build_tables
@@ -799,8 +799,12 @@ class WebApi:
     ) -> Response:
         """``GET {set}`` (or a collection navigation): filter, order, count, expand and page with a skiptoken."""
         opts = self.query_options(request)
+        if "fetchXml" in opts and parent is None:
+            return fetchxml.run(self, ctx, table, opts["fetchXml"])
+        if "$apply" in opts and parent is None:
+            return aggregate.run(self, ctx, table, opts)
         if "fetchXml" in opts or "$apply" in opts:
-            raise errors.bad_request("FetchXML and $apply are not supported by this emulator yet (part 2).")
+            raise errors.bad_request("fetchXml and $apply are not supported on a navigation collection.")
         aliases = {k: v for k, v in opts.items() if k.startswith("@")}
         select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
         expand = parse_expand(opts["$expand"]) if "$expand" in opts else ()

@@ -216,6 +216,23 @@ def scenario_query_builder(client: DataverseClient, tag: str) -> dict[str, Any]:
     }
 
 
+def scenario_fetchxml_paging(client: DataverseClient, tag: str) -> dict[str, Any]:
+    for i in range(7):
+        client.records.create("account", {"name": f"{tag}-fx-{i}", "numberofemployees": i})
+    xml = (
+        "<fetch count='3'><entity name='account'><attribute name='name'/><attribute name='numberofemployees'/>"
+        f"<filter><condition attribute='name' operator='begins-with' value='{tag}-fx-'/></filter>"
+        "<order attribute='name'/></entity></fetch>"
+    )
+    pages = [[r["name"] for r in page] for page in client.query.fetchxml(xml).execute_pages()]
+    agg = (
+        "<fetch aggregate='true'><entity name='account'><attribute name='numberofemployees' alias='total' "
+        "aggregate='sum'/>"
+        f"<filter><condition attribute='name' operator='begins-with' value='{tag}-fx-'/></filter></entity></fetch>"
+    )
+    return {"pages": pages, "sum": [dict(r)["total"] for r in client.query.fetchxml(agg).execute()]}
+
+
 SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "create_retrieve": scenario_create_retrieve,
     "update": scenario_update,
@@ -224,6 +241,7 @@ SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "upsert": scenario_upsert,
     "list_paging": scenario_list_paging,
     "query_builder": scenario_query_builder,
+    "fetchxml_paging": scenario_fetchxml_paging,
 }
 
 

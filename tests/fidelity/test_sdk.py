@@ -134,3 +134,10 @@ def test_query_builder_filters(served_emulator: ServedEmulator) -> None:
         "top": [off, alpha],
         "pages": [[alpha, beta, gamma], [off]],
     }
+
+
+def test_fetchxml_paging_across_pages(served_emulator: ServedEmulator) -> None:
+    tag, result = run_sdk(served_emulator, "fetchxml_paging")
+    names = [f"{tag}-fx-{i}" for i in range(7)]
+    # three requests: the SDK follows the double URL-encoded paging cookie until morerecords is absent
+    assert result == {"pages": [names[0:3], names[3:6], names[6:7]], "sum": [21]}
