@@ -26,7 +26,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import aggregate, errors, fetchxml, metadata
+from .batch import handle as run_batch
+from .bulk import NS as BULK_NS
+from .bulk import bound_action, bulk_delete, ensure_message_rows
 from .errors import JSON_CT, DataverseError, error_response
+from .faults import EmulatorApp, FaultMiddleware, FaultPlan
 from .identity import App, Identity, IdentityEndpoints, org_of
 from .model import Relationship, Table, build_tables
 from .odata import (
@@ -53,6 +57,7 @@ from .records import (
     lookup_nav,
 )
 from .storage import Store, q, type_col
+from .throttle import Clock, Throttle, ThrottleMiddleware, limits_for
 from .webhooks import Webhooks, notify
 
 log = logging.getLogger("dataverse_emulator")
@@ -145,7 +150,7 @@ class Emulator:
         admin: bool,
         clock: Callable[[], float] | None,
     ) -> None:
-        self.clock = clock or time.time
+        self.clock = Clock(clock or time.time)  # advanced by POST /_emulator/clock
         self.latency_ms = latency_ms
         self.admin = admin
         self.tables, self.rels = build_tables()
@@ -205,6 +210,7 @@ class Emulator:
         """Root business unit, SYSTEM user, the application users and the interactive test user."""
         s = self.store
         self.webhooks.ensure_rows()
+        ensure_message_rows(s, self.tables)
         now = fmt_dt_now(self.clock)
         if not s.exists("businessunit", self.root_bu):
             v = s.next_version()
@@ -361,7 +367,7 @@ class Observe:
             await send(message)
 
         try:
-            if emu.latency_ms and not is_admin:
+            if emu.latency_ms and not is_admin and not path.startswith("/api/data"):  # Web API: ThrottleMiddleware
                 await asyncio.sleep(emu.latency_ms / 1000)
             if url_len > MAX_URL and not is_admin:
                 resp = JSONResponse(
@@ -488,6 +494,10 @@ class WebApi:
                 raise errors.no_resource(str(request.url))
             return self.service_document(ctx)
         head, key = seg_key(segs[0])
+        if head == "$batch" and len(segs) == 1:
+            return await run_batch(self, request, ctx)
+        if head == "BulkDelete" and len(segs) == 1 and method == "POST":
+            return await bulk_delete(self, request, ctx)
         if head == "$metadata":
             return Response(metadata.csdl(self.tables, self.rels), media_type="application/xml")
         if head in ("WhoAmI", "RetrieveVersion") and len(segs) == 1 and (key is None or key == ""):
@@ -514,6 +524,8 @@ class WebApi:
         table = self.emu.by_set.get(head)
         if table is None:
             raise errors.segment_not_found(head)
+        if key is None and len(segs) == 2 and segs[1].startswith(BULK_NS):
+            return await bound_action(self, request, ctx, table, segs[1][len(BULK_NS) :])
         if key is None:
             if len(segs) == 1:
                 if method == "GET":
@@ -1443,6 +1455,18 @@ class Admin:
         self.emu._ensure_bootstrap_rows()
         return JSONResponse({"reset": True})
 
+    async def clock(self, request: Request) -> Response:
+        """``POST /_emulator/clock {\"advance_s\": N}`` moves emulated time on (windows, Retry-After, key
+        activation, token expiry) so tests of waits never sleep; ``GET`` reads it."""
+        clock = self.emu.clock
+        if request.method == "POST":
+            body = await request.json()
+            try:
+                clock.advance(float(body.get("advance_s", 0)))
+            except (TypeError, ValueError) as e:
+                return JSONResponse({"error": str(e)}, 400)
+        return JSONResponse({"now": clock(), "offset_s": clock.offset})
+
     async def clear_log(self, request: Request) -> Response:
         """``DELETE /_emulator/requests``: empty the request log only."""
         self.emu.log.clear()
@@ -1461,12 +1485,20 @@ def create_app(
     token_lifetime_s: int = 3600,
     admin: bool = False,
     clock: Callable[[], float] | None = None,
+    throttle: str = "off",
+    window_s: float | None = None,
+    max_requests: int | None = None,
+    max_exec_s: float | None = None,
+    max_concurrency: int | None = None,
+    dop_hint: int = 4,
+    time_scale: float = 1.0,
+    fault_rate: float = 0.0,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
         seed=seed,
         db_path=db_path,
-        key_activation_s=key_activation_s,
+        key_activation_s=key_activation_s / time_scale,
         latency_ms=latency_ms,
         token_lifetime_s=token_lifetime_s,
         admin=admin,
@@ -1490,9 +1522,20 @@ def create_app(
             Route("/_emulator/requests", adm.requests, methods=["GET"]),
             Route("/_emulator/requests", adm.clear_log, methods=["DELETE"]),
             Route("/_emulator/reset", adm.reset, methods=["POST"]),
+            Route("/_emulator/clock", adm.clock, methods=["GET", "POST"]),
         ]
         routes += emu.webhooks.admin_routes()
-    app = Starlette(routes=routes)
+    app = EmulatorApp(routes=routes)
     app.state.emulator = emu
+    emu.throttle = Throttle(
+        throttle,
+        limits_for(throttle, window_s, max_requests, max_exec_s, max_concurrency),
+        emu.clock,
+        time_scale,
+        dop_hint,
+    )
+    app.add_middleware(ThrottleMiddleware, throttle=emu.throttle, latency_s=latency_ms / 1000)
+    if fault_rate:
+        app.add_middleware(FaultMiddleware, plan=FaultPlan(fault_rate, seed), time_scale=time_scale)
     app.add_middleware(Observe, emu=emu)
     return app

@@ -1,0 +1,273 @@
+"""Service protection model: Dataverse's three 429 limits, per application user, on the emulator's injected clock.
+
+Why a middleware that reads the bearer token's claims without verifying them: the limits are kept per user (reference
+section 8.1) and must be decided before any handler runs, while the signature check stays where it is (an invalid
+token still gets its 401 from the handler, with the rate-limit headers added like on every other response). A
+``$batch`` or bulk request counts as one request; its handler reports how many records it touched
+(``scope["state"]["dv_records"]``) and each record adds execution time (reference 6.5, 7.3, 15.6).
+
+Emulated execution time is deterministic (``REQUEST_COST_S`` per request plus ``RECORD_COST_S`` per record) so the
+execution-time limit is reached at the same request every run. ``time_scale`` divides the window and therefore every
+``Retry-After``; the execution budget and the costs are both durations of the same scale, so scaling them would
+cancel out and they are left as configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import DataverseError, error_response
+
+REQUEST_COST_S = 0.005
+RECORD_COST_S = 0.010
+CONCURRENCY_RETRY_AFTER_S = 1.0
+
+
+class Clock:
+    """The injected clock plus an offset that ``POST /_emulator/clock`` advances, so tests of waits never sleep."""
+
+    def __init__(self, base: Callable[[], float] | None = None) -> None:
+        self.base = base or time.time
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.base() + self.offset
+
+    def advance(self, seconds: float) -> float:
+        """Move emulated time forward (never back: windows and token expiries assume a monotonic clock)."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self.offset += seconds
+        return self()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One set of limits: the sliding window, requests and execution seconds within it, concurrent requests."""
+
+    window_s: float
+    max_requests: int
+    max_exec_s: float
+    max_concurrency: int
+
+
+#: ``dataverse`` = the documented defaults (api-limits.md); ``strict`` = small numbers a 2-core test can reach.
+PRESETS: dict[str, Limits] = {
+    "dataverse": Limits(300, 6000, 1200, 52),
+    "strict": Limits(10, 200, 20, 8),
+}
+
+
+def limits_for(
+    mode: str,
+    window_s: float | None = None,
+    max_requests: int | None = None,
+    max_exec_s: float | None = None,
+    max_concurrency: int | None = None,
+) -> Limits:
+    """The preset for ``mode`` (``off`` reports the Dataverse numbers in headers but never refuses), overridden."""
+    if mode not in ("off", *PRESETS):
+        raise ValueError(f"throttle mode must be off, dataverse or strict, not {mode!r}")
+    base = PRESETS["strict" if mode == "strict" else "dataverse"]
+    return Limits(
+        window_s if window_s is not None else base.window_s,
+        max_requests if max_requests is not None else base.max_requests,
+        max_exec_s if max_exec_s is not None else base.max_exec_s,
+        max_concurrency if max_concurrency is not None else base.max_concurrency,
+    )
+
+
+def requests_exceeded(limits: Limits) -> tuple[str, str]:
+    return (
+        "0x80072322",
+        f"Number of requests exceeded the limit of {limits.max_requests} over time window of "
+        f"{_num(limits.window_s)} seconds.",
+    )
+
+
+def exec_exceeded(limits: Limits) -> tuple[str, str]:
+    # the double space before "milliseconds" is in the documented message
+    return (
+        "0x80072321",
+        f"Combined execution time of incoming requests exceeded limit of {round(limits.max_exec_s * 1000):,}  "
+        f"milliseconds over time window of {_num(limits.window_s)} seconds. Decrease number of concurrent requests "
+        "or reduce the duration of requests and try again later.",
+    )
+
+
+def concurrency_exceeded(limits: Limits) -> tuple[str, str]:
+    return "0x80072326", f"Number of concurrent requests exceeded the limit of {limits.max_concurrency}."
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class _Bucket:
+    """One user's sliding window: (time, execution seconds) per admitted request, and the requests in flight."""
+
+    __slots__ = ("entries", "exec_total", "in_flight")
+
+    def __init__(self) -> None:
+        self.entries: deque[list[float]] = deque()
+        self.exec_total = 0.0
+        self.in_flight = 0
+
+
+class Throttle:
+    """Admission and accounting; one per emulator."""
+
+    def __init__(self, mode: str, limits: Limits, clock: Callable[[], float], time_scale: float, dop_hint: int) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.mode = mode
+        self.limits = limits
+        self.clock = clock
+        self.time_scale = time_scale
+        self.dop_hint = dop_hint
+        self.buckets: dict[str, _Bucket] = {}
+
+    @property
+    def window(self) -> float:
+        """The window in emulated-clock seconds (the configured window divided by the time scale)."""
+        return self.limits.window_s / self.time_scale
+
+    def _prune(self, b: _Bucket, now: float) -> None:
+        edge = now - self.window
+        while b.entries and b.entries[0][0] <= edge:
+            b.exec_total -= b.entries.popleft()[1]
+        if not b.entries:
+            b.exec_total = 0.0
+
+    def admit(self, user: str) -> tuple[DataverseError | None, list[float] | None]:
+        """Refuse with a 429 (and Retry-After) or count the request; returns the window entry to charge later."""
+        now = self.clock()
+        b = self.buckets.setdefault(user, _Bucket())
+        self._prune(b, now)
+        lim = self.limits
+        if self.mode != "off":
+            refusal: tuple[str, str] | None = None
+            wait = 0.0
+            if b.in_flight >= lim.max_concurrency:
+                refusal, wait = concurrency_exceeded(lim), CONCURRENCY_RETRY_AFTER_S / self.time_scale
+            elif len(b.entries) >= lim.max_requests:
+                refusal = requests_exceeded(lim)
+                # the oldest requests must leave the window until one slot is free
+                wait = b.entries[len(b.entries) - lim.max_requests][0] + self.window - now
+            elif b.exec_total >= lim.max_exec_s:
+                refusal = exec_exceeded(lim)
+                total = b.exec_total
+                for t, cost in b.entries:
+                    total -= cost
+                    if total < lim.max_exec_s:
+                        wait = t + self.window - now
+                        break
+            if refusal is not None:
+                retry = max(1, math.ceil(wait))
+                return DataverseError(429, refusal[0], refusal[1], {"Retry-After": str(retry)}), None
+        entry = [now, REQUEST_COST_S]
+        b.entries.append(entry)
+        b.exec_total += REQUEST_COST_S
+        b.in_flight += 1
+        return None, entry
+
+    def finish(self, user: str, entry: list[float], records: int) -> None:
+        """Charge the per-record execution cost and leave the concurrency count."""
+        b = self.buckets[user]
+        b.in_flight -= 1
+        extra = RECORD_COST_S * max(0, records)
+        if extra and b.entries and entry[0] > self.clock() - self.window:
+            entry[1] += extra
+            b.exec_total += extra
+
+    def headers(self, user: str | None) -> list[tuple[bytes, bytes]]:
+        """``x-ms-dop-hint`` and the two ``x-ms-ratelimit-*`` debugging headers (reference 8.3)."""
+        lim = self.limits
+        if user is not None and user in self.buckets:
+            b = self.buckets[user]
+            self._prune(b, self.clock())
+            burst = max(0, lim.max_requests - len(b.entries))
+            remaining = max(0.0, lim.max_exec_s - b.exec_total)
+        else:
+            burst, remaining = lim.max_requests, lim.max_exec_s
+        return [
+            (b"x-ms-dop-hint", str(self.dop_hint).encode()),
+            (b"x-ms-ratelimit-burst-remaining-xrm-requests", str(burst).encode()),
+            (b"x-ms-ratelimit-time-remaining-xrm-requests", f"{remaining:,.2f}".encode()),
+        ]
+
+
+def token_user(scope: Scope) -> str | None:
+    """The application (``appid``) or person (``oid``) a bearer token names, read without verification: only the
+    bucket is chosen here, the handler still verifies the token."""
+    for k, v in scope.get("headers", []):
+        if k.lower() == b"authorization":
+            value = v.decode("latin-1")
+            if not value.lower().startswith("bearer "):
+                return None
+            parts = value[7:].strip().split(".")
+            if len(parts) != 3:
+                return None
+            try:
+                payload = parts[1] + "=" * (-len(parts[1]) % 4)
+                claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload))
+            except ValueError:
+                return None
+            ident = claims.get("appid") or claims.get("oid")
+            return str(ident) if ident else None
+    return None
+
+
+class ThrottleMiddleware:
+    """Applies :class:`Throttle` to Web API requests and adds its headers to every Web API response."""
+
+    def __init__(self, app: ASGIApp, throttle: Throttle, latency_s: float = 0.0) -> None:
+        self.app = app
+        self.throttle = throttle
+        # the emulated latency is spent while the request is admitted, so concurrent requests really overlap
+        self.latency_s = latency_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/data"):
+            await self.app(scope, receive, send)
+            return
+        th = self.throttle
+        user = token_user(scope)
+        state = scope.setdefault("state", {})
+        entry_log = state.get("log_entry")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"x-ms-dop-hint")]
+                message = {**message, "headers": headers + th.headers(user)}
+            await send(message)
+
+        if user is None:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            await self.app(scope, receive, send_with_headers)
+            return
+        refusal, entry = th.admit(user)
+        if refusal is not None:
+            if entry_log is not None:
+                entry_log["error_code"] = refusal.code
+                entry_log["throttled"] = refusal.code
+            await error_response(refusal)(scope, receive, send_with_headers)
+            return
+        assert entry is not None
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            th.finish(user, entry, int(state.get("dv_records", 0)))
