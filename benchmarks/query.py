@@ -1,8 +1,10 @@
 """Rows per second and peak memory of ``d365 run query_entities --jsonl`` fetching every row, at 10k and 100k rows.
 
 The emulator runs in this process (rows seeded through its admin surface); the connector runs in a child process, so
-its peak resident set size (``ru_maxrss`` from ``wait4``) is the connector's alone. The goal is flat memory: the ratio
-of the two peaks should stay near 1 while the row count grows tenfold. Never part of the test suite's pass/fail.
+its peak resident set size (``ru_maxrss`` from ``wait4``) is the connector's alone. A second run of the same command
+under ``tracemalloc`` gives the peak of the Python heap (what the generator itself holds), which RSS blurs with the
+C allocator's own retention. The goal is flat memory: the ratio of the peaks should stay near 1 while the row count
+grows tenfold. Never part of the test suite's pass/fail.
 
     .venv/bin/python benchmarks/query.py [--sizes 10000 100000] [--page-size 5000]
 """
@@ -20,15 +22,29 @@ from pathlib import Path
 
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
 
+# Runs ``d365`` as ``python -m connector.cli`` would, then writes tracemalloc's peak (bytes) as the last stderr line.
+TRACED = (
+    "import runpy, sys, tracemalloc\n"
+    "tracemalloc.start()\n"
+    "sys.argv = ['d365', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('connector.cli', run_name='__main__')\n"
+    "finally:\n"
+    "    sys.stderr.write(f'\\ntraced-peak {tracemalloc.get_traced_memory()[1]}\\n')\n"
+)
 
-def run_jsonl(connection_file: Path, rows: int, page_size: int) -> tuple[int, float, float]:
-    """(lines printed, seconds, peak RSS in MiB) of one ``--jsonl`` fetch-all in a child process."""
+
+def run_jsonl(
+    connection_file: Path, rows: int, page_size: int, *, traced: bool = False
+) -> tuple[int, float, float, float | None]:
+    """(lines printed, seconds, peak RSS MiB, traced Python-heap peak MiB or None) of one ``--jsonl`` fetch-all."""
     inputs = {"table": "account", "select": ["name", "accountnumber"], "fetch_all": True, "max_records": rows}
     inputs["page_size"] = page_size
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "connector.cli", "run", "query_entities", "--jsonl", "--input", "-",
+            [sys.executable, *(["-c", TRACED] if traced else ["-m", "connector.cli"]),
+             "run", "query_entities", "--jsonl", "--input", "-",
              "--connection", str(connection_file)],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -44,7 +60,10 @@ def run_jsonl(connection_file: Path, rows: int, page_size: int) -> tuple[int, fl
         out.seek(0)
         lines = sum(1 for _ in out)
     peak_kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024
-    return lines, elapsed, peak_kib / 1024
+    traced_mib = None
+    if traced:
+        traced_mib = int(err.decode().rsplit("traced-peak ", 1)[1].split()[0]) / 2**20
+    return lines, elapsed, peak_kib / 1024, traced_mib
 
 
 def seed(emulator: EmulatorHandle, total: int, already: int) -> None:
@@ -59,7 +78,7 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=5000)
     args = parser.parse_args()
     sizes = sorted(args.sizes)
-    results: list[tuple[int, int, float, float]] = []
+    results: list[tuple[int, float, float, float]] = []
     with running_emulator() as emulator, tempfile.TemporaryDirectory() as tmp:
         connection_file = Path(tmp) / "connection.json"
         connection_file.write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
@@ -67,14 +86,18 @@ def main() -> int:
         for size in sizes:
             seed(emulator, size, seeded)
             seeded = size
-            lines, seconds, peak = run_jsonl(connection_file, size, args.page_size)
-            if lines != size:
-                raise SystemExit(f"expected {size} records, got {lines}")
-            results.append((size, lines, seconds, peak))
-    base_peak = results[0][3]
-    print(f"{'rows':>8} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13} {'peak ratio':>11}")
-    for size, _, seconds, peak in results:
-        print(f"{size:>8} {seconds:>8.2f} {size / seconds:>9.0f} {peak:>13.1f} {peak / base_peak:>11.2f}")
+            lines, seconds, peak, _ = run_jsonl(connection_file, size, args.page_size)
+            traced_lines, _, _, heap = run_jsonl(connection_file, size, args.page_size, traced=True)
+            if lines != size or traced_lines != size:
+                raise SystemExit(f"expected {size} records, got {lines} and {traced_lines}")
+            results.append((size, seconds, peak, heap or 0.0))
+    base_rss, base_heap = results[0][2], results[0][3]
+    print(f"page size {args.page_size}; ratios against the {results[0][0]}-row run")
+    header = f"{'rows':>8} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13} {'RSS ratio':>10}"
+    print(header + f" {'heap peak MiB':>14} {'heap ratio':>11}")
+    for size, seconds, peak, heap in results:
+        line = f"{size:>8} {seconds:>8.2f} {size / seconds:>9.0f} {peak:>13.1f} {peak / base_rss:>10.2f}"
+        print(line + f" {heap:>14.1f} {heap / base_heap:>11.2f}")
     return 0
 
 
