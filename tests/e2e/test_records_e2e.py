@@ -352,6 +352,13 @@ BAD_INPUTS = [
         "$.fields.industrycode",
         id="unknown-option-label",
     ),
+    pytest.param(
+        "update_entity",
+        {"table": "account", "key": {"accountnumber": "A"}, "fields": {"industrycode": "Basket weaving"}},
+        "$.fields.industrycode",
+        id="update-unknown-option-label",
+    ),
+    pytest.param("delete_entity", {"table": "account", "key": {"name": "x"}}, "$.key.name", id="delete-key-not-a-key"),
     pytest.param("query_entities", {"table": "account", "page_size": 0}, "$.page_size", id="page-size-0"),
     pytest.param("query_entities", {"table": "account", "page_size": 6000}, "$.page_size", id="page-size-6000"),
     pytest.param("query_entities", {"table": "account", "fetch_all": True}, "max_records", id="fetch-all-no-max"),

@@ -506,6 +506,18 @@ def test_disassociate_entities_single_and_collection(runtime: Runtime, fake: Any
             "needs the related row",
         ),
         ("get_entity", {"table": "nosuch", "id": A1}, "$.table", "no table"),
+        (
+            "update_entity",
+            {"table": "account", "id": A1, "fields": {"industrycode": 1.5}},
+            "$.fields.industrycode",
+            "choice",
+        ),
+        (
+            "delete_entity",
+            {"table": "account", "key": {"name": "x", "accountnumber": "y"}},
+            "$.key",
+            "exactly these columns",
+        ),
     ],
 )
 def test_record_actions_phase_two_problems_name_the_field(
