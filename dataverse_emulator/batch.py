@@ -134,10 +134,14 @@ def _operation(lines: list[str], in_changeset: bool) -> Operation:
         i += 1
     if i >= len(lines):
         raise batch_error("A batch part has no request line.")
-    request_line = lines[i].strip().split(" ")
-    if len(request_line) < 2:
+    # METHOD URL HTTP/1.1; the URL is everything in between (tolerates unencoded spaces in a query)
+    method, _, rest = lines[i].strip().partition(" ")
+    url, _, version = rest.rpartition(" ")
+    if not version.upper().startswith("HTTP/"):
+        url = rest
+    method, url = method.upper(), url.strip()
+    if not url:
         raise batch_error(f"Invalid request line in a batch part: '{lines[i].strip()}'.")
-    method, url = request_line[0].upper(), request_line[1]
     inner_headers, j = _headers(lines[i + 1 :])
     body_lines = lines[i + 1 + j :]
     while body_lines and body_lines[-1].strip() == "":

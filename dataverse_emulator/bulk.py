@@ -156,7 +156,9 @@ async def bound_action(api: WebApi, request: Request, ctx: Ctx, table: Table, ac
             api.do_update(ctx, table, rid, row, body)
             await notify(api, ctx, "Update", table, rid, body, row)
         return Response(status_code=204, headers={"OData-Version": "4.0"})
-    # UpsertMultiple: targets keyed by @odata.id (alternate key or id) or by the primary key column
+    # UpsertMultiple: targets keyed by @odata.id (alternate key or id) or by the primary key column; duplicates are
+    # refused before anything is written (documented: an error, unlike UpdateMultiple)
+    resolved: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
     keys: set[Any] = set()
     for t in targets:
         if "@odata.id" in t:
@@ -165,17 +167,13 @@ async def bound_action(api: WebApi, request: Request, ctx: Ctx, table: Table, ac
             rid, alt = str(t[table.primary_id]).lower(), None
         else:
             raise _invalid_argument("Entity Id must be specified for Upsert")
-        ident = (
-            ("id", rid)
-            if rid
-            else (
-                "key",
-                tuple(sorted((k, str(v).lower() if isinstance(v, str) else v) for k, v in (alt or {}).items())),
-            )
-        )
-        if ident in keys:  # documented: duplicates in Targets are an error for UpsertMultiple
+        values = tuple(sorted((k, str(v).lower() if isinstance(v, str) else v) for k, v in (alt or {}).items()))
+        ident = ("id", rid) if rid else ("key", values)
+        if ident in keys:
             raise _invalid_argument("Duplicate key values were found in the Targets of UpsertMultiple.")
         keys.add(ident)
+        resolved.append((t, rid, alt))
+    for t, rid, alt in resolved:
         body = _body(t)
         row = api.store.get(table.logical_name, rid) if rid else None
         if row is None:

@@ -36,6 +36,20 @@ from .tls import default_data_dir, issue_server_cert
 @click.option("--key-activation-s", default=2.0, show_default=True, type=float, help="Seconds a new key stays Pending.")
 @click.option("--token-lifetime-s", default=3600, show_default=True, type=int, help="Access token lifetime.")
 @click.option("--admin", is_flag=True, help="Enable the test-only /_emulator/ surface.")
+@click.option(
+    "--throttle",
+    default="off",
+    show_default=True,
+    type=click.Choice(["off", "dataverse", "strict"]),
+    help="Service protection model: dataverse = 300 s / 6,000 requests / 1,200 s / 52; strict = 10 s / 200 / 20 s / 8.",
+)
+@click.option("--window-s", default=None, type=float, help="Sliding window of the throttle model (seconds).")
+@click.option("--max-requests", default=None, type=int, help="Requests per user per window.")
+@click.option("--max-exec-s", default=None, type=float, help="Combined execution seconds per user per window.")
+@click.option("--max-concurrency", default=None, type=int, help="Concurrent requests per user.")
+@click.option("--dop-hint", default=4, show_default=True, type=int, help="Value of x-ms-dop-hint.")
+@click.option("--time-scale", default=1.0, show_default=True, type=float, help="Divides every emulated duration.")
+@click.option("--fault-rate", default=0.0, show_default=True, type=float, help="Share of Web API requests faulted.")
 def serve(
     host: str,
     port: int,
@@ -49,6 +63,14 @@ def serve(
     key_activation_s: float,
     token_lifetime_s: int,
     admin: bool,
+    throttle: str,
+    window_s: float | None,
+    max_requests: int | None,
+    max_exec_s: float | None,
+    max_concurrency: int | None,
+    dop_hint: int,
+    time_scale: float,
+    fault_rate: float,
 ) -> None:
     """Serve a local Dataverse Web API emulator."""
     from .testing import uvicorn_config
@@ -60,6 +82,14 @@ def serve(
         latency_ms=latency_ms,
         token_lifetime_s=token_lifetime_s,
         admin=admin,
+        throttle=throttle,
+        window_s=window_s,
+        max_requests=max_requests,
+        max_exec_s=max_exec_s,
+        max_concurrency=max_concurrency,
+        dop_hint=dop_hint,
+        time_scale=time_scale,
+        fault_rate=fault_rate,
     )
     ddir = Path(data_dir) if data_dir else default_data_dir()
     certfile = keyfile = ca = None

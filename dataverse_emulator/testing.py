@@ -52,6 +52,13 @@ class AdminClient:
         r.raise_for_status()
         return list(r.json()["deliveries"])
 
+    def advance_clock(self, seconds: float) -> float:
+        """Move the emulator's clock forward (throttle windows, Retry-After, key activation, token expiry), so a
+        test of a wait never sleeps; returns the emulated now."""
+        r = self._client.post("/_emulator/clock", json={"advance_s": seconds})
+        r.raise_for_status()
+        return float(r.json()["now"])
+
     def reset(self) -> None:
         """Drop all rows, keys and the log."""
         self._client.post("/_emulator/reset").raise_for_status()
