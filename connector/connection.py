@@ -6,7 +6,7 @@ and loopback, the API version in the URL, secrets read from the environment or a
 problem raises :class:`ConnectionConfigError` naming the field and the fix, never a secret value.
 
 The :class:`Connection` owns one token provider and one :class:`DataverseClient`; the runtime keeps one per
-configuration (see :attr:`Connection.fingerprint`) so the token, and later the throttle governor and metadata cache,
+configuration (see :attr:`Connection.fingerprint`) so the token, the throttle governor and the metadata cache
 are shared by every action run.
 """
 
@@ -74,8 +74,8 @@ _KNOWN_HOST_SUFFIXES: tuple[tuple[str, str], ...] = (
 _API_SUFFIX = re.compile(r"^/api/data/(v?\d+\.\d+)$")
 _VERSION = re.compile(r"^v?(\d+\.\d+)$")
 
-# Fields whose value may be given inline, as {"env": NAME} or as {"file": PATH}. Later kinds add refresh_token and
-# private_key_password here; resolution and masking are the same for all.
+# Fields whose value may be given inline, as {"env": NAME} or as {"file": PATH}, one per kind that has a secret;
+# resolution and masking are the same for all.
 SECRET_FIELDS = ("client_secret", "refresh_token", "private_key_password", "identity_header")
 
 
