@@ -233,6 +233,91 @@ def scenario_fetchxml_paging(client: DataverseClient, tag: str) -> dict[str, Any
     return {"pages": pages, "sum": [dict(r)["total"] for r in client.query.fetchxml(agg).execute()]}
 
 
+def scenario_bulk(client: DataverseClient, tag: str) -> dict[str, Any]:
+    """CreateMultiple, UpdateMultiple (broadcast) and UpsertMultiple by an alternate key, as the SDK sends them."""
+    rows = [{"name": f"{tag}-bulk-{i}", "numberofemployees": i} for i in range(3)]
+    ids = client.records.create("account", rows)
+    client.records.update("account", ids, {"telephone1": "555-0199"})
+    updated = client.records.list(
+        "account", filter=f"startswith(name,'{tag}-bulk-')", select=["name", "telephone1"], orderby=["name asc"]
+    )
+    client.tables.create_alternate_key("lead", "fid_lead_email_key", ["emailaddress1"])
+    statuses = _wait_key_active(client, "lead", "fid_lead_email_key")
+    mails = [f"{tag}-{i}@example.com" for i in range(3)]
+    client.records.upsert(
+        "lead",
+        [UpsertItem(alternate_key={"emailaddress1": m}, record={"subject": f"{tag} first"}) for m in mails[:2]],
+    )
+    first = client.records.list("lead", filter=f"startswith(emailaddress1,'{tag}-')", select=["emailaddress1"])
+    client.records.upsert(
+        "lead",
+        [UpsertItem(alternate_key={"emailaddress1": m}, record={"subject": f"{tag} second"}) for m in mails[1:]],
+    )
+    second = client.records.list(
+        "lead",
+        filter=f"startswith(emailaddress1,'{tag}-')",
+        select=["emailaddress1", "subject"],
+        orderby=["emailaddress1 asc"],
+    )
+    first_ids = {r["emailaddress1"]: r["leadid"] for r in first}
+    return {
+        "ids": ids,
+        "returned_ids": sorted(r["accountid"] for r in updated),
+        "after_update": [{"name": r["name"], "telephone1": r["telephone1"]} for r in updated],
+        "key_statuses": statuses,
+        "upserted": [{"emailaddress1": r["emailaddress1"], "subject": r["subject"]} for r in second],
+        "kept_ids": [first_ids.get(r["emailaddress1"]) == r["leadid"] for r in second],
+    }
+
+
+def _batch_summary(result: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "status": r.status_code,
+            "content_id": r.content_id,
+            "entity_id": bool(r.entity_id),
+            "error_code": r.error_code,
+        }
+        for r in result.responses
+    ]
+
+
+def scenario_batch(client: DataverseClient, tag: str) -> dict[str, Any]:
+    """A change set with a ``$1`` reference, then continue-on-error and stop-on-error batches."""
+    batch = client.batch.new()
+    with batch.changeset() as cs:
+        ref = cs.records.create("account", {"name": f"{tag}-batch-parent"})
+        cs.records.create("contact", {"lastname": f"{tag}-batch-child", "parentcustomerid_account@odata.bind": ref})
+        cs.records.update("account", ref, {"telephone1": "555-0142"})
+    changeset = batch.execute()
+    parent = client.records.list("account", filter=f"name eq '{tag}-batch-parent'", select=["name", "telephone1"])
+    child = client.records.list(
+        "contact", filter=f"lastname eq '{tag}-batch-child'", select=["_parentcustomerid_value"]
+    )
+    too_long = "x" * 161
+    coe = client.batch.new()
+    coe.records.create("account", {"name": f"{tag}-coe-1"})
+    coe.records.create("account", {"name": too_long})
+    coe.records.create("account", {"name": f"{tag}-coe-2"})
+    continued = coe.execute(continue_on_error=True)
+    stop = client.batch.new()
+    stop.records.create("account", {"name": f"{tag}-stop-1"})
+    stop.records.create("account", {"name": too_long})
+    stop.records.create("account", {"name": f"{tag}-stop-2"})
+    stopped = stop.execute()
+    names = client.records.list(
+        "account", filter=f"startswith(name,'{tag}-coe-') or startswith(name,'{tag}-stop-')", select=["name"]
+    )
+    return {
+        "changeset": _batch_summary(changeset),
+        "parent": [{"name": r["name"], "telephone1": r["telephone1"]} for r in parent],
+        "child_linked": [r["_parentcustomerid_value"] for r in child] == [r["accountid"] for r in parent],
+        "continue_on_error": _batch_summary(continued),
+        "stop_on_error": _batch_summary(stopped),
+        "names": sorted(_names(names)),
+    }
+
+
 SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "create_retrieve": scenario_create_retrieve,
     "update": scenario_update,
@@ -241,6 +326,8 @@ SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "upsert": scenario_upsert,
     "list_paging": scenario_list_paging,
     "query_builder": scenario_query_builder,
+    "bulk": scenario_bulk,
+    "batch": scenario_batch,
     "fetchxml_paging": scenario_fetchxml_paging,
 }
 

@@ -141,3 +141,37 @@ def test_fetchxml_paging_across_pages(served_emulator: ServedEmulator) -> None:
     names = [f"{tag}-fx-{i}" for i in range(7)]
     # three requests: the SDK follows the double URL-encoded paging cookie until morerecords is absent
     assert result == {"pages": [names[0:3], names[3:6], names[6:7]], "sum": [21]}
+
+
+def test_bulk_create_update_upsert_multiple(served_emulator: ServedEmulator) -> None:
+    tag, result = run_sdk(served_emulator, "bulk")
+    assert len(result["ids"]) == 3 and all(GUID.match(i) for i in result["ids"])
+    assert result["returned_ids"] == sorted(result["ids"])
+    assert result["after_update"] == [{"name": f"{tag}-bulk-{i}", "telephone1": "555-0199"} for i in range(3)]
+    assert result["key_statuses"][-1] == "Active"
+    assert result["upserted"] == [
+        {"emailaddress1": f"{tag}-0@example.com", "subject": f"{tag} first"},
+        {"emailaddress1": f"{tag}-1@example.com", "subject": f"{tag} second"},
+        {"emailaddress1": f"{tag}-2@example.com", "subject": f"{tag} second"},
+    ]
+    assert result["kept_ids"] == [True, True, False]  # updated rows keep their id; the third was created
+
+
+def test_batch_changeset_reference_and_error_modes(served_emulator: ServedEmulator) -> None:
+    tag, result = run_sdk(served_emulator, "batch")
+    ok = {"entity_id": True, "error_code": None}
+    assert result["changeset"] == [
+        {"status": 204, "content_id": "1", **ok},
+        {"status": 204, "content_id": "2", **ok},
+        {"status": 204, "content_id": "3", **ok},
+    ]
+    assert result["parent"] == [{"name": f"{tag}-batch-parent", "telephone1": "555-0142"}]
+    assert result["child_linked"] is True
+    failed = {"status": 400, "content_id": None, "entity_id": False, "error_code": "0x80044331"}
+    assert result["continue_on_error"] == [
+        {"status": 204, "content_id": None, **ok},
+        failed,
+        {"status": 204, "content_id": None, **ok},
+    ]
+    assert result["stop_on_error"] == [{"status": 204, "content_id": None, **ok}, failed]
+    assert result["names"] == [f"{tag}-coe-1", f"{tag}-coe-2", f"{tag}-stop-1"]
