@@ -228,6 +228,12 @@ class Runtime:
             return None
         return dict(event)
 
+    def forget_trigger_event(self, trigger_id: str, config: Any, event: Mapping[str, Any]) -> None:
+        """Un-remember an event that could not be handed on, so the sender's next attempt is accepted again."""
+        key = event.get("dedupe_key")
+        if isinstance(key, str):
+            self._dedupe_store(trigger_id, self.trigger_config(trigger_id, config)).discard(key)
+
     def subscribe_trigger(self, trigger_id: str, config: Any, connection: Connection, target_url: str) -> Any:
         """Register ``target_url`` with Dataverse through ``subscribe_<id>``; returns the subscription to keep."""
         validated = self.trigger_config(trigger_id, config)

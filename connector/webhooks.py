@@ -391,6 +391,8 @@ class DedupeStore(Protocol):
 
     def add(self, key: str) -> bool: ...
 
+    def discard(self, key: str) -> None: ...
+
 
 class MemoryDedupeStore:
     """The last ``capacity`` keys in one process (oldest forgotten first); enough for one worker."""
@@ -409,6 +411,10 @@ class MemoryDedupeStore:
             while len(self._keys) > self.capacity:
                 self._keys.popitem(last=False)
             return True
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -438,6 +444,10 @@ class SqliteDedupeStore:
                 self._db.execute("ROLLBACK")
                 raise
             return added
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM seen WHERE key = ?", (key,))
 
     def close(self) -> None:
         self._db.close()
@@ -691,7 +701,13 @@ def create_asgi_app(
             return JSONResponse({"error": exc.kind, "message": exc.message}, status_code=exc.status_code)
         if event is None:
             return JSONResponse({"accepted": True, "duplicate": True})
-        on_event(event)
+        try:
+            on_event(event)
+        except Exception:
+            # not handed on: forget it, so Dataverse's next attempt is not dropped as a redelivery
+            rt.forget_trigger_event(trigger_id, config, event)
+            log.exception("webhook event handler failed; answering 500 so the delivery is retried")
+            return JSONResponse({"error": "handler", "message": "the event could not be handed on"}, status_code=500)
         return JSONResponse({"accepted": True, "duplicate": False})
 
     from starlette.applications import Starlette

@@ -197,3 +197,21 @@ def test_webhook_secret_from_an_unset_variable_is_the_receivers_fault(
     with pytest.raises(WebhookError) as err:
         handle(delivery(payload(UPDATE)), secret={"env": "D365_UNSET_WEBHOOK_KEY"})
     assert err.value.status_code == 500 and "D365_UNSET_WEBHOOK_KEY" in err.value.message
+
+
+def test_webhook_failed_handler_lets_the_retry_through(
+    runtime: Runtime, config: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="httpx")  # this client plays Dataverse: ?code=<key> in its URLs
+    seen: list[dict[str, Any]] = []
+
+    def flaky(event: dict[str, Any]) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("downstream unavailable")
+
+    client = Receiver(create_asgi_app(config, flaky, runtime=runtime))
+    assert post(client, BODY).status_code == 500
+    retry = post(client, BODY)
+    assert retry.status_code == 200 and retry.json()["duplicate"] is False
+    assert len(seen) == 2
