@@ -57,7 +57,6 @@ from .records import (
     lookup_nav,
 )
 from .storage import Store, q, type_col
-from .webhooks import Webhooks, notify
 from .throttle import Clock, Throttle, ThrottleMiddleware, limits_for
 from .webhooks import Webhooks, notify
 

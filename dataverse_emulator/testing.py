@@ -59,12 +59,6 @@ class AdminClient:
         r.raise_for_status()
         return float(r.json()["now"])
 
-    def drain_webhooks(self) -> list[dict[str, Any]]:
-        """Wait until every asynchronous webhook delivery has finished; every delivery made since the last reset."""
-        r = self._client.post("/_emulator/webhooks/drain")
-        r.raise_for_status()
-        return list(r.json()["deliveries"])
-
     def reset(self) -> None:
         """Drop all rows, keys and the log."""
         self._client.post("/_emulator/reset").raise_for_status()
