@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import aggregate, errors, fetchxml, metadata
+from . import aggregate, errors, fetchxml, files, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete, ensure_message_rows
@@ -156,6 +156,7 @@ class Emulator:
         self.tables, self.rels = build_tables()
         self.by_set: dict[str, Table] = {t.entity_set: t for t in self.tables.values()}
         self.store = Store(self.tables, self.rels, db_path, self.clock, key_activation_s)
+        metadata_writes.load_persisted(self)  # custom tables and columns of a --db file
         stable = random.Random(seed if seed is not None else 365)
         # a different stream from `stable`, so generated record ids never repeat the fixed principal ids
         self.rng = random.Random(f"records-{seed}") if seed is not None else random.Random()
@@ -519,6 +520,8 @@ class WebApi:
                     "Version": VERSION,
                 }
             )
+        if head in metadata_writes.ROUTES:
+            return await metadata_writes.dispatch(self, request, ctx, head, key, segs)
         if head == "EntityDefinitions":
             return await metadata.entity_definitions(self, request, ctx, key, segs[1:])
         table = self.emu.by_set.get(head)
@@ -1276,6 +1279,8 @@ class WebApi:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         rid, row = self.load(table, key)
         attr = table.attributes.get(name)
+        if attr is not None and attr.type in ("File", "Image"):
+            return await files.handle(self, request, ctx, table, rid, row, attr, segs[1:])
         if attr is None and name.startswith("_") and name.endswith("_value"):
             a2 = table.attributes.get(name[1:-6])
             attr = a2 if a2 is not None and a2.is_lookup else None
@@ -1443,6 +1448,16 @@ class Admin:
             return JSONResponse({"error": str(e)}, 400)
         return JSONResponse({"inserted": n, "ids": ids})
 
+    async def seed_metadata(self, request: Request) -> Response:
+        """``POST /_emulator/metadata/seed {"tables": [...]}``: bulk preload of table and column definitions."""
+        body = await request.json()
+        try:
+            with self.emu.store.transaction():
+                created = metadata_writes.do_seed(self.emu, body)
+        except DataverseError as e:
+            return JSONResponse({"error": e.message}, 400)
+        return JSONResponse({"tables": created})
+
     async def requests(self, request: Request) -> Response:
         """``GET /_emulator/requests``: the request log and the current in-flight count."""
         return JSONResponse({"requests": list(self.emu.log), "in_flight": self.emu.in_flight})
@@ -1522,6 +1537,7 @@ def create_app(
             Route("/_emulator/requests", adm.requests, methods=["GET"]),
             Route("/_emulator/requests", adm.clear_log, methods=["DELETE"]),
             Route("/_emulator/reset", adm.reset, methods=["POST"]),
+            Route("/_emulator/metadata/seed", adm.seed_metadata, methods=["POST"]),
             Route("/_emulator/clock", adm.clock, methods=["GET", "POST"]),
         ]
         routes += emu.webhooks.admin_routes()

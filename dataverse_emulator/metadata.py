@@ -53,6 +53,8 @@ TYPE_NAMES = {
     "Customer": "CustomerType",
     "Owner": "OwnerType",
     "EntityName": "EntityNameType",
+    "File": "FileType",
+    "Image": "ImageType",
 }
 
 
@@ -87,7 +89,8 @@ def entity_json(t: Table) -> dict[str, Any]:
         "PrimaryImageAttribute": None,
         "ObjectTypeCode": t.object_type_code,
         "OwnershipType": t.ownership if t.ownership != "None" else "None",
-        "IsCustomEntity": False,
+        "IsCustomEntity": t.custom,
+        "IsPrivate": False,
         "IsActivity": False,
         "IsActivityParty": False,
         "IsIntersect": False,
@@ -103,7 +106,7 @@ def entity_json(t: Table) -> dict[str, Any]:
         "CanCreateAttributes": managed(True, "cancreateattributes"),
         "IsCustomizable": managed(True, "iscustomizable"),
         "IsAuditEnabled": managed(False, "canmodifyauditsettings"),
-    }
+    } | t.extra
 
 
 def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
@@ -120,7 +123,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
         "AttributeOf": None,
         "IsPrimaryId": a.is_primary_id,
         "IsPrimaryName": a.is_primary_name,
-        "IsCustomAttribute": False,
+        "IsCustomAttribute": a.custom,
         "IsValidForCreate": a.valid_for_create,
         "IsValidForUpdate": a.valid_for_update,
         "IsValidForRead": True,
@@ -144,7 +147,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
     if a.type == "Money":
         out["Precision"] = 2
         out["PrecisionSource"] = 2
-    return out
+    return out | a.extra
 
 
 def option_set_json(a: Attribute) -> dict[str, Any]:
@@ -301,6 +304,10 @@ def apply_options(
 async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str | None, rest: list[str]) -> Response:
     """Handler for ``EntityDefinitions`` and its Attributes, Keys and relationship collections."""
     emu = api.emu
+    if request.method != "GET" and not (rest and rest[0].startswith("Keys")):
+        from . import metadata_writes  # table, column and label writes live in their own module
+
+        return await metadata_writes.entity_definitions_write(api, request, ctx, key, rest)
     raw = request.scope.get("query_string", b"").decode("latin-1")
     opts = dict(parse_qsl(raw, keep_blank_values=True))
     select = parse_select(opts["$select"]) if "$select" in opts else None
@@ -422,7 +429,13 @@ def _relationships(api: WebApi, table: Table, nav: str) -> list[dict[str, Any]]:
             if r.referenced_entity == table.logical_name
             or (r.referenced_entity == "owner" and table.logical_name in ("systemuser", "team"))
         ]
-    return []
+    from .metadata_writes import many_to_many_json  # N:N relationships exist only once created
+
+    return [
+        many_to_many_json(m)
+        for m in getattr(api.emu, "many_to_many", [])
+        if table.logical_name in (m["Entity1LogicalName"], m["Entity2LogicalName"])
+    ]
 
 
 def _full_entity(api: WebApi, t: Table, expand: tuple[ExpandItem, ...]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 NS = uuid.UUID("5b0f1a2e-7d3c-4c55-9a8e-d365e0000001")
 
@@ -38,6 +38,8 @@ class Attribute:
     is_primary_name: bool = False
     entity: str = ""
     status_states: dict[int, int] | None = None  # statuscode value -> the statecode it belongs to
+    custom: bool = False  # created through the metadata API (IsCustomAttribute)
+    extra: dict[str, Any] = field(default_factory=dict)  # AttributeMetadata properties set by a create/update
 
     @property
     def is_lookup(self) -> bool:
@@ -103,6 +105,8 @@ class Table:
     attributes: dict[str, Attribute] = field(default_factory=dict)
     display_name: str = ""
     display_collection_name: str = ""
+    custom: bool = False  # created through the metadata API (IsCustomEntity)
+    extra: dict[str, Any] = field(default_factory=dict)  # EntityMetadata properties set by a create
 
     @property
     def metadata_id(self) -> str:

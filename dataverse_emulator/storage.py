@@ -34,6 +34,8 @@ SQL_TYPES = {
     "Decimal": "REAL",
     "Double": "REAL",
     "DateTime": "TEXT",
+    "File": "TEXT COLLATE NOCASE",  # the file id; bytes live in _emulator_files (files.py)
+    "Image": "TEXT COLLATE NOCASE",
 }
 
 
@@ -261,11 +263,15 @@ class Store:
         return self.conn.execute(sql).fetchone() is not None
 
     def key_status(self, key: Key) -> str:
-        """``Pending`` until ``key_activation_s`` has passed on the injected clock, then ``Active`` or ``Failed``."""
+        """``Pending`` for the first half of ``key_activation_s`` on the injected clock, ``InProgress`` for the second,
+        then ``Active`` or ``Failed``."""
         if key.failed:
             return "Failed"
-        if self.clock() - key.created_at < self.key_activation_s:
+        age = self.clock() - key.created_at
+        if age < self.key_activation_s / 2:
             return "Pending"
+        if age < self.key_activation_s:
+            return "InProgress"  # the index is being built (EntityKeyIndexStatus between Pending and Active)
         if key.metadata_id not in self._activated:
             # the index is built now: rows written while the key was pending can still make it fail
             self._activated.add(key.metadata_id)

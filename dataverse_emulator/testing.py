@@ -36,6 +36,17 @@ class AdminClient:
         r.raise_for_status()
         return list(r.json()["ids"])
 
+    def seed_metadata(self, tables: list[dict[str, Any]]) -> list[str]:
+        """Preload table and column definitions in bulk (one request for all tables; returns logical names).
+
+        Each table: ``{"schema_name": "new_T1", "columns": [{"schema_name": "new_C1", "type": "string"}, ...]}``
+        with optional ``entity_set``, ``primary_name``, ``display_name``, ``ownership``; column types are the SDK's
+        short names (string, memo, int, bigint, decimal, money, float, bool, datetime, picklist + ``options``, file,
+        image) and ``max_length``."""
+        r = self._client.post("/_emulator/metadata/seed", json={"tables": tables})
+        r.raise_for_status()
+        return list(r.json()["tables"])
+
     def requests(self) -> list[dict[str, Any]]:
         """The request log entries."""
         r = self._client.get("/_emulator/requests")

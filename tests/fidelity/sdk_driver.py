@@ -233,6 +233,43 @@ def scenario_fetchxml_paging(client: DataverseClient, tag: str) -> dict[str, Any
     return {"pages": pages, "sum": [dict(r)["total"] for r in client.query.fetchxml(agg).execute()]}
 
 
+def scenario_tables(client: DataverseClient, tag: str) -> dict[str, Any]:
+    schema = f"new_{tag}Gadget"
+    created = client.tables.create(schema, {"new_Price": "decimal", "new_Notes": "memo"}, solution="fidelitysolution")
+    added = client.tables.add_columns(schema, {"new_Weight": "int", "new_Code": "string"})
+    got = client.tables.get(schema)
+    listed = [t["LogicalName"] for t in client.tables.list(select=["LogicalName"])]
+    key = client.tables.create_alternate_key(schema, f"new_{tag}_code_key", ["new_code"])
+    rid = client.records.create(schema, {"new_name": "G1", "new_price": 9.5, "new_weight": 3, "new_code": "C1"})
+    back = client.records.retrieve(schema, rid, select=["new_name", "new_price", "new_weight", "new_code"])
+    return {
+        "created": [created.logical_name, created.entity_set_name, sorted(created.columns_created or [])],
+        "added": added,
+        "got": [got.schema_name, got.logical_name, got.entity_set_name] if got else None,
+        "listed": schema.lower() in listed and "account" in listed,
+        "key": [key.schema_name, key.key_attributes],
+        "record": {k: back[k] for k in ("new_name", "new_price", "new_weight", "new_code")},
+    }
+
+
+def scenario_file_upload(client: DataverseClient, tag: str) -> dict[str, Any]:
+    import os
+    import tempfile
+
+    rid = client.records.create("account", {"name": f"{tag}-file"})
+    results = {}
+    for mode, size in (("small", 3000), ("chunk", 9000)):
+        with tempfile.NamedTemporaryFile("wb", suffix=f"-{mode}.bin", delete=False) as fh:
+            fh.write(bytes(range(256)) * (size // 256) + b"!" * (size % 256))
+        try:
+            client.files.upload("account", rid, "new_Attachment", fh.name, mode=mode, if_none_match=mode == "small")
+        finally:
+            os.unlink(fh.name)
+        row = client.records.retrieve("account", rid, select=["new_attachment_name"])
+        results[mode] = row["new_attachment_name"].endswith(f"-{mode}.bin")
+    return results
+
+
 def scenario_bulk(client: DataverseClient, tag: str) -> dict[str, Any]:
     """CreateMultiple, UpdateMultiple (broadcast) and UpsertMultiple by an alternate key, as the SDK sends them."""
     rows = [{"name": f"{tag}-bulk-{i}", "numberofemployees": i} for i in range(3)]
@@ -329,6 +366,8 @@ SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "bulk": scenario_bulk,
     "batch": scenario_batch,
     "fetchxml_paging": scenario_fetchxml_paging,
+    "tables": scenario_tables,
+    "file_upload": scenario_file_upload,
 }
 
 

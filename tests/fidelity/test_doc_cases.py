@@ -258,3 +258,20 @@ def test_cases_are_well_formed() -> None:
         assert "status" in expect or "status_in" in expect, path
         if expect.get("status", 200) >= 400 or "status_in" in expect:
             assert "error" in expect or expect.get("status") == 401 or "json_keys" in expect, path
+
+
+def test_part_two_fetchxml_and_metadata_sections_are_covered() -> None:
+    """Sections 5 (FetchXML) and 9 (metadata writes) of the reference, with their 11.3/14 rows, each have cases."""
+    covered = {load_case(p)["behaviour"] for p in CASE_FILES}
+    required = {
+        "fetchxml-nulls-omitted",
+        "fetchxml-paging-cookie-annotations",
+        "fetchxml-last-page-no-annotations",
+        "fetchxml-simple-paging-limit",
+        "fetchxml-aggregate-limit",
+        "metadata-create-column-204",
+        "metadata-update-put-only",
+        "metadata-create-table-204",
+    }
+    assert required <= covered, sorted(required - covered)
+    assert required <= set(listed_behaviours())

@@ -143,6 +143,25 @@ def test_fetchxml_paging_across_pages(served_emulator: ServedEmulator) -> None:
     assert result == {"pages": [names[0:3], names[3:6], names[6:7]], "sum": [21]}
 
 
+def test_tables_create_add_column_get_list_alternate_key(served_emulator: ServedEmulator) -> None:
+    tag, result = run_sdk(served_emulator, "tables")
+    logical = f"new_{tag}gadget"
+    assert result == {
+        "created": [logical, logical + "s", ["new_Notes", "new_Price"]],
+        "added": ["new_Weight", "new_Code"],
+        "got": [f"new_{tag}Gadget", logical, logical + "s"],
+        "listed": True,
+        "key": [f"new_{tag}_code_key", ["new_code"]],
+        "record": {"new_name": "G1", "new_price": 9.5, "new_weight": 3, "new_code": "C1"},
+    }
+
+
+def test_file_upload_small_and_chunked(served_emulator: ServedEmulator) -> None:
+    # the SDK creates the missing file column through the metadata API, then uploads (single PATCH, then chunked)
+    _, result = run_sdk(served_emulator, "file_upload")
+    assert result == {"small": True, "chunk": True}
+
+
 def test_bulk_create_update_upsert_multiple(served_emulator: ServedEmulator) -> None:
     tag, result = run_sdk(served_emulator, "bulk")
     assert len(result["ids"]) == 3 and all(GUID.match(i) for i in result["ids"])
