@@ -208,8 +208,13 @@ class _Accounts:
         self.rows: dict[str, dict[str, Any]] = {}
         self.posts: list[dict[str, Any]] = []
         self.drops = drop_after_commit
+        self._lock = threading.Lock()
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:  # create_many sends from several threads
+            return self._handle(request)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if "/accounts" in path:
             self.cloud.requests.append(request)
@@ -348,3 +353,24 @@ def test_ids_are_time_ordered_and_strictly_increasing() -> None:
     assert frozen == sorted(frozen)
     assert all(id_time_ms(i) is not None for i in ids)
     assert id_time_ms("6f9619ff-8b86-d011-b42d-00c04fc964ff") is None
+
+
+def test_create_many_uses_client_ids_by_default_and_loses_nothing(cloud: Any, clock: FakeClock) -> None:
+    table = _Accounts(cloud, drop_after_commit=3)  # the first three creates commit, then lose their answer
+    conn = _connect(cloud, clock, table.handler)
+    conn.client.whoami()
+    bodies = [{"name": f"A{i}"} for i in range(12)]
+    outcomes = conn.client.create_many("accounts", bodies, id_attribute="accountid")
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    results = [o.result() for o in outcomes]
+    assert sorted(r.id for r in results if r.id) == sorted(table.rows)  # every row created exactly once
+    assert [table.rows[r.id]["name"] for r in results if r.id] == [b["name"] for b in bodies]  # in order
+    assert sum(r.confirmed_by_get for r in results) == 3
+
+
+def test_create_many_without_client_ids_reports_unknown_outcomes(cloud: Any, clock: FakeClock) -> None:
+    table = _Accounts(cloud, drop_after_commit=1)
+    conn = _connect(cloud, clock, table.handler)
+    conn.client.whoami()
+    outcomes = conn.client.create_many("accounts", [{"name": "A"}], client_ids=False)
+    assert isinstance(outcomes[0].error, OutcomeUnknownError)
