@@ -22,6 +22,7 @@ Case file format (JSON):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import ssl
@@ -35,7 +36,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from .conftest import ServedEmulator
+from .conftest import ServedEmulator, start_emulator
 
 CASES_DIR = Path(__file__).parent / "doc_cases"
 BEHAVIOURS_FILE = CASES_DIR / "BEHAVIOURS.txt"
@@ -147,6 +148,8 @@ class CaseRun:
         kwargs: dict[str, Any] = {"headers": headers}
         if "json" in step:
             kwargs["json"] = self.sub(step["json"])
+        elif "body" in step:  # a raw body, e.g. a multipart/mixed $batch (CRLF line endings kept as written)
+            kwargs["content"] = self.sub(step["body"]).encode()
         request = self.client.build_request(step["method"], url, **kwargs)
         if not step.get("auth", True):
             del request.headers["Authorization"]
@@ -228,12 +231,95 @@ def check(expect: dict[str, Any], response: httpx.Response, where: str) -> None:
         assert len(response.json()["value"]) == expect["value_count"], context
     for path, value in expect.get("json_equals", {}).items():
         assert json_path(response.json(), path) == value, f"{path}: {context}"
+    if "parts" in expect:
+        check_parts(expect["parts"], response, context)
+
+
+def batch_parts(response: httpx.Response) -> list[dict[str, Any]]:
+    """The operation responses of a ``$batch`` answer, change set parts flattened, in order (CRLF framing)."""
+    m = re.fullmatch(r"multipart/mixed; boundary=(batchresponse_[0-9a-f-]{36})", response.headers["Content-Type"])
+    assert m, response.headers["Content-Type"]
+
+    def split(text: str, boundary: str) -> list[str]:
+        body, closing, _ = text.partition(f"--{boundary}--")
+        assert closing, f"no closing delimiter --{boundary}--"
+        return [p.removeprefix("\r\n") for p in body.split(f"--{boundary}")[1:]]
+
+    out: list[dict[str, Any]] = []
+    for chunk in split(response.text, m.group(1)):
+        mime, _, rest = chunk.partition("\r\n\r\n")
+        inner = re.search(r"boundary=(changesetresponse_[0-9a-f-]{36})", mime)
+        chunks = [(c, True) for c in split(rest, inner.group(1))] if inner else [(chunk, False)]
+        for sub, in_changeset in chunks:
+            mime, _, http_part = sub.partition("\r\n\r\n")
+            mime_headers = dict(line.split(": ", 1) for line in mime.split("\r\n") if line)
+            head, _, body = http_part.partition("\r\n\r\n")
+            status_line, *lines = head.split("\r\n")
+            assert re.fullmatch(r"HTTP/1\.1 \d{3} [A-Za-z ]+", status_line), status_line
+            out.append(
+                {
+                    "status": int(status_line.split()[1]),
+                    "content_id": mime_headers.get("Content-ID"),
+                    "changeset": in_changeset,
+                    "headers": dict(line.split(": ", 1) for line in lines),
+                    "body": body.strip(),
+                }
+            )
+    return out
+
+
+def check_parts(expected: list[dict[str, Any]], response: httpx.Response, context: str) -> None:
+    """``parts``: per operation response ``status``, ``content_id``, ``changeset``, ``headers`` (regex) and
+    ``error_code``, in order; the count must match."""
+    parts = batch_parts(response)
+    assert len(parts) == len(expected), f"{len(parts)} parts: {context}"
+    for want, got in zip(expected, parts, strict=True):
+        assert got["status"] == want["status"], f"{got}: {context}"
+        for key in ("content_id", "changeset"):
+            if key in want:
+                assert got[key] == want[key], f"{key} {got}: {context}"
+        for name, pattern in want.get("headers", {}).items():
+            assert name in got["headers"] and re.search(pattern, got["headers"][name]), f"{name} {got}: {context}"
+        if "error_code" in want:
+            assert json.loads(got["body"])["error"]["code"] == want["error_code"], f"{got}: {context}"
 
 
 @pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.stem for p in CASE_FILES])
-def test_doc_case(case_file: Path, served_emulator: ServedEmulator, api_client: httpx.Client) -> None:
+def test_doc_case(case_file: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     case = load_case(case_file)
-    CaseRun(served_emulator, api_client).run(case)
+    if "emulator_args" in case:  # e.g. the throttle model: a dedicated emulator started with these CLI options
+        with dedicated_emulator(tmp_path_factory, case["emulator_args"]) as (served, client):
+            CaseRun(served, client).run(case)
+        return
+    served_emulator = request.getfixturevalue("served_emulator")
+    CaseRun(served_emulator, request.getfixturevalue("api_client")).run(case)
+
+
+@contextlib.contextmanager
+def dedicated_emulator(
+    tmp_path_factory: pytest.TempPathFactory, args: list[str]
+) -> Iterator[tuple[ServedEmulator, httpx.Client]]:
+    """A fresh ``python -m dataverse_emulator --tls <args>`` process and a client holding its token."""
+    proc, served = start_emulator(tmp_path_factory.mktemp("dedicated"), *args)
+    try:
+        tls = ssl.create_default_context(cafile=str(served.ca_file))
+        with httpx.Client(verify=tls, trust_env=False, timeout=30) as client:
+            conn = served.connection
+            token = client.post(
+                conn["token_url"],
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": conn["client_id"],
+                    "client_secret": conn["client_secret"],
+                    "scope": f"{served.base_url}/.default",
+                },
+            )
+            assert token.status_code == 200, token.text
+            client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+            yield served, client
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_every_listed_behaviour_has_a_case() -> None:
@@ -249,7 +335,7 @@ def test_cases_are_well_formed() -> None:
     assert len(CASE_FILES) >= 30
     for path in CASE_FILES:
         case = load_case(path)
-        assert set(case) <= {"behaviour", "doc", "doc_quote", "provenance", "notes", "steps"}, path
+        assert set(case) <= {"behaviour", "doc", "doc_quote", "provenance", "notes", "steps", "emulator_args"}, path
         assert case["doc"].startswith(("powerapps-docs/", "MicrosoftDocs/", "microsoft/")), path
         assert case["doc_quote"].strip(), path
         assert case["provenance"] in ("DOC", "DOC-REF", "SAMPLE", "COMMUNITY", "UNVERIFIED"), path
@@ -257,7 +343,7 @@ def test_cases_are_well_formed() -> None:
         expect = case["steps"][-1]["expect"]
         assert "status" in expect or "status_in" in expect, path
         if expect.get("status", 200) >= 400 or "status_in" in expect:
-            assert "error" in expect or expect.get("status") == 401 or "json_keys" in expect, path
+            assert "error" in expect or expect.get("status") == 401 or "json_keys" in expect or "parts" in expect, path
 
 
 def test_part_two_fetchxml_and_metadata_sections_are_covered() -> None:
@@ -275,3 +361,42 @@ def test_part_two_fetchxml_and_metadata_sections_are_covered() -> None:
     }
     assert required <= covered, sorted(required - covered)
     assert required <= set(listed_behaviours())
+
+
+#: Part 2 behaviours of $batch, bulk messages and service protection (reference 6, 7, 8, 15.3, 15.6, 11.3, 14).
+PART_TWO_BATCH_BULK_LIMITS = {
+    "batch-changeset-content-id",
+    "batch-stop-on-first-error",
+    "batch-continue-on-error",
+    "batch-changeset-rollback",
+    "batch-get-in-changeset-refused",
+    "batch-lf-only-refused",
+    "bulk-create-multiple-ids",
+    "bulk-update-multiple-204",
+    "bulk-upsert-multiple-204",
+    "bulk-all-or-nothing",
+    "bulk-availability-probe",
+    "bulk-delete-job",
+    "throttle-requests-429",
+    "throttle-execution-time-429",
+    "throttle-concurrency-429",
+    "throttle-headers",
+}
+
+
+def test_part_two_batch_bulk_and_limits_are_covered() -> None:
+    """Sections 6 to 8 of the reference (with 15.3, 15.6 and their 11.3/14 rows) each have a case; a raw ``body`` step
+    names its content type, and a case that needs its own emulator (throttle limits) says with which CLI options."""
+    covered = {load_case(p)["behaviour"] for p in CASE_FILES}
+    assert covered >= PART_TWO_BATCH_BULK_LIMITS, sorted(PART_TWO_BATCH_BULK_LIMITS - covered)
+    assert set(listed_behaviours()) >= PART_TWO_BATCH_BULK_LIMITS
+    for path in CASE_FILES:
+        case = load_case(path)
+        for step in case["steps"]:
+            if "body" in step:
+                assert "Content-Type" in step.get("headers", {}), path
+        if case["behaviour"].startswith("throttle-") and case["behaviour"] != "throttle-headers":
+            assert "--throttle" in case.get("emulator_args", []), path
+            assert "Retry-After" in case["steps"][-1]["expect"]["headers"], path
+        if "emulator_args" in case:
+            assert all(isinstance(a, str) for a in case["emulator_args"]), path
