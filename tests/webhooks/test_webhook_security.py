@@ -215,3 +215,11 @@ def test_webhook_failed_handler_lets_the_retry_through(
     retry = post(client, BODY)
     assert retry.status_code == 200 and retry.json()["duplicate"] is False
     assert len(seen) == 2
+
+
+def test_webhook_serve_needs_a_public_url_for_a_remote_organization(runtime: Runtime, config: dict[str, Any]) -> None:
+    class Remote:
+        organization_url = "https://contoso.crm.dynamics.com"
+
+    with pytest.raises(WebhookError, match="--public-url"):
+        webhooks.serve(runtime, config, connection=Remote(), on_event=print, on_status=print)  # type: ignore[arg-type]
