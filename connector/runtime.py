@@ -12,6 +12,7 @@ configuration: the connection's token, metadata cache and (later) throttle gover
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pluggy
 
+from connector import __version__
 from connector.errors import ConnectorError, ContractError, InputError, InputProblem
 from connector.hookspecs import hookimpl
 from connector.manifest import EffectiveManifest, build_manifest
@@ -41,6 +43,8 @@ log = logging.getLogger("connector.runtime")
 #: When set, every action run appends one JSON line here (action, outcome, error type, host): an audit trail a
 #: platform can keep, and the record the test suite uses to prove every action ran and was refused at least once.
 RUN_LEDGER_ENV = "D365_RUN_LEDGER"
+#: Where a clean contract check is remembered by digest; set to an empty string to check on every start.
+CACHE_DIR_ENV = "D365_CACHE_DIR"
 #: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
 DEBUG_ENV = "D365_DEBUG"
 
@@ -100,14 +104,43 @@ class Runtime:
         """Raise :class:`ContractError` listing every contract problem; runs once per distinct effective manifest."""
         from connector.contract import check_contract
 
-        key = self.manifest.digest + "|" + ",".join(sorted(p.name for p in self.packs))
+        key = self.contract_digest()
         with _check_lock:
             problems = _checked_digests.get(key)
             if problems is None:
-                problems = check_contract(self)
+                cache_dir = _contract_cache_dir()
+                marker = cache_dir / f"contract-{key}.ok" if cache_dir is not None else None
+                if marker is not None and marker.is_file():
+                    problems = []
+                else:
+                    problems = check_contract(self)
+                    if not problems and marker is not None:
+                        _write_marker(marker)
                 _checked_digests[key] = problems
         if problems:
             raise ContractError(problems)
+
+    def contract_digest(self) -> str:
+        """A hash of everything the contract check reads: manifest, every schema, every hook and who implements it.
+
+        Checking every schema against the 2020-12 metaschema costs about a second; a clean result is remembered on
+        disk under this digest, so a CLI call or a platform worker pays it once per release rather than per process.
+        """
+        hooks = []
+        for name, caller in sorted(vars(self.pm.hook).items()):
+            if name.startswith("_"):
+                continue
+            spec = caller.spec.argnames if caller.spec is not None else None
+            impls = sorted((i.plugin_name, i.wrapper or i.hookwrapper) for i in caller.get_hookimpls())
+            hooks.append((name, spec, impls))
+        material = {
+            "version": __version__,
+            "manifest": self.manifest.document,
+            "problems": self.manifest.problems,
+            "schemas": {sid: self.store.get(sid) for sid in self.store.ids()},
+            "hooks": hooks,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
     def provider_of(self, action_id: str) -> str:
         info = self.manifest.action(action_id)
@@ -281,6 +314,25 @@ class Runtime:
         return inputs
 
 
+def _contract_cache_dir() -> Path | None:
+    """Where clean contract checks are remembered (``D365_CACHE_DIR``, else the per-user cache); None disables it."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured == "":
+        return None
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "d365-connector"
+
+
+def _write_marker(marker: Path) -> None:
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only home must not stop the connector; the check simply runs again next time
+        log.debug("cannot remember the contract check in %s", marker.parent)
+
+
 def _append_ledger(action_id: str, outcome: str, error_type: str | None, connection: Any, elapsed_ms: float) -> None:
     path = os.environ.get(RUN_LEDGER_ENV)
     if not path:
@@ -307,4 +359,4 @@ def run_action(action_id: str, inputs: Any, connection: Connection) -> dict[str,
     return default_runtime().run_action(action_id, inputs, connection)
 
 
-__all__ = ["DEBUG_ENV", "RUN_LEDGER_ENV", "SCHEMA_BASE", "Runtime", "default_runtime", "run_action"]
+__all__ = ["CACHE_DIR_ENV", "DEBUG_ENV", "RUN_LEDGER_ENV", "SCHEMA_BASE", "Runtime", "default_runtime", "run_action"]

@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     ledger.touch()
     os.environ["D365_RUN_LEDGER"] = str(ledger)
     os.environ["D365_DEBUG"] = "1"
+    # Clean contract checks are remembered here for the run (and by every d365 subprocess), not in the user's cache.
+    os.environ["D365_CACHE_DIR"] = str(ledger.parent / "cache")
     config.stash[_LEDGER_KEY] = ledger
 
 

@@ -158,3 +158,27 @@ def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
         "action 'test_connection' never ran successfully through run_action against the emulator in the suite"
     ) in problems
     assert not any(p.startswith("action 'get_current_user' has no test") for p in problems)
+
+
+def test_clean_check_is_remembered_on_disk_by_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector import runtime as runtime_module
+
+    monkeypatch.setenv("D365_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime_module, "_checked_digests", {})
+    calls: list[int] = []
+    real = check_contract
+
+    def counting(runtime: Runtime, **kwargs: object) -> list[str]:
+        calls.append(1)
+        return real(runtime, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("connector.contract.check_contract", counting)
+    first = Runtime(load_entrypoints=False)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"contract-{first.contract_digest()}.ok"]
+    monkeypatch.setattr(runtime_module, "_checked_digests", {})  # as a new process would start
+    Runtime(load_entrypoints=False)
+    assert len(calls) == 1
+    pack = make_pack(tmp_path / "pk", name="p", code=IMPL.format(id="orphan3"), spec_ids=("orphan3",))
+    with pytest.raises(ContractError):
+        Runtime(load_entrypoints=False, extra_packs=[pack])  # another digest: checked again, and refused
+    assert len(calls) == 2
