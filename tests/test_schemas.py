@@ -59,3 +59,18 @@ def test_values_that_reach_urls_are_constrained(name: str) -> None:
 @pytest.mark.parametrize("value", ["account", "new_Balance", "contacts"])
 def test_table_accepts_logical_and_entity_set_names(value: str) -> None:
     assert STORE.validate(value, "common/defs.json#/$defs/table") == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "good", "bad"),
+    [("uri", "https://contoso.crm.dynamics.com", "not a uri"), ("date-time", "2026-01-02T03:04:05Z", "yesterday")],
+)
+def test_formats_are_really_checked(fmt: str, good: str, bad: str) -> None:
+    from connector.schemas import SchemaStore
+
+    store = SchemaStore()
+    store.add(
+        "https://tests.invalid/f.json", {"$schema": "https://json-schema.org/draft/2020-12/schema", "format": fmt}
+    )
+    assert store.validate(good, "https://tests.invalid/f.json") == []
+    assert [p.message for p in store.validate(bad, "https://tests.invalid/f.json")] == [f'"{bad}" is not a valid {fmt}']
