@@ -1463,9 +1463,10 @@ class Admin:
         return JSONResponse({"requests": list(self.emu.log), "in_flight": self.emu.in_flight})
 
     async def reset(self, request: Request) -> Response:
-        """``POST /_emulator/reset``: drop all rows, keys and the log; principals are recreated."""
+        """``POST /_emulator/reset``: drop all rows, keys, the log and the throttle windows; principals recreated."""
         self.emu.store.reset()
         self.emu.log.clear()
+        self.emu.throttle.reset()
         self.emu.user_cache.clear()
         self.emu._ensure_bootstrap_rows()
         return JSONResponse({"reset": True})

@@ -485,6 +485,12 @@ from .webhooks import REGISTRATION_RELATIONSHIPS, REGISTRATION_TABLES  # noqa: E
 _SPECS.update(REGISTRATION_TABLES)
 _KNOWN_RELATIONSHIPS.update(REGISTRATION_RELATIONSHIPS)
 
+# System jobs (BulkDelete writes one row per job): spec with the bulk handlers' constants.
+from .asyncjobs import ASYNC_OPERATION_TABLES, ASYNC_STATUS_STATE  # noqa: E402
+
+_SPECS.update(ASYNC_OPERATION_TABLES)
+STATUS_STATE.update(ASYNC_STATUS_STATE)
+
 
 def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[str, str, dict[str, object]]]:
     """Columns every table carries: audit, version, state and (for user-owned tables) ownership."""

@@ -183,12 +183,18 @@ class Throttle:
 
     def finish(self, user: str, entry: list[float], records: int) -> None:
         """Charge the per-record execution cost and leave the concurrency count."""
-        b = self.buckets[user]
+        b = self.buckets.get(user)
+        if b is None:  # the windows were reset while this request ran
+            return
         b.in_flight -= 1
         extra = RECORD_COST_S * max(0, records)
         if extra and b.entries and entry[0] > self.clock() - self.window:
             entry[1] += extra
             b.exec_total += extra
+
+    def reset(self) -> None:
+        """Forget every window (admin reset): requests in flight are no longer counted either."""
+        self.buckets.clear()
 
     def headers(self, user: str | None) -> list[tuple[bytes, bytes]]:
         """``x-ms-dop-hint`` and the two ``x-ms-ratelimit-*`` debugging headers (reference 8.3)."""

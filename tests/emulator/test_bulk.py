@@ -175,3 +175,10 @@ def test_bulk_delete_job_deletes_the_listed_rows(api: httpx.Client, emulator: Em
     assert r.status_code == 200
     assert set(r.json()) == {"@odata.context", "JobId"}
     assert names(api, "bd-") == ["bd-3"]
+    job = api.get(f"asyncoperations({r.json()['JobId']})?$select=name,operationtype,statecode,statuscode").json()
+    assert (job["name"], job["operationtype"], job["statecode"], job["statuscode"]) == (
+        "Bulk delete account records",
+        13,
+        3,
+        30,
+    )
