@@ -25,7 +25,7 @@ import re
 import socket
 import ssl
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -309,6 +309,17 @@ class _Trace:
 
 
 @dataclass(frozen=True)
+class _Body:
+    """What a request sends besides JSON (raw bytes, or a multipart form), its timeout, and errors it keeps."""
+
+    content: bytes | None = None
+    files: Sequence[tuple[str, tuple[str, bytes, str]]] | None = None
+    data: Mapping[str, str] | None = None
+    timeout_s: float | None = None
+    keep_response: Callable[[httpx.Response], bool] | None = None
+
+
+@dataclass(frozen=True)
 class CreateResult:
     """A created row: its ``id``, how many times the POST was sent, and whether a GET confirmed it after a resend.
 
@@ -409,12 +420,21 @@ class DataverseClient:
         prefer: Sequence[str] = (),
         impersonate: str | Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        content: bytes | None = None,
+        files: Sequence[tuple[str, tuple[str, bytes, str]]] | None = None,
+        data: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        keep_response: Callable[[httpx.Response], bool] | None = None,
     ) -> httpx.Response:
         """Send one request and return its successful response, or raise the typed error.
 
         ``prefer`` values are joined into one ``Prefer`` header; ``impersonate`` is described in
         :func:`impersonation_headers`; ``idempotent`` defaults to true for every method but POST and decides whether
-        a failure in transit may be retried.
+        a failure in transit may be retried. ``content`` (raw bytes: ``$batch``, file columns) or ``files`` with
+        ``data`` (a multipart form) replace ``json``; ``timeout_s`` overrides the connection's timeout for this
+        request. ``keep_response(response)`` returning true hands an error answer back instead of raising, for
+        answers whose body reports the errors itself (a ``$batch`` stopped at its first failure answers with that
+        failure's status and a multipart body); throttling and 401 are handled first as for any request.
         """
         return self._send(
             method,
@@ -426,6 +446,7 @@ class DataverseClient:
             impersonate=impersonate,
             idempotent=idempotent,
             trace=_Trace(),
+            body=_Body(content, files, data, timeout_s, keep_response),
         )
 
     def _send(
@@ -440,6 +461,7 @@ class DataverseClient:
         impersonate: str | Mapping[str, str] | None,
         idempotent: bool | None,
         trace: _Trace,
+        body: _Body | None = None,
     ) -> httpx.Response:
         """The retry loop behind :meth:`request`; ``trace`` learns whether an earlier send may have been applied."""
         method = method.upper()
@@ -450,6 +472,16 @@ class DataverseClient:
         if prefer:
             extra["Prefer"] = ", ".join(prefer)
         extra.update(impersonation_headers(impersonate))
+        body = body or _Body()
+        send_kwargs: dict[str, Any] = {}
+        if body.content is not None:
+            send_kwargs["content"] = body.content
+        if body.files is not None:
+            send_kwargs["files"] = list(body.files)
+        if body.data is not None:
+            send_kwargs["data"] = dict(body.data)
+        if body.timeout_s is not None:
+            send_kwargs["timeout"] = body.timeout_s
         if json is not None:
             extra.setdefault("Content-Type", "application/json")
         governor = self._governor
@@ -467,7 +499,12 @@ class DataverseClient:
                 # the token is read after any wait, so a long Retry-After never sends an expired token
                 token = self._tokens.token()
                 request = self._http.build_request(
-                    method, url, params=params, json=json, headers={**extra, "Authorization": f"Bearer {token}"}
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers={**extra, "Authorization": f"Bearer {token}"},
+                    **send_kwargs,
                 )
                 sent_at = self._clock.monotonic()
                 try:
@@ -528,6 +565,8 @@ class DataverseClient:
                         self._clock.sleep(delay)
                         backoff_n += 1
                         continue
+            if body.keep_response is not None and body.keep_response(response):
+                return response
             raise error_from_response(response, method=method, idempotent=idempotent, retry_after=retry_after)
 
     def create(
