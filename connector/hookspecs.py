@@ -69,6 +69,10 @@ class ActionSpecs:
     def disassociate_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
         """Remove the link between two rows through a navigation property ($ref)."""
 
+    @hookspec(firstresult=True)
+    def run_batch_operations(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Up to 1,000 record operations in one $batch, with change sets; one result per operation, in order."""
+
 
 class RuntimeSpecs:
     """Hooks the runtime calls; wrappers placed here apply to every action or data source."""

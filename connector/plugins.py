@@ -35,7 +35,12 @@ TRACE_ENV = "D365_CONNECTOR_TRACE_PLUGINS"
 BUILTIN = "builtin"
 
 #: Built-in plugins, by module path; each module holds ``@hookimpl`` functions only.
-DEFAULT_PLUGINS: tuple[str, ...] = ("triggers.webhook", "actions.users", "actions.entities")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "triggers.webhook",
+    "actions.users",
+    "actions.entities",
+    "actions.batch",
+)
 
 
 @dataclass(frozen=True)

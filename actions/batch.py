@@ -1,0 +1,25 @@
+"""The ``run_batch_operations`` action: a thin hook over :mod:`connector.batch`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector import batch
+from connector.connection import Connection
+from connector.errors import InputProblem
+from connector.hookspecs import hookimpl
+
+
+@hookimpl
+def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+    """Phase two: every operation against its table's metadata, and the change set rules, before anything is sent."""
+    if action_id != "run_batch_operations":
+        return None
+    return batch.batch_problems(inputs, connection)
+
+
+@hookimpl
+def run_batch_operations(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """One $batch request; one result per operation."""
+    return batch.run_batch(connection, inputs)
