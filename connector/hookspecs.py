@@ -73,6 +73,54 @@ class ActionSpecs:
     def run_batch_operations(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
         """Up to 1,000 record operations in one $batch, with change sets; one result per operation, in order."""
 
+    @hookspec(firstresult=True)
+    def list_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Every table in one lean read: include_custom, top_level_only, include_details."""
+
+    @hookspec(firstresult=True)
+    def list_entity_types(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Entity types paged on the client side over one lean read (page_size, page_token, fetch_all)."""
+
+    @hookspec(firstresult=True)
+    def get_entity_metadata(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """One table's definition by logical name, entity set name or MetadataId, optionally expanded."""
+
+    @hookspec(firstresult=True)
+    def get_entities_metadata(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Chosen tables with their columns, read table by table so memory stays flat."""
+
+    @hookspec(firstresult=True)
+    def create_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Create a column from a full AttributeMetadata body or a short typed form (lookup: a relationship)."""
+
+    @hookspec(firstresult=True)
+    def get_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """One column's definition by logical name or MetadataId, with options for a choice."""
+
+    @hookspec(firstresult=True)
+    def update_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Read a column, merge the changes, PUT it back (MergeLabels), publish when labels changed."""
+
+    @hookspec(firstresult=True)
+    def list_attributes(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """A table's columns with a lean select, filtered by type."""
+
+    @hookspec(firstresult=True)
+    def query_attributes(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """A raw metadata query over a table's columns (select, filter, expand, cast)."""
+
+    @hookspec(firstresult=True)
+    def create_alternate_key(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Create an alternate key on one or more columns, optionally waiting until it is Active."""
+
+    @hookspec(firstresult=True)
+    def list_alternate_keys(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """A table's alternate keys with their index status."""
+
+    @hookspec(firstresult=True)
+    def write_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Create, update or upsert many rows through the bulk messages in parallel chunks; one result per record."""
+
 
 class RuntimeSpecs:
     """Hooks the runtime calls; wrappers placed here apply to every action or data source."""

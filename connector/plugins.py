@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "triggers.webhook",
     "actions.users",
     "actions.entities",
+    "actions.metadata",
     "actions.batch",
 )
 

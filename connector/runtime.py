@@ -226,6 +226,26 @@ class Runtime:
             log.debug("action %s %s in %s ms", action_id, outcome, elapsed_ms)
             _append_ledger(action_id, outcome, error_type, connection, elapsed_ms)
 
+    # -- data sources -------------------------------------------------------------------------------------------
+    def data_source(self, name: str, params: Any, connection: Connection) -> list[dict[str, Any]]:
+        """Options for a builder dropdown: ``params`` checked against the source's schema, then the ``data_source``
+        hook asked. An unknown name or bad parameters raise :class:`InputError`, like an action's inputs."""
+        entry = next((d for d in self.manifest.document.get("data_sources", []) if d.get("name") == name), None)
+        if entry is None:
+            known = ", ".join(sorted(str(d.get("name")) for d in self.manifest.document.get("data_sources", [])))
+            raise InputError([InputProblem("$data_source", f"unknown data source {name!r}; known: {known}")])
+        if not isinstance(params, Mapping):
+            raise InputError([InputProblem("$", "data source parameters must be a JSON object")], action_id=name)
+        schema_id = self.manifest.schema_id(BUILTIN, entry["params_schema"])
+        problems = self.store.validate(dict(params), schema_id)
+        if problems:
+            raise InputError(problems, action_id=name)
+        validated = types.MappingProxyType(self._with_defaults(schema_id, dict(params)))
+        result = self.pm.hook.data_source(name=name, params=validated, connection=connection)
+        if result is None:
+            raise ContractError([f"data source {name!r}: no implementation answered"])
+        return [dict(option) for option in result]
+
     # -- triggers -----------------------------------------------------------------------------------------------
     def trigger_config(self, trigger_id: str, config: Any) -> dict[str, Any]:
         """A trigger configuration checked against its schema (every problem listed), with top-level defaults."""
