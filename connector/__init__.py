@@ -18,7 +18,9 @@ from connector.errors import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
+from connector.governor import Governor, Outcome, RetryPolicy
 from connector.hookspecs import hookimpl, hookspec
+from connector.ids import new_id
 
 __version__ = "0.1.0"
 
@@ -30,16 +32,20 @@ __all__ = [
     "ContractError",
     "DataverseApiError",
     "FatalApiError",
+    "Governor",
     "InputError",
     "InputProblem",
     "NotFoundError",
+    "Outcome",
     "OutcomeUnknownError",
     "PluginError",
     "RetriableApiError",
+    "RetryPolicy",
     "WebhookError",
     "WebhookPayloadError",
     "WebhookVerificationError",
     "__version__",
     "hookimpl",
     "hookspec",
+    "new_id",
 ]

@@ -35,6 +35,7 @@ from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, make_plugin_manage
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
 
 if TYPE_CHECKING:
+    from connector.auth import OnToken
     from connector.clock import Clock
     from connector.connection import Connection
 
@@ -154,11 +155,18 @@ class Runtime:
         base_dir: Path | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
+        on_token: OnToken | None = None,
     ) -> Connection:
-        """The ``Connection`` for this configuration, created once and reused by every later run."""
+        """The ``Connection`` for this configuration, created once and reused by every later run.
+
+        ``on_token`` receives each rotated refresh token of an ``authorization_code`` connection, for platforms that
+        keep tokens themselves; it belongs to the first caller of a configuration, like the connection itself.
+        """
         from connector.connection import Connection
 
-        candidate = Connection.from_config(config, base_dir=base_dir, transport=transport, clock=clock)
+        candidate = Connection.from_config(
+            config, base_dir=base_dir, transport=transport, clock=clock, on_token=on_token
+        )
         with self._connections_lock:
             existing = self._connections.get(candidate.fingerprint)
             if existing is not None:
