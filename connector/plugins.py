@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.entities",
     "actions.metadata",
     "actions.batch",
+    "actions.bulk",
 )
 
 

@@ -1,0 +1,262 @@
+"""The bulk writer against a scripted Dataverse (``httpx.MockTransport``): every request is pinned.
+
+``BulkServer`` keeps account rows in a dict and answers the support probe, ``In`` reads and the three bulk messages as
+reference sections 7 and 15.3 describe them: all-or-nothing, the failing row's code and message, 204 without
+per-record results for UpsertMultiple. A name containing ``BAD`` is refused with ``0x80044331``, so bisection can be
+checked to the request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from connector import bulk
+from connector.bulk import WriteOptions, write_records
+from connector.clock import FakeClock
+from connector.connection import Connection
+from connector.errors import InputError
+from connector.multipart import OperationResponse, encode_batch_response
+from connector.runtime import Runtime
+from tests.bulk.conftest import FakeDataverse
+
+API = FakeDataverse.API
+BAD = {"code": "0x80044331", "message": "A validation error occurred.  The length of the 'name' attribute is too long."}
+
+
+class BulkServer:
+    """Account rows by id; the answers Dataverse gives to what the writer sends."""
+
+    def __init__(self, fake: FakeDataverse, *, supported: bool = True) -> None:
+        self.fake = fake
+        self.supported = supported
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.drop_next_commit = False
+        fake.respond = self.respond
+
+    def seed(self, accountnumber: str, name: str = "old") -> str:
+        rid = f"00000000-0000-4000-8000-{len(self.rows):012d}"
+        self.rows[rid] = {"accountid": rid, "accountnumber": accountnumber, "name": name}
+        return rid
+
+    @property
+    def writes(self) -> list[httpx.Request]:
+        return [r for r in self.fake.data if r.method != "GET"]
+
+    @property
+    def reads(self) -> list[httpx.Request]:
+        return [r for r in self.fake.data if r.method == "GET" and "sdkmessagefilters" not in r.url.path]
+
+    def respond(self, request: httpx.Request) -> httpx.Response:
+        path = unquote(request.url.path.removeprefix("/api/data/v9.2/"))
+        if path == "sdkmessagefilters":
+            names = ["CreateMultiple", "UpdateMultiple"] if self.supported else []
+            return httpx.Response(200, json={"value": [{"sdkmessageid": {"name": n}} for n in names]})
+        if request.method == "GET" and path == "accounts":
+            return httpx.Response(200, json={"value": self.read(request.url.params["$filter"])})
+        if path.startswith("accounts/Microsoft.Dynamics.CRM."):
+            return self.bulk(path.rsplit(".", 1)[1], json.loads(request.content)["Targets"])
+        if path == "$batch":
+            return self.batch(request)
+        raise AssertionError(f"unexpected request {request.method} {request.url}")
+
+    def read(self, filter_: str) -> list[dict[str, Any]]:
+        match = re.fullmatch(r"Microsoft\.Dynamics\.CRM\.In\(PropertyName='(\w+)',PropertyValues=\[(.*)\]\)", filter_)
+        assert match, filter_
+        column, values = match.group(1), {v.strip("'").lower() for v in match.group(2).split(",")}
+        return [row for row in self.rows.values() if str(row.get(column, "")).lower() in values]
+
+    def bulk(self, message: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        staged = {k: dict(v) for k, v in self.rows.items()}
+        ids = []
+        for t in targets:
+            assert t["@odata.type"] == "Microsoft.Dynamics.CRM.account"
+            assert "@odata.id" not in t or message == "UpsertMultiple"
+            if "BAD" in str(t.get("name", "")):
+                return httpx.Response(400, json={"error": BAD})
+            rid = t.get("accountid") or str(uuid.uuid4())
+            if message == "CreateMultiple" and rid in staged:
+                return httpx.Response(412, json={"error": {"code": "0x80040237", "message": "duplicate"}})
+            if message == "UpdateMultiple" and rid not in staged:
+                return httpx.Response(404, json={"error": {"code": "0x80040217", "message": "missing"}})
+            fields = {k: v for k, v in t.items() if not k.startswith("@")}
+            staged[rid] = {**staged.get(rid, {}), **fields}
+            ids.append(rid)
+        self.rows = staged
+        if self.drop_next_commit:  # committed, then the answer is lost
+            self.drop_next_commit = False
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        if message == "CreateMultiple":
+            return httpx.Response(200, json={"Ids": ids})
+        return httpx.Response(204)
+
+    def batch(self, request: httpx.Request) -> httpx.Response:
+        answers = []
+        for part in re.findall(rb"\r\n(POST|PATCH) \S+ HTTP/1.1\r\n.*?\r\n\r\n(\{.*?\})\r\n--", request.content, re.S):
+            body = json.loads(part[1])
+            if "BAD" in str(body.get("name", "")):
+                answers.append(OperationResponse(400, "Bad Request", body=json.dumps({"error": BAD}).encode()))
+                continue
+            self.rows[body["accountid"]] = body
+            entity = (("OData-EntityId", f"{API}/accounts({body['accountid']})"),)
+            answers.append(OperationResponse(204, "No Content", headers=entity))
+        content_type, payload = encode_batch_response(answers)
+        return httpx.Response(200, headers={"Content-Type": content_type}, content=payload)
+
+
+def test_write_entities_upsert_reports_created_and_updated_and_merges_duplicates(
+    runtime: Runtime, fake: FakeDataverse, conn: Connection
+) -> None:
+    server = BulkServer(fake)
+    existing = server.seed("A-2")
+    records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(5)]
+    records.append({"key": {"accountnumber": "a-1"}, "fields": {"numberofemployees": 555}})  # same key, other case
+    out = runtime.run_action(
+        "write_entities",
+        {"table": "account", "mode": "upsert", "records": records, "chunk_size": 3, "bypass_custom_plugins": True},
+        conn,
+    )
+    statuses = [(r["index"], r["status"]) for r in out["results"]]
+    assert statuses == [(0, "created"), (1, "created"), (2, "updated"), (3, "created"), (4, "created"), (5, "created")]
+    assert out["results"][1]["merged_into"] == 5 and out["results"][1]["id"] == out["results"][5]["id"]
+    assert out["results"][2]["id"] == existing
+    assert out["summary"] == {
+        "total": 6,
+        "created": 5,
+        "updated": 1,
+        "failed": 0,
+        "unknown": 0,
+        "merged": 1,
+        "chunks": 2,
+        "split_requests": 0,
+        "pre_reads": 2,
+    }
+    # one In read and one UpsertMultiple per chunk; rows to create carry a client id and their key columns
+    assert [r.method for r in server.writes] == ["POST", "POST"]
+    assert all(r.headers["MSCRM.BypassCustomPluginExecution"] == "true" for r in server.writes)
+    first = json.loads(server.writes[0].content)["Targets"]
+    assert [t.get("accountnumber") for t in first] == ["A-0", "a-1", None]  # merged record: the later key wins
+    assert first[1]["name"] == "n1" and first[1]["numberofemployees"] == 555
+    assert {r["accountnumber"]: r["name"] for r in server.rows.values()}["A-2"] == "n2"
+    assert len(server.rows) == 5
+
+
+def test_write_entities_bisects_a_failed_chunk_down_to_the_bad_rows(
+    runtime: Runtime, fake: FakeDataverse, conn: Connection
+) -> None:
+    server = BulkServer(fake)
+    bad = {5, 6, 29}
+    records = [{"fields": {"name": "BAD" if i in bad else f"n{i}"}} for i in range(32)]
+    out = runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": records}, conn)
+    failed = [r for r in out["results"] if r["status"] == "failed"]
+    assert [r["index"] for r in failed] == sorted(bad)
+    assert {r["code"] for r in failed} == {"0x80044331"}
+    assert "too long" in failed[0]["message"]
+    assert out["summary"]["created"] == 29 and len(server.rows) == 29
+    # all ids are time-ordered client ids, kept in the output
+    assert all(re.fullmatch(r"[0-9a-f-]{14}7[0-9a-f-]{21}", r["id"]) for r in out["results"])
+    assert len(server.writes) == 1 + out["summary"]["split_requests"]
+    assert out["summary"]["split_requests"] <= 2 * len(bad) * math.ceil(math.log2(32))
+
+
+def test_a_lost_answer_after_commit_is_confirmed_not_duplicated(fake: FakeDataverse) -> None:
+    server = BulkServer(fake)
+    conn = fake.connect(FakeClock())
+    server.drop_next_commit = True
+    report = write_records(conn, "account", "create", [{"fields": {"name": f"n{i}"}} for i in range(10)])
+    assert [r.status for r in report.results] == ["created"] * 10
+    assert len(server.rows) == 10
+    # sent, lost, resent (duplicate key), confirmed by one In read of the chunk's ids
+    assert [r.method for r in fake.data if "sdkmessagefilters" not in r.url.path] == ["POST", "POST", "GET"]
+
+
+def test_without_client_ids_a_lost_answer_is_unknown(fake: FakeDataverse) -> None:
+    server = BulkServer(fake)
+    conn = fake.connect(FakeClock())
+    server.drop_next_commit = True
+    report = write_records(
+        conn, "account", "create", [{"fields": {"name": "a"}}], WriteOptions(client_ids=False, chunk_size=10)
+    )
+    assert [(r.status, r.code) for r in report.results] == [("unknown", "NetworkError")]
+    assert len(server.writes) == 1  # a create without an id is never sent twice
+
+
+def test_update_by_key_resolves_guids_first_and_reports_missing_keys(fake: FakeDataverse, conn: Connection) -> None:
+    server = BulkServer(fake)
+    a1 = server.seed("A-1")
+    records = [
+        {"key": {"accountnumber": "A-1"}, "fields": {"name": "new"}},
+        {"key": {"accountnumber": "nope"}, "fields": {"name": "x"}},
+    ]
+    report = write_records(conn, "account", "update", records)
+    assert [(r.status, r.id, r.code) for r in report.results] == [("updated", a1, None), ("failed", None, "0x80040217")]
+    [update] = server.writes
+    assert json.loads(update.content)["Targets"] == [
+        {"@odata.type": "Microsoft.Dynamics.CRM.account", "accountid": a1, "name": "new"}
+    ]
+    assert server.rows[a1]["name"] == "new"
+
+
+def test_tables_without_bulk_messages_go_through_batch_with_continue_on_error(
+    fake: FakeDataverse, conn: Connection
+) -> None:
+    server = BulkServer(fake, supported=False)
+    records = [{"fields": {"name": n}} for n in ("a", "BAD", "c")]
+    report = write_records(conn, "account", "create", records)
+    assert report.route == "batch"
+    assert [(r.status, r.code) for r in report.results] == [
+        ("created", None),
+        ("failed", "0x80044331"),
+        ("created", None),
+    ]
+    [batch] = server.writes
+    assert batch.url.path.endswith("/$batch") and batch.headers["Prefer"] == "odata.continue-on-error"
+    assert len(server.rows) == 2
+
+
+def test_support_is_probed_once_per_table_and_connection(fake: FakeDataverse, conn: Connection) -> None:
+    BulkServer(fake)
+    for _ in range(3):
+        write_records(conn, "account", "create", [{"fields": {"name": "a"}}])
+    assert sum("sdkmessagefilters" in r.url.path for r in fake.requests) == 1
+
+
+def test_bypass_headers() -> None:
+    assert bulk.bypass_headers(
+        business_logic=["CustomSync", "CustomAsync"], suppress_callback_registration_expander_job=True
+    ) == {
+        "MSCRM.BypassBusinessLogicExecution": "CustomSync,CustomAsync",
+        "MSCRM.SuppressCallbackRegistrationExpanderJob": "true",
+    }
+    with pytest.raises(InputError):
+        bulk.bypass_headers(business_logic=["Everything"])
+
+
+def test_write_entities_refuses_bad_records_before_any_request(
+    runtime: Runtime, fake: FakeDataverse, conn: Connection
+) -> None:
+    BulkServer(fake)
+    records: list[dict[str, Any]] = [
+        {"fields": {"name": "ok"}},
+        {"fields": {"nmae": "typo"}},
+        {"key": {"accountnumber": "A-1"}, "fields": {"industrycode": "Nope"}},
+    ]
+    with pytest.raises(InputError) as caught:
+        runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": records}, conn)
+    paths = [p.path for p in caught.value.problems]
+    assert paths == ["$.records[1].fields.nmae", "$.records[2].key", "$.records[2].fields.industrycode"]
+    with pytest.raises(InputError) as caught:
+        runtime.run_action(
+            "write_entities", {"table": "account", "mode": "update", "records": [{"fields": {"name": "x"}}]}, conn
+        )
+    assert [p.path for p in caught.value.problems] == ["$.records[0].id"]
+    with pytest.raises(InputError):
+        runtime.run_action("write_entities", {"table": "account", "mode": "merge", "records": []}, conn)
+    assert fake.data == []  # metadata reads only
