@@ -247,6 +247,28 @@ def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_
     click.echo(json.dumps(summary), err=True)
 
 
+# -- data sources ---------------------------------------------------------------------------------------------------
+@main.command("datasource")
+@click.argument("name")
+@click.option("--param", "pairs", multiple=True, metavar="KEY=VALUE", help="One parameter; JSON values.")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
+@click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
+def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, as_json: bool) -> None:
+    """Print a builder data source's options (tables, columns, alternate_keys) as a builder would receive them."""
+    try:
+        runtime = _runtime()
+        params = parse_set_options(pairs)
+        config, base_dir = _load_connection_file(connection_file)
+        conn = runtime.connection(config, base_dir=base_dir)
+        try:
+            options = runtime.data_source(name, params, conn)
+        finally:
+            runtime.close()
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    _print_json(options, as_json)
+
+
 # -- connection -----------------------------------------------------------------------------------------------------
 @main.group()
 def connection() -> None:
