@@ -189,8 +189,8 @@ def actions_describe(action_id: str) -> None:
 @click.option(
     "--jsonl",
     is_flag=True,
-    help="query_entities only: print each record as one JSON line as it arrives (constant memory); the "
-    "continuation (more_records, next_page_token) goes to stderr.",
+    help="query_entities and run_fetch_xml_query: print each record as one JSON line as it arrives (constant "
+    "memory); the continuation (more_records, next_page_token) goes to stderr.",
 )
 def run(
     action_id: str,
@@ -222,27 +222,34 @@ def run(
 
 
 #: Actions whose records ``d365 run --jsonl`` can stream from a library generator.
-STREAMING_ACTIONS = ("query_entities",)
+STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
 
 
 def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_json: bool) -> None:
-    """Print records one per line straight from :class:`connector.paging.QueryRun`: one page in memory at a time.
+    """Print records one per line straight from :class:`connector.paging.QueryRun` (or the FetchXML
+    :class:`connector.fetchxml.FetchRun`): one page in memory at a time.
 
     The same phase-two validation as ``run_action`` runs first, so bad input still exits 2 before any request for
     data is sent.
     """
-    from connector import paging, records
+    from connector import fetchxml, paging, records
 
-    problems = records.input_problems(action_id, inputs, connection)
+    run: paging.QueryRun | fetchxml.FetchRun
+    if action_id == "run_fetch_xml_query":
+        checks = records._Problems(connection)
+        fetchxml.fetch_problems(checks, inputs)
+        problems = checks.items
+    else:
+        problems = records.input_problems(action_id, inputs, connection)
     if problems:
         raise InputError(problems, action_id=action_id)
-    run = paging.query(connection, inputs)
+    run = fetchxml.fetch(connection, inputs) if action_id == "run_fetch_xml_query" else paging.query(connection, inputs)
     write = sys.stdout.write
     for record in run:
         write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     summary = {"returned": run.returned, "more_records": run.more_records, "next_page_token": run.next_page_token}
-    if run.count is not None:
+    if isinstance(run, paging.QueryRun) and run.count is not None:
         summary["count"] = run.count
     click.echo(json.dumps(summary), err=True)
 

@@ -70,6 +70,10 @@ class ActionSpecs:
         """Remove the link between two rows through a navigation property ($ref)."""
 
     @hookspec(firstresult=True)
+    def run_fetch_xml_query(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """A FetchXML query checked before sending; one page, or every page by paging cookie up to max_records."""
+
+    @hookspec(firstresult=True)
     def run_batch_operations(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
         """Up to 1,000 record operations in one $batch, with change sets; one result per operation, in order."""
 

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.metadata",
     "actions.batch",
     "actions.bulk",
+    "actions.fetchxml",
 )
 
 

@@ -1,0 +1,28 @@
+"""The ``run_fetch_xml_query`` action: a thin hook over :mod:`connector.fetchxml`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector import fetchxml
+from connector.connection import Connection
+from connector.errors import InputProblem
+from connector.hookspecs import hookimpl
+from connector.records import _Problems
+
+
+@hookimpl
+def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+    """Phase two: the XML (safely parsed), FetchXML's shape, the table's metadata and the page token."""
+    if action_id != "run_fetch_xml_query":
+        return None
+    problems = _Problems(connection)
+    fetchxml.fetch_problems(problems, inputs)
+    return problems.items
+
+
+@hookimpl
+def run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """One page, or every page up to max_records."""
+    return fetchxml.run_fetch(connection, inputs)
