@@ -70,6 +70,10 @@ class ActionSpecs:
         """Remove the link between two rows through a navigation property ($ref)."""
 
     @hookspec(firstresult=True)
+    def raw_request(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+        """Any Web API request by a path relative to the Web API root; the token never leaves that root."""
+
+    @hookspec(firstresult=True)
     def run_fetch_xml_query(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
         """A FetchXML query checked before sending; one page, or every page by paging cookie up to max_records."""
 

@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.batch",
     "actions.bulk",
     "actions.fetchxml",
+    "actions.raw",
 )
 
 

@@ -1,0 +1,25 @@
+"""The ``raw_request`` action: a thin hook over :mod:`connector.raw`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector import raw
+from connector.connection import Connection
+from connector.errors import InputProblem
+from connector.hookspecs import hookimpl
+
+
+@hookimpl
+def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+    """Phase two: the path stays under the Web API root, no Authorization header, a coherent body."""
+    if action_id != "raw_request":
+        return None
+    return raw.raw_problems(inputs, connection)
+
+
+@hookimpl
+def raw_request(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
+    """Send it; status, headers and body back."""
+    return raw.run_raw(connection, inputs)
