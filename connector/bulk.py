@@ -84,6 +84,7 @@ BYPASS_BUSINESS_LOGIC = ("CustomSync", "CustomAsync")
 NOT_FOUND = "0x80040217"
 _NS = "Microsoft.Dynamics.CRM."
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+_DUPLICATE_CODES = frozenset({DUPLICATE_RECORD, "0x80060892"})  # duplicate primary key; duplicate alternate key
 _NO_SPLIT_STATUS = frozenset({401, 403})  # the caller's rights, not a row: every half would fail the same way
 
 _support_lock = threading.Lock()
@@ -374,7 +375,7 @@ def write_records(
             err = outcome.error
             code = getattr(err, "code", None) or type(err).__name__
             for item in chunk:
-                done[item.index] = _Done("failed", item.id, code, str(err))
+                done[item.index] = _Done("failed", None if item.generated else item.id, code, str(err))
     results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(len(records))]
     for item in items:
         d = done[item.index]
@@ -392,8 +393,9 @@ def write_records(
     )
 
 
-def _failure(item: _Item, exc: DataverseApiError, item_id: str | None = None) -> _Done:
-    return _Done("failed", item_id if item_id is not None else item.id, exc.code or type(exc).__name__, str(exc))
+def _failure(item: _Item, exc: DataverseApiError) -> _Done:
+    """A failed record keeps its id only when the row exists (an update); an id generated here names no row."""
+    return _Done("failed", None if item.generated else item.id, exc.code or type(exc).__name__, str(exc))
 
 
 class _Writer:
@@ -592,6 +594,8 @@ class _Writer:
                 confirmed = self._confirm_created(items)
                 if confirmed is not None:
                     return confirmed
+            if len(items) == 1 and self._created_meanwhile(items[0], exc):
+                return self._bulk(items)  # now addressed to the row someone else created: an update, sent once
             if len(items) == 1 or exc.status_code in _NO_SPLIT_STATUS:
                 return {item.index: _failure(item, exc) for item in items}
             half = math.ceil(len(items) / 2)
@@ -613,6 +617,19 @@ class _Writer:
         if self.mode == "update":
             return {item.index: _Done("updated", item.id) for item in items}
         return {item.index: _Done("created" if not item.exists else "updated", item.id) for item in items}
+
+    def _created_meanwhile(self, item: _Item, exc: FatalApiError) -> bool:
+        """An upsert planned as a create by key met "duplicate key": another writer created the key after the pre-read.
+        Re-read the key; if the row is there, re-address the item to it (an update) and say so."""
+        if self.mode != "upsert" or item.exists or not item.generated or item.key is None:
+            return False
+        if (exc.code or "").lower() not in _DUPLICATE_CODES and exc.status_code != 412:
+            return False
+        found = self._find_keys([item]).get(_identity(None, item.key) or ())
+        if found is None:
+            return False
+        item.id, item.exists, item.generated = found, True, False
+        return True
 
     def _confirm_created(self, items: list[_Item]) -> dict[int, _Done] | None:
         """A create chunk met "duplicate key" and every id is ours: rows that exist were created by an earlier send
@@ -681,7 +698,12 @@ class _Writer:
         for n, item in enumerate(items):
             answer = answers[n] if n < len(answers) else None
             if not isinstance(answer, OperationResponse):
-                done[item.index] = _Done("failed", item.id, "NoAnswer", "Dataverse sent no answer for this operation")
+                done[item.index] = _Done(
+                    "failed",
+                    None if item.generated else item.id,
+                    "NoAnswer",
+                    "Dataverse sent no answer for this operation",
+                )
                 continue
             if answer.status < 400:
                 done[item.index] = self._batch_success(item, answer)
@@ -693,7 +715,7 @@ class _Writer:
                 done[item.index] = _Done("created", item.id)  # an id made in this run: an earlier send created it
                 continue
             message = str(detail.get("message") or answer.reason or "failed")
-            done[item.index] = _Done("failed", item.id, code, message)
+            done[item.index] = _Done("failed", None if item.generated else item.id, code, message)
         return done
 
     def _batch_success(self, item: _Item, answer: OperationResponse) -> _Done:

@@ -67,6 +67,31 @@ def records_demo(runtime: Runtime, connection: Any) -> None:
     )
 
 
+def bulk_demo(runtime: Runtime, connection: Any) -> None:
+    """write_entities: 5,000 upserts by the demo key (1,000 of them existing rows) with 3 bad rows and a duplicate key;
+    the bad rows are isolated, the rest land, and the summary says created vs updated."""
+    bad = {42, 2718, 4998}
+    records: list[dict[str, Any]] = [
+        {"key": {"accountnumber": f"B-{i:05d}"}, "fields": {"name": "x" * 200 if i in bad else f"Bulk {i}"}}
+        for i in range(4999)
+    ]
+    records.append({"key": {"accountnumber": "b-00007"}, "fields": {"telephone1": "+1 555 0107"}})  # same key, merged
+    existing = [{"fields": {"accountnumber": f"B-{i:05d}", "name": "old"}} for i in range(0, 5000, 5)]
+    runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": existing}, connection)
+
+    def upsert() -> dict[str, Any]:
+        out = runtime.run_action(
+            "write_entities", {"table": "account", "mode": "upsert", "records": records, "chunk_size": 100}, connection
+        )
+        return {
+            "summary": out["summary"],
+            "failed": [r for r in out["results"] if r["status"] == "failed"],
+            "merged": [r for r in out["results"] if "merged_into" in r],
+        }
+
+    step("write_entities: 5,000 upserts with 3 bad rows and a duplicate key (1,000 rows existed)", upsert)
+
+
 def webhook_demo(runtime: Runtime, connection: Any, emulator: Any) -> None:
     """The webhook trigger subscribed in the emulator, one contact created, and the verified event it delivered."""
     import secrets
@@ -105,6 +130,7 @@ def main() -> int:
             step("test_connection", lambda: runtime.run_action("test_connection", {}, connection))
             step("get_current_user", lambda: runtime.run_action("get_current_user", {}, connection))
             records_demo(runtime, connection)
+            bulk_demo(runtime, connection)
             webhook_demo(runtime, connection, emulator)
         finally:
             runtime.close()

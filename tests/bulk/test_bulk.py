@@ -39,6 +39,7 @@ class BulkServer:
         self.supported = supported
         self.rows: dict[str, dict[str, Any]] = {}
         self.drop_next_commit = False
+        self.before_write: list[Any] = []  # callables run before the next bulk message (another writer's work)
         fake.respond = self.respond
 
     def seed(self, accountnumber: str, name: str = "old") -> str:
@@ -74,6 +75,8 @@ class BulkServer:
         return [row for row in self.rows.values() if str(row.get(column, "")).lower() in values]
 
     def bulk(self, message: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        while self.before_write:
+            self.before_write.pop()()
         staged = {k: dict(v) for k, v in self.rows.items()}
         ids = []
         for t in targets:
@@ -86,6 +89,9 @@ class BulkServer:
                 return httpx.Response(412, json={"error": {"code": "0x80040237", "message": "duplicate"}})
             if message == "UpdateMultiple" and rid not in staged:
                 return httpx.Response(404, json={"error": {"code": "0x80040217", "message": "missing"}})
+            number = t.get("accountnumber")
+            if number and any(r.get("accountnumber") == number and i != rid for i, r in staged.items()):
+                return httpx.Response(412, json={"error": {"code": "0x80060892", "message": "key exists"}})
             fields = {k: v for k, v in t.items() if not k.startswith("@")}
             staged[rid] = {**staged.get(rid, {}), **fields}
             ids.append(rid)
@@ -161,7 +167,8 @@ def test_write_entities_bisects_a_failed_chunk_down_to_the_bad_rows(
     assert "too long" in failed[0]["message"]
     assert out["summary"]["created"] == 29 and len(server.rows) == 29
     # all ids are time-ordered client ids, kept in the output
-    assert all(re.fullmatch(r"[0-9a-f-]{14}7[0-9a-f-]{21}", r["id"]) for r in out["results"])
+    assert all(re.fullmatch(r"[0-9a-f-]{14}7[0-9a-f-]{21}", r["id"]) for r in out["results"] if r["index"] not in bad)
+    assert [r["id"] for r in failed] == [None, None, None]  # an id generated here names no row
     assert len(server.writes) == 1 + out["summary"]["split_requests"]
     assert out["summary"]["split_requests"] <= 2 * len(bad) * math.ceil(math.log2(32))
 
@@ -260,3 +267,14 @@ def test_write_entities_refuses_bad_records_before_any_request(
     with pytest.raises(InputError):
         runtime.run_action("write_entities", {"table": "account", "mode": "merge", "records": []}, conn)
     assert fake.data == []  # metadata reads only
+
+
+def test_an_upsert_whose_key_was_created_meanwhile_becomes_an_update(fake: FakeDataverse, conn: Connection) -> None:
+    server = BulkServer(fake)
+    records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(4)]
+    server.before_write.append(lambda: server.seed("A-2", "someone else"))  # after the pre-read, before the write
+    report = write_records(conn, "account", "upsert", records)
+    assert [r.status for r in report.results] == ["created", "created", "updated", "created"]
+    other = next(r for r in server.rows.values() if r["accountnumber"] == "A-2")
+    assert report.results[2].id == other["accountid"] and other["name"] == "n2"
+    assert len(server.rows) == 4
