@@ -579,7 +579,7 @@ class _Writer:
         if split:
             self._count("split_requests")
         message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[self.mode]
-        retry_safe = all(item.id is not None for item in items)
+        retry_safe = self.mode != "create" or all(item.id is not None for item in items)  # a PATCH-like write is safe
         try:
             response = self.client.request(
                 "POST",
@@ -673,7 +673,7 @@ class _Writer:
                     headers.append(("If-Match", "*"))
             headers += list(self.headers.items())
             operations.append(BatchOperation(method, url, tuple(headers), json.dumps(body).encode()))
-        retry_safe = all(item.id is not None for item in items)
+        retry_safe = self.mode != "create" or all(item.id is not None for item in items)  # a PATCH-like write is safe
         content_type, payload = encode_batch(operations)
         try:
             response = self.client.request(

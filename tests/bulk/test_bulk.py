@@ -84,7 +84,7 @@ class BulkServer:
             assert "@odata.id" not in t or message == "UpsertMultiple"
             if "BAD" in str(t.get("name", "")):
                 return httpx.Response(400, json={"error": BAD})
-            rid = t.get("accountid") or str(uuid.uuid4())
+            rid = t.get("accountid") or self.by_odata_id(staged, t.get("@odata.id")) or str(uuid.uuid4())
             if message == "CreateMultiple" and rid in staged:
                 return httpx.Response(412, json={"error": {"code": "0x80040237", "message": "duplicate"}})
             if message == "UpdateMultiple" and rid not in staged:
@@ -93,6 +93,9 @@ class BulkServer:
             if number and any(r.get("accountnumber") == number and i != rid for i, r in staged.items()):
                 return httpx.Response(412, json={"error": {"code": "0x80060892", "message": "key exists"}})
             fields = {k: v for k, v in t.items() if not k.startswith("@")}
+            keyed = re.fullmatch(r"accounts\(accountnumber='(.*)'\)", unquote(t.get("@odata.id", "")))
+            if keyed:  # a row created by key gets the key's values
+                fields["accountnumber"] = keyed.group(1)
             staged[rid] = {**staged.get(rid, {}), **fields}
             ids.append(rid)
         self.rows = staged
@@ -102,6 +105,14 @@ class BulkServer:
         if message == "CreateMultiple":
             return httpx.Response(200, json={"Ids": ids})
         return httpx.Response(204)
+
+    @staticmethod
+    def by_odata_id(rows: dict[str, dict[str, Any]], odata_id: str | None) -> str | None:
+        """The id of the row an ``@odata.id`` such as ``accounts(accountnumber='A-1')`` names, if it exists."""
+        match = re.fullmatch(r"accounts\(accountnumber='(.*)'\)", unquote(odata_id or ""))
+        if not match:
+            return None
+        return next((i for i, r in rows.items() if r.get("accountnumber", "").lower() == match.group(1).lower()), None)
 
     def batch(self, request: httpx.Request) -> httpx.Response:
         answers = []
@@ -278,3 +289,16 @@ def test_an_upsert_whose_key_was_created_meanwhile_becomes_an_update(fake: FakeD
     other = next(r for r in server.rows.values() if r["accountnumber"] == "A-2")
     assert report.results[2].id == other["accountid"] and other["name"] == "n2"
     assert len(server.rows) == 4
+
+
+def test_an_upsert_by_key_without_client_ids_is_resent_after_a_lost_answer(fake: FakeDataverse) -> None:
+    server = BulkServer(fake)
+    conn = fake.connect(FakeClock())
+    server.drop_next_commit = True
+    records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(3)]
+    report = write_records(conn, "account", "upsert", records, WriteOptions(client_ids=False))
+    assert [(r.status, r.id) for r in report.results] == [("created", None)] * 3  # Dataverse says no id for these
+    targets = [json.loads(r.content)["Targets"] for r in server.writes]
+    assert len(targets) == 2 and targets[0] == targets[1]  # the same request again: upsert by key is idempotent
+    assert targets[0][0]["@odata.id"] == "accounts(accountnumber='A-0')"
+    assert len(server.rows) == 3
