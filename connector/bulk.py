@@ -366,8 +366,12 @@ def write_records(
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
     use_bulk = bool(items) and message in bulk_support(connection, meta)
     writer = _Writer(connection, meta, mode, options, headers, use_bulk)
-    outcomes = connection.governor.map(writer.chunk, chunks)
     done: dict[int, _Done] = {}
+    if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
+        items, unresolved = writer.resolve_keys(items, done)
+        chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
+        items = [*items, *unresolved]
+    outcomes = connection.governor.map(writer.chunk, chunks)
     for chunk, outcome in zip(chunks, outcomes, strict=True):
         if outcome.ok:
             done.update(outcome.result())
@@ -432,7 +436,7 @@ class _Writer:
         if self.mode == "create":
             ready = self._drop_existing_ids(items, done)
         elif self.mode == "update":
-            ready = self._resolve_keys(items, done)
+            ready = items  # keys were resolved before chunking (resolve_keys)
         else:
             ready = self._pre_read(items)
         if not ready:
@@ -516,23 +520,43 @@ class _Writer:
                 ready.append(item)
         return ready
 
-    def _resolve_keys(self, items: list[_Item], done: dict[int, _Done]) -> list[_Item]:
-        """Update by alternate key: keys become GUIDs (one read per chunk); a key with no row fails as not found."""
+    def resolve_keys(self, items: list[_Item], done: dict[int, _Done]) -> tuple[list[_Item], list[_Item]]:
+        """Update by alternate key: keys become GUIDs (one ``In`` read per chunk of keys, in parallel), since
+        UpdateMultiple over the Web API takes no alternate keys. A key with no row fails as not found. Records that
+        now name the same row are merged (later fields win): UpdateMultiple would apply only the first of them.
+        Returns the items to write and the items already decided."""
         keyed = [item for item in items if item.id is None]
-        if not keyed:
-            return items
-        found = self._find_keys(keyed)
-        ready = []
-        for item in items:
-            if item.id is None:
+        size = self.options.chunk_size
+        parts = [keyed[i : i + size] for i in range(0, len(keyed), size)]
+        decided: list[_Item] = []
+        for part, outcome in zip(parts, self.connection.governor.map(self._find_keys, parts), strict=True):
+            found = outcome.value if outcome.ok and outcome.value is not None else {}
+            for item in part:
                 ident = _identity(None, item.key)
-                assert ident is not None
-                if ident not in found:
-                    done[item.index] = _Done("failed", None, NOT_FOUND, self._missing(item))
+                if outcome.error is not None:
+                    code = getattr(outcome.error, "code", None) or type(outcome.error).__name__
+                    done[item.index] = _Done("failed", None, code, f"the key could not be read: {outcome.error}")
+                elif ident in found:
+                    item.id = found[ident]
                     continue
-                item.id = found[ident]
+                else:
+                    done[item.index] = _Done("failed", None, NOT_FOUND, self._missing(item))
+                decided.append(item)
+        ready: list[_Item] = []
+        slot: dict[str, int] = {}
+        for item in items:
+            if item.index in done:
+                continue
+            assert item.id is not None
+            if item.id in slot:  # the earlier record is merged into this later one, which takes its place
+                earlier = ready[slot[item.id]]
+                item.merged = [*earlier.merged, earlier.index, *item.merged]
+                item.body = {**earlier.body, **item.body}
+                ready[slot[item.id]] = item
+                continue
+            slot[item.id] = len(ready)
             ready.append(item)
-        return ready
+        return ready, decided
 
     def _pre_read(self, items: list[_Item]) -> list[_Item]:
         """Upsert: which rows exist already (UpsertMultiple answers 204 without per-record results, reference 15.3).

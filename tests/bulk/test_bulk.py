@@ -302,3 +302,22 @@ def test_an_upsert_by_key_without_client_ids_is_resent_after_a_lost_answer(fake:
     assert len(targets) == 2 and targets[0] == targets[1]  # the same request again: upsert by key is idempotent
     assert targets[0][0]["@odata.id"] == "accounts(accountnumber='A-0')"
     assert len(server.rows) == 3
+
+
+def test_update_records_naming_one_row_by_id_and_by_key_are_merged(fake: FakeDataverse, conn: Connection) -> None:
+    server = BulkServer(fake)
+    a1 = server.seed("A-1")
+    records = [
+        {"id": a1, "fields": {"name": "by id", "numberofemployees": 3}},
+        {"key": {"accountnumber": "A-1"}, "fields": {"name": "by key"}},
+    ]
+    report = write_records(conn, "account", "update", records)
+    assert [(r.status, r.id, r.merged_into) for r in report.results] == [("updated", a1, 1), ("updated", a1, None)]
+    [update] = server.writes
+    [target] = json.loads(update.content)["Targets"]
+    assert target == {
+        "@odata.type": "Microsoft.Dynamics.CRM.account",
+        "accountid": a1,
+        "name": "by key",
+        "numberofemployees": 3,
+    }
