@@ -165,9 +165,12 @@ class FetchToken:
     page: int
     cookie: str | None = None
     offset: int = 0
+    page_size: int | None = None  # a page number or cookie means rows of this size: the next call must keep it
 
     def encode(self) -> str:
         data: dict[str, Any] = {"h": self.host, "k": "fetch", "q": self.query, "p": self.page}
+        if self.page_size is not None:
+            data["s"] = self.page_size
         if self.cookie is not None:
             data["c"] = self.cookie
         if self.offset:
@@ -188,12 +191,14 @@ class FetchToken:
             raise _problem(path, f"this token was issued for another environment ({data['h']}), not {host}")
         if data.get("q") != query:
             raise _problem(path, "this token belongs to another FetchXML query; send the same fetch_xml with it")
-        page, offset, cookie = data.get("p"), data.get("o", 0), data.get("c")
+        page, offset, cookie, size = data.get("p"), data.get("o", 0), data.get("c"), data.get("s")
         if not isinstance(page, int) or page < 1 or not isinstance(offset, int) or offset < 0:
+            raise _problem(path, "the token is damaged; pass next_page_token unchanged")
+        if size is not None and (not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE):
             raise _problem(path, "the token is damaged; pass next_page_token unchanged")
         if cookie is not None and not isinstance(cookie, str):
             raise _problem(path, "the token is damaged; pass next_page_token unchanged")
-        return cls(data["h"], query, page, cookie, offset)
+        return cls(data["h"], query, page, cookie, offset, size)
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
@@ -355,7 +360,7 @@ class FetchRun:
                 )
             for i, record in enumerate(records[skip:] if skip else records):
                 if self._limit is not None and self.returned >= self._limit:
-                    self._stop(FetchToken(self._start.host, self._start.query, page, cookie, skip + i))
+                    self._stop(FetchToken(self._start.host, self._start.query, page, cookie, skip + i, self._page_size))
                     return
                 self.returned += 1
                 yield record
@@ -363,7 +368,7 @@ class FetchRun:
             if not more:
                 return
             if self._limit is not None and self.returned >= self._limit:
-                self._stop(FetchToken(self._start.host, self._start.query, page + 1, next_cookie))
+                self._stop(FetchToken(self._start.host, self._start.query, page + 1, next_cookie, 0, self._page_size))
                 return
             page, cookie = page + 1, next_cookie
 
@@ -382,7 +387,7 @@ def fetch(connection: Connection, inputs: Mapping[str, Any]) -> FetchRun:
         start = FetchToken.decode(inputs["page_token"], host=host, query=query)
     else:
         start = FetchToken(host, query, int(inputs.get("page") or root.get("page") or 1))
-    page_size: int | None = inputs.get("page_size")
+    page_size: int | None = start.page_size or inputs.get("page_size")
     if page_size is None and root.get("count") is None:
         page_size = MAX_PAGE_SIZE if inputs.get("fetch_all") else DEFAULT_PAGE_SIZE
     limit: int | None

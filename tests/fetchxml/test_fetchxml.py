@@ -205,3 +205,16 @@ def test_run_fetch_xml_query_refuses_bad_fetch_before_any_request(
         runtime.run_action("run_fetch_xml_query", {"fetch_xml": fetch_xml}, conn)
     assert info.value.exit_code == 2
     assert fake.data == []
+
+
+def test_run_fetch_xml_query_page_number_uses_simple_paging(
+    fake: FakeDataverse, conn: Connection, runtime: Runtime
+) -> None:
+    fake.respond = pages({"value": rows("k", "l"), "@Microsoft.Dynamics.CRM.morerecords": True})
+    out = runtime.run_action("run_fetch_xml_query", {"fetch_xml": FETCH, "page": 4, "page_size": 2}, conn)
+    sent = sent_fetch(fake.data[0])
+    assert (sent.get("page"), sent.get("count"), sent.get("paging-cookie")) == ("4", "2", None)
+    assert out["page"] == 4 and out["more_records"] is True  # no cookie came back: the token reads page 5 simply
+    fake.respond = pages({"value": rows("m")})
+    runtime.run_action("run_fetch_xml_query", {"fetch_xml": FETCH, "page_token": out["next_page_token"]}, conn)
+    assert (sent_fetch(fake.data[1]).get("page"), sent_fetch(fake.data[1]).get("count")) == ("5", "2")

@@ -148,3 +148,17 @@ def test_raw_request_refuses_authorization_and_incoherent_bodies(
     with pytest.raises(InputError, match="not valid base64"):
         run(runtime, conn, path="x", method="POST", file_data=[{"file_name": "a", "content_base64": "%%%"}])
     assert fake.requests == []
+
+
+def test_raw_request_throttling_goes_through_the_connection_governor(fake: FakeDataverse, runtime: Runtime) -> None:
+    """A 429 holds the connection for Retry-After (the governor), then the same request is sent again."""
+    clock = FakeClock()
+    conn = fake.connect(clock)
+    busy = {"error": {"code": "0x80072322", "message": "Number of requests exceeded the limit of 6000."}}
+    answers = [httpx.Response(429, json=busy, headers={"Retry-After": "7"}), httpx.Response(200, json={"ok": 1})]
+    fake.respond = lambda r: answers.pop(0)
+    started = clock.monotonic()
+    out = run(runtime, conn, path="WhoAmI")
+    assert out["body"] == {"ok": 1} and out["retries"] == 0 and len(fake.data) == 2
+    assert clock.monotonic() - started >= 7
+    assert conn.governor.not_before >= started + 7
