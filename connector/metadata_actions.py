@@ -577,7 +577,14 @@ def create_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[
             response = client.request("POST", "RelationshipDefinitions", json=body, headers=headers)
             relationship = {"schema_name": body["SchemaName"], "metadata_id": _entity_id(response)}
             schema = str(body["Lookup"]["SchemaName"])
-            attribute_id = None
+            # the answer names the relationship; the new column's own id takes one strong read
+            column = _get(
+                connection,
+                f"{table.path}/Attributes({_column_ref(schema)})",
+                {"$select": "LogicalName"},
+                strong=True,
+            )
+            attribute_id = column.get("MetadataId")
         else:
             body = expand_attribute(spec) if _is_short(spec) else dict(spec)
             response = client.request("POST", f"{table.path}/Attributes", json=body, headers=headers)

@@ -176,6 +176,7 @@ def test_create_attribute_then_create_entity_at_once_and_a_lookup(
         connection,
     )
     assert lookup["relationship"]["schema_name"] == "new_account_new_bankaccount2_new_accountid"
+    assert lookup["metadata_id"] and lookup["relationship"]["metadata_id"]
     account = runtime.run_action("create_entity", {"table": "account", "fields": {"name": "Contoso"}}, connection)
     linked = runtime.run_action(
         "create_entity",

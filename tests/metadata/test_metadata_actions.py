@@ -168,6 +168,11 @@ def test_create_attribute_lookup_creates_a_one_to_many_relationship(
     runtime: Runtime, fake: Any, conn: Connection
 ) -> None:
     fake.route("POST", "RelationshipDefinitions", created(f"RelationshipDefinitions({REL_ID})"))
+    fake.route(
+        "GET",
+        f"{BANK}/Attributes(LogicalName='new_accountid')",
+        {"LogicalName": "new_accountid", "MetadataId": ATTR_ID},
+    )
     out = runtime.run_action(
         "create_attribute",
         {
@@ -189,7 +194,8 @@ def test_create_attribute_lookup_creates_a_one_to_many_relationship(
     assert sent["Lookup"]["@odata.type"] == "Microsoft.Dynamics.CRM.LookupAttributeMetadata"
     assert sent["Lookup"]["SchemaName"] == "new_AccountId"
     assert out["relationship"] == {"schema_name": "new_account_new_bankaccount_new_accountid", "metadata_id": REL_ID}
-    assert out["logical_name"] == "new_accountid"
+    assert (out["logical_name"], out["metadata_id"]) == ("new_accountid", ATTR_ID)
+    assert fake.sent("GET")[-1].headers["Consistency"] == "Strong"
 
 
 @pytest.mark.parametrize(
