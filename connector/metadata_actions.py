@@ -873,6 +873,10 @@ def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connec
         spec = inputs["attribute"]
         if not _is_short(spec):
             problems += _body_problems(spec, "$.attribute")
+        elif spec["type"] == "string" and int(spec.get("max_length", 100)) > 4000:
+            problems.append(
+                InputProblem("$.attribute.max_length", "a string column holds at most 4,000 characters; use memo")
+            )
         elif spec["type"] == "lookup":
             try:
                 resolve_table(connection, str(spec["target"]), "$.attribute.target")

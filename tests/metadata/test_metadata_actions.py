@@ -222,6 +222,14 @@ def test_create_attribute_lookup_creates_a_one_to_many_relationship(
             id="lookup-no-target",
         ),
         pytest.param(
+            {
+                "table": "new_bankaccount",
+                "attribute": {"type": "string", "schema_name": "new_X", "label": "X", "max_length": 5000},
+            },
+            "$.attribute.max_length",
+            id="string-too-long",
+        ),
+        pytest.param(
             {"table": "nosuchtable", "attribute": {"type": "money", "schema_name": "new_X", "label": "X"}},
             "$.table",
             id="unknown-table",
