@@ -1,7 +1,8 @@
 """Rows per second and peak memory of ``d365 run query_entities --jsonl`` fetching every row, at 10k and 100k rows.
 
-The emulator runs in this process (rows seeded through its admin surface); the connector runs in a child process, so
-its peak resident set size (``ru_maxrss`` from ``wait4``) is the connector's alone. A second run of the same command
+The emulator runs in this process (rows seeded through its admin surface); the connector runs in a child process that
+reports its own peak resident set size (``VmHWM`` of its image, not the pages it shared with this parent before exec,
+which ``ru_maxrss`` would count). A second run of the same command
 under ``tracemalloc`` gives the peak of the Python heap (what the generator itself holds), which RSS blurs with the
 C allocator's own retention. The goal is flat memory: the ratio of the peaks should stay near 1 while the row count
 grows tenfold. Never part of the test suite's pass/fail.
@@ -22,15 +23,23 @@ from pathlib import Path
 
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
 
-# Runs ``d365`` as ``python -m connector.cli`` would, then writes tracemalloc's peak (bytes) as the last stderr line.
-TRACED = (
-    "import runpy, sys, tracemalloc\n"
-    "tracemalloc.start()\n"
+# Runs ``d365`` as ``python -m connector.cli`` would, then writes its own peak RSS (``VmHWM``) and, when traced, the
+# tracemalloc peak as the last stderr lines. ``ru_maxrss`` from ``wait4`` would also count the pages the child shared
+# with this parent (the emulator, which grows with the seeded rows) before it exec'd, and so would not be flat.
+WRAPPER = (
+    "import runpy, sys\n"
+    "traced = sys.argv.pop(1) == 'traced'\n"
+    "if traced:\n"
+    "    import tracemalloc\n"
+    "    tracemalloc.start()\n"
     "sys.argv = ['d365', *sys.argv[1:]]\n"
     "try:\n"
     "    runpy.run_module('connector.cli', run_name='__main__')\n"
     "finally:\n"
-    "    sys.stderr.write(f'\\ntraced-peak {tracemalloc.get_traced_memory()[1]}\\n')\n"
+    "    hwm = next((l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')), '0')\n"
+    "    sys.stderr.write(f'\\nvmhwm-kib {hwm}\\n')\n"
+    "    if traced:\n"
+    "        sys.stderr.write(f'traced-peak {tracemalloc.get_traced_memory()[1]}\\n')\n"
 )
 
 
@@ -43,7 +52,7 @@ def run_jsonl(
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, *(["-c", TRACED] if traced else ["-m", "connector.cli"]),
+            [sys.executable, "-c", WRAPPER, "traced" if traced else "plain",
              "run", "query_entities", "--jsonl", "--input", "-",
              "--connection", str(connection_file)],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE,
@@ -52,14 +61,14 @@ def run_jsonl(
         proc.stdin.write(json.dumps(inputs).encode())
         proc.stdin.close()
         err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise SystemExit(f"d365 run failed ({proc.returncode}): {err.decode()[-500:]}")
         out.seek(0)
         lines = sum(1 for _ in out)
-    peak_kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024
+    peak_kib = int(err.decode().rsplit("vmhwm-kib ", 1)[1].split()[0])
     traced_mib = None
     if traced:
         traced_mib = int(err.decode().rsplit("traced-peak ", 1)[1].split()[0]) / 2**20
