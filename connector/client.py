@@ -579,6 +579,8 @@ class DataverseClient:
         return_record: bool = False,
         prefer: Sequence[str] = (),
         impersonate: str | Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> CreateResult:
         """Create a row with ``POST {entity_set}``; the answer says its id and whether a resend was confirmed.
 
@@ -589,6 +591,7 @@ class DataverseClient:
         that the earlier send created the row; the result then has ``confirmed_by_get`` set, and the row counts as
         created once. A duplicate key on the *first* send is a real conflict and raises :class:`FatalApiError`.
         Bulk writers turn ``client_id`` on by default; Microsoft recommends server-assigned ids for raw speed.
+        ``params`` (such as ``$select`` for the returned row) and ``headers`` go with the POST only.
         """
         payload = dict(body)
         row_id: str | None = None
@@ -615,9 +618,9 @@ class DataverseClient:
             response = self._send(
                 "POST",
                 entity_set,
-                params=None,
+                params=params,
                 json=payload,
-                headers=None,
+                headers=headers,
                 prefer=prefs,
                 impersonate=impersonate,
                 idempotent=row_id is not None,

@@ -548,22 +548,25 @@ def create_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str
     body = _build_body(
         connection, meta, inputs.get("fields") or {}, "$.fields", for_create=True, impersonate=impersonate
     )
-    if inputs.get("id"):
-        body[meta.primary_id] = inputs["id"]
     return_record = bool(inputs.get("return_record", True))
     headers = {"MSCRM.SuppressDuplicateDetection": "false"} if inputs.get("detect_duplicates") else None
-    path = _with_query(meta.entity_set, _select_params(meta, inputs, connection) if return_record else {})
-    response = connection.client.request(
-        "POST",
-        path,
-        json=body,
-        headers=headers,
+    # A given id, or client_id, makes the create retry-safe: a resend after a lost answer is confirmed by a GET
+    # instead of being reported as an unknown outcome (the client does this; see DataverseClient.create).
+    client_id: bool | str = inputs.get("id") or bool(inputs.get("client_id"))
+    result = connection.client.create(
+        meta.entity_set,
+        body,
+        id_attribute=meta.primary_id,
+        client_id=client_id,
+        return_record=return_record,
         prefer=_prefer(inputs, representation=return_record),
         impersonate=impersonate,
+        params=_select_params(meta, inputs, connection) if return_record else None,
+        headers=headers,
     )
-    out: dict[str, Any] = {"table": meta.logical_name, "id": _id_from(response, meta) or inputs.get("id")}
+    out: dict[str, Any] = {"table": meta.logical_name, "id": result.id}
     if return_record:
-        out["record"] = _record(response)
+        out["record"] = result.record
     return out
 
 

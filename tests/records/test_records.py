@@ -528,3 +528,29 @@ def test_record_actions_phase_two_problems_name_the_field(
     assert [p.path for p in caught.value.problems] == [path]
     assert text in caught.value.problems[0].message
     assert fake.data == []
+
+
+def test_create_entity_with_client_id_survives_a_lost_answer(runtime: Runtime, fake: Any, conn: Connection) -> None:
+    sends: list[str] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            sends.append(body(request)["accountid"])
+            if len(sends) == 1:
+                raise httpx.RemoteProtocolError("server disconnected without sending a response", request=request)
+            return httpx.Response(
+                412,
+                json={"error": {"code": "0x80040237", "message": "A record with matching key values already exists."}},
+            )
+        return httpx.Response(200, json={"accountid": sends[0], "name": "Lost"})
+
+    fake.respond = respond
+    out = runtime.run_action(
+        "create_entity",
+        {"table": "account", "fields": {"name": "Lost"}, "client_id": True, "return_record": False},
+        conn,
+    )
+    assert len(sends) == 2 and sends[0] == sends[1]
+    assert out == {"table": "account", "id": sends[0]}
+    assert [r.method for r in fake.data] == ["POST", "POST", "GET"]
+    assert str(fake.data[-1].url) == f"{API}/accounts({sends[0]})"
