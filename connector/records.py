@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from connector import ids
 from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
 from connector.metadata import TableMetadata
 from connector.odata import (
@@ -690,7 +690,7 @@ def _upsert_by_filter(
         return update(found)
     if mode == "update_only":
         raise _not_found(meta, key=key)
-    row_id = (new_id or (lambda: str(uuid.uuid4())))()
+    row_id = (new_id or ids.new_id)()  # time-ordered, as every client-generated id here
     create_body = {**body, **_key_body(connection, meta, key), meta.primary_id: row_id}
     try:
         response = client.request(
