@@ -339,43 +339,30 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
     if nav == "Attributes":
         attrs = [attribute_json(a, table) for a in table.attributes.values()]
         cast = rest[1] if len(rest) > 1 else None
-        if sub_key is not None:
-            match = [a for a in attrs if _match_key(sub_key, a)]
-            if not match:
-                raise errors.DataverseError(
-                    404, "0x80040217", f"Could not find attribute {sub_key} in {table.logical_name}."
-                )
-            body = project(match[0], select, "AttributeMetadata", ("MetadataId",))
-            return api.json(
-                {
-                    "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/"
-                    "Attributes/$entity",
-                    **body,
-                }
-            )
         type_name = "AttributeMetadata"
         if cast:
             type_name = cast.rsplit(".", 1)[-1]
             if not cast.startswith("Microsoft.Dynamics.CRM.") or type_name == "EnumAttributeMetadata":
                 raise errors.segment_not_found(cast)
             attrs = [a for a in attrs if a["@odata.type"] == "#" + cast]
-        out = []
-        for a in attrs:
-            if flt is not None and not evaluate(flt, a):
-                continue
-            row = project(a, select, type_name, ("MetadataId",))
-            for it in expand:
-                attr = table.attributes[a["LogicalName"]]
-                if it.nav in ("OptionSet", "GlobalOptionSet"):
-                    if it.nav == "GlobalOptionSet" or attr.options is None:
-                        row[it.nav] = None
-                    else:
-                        os_ = option_set_json(attr)
-                        row[it.nav] = project(os_, it.select, "OptionSetMetadata", ("MetadataId",))
-                else:
-                    raise errors.unknown_property(it.nav, type_name)
-            out.append(row)
         suffix = f"/{cast}" if cast else ""
+        if sub_key is not None:
+            # One column, optionally cast (``Attributes(LogicalName='x')/<cast>``,
+            # with ``$expand=OptionSet``); a column of another type does not match the cast.
+            match = [a for a in attrs if _match_key(sub_key, a)]
+            if not match:
+                raise errors.DataverseError(
+                    404, "0x80040217", f"Could not find attribute {sub_key} in {table.logical_name}."
+                )
+            body = _attribute_row(match[0], table, select, expand, type_name)
+            return api.json(
+                {
+                    "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/"
+                    f"Attributes{suffix}/$entity",
+                    **body,
+                }
+            )
+        out = [_attribute_row(a, table, select, expand, type_name) for a in attrs if flt is None or evaluate(flt, a)]
         return api.json(
             {
                 "@odata.context": f"{ctx.api}/$metadata#EntityDefinitions('{table.metadata_id}')/Attributes{suffix}",
@@ -393,6 +380,21 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
     if nav == "Keys":
         return await _keys(api, request, ctx, table, sub_key, select, flt)
     raise errors.segment_not_found(nav)
+
+
+def _attribute_row(a: dict[str, Any], table: Any, select: Any, expand: Any, type_name: str) -> dict[str, Any]:
+    """One attribute projected by ``$select``, with ``OptionSet`` / ``GlobalOptionSet`` expanded when asked."""
+    row = project(a, select, type_name, ("MetadataId",))
+    for it in expand:
+        attr = table.attributes[a["LogicalName"]]
+        if it.nav in ("OptionSet", "GlobalOptionSet"):
+            if it.nav == "GlobalOptionSet" or attr.options is None:
+                row[it.nav] = None
+            else:
+                row[it.nav] = project(option_set_json(attr), it.select, "OptionSetMetadata", ("MetadataId",))
+        else:
+            raise errors.unknown_property(it.nav, type_name)
+    return row
 
 
 def _seg(seg: str) -> tuple[str, str | None]:

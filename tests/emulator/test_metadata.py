@@ -85,3 +85,15 @@ def test_attributes_keys_and_relationships(api: httpx.Client) -> None:
     assert "contact_customer_accounts" in {r["SchemaName"] for r in full["OneToManyRelationships"]}
     attr = api.get("EntityDefinitions(LogicalName='account')/Attributes(LogicalName='name')").json()
     assert attr["@odata.type"] == "#Microsoft.Dynamics.CRM.StringAttributeMetadata" and attr["MaxLength"] == 160
+
+
+def test_single_attribute_cast_expands_its_option_set(api: httpx.Client) -> None:
+    base = "EntityDefinitions(LogicalName='account')/Attributes(LogicalName='{}')/"
+    cast = "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
+    r = api.get(base.format("industrycode") + cast + "?$select=LogicalName&$expand=OptionSet($select=Options)")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["LogicalName"] == "industrycode"
+    assert body["@odata.context"].endswith(f"/Attributes/{cast}/$entity")
+    assert body["OptionSet"]["Options"][0]["Label"]["LocalizedLabels"][0]["Label"] == "Accounting"
+    assert api.get(base.format("name") + cast).status_code == 404
