@@ -302,6 +302,21 @@ class _CachingProvider:
         return DEFAULT_LIFETIME_S
 
 
+TOKEN_RETRIES = 3
+"""Extra attempts for a token request answered 429 or 5xx, or lost in transit (waits: Retry-After, else 1, 2, 4 s)."""
+TOKEN_TRANSIENT = frozenset({429, 500, 502, 503, 504})
+TOKEN_MAX_WAIT_S = 60.0
+
+
+class _TransientTokenAnswer(Exception):
+    """Raised from authlib's response hook for a throttled or failing token endpoint, so the request is resent."""
+
+    def __init__(self, status_code: int, retry_after: float | None) -> None:
+        super().__init__(status_code)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
 class _AuthlibProvider(_CachingProvider):
     """A provider that talks to an OAuth 2.0 token endpoint through authlib's ``OAuth2Client`` over httpx."""
 
@@ -344,6 +359,10 @@ class _AuthlibProvider(_CachingProvider):
         self._oauth.register_compliance_hook("refresh_token_response", self._check_response)
 
     def _check_response(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code in TOKEN_TRANSIENT:
+            from connector.client import parse_retry_after
+
+            raise _TransientTokenAnswer(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code >= 400:
             raise _token_endpoint_error(response, self._scope_hint)
         return response
@@ -355,18 +374,40 @@ class _AuthlibProvider(_CachingProvider):
         """Run an authlib token call, mapping transport failures and odd answers to connector errors."""
         from connector.client import map_transport_error
 
-        try:
-            raw = fn(*args, **kwargs)
-        except ConnectorError:
-            raise
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc, what="the token endpoint", field="token_url") from exc
-        except Exception as exc:  # authlib's OAuthError, or ValueError for a body that is not JSON
-            raise AuthenticationError(
-                f"the token endpoint answered with something that is not a token ({type(exc).__name__}): "
-                "check token_url, or tenant_id and authority_host"
-            ) from None
-        return dict(raw)
+        # A token request is safe to resend (a lost refresh answer leaves the old refresh token valid), and a run that
+        # dies because the identity platform hiccuped once, in the middle of a long sync, is the failure users report.
+        for attempt in range(TOKEN_RETRIES + 1):
+            try:
+                raw = fn(*args, **kwargs)
+            except _TransientTokenAnswer as answer:
+                if attempt == TOKEN_RETRIES:
+                    raise AuthenticationError(
+                        f"the token endpoint is unavailable (HTTP {answer.status_code} on {attempt + 1} attempts); "
+                        "try again later",
+                        status_code=answer.status_code,
+                    ) from None
+                self._pause(answer.retry_after, attempt, f"HTTP {answer.status_code}")
+                continue
+            except ConnectorError:
+                raise
+            except httpx.HTTPError as exc:
+                error = map_transport_error(exc, what="the token endpoint", field="token_url")
+                if attempt == TOKEN_RETRIES or isinstance(error, ConnectionConfigError):
+                    raise error from exc
+                self._pause(None, attempt, type(exc).__name__)
+                continue
+            except Exception as exc:  # authlib's OAuthError, or ValueError for a body that is not JSON
+                raise AuthenticationError(
+                    f"the token endpoint answered with something that is not a token ({type(exc).__name__}): "
+                    "check token_url, or tenant_id and authority_host"
+                ) from None
+            return dict(raw)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _pause(self, retry_after: float | None, attempt: int, why: str) -> None:
+        wait = min(retry_after if retry_after is not None else float(2**attempt), TOKEN_MAX_WAIT_S)
+        log.debug("token request failed (%s); retrying in %.1f s", why, wait)
+        self._clock.sleep(wait)
 
 
 class ClientCredentialsProvider(_AuthlibProvider):

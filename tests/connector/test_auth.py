@@ -277,3 +277,32 @@ def test_auth_secrets_absent_from_errors_and_logs_on_failure_paths(cloud: Any, c
     for text in texts:
         assert cloud.SECRET not in text
         assert cloud.TOKEN_SIGNATURE not in text
+
+
+def test_token_request_is_resent_after_a_throttled_or_failing_endpoint(cloud: Any) -> None:
+    cloud.token_queue.extend(
+        [httpx.Response(503, headers={"Retry-After": "3"}), httpx.ReadTimeout("lost"), httpx.Response(429)]
+    )
+    connection = cloud.connect()
+    assert connection.token() == cloud.issued[-1]
+    assert len(cloud.token_forms) == 4
+    assert cloud.clock.sleeps == [3.0, 2.0, 4.0]
+
+
+def test_token_endpoint_down_for_good_is_reported_after_the_retries(cloud: Any) -> None:
+    from connector.auth import TOKEN_RETRIES
+
+    cloud.token_queue.extend([httpx.Response(502)] * (TOKEN_RETRIES + 1))
+    with pytest.raises(AuthenticationError) as err:
+        cloud.connect().token()
+    assert err.value.status_code == 502
+    assert f"on {TOKEN_RETRIES + 1} attempts" in err.value.message
+    assert len(cloud.token_forms) == TOKEN_RETRIES + 1
+
+
+def test_token_refusal_is_not_resent(cloud: Any) -> None:
+    cloud.token_queue.append(cloud.aad_error(7000215, "invalid_client", "Invalid client secret provided."))
+    with pytest.raises(AuthenticationError):
+        cloud.connect().token()
+    assert len(cloud.token_forms) == 1
+    assert cloud.clock.sleeps == []

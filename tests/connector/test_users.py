@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from actions import users
+from connector.auth import TOKEN_RETRIES
 from connector.errors import InputError
 from connector.runtime import Runtime
 
@@ -152,13 +153,13 @@ CASES: dict[str, tuple[Any, str, list[str], list[str]]] = {
         ["token_url"],
     ),
     "token-endpoint-timeout": (
-        lambda c: c.token_queue.append(httpx.ConnectTimeout("timed out")),
+        lambda c: c.token_queue.extend([httpx.ConnectTimeout("timed out")] * (TOKEN_RETRIES + 1)),
         "token",
         ["token endpoint", "did not answer in time"],
         ["token_url", "timeout_s"],
     ),
     "token-endpoint-refused": (
-        lambda c: c.token_queue.append(httpx.ConnectError("[Errno 111] Connection refused")),
+        lambda c: c.token_queue.extend([httpx.ConnectError("[Errno 111] Connection refused")] * (TOKEN_RETRIES + 1)),
         "token",
         ["token endpoint"],
         ["token_url", "reachable"],
