@@ -199,6 +199,16 @@ def _describe(error: ValidationError) -> str:
     if v == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return f"required property {missing!r} is missing"
+    if v == "dependentRequired" and isinstance(error.instance, Mapping) and isinstance(error.validator_value, Mapping):
+        needs = [
+            (key, dep)
+            for key, deps in error.validator_value.items()
+            if key in error.instance
+            for dep in deps
+            if dep not in error.instance
+        ]
+        if needs:
+            return "; ".join(f"required property {dep!r} is missing: {key!r} needs it" for key, dep in needs)
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         extra = (

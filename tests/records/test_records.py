@@ -305,6 +305,18 @@ def test_query_entities_top_is_sent_without_maxpagesize(runtime: Runtime, fake: 
     }
 
 
+def test_query_entities_max_records_is_required_only_when_fetch_all_is_true(
+    runtime: Runtime, fake: Any, conn: Connection
+) -> None:
+    fake.respond = lambda r: httpx.Response(200, json={"value": []})
+    runtime.run_action("query_entities", {"table": "account", "fetch_all": False}, conn)
+    with pytest.raises(InputError) as caught:
+        runtime.run_action("query_entities", {"table": "account", "fetch_all": True}, conn)
+    [problem] = caught.value.problems
+    assert problem.message == "required property 'max_records' is missing: 'fetch_all' needs it"
+    assert len(fake.data) == 1
+
+
 def test_query_entities_where_is_typed_quoted_and_escaped(runtime: Runtime, fake: Any, conn: Connection) -> None:
     fake.respond = lambda r: httpx.Response(200, json={"value": []})
     where = [
