@@ -771,7 +771,13 @@ def serve(
                 yield
                 self._captured_signals.clear()  # the signal did its job (stop serving); the caller cleans up
 
-    runtime.trigger_config("webhook", config)  # refuse a bad configuration before binding anything
+    validated = runtime.trigger_config("webhook", config)  # refuse a bad configuration before binding anything
+    try:  # an unset variable or unreadable file would otherwise answer every delivery 500
+        WebhookConfig.from_mapping(validated)
+    except WebhookError as exc:
+        from connector.errors import InputError, InputProblem
+
+        raise InputError([InputProblem("$.secret", exc.message.removeprefix("trigger configuration: "))]) from None
     if connection is not None and public_url is None and not _is_loopback_url(connection.organization_url):
         raise WebhookError(
             "--public-url is required with --subscribe: Dataverse must reach this receiver at a public HTTPS URL "

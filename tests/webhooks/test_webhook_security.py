@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from connector import webhooks
-from connector.errors import WebhookError, WebhookPayloadError, WebhookVerificationError
+from connector.errors import InputError, WebhookError, WebhookPayloadError, WebhookVerificationError
 from connector.runtime import Runtime
 from connector.webhooks import create_asgi_app
 from tests.conftest import assert_no_secrets
@@ -223,3 +223,15 @@ def test_webhook_serve_needs_a_public_url_for_a_remote_organization(runtime: Run
 
     with pytest.raises(WebhookError, match="--public-url"):
         webhooks.serve(runtime, config, connection=Remote(), on_event=print, on_status=print)  # type: ignore[arg-type]
+
+
+def test_webhook_serve_refuses_an_unset_secret_variable_before_listening(
+    runtime: Runtime, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("D365_TEST_UNSET_WEBHOOK_KEY", raising=False)
+    statuses: list[dict[str, Any]] = []
+    config = {**config, "secret": {"env": "D365_TEST_UNSET_WEBHOOK_KEY"}}
+    with pytest.raises(InputError, match=r"\$\.secret: .*D365_TEST_UNSET_WEBHOOK_KEY, which is not set") as caught:
+        webhooks.serve(runtime, config, on_event=print, on_status=statuses.append)
+    assert caught.value.exit_code == 2
+    assert statuses == []
