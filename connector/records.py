@@ -733,6 +733,17 @@ def delete_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str
         if ignore:
             return {"table": meta.logical_name, "id": id_, "deleted": False}
         raise _not_found(meta, id=id_, key=key, cause=exc if exc.code else None) from None
+    except FatalApiError as exc:
+        if exc.status_code == 412 and inputs.get("etag"):
+            raise ConcurrencyError(
+                f"the {meta.logical_name} row was changed by someone else since it was read (etag {inputs['etag']} "
+                "no longer matches): read it again and decide whether to delete it",
+                status_code=412,
+                code=exc.code,
+                request_id=exc.request_id,
+                method="DELETE",
+            ) from None
+        raise
     return {"table": meta.logical_name, "id": id_ or _id_in(path), "deleted": True}
 
 

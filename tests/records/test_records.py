@@ -289,6 +289,16 @@ def test_delete_entity_by_key_and_ignore_missing(runtime: Runtime, fake: Any, co
     assert out["deleted"] is False
 
 
+def test_delete_entity_stale_etag_is_a_concurrency_error(runtime: Runtime, fake: Any, conn: Connection) -> None:
+    fake.respond = lambda r: httpx.Response(
+        412, json={"error": {"code": "0x80060882", "message": "The version of the existing record doesn't match"}}
+    )
+    with pytest.raises(ConcurrencyError, match="changed by someone else") as caught:
+        runtime.run_action("delete_entity", {"table": "account", "id": A1, "etag": 'W/"7"'}, conn)
+    assert caught.value.exit_code == 4
+    assert fake.data[0].headers["If-Match"] == 'W/"7"'
+
+
 # -- query -----------------------------------------------------------------------------------------------------------
 def test_query_entities_top_is_sent_without_maxpagesize(runtime: Runtime, fake: Any, conn: Connection) -> None:
     fake.respond = lambda r: httpx.Response(200, json={"value": [{"accountid": A1}]})
