@@ -113,6 +113,8 @@ def serve(
     print(f"data dir: {ddir}", flush=True)
     if connection_out:
         cfg = app.state.emulator.connection_config(base, connection_kind, ca, str(ddir))
+        if connection_kind == "authorization_code":  # where `d365 connection login` keeps the refresh token
+            cfg["token_store"] = str(Path(connection_out).resolve().with_suffix(".token.json"))
         Path(connection_out).write_text(json.dumps(cfg, indent=2) + "\n")
         Path(connection_out).chmod(0o600)
         print(f"connection file: {connection_out}", flush=True)

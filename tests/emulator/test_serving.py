@@ -61,6 +61,26 @@ def test_cli_first_line_is_base_url_and_connection_file(tmp_path: Path) -> None:
             proc.stdout.close()
 
 
+def test_cli_authorization_code_connection_file_names_a_token_store(tmp_path: Path) -> None:
+    out = tmp_path / "conn.json"
+    args = ["--port", "0", "--data-dir", str(tmp_path), "--connection-out", str(out)]
+    cmd = [sys.executable, "-m", "dataverse_emulator", *args, "--connection-kind", "authorization_code"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("connection file:"):
+                break
+        cfg = json.loads(out.read_text())
+        assert cfg["kind"] == "authorization_code"
+        assert cfg["token_store"] == str(tmp_path / "conn.token.json")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_tls_with_generated_ca(tmp_path: Path) -> None:
     with running_emulator(tls=True, data_dir=str(tmp_path)) as handle:
         assert handle.base_url.startswith("https://127.0.0.1:")
