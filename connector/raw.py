@@ -95,9 +95,12 @@ def raw_problems(inputs: Mapping[str, Any], connection: Connection) -> list[Inpu
         problems += exc.problems
     for name in inputs.get("headers") or {}:
         if name.lower() in FORBIDDEN_HEADERS:
-            problems.append(
-                InputProblem(f"$.headers.{name}", f"{name} cannot be set: the connection sends its own credentials")
+            why = (
+                "the connection sends its own credentials"
+                if "authorization" in name.lower()
+                else "the HTTP client sets it from the URL and the body"
             )
+            problems.append(InputProblem(f"$.headers.{name}", f"{name} cannot be set: {why}"))
     if inputs.get("data") is not None and (inputs.get("form_data") or inputs.get("file_data")):
         problems.append(InputProblem("$.data", "give data (a JSON body) or form_data/file_data, not both"))
     files = inputs.get("file_data") or []

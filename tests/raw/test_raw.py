@@ -143,6 +143,10 @@ def test_raw_request_refuses_authorization_and_incoherent_bodies(
 ) -> None:
     with pytest.raises(InputError, match="Authorization cannot be set"):
         run(runtime, conn, path="WhoAmI", headers={"Authorization": "Bearer stolen"})
+    with pytest.raises(
+        InputError, match="Content-Length cannot be set: the HTTP client sets it from the URL and the body"
+    ):
+        run(runtime, conn, path="WhoAmI", headers={"Content-Length": "5"})
     with pytest.raises(InputError, match="a GET sends no body"):
         run(runtime, conn, path="accounts", data={"name": "x"})
     with pytest.raises(InputError, match="not valid base64"):
