@@ -225,7 +225,10 @@ def _describe(error: ValidationError) -> str:
         return f"the secret does not satisfy {v!r}{hint}; check the value supplied"
     shown = _show(error.instance)
     if v == "pattern":
-        expected = schema.get("description") or f"pattern {schema.get('pattern')}"
+        expected = str(schema.get("description") or f"pattern {schema.get('pattern')}")
+        # Descriptions are written as sentences ("A Dataverse row id: ..."); mid-message they read lower-case.
+        if expected[:1].isupper() and not expected[1:2].isupper():
+            expected = expected[0].lower() + expected[1:]
         return f"{shown} is not valid here: expected {expected}"
     if v == "format":
         return f"{shown} is not a valid {schema.get('format')}{hint}"

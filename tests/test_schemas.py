@@ -74,3 +74,11 @@ def test_formats_are_really_checked(fmt: str, good: str, bad: str) -> None:
     )
     assert store.validate(good, "https://tests.invalid/f.json") == []
     assert [p.message for p in store.validate(bad, "https://tests.invalid/f.json")] == [f'"{bad}" is not a valid {fmt}']
+
+
+def test_pattern_message_reads_as_one_sentence() -> None:
+    [problem] = STORE.validate("nope", "common/defs.json#/$defs/guid")
+    assert (
+        problem.message == '"nope" is not valid here: expected a Dataverse row id: 32 hexadecimal digits in the '
+        "8-4-4-4-12 form, without braces."
+    )
