@@ -13,6 +13,7 @@ Tokens and secrets never appear in messages or logs.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import hashlib
@@ -223,7 +224,7 @@ class _Token:
     refresh_at: float  # on the monotonic clock
 
 
-class _CachingProvider:
+class _CachingProvider(abc.ABC):
     """What every kind shares: the cached token, refresh before expiry, one refresh for concurrent callers.
 
     A subclass implements :meth:`_request_token`, which asks its identity endpoint and returns the raw token answer
@@ -257,11 +258,12 @@ class _CachingProvider:
                 return current.access_token
             return self._fetch()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  # a deliberate no-op default: only kinds holding a client release one
         """Nothing to release by default."""
 
+    @abc.abstractmethod
     def _request_token(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Ask this kind's identity endpoint for a token; the raw answer (``access_token``, ``expires_in``/``_on``)."""
 
     def _fetch(self) -> str:
         """Ask for a new token and check it; the caller holds the lock."""
