@@ -682,8 +682,6 @@ class WebApi:
                 target_name = row.get(type_col(single.referencing_attribute))
                 fk = row.get(single.referencing_attribute)
                 expected = single.referenced_entity
-                if expected == "owner" or (target_name and target_name != expected and expected != "owner"):
-                    pass
                 if fk is None or (expected != "owner" and target_name != expected):
                     ent[it.nav] = None
                     continue
