@@ -19,7 +19,6 @@ created there. Keys a URL cannot carry are resolved to GUIDs (reads) before the 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from connector.multipart import (
     decode_batch_response,
     encode_batch,
 )
-from connector.odata import filter_column, key_is_url_safe
+from connector.odata import entity_id, filter_column, key_is_url_safe
 from connector.records import (
     ANNOTATIONS_ALL,
     _address,
@@ -61,7 +60,6 @@ __all__ = ["MAX_OPERATIONS", "batch_problems", "run_batch"]
 MAX_OPERATIONS = 1000
 _ACTIONS = ("create", "update", "upsert", "delete", "get")
 _WRITES = ("create", "update", "upsert")
-_ENTITY_ID = re.compile(r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)\s*$")
 
 
 def _ref(value: Any) -> int | None:
@@ -243,8 +241,7 @@ def _plan(connection: Connection, inputs: Mapping[str, Any], index: int, api_pat
             headers += _prefer_header(op, inputs, True)
         else:
             address = _address(connection, meta, id_, key, impersonate)
-            found_id = _ENTITY_ID.search(address)
-            planned.known_id = found_id.group(1) if found_id else None
+            planned.known_id = entity_id(address)
             if action == "update":
                 method, path = "PATCH", _with_query(address, select if return_record else {})
                 headers.append(("If-Match", "*"))
@@ -319,11 +316,11 @@ def _fill(result: dict[str, Any], item: _Planned, answer: OperationResponse) -> 
     if isinstance(body, dict) and "error" not in body:
         body.pop("@odata.context", None)
         record = body
-    entity = _ENTITY_ID.search(answer.header("OData-EntityId") or "")
+    entity = entity_id(answer.header("OData-EntityId"))
     if record is not None and record.get(item.meta.primary_id):
         result["id"] = str(record[item.meta.primary_id])
     elif entity:
-        result["id"] = entity.group(1).lower()
+        result["id"] = entity
     action = item.op["action"]
     if action == "upsert":
         created = answer.status == 201 or (item.request is not None and item.request.method == "POST")

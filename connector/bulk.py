@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +51,7 @@ from connector.errors import (
 from connector.ids import new_id
 from connector.metadata import TableMetadata
 from connector.multipart import BatchOperation, MultipartError, OperationResponse, decode_batch_response, encode_batch
-from connector.odata import build_query_string, filter_column, format_literal, key_is_url_safe
+from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
 from connector.records import _build_body, _check_key, _key_body, _key_value, _predicate, _Problems
 
 if TYPE_CHECKING:
@@ -83,7 +82,6 @@ READ_VALUES = 250
 BYPASS_BUSINESS_LOGIC = ("CustomSync", "CustomAsync")
 NOT_FOUND = "0x80040217"
 _NS = "Microsoft.Dynamics.CRM."
-_ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _DUPLICATE_CODES = frozenset({DUPLICATE_RECORD, "0x80060892"})  # duplicate primary key; duplicate alternate key
 _NO_SPLIT_STATUS = frozenset({401, 403})  # the caller's rights, not a row: every half would fail the same way
 
@@ -451,7 +449,7 @@ class _Writer:
         rows: list[dict[str, Any]] = []
         for start in range(0, len(values), READ_VALUES):
             part = values[start : start + READ_VALUES]
-            literals = ",".join("'" + str(v).replace("'", "''") + "'" for v in part)
+            literals = ",".join(quote_string(str(v)) for v in part)
             filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{literals}])"
             rows += self._get(filter_, select)
         return rows
@@ -744,12 +742,11 @@ class _Writer:
 
     def _batch_success(self, item: _Item, answer: OperationResponse) -> _Done:
         if self.mode == "create":
-            match = _ENTITY_ID.search(answer.header("OData-EntityId") or "")
-            return _Done("created", item.id or (match.group(1).lower() if match else None))
+            return _Done("created", item.id or entity_id(answer.header("OData-EntityId")))
         if self.mode == "update":
             return _Done("updated", item.id)
-        match = _ENTITY_ID.search(answer.header("OData-EntityId") or "")
-        return _Done("updated" if item.exists else "created", item.id or (match.group(1).lower() if match else None))
+        created = item.id or entity_id(answer.header("OData-EntityId"))
+        return _Done("updated" if item.exists else "created", created)
 
 
 def _created_ids(response: Any) -> list[str | None]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import re
 import socket
 import ssl
 import uuid
@@ -36,16 +35,18 @@ from connector import __version__
 from connector.clock import Clock, SystemClock
 from connector.errors import (
     AuthenticationError,
-    ConnectionConfigError,
     DataverseApiError,
+    DataverseAuthError,
     FatalApiError,
     InputError,
+    NetworkConfigError,
     NotFoundError,
     OutcomeUnknownError,
     RetriableApiError,
 )
 from connector.governor import Governor, Outcome, RetryPolicy
 from connector.ids import new_id
+from connector.odata import entity_id
 
 if TYPE_CHECKING:
     from connector.auth import TokenProvider
@@ -54,9 +55,7 @@ __all__ = [
     "DUPLICATE_RECORD",
     "USER_AGENT",
     "CreateResult",
-    "DataverseAuthError",
     "DataverseClient",
-    "NetworkConfigError",
     "RetryPolicy",
     "WhoAmI",
     "error_from_response",
@@ -70,39 +69,6 @@ log = logging.getLogger("connector.http")
 USER_AGENT = f"d365-connector/{__version__}"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-class NetworkConfigError(ConnectionConfigError):
-    """Raised when the host cannot be resolved or its TLS certificate is not trusted: a setting to check, not a blip.
-
-    ``reason`` is ``"dns"`` or ``"tls"``.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        super().__init__(message, field=field)
-        self.reason = reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "reason": self.reason}
-
-
-class DataverseAuthError(AuthenticationError):
-    """Raised when Dataverse answers 401 even to a freshly fetched token; carries its ``WWW-Authenticate`` challenge."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        request_id: str | None = None,
-        www_authenticate: str | None = None,
-    ) -> None:
-        super().__init__(message, code=code, status_code=401)
-        self.request_id = request_id
-        self.www_authenticate = www_authenticate
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "request_id": self.request_id}
 
 
 @dataclass(frozen=True)
@@ -297,8 +263,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 DUPLICATE_RECORD = "0x80040237"
 """Dataverse's code for "a record with matching key values already exists" (also a duplicate primary key)."""
 
-_ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
-
 
 @dataclass
 class _Trace:
@@ -330,13 +294,6 @@ class CreateResult:
     sends: int = 1
     confirmed_by_get: bool = False
     record: dict[str, Any] | None = None
-
-
-def _entity_id(response: httpx.Response) -> str | None:
-    """The GUID at the end of the ``OData-EntityId`` header of a create answer."""
-    header = response.headers.get("OData-EntityId")
-    match = _ENTITY_ID.search(header or "")
-    return match.group(1).lower() if match else None
 
 
 class DataverseClient:
@@ -648,7 +605,7 @@ class DataverseClient:
             except ValueError:
                 decoded = None
             record = decoded if isinstance(decoded, dict) else None
-        created_id = row_id or _entity_id(response)
+        created_id = row_id or entity_id(response)
         if created_id is None and record is not None and id_attribute:
             value = record.get(id_attribute)
             created_id = str(value) if value else None

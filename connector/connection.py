@@ -566,6 +566,11 @@ class Connection:
         return self._config.api_url
 
     @property
+    def host(self) -> str:
+        """The environment's host (and port), lower-cased: what a page token must name to be followed here."""
+        return urlsplit(self._config.api_url).netloc.lower()
+
+    @property
     def clock(self) -> Clock:
         return self._clock
 

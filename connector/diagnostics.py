@@ -12,8 +12,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from connector.auth import AUDIENCE_MISMATCH, ID_TOKEN_REFUSED, decode_jwt_claims
-from connector.client import DataverseAuthError, NetworkConfigError
-from connector.errors import AuthenticationError, ConnectorError, DataverseApiError, FatalApiError
+from connector.errors import (
+    AuthenticationError,
+    ConnectorError,
+    DataverseApiError,
+    DataverseAuthError,
+    FatalApiError,
+    NetworkConfigError,
+)
 
 if TYPE_CHECKING:
     from connector.connection import Connection

@@ -7,11 +7,15 @@
     │   └── PluginError             a pack could not be loaded, or overrides a built-in without declaring it
     ├── InputError                  the caller's inputs are wrong; every problem listed with its JSON path
     ├── ConnectionConfigError       the connection settings are wrong or incomplete
+    │   ├── NetworkConfigError      the host cannot be resolved or its TLS certificate is not trusted
     │   └── AuthenticationError     the identity platform refused to issue a token
+    │       └── DataverseAuthError  Dataverse answered 401 even to a freshly fetched token
     ├── DataverseApiError           Dataverse answered with an error (status, code, request id, Retry-After)
     │   ├── RetriableApiError       throttled or transient: the request was not executed and may be sent again
     │   ├── FatalApiError           the request is wrong for Dataverse: sending it again gives the same answer
-    │   │   └── NotFoundError       the row (or resource) named by id or key does not exist
+    │   │   ├── NotFoundError       the row (or resource) named by id or key does not exist
+    │   │   ├── ConcurrencyError    an etag no longer matches the row (412): someone changed it since it was read
+    │   │   └── KeyActivationError  an alternate key's index build ended Failed
     │   └── OutcomeUnknownError     a non-idempotent request may or may not have been applied
     └── WebhookError                a webhook delivery could not be accepted
         ├── WebhookVerificationError
@@ -29,13 +33,17 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "ConcurrencyError",
     "ConnectionConfigError",
     "ConnectorError",
     "ContractError",
     "DataverseApiError",
+    "DataverseAuthError",
     "FatalApiError",
     "InputError",
     "InputProblem",
+    "KeyActivationError",
+    "NetworkConfigError",
     "NotFoundError",
     "OutcomeUnknownError",
     "PluginError",
@@ -147,6 +155,39 @@ class AuthenticationError(ConnectionConfigError):
         return {**super().to_dict(), "code": self.code, "status_code": self.status_code}
 
 
+class NetworkConfigError(ConnectionConfigError):
+    """Raised when the host cannot be resolved or its TLS certificate is not trusted: a setting to check, not a blip.
+
+    ``reason`` is ``"dns"`` or ``"tls"``.
+    """
+
+    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reason": self.reason}
+
+
+class DataverseAuthError(AuthenticationError):
+    """Raised when Dataverse answers 401 even to a freshly fetched token; carries its ``WWW-Authenticate`` challenge."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        request_id: str | None = None,
+        www_authenticate: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status_code=401)
+        self.request_id = request_id
+        self.www_authenticate = www_authenticate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "request_id": self.request_id}
+
+
 class DataverseApiError(ConnectorError):
     """Raised when Dataverse answers with an error; carries what support needs to find the request."""
 
@@ -196,6 +237,14 @@ class FatalApiError(DataverseApiError):
 
 class NotFoundError(FatalApiError):
     """Raised when the row or resource named by an id or an alternate key does not exist."""
+
+
+class ConcurrencyError(FatalApiError):
+    """Raised when ``etag`` no longer matches the row (HTTP 412): someone changed it since it was read."""
+
+
+class KeyActivationError(FatalApiError):
+    """Raised when an alternate key's index build ended ``Failed`` (duplicate values in its columns)."""
 
 
 class OutcomeUnknownError(DataverseApiError):

@@ -235,13 +235,9 @@ def fetch_problems(p: _Problems, inputs: Mapping[str, Any]) -> None:
         p.add("$.page", "a query with top or aggregate is not paged")
     if inputs.get("page_token"):
         try:
-            FetchToken.decode(inputs["page_token"], host=_host(p.connection), query=_query_hash(inputs["fetch_xml"]))
+            FetchToken.decode(inputs["page_token"], host=p.connection.host, query=_query_hash(inputs["fetch_xml"]))
         except InputError as exc:
             p.items += exc.problems
-
-
-def _host(connection: Connection) -> str:
-    return urlsplit(connection.api_url).netloc.lower()
 
 
 # -- sending --------------------------------------------------------------------------------------------------------
@@ -382,7 +378,7 @@ def fetch(connection: Connection, inputs: Mapping[str, Any]) -> FetchRun:
     text = str(inputs["fetch_xml"])
     root = parse_fetch(text)
     query = _query_hash(text)
-    host = _host(connection)
+    host = connection.host
     if inputs.get("page_token"):
         start = FetchToken.decode(inputs["page_token"], host=host, query=query)
     else:

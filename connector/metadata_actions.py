@@ -20,21 +20,17 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
-from connector.odata import PageToken, build_query_string, quote_string
+from connector.errors import FatalApiError, InputError, InputProblem, KeyActivationError, NotFoundError
+from connector.odata import PageToken, build_query_string, entity_id, quote_string
 
 if TYPE_CHECKING:
-    import httpx
-
     from connector.connection import Connection
     from connector.metadata import TableMetadata
 
 __all__ = [
     "ATTRIBUTE_TYPES",
     "METADATA_ACTIONS",
-    "KeyActivationError",
     "TableRef",
     "create_alternate_key",
     "create_attribute",
@@ -135,10 +131,6 @@ _CASCADE = {
 }
 
 
-class KeyActivationError(FatalApiError):
-    """Raised when an alternate key's index build ended ``Failed`` (duplicate values in its columns)."""
-
-
 # -- small helpers ---------------------------------------------------------------------------------------------------
 def label(text: str, language: int = LANGUAGE) -> dict[str, Any]:
     """A Label as Dataverse wants it on create and update (``UserLocalizedLabel`` is read-only)."""
@@ -181,13 +173,6 @@ def _solution_headers(inputs: Mapping[str, Any]) -> dict[str, str]:
     return {"MSCRM.SolutionUniqueName": str(solution)} if solution else {}
 
 
-def _entity_id(response: httpx.Response) -> str | None:
-    """The MetadataId at the end of ``OData-EntityId`` (``.../Attributes(<guid>)``)."""
-    header = response.headers.get("OData-EntityId") or ""
-    found = re.findall(r"\(([0-9a-fA-F-]{36})\)", urlsplit(header).path)
-    return found[-1].lower() if found else None
-
-
 def _strip(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A definition without its ``@odata.context`` and instance annotations, for outputs and for PUT bodies."""
     return {k: v for k, v in obj.items() if k == "@odata.type" or "@" not in k}
@@ -195,10 +180,6 @@ def _strip(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def _column_ref(attribute: str) -> str:
     return attribute if _GUID.match(attribute) else f"LogicalName={quote_string(attribute.lower())}"
-
-
-def _host(connection: Connection) -> str:
-    return urlsplit(connection.api_url).netloc.lower()
 
 
 # -- tables ----------------------------------------------------------------------------------------------------------
@@ -290,7 +271,7 @@ def list_entity_types(connection: Connection, inputs: Mapping[str, Any]) -> dict
     token = inputs.get("page_token")
     offset = 0
     if token:
-        decoded = PageToken.decode(str(token), host=_host(connection))
+        decoded = PageToken.decode(str(token), host=connection.host)
         offset = decoded.offset
         size = decoded.page_size or size
         query = decoded.path
@@ -310,7 +291,7 @@ def list_entity_types(connection: Connection, inputs: Mapping[str, Any]) -> dict
         for r in chunk
     ]
     more = end < len(rows)
-    next_token = PageToken(_host(connection), query, size, end).encode() if more else None
+    next_token = PageToken(connection.host, query, size, end).encode() if more else None
     return {"entity_types": types, "returned": len(types), "more_records": more, "next_page_token": next_token}
 
 
@@ -575,7 +556,7 @@ def create_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[
             )
             touched.append(target.logical_name)
             response = client.request("POST", "RelationshipDefinitions", json=body, headers=headers)
-            relationship = {"schema_name": body["SchemaName"], "metadata_id": _entity_id(response)}
+            relationship = {"schema_name": body["SchemaName"], "metadata_id": entity_id(response)}
             schema = str(body["Lookup"]["SchemaName"])
             # the answer names the relationship; the new column's own id takes one strong read
             column = _get(
@@ -589,7 +570,7 @@ def create_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[
             body = expand_attribute(spec) if _is_short(spec) else dict(spec)
             response = client.request("POST", f"{table.path}/Attributes", json=body, headers=headers)
             schema = str(body["SchemaName"])
-            attribute_id = _entity_id(response)
+            attribute_id = entity_id(response)
     finally:
         # even a failed write may have half-applied on the server; the cache must not keep answering the old shape
         for name in touched:
@@ -811,7 +792,7 @@ def create_alternate_key(connection: Connection, inputs: Mapping[str, Any]) -> d
         )
     finally:
         connection.metadata.invalidate(table.logical_name)
-    key_id = _entity_id(response)
+    key_id = entity_id(response)
     if key_id is None:
         listed = list_alternate_keys(connection, {"table": table.logical_name})["keys"]
         key_id = next((k["metadata_id"] for k in listed if str(k["schema_name"]).lower() == schema.lower()), None)
@@ -846,7 +827,7 @@ def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connec
             return list(exc.problems)
     if action_id == "list_entity_types" and inputs.get("page_token"):
         try:
-            PageToken.decode(str(inputs["page_token"]), host=_host(connection))
+            PageToken.decode(str(inputs["page_token"]), host=connection.host)
         except InputError as exc:
             problems += exc.problems
     if action_id == "get_entities_metadata" and inputs.get("default_selected"):

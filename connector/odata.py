@@ -35,6 +35,7 @@ __all__ = [
     "STRING_TYPES",
     "PageToken",
     "build_query_string",
+    "entity_id",
     "escape_like",
     "filter_column",
     "format_literal",
@@ -58,6 +59,27 @@ _QUERY_SAFE = "$,()'=@*:;!-._~"
 
 class LiteralError(ValueError):
     """A value that cannot be written as a literal of its column's type; the message says what is expected."""
+
+
+_ENTITY_ID = re.compile(r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)\s*$")
+
+
+def entity_id(source: Any) -> str | None:
+    """The GUID ending an ``OData-EntityId`` header, a row URL or a path (``.../accounts(<guid>)``), lower-cased.
+
+    ``source`` is the address itself or an answer carrying the header (anything with ``headers``, such as an
+    ``httpx.Response`` or a ``$batch`` part), so every module reads a created row's id the same way; ``None`` when the
+    address ends in an alternate key or there is none.
+    """
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        headers = source.headers
+        source = headers.get("OData-EntityId") if hasattr(headers, "get") else None
+        if not source:
+            return None
+    match = _ENTITY_ID.search(urlsplit(source).path if "://" in source else source)
+    return match.group(1).lower() if match else None
 
 
 def quote_string(value: str) -> str:

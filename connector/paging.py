@@ -133,12 +133,6 @@ class QueryRun:
             self.count_limit_exceeded = bool(exceeded)
 
 
-def _host(connection: Connection) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(connection.api_url).netloc.lower()
-
-
 def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, int | None]:
     """Where the query starts (a fresh query or a page token) and how many rows to return at most."""
     meta = connection.metadata.table(inputs["table"])
@@ -150,7 +144,7 @@ def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, 
     else:
         limit = int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
     if inputs.get("page_token"):
-        token = PageToken.decode(inputs["page_token"], host=_host(connection))
+        token = PageToken.decode(inputs["page_token"], host=connection.host)
         if token.entity_set != meta.entity_set:
             raise InputError(
                 [InputProblem("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")]
@@ -190,7 +184,7 @@ def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, 
     else:
         annotations = None
     page_size = None if inputs.get("top") else int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
-    return PageToken(_host(connection), path, page_size, 0, annotations), limit
+    return PageToken(connection.host, path, page_size, 0, annotations), limit
 
 
 def _order(item: str, types: Mapping[str, str]) -> str:
@@ -228,7 +222,7 @@ def query_problems(p: _Problems, meta: TableMetadata, inputs: Mapping[str, Any])
             p.add(f"$.order_by[{i}]", f"unknown column {column!r} of table {meta.logical_name!r}")
     if inputs.get("page_token"):
         try:
-            token = PageToken.decode(inputs["page_token"], host=_host(p.connection))
+            token = PageToken.decode(inputs["page_token"], host=p.connection.host)
         except InputError as exc:
             p.items += exc.problems
         else:

@@ -17,14 +17,13 @@ The rules that users of other connectors get wrong are applied here, from metada
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from connector import ids
-from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
+from connector.errors import ConcurrencyError, FatalApiError, InputError, InputProblem, NotFoundError
 from connector.metadata import TableMetadata
 from connector.odata import (
     CHOICE_TYPES,
@@ -33,6 +32,7 @@ from connector.odata import (
     STRING_TYPES,
     LiteralError,
     build_query_string,
+    entity_id,
     filter_column,
     format_literal,
     key_is_url_safe,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECORD_ACTIONS",
-    "ConcurrencyError",
     "associate",
     "create_record",
     "delete_record",
@@ -69,11 +68,6 @@ RECORD_ACTIONS = frozenset(
 )
 ANNOTATIONS_ALL = 'odata.include-annotations="*"'
 _DUPLICATE_CODES = frozenset({"0x80040237", "0x80060892"})
-_ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
-
-
-class ConcurrencyError(FatalApiError):
-    """Raised when ``etag`` no longer matches the row (HTTP 412): someone changed it since it was read."""
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
@@ -494,9 +488,7 @@ def _id_from(response: httpx.Response, meta: TableMetadata) -> str | None:
             body = None
         if isinstance(body, dict) and body.get(meta.primary_id):
             return str(body[meta.primary_id])
-    entity_id = response.headers.get("OData-EntityId", "")
-    match = _ENTITY_ID.search(entity_id)
-    return match.group(1) if match else None
+    return entity_id(response)
 
 
 def _record(response: httpx.Response) -> dict[str, Any] | None:
@@ -744,12 +736,7 @@ def delete_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str
                 method="DELETE",
             ) from None
         raise
-    return {"table": meta.logical_name, "id": id_ or _id_in(path), "deleted": True}
-
-
-def _id_in(path: str) -> str | None:
-    match = _ENTITY_ID.search(path)
-    return match.group(1) if match else None
+    return {"table": meta.logical_name, "id": id_ or entity_id(path), "deleted": True}
 
 
 def _related_id(
@@ -819,7 +806,7 @@ def _association_output(
 ) -> dict[str, Any]:
     return {
         "table": meta.logical_name,
-        "id": _id_in(path),
+        "id": entity_id(path),
         "navigation": nav,
         "related_table": target.logical_name if target else None,
         "related_id": related_id,

@@ -39,6 +39,7 @@ from connector.errors import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
+from connector.odata import entity_id, quote_string
 
 if TYPE_CHECKING:
     from connector.connection import Connection, Secret
@@ -490,16 +491,11 @@ def _one(connection: Connection, path: str) -> dict[str, Any] | None:
     return dict(rows[0]) if rows else None
 
 
-def _odata_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _created_id(response: Any, entity_set: str) -> str:
-    location = response.headers.get("OData-EntityId", "")
-    m = re.search(r"\(([0-9a-fA-F-]{36})\)$", location)
-    if not m:
+    created = entity_id(response)
+    if created is None:
         raise WebhookError(f"Dataverse did not return the id of the new {entity_set} row (no OData-EntityId header)")
-    return m.group(1).lower()
+    return created
 
 
 def _delete(connection: Connection, entity_set: str, rid: str) -> None:
@@ -530,7 +526,7 @@ def subscribe(config: WebhookConfig, connection: Connection, target_url: str) ->
         "messageformat": MESSAGE_FORMAT_JSON,
     }
     try:
-        existing = _one(connection, f"serviceendpoints?$select=serviceendpointid&$filter=name eq {_odata_literal(tag)}")
+        existing = _one(connection, f"serviceendpoints?$select=serviceendpointid&$filter=name eq {quote_string(tag)}")
         if existing is not None:
             endpoint_id = str(existing["serviceendpointid"])
             client.request("PATCH", f"serviceendpoints({endpoint_id})", json=endpoint_body)
@@ -561,14 +557,14 @@ def _ensure_step(
     created: list[tuple[str, str]],
 ) -> dict[str, Any]:
     client = connection.client
-    msg = _one(connection, f"sdkmessages?$select=sdkmessageid&$filter=name eq {_odata_literal(message)}")
+    msg = _one(connection, f"sdkmessages?$select=sdkmessageid&$filter=name eq {quote_string(message)}")
     if msg is None:
         raise WebhookError(f"Dataverse has no message named {message!r}")
     message_id = str(msg["sdkmessageid"])
     flt = _one(
         connection,
         "sdkmessagefilters?$select=sdkmessagefilterid&$filter="
-        f"_sdkmessageid_value eq {message_id} and primaryobjecttypecode eq {_odata_literal(config.table)}",
+        f"_sdkmessageid_value eq {message_id} and primaryobjecttypecode eq {quote_string(config.table)}",
     )
     if flt is None:
         raise WebhookError(f"table {config.table!r} does not support the message {message!r} (no sdkmessagefilter)")
@@ -576,7 +572,7 @@ def _ensure_step(
     step = _one(
         connection,
         "sdkmessageprocessingsteps?$select=sdkmessageprocessingstepid&$filter="
-        f"_eventhandler_value eq {endpoint_id} and name eq {_odata_literal(name)}",
+        f"_eventhandler_value eq {endpoint_id} and name eq {quote_string(name)}",
     )
     if step is not None:
         step_id = str(step["sdkmessageprocessingstepid"])
@@ -608,7 +604,7 @@ def _ensure_step(
         found = _one(
             connection,
             "sdkmessageprocessingstepimages?$select=sdkmessageprocessingstepimageid&$filter="
-            f"_sdkmessageprocessingstepid_value eq {step_id} and entityalias eq {_odata_literal(alias)}",
+            f"_sdkmessageprocessingstepid_value eq {step_id} and entityalias eq {quote_string(alias)}",
         )
         if found is not None:
             images.append(str(found["sdkmessageprocessingstepimageid"]))
@@ -640,7 +636,7 @@ def unsubscribe(subscription: Mapping[str, Any], connection: Connection) -> dict
     endpoint_id = subscription.get("serviceendpoint_id")
     tag = subscription.get("tag")
     if not endpoint_id and tag:
-        found = _one(connection, f"serviceendpoints?$select=serviceendpointid&$filter=name eq {_odata_literal(tag)}")
+        found = _one(connection, f"serviceendpoints?$select=serviceendpointid&$filter=name eq {quote_string(tag)}")
         endpoint_id = found["serviceendpointid"] if found else None
     step_ids = {str(s["step_id"]) for s in subscription.get("steps", []) if s.get("step_id")}
     image_ids = {str(i) for s in subscription.get("steps", []) for i in s.get("image_ids", [])}

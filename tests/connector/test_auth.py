@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from connector.auth import DYNAMICS_CRM_APP_ID, audience_problem, decode_jwt_claims, refresh_leeway
-from connector.client import NetworkConfigError, RetryPolicy
-from connector.errors import AuthenticationError, ConnectorError
+from connector.client import RetryPolicy
+from connector.errors import AuthenticationError, ConnectorError, NetworkConfigError
 
 
 def test_auth_token_request_body(cloud: Any) -> None:

@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.client import DataverseAuthError, NetworkConfigError, RetryPolicy, parse_retry_after
+from connector.client import RetryPolicy, parse_retry_after
 from connector.errors import (
     DataverseApiError,
+    DataverseAuthError,
     FatalApiError,
     InputError,
+    NetworkConfigError,
     NotFoundError,
     OutcomeUnknownError,
     RetriableApiError,

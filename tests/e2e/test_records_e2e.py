@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from connector.connection import Connection
-from connector.errors import InputError, NotFoundError
-from connector.records import ConcurrencyError
+from connector.errors import ConcurrencyError, InputError, NotFoundError
 from connector.runtime import Runtime
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
 from tests.conftest import assert_no_secrets

@@ -10,9 +10,8 @@ import pytest
 
 from connector.clock import FakeClock
 from connector.connection import Connection
-from connector.errors import FatalApiError, InputError, NotFoundError
+from connector.errors import ConcurrencyError, FatalApiError, InputError, NotFoundError
 from connector.odata import PageToken, escape_like, format_literal, key_predicate, quote_string
-from connector.records import ConcurrencyError
 from connector.runtime import Runtime
 from tests.conftest import assert_no_secrets
 
