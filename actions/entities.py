@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connector import records
+from connector import associations, records
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
@@ -63,10 +63,10 @@ def query_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[st
 @hookimpl
 def associate_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Link two rows ($ref)."""
-    return records.associate(connection, inputs)
+    return associations.associate(connection, inputs)
 
 
 @hookimpl
 def disassociate_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Unlink two rows ($ref)."""
-    return records.disassociate(connection, inputs)
+    return associations.disassociate(connection, inputs)

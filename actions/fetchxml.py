@@ -9,7 +9,7 @@ from connector import fetchxml
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
-from connector.records import _Problems
+from connector.problems import Problems
 
 
 @hookimpl
@@ -17,7 +17,7 @@ def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Conne
     """Phase two: the XML (safely parsed), FetchXML's shape, the table's metadata and the page token."""
     if action_id != "run_fetch_xml_query":
         return None
-    problems = _Problems(connection)
+    problems = Problems(connection)
     fetchxml.fetch_problems(problems, inputs)
     return problems.items
 

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from connector.addressing import address, find_by_key, with_query
+from connector.body import build_body, check_fields, key_body
 from connector.errors import DataverseApiError, FatalApiError, InputError, InputProblem
 from connector.metadata import TableMetadata
 from connector.multipart import (
@@ -38,19 +40,8 @@ from connector.multipart import (
     decode_batch_response,
     encode_batch,
 )
-from connector.odata import entity_id, filter_column, key_is_url_safe
-from connector.records import (
-    ANNOTATIONS_ALL,
-    _address,
-    _build_body,
-    _check_fields,
-    _check_key,
-    _check_select,
-    _find_by_key,
-    _key_body,
-    _Problems,
-    _with_query,
-)
+from connector.odata import ALL_ANNOTATIONS, entity_id, filter_column, key_is_url_safe
+from connector.problems import Problems, check_key, check_select
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -73,7 +64,7 @@ def _ref(value: Any) -> int | None:
 def batch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Every operation checked against metadata (tables, keys, columns, lookups, change set rules); reads only."""
     ops: Sequence[Mapping[str, Any]] = inputs["operations"]
-    p = _Problems(connection)
+    p = Problems(connection)
     if len(ops) > MAX_OPERATIONS:
         p.add("$.operations", f"at most {MAX_OPERATIONS} operations per batch (Dataverse's limit); got {len(ops)}")
         return p.items
@@ -92,7 +83,7 @@ def batch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[In
     return p.items
 
 
-def _operation_problems(p: _Problems, ops: Sequence[Mapping[str, Any]], i: int, here: str) -> None:
+def _operation_problems(p: Problems, ops: Sequence[Mapping[str, Any]], i: int, here: str) -> None:
     op = ops[i]
     action = op["action"]
     meta = p.table(str(op["table"]), f"{here}.table")
@@ -105,11 +96,11 @@ def _operation_problems(p: _Problems, ops: Sequence[Mapping[str, Any]], i: int, 
     if action != "create" and op.get("id") is None and not op.get("key"):
         p.add(f"{here}.id", f"{action} needs the row's id or an alternate key")
     if op.get("key"):
-        meta, _ = _check_key(p, meta, op["key"], f"{here}.key")
+        meta, _ = check_key(p, meta, op["key"], f"{here}.key")
     if action == "get" and op.get("changeset") is not None:
         p.add(f"{here}.changeset", "Dataverse does not allow a get inside a change set; take it out of the change set")
     if op.get("select"):
-        meta = _check_select(p, meta, op["select"], f"{here}.select")
+        meta = check_select(p, meta, op["select"], f"{here}.select")
     fields = dict(op.get("fields") or {})
     if action not in _WRITES:
         if fields:
@@ -121,11 +112,11 @@ def _operation_problems(p: _Problems, ops: Sequence[Mapping[str, Any]], i: int, 
             continue
         del fields[column]
         _ref_problem(p, ops, i, meta, column, ref, f"{here}.fields.{column}")
-    _check_fields(p, meta, fields, f"{here}.fields", for_create=action != "update")
+    check_fields(p, meta, fields, f"{here}.fields", for_create=action != "update")
 
 
 def _ref_problem(
-    p: _Problems, ops: Sequence[Mapping[str, Any]], i: int, meta: TableMetadata, column: str, ref: int, path: str
+    p: Problems, ops: Sequence[Mapping[str, Any]], i: int, meta: TableMetadata, column: str, ref: int, path: str
 ) -> None:
     op = ops[i]
     if not 0 <= ref < i:
@@ -182,7 +173,7 @@ class _Group:
 def _prefer_header(op: Mapping[str, Any], inputs: Mapping[str, Any], representation: bool) -> list[tuple[str, str]]:
     prefer = ["return=representation"] if representation else []
     if inputs.get("include_annotations"):
-        prefer.append(ANNOTATIONS_ALL)
+        prefer.append(ALL_ANNOTATIONS)
     return [("Prefer", ", ".join(prefer))] if prefer else []
 
 
@@ -207,7 +198,7 @@ def _plan(connection: Connection, inputs: Mapping[str, Any], index: int, api_pat
         if action == "upsert":
             for column in key or {}:
                 fields.pop(column, None)
-        body = _build_body(
+        body = build_body(
             connection,
             meta,
             fields,
@@ -225,35 +216,35 @@ def _plan(connection: Connection, inputs: Mapping[str, Any], index: int, api_pat
                 assert body is not None
                 body[meta.primary_id] = id_
                 planned.known_id = id_
-            method, path = "POST", _with_query(meta.entity_set, select if return_record else {})
+            method, path = "POST", with_query(meta.entity_set, select if return_record else {})
             headers += _prefer_header(op, inputs, return_record)
         elif action == "upsert" and key and not key_is_url_safe(key):
             assert body is not None
-            found = _find_by_key(connection, meta, key, impersonate)
+            found = find_by_key(connection, meta, key, impersonate)
             if found is None:  # create it with a GUID of ours, key columns in the body
                 planned.known_id = str(uuid.uuid4())
-                body = {**body, **_key_body(connection, meta, key), meta.primary_id: planned.known_id}
-                method, path = "POST", _with_query(meta.entity_set, {"$select": meta.primary_id})
+                body = {**body, **key_body(connection, meta, key), meta.primary_id: planned.known_id}
+                method, path = "POST", with_query(meta.entity_set, {"$select": meta.primary_id})
             else:
                 planned.known_id = found
-                method, path = "PATCH", _with_query(f"{meta.entity_set}({found})", {"$select": meta.primary_id})
+                method, path = "PATCH", with_query(f"{meta.entity_set}({found})", {"$select": meta.primary_id})
                 headers.append(("If-Match", "*"))
             headers += _prefer_header(op, inputs, True)
         else:
-            address = _address(connection, meta, id_, key, impersonate)
-            planned.known_id = entity_id(address)
+            row_path = address(connection, meta, id_, key, impersonate)
+            planned.known_id = entity_id(row_path)
             if action == "update":
-                method, path = "PATCH", _with_query(address, select if return_record else {})
+                method, path = "PATCH", with_query(row_path, select if return_record else {})
                 headers.append(("If-Match", "*"))
                 headers += _prefer_header(op, inputs, return_record)
             elif action == "upsert":
                 # representation tells created (201) from updated (200); $select keeps it to the id
-                method, path = "PATCH", _with_query(address, select if return_record else {"$select": meta.primary_id})
+                method, path = "PATCH", with_query(row_path, select if return_record else {"$select": meta.primary_id})
                 headers += _prefer_header(op, inputs, True)
             elif action == "delete":
-                method, path = "DELETE", address
+                method, path = "DELETE", row_path
             else:
-                method, path = "GET", _with_query(address, select)
+                method, path = "GET", with_query(row_path, select)
                 headers += _prefer_header(op, inputs, False)
     except FatalApiError as exc:  # a key resolved through $filter that matched no row
         planned.failure = exc

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from connector.addressing import key_value, predicate
+from connector.body import build_body, key_body
 from connector.client import DUPLICATE_RECORD
 from connector.errors import (
     DataverseApiError,
@@ -52,7 +54,7 @@ from connector.ids import new_id
 from connector.metadata import TableMetadata
 from connector.multipart import BatchOperation, MultipartError, OperationResponse, decode_batch_response, encode_batch
 from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
-from connector.records import _build_body, _check_key, _key_body, _key_value, _predicate, _Problems
+from connector.problems import Problems, check_key
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -216,7 +218,7 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
 # -- validation -----------------------------------------------------------------------------------------------------
 def write_problems(connection: Connection, inputs: Mapping[str, Any]) -> list[InputProblem]:
     """Phase-two problems of a bulk write (metadata reads only): columns, values, labels, keys, addressing per mode."""
-    p = _Problems(connection)
+    p = Problems(connection)
     meta = p.table(str(inputs["table"]), "$.table")
     if meta is None:
         return p.items
@@ -229,7 +231,7 @@ def write_problems(connection: Connection, inputs: Mapping[str, Any]) -> list[In
     return p.items
 
 
-def _record_problems(p: _Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str) -> None:
+def _record_problems(p: Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str) -> None:
     id_, key = record.get("id"), record.get("key")
     fields = dict(record.get("fields") or {})
     if id_ is not None and key:
@@ -239,7 +241,7 @@ def _record_problems(p: _Problems, meta: TableMetadata, mode: str, record: Mappi
     if mode != "create" and id_ is None and not key:
         p.add(f"{path}.id", f"mode {mode} needs the row's id or an alternate key")
     if key:
-        meta, _ = _check_key(p, meta, key, f"{path}.key")
+        meta, _ = check_key(p, meta, key, f"{path}.key")
         if mode == "upsert":
             for column, value in key.items():
                 if column in fields and fields[column] != value:
@@ -252,7 +254,7 @@ def _record_problems(p: _Problems, meta: TableMetadata, mode: str, record: Mappi
     if mode == "upsert":
         for column in key or {}:
             fields.pop(column, None)
-    _build_body(p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False)
+    build_body(p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False)
 
 
 # -- planning -------------------------------------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def _plan(
     connection: Connection, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]], options: WriteOptions
 ) -> list[_Item]:
     """Bodies built (lookups bound, labels mapped), key values typed, duplicates merged (later fields win)."""
-    p = _Problems(connection)
+    p = Problems(connection)
     items: list[_Item] = []
     by_identity: dict[tuple[Any, ...], _Item] = {}
     for i, record in enumerate(records):
@@ -305,7 +307,7 @@ def _plan(
         if mode == "upsert":
             for column in key or {}:
                 fields.pop(column, None)
-        body = _build_body(
+        body = build_body(
             connection,
             meta,
             fields,
@@ -315,7 +317,7 @@ def _plan(
             impersonate=options.impersonate,
         )
         if key:
-            key = {c: _key_value(connection, meta, c, v) for c, v in key.items()}
+            key = {c: key_value(connection, meta, c, v) for c, v in key.items()}
         item_id = str(given).lower() if given else None
         ident = _identity(item_id, key)
         previous = by_identity.get(ident) if ident is not None else None
@@ -578,7 +580,7 @@ class _Writer:
             item.exists = False
             if self.options.client_ids or not key_is_url_safe(item.key):
                 item.id, item.generated = new_id(), True
-                item.body = {**item.body, **_key_body(self.connection, self.meta, item.key)}
+                item.body = {**item.body, **key_body(self.connection, self.meta, item.key)}
         return items
 
     def _missing(self, item: _Item) -> str:
@@ -592,7 +594,7 @@ class _Writer:
         if item.id is not None:
             target[meta.primary_id] = item.id
         elif item.key:  # an upsert to create by a URL-safe key without client ids
-            target["@odata.id"] = f"{meta.entity_set}({_predicate(self.connection, meta, item.key)})"
+            target["@odata.id"] = f"{meta.entity_set}({predicate(self.connection, meta, item.key)})"
         target.update(item.body)
         return target
 
@@ -688,7 +690,7 @@ class _Writer:
                 address = (
                     item.id
                     if item.id is not None
-                    else _predicate(self.connection, meta, item.key or {})  # upsert by a URL-safe key
+                    else predicate(self.connection, meta, item.key or {})  # upsert by a URL-safe key
                 )
                 method, url = "PATCH", f"{api_path}/{meta.entity_set}({address})"
                 if self.mode == "update":

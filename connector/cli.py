@@ -233,10 +233,11 @@ def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_
     data is sent.
     """
     from connector import fetchxml, paging, records
+    from connector.problems import Problems
 
     run: paging.QueryRun | fetchxml.FetchRun
     if action_id == "run_fetch_xml_query":
-        checks = records._Problems(connection)
+        checks = Problems(connection)
         fetchxml.fetch_problems(checks, inputs)
         problems = checks.items
     else:

@@ -36,11 +36,12 @@ from defusedxml import DefusedXmlException
 
 from connector.errors import FatalApiError, InputError, InputProblem
 from connector.multipart import BatchOperation, ChangeSetResponse, MultipartError, decode_batch_response, encode_batch
+from connector.odata import ALL_ANNOTATIONS
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
-    from connector.records import _Problems
+    from connector.problems import Problems
 
 __all__ = ["FetchRun", "FetchToken", "fetch", "fetch_problems", "parse_fetch", "run_fetch"]
 
@@ -51,7 +52,6 @@ DEFAULT_PAGE_SIZE = 100
 PAGING_ANNOTATIONS = (
     'odata.include-annotations="Microsoft.Dynamics.CRM.fetchxmlpagingcookie,Microsoft.Dynamics.CRM.morerecords"'
 )
-ALL_ANNOTATIONS = 'odata.include-annotations="*"'
 COOKIE = "@Microsoft.Dynamics.CRM.fetchxmlpagingcookie"
 MORE = "@Microsoft.Dynamics.CRM.morerecords"
 
@@ -202,7 +202,7 @@ class FetchToken:
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
-def fetch_problems(p: _Problems, inputs: Mapping[str, Any]) -> None:
+def fetch_problems(p: Problems, inputs: Mapping[str, Any]) -> None:
     """XML, FetchXML shape, the table against metadata, and the page token: all before any data request."""
     try:
         root = parse_fetch(str(inputs["fetch_xml"]))

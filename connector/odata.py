@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 from connector.errors import InputError, InputProblem
 
 __all__ = [
+    "ALL_ANNOTATIONS",
     "LOOKUP_TYPES",
     "NUMERIC_TYPES",
     "STRING_TYPES",
@@ -44,6 +45,8 @@ __all__ = [
     "quote_string",
 ]
 
+#: The ``Prefer`` value asking for every annotation (formatted values, lookup names); one spelling for every module.
+ALL_ANNOTATIONS = 'odata.include-annotations="*"'
 #: Characters Dataverse cannot take inside a key predicate, even percent-encoded (use a $filter lookup instead).
 URL_UNSAFE_KEY_CHARS = frozenset("/<>*%&:\\?+")
 STRING_TYPES = frozenset({"String", "Memo", "EntityName"})

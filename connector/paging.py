@@ -14,14 +14,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from connector.addressing import expand_param
 from connector.errors import FatalApiError, InputError, InputProblem
 from connector.metadata import TableMetadata
-from connector.odata import PageToken, build_query_string, filter_column, where_problems_and_filter
+from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
+from connector.problems import Problems
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
-    from connector.records import _Problems
 
 __all__ = ["Page", "QueryRun", "iter_pages", "query_problems", "run_query"]
 
@@ -29,7 +30,6 @@ COUNT_ANNOTATIONS = (
     'odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
     'Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"'
 )
-ALL_ANNOTATIONS = 'odata.include-annotations="*"'
 DEFAULT_PAGE_SIZE = 100
 
 
@@ -168,9 +168,7 @@ def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, 
     if inputs.get("order_by"):
         params["$orderby"] = ",".join(_order(c, types) for c in inputs["order_by"])
     if inputs.get("expand"):
-        from connector.records import _expand_param
-
-        params["$expand"] = _expand_param(meta, inputs["expand"], connection)
+        params["$expand"] = expand_param(meta, inputs["expand"], connection)
     if inputs.get("top"):
         params["$top"] = str(int(inputs["top"]))
     if inputs.get("include_count"):
@@ -207,7 +205,7 @@ def _where(
     return where_problems_and_filter(where, meta.types, choice, table=meta.logical_name, path=path)
 
 
-def query_problems(p: _Problems, meta: TableMetadata, inputs: Mapping[str, Any]) -> None:
+def query_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any]) -> None:
     """Phase-two checks of ``query_entities``: columns of where and order_by, and the page token's host and table."""
     columns = [str(c.get("column")) for c in inputs.get("where") or []]
     columns += [str(c).partition(" ")[0] for c in inputs.get("order_by") or []]

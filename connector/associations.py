@@ -1,0 +1,126 @@
+"""Linking and unlinking rows through navigation properties (``$ref``): the associate and disassociate operations and
+their phase-two checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from connector.addressing import address, find_by_key, not_found, predicate, with_query
+from connector.errors import NotFoundError
+from connector.metadata import TableMetadata
+from connector.odata import entity_id, key_is_url_safe
+from connector.problems import Problems, check_key
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+
+__all__ = ["associate", "association_problems", "disassociate", "find_related"]
+
+
+def association_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any], *, disassociate: bool) -> None:
+    nav = str(inputs["navigation"])
+    found = meta.navigation_target(nav)
+    if found is None:
+        meta = p.fresh(meta)
+        found = meta.navigation_target(nav)
+    if found is None:
+        navs = sorted([*meta.single_navigations, *meta.collection_navigations])
+        close = difflib.get_close_matches(nav, navs, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        p.add("$.navigation", f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
+        return
+    target_name, is_collection = found
+    related = inputs.get("related")
+    if related is None:
+        if not (disassociate and not is_collection):
+            p.add("$.related", f"{nav!r} needs the related row: related {{table, id}} or {{table, key}}")
+        return
+    target = p.table(str(related["table"]), "$.related.table")
+    if target is None:
+        return
+    allowed = ("systemuser", "team") if target_name == "owner" else (target_name,)
+    if target.logical_name not in allowed:
+        p.add(
+            "$.related.table",
+            f"{nav!r} relates {meta.logical_name!r} to {' or '.join(allowed)}, not {target.logical_name!r}",
+        )
+        return
+    if related.get("key"):
+        check_key(p, target, related["key"], "$.related.key")
+
+
+def find_related(
+    connection: Connection, related: Mapping[str, Any], impersonate: str | None
+) -> tuple[TableMetadata, str]:
+    target = connection.metadata.table(related["table"])
+    if related.get("id"):
+        return target, str(related["id"])
+    key = related["key"]
+    if key_is_url_safe(key):
+        try:
+            body = connection.client.get_json(
+                with_query(
+                    f"{target.entity_set}({predicate(connection, target, key)})", {"$select": target.primary_id}
+                ),
+                impersonate=impersonate,
+            )
+        except NotFoundError as exc:
+            raise not_found(target, key=key, cause=exc, what="the related row") from None
+        return target, str(body[target.primary_id])
+    found = find_by_key(connection, target, key, impersonate)
+    if found is None:
+        raise not_found(target, key=key, what="the related row")
+    return target, found
+
+
+def associate(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Link two rows through a navigation property: PUT ``nav/$ref`` (single-valued) or POST (collection)."""
+    meta = connection.metadata.table(inputs["table"])
+    impersonate = inputs.get("impersonate")
+    nav = str(inputs["navigation"])
+    found = meta.navigation_target(nav)
+    assert found is not None
+    path = address(connection, meta, inputs.get("id"), inputs.get("key"), impersonate)
+    target, related_id = find_related(connection, inputs["related"], impersonate)
+    ref = {"@odata.id": f"{connection.client.api_url}/{target.entity_set}({related_id})"}
+    method = "POST" if found[1] else "PUT"
+    try:
+        connection.client.request(method, f"{path}/{nav}/$ref", json=ref, impersonate=impersonate)
+    except NotFoundError as exc:
+        raise not_found(meta, id=inputs.get("id"), key=inputs.get("key"), cause=exc) from None
+    return _association_output(meta, path, nav, target, related_id)
+
+
+def disassociate(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Unlink: DELETE ``nav/$ref`` (single-valued) or ``nav(<id>)/$ref`` (collection)."""
+    meta = connection.metadata.table(inputs["table"])
+    impersonate = inputs.get("impersonate")
+    nav = str(inputs["navigation"])
+    found = meta.navigation_target(nav)
+    assert found is not None
+    path = address(connection, meta, inputs.get("id"), inputs.get("key"), impersonate)
+    target: TableMetadata | None = None
+    related_id: str | None = None
+    if inputs.get("related"):
+        target, related_id = find_related(connection, inputs["related"], impersonate)
+    ref_path = f"{path}/{nav}({related_id})/$ref" if found[1] else f"{path}/{nav}/$ref"
+    try:
+        connection.client.request("DELETE", ref_path, impersonate=impersonate)
+    except NotFoundError as exc:
+        raise not_found(meta, id=inputs.get("id"), key=inputs.get("key"), cause=exc) from None
+    return _association_output(meta, path, nav, target, related_id)
+
+
+def _association_output(
+    meta: TableMetadata, path: str, nav: str, target: TableMetadata | None, related_id: str | None
+) -> dict[str, Any]:
+    return {
+        "table": meta.logical_name,
+        "id": entity_id(path),
+        "navigation": nav,
+        "related_table": target.logical_name if target else None,
+        "related_id": related_id,
+    }
