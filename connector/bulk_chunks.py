@@ -1,0 +1,438 @@
+"""One chunk of a bulk write: the pre-reads, the bulk message or the ``$batch`` fallback, and the halving that isolates
+bad rows.
+
+:func:`connector.bulk.write_records` plans the rows (bodies built, keys typed, duplicates merged) and hands chunks of
+:class:`PlannedWrite` to a :class:`ChunkWriter` on the governor's threads; every planned write comes back as one
+:class:`RowOutcome`, whatever happened to the requests that carried it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from connector.addressing import predicate
+from connector.body import key_body
+from connector.client import DUPLICATE_RECORD
+from connector.errors import DataverseApiError, FatalApiError, OutcomeUnknownError, RetriableApiError
+from connector.ids import new_id
+from connector.metadata import TableMetadata
+from connector.multipart import BatchOperation, MultipartError, OperationResponse, decode_batch_response, encode_batch
+from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
+
+if TYPE_CHECKING:
+    from connector.bulk import WriteOptions
+    from connector.connection import Connection
+
+__all__ = ["READ_VALUES", "ChunkWriter", "PlannedWrite", "RowOutcome", "created_ids", "failed_outcome", "row_identity"]
+
+READ_VALUES = 250
+"""Values per ``In`` read: 250 GUIDs keep the URL under 16 KB, well inside the URL limit (reference 1.2)."""
+NOT_FOUND = "0x80040217"
+_NS = "Microsoft.Dynamics.CRM."
+_DUPLICATE_CODES = frozenset({DUPLICATE_RECORD, "0x80060892"})  # duplicate primary key; duplicate alternate key
+_NO_SPLIT_STATUS = frozenset({401, 403})  # the caller's rights, not a row: every half would fail the same way
+
+
+def _norm(value: Any) -> Any:
+    """Key values compared as Dataverse compares them: text case-insensitively (default collation)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
+def row_identity(item_id: str | None, key: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    if item_id is not None:
+        return ("id", str(item_id).lower())
+    if key:
+        return ("key", tuple(sorted((c, _norm(v)) for c, v in key.items())))
+    return None
+
+
+@dataclass
+class PlannedWrite:
+    """One write after merging duplicates: the last record with this id or key, and the earlier ones merged into it."""
+
+    index: int
+    body: dict[str, Any]
+    id: str | None = None
+    key: dict[str, Any] | None = None
+    generated: bool = False  # the id was generated here (so it cannot have existed before this run)
+    exists: bool | None = None  # upsert: whether the pre-read found the row
+    merged: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RowOutcome:
+    status: str
+    id: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+def failed_outcome(item: PlannedWrite, exc: DataverseApiError) -> RowOutcome:
+    """A failed record keeps its id only when the row exists (an update); an id generated here names no row."""
+    return RowOutcome("failed", None if item.generated else item.id, exc.code or type(exc).__name__, str(exc))
+
+
+class ChunkWriter:
+    """The per-chunk work, run on the governor's threads; counters are shared, so they are locked."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        meta: TableMetadata,
+        mode: str,
+        options: WriteOptions,
+        headers: Mapping[str, str],
+        use_bulk: bool,
+    ) -> None:
+        self.connection = connection
+        self.client = connection.client
+        self.meta = meta
+        self.mode = mode
+        self.options = options
+        self.headers = dict(headers)
+        self.use_bulk = use_bulk
+        self._lock = threading.Lock()
+        self.split_requests = 0
+        self.pre_reads = 0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    # -- one chunk --------------------------------------------------------------------------------------------------
+    def chunk(self, items: list[PlannedWrite]) -> dict[int, RowOutcome]:
+        """Prepare (pre-reads) and write one chunk; one result per item."""
+        done: dict[int, RowOutcome] = {}
+        if self.mode == "create":
+            ready = self._drop_existing_ids(items, done)
+        elif self.mode == "update":
+            ready = items  # keys were resolved before chunking (resolve_keys)
+        else:
+            ready = self._pre_read(items)
+        if not ready:
+            return done
+        send: Callable[[list[PlannedWrite]], dict[int, RowOutcome]] = self._bulk if self.use_bulk else self._batch
+        done.update(send(ready))
+        return done
+
+    # -- reads ------------------------------------------------------------------------------------------------------
+    def _read(self, column: str, typ: str, values: Sequence[Any], select: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows whose ``column`` is one of ``values``, through ``In`` reads of at most :data:`READ_VALUES` values."""
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(values), READ_VALUES):
+            part = values[start : start + READ_VALUES]
+            literals = ",".join(quote_string(str(v)) for v in part)
+            filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{literals}])"
+            rows += self._get(filter_, select)
+        return rows
+
+    def _get(self, filter_: str, select: Sequence[str]) -> list[dict[str, Any]]:
+        query = build_query_string({"$select": ",".join(dict.fromkeys(select)), "$filter": filter_})
+        self._count("pre_reads")
+        out: list[dict[str, Any]] = []
+        url: str | None = f"{self.meta.entity_set}?{query}"
+        while url:
+            body = self.client.get_json(url, prefer=["odata.maxpagesize=5000"], impersonate=self.options.impersonate)
+            out += [r for r in body.get("value", []) if isinstance(r, dict)] if isinstance(body, dict) else []
+            url = body.get("@odata.nextLink") if isinstance(body, dict) else None
+        return out
+
+    def _existing_ids(self, ids: Sequence[str]) -> set[str]:
+        pid = self.meta.primary_id
+        rows = self._read(pid, "Uniqueidentifier", list(ids), [pid])
+        return {str(r[pid]).lower() for r in rows if r.get(pid)}
+
+    def _find_keys(self, items: Sequence[PlannedWrite]) -> dict[tuple[Any, ...], str]:
+        """GUIDs of the rows with these keys: ``In`` over a one-column key, ``or`` of ``and`` for a composite key."""
+        meta, pid = self.meta, self.meta.primary_id
+        found: dict[tuple[Any, ...], str] = {}
+        by_columns: dict[tuple[str, ...], list[PlannedWrite]] = {}
+        for item in items:
+            assert item.key is not None
+            by_columns.setdefault(tuple(sorted(item.key)), []).append(item)
+        for columns, group in by_columns.items():
+            props = {c: filter_column(c, meta.attributes[c].type) for c in columns}
+            select = [pid, *props.values()]
+            if len(columns) == 1:
+                (column,) = columns
+                values = list(dict.fromkeys(item.key[column] for item in group if item.key is not None))
+                rows = self._read(column, meta.attributes[column].type, values, select)
+            else:
+                rows = []
+                for start in range(0, len(group), READ_VALUES // 2):
+                    clauses = []
+                    for item in group[start : start + READ_VALUES // 2]:
+                        assert item.key is not None
+                        parts = [
+                            f"{props[c]} eq {format_literal(item.key[c], meta.attributes[c].type)}" for c in columns
+                        ]
+                        clauses.append("(" + " and ".join(parts) + ")")
+                    rows += self._get(" or ".join(clauses), select)
+            for row in rows:
+                ident = ("key", tuple(sorted((c, _norm(row.get(props[c]))) for c in columns)))
+                found[ident] = str(row[pid]).lower()
+        return found
+
+    def _drop_existing_ids(self, items: list[PlannedWrite], done: dict[int, RowOutcome]) -> list[PlannedWrite]:
+        """Creates with ids the caller chose: rows that already have them fail now, before the write. Afterwards a
+        duplicate-key answer can only mean that an earlier send of this very chunk was applied."""
+        given = [item.id for item in items if item.id is not None and not item.generated]
+        if not given:
+            return items
+        existing = self._existing_ids(given)
+        ready = []
+        for item in items:
+            if item.id in existing and not item.generated:
+                done[item.index] = RowOutcome(
+                    "failed", item.id, DUPLICATE_RECORD, "A record with matching key values already exists."
+                )
+            else:
+                ready.append(item)
+        return ready
+
+    def resolve_keys(
+        self, items: list[PlannedWrite], done: dict[int, RowOutcome]
+    ) -> tuple[list[PlannedWrite], list[PlannedWrite]]:
+        """Update by alternate key: keys become GUIDs (one ``In`` read per chunk of keys, in parallel), since
+        UpdateMultiple over the Web API takes no alternate keys. A key with no row fails as not found. Records that
+        now name the same row are merged (later fields win): UpdateMultiple would apply only the first of them.
+        Returns the items to write and the items already decided."""
+        keyed = [item for item in items if item.id is None]
+        size = self.options.chunk_size
+        parts = [keyed[i : i + size] for i in range(0, len(keyed), size)]
+        decided: list[PlannedWrite] = []
+        for part, outcome in zip(parts, self.connection.governor.map(self._find_keys, parts), strict=True):
+            found = outcome.value if outcome.ok and outcome.value is not None else {}
+            for item in part:
+                ident = row_identity(None, item.key)
+                if outcome.error is not None:
+                    code = getattr(outcome.error, "code", None) or type(outcome.error).__name__
+                    done[item.index] = RowOutcome("failed", None, code, f"the key could not be read: {outcome.error}")
+                elif ident in found:
+                    item.id = found[ident]
+                    continue
+                else:
+                    done[item.index] = RowOutcome("failed", None, NOT_FOUND, self._missing(item))
+                decided.append(item)
+        ready: list[PlannedWrite] = []
+        slot: dict[str, int] = {}
+        for item in items:
+            if item.index in done:
+                continue
+            assert item.id is not None
+            if item.id in slot:  # the earlier record is merged into this later one, which takes its place
+                earlier = ready[slot[item.id]]
+                item.merged = [*earlier.merged, earlier.index, *item.merged]
+                item.body = {**earlier.body, **item.body}
+                ready[slot[item.id]] = item
+                continue
+            slot[item.id] = len(ready)
+            ready.append(item)
+        return ready, decided
+
+    def _pre_read(self, items: list[PlannedWrite]) -> list[PlannedWrite]:
+        """Upsert: which rows exist already (UpsertMultiple answers 204 without per-record results, reference 15.3).
+
+        Rows found by key are then addressed by their GUID; rows to create get a new client id (with the key columns
+        in the body), so every result carries its id and a resend after a lost answer updates instead of duplicating.
+        """
+        by_id = [item.id for item in items if item.id is not None]
+        existing = self._existing_ids(by_id) if by_id else set()
+        keyed = [item for item in items if item.id is None]
+        found = self._find_keys(keyed) if keyed else {}
+        for item in items:
+            if item.id is not None:
+                item.exists = item.id in existing
+                continue
+            ident = row_identity(None, item.key)
+            assert ident is not None and item.key is not None
+            if ident in found:
+                item.id, item.exists = found[ident], True
+                continue
+            item.exists = False
+            if self.options.client_ids or not key_is_url_safe(item.key):
+                item.id, item.generated = new_id(), True
+                item.body = {**item.body, **key_body(self.connection, self.meta, item.key)}
+        return items
+
+    def _missing(self, item: PlannedWrite) -> str:
+        named = ", ".join(f"{c}={v!r}" for c, v in (item.key or {}).items()) or f"id {item.id}"
+        return f"{self.meta.logical_name} With {named} Does Not Exist"
+
+    # -- bulk messages ----------------------------------------------------------------------------------------------
+    def _target(self, item: PlannedWrite) -> dict[str, Any]:
+        meta = self.meta
+        target: dict[str, Any] = {"@odata.type": f"{_NS}{meta.logical_name}"}
+        if item.id is not None:
+            target[meta.primary_id] = item.id
+        elif item.key:  # an upsert to create by a URL-safe key without client ids
+            target["@odata.id"] = f"{meta.entity_set}({predicate(self.connection, meta, item.key)})"
+        target.update(item.body)
+        return target
+
+    def _bulk(self, items: list[PlannedWrite], *, split: bool = False) -> dict[int, RowOutcome]:
+        """Send one bulk message; on a row's failure, split in halves until the bad rows stand alone."""
+        if split:
+            self._count("split_requests")
+        message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[self.mode]
+        retry_safe = self.mode != "create" or all(item.id is not None for item in items)  # a PATCH-like write is safe
+        try:
+            response = self.client.request(
+                "POST",
+                f"{self.meta.entity_set}/{_NS}{message}",
+                json={"Targets": [self._target(item) for item in items]},
+                headers=self.headers,
+                impersonate=self.options.impersonate,
+                idempotent=retry_safe,
+            )
+        except FatalApiError as exc:
+            if self.mode == "create" and exc.code == DUPLICATE_RECORD and retry_safe:
+                confirmed = self._confirm_created(items)
+                if confirmed is not None:
+                    return confirmed
+            if len(items) == 1 and self._created_meanwhile(items[0], exc):
+                return self._bulk(items)  # now addressed to the row someone else created: an update, sent once
+            if len(items) == 1 or exc.status_code in _NO_SPLIT_STATUS:
+                return {item.index: failed_outcome(item, exc) for item in items}
+            half = math.ceil(len(items) / 2)
+            return {**self._bulk(items[:half], split=True), **self._bulk(items[half:], split=True)}
+        except OutcomeUnknownError as exc:
+            return {item.index: RowOutcome("unknown", item.id, exc.code, str(exc)) for item in items}
+        except RetriableApiError as exc:
+            if self.mode == "create" and retry_safe:
+                # the retry budget is spent, but an earlier send may have been applied: the rows say which
+                existing = self._existing_ids([item.id for item in items if item.id is not None])
+                return {
+                    item.index: RowOutcome("created", item.id) if item.id in existing else failed_outcome(item, exc)
+                    for item in items
+                }
+            return {item.index: failed_outcome(item, exc) for item in items}
+        if self.mode == "create":
+            ids = created_ids(response) or [item.id for item in items]
+            return {item.index: RowOutcome("created", rid or item.id) for item, rid in zip(items, ids, strict=False)}
+        if self.mode == "update":
+            return {item.index: RowOutcome("updated", item.id) for item in items}
+        return {item.index: RowOutcome("created" if not item.exists else "updated", item.id) for item in items}
+
+    def _created_meanwhile(self, item: PlannedWrite, exc: FatalApiError) -> bool:
+        """An upsert planned as a create by key met "duplicate key": another writer created the key after the pre-read.
+        Re-read the key; if the row is there, re-address the item to it (an update) and say so."""
+        if self.mode != "upsert" or item.exists or not item.generated or item.key is None:
+            return False
+        if (exc.code or "").lower() not in _DUPLICATE_CODES and exc.status_code != 412:
+            return False
+        found = self._find_keys([item]).get(row_identity(None, item.key) or ())
+        if found is None:
+            return False
+        item.id, item.exists, item.generated = found, True, False
+        return True
+
+    def _confirm_created(self, items: list[PlannedWrite]) -> dict[int, RowOutcome] | None:
+        """A create chunk met "duplicate key" and every id is ours: rows that exist were created by an earlier send
+        whose answer was lost (all-or-nothing: usually all of them); the rest are sent again. None if none exist."""
+        ids = [item.id for item in items if item.id is not None]
+        existing = self._existing_ids(ids)
+        if not existing:
+            return None
+        done = {item.index: RowOutcome("created", item.id) for item in items if item.id in existing}
+        rest = [item for item in items if item.id not in existing]
+        if rest:
+            done.update(self._bulk(rest))
+        return done
+
+    # -- $batch fallback --------------------------------------------------------------------------------------------
+    def _batch(self, items: list[PlannedWrite]) -> dict[int, RowOutcome]:
+        """Tables without the bulk messages: the chunk as one ``$batch`` with ``Prefer: odata.continue-on-error``.
+
+        Every operation gets its own answer, in order (reference 6.4), so no bisection is needed. Each operation is
+        addressed by GUID (creates carry their client id), so the whole batch may be sent again after a lost answer;
+        a create that then meets "duplicate key" on an id generated here was applied by the earlier send.
+        """
+        api_path = urlsplit(self.connection.api_url).path.rstrip("/")
+        meta = self.meta
+        operations = []
+        for item in items:
+            body = dict(item.body)
+            headers: list[tuple[str, str]] = [("Content-Type", "application/json; type=entry")]
+            if self.mode == "create":
+                if item.id is not None:
+                    body[meta.primary_id] = item.id
+                method, url = "POST", f"{api_path}/{meta.entity_set}"
+            else:
+                address = (
+                    item.id
+                    if item.id is not None
+                    else predicate(self.connection, meta, item.key or {})  # upsert by a URL-safe key
+                )
+                method, url = "PATCH", f"{api_path}/{meta.entity_set}({address})"
+                if self.mode == "update":
+                    headers.append(("If-Match", "*"))
+            headers += list(self.headers.items())
+            operations.append(BatchOperation(method, url, tuple(headers), json.dumps(body).encode()))
+        retry_safe = self.mode != "create" or all(item.id is not None for item in items)  # a PATCH-like write is safe
+        content_type, payload = encode_batch(operations)
+        try:
+            response = self.client.request(
+                "POST",
+                "$batch",
+                content=payload,
+                headers={"Content-Type": content_type},
+                prefer=["odata.continue-on-error"],
+                impersonate=self.options.impersonate,
+                idempotent=retry_safe,
+                keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
+            )
+            answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
+        except OutcomeUnknownError as exc:
+            return {item.index: RowOutcome("unknown", item.id, exc.code, str(exc)) for item in items}
+        except DataverseApiError as exc:
+            return {item.index: failed_outcome(item, exc) for item in items}
+        except MultipartError as exc:
+            error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
+            return {item.index: failed_outcome(item, error) for item in items}
+        done: dict[int, RowOutcome] = {}
+        for n, item in enumerate(items):
+            answer = answers[n] if n < len(answers) else None
+            if not isinstance(answer, OperationResponse):
+                done[item.index] = RowOutcome(
+                    "failed",
+                    None if item.generated else item.id,
+                    "NoAnswer",
+                    "Dataverse sent no answer for this operation",
+                )
+                continue
+            if answer.status < 400:
+                done[item.index] = self._batch_success(item, answer)
+                continue
+            error = answer.json()
+            detail = error.get("error", {}) if isinstance(error, dict) else {}
+            code = str(detail.get("code") or f"HTTP {answer.status}")
+            if self.mode == "create" and item.generated and code == DUPLICATE_RECORD:
+                done[item.index] = RowOutcome("created", item.id)  # an id made in this run: an earlier send created it
+                continue
+            message = str(detail.get("message") or answer.reason or "failed")
+            done[item.index] = RowOutcome("failed", None if item.generated else item.id, code, message)
+        return done
+
+    def _batch_success(self, item: PlannedWrite, answer: OperationResponse) -> RowOutcome:
+        if self.mode == "create":
+            return RowOutcome("created", item.id or entity_id(answer.header("OData-EntityId")))
+        if self.mode == "update":
+            return RowOutcome("updated", item.id)
+        created = item.id or entity_id(answer.header("OData-EntityId"))
+        return RowOutcome("updated" if item.exists else "created", created)
+
+
+def created_ids(response: Any) -> list[str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    ids = body.get("Ids") if isinstance(body, dict) else None
+    return [str(i).lower() if i else None for i in ids] if isinstance(ids, list) else []
