@@ -1,0 +1,344 @@
+"""Typed action inputs: what an action's hook hands to the library once the runtime has validated the JSON.
+
+The JSON Schemas in ``schemas/actions/`` stay the source of truth (builders render forms from them; the runtime
+validates against them). These models only give the library attribute access with real types instead of
+``inputs.get(...)`` with a guessed default, so a reader goes from ``manifest.json`` to the request without a
+dictionary: ``upsert_entity`` is the action, the hook, the schema, the model :class:`UpsertEntity` and the library
+function :func:`connector.records.upsert_entity`.
+
+They are built *after* the schema check, in strict mode, so nothing is coerced (``"123"`` never becomes a number) and
+an unknown property fails loudly: a model that disagrees with its schema is our bug, reported as
+:class:`~connector.errors.ContractError`, never a user's. ``tests/test_inputs.py`` proves that every model's fields,
+required set, defaults and JSON types equal its schema's, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from connector.errors import ContractError
+
+__all__ = [
+    "INPUT_MODELS",
+    "ActionInputs",
+    "AssociateEntities",
+    "CreateAlternateKey",
+    "CreateAttribute",
+    "CreateEntity",
+    "DeleteEntity",
+    "DisassociateEntities",
+    "Expand",
+    "GetAttribute",
+    "GetCurrentUser",
+    "GetEntitiesMetadata",
+    "GetEntity",
+    "GetEntityMetadata",
+    "ListAlternateKeys",
+    "ListAttributes",
+    "ListEntities",
+    "ListEntityTypes",
+    "QueryAttributes",
+    "QueryEntities",
+    "RawRequest",
+    "RecordToWrite",
+    "RelatedRow",
+    "RunBatchOperations",
+    "RunFetchXmlQuery",
+    "TestConnection",
+    "UpdateAttribute",
+    "UpdateEntity",
+    "UpsertEntity",
+    "WriteEntities",
+]
+
+
+class _Strict(BaseModel):
+    """Frozen, strict, closed: the shape every typed input shares."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class ActionInputs(_Strict):
+    """Base of every action's inputs; :meth:`of` builds one from the runtime's validated mapping."""
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Any]) -> Self:
+        """The typed inputs of validated JSON; a mismatch is a contract bug (the schema let through what we refuse)."""
+        try:
+            return cls.model_validate(dict(inputs))
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc'])) or '$'}: {e['msg']}" for e in exc.errors()]
+            raise ContractError([f"{cls.__name__} disagrees with its input schema: {p}" for p in problems]) from None
+
+
+# -- shared parts -----------------------------------------------------------------------------------------------------
+class Expand(_Strict):
+    """A navigation property to expand, with the related table's columns to return."""
+
+    navigation: str
+    select: list[str] | None = None
+
+
+class RelatedRow(_Strict):
+    """The other row of an association, by id or alternate key."""
+
+    table: str
+    id: str | None = None
+    key: dict[str, Any] | None = None
+
+
+class _Addressed(ActionInputs):
+    """A row of ``table`` named by id or by alternate key (the schema guarantees exactly one)."""
+
+    table: str
+    id: str | None = None
+    key: dict[str, Any] | None = None
+    impersonate: str | None = None
+
+
+# -- records ----------------------------------------------------------------------------------------------------------
+class GetEntity(_Addressed):
+    select: list[str] | None = None
+    expand: list[Expand] | None = None
+    include_annotations: bool = False
+
+
+class CreateEntity(ActionInputs):
+    table: str
+    fields: dict[str, Any]
+    id: str | None = None
+    client_id: bool = False
+    return_record: bool = True
+    select: list[str] | None = None
+    detect_duplicates: bool = False
+    include_annotations: bool = False
+    impersonate: str | None = None
+
+
+class UpdateEntity(_Addressed):
+    fields: dict[str, Any]
+    etag: str | None = None
+    return_record: bool = False
+    select: list[str] | None = None
+    include_annotations: bool = False
+
+
+class UpsertEntity(_Addressed):
+    fields: dict[str, Any]
+    mode: Literal["upsert", "create_only", "update_only"] = "upsert"
+    return_record: bool = False
+    select: list[str] | None = None
+    include_annotations: bool = False
+
+
+class DeleteEntity(_Addressed):
+    etag: str | None = None
+    ignore_missing: bool = False
+
+
+class QueryEntities(ActionInputs):
+    table: str
+    select: list[str] | None = None
+    filter: str | None = None
+    where: list[dict[str, Any]] | None = None
+    order_by: list[str] | None = None
+    expand: list[Expand] | None = None
+    top: int | None = None
+    page_size: int = 100
+    page_token: str | None = None
+    fetch_all: bool = False
+    max_records: int = 50000
+    include_count: bool = False
+    include_annotations: bool = False
+    impersonate: str | None = None
+
+
+class AssociateEntities(_Addressed):
+    navigation: str
+    related: RelatedRow
+
+
+class DisassociateEntities(_Addressed):
+    navigation: str
+    related: RelatedRow | None = None
+
+
+# -- batch, bulk, FetchXML, raw, users ---------------------------------------------------------------------------------
+class RunBatchOperations(ActionInputs):
+    operations: list[dict[str, Any]]
+    continue_on_error: bool = True
+    include_annotations: bool = False
+    impersonate: str | None = None
+
+
+class RecordToWrite(_Strict):
+    """One row of a bulk write: its column values and, for updates and upserts, its id or alternate key."""
+
+    fields: dict[str, Any] | None = None
+    id: str | None = None
+    key: dict[str, Any] | None = None
+
+
+class WriteEntities(ActionInputs):
+    table: str
+    mode: Literal["create", "update", "upsert"]
+    records: list[RecordToWrite]
+    chunk_size: int = 100
+    client_ids: bool = True
+    bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
+    bypass_custom_plugins: bool = False
+    suppress_callback_registration_expander_job: bool = False
+    impersonate: str | None = None
+
+
+class RunFetchXmlQuery(ActionInputs):
+    fetch_xml: str
+    table: str | None = None
+    page_size: int | None = None
+    page: int | None = None
+    page_token: str | None = None
+    fetch_all: bool = False
+    max_records: int = 50000
+    include_annotations: bool = False
+    impersonate: str | None = None
+
+
+class RawRequest(ActionInputs):
+    path: str
+    method: Literal["GET", "POST", "PATCH", "PUT", "DELETE"] = "GET"
+    data: Any = None
+    form_data: dict[str, str | int | float | bool] | None = None
+    file_data: list[dict[str, Any]] | None = None
+    query: dict[str, str | int | float | bool] | None = None
+    headers: dict[str, str] | None = None
+    response_type: Literal["json", "text", "binary"] = "json"
+    timeout: float | None = None
+    max_retries: int = 0
+    retry_delay_ms: int = 1000
+    exponential_backoff: bool = False
+    retry_on_all_errors: bool = False
+    impersonate: str | None = None
+
+
+class GetCurrentUser(ActionInputs):
+    impersonate: str | None = None
+
+
+class TestConnection(ActionInputs):
+    __test__ = False  # a model, not a test class, whatever pytest makes of its name
+
+
+# -- metadata -------------------------------------------------------------------------------------------------------
+class ListEntities(ActionInputs):
+    include_custom: bool = True
+    top_level_only: bool = False
+    include_details: bool = False
+
+
+class ListEntityTypes(ActionInputs):
+    page_size: int = 5000
+    page_token: str | None = None
+    fetch_all: bool = False
+
+
+class GetEntityMetadata(ActionInputs):
+    table: str
+    by: Literal["logical_name", "entity_set_name"] = "logical_name"
+    select: list[str] | None = None
+    expand: list[Literal["attributes", "keys", "relationships"]] | None = None
+
+
+class GetEntitiesMetadata(ActionInputs):
+    default_selected: list[str] | None = None
+    filter: str | None = None
+    include_all_custom: bool = True
+    top_level_only: bool = False
+
+
+class CreateAttribute(ActionInputs):
+    table: str
+    attribute: dict[str, Any]
+    solution: str | None = None
+
+
+class GetAttribute(ActionInputs):
+    table: str
+    attribute: str
+    select: list[str] | None = None
+
+
+class UpdateAttribute(ActionInputs):
+    table: str
+    attribute: str
+    label: str | None = None
+    description: str | None = None
+    language_code: int = 1033
+    required: Literal["none", "recommended", "required"] | None = None
+    max_length: int | None = None
+    changes: dict[str, Any] | None = None
+    merge_labels: bool = True
+    publish: bool = True
+    solution: str | None = None
+
+
+class ListAttributes(ActionInputs):
+    table: str
+    types: list[str] | None = None
+    custom_only: bool = False
+    select: list[str] | None = None
+
+
+class QueryAttributes(ActionInputs):
+    table: str
+    cast: str | None = None
+    select: list[str] | None = None
+    filter: str | None = None
+    expand: str | None = None
+
+
+class CreateAlternateKey(ActionInputs):
+    table: str
+    schema_name: str
+    columns: list[str]
+    label: str | None = None
+    wait_until_active: bool = False
+    timeout_s: float = 300
+    poll_interval_s: float = 5
+    solution: str | None = None
+
+
+class ListAlternateKeys(ActionInputs):
+    table: str
+
+
+#: The typed inputs of each action that has them, by action id.
+INPUT_MODELS: dict[str, type[ActionInputs]] = {
+    "get_entity": GetEntity,
+    "create_entity": CreateEntity,
+    "update_entity": UpdateEntity,
+    "upsert_entity": UpsertEntity,
+    "delete_entity": DeleteEntity,
+    "query_entities": QueryEntities,
+    "associate_entities": AssociateEntities,
+    "disassociate_entities": DisassociateEntities,
+    "run_batch_operations": RunBatchOperations,
+    "write_entities": WriteEntities,
+    "run_fetch_xml_query": RunFetchXmlQuery,
+    "raw_request": RawRequest,
+    "get_current_user": GetCurrentUser,
+    "test_connection": TestConnection,
+    "list_entities": ListEntities,
+    "list_entity_types": ListEntityTypes,
+    "get_entity_metadata": GetEntityMetadata,
+    "get_entities_metadata": GetEntitiesMetadata,
+    "create_attribute": CreateAttribute,
+    "get_attribute": GetAttribute,
+    "update_attribute": UpdateAttribute,
+    "list_attributes": ListAttributes,
+    "query_attributes": QueryAttributes,
+    "create_alternate_key": CreateAlternateKey,
+    "list_alternate_keys": ListAlternateKeys,
+}
