@@ -9,6 +9,7 @@ from connector import batch
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.inputs import RunBatchOperations
 
 
 @hookimpl
@@ -22,4 +23,4 @@ def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Conne
 @hookimpl
 def run_batch_operations(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One $batch request; one result per operation."""
-    return batch.run_batch(connection, inputs)
+    return batch.run_batch_operations(connection, RunBatchOperations.of(inputs))

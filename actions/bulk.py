@@ -10,6 +10,7 @@ from connector import bulk
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.inputs import WriteEntities
 
 
 @hookimpl
@@ -23,13 +24,14 @@ def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Conne
 @hookimpl
 def write_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Write the records in parallel chunks; one result per record and a summary."""
+    typed = WriteEntities.of(inputs)
     options = bulk.WriteOptions(
-        chunk_size=int(inputs.get("chunk_size", bulk.DEFAULT_CHUNK_SIZE)),
-        client_ids=bool(inputs.get("client_ids", True)),
-        bypass_business_logic=tuple(inputs.get("bypass_business_logic") or ()),
-        bypass_custom_plugins=bool(inputs.get("bypass_custom_plugins", False)),
-        suppress_callback_registration_expander_job=bool(inputs.get("suppress_callback_registration_expander_job")),
-        impersonate=inputs.get("impersonate"),
+        chunk_size=typed.chunk_size,
+        client_ids=typed.client_ids,
+        bypass_business_logic=tuple(typed.bypass_business_logic),
+        bypass_custom_plugins=typed.bypass_custom_plugins,
+        suppress_callback_registration_expander_job=typed.suppress_callback_registration_expander_job,
+        impersonate=typed.impersonate,
     )
-    report = bulk.write_records(connection, str(inputs["table"]), str(inputs["mode"]), inputs["records"], options)
+    report = bulk.write_entities(connection, typed.table, typed.mode, typed.records, options)
     return report.to_dict()

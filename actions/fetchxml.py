@@ -9,6 +9,7 @@ from connector import fetchxml
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.inputs import RunFetchXmlQuery
 from connector.problems import Problems
 
 
@@ -25,4 +26,4 @@ def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Conne
 @hookimpl
 def run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One page, or every page up to max_records."""
-    return fetchxml.run_fetch(connection, inputs)
+    return fetchxml.run_fetch_xml_query(connection, RunFetchXmlQuery.of(inputs))

@@ -9,6 +9,7 @@ from connector import raw
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.inputs import RawRequest
 
 
 @hookimpl
@@ -22,4 +23,4 @@ def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Conne
 @hookimpl
 def raw_request(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Send it; status, headers and body back."""
-    return raw.run_raw(connection, inputs)
+    return raw.raw_request(connection, RawRequest.of(inputs))

@@ -8,15 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from connector import diagnostics
 from connector.connection import Connection
-from connector.diagnostics import current_user, run_connection_test
+from connector.diagnostics import run_connection_test
 from connector.hookspecs import hookimpl
+from connector.inputs import GetCurrentUser
 
 
 @hookimpl
 def get_current_user(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """WhoAmI, then the systemuser row; ``impersonate`` answers for another user."""
-    return current_user(connection, impersonate=inputs.get("impersonate"))
+    return diagnostics.get_current_user(connection, impersonate=GetCurrentUser.of(inputs).impersonate)
 
 
 @hookimpl

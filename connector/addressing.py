@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import NotFoundError
+from connector.inputs import Expand
 from connector.metadata import TableMetadata
 from connector.odata import (
     CHOICE_TYPES,
@@ -108,20 +109,22 @@ def with_query(path: str, params: Mapping[str, str]) -> str:
     return f"{path}?{query}" if query else path
 
 
-def select_params(meta: TableMetadata, inputs: Mapping[str, Any], connection: Connection) -> dict[str, str]:
+def select_params(
+    connection: Connection, meta: TableMetadata, select: Sequence[str] | None, expand: Sequence[Expand] | None = None
+) -> dict[str, str]:
+    """``$select`` with lookup columns written as ``_x_value``, and ``$expand`` with each related table's columns."""
     params: dict[str, str] = {}
-    if inputs.get("select"):
-        params["$select"] = ",".join(filter_column(c, meta.attributes[c].type) for c in inputs["select"])
-    if inputs.get("expand"):
-        params["$expand"] = expand_param(meta, inputs["expand"], connection)
+    if select:
+        params["$select"] = ",".join(filter_column(c, meta.attributes[c].type) for c in select)
+    if expand:
+        params["$expand"] = expand_param(meta, expand, connection)
     return params
 
 
-def expand_param(meta: TableMetadata, expand: Sequence[Mapping[str, Any]], connection: Connection) -> str:
+def expand_param(meta: TableMetadata, expand: Sequence[Expand], connection: Connection) -> str:
     parts = []
     for item in expand:
-        nav = str(item["navigation"])
-        select = item.get("select")
+        nav, select = item.navigation, item.select
         if select:
             target_name = meta.navigation_target(nav)
             columns = list(select)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from connector.addressing import address, find_by_key, not_found, predicate, with_query
 from connector.errors import NotFoundError
+from connector.inputs import AssociateEntities, DisassociateEntities, RelatedRow
 from connector.metadata import TableMetadata
 from connector.odata import entity_id, key_is_url_safe
 from connector.problems import Problems, check_key
@@ -17,7 +18,7 @@ from connector.problems import Problems, check_key
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["associate", "association_problems", "disassociate", "find_related"]
+__all__ = ["associate_entities", "association_problems", "disassociate_entities", "find_related"]
 
 
 def association_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any], *, disassociate: bool) -> None:
@@ -52,13 +53,12 @@ def association_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, 
         check_key(p, target, related["key"], "$.related.key")
 
 
-def find_related(
-    connection: Connection, related: Mapping[str, Any], impersonate: str | None
-) -> tuple[TableMetadata, str]:
-    target = connection.metadata.table(related["table"])
-    if related.get("id"):
-        return target, str(related["id"])
-    key = related["key"]
+def find_related(connection: Connection, related: RelatedRow, impersonate: str | None) -> tuple[TableMetadata, str]:
+    target = connection.metadata.table(related.table)
+    if related.id:
+        return target, str(related.id)
+    key = related.key
+    assert key  # the schema requires id or key
     if key_is_url_safe(key):
         try:
             body = connection.client.get_json(
@@ -76,41 +76,41 @@ def find_related(
     return target, found
 
 
-def associate(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def associate_entities(connection: Connection, inputs: AssociateEntities) -> dict[str, Any]:
     """Link two rows through a navigation property: PUT ``nav/$ref`` (single-valued) or POST (collection)."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    nav = str(inputs["navigation"])
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    nav = inputs.navigation
     found = meta.navigation_target(nav)
     assert found is not None
-    path = address(connection, meta, inputs.get("id"), inputs.get("key"), impersonate)
-    target, related_id = find_related(connection, inputs["related"], impersonate)
+    path = address(connection, meta, inputs.id, inputs.key, impersonate)
+    target, related_id = find_related(connection, inputs.related, impersonate)
     ref = {"@odata.id": f"{connection.client.api_url}/{target.entity_set}({related_id})"}
     method = "POST" if found[1] else "PUT"
     try:
         connection.client.request(method, f"{path}/{nav}/$ref", json=ref, impersonate=impersonate)
     except NotFoundError as exc:
-        raise not_found(meta, id=inputs.get("id"), key=inputs.get("key"), cause=exc) from None
+        raise not_found(meta, id=inputs.id, key=inputs.key, cause=exc) from None
     return _association_output(meta, path, nav, target, related_id)
 
 
-def disassociate(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def disassociate_entities(connection: Connection, inputs: DisassociateEntities) -> dict[str, Any]:
     """Unlink: DELETE ``nav/$ref`` (single-valued) or ``nav(<id>)/$ref`` (collection)."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    nav = str(inputs["navigation"])
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    nav = inputs.navigation
     found = meta.navigation_target(nav)
     assert found is not None
-    path = address(connection, meta, inputs.get("id"), inputs.get("key"), impersonate)
+    path = address(connection, meta, inputs.id, inputs.key, impersonate)
     target: TableMetadata | None = None
     related_id: str | None = None
-    if inputs.get("related"):
-        target, related_id = find_related(connection, inputs["related"], impersonate)
+    if inputs.related:
+        target, related_id = find_related(connection, inputs.related, impersonate)
     ref_path = f"{path}/{nav}({related_id})/$ref" if found[1] else f"{path}/{nav}/$ref"
     try:
         connection.client.request("DELETE", ref_path, impersonate=impersonate)
     except NotFoundError as exc:
-        raise not_found(meta, id=inputs.get("id"), key=inputs.get("key"), cause=exc) from None
+        raise not_found(meta, id=inputs.id, key=inputs.key, cause=exc) from None
     return _association_output(meta, path, nav, target, related_id)
 
 

@@ -30,6 +30,7 @@ import httpx
 from connector.addressing import address, find_by_key, with_query
 from connector.body import build_body, check_fields, key_body
 from connector.errors import DataverseApiError, FatalApiError, InputError, InputProblem
+from connector.inputs import RunBatchOperations
 from connector.metadata import TableMetadata
 from connector.multipart import (
     BatchOperation,
@@ -46,7 +47,7 @@ from connector.problems import Problems, check_key, check_select
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["MAX_OPERATIONS", "batch_problems", "run_batch"]
+__all__ = ["MAX_OPERATIONS", "batch_problems", "run_batch_operations"]
 
 MAX_OPERATIONS = 1000
 _ACTIONS = ("create", "update", "upsert", "delete", "get")
@@ -170,20 +171,20 @@ class _Group:
     members: list[_Planned] = field(default_factory=list)
 
 
-def _prefer_header(op: Mapping[str, Any], inputs: Mapping[str, Any], representation: bool) -> list[tuple[str, str]]:
+def _prefer_header(op: Mapping[str, Any], inputs: RunBatchOperations, representation: bool) -> list[tuple[str, str]]:
     prefer = ["return=representation"] if representation else []
-    if inputs.get("include_annotations"):
+    if inputs.include_annotations:
         prefer.append(ALL_ANNOTATIONS)
     return [("Prefer", ", ".join(prefer))] if prefer else []
 
 
-def _plan(connection: Connection, inputs: Mapping[str, Any], index: int, api_path: str) -> _Planned:
-    ops: Sequence[Mapping[str, Any]] = inputs["operations"]
+def _plan(connection: Connection, inputs: RunBatchOperations, index: int, api_path: str) -> _Planned:
+    ops: Sequence[Mapping[str, Any]] = inputs.operations
     op = ops[index]
     action = op["action"]
     meta = connection.metadata.table(str(op["table"]))
     planned = _Planned(index, op, meta)
-    impersonate = inputs.get("impersonate")
+    impersonate = inputs.impersonate
     id_, key = op.get("id"), op.get("key")
     return_record = bool(op.get("return_record", False))
     columns = [filter_column(c, meta.attributes[c].type) if c in meta.attributes else c for c in op.get("select") or []]
@@ -324,14 +325,14 @@ def _local_failure(result: dict[str, Any], error: DataverseApiError) -> None:
     result.update(status="failed", http_status=error.status_code, code=error.code, message=str(error))
 
 
-def run_batch(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def run_batch_operations(connection: Connection, inputs: RunBatchOperations) -> dict[str, Any]:
     """Send the operations as one ``$batch`` and return one result per operation, in input order, with a summary."""
-    ops: Sequence[Mapping[str, Any]] = inputs["operations"]
+    ops: Sequence[Mapping[str, Any]] = inputs.operations
     if len(ops) > MAX_OPERATIONS:
         raise InputError([InputProblem("$.operations", f"at most {MAX_OPERATIONS} operations per batch")])
     api_path = urlsplit(connection.api_url).path.rstrip("/")
     planned = [_plan(connection, inputs, i, api_path) for i in range(len(ops))]
-    continue_on_error = bool(inputs.get("continue_on_error", True))
+    continue_on_error = inputs.continue_on_error
     results = [_result(item, "not_run") for item in planned]
     items: list[BatchOperation | ChangeSet] = []
     sent: list[_Group] = []
@@ -358,7 +359,7 @@ def run_batch(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, An
 
 def _send(
     connection: Connection,
-    inputs: Mapping[str, Any],
+    inputs: RunBatchOperations,
     items: list[BatchOperation | ChangeSet],
     sent: list[_Group],
     results: list[dict[str, Any]],
@@ -371,7 +372,7 @@ def _send(
         content=body,
         headers={"Content-Type": content_type},
         prefer=["odata.continue-on-error"] if continue_on_error else [],
-        impersonate=inputs.get("impersonate"),
+        impersonate=inputs.impersonate,
         keep_response=_is_multipart,
     )
     try:

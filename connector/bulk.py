@@ -62,8 +62,8 @@ __all__ = [
     "WriteReport",
     "bulk_support",
     "bypass_headers",
+    "write_entities",
     "write_problems",
-    "write_records",
 ]
 
 MODES = ("create", "update", "upsert")
@@ -294,7 +294,7 @@ def _plan(
 
 
 # -- the writer -----------------------------------------------------------------------------------------------------
-def write_records(
+def write_entities(
     connection: Connection,
     table: str,
     mode: str,

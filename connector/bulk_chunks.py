@@ -1,7 +1,7 @@
 """One chunk of a bulk write: the pre-reads, the bulk message or the ``$batch`` fallback, and the halving that isolates
 bad rows.
 
-:func:`connector.bulk.write_records` plans the rows (bodies built, keys typed, duplicates merged) and hands chunks of
+:func:`connector.bulk.write_entities` plans the rows (bodies built, keys typed, duplicates merged) and hands chunks of
 :class:`PlannedWrite` to a :class:`ChunkWriter` on the governor's threads; every planned write comes back as one
 :class:`RowOutcome`, whatever happened to the requests that carried it.
 """

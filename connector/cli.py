@@ -233,6 +233,7 @@ def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_
     data is sent.
     """
     from connector import fetchxml, paging, records
+    from connector.inputs import QueryEntities, RunFetchXmlQuery
     from connector.problems import Problems
 
     run: paging.QueryRun | fetchxml.FetchRun
@@ -244,7 +245,10 @@ def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_
         problems = records.input_problems(action_id, inputs, connection)
     if problems:
         raise InputError(problems, action_id=action_id)
-    run = fetchxml.fetch(connection, inputs) if action_id == "run_fetch_xml_query" else paging.query(connection, inputs)
+    if action_id == "run_fetch_xml_query":
+        run = fetchxml.stream_fetch_xml(connection, RunFetchXmlQuery.of(inputs))
+    else:
+        run = paging.stream_entities(connection, QueryEntities.of(inputs))
     write = sys.stdout.write
     for record in run:
         write(json.dumps(record, default=str, separators=(",", ":")) + "\n")

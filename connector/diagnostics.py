@@ -24,7 +24,7 @@ from connector.errors import (
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["SYSTEMUSER_SELECT", "current_user", "diagnose", "run_connection_test"]
+__all__ = ["SYSTEMUSER_SELECT", "diagnose", "get_current_user", "run_connection_test"]
 
 SYSTEMUSER_SELECT = (
     "fullname",
@@ -290,7 +290,7 @@ def run_connection_test(connection: Connection) -> dict[str, Any]:
     return finish()
 
 
-def current_user(connection: Connection, *, impersonate: str | Mapping[str, str] | None = None) -> dict[str, Any]:
+def get_current_user(connection: Connection, *, impersonate: str | Mapping[str, str] | None = None) -> dict[str, Any]:
     """WhoAmI (as the impersonated user when given), then that user's systemuser row, flattened.
 
     The row is read as the connection's own identity: the impersonated user may not be allowed to read user rows. A row

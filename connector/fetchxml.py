@@ -35,6 +35,7 @@ import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException
 
 from connector.errors import FatalApiError, InputError, InputProblem
+from connector.inputs import RunFetchXmlQuery
 from connector.multipart import BatchOperation, ChangeSetResponse, MultipartError, decode_batch_response, encode_batch
 from connector.odata import ALL_ANNOTATIONS
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.problems import Problems
 
-__all__ = ["FetchRun", "FetchToken", "fetch", "fetch_problems", "parse_fetch", "run_fetch"]
+__all__ = ["FetchRun", "FetchToken", "fetch_problems", "parse_fetch", "run_fetch_xml_query", "stream_fetch_xml"]
 
 MAX_URL = 32768
 MAX_BATCH_URL = 65536
@@ -373,40 +374,36 @@ class FetchRun:
         self.next_page_token = token.encode()
 
 
-def fetch(connection: Connection, inputs: Mapping[str, Any]) -> FetchRun:
-    """A :class:`FetchRun` for ``run_fetch_xml_query`` inputs (validated): iterate it to stream the rows."""
-    text = str(inputs["fetch_xml"])
+def stream_fetch_xml(connection: Connection, inputs: RunFetchXmlQuery) -> FetchRun:
+    """A :class:`FetchRun` for ``run_fetch_xml_query`` inputs: iterate it to stream the rows (``d365 run --jsonl``)."""
+    text = inputs.fetch_xml
     root = parse_fetch(text)
     query = _query_hash(text)
     host = connection.host
-    if inputs.get("page_token"):
-        start = FetchToken.decode(inputs["page_token"], host=host, query=query)
+    if inputs.page_token:
+        start = FetchToken.decode(inputs.page_token, host=host, query=query)
     else:
-        start = FetchToken(host, query, int(inputs.get("page") or root.get("page") or 1))
-    page_size: int | None = start.page_size or inputs.get("page_size")
+        start = FetchToken(host, query, inputs.page or int(root.get("page") or 1))
+    page_size: int | None = start.page_size or inputs.page_size
     if page_size is None and root.get("count") is None:
-        page_size = MAX_PAGE_SIZE if inputs.get("fetch_all") else DEFAULT_PAGE_SIZE
-    limit: int | None
-    if inputs.get("fetch_all"):
-        limit = int(inputs["max_records"])
-    else:
-        limit = int(page_size or root.get("count") or DEFAULT_PAGE_SIZE)
+        page_size = MAX_PAGE_SIZE if inputs.fetch_all else DEFAULT_PAGE_SIZE
+    limit = inputs.max_records if inputs.fetch_all else int(page_size or root.get("count") or DEFAULT_PAGE_SIZE)
     return FetchRun(
         connection,
         fetch_text=text,
         page_size=page_size,
         start=start,
         limit=None if (root.get("top") or is_aggregate(root)) else limit,
-        annotations=bool(inputs.get("include_annotations")),
-        impersonate=inputs.get("impersonate"),
+        annotations=inputs.include_annotations,
+        impersonate=inputs.impersonate,
     )
 
 
-def run_fetch(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def run_fetch_xml_query(connection: Connection, inputs: RunFetchXmlQuery) -> dict[str, Any]:
     """The ``run_fetch_xml_query`` output: one page, or every page up to ``max_records`` with ``fetch_all``."""
-    run = fetch(connection, inputs)
+    run = stream_fetch_xml(connection, inputs)
     records = list(run)
-    meta = connection.metadata.table(entity_name(parse_fetch(str(inputs["fetch_xml"]))))
+    meta = connection.metadata.table(entity_name(parse_fetch(inputs.fetch_xml)))
     return {
         "table": meta.logical_name,
         "records": records,

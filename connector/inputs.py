@@ -43,7 +43,6 @@ __all__ = [
     "QueryAttributes",
     "QueryEntities",
     "RawRequest",
-    "RecordToWrite",
     "RelatedRow",
     "RunBatchOperations",
     "RunFetchXmlQuery",
@@ -174,18 +173,10 @@ class RunBatchOperations(ActionInputs):
     impersonate: str | None = None
 
 
-class RecordToWrite(_Strict):
-    """One row of a bulk write: its column values and, for updates and upserts, its id or alternate key."""
-
-    fields: dict[str, Any] | None = None
-    id: str | None = None
-    key: dict[str, Any] | None = None
-
-
 class WriteEntities(ActionInputs):
     table: str
     mode: Literal["create", "update", "upsert"]
-    records: list[RecordToWrite]
+    records: list[dict[str, Any]]
     chunk_size: int = 100
     client_ids: bool = True
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []

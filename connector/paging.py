@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from connector.addressing import expand_param
 from connector.errors import FatalApiError, InputError, InputProblem
+from connector.inputs import QueryEntities
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
 from connector.problems import Problems
@@ -24,13 +25,12 @@ if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
 
-__all__ = ["Page", "QueryRun", "iter_pages", "query_problems", "run_query"]
+__all__ = ["Page", "QueryRun", "iter_pages", "query_entities", "query_problems", "stream_entities"]
 
 COUNT_ANNOTATIONS = (
     'odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
     'Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"'
 )
-DEFAULT_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -133,18 +133,18 @@ class QueryRun:
             self.count_limit_exceeded = bool(exceeded)
 
 
-def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, int | None]:
+def plan(connection: Connection, inputs: QueryEntities) -> tuple[PageToken, int | None]:
     """Where the query starts (a fresh query or a page token) and how many rows to return at most."""
-    meta = connection.metadata.table(inputs["table"])
+    meta = connection.metadata.table(inputs.table)
     limit: int | None
-    if inputs.get("top"):
+    if inputs.top:
         limit = None
-    elif inputs.get("fetch_all"):
-        limit = int(inputs["max_records"])
+    elif inputs.fetch_all:
+        limit = inputs.max_records
     else:
-        limit = int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
-    if inputs.get("page_token"):
-        token = PageToken.decode(inputs["page_token"], host=connection.host)
+        limit = inputs.page_size
+    if inputs.page_token:
+        token = PageToken.decode(inputs.page_token, host=connection.host)
         if token.entity_set != meta.entity_set:
             raise InputError(
                 [InputProblem("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")]
@@ -152,36 +152,36 @@ def plan(connection: Connection, inputs: Mapping[str, Any]) -> tuple[PageToken, 
         return token, limit
     params: dict[str, str] = {}
     types = meta.types
-    if inputs.get("select"):
-        params["$select"] = ",".join(filter_column(c, types[c]) for c in inputs["select"])
+    if inputs.select:
+        params["$select"] = ",".join(filter_column(c, types[c]) for c in inputs.select)
     filters = []
-    if inputs.get("filter"):
-        filters.append(f"({inputs['filter']})" if inputs.get("where") else str(inputs["filter"]))
-    if inputs.get("where"):
-        built, problems = _where(connection, meta, inputs["where"])
+    if inputs.filter:
+        filters.append(f"({inputs.filter})" if inputs.where else inputs.filter)
+    if inputs.where:
+        built, problems = _where(connection, meta, inputs.where)
         if problems:
             raise InputError(problems)
         if built:
             filters.append(built)
     if filters:
         params["$filter"] = " and ".join(filters)
-    if inputs.get("order_by"):
-        params["$orderby"] = ",".join(_order(c, types) for c in inputs["order_by"])
-    if inputs.get("expand"):
-        params["$expand"] = expand_param(meta, inputs["expand"], connection)
-    if inputs.get("top"):
-        params["$top"] = str(int(inputs["top"]))
-    if inputs.get("include_count"):
+    if inputs.order_by:
+        params["$orderby"] = ",".join(_order(c, types) for c in inputs.order_by)
+    if inputs.expand:
+        params["$expand"] = expand_param(meta, inputs.expand, connection)
+    if inputs.top:
+        params["$top"] = str(inputs.top)
+    if inputs.include_count:
         params["$count"] = "true"
     query = build_query_string(params)
     path = f"{meta.entity_set}?{query}" if query else meta.entity_set
-    if inputs.get("include_annotations"):
+    if inputs.include_annotations:
         annotations: str | None = ALL_ANNOTATIONS
-    elif inputs.get("include_count"):
+    elif inputs.include_count:
         annotations = COUNT_ANNOTATIONS
     else:
         annotations = None
-    page_size = None if inputs.get("top") else int(inputs.get("page_size") or DEFAULT_PAGE_SIZE)
+    page_size = None if inputs.top else inputs.page_size
     return PageToken(connection.host, path, page_size, 0, annotations), limit
 
 
@@ -228,15 +228,15 @@ def query_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any]) 
                 p.add("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")
 
 
-def query(connection: Connection, inputs: Mapping[str, Any]) -> QueryRun:
-    """A :class:`QueryRun` for ``query_entities`` inputs (validated): iterate it to stream the rows."""
+def stream_entities(connection: Connection, inputs: QueryEntities) -> QueryRun:
+    """A :class:`QueryRun` for ``query_entities`` inputs: iterate it to stream the rows (``d365 run --jsonl``)."""
     start, limit = plan(connection, inputs)
-    return QueryRun(connection, start=start, limit=limit, impersonate=inputs.get("impersonate"))
+    return QueryRun(connection, start=start, limit=limit, impersonate=inputs.impersonate)
 
 
-def run_query(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def query_entities(connection: Connection, inputs: QueryEntities) -> dict[str, Any]:
     """The ``query_entities`` output: the rows (at most one page, or up to ``max_records`` with ``fetch_all``)."""
-    run = query(connection, inputs)
+    run = stream_entities(connection, inputs)
     records = list(run)
     out: dict[str, Any] = {
         "records": records,
@@ -245,6 +245,6 @@ def run_query(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, An
         "next_page_token": run.next_page_token,
         "more_records": run.more_records,
     }
-    if inputs.get("include_count"):
+    if inputs.include_count:
         out["count_limit_exceeded"] = bool(run.count_limit_exceeded)
     return out

@@ -26,11 +26,12 @@ from urllib.parse import unquote
 import httpx
 
 from connector.errors import DataverseApiError, FatalApiError, InputError, InputProblem, RetriableApiError
+from connector.inputs import RawRequest
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["raw_problems", "relative_path", "run_raw"]
+__all__ = ["raw_problems", "raw_request", "relative_path"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -118,13 +119,13 @@ def raw_problems(inputs: Mapping[str, Any], connection: Connection) -> list[Inpu
     return problems
 
 
-def _send_kwargs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+def _send_kwargs(inputs: RawRequest) -> dict[str, Any]:
     """The body: JSON ``data``; one field-less file as the raw body (file columns); else a form, multipart if files."""
-    files = inputs.get("file_data") or []
-    headers = {str(k): str(v) for k, v in (inputs.get("headers") or {}).items()}
+    files = inputs.file_data or []
+    headers = {str(k): str(v) for k, v in (inputs.headers or {}).items()}
     kwargs: dict[str, Any] = {"headers": headers}
-    if inputs.get("data") is not None:
-        kwargs["json"] = inputs["data"]
+    if inputs.data is not None:
+        kwargs["json"] = inputs.data
     elif len(files) == 1 and not files[0].get("field"):
         only = files[0]
         kwargs["content"] = base64.b64decode(only["content_base64"])
@@ -145,14 +146,14 @@ def _send_kwargs(inputs: Mapping[str, Any]) -> dict[str, Any]:
             )
             for f in files
         ]
-        kwargs["data"] = {str(k): str(v) for k, v in (inputs.get("form_data") or {}).items()}
-    elif inputs.get("form_data"):  # httpx encodes a form without files as application/x-www-form-urlencoded
-        kwargs["data"] = {str(k): str(v) for k, v in inputs["form_data"].items()}
+        kwargs["data"] = {str(k): str(v) for k, v in (inputs.form_data or {}).items()}
+    elif inputs.form_data:  # httpx encodes a form without files as application/x-www-form-urlencoded
+        kwargs["data"] = {str(k): str(v) for k, v in inputs.form_data.items()}
     return kwargs
 
 
-def _query(inputs: Mapping[str, Any]) -> dict[str, str] | None:
-    query = inputs.get("query")
+def _query(inputs: RawRequest) -> dict[str, str] | None:
+    query = inputs.query
     if not query:
         return None
     return {str(k): ("true" if v is True else "false" if v is False else str(v)) for k, v in query.items()}
@@ -175,15 +176,15 @@ def _body(response: httpx.Response, response_type: str) -> Any:
         ) from exc
 
 
-def run_raw(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def raw_request(connection: Connection, inputs: RawRequest) -> dict[str, Any]:
     """Send the request (with the extra retries asked for) and return status, headers and the decoded body."""
-    problems = raw_problems(inputs, connection)
+    problems = raw_problems(inputs.model_dump(), connection)
     if problems:
         raise InputError(problems)
-    path = relative_path(str(inputs["path"]), connection.api_url)
-    method = str(inputs.get("method") or "GET").upper()
-    max_retries = int(inputs.get("max_retries") or 0)
-    delay_s = int(inputs.get("retry_delay_ms", 1000)) / 1000
+    path = relative_path(inputs.path, connection.api_url)
+    method = inputs.method
+    max_retries = inputs.max_retries
+    delay_s = inputs.retry_delay_ms / 1000
     retries = 0
     while True:
         try:
@@ -191,22 +192,22 @@ def run_raw(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]
                 method,
                 path,
                 params=_query(inputs),
-                impersonate=inputs.get("impersonate"),
-                timeout_s=float(inputs["timeout"]) if inputs.get("timeout") else None,
+                impersonate=inputs.impersonate,
+                timeout_s=inputs.timeout,
                 **_send_kwargs(inputs),
             )
             break
         except DataverseApiError as exc:
-            retriable = isinstance(exc, RetriableApiError) or bool(inputs.get("retry_on_all_errors"))
+            retriable = isinstance(exc, RetriableApiError) or inputs.retry_on_all_errors
             if not retriable or retries >= max_retries:
                 raise
-            wait = delay_s * (2**retries if inputs.get("exponential_backoff") else 1)
+            wait = delay_s * (2**retries if inputs.exponential_backoff else 1)
             connection.clock.sleep(wait)
             retries += 1
     return {
         "status": response.status_code,
         "headers": {k: v for k, v in response.headers.items()},
-        "body": _body(response, str(inputs.get("response_type") or "json")),
-        "response_type": str(inputs.get("response_type") or "json"),
+        "body": _body(response, inputs.response_type),
+        "response_type": inputs.response_type,
         "retries": retries,
     }

@@ -23,6 +23,7 @@ from connector.addressing import address, describe_key, find_by_key, not_found, 
 from connector.associations import association_problems
 from connector.body import build_body, check_fields, key_body
 from connector.errors import ConcurrencyError, FatalApiError, InputProblem, NotFoundError
+from connector.inputs import CreateEntity, DeleteEntity, GetEntity, UpdateEntity, UpsertEntity
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, entity_id, key_is_url_safe
 from connector.paging import query_problems
@@ -33,12 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECORD_ACTIONS",
-    "create_record",
-    "delete_record",
-    "get_record",
+    "create_entity",
+    "delete_entity",
+    "get_entity",
     "input_problems",
-    "update_record",
-    "upsert_record",
+    "update_entity",
+    "upsert_entity",
 ]
 
 RECORD_ACTIONS = frozenset(
@@ -115,25 +116,25 @@ def _record(response: httpx.Response) -> dict[str, Any] | None:
     return None
 
 
-def _prefer(inputs: Mapping[str, Any], *, representation: bool) -> list[str]:
+def _prefer(include_annotations: bool, *, representation: bool) -> list[str]:
     prefer = ["return=representation"] if representation else []
-    if inputs.get("include_annotations"):
+    if include_annotations:
         prefer.append(ALL_ANNOTATIONS)
     return prefer
 
 
 # -- actions --------------------------------------------------------------------------------------------------------
-def get_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def get_entity(connection: Connection, inputs: GetEntity) -> dict[str, Any]:
     """GET one row by id or key, with ``select``/``expand`` and optional formatted values; not found is typed."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    id_, key = inputs.get("id"), inputs.get("key")
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    id_, key = inputs.id, inputs.key
     path = address(connection, meta, id_, key, impersonate)
     try:
         response = connection.client.request(
             "GET",
-            with_query(path, select_params(meta, inputs, connection)),
-            prefer=_prefer(inputs, representation=False),
+            with_query(path, select_params(connection, meta, inputs.select, inputs.expand)),
+            prefer=_prefer(inputs.include_annotations, representation=False),
             impersonate=impersonate,
         )
     except NotFoundError as exc:
@@ -147,27 +148,25 @@ def get_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def create_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def create_entity(connection: Connection, inputs: CreateEntity) -> dict[str, Any]:
     """POST a row; lookups bound through metadata, labels mapped; optional client id and duplicate detection."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    body = build_body(
-        connection, meta, inputs.get("fields") or {}, "$.fields", for_create=True, impersonate=impersonate
-    )
-    return_record = bool(inputs.get("return_record", True))
-    headers = {"MSCRM.SuppressDuplicateDetection": "false"} if inputs.get("detect_duplicates") else None
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    body = build_body(connection, meta, inputs.fields, "$.fields", for_create=True, impersonate=impersonate)
+    return_record = inputs.return_record
+    headers = {"MSCRM.SuppressDuplicateDetection": "false"} if inputs.detect_duplicates else None
     # A given id, or client_id, makes the create retry-safe: a resend after a lost answer is confirmed by a GET
     # instead of being reported as an unknown outcome (the client does this; see DataverseClient.create).
-    client_id: bool | str = inputs.get("id") or bool(inputs.get("client_id"))
+    client_id: bool | str = inputs.id or inputs.client_id
     result = connection.client.create(
         meta.entity_set,
         body,
         id_attribute=meta.primary_id,
         client_id=client_id,
         return_record=return_record,
-        prefer=_prefer(inputs, representation=return_record),
+        prefer=_prefer(inputs.include_annotations, representation=return_record),
         impersonate=impersonate,
-        params=select_params(meta, inputs, connection) if return_record else None,
+        params=select_params(connection, meta, inputs.select) if return_record else None,
         headers=headers,
     )
     out: dict[str, Any] = {"table": meta.logical_name, "id": result.id}
@@ -176,24 +175,22 @@ def create_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str
     return out
 
 
-def update_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def update_entity(connection: Connection, inputs: UpdateEntity) -> dict[str, Any]:
     """PATCH an existing row (``If-Match: *`` or the given etag, so it never creates); 412 is a clear conflict."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    id_, key = inputs.get("id"), inputs.get("key")
-    body = build_body(
-        connection, meta, inputs.get("fields") or {}, "$.fields", for_create=False, impersonate=impersonate
-    )
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    id_, key = inputs.id, inputs.key
+    body = build_body(connection, meta, inputs.fields, "$.fields", for_create=False, impersonate=impersonate)
     path = address(connection, meta, id_, key, impersonate)
-    return_record = bool(inputs.get("return_record", False))
-    etag = inputs.get("etag")
+    return_record = inputs.return_record
+    etag = inputs.etag
     try:
         response = connection.client.request(
             "PATCH",
-            with_query(path, select_params(meta, inputs, connection) if return_record else {}),
+            with_query(path, select_params(connection, meta, inputs.select) if return_record else {}),
             json=body,
             headers={"If-Match": etag or "*"},
-            prefer=_prefer(inputs, representation=return_record),
+            prefer=_prefer(inputs.include_annotations, representation=return_record),
             impersonate=impersonate,
         )
     except NotFoundError as exc:
@@ -217,22 +214,22 @@ def update_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str
     return out
 
 
-def upsert_record(
-    connection: Connection, inputs: Mapping[str, Any], *, new_id: Callable[[], str] | None = None
+def upsert_entity(
+    connection: Connection, inputs: UpsertEntity, *, new_id: Callable[[], str] | None = None
 ) -> dict[str, Any]:
     """Create or update by id or key; the output says which (201 vs 200 with ``return=representation``)."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    id_, key = inputs.get("id"), inputs.get("key")
-    mode = inputs.get("mode", "upsert")
-    fields = dict(inputs.get("fields") or {})
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    id_, key = inputs.id, inputs.key
+    mode = inputs.mode
+    fields = dict(inputs.fields)
     for column in key or {}:
         fields.pop(column, None)  # key columns are never repeated in the body (server strips or refuses them)
     fields.pop(meta.primary_id, None)
     body = build_body(connection, meta, fields, "$.fields", for_create=mode != "update_only", impersonate=impersonate)
-    return_record = bool(inputs.get("return_record", False))
-    select = select_params(meta, inputs, connection) if return_record else {"$select": meta.primary_id}
-    prefer = _prefer(inputs, representation=True)
+    return_record = inputs.return_record
+    select = select_params(connection, meta, inputs.select) if return_record else {"$select": meta.primary_id}
+    prefer = _prefer(inputs.include_annotations, representation=True)
     if key and not key_is_url_safe(key):
         return _upsert_by_filter(connection, meta, key, body, mode, select, prefer, impersonate, return_record, new_id)
     path = address(connection, meta, id_, key, impersonate)
@@ -311,24 +308,24 @@ def _upsert_by_filter(
     return {**_upsert_output(meta, response, return_record, row_id), "operation": "created"}
 
 
-def delete_record(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def delete_entity(connection: Connection, inputs: DeleteEntity) -> dict[str, Any]:
     """DELETE by id or key; a missing row is a typed not-found error unless ``ignore_missing``."""
-    meta = connection.metadata.table(inputs["table"])
-    impersonate = inputs.get("impersonate")
-    id_, key = inputs.get("id"), inputs.get("key")
-    ignore = bool(inputs.get("ignore_missing", False))
+    meta = connection.metadata.table(inputs.table)
+    impersonate = inputs.impersonate
+    id_, key = inputs.id, inputs.key
+    ignore = inputs.ignore_missing
     try:
         path = address(connection, meta, id_, key, impersonate)
-        headers = {"If-Match": inputs["etag"]} if inputs.get("etag") else None
+        headers = {"If-Match": inputs.etag} if inputs.etag else None
         connection.client.request("DELETE", path, headers=headers, impersonate=impersonate)
     except NotFoundError as exc:
         if ignore:
             return {"table": meta.logical_name, "id": id_, "deleted": False}
         raise not_found(meta, id=id_, key=key, cause=exc if exc.code else None) from None
     except FatalApiError as exc:
-        if exc.status_code == 412 and inputs.get("etag"):
+        if exc.status_code == 412 and inputs.etag:
             raise ConcurrencyError(
-                f"the {meta.logical_name} row was changed by someone else since it was read (etag {inputs['etag']} "
+                f"the {meta.logical_name} row was changed by someone else since it was read (etag {inputs.etag} "
                 "no longer matches): read it again and decide whether to delete it",
                 status_code=412,
                 code=exc.code,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from connector import bulk
-from connector.bulk import WriteOptions, write_records
+from connector.bulk import WriteOptions, write_entities
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import InputError
@@ -188,7 +188,7 @@ def test_a_lost_answer_after_commit_is_confirmed_not_duplicated(fake: FakeDatave
     server = BulkServer(fake)
     conn = fake.connect(FakeClock())
     server.drop_next_commit = True
-    report = write_records(conn, "account", "create", [{"fields": {"name": f"n{i}"}} for i in range(10)])
+    report = write_entities(conn, "account", "create", [{"fields": {"name": f"n{i}"}} for i in range(10)])
     assert [r.status for r in report.results] == ["created"] * 10
     assert len(server.rows) == 10
     # sent, lost, resent (duplicate key), confirmed by one In read of the chunk's ids
@@ -199,7 +199,7 @@ def test_without_client_ids_a_lost_answer_is_unknown(fake: FakeDataverse) -> Non
     server = BulkServer(fake)
     conn = fake.connect(FakeClock())
     server.drop_next_commit = True
-    report = write_records(
+    report = write_entities(
         conn, "account", "create", [{"fields": {"name": "a"}}], WriteOptions(client_ids=False, chunk_size=10)
     )
     assert [(r.status, r.code) for r in report.results] == [("unknown", "NetworkError")]
@@ -213,7 +213,7 @@ def test_update_by_key_resolves_guids_first_and_reports_missing_keys(fake: FakeD
         {"key": {"accountnumber": "A-1"}, "fields": {"name": "new"}},
         {"key": {"accountnumber": "nope"}, "fields": {"name": "x"}},
     ]
-    report = write_records(conn, "account", "update", records)
+    report = write_entities(conn, "account", "update", records)
     assert [(r.status, r.id, r.code) for r in report.results] == [("updated", a1, None), ("failed", None, "0x80040217")]
     [update] = server.writes
     assert json.loads(update.content)["Targets"] == [
@@ -227,7 +227,7 @@ def test_tables_without_bulk_messages_go_through_batch_with_continue_on_error(
 ) -> None:
     server = BulkServer(fake, supported=False)
     records = [{"fields": {"name": n}} for n in ("a", "BAD", "c")]
-    report = write_records(conn, "account", "create", records)
+    report = write_entities(conn, "account", "create", records)
     assert report.route == "batch"
     assert [(r.status, r.code) for r in report.results] == [
         ("created", None),
@@ -242,7 +242,7 @@ def test_tables_without_bulk_messages_go_through_batch_with_continue_on_error(
 def test_support_is_probed_once_per_table_and_connection(fake: FakeDataverse, conn: Connection) -> None:
     BulkServer(fake)
     for _ in range(3):
-        write_records(conn, "account", "create", [{"fields": {"name": "a"}}])
+        write_entities(conn, "account", "create", [{"fields": {"name": "a"}}])
     assert sum("sdkmessagefilters" in r.url.path for r in fake.requests) == 1
 
 
@@ -284,7 +284,7 @@ def test_an_upsert_whose_key_was_created_meanwhile_becomes_an_update(fake: FakeD
     server = BulkServer(fake)
     records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(4)]
     server.before_write.append(lambda: server.seed("A-2", "someone else"))  # after the pre-read, before the write
-    report = write_records(conn, "account", "upsert", records)
+    report = write_entities(conn, "account", "upsert", records)
     assert [r.status for r in report.results] == ["created", "created", "updated", "created"]
     other = next(r for r in server.rows.values() if r["accountnumber"] == "A-2")
     assert report.results[2].id == other["accountid"] and other["name"] == "n2"
@@ -296,7 +296,7 @@ def test_an_upsert_by_key_without_client_ids_is_resent_after_a_lost_answer(fake:
     conn = fake.connect(FakeClock())
     server.drop_next_commit = True
     records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(3)]
-    report = write_records(conn, "account", "upsert", records, WriteOptions(client_ids=False))
+    report = write_entities(conn, "account", "upsert", records, WriteOptions(client_ids=False))
     assert [(r.status, r.id) for r in report.results] == [("created", None)] * 3  # Dataverse says no id for these
     targets = [json.loads(r.content)["Targets"] for r in server.writes]
     assert len(targets) == 2 and targets[0] == targets[1]  # the same request again: upsert by key is idempotent
@@ -311,7 +311,7 @@ def test_update_records_naming_one_row_by_id_and_by_key_are_merged(fake: FakeDat
         {"id": a1, "fields": {"name": "by id", "numberofemployees": 3}},
         {"key": {"accountnumber": "A-1"}, "fields": {"name": "by key"}},
     ]
-    report = write_records(conn, "account", "update", records)
+    report = write_entities(conn, "account", "update", records)
     assert [(r.status, r.id, r.merged_into) for r in report.results] == [("updated", a1, 1), ("updated", a1, None)]
     [update] = server.writes
     [target] = json.loads(update.content)["Targets"]

@@ -98,7 +98,7 @@ def test_run_exit_1_on_internal_error(
     def broken(inputs: Any, connection: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("actions.users.current_user", lambda *a, **k: broken(a, k))
+    monkeypatch.setattr("connector.diagnostics.get_current_user", lambda *a, **k: broken(a, k))
     result = runner.invoke(cli.main, ["run", "get_current_user", "--connection", str(wired)])
     assert result.exit_code == 1
 
