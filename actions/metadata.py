@@ -1,4 +1,5 @@
-"""The metadata actions and the builder data sources: thin hooks over :mod:`connector.metadata_actions`.
+"""The metadata actions and the builder data sources: thin hooks over :mod:`connector.metadata_reads`,
+:mod:`connector.metadata_writes` and :mod:`connector.metadata_checks`.
 
 Inputs arrive validated (schema, then :func:`validate_inputs` below against metadata reads); these functions only
 translate them into library calls.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connector import metadata_actions as md
+from connector import metadata_checks, metadata_reads, metadata_writes
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
@@ -18,78 +19,78 @@ from connector.hookspecs import hookimpl
 @hookimpl
 def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
     """Phase two for the metadata actions: tables, columns, full bodies, key columns, page tokens."""
-    if action_id not in md.METADATA_ACTIONS:
+    if action_id not in metadata_checks.METADATA_ACTIONS:
         return None
-    return md.input_problems(action_id, inputs, connection)
+    return metadata_checks.input_problems(action_id, inputs, connection)
 
 
 @hookimpl
 def data_source(name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]] | None:
     """Tables, columns of a table, alternate keys of a table (None for a name another plugin answers)."""
-    return md.data_source(name, params, connection)
+    return metadata_reads.data_source(name, params, connection)
 
 
 @hookimpl
 def list_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Every table, one lean read."""
-    return md.list_entities(connection, inputs)
+    return metadata_reads.list_entities(connection, inputs)
 
 
 @hookimpl
 def list_entity_types(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Entity types, paged on our side."""
-    return md.list_entity_types(connection, inputs)
+    return metadata_reads.list_entity_types(connection, inputs)
 
 
 @hookimpl
 def get_entity_metadata(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One table's definition with chosen expansions."""
-    return md.get_entity_metadata(connection, inputs)
+    return metadata_reads.get_entity_metadata(connection, inputs)
 
 
 @hookimpl
 def get_entities_metadata(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Chosen tables with their columns, table by table."""
-    return md.get_entities_metadata(connection, inputs)
+    return metadata_reads.get_entities_metadata(connection, inputs)
 
 
 @hookimpl
 def create_attribute(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Create a column (full body or short form; a lookup through its relationship)."""
-    return md.create_attribute(connection, inputs)
+    return metadata_writes.create_attribute(connection, inputs)
 
 
 @hookimpl
 def get_attribute(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One column's definition, with options for a choice."""
-    return md.get_attribute(connection, inputs)
+    return metadata_reads.get_attribute(connection, inputs)
 
 
 @hookimpl
 def update_attribute(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Read, merge, PUT, publish when labels changed."""
-    return md.update_attribute(connection, inputs)
+    return metadata_writes.update_attribute(connection, inputs)
 
 
 @hookimpl
 def list_attributes(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """A table's columns, filtered by type."""
-    return md.list_attributes(connection, inputs)
+    return metadata_reads.list_attributes(connection, inputs)
 
 
 @hookimpl
 def query_attributes(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """A raw metadata query over a table's columns."""
-    return md.query_attributes(connection, inputs)
+    return metadata_reads.query_attributes(connection, inputs)
 
 
 @hookimpl
 def create_alternate_key(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Create a key; optionally wait until its index is Active."""
-    return md.create_alternate_key(connection, inputs)
+    return metadata_writes.create_alternate_key(connection, inputs)
 
 
 @hookimpl
 def list_alternate_keys(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """A table's keys with their index status."""
-    return md.list_alternate_keys(connection, inputs)
+    return metadata_reads.list_alternate_keys(connection, inputs)

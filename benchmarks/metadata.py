@@ -5,7 +5,7 @@ columns each (one request per size, no per-column HTTP). The connector runs in a
 set size (``VmHWM``, its own image only) is its own; a second run of the same child under ``tracemalloc`` gives the peak
 of the Python heap. Three ways of reading every custom table with its columns:
 
-* ``iter``: :func:`connector.metadata_actions.iter_entities_metadata`, one table's columns held at a time;
+* ``iter``: :func:`connector.metadata_reads.iter_entities_metadata`, one table's columns held at a time;
 * ``action``: the ``get_entities_metadata`` action, which also has to hold its whole answer (a platform output is one
   JSON document), but never one giant response;
 * ``expand``: one ``EntityDefinitions?$expand=Attributes`` read, what discovery in other connectors does (peers run
@@ -32,7 +32,7 @@ from dataverse_emulator.testing import EmulatorHandle, running_emulator
 CHILD = r"""
 import json, sys, time, tracemalloc
 from connector.connection import Connection
-from connector import metadata_actions as md
+from connector import metadata_reads as md
 
 config_file, mode, traced = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 from pathlib import Path

@@ -422,7 +422,7 @@ def webhook_serve(
     public_url: str | None,
 ) -> None:
     """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) go to stderr."""
-    from connector.webhooks import load_trigger_config, serve
+    from connector.webhook_server import load_trigger_config, serve
 
     def emit(event: dict[str, Any]) -> None:
         click.echo(json.dumps(event, default=str))

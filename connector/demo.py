@@ -96,7 +96,7 @@ def webhook_demo(runtime: Runtime, connection: Any, emulator: Any) -> None:
     """The webhook trigger subscribed in the emulator, one contact created, and the verified event it delivered."""
     import secrets
 
-    from connector.webhooks import create_asgi_app
+    from connector.webhook_server import create_asgi_app
     from dataverse_emulator.testing import serve_asgi
 
     events: list[dict[str, Any]] = []

@@ -315,7 +315,7 @@ class Runtime:
 
     def _dedupe_store(self, trigger_id: str, config: Mapping[str, Any]) -> Any:
         """One store per trigger configuration (the secret left out of the key), kept for the runtime's life."""
-        from connector.webhooks import dedupe_store_for
+        from connector.webhook_dedupe import dedupe_store_for
 
         basis = {k: v for k, v in config.items() if k != "secret"}
         key = trigger_id + json.dumps(basis, sort_keys=True, default=str)

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import pytest
 
-from connector import webhooks
+from connector import webhook_registration
 from connector.connection import Connection
 from connector.runtime import Runtime
 from dataverse_emulator.testing import EmulatorHandle
@@ -140,7 +140,7 @@ def test_webhook_serve_subscribe_end_to_end(
 
     with monkeypatch.context() as patch:
         patch.setenv("D365_TEST_WEBHOOK_KEY", KEY)
-        patch.setattr(webhooks, "_ensure_step", killed)
+        patch.setattr(webhook_registration, "_ensure_step", killed)
         with pytest.raises(KeyboardInterrupt):
             runtime.subscribe_trigger("webhook", CONFIG, connection, f"http://127.0.0.1:{serve.port}/")
     endpoints, steps, _ = registrations(connection)

@@ -11,7 +11,7 @@ import pytest
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import InputError, KeyActivationError
-from connector.metadata_actions import expand_attribute, label
+from connector.metadata_writes import expand_attribute, label
 from connector.odata import PageToken
 from connector.runtime import Runtime
 from tests.metadata.conftest import TABLES

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from connector.runtime import Runtime
-from connector.webhooks import WebhookRequest
+from connector.webhook_delivery import WebhookRequest
 from tests.conftest import SENTINELS
 
 PAYLOADS = Path(__file__).parent / "payloads"

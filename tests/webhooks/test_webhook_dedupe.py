@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.webhooks import MemoryDedupeStore, SqliteDedupeStore, dedupe_store_for
+from connector.webhook_dedupe import MemoryDedupeStore, SqliteDedupeStore, dedupe_store_for
 
 
 def test_webhook_memory_store_is_bounded_oldest_first() -> None:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from connector.connection import Connection
 from connector.errors import FatalApiError
 from connector.runtime import Runtime
-from connector.webhooks import WebhookRequest
+from connector.webhook_delivery import WebhookRequest
 from dataverse_emulator.testing import EmulatorHandle, running_emulator, serve_asgi
 from tests.conftest import SENTINELS
 

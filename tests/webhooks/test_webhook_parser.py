@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.webhooks import SIZE_EXCEEDED_HEADER, parse_context, parse_date, plain
+from connector.webhook_delivery import SIZE_EXCEEDED_HEADER, parse_context, parse_date, plain
 from tests.webhooks.conftest import delivery, payload
 
 RID = "6d81597f-0f9f-e711-8122-000d3aa2331c"

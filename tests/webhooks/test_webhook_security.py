@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from connector import webhooks
+from connector import webhook_delivery, webhook_server
 from connector.errors import InputError, WebhookError, WebhookPayloadError, WebhookVerificationError
 from connector.runtime import Runtime
-from connector.webhooks import create_asgi_app
+from connector.webhook_server import create_asgi_app
 from tests.conftest import assert_no_secrets
 from tests.webhooks.conftest import KEY, delivery, payload
 
@@ -93,7 +93,7 @@ def test_webhook_key_compared_with_compare_digest(monkeypatch: pytest.MonkeyPatc
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(webhooks.hmac, "compare_digest", spy)
+    monkeypatch.setattr(webhook_delivery.hmac, "compare_digest", spy)
     with pytest.raises(WebhookVerificationError) as err:
         handle(delivery(payload(UPDATE), query="code=short"))
     assert err.value.status_code == 401
@@ -222,7 +222,7 @@ def test_webhook_serve_needs_a_public_url_for_a_remote_organization(runtime: Run
         organization_url = "https://contoso.crm.dynamics.com"
 
     with pytest.raises(WebhookError, match="--public-url"):
-        webhooks.serve(runtime, config, connection=Remote(), on_event=print, on_status=print)  # type: ignore[arg-type]
+        webhook_server.serve(runtime, config, connection=Remote(), on_event=print, on_status=print)  # type: ignore[arg-type]
 
 
 def test_webhook_serve_refuses_an_unset_secret_variable_before_listening(
@@ -232,6 +232,6 @@ def test_webhook_serve_refuses_an_unset_secret_variable_before_listening(
     statuses: list[dict[str, Any]] = []
     config = {**config, "secret": {"env": "D365_TEST_UNSET_WEBHOOK_KEY"}}
     with pytest.raises(InputError, match=r"\$\.secret: .*D365_TEST_UNSET_WEBHOOK_KEY, which is not set") as caught:
-        webhooks.serve(runtime, config, on_event=print, on_status=statuses.append)
+        webhook_server.serve(runtime, config, on_event=print, on_status=statuses.append)
     assert caught.value.exit_code == 2
     assert statuses == []
