@@ -126,7 +126,7 @@ def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> pl
     for pack in packs:
         for specs in pack.hookspecs:
             pm.add_hookspecs(specs)
-    declared = {name for name, caller in vars(pm.hook).items() if getattr(caller, "spec", None) is not None}
+    declared = {name for name, caller in vars(pm.hook).items() if caller.spec is not None}
     pm.add_hookspecs(make_action_specs(actions, declared))
     for path in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(path), name=path)
