@@ -13,10 +13,8 @@ from connector.inputs import RunBatchOperations
 
 
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+def validate_run_batch_operations(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: every operation against its table's metadata, and the change set rules, before anything is sent."""
-    if action_id != "run_batch_operations":
-        return None
     return batch.batch_problems(inputs, connection)
 
 

@@ -14,11 +14,9 @@ from connector.inputs import WriteEntities
 
 
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
-    """Phase two for write_entities: columns, values, labels and keys of every record, addressing per mode."""
-    if action_id != "write_entities":
-        return None
-    return bulk.write_problems(connection, inputs)
+def validate_write_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    """Phase two: columns, values, labels and keys of every record, addressing per mode."""
+    return bulk.write_problems(inputs, connection)
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """The record actions: thin hooks over :mod:`connector.records` and :mod:`connector.paging`.
 
-Inputs arrive validated (schema, then :func:`validate_inputs` below against cached metadata); these functions only
-translate them into library calls.
+Inputs arrive validated (schema, then the ``validate_<id>`` hooks below against cached metadata); the action hooks
+only translate them into library calls.
 """
 
 from __future__ import annotations
@@ -16,12 +16,48 @@ from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 
 
+# -- phase two: columns, keys, option labels, navigation properties, page tokens, against metadata ------------------
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
-    """Phase two for the record actions: columns, keys, option labels, navigation properties, page tokens."""
-    if action_id not in records.RECORD_ACTIONS:
-        return None
-    return records.input_problems(action_id, inputs, connection)
+def validate_get_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("get_entity", inputs, connection)
+
+
+@hookimpl
+def validate_create_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("create_entity", inputs, connection)
+
+
+@hookimpl
+def validate_update_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("update_entity", inputs, connection)
+
+
+@hookimpl
+def validate_upsert_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("upsert_entity", inputs, connection)
+
+
+@hookimpl
+def validate_delete_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("delete_entity", inputs, connection)
+
+
+@hookimpl
+def validate_query_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("query_entities", inputs, connection)
+
+
+@hookimpl
+def validate_associate_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("associate_entities", inputs, connection)
+
+
+@hookimpl
+def validate_disassociate_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return records.input_problems("disassociate_entities", inputs, connection)
+
+
+# -- the actions -------------------------------------------------------------------------------------------------------
 
 
 @hookimpl

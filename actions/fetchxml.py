@@ -10,17 +10,12 @@ from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 from connector.inputs import RunFetchXmlQuery
-from connector.problems import Problems
 
 
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+def validate_run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: the XML (safely parsed), FetchXML's shape, the table's metadata and the page token."""
-    if action_id != "run_fetch_xml_query":
-        return None
-    problems = Problems(connection)
-    fetchxml.fetch_problems(problems, inputs)
-    return problems.items
+    return fetchxml.fetch_problems(inputs, connection)
 
 
 @hookimpl

@@ -1,8 +1,8 @@
 """The metadata actions and the builder data sources: thin hooks over :mod:`connector.metadata_reads`,
 :mod:`connector.metadata_writes` and :mod:`connector.metadata_checks`.
 
-Inputs arrive validated (schema, then :func:`validate_inputs` below against metadata reads); these functions only
-translate them into library calls.
+Inputs arrive validated (schema, then the ``validate_<id>`` hooks below against metadata reads); the action hooks
+only translate them into library calls.
 """
 
 from __future__ import annotations
@@ -16,12 +16,63 @@ from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 
 
+# -- phase two: tables, columns, full bodies, key columns, page tokens, against metadata reads ----------------------
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
-    """Phase two for the metadata actions: tables, columns, full bodies, key columns, page tokens."""
-    if action_id not in metadata_checks.METADATA_ACTIONS:
-        return None
-    return metadata_checks.input_problems(action_id, inputs, connection)
+def validate_list_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("list_entities", inputs, connection)
+
+
+@hookimpl
+def validate_list_entity_types(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("list_entity_types", inputs, connection)
+
+
+@hookimpl
+def validate_get_entity_metadata(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("get_entity_metadata", inputs, connection)
+
+
+@hookimpl
+def validate_get_entities_metadata(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("get_entities_metadata", inputs, connection)
+
+
+@hookimpl
+def validate_create_attribute(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("create_attribute", inputs, connection)
+
+
+@hookimpl
+def validate_get_attribute(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("get_attribute", inputs, connection)
+
+
+@hookimpl
+def validate_update_attribute(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("update_attribute", inputs, connection)
+
+
+@hookimpl
+def validate_list_attributes(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("list_attributes", inputs, connection)
+
+
+@hookimpl
+def validate_query_attributes(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("query_attributes", inputs, connection)
+
+
+@hookimpl
+def validate_create_alternate_key(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("create_alternate_key", inputs, connection)
+
+
+@hookimpl
+def validate_list_alternate_keys(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+    return metadata_checks.input_problems("list_alternate_keys", inputs, connection)
+
+
+# -- data sources and actions -----------------------------------------------------------------------------------------
 
 
 @hookimpl

@@ -13,10 +13,8 @@ from connector.inputs import RawRequest
 
 
 @hookimpl
-def validate_inputs(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem] | None:
+def validate_raw_request(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: the path stays under the Web API root, no Authorization header, a coherent body."""
-    if action_id != "raw_request":
-        return None
     return raw.raw_problems(inputs, connection)
 
 

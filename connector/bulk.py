@@ -203,7 +203,7 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
-def write_problems(connection: Connection, inputs: Mapping[str, Any]) -> list[InputProblem]:
+def write_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase-two problems of a bulk write (metadata reads only): columns, values, labels, keys, addressing per mode."""
     p = Problems(connection)
     meta = p.table(str(inputs["table"]), "$.table")
@@ -313,7 +313,7 @@ def write_entities(
         raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
     headers = options.headers()
     meta = connection.metadata.table(table)
-    problems = write_problems(connection, {"table": table, "mode": mode, "records": records})
+    problems = write_problems({"table": table, "mode": mode, "records": records}, connection)
     if problems:
         raise InputError(problems)
     items = _plan(connection, meta, mode, records, options)

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from connector import __version__
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
+
+if TYPE_CHECKING:
+    from connector.runtime import RecordStream
 
 CONNECTION_ENV = "D365_CONNECTION"
 
@@ -201,17 +204,19 @@ def run(
     jsonl: bool,
 ) -> None:
     """Run one action: inputs are validated before the connection is used; the output is JSON on stdout."""
+    from connector.runtime import STREAMING_ACTIONS
+
     try:
         runtime = _runtime()
         inputs = _read_inputs(input_file, pairs)
         if jsonl and action_id not in STREAMING_ACTIONS:
             raise InputError([InputProblem("--jsonl", f"only {', '.join(STREAMING_ACTIONS)} streams records")])
-        validated = runtime.validate_inputs(action_id, inputs)
+        runtime.check_schema(action_id, inputs)
         config, base_dir = _load_connection_file(connection_file)
         connection = runtime.connection(config, base_dir=base_dir)
         try:
             if jsonl:
-                _stream_records(action_id, validated, connection, as_json)
+                _print_records(runtime.stream_records(action_id, inputs, connection))
                 return
             result = runtime.run_action(action_id, inputs, connection)
         finally:
@@ -221,42 +226,13 @@ def run(
     _print_json(result, as_json)
 
 
-#: Actions whose records ``d365 run --jsonl`` can stream from a library generator.
-STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
-
-
-def _stream_records(action_id: str, inputs: dict[str, Any], connection: Any, as_json: bool) -> None:
-    """Print records one per line straight from :class:`connector.paging.QueryRun` (or the FetchXML
-    :class:`connector.fetchxml.FetchRun`): one page in memory at a time.
-
-    The same phase-two validation as ``run_action`` runs first, so bad input still exits 2 before any request for
-    data is sent.
-    """
-    from connector import fetchxml, paging, records
-    from connector.inputs import QueryEntities, RunFetchXmlQuery
-    from connector.problems import Problems
-
-    run: paging.QueryRun | fetchxml.FetchRun
-    if action_id == "run_fetch_xml_query":
-        checks = Problems(connection)
-        fetchxml.fetch_problems(checks, inputs)
-        problems = checks.items
-    else:
-        problems = records.input_problems(action_id, inputs, connection)
-    if problems:
-        raise InputError(problems, action_id=action_id)
-    if action_id == "run_fetch_xml_query":
-        run = fetchxml.stream_fetch_xml(connection, RunFetchXmlQuery.of(inputs))
-    else:
-        run = paging.stream_entities(connection, QueryEntities.of(inputs))
+def _print_records(stream: RecordStream) -> None:
+    """One record per line as it arrives (one page in memory at a time); the continuation goes to stderr."""
     write = sys.stdout.write
-    for record in run:
+    for record in stream:
         write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
     sys.stdout.flush()
-    summary = {"returned": run.returned, "more_records": run.more_records, "next_page_token": run.next_page_token}
-    if isinstance(run, paging.QueryRun) and run.count is not None:
-        summary["count"] = run.count
-    click.echo(json.dumps(summary), err=True)
+    click.echo(json.dumps(stream.summary()), err=True)
 
 
 # -- data sources ---------------------------------------------------------------------------------------------------

@@ -14,10 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connector.hookspecs import ACTION_ARGNAMES
+from connector.hookspecs import ACTION_ARGNAMES, validator_hook
 from connector.plugins import BUILTIN
 
 if TYPE_CHECKING:
+    from pluggy import HookCaller
+
     from connector.runtime import Runtime
 
 _RUNTIME_PLUGINS = {"connector.runtime.dispatch"}
@@ -34,17 +36,32 @@ def check_contract(
 ) -> list[str]:
     """Every problem found, as sentences that name the action, schema or hook concerned."""
     problems: list[str] = list(runtime.manifest.problems)
-    store, manifest, pm = runtime.store, runtime.manifest, runtime.pm
-    document = manifest.document
+    problems += _manifest_problems(runtime)
+    problems += _schema_problems(runtime)
+    problems += _action_hook_problems(runtime)
+    problems += _trigger_hook_problems(runtime)
+    problems += _unknown_hook_problems(runtime)
+    problems += _example_problems(runtime)
+    problems += _duplicate_problems(runtime)
+    if repo_checks:
+        problems += _repo_checks(runtime, repo_root or Path(__file__).resolve().parents[1], ledger)
+    return problems
 
-    # 1. The manifest itself (provider keys are ours, added while merging).
-    plain = json.loads(json.dumps(document))
+
+def _manifest_problems(runtime: Runtime) -> list[str]:
+    """The effective manifest against its schema (provider keys are ours, added while merging)."""
+    plain = json.loads(json.dumps(runtime.manifest.document))
     for entry in plain.get("actions", []):
         if isinstance(entry, dict):
             entry.pop("provider", None)
-    problems += [f"manifest.json {p}" for p in store.validate(plain, "manifest.schema.json")]
+    return [f"manifest.json {p}" for p in runtime.store.validate(plain, "manifest.schema.json")]
 
-    # 2. Every schema registered is a valid 2020-12 schema whose $refs resolve; every referenced schema exists.
+
+def _schema_problems(runtime: Runtime) -> list[str]:
+    """Every schema registered is a valid 2020-12 schema whose $refs resolve; every referenced schema exists."""
+    store, manifest = runtime.store, runtime.manifest
+    document = manifest.document
+    problems: list[str] = []
     for sid in store.ids():
         problems += store.check(sid)
     referenced: list[tuple[str, str]] = []
@@ -58,16 +75,20 @@ def check_contract(
     for source in document.get("data_sources", []):
         referenced.append((f"data source {source.get('name')!r}", manifest.schema_id(BUILTIN, source["params_schema"])))
     missing = {(who, sid) for who, sid in referenced if not store.has(sid)}
-    problems += [f"{who}: schema {sid} is missing" for who, sid in sorted(missing)]
+    return problems + [f"{who}: schema {sid} is missing" for who, sid in sorted(missing)]
 
-    # 3-5. Hookspecs and implementations match the manifest.
+
+def _action_hook_problems(runtime: Runtime) -> list[str]:
+    """Hookspecs and implementations match the manifest: one spec and one implementation per action, no orphan."""
+    manifest, pm = runtime.manifest, runtime.pm
+    problems: list[str] = []
     action_ids = set(manifest.actions)
     spec_names = {
         name
         for name, caller in vars(pm.hook).items()
         if not name.startswith("_") and caller.spec is not None and caller.spec.argnames == ACTION_ARGNAMES
     }
-    for orphan in sorted(spec_names - action_ids):
+    for orphan in sorted(spec_names - action_ids - {validator_hook(a) for a in action_ids}):
         problems.append(f"hook {orphan!r} has an action hookspec but no manifest entry")
     for action_id in sorted(action_ids):
         caller = getattr(pm.hook, action_id, None)
@@ -78,43 +99,72 @@ def check_contract(
             problems.append(
                 f"action {action_id!r}: hookspec arguments are {caller.spec.argnames}, expected (inputs, connection)"
             )
-        impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
-        providers = [i.plugin_name for i in impls]
-        override = manifest.overrides.get(action_id)
-        if override:
-            providers = [p for p in providers if p == override or p not in _builtin_plugin_names()]
-        if not providers:
-            problems.append(f"action {action_id!r} has no implementation")
-        elif len(providers) > 1:
-            problems.append(f"action {action_id!r} has {len(providers)} implementations ({', '.join(providers)})")
-        undeclared = [p for p in [i.plugin_name for i in impls] if p not in _builtin_plugin_names()]
-        if manifest.actions[action_id].provider == BUILTIN and undeclared:
-            problems.append(
-                f"pack {undeclared[0]} implements built-in action {action_id!r} without declaring it in its "
-                "fragment's overrides"
-            )
-    for trig in document.get("triggers", []):
+        problems += _implementation_problems(runtime, action_id, caller)
+    return problems
+
+
+def _implementation_problems(runtime: Runtime, action_id: str, caller: HookCaller) -> list[str]:
+    """Exactly one implementation runs the action; a pack implements a built-in only by declaring the override."""
+    problems: list[str] = []
+    builtin_plugins = _builtin_plugin_names()
+    impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+    providers = [i.plugin_name for i in impls]
+    override = runtime.manifest.overrides.get(action_id)
+    if override:
+        providers = [p for p in providers if p == override or p not in builtin_plugins]
+    if not providers:
+        problems.append(f"action {action_id!r} has no implementation")
+    elif len(providers) > 1:
+        problems.append(f"action {action_id!r} has {len(providers)} implementations ({', '.join(providers)})")
+    undeclared = [i.plugin_name for i in impls if i.plugin_name not in builtin_plugins]
+    if runtime.manifest.actions[action_id].provider == BUILTIN and undeclared:
+        problems.append(
+            f"pack {undeclared[0]} implements built-in action {action_id!r} without declaring it in its "
+            "fragment's overrides"
+        )
+    return problems
+
+
+def _trigger_hook_problems(runtime: Runtime) -> list[str]:
+    """Each trigger of the manifest has its three hooks, each with a spec and an implementation."""
+    problems: list[str] = []
+    for trig in runtime.manifest.document.get("triggers", []):
         for prefix in ("handle", "subscribe", "unsubscribe"):
             name = f"{prefix}_{trig.get('id')}"
-            caller = getattr(pm.hook, name, None)
+            caller = getattr(runtime.pm.hook, name, None)
             if caller is None or caller.spec is None:
                 problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no hookspec")
             elif not [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]:
                 problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no implementation")
-    try:
-        pm.check_pending()
-    except Exception as exc:  # PluginValidationError names the plugin and the unknown hook
-        problems.append(f"unknown hook implementation: {exc}")
+    return problems
 
-    # 6. Examples validate against their input schema.
-    for info in manifest.actions.values():
+
+def _unknown_hook_problems(runtime: Runtime) -> list[str]:
+    """An implementation whose hook has no spec: a typo, or an action or validator no manifest declares."""
+    try:
+        runtime.pm.check_pending()
+    except Exception as exc:  # PluginValidationError names the plugin and the unknown hook
+        return [f"unknown hook implementation: {exc}"]
+    return []
+
+
+def _example_problems(runtime: Runtime) -> list[str]:
+    """Examples are what builders show: each must validate against its action's input schema."""
+    store = runtime.store
+    problems: list[str] = []
+    for info in runtime.manifest.actions.values():
         if not store.has(info.input_schema):
             continue
         for n, example in enumerate(info.examples):
             for p in store.validate(example.get("input"), info.input_schema):
                 problems.append(f"action {info.id!r} example {n} ({example.get('title')!r}) fails its schema: {p}")
+    return problems
 
-    # 7. No duplicate ids or labels.
+
+def _duplicate_problems(runtime: Runtime) -> list[str]:
+    """No two actions share an id or a label, no two triggers an id, no two data sources a name."""
+    document = runtime.manifest.document
+    problems: list[str] = []
     for kind, key in (("actions", "id"), ("actions", "label"), ("triggers", "id"), ("data_sources", "name")):
         seen: set[str] = set()
         for entry in document.get(kind, []):
@@ -122,9 +172,6 @@ def check_contract(
             if value in seen:
                 problems.append(f"{kind}: duplicate {key} {value!r}")
             seen.add(value)
-
-    if repo_checks:
-        problems += _repo_checks(runtime, repo_root or Path(__file__).resolve().parents[1], ledger)
     return problems
 
 

@@ -38,11 +38,11 @@ from connector.errors import FatalApiError, InputError, InputProblem
 from connector.inputs import RunFetchXmlQuery
 from connector.multipart import BatchOperation, ChangeSetResponse, MultipartError, decode_batch_response, encode_batch
 from connector.odata import ALL_ANNOTATIONS
+from connector.problems import Problems
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
-    from connector.problems import Problems
 
 __all__ = ["FetchRun", "FetchToken", "fetch_problems", "parse_fetch", "run_fetch_xml_query", "stream_fetch_xml"]
 
@@ -203,21 +203,20 @@ class FetchToken:
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
-def fetch_problems(p: Problems, inputs: Mapping[str, Any]) -> None:
+def fetch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """XML, FetchXML shape, the table against metadata, and the page token: all before any data request."""
+    p = Problems(connection)
     try:
         root = parse_fetch(str(inputs["fetch_xml"]))
     except InputError as exc:
-        p.items += exc.problems
-        return
+        return list(exc.problems)
     shape = shape_problems(root)
     if shape:
-        p.items += shape
-        return
+        return list(shape)
     name = entity_name(root)
     meta = p.table(name, "$.fetch_xml")
     if meta is None:
-        return
+        return p.items
     if inputs.get("table"):
         given = p.table(str(inputs["table"]), "$.table")
         if given is not None and given.logical_name != meta.logical_name:
@@ -239,6 +238,7 @@ def fetch_problems(p: Problems, inputs: Mapping[str, Any]) -> None:
             FetchToken.decode(inputs["page_token"], host=p.connection.host, query=_query_hash(inputs["fetch_xml"]))
         except InputError as exc:
             p.items += exc.problems
+    return p.items
 
 
 # -- sending --------------------------------------------------------------------------------------------------------

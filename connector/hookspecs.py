@@ -1,16 +1,21 @@
 # mypy: disable-error-code="empty-body"
 """The hook contract between the runtime and the plugins that implement actions, triggers and data sources.
 
-Every action in the manifest has one ``firstresult`` hookspec of the same name taking ``(inputs, connection)``; the
-runtime never calls those directly but through ``execute_action``, whose built-in implementation dispatches by id, so a
-plugin that wraps ``execute_action`` (``@hookimpl(wrapper=True)``) sees every action call. Triggers get three hooks per
-trigger id (``handle_<id>``, ``subscribe_<id>``, ``unsubscribe_<id>``); packs build theirs with
-:func:`make_trigger_specs`.
+Action hookspecs are generated from the effective manifest (:func:`make_action_specs`), as trigger specs are from a
+trigger id (:func:`make_trigger_specs`), so a manifest entry and its hook cannot drift apart. Every action id gets two
+``firstresult`` hookspecs taking ``(inputs, connection)``: ``<id>`` runs the action, ``validate_<id>`` returns its
+phase-two problems. The runtime calls neither directly but the two generic hooks ``execute_action`` and
+``validate_inputs``, whose built-in implementations dispatch by id: a pack wraps one generic hook
+(``@hookimpl(wrapper=True)``) to see every call, and each action keeps its own validator with one signature.
+
+Why per-action validator hooks rather than a registry of functions: it is the shape ``execute_action`` already has, a
+pack's own actions get their validator hook from its manifest fragment with nothing to register, and pluggy refuses a
+validator whose arguments are wrong, or (through the contract check) one for an action no manifest declares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,108 +31,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 ACTION_ARGNAMES = ("inputs", "connection")
 
 
-class ActionSpecs:
-    """One hookspec per built-in action; the hook name is the manifest action id."""
-
-    @hookspec(firstresult=True)
-    def get_current_user(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Who the connection acts as: WhoAmI, then the systemuser row."""
-
-    @hookspec(firstresult=True)
-    def test_connection(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Fetch a token and call WhoAmI; explain any failure with its fix instead of raising."""
-
-    @hookspec(firstresult=True)
-    def get_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Read one row by id or alternate key."""
-
-    @hookspec(firstresult=True)
-    def create_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Create a row; lookups bound and choice labels mapped through metadata."""
-
-    @hookspec(firstresult=True)
-    def update_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Update an existing row by id or alternate key; never creates."""
-
-    @hookspec(firstresult=True)
-    def upsert_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Create or update a row by id or alternate key; the output says which happened."""
-
-    @hookspec(firstresult=True)
-    def delete_entity(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Delete a row by id or alternate key."""
-
-    @hookspec(firstresult=True)
-    def query_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Query a table with OData or structured conditions, one page or every page up to max_records."""
-
-    @hookspec(firstresult=True)
-    def associate_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Link two rows through a navigation property ($ref)."""
-
-    @hookspec(firstresult=True)
-    def disassociate_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Remove the link between two rows through a navigation property ($ref)."""
-
-    @hookspec(firstresult=True)
-    def raw_request(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Any Web API request by a path relative to the Web API root; the token never leaves that root."""
-
-    @hookspec(firstresult=True)
-    def run_fetch_xml_query(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """A FetchXML query checked before sending; one page, or every page by paging cookie up to max_records."""
-
-    @hookspec(firstresult=True)
-    def run_batch_operations(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Up to 1,000 record operations in one $batch, with change sets; one result per operation, in order."""
-
-    @hookspec(firstresult=True)
-    def list_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Every table in one lean read: include_custom, top_level_only, include_details."""
-
-    @hookspec(firstresult=True)
-    def list_entity_types(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Entity types paged on the client side over one lean read (page_size, page_token, fetch_all)."""
-
-    @hookspec(firstresult=True)
-    def get_entity_metadata(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """One table's definition by logical name, entity set name or MetadataId, optionally expanded."""
-
-    @hookspec(firstresult=True)
-    def get_entities_metadata(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Chosen tables with their columns, read table by table so memory stays flat."""
-
-    @hookspec(firstresult=True)
-    def create_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Create a column from a full AttributeMetadata body or a short typed form (lookup: a relationship)."""
-
-    @hookspec(firstresult=True)
-    def get_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """One column's definition by logical name or MetadataId, with options for a choice."""
-
-    @hookspec(firstresult=True)
-    def update_attribute(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Read a column, merge the changes, PUT it back (MergeLabels), publish when labels changed."""
-
-    @hookspec(firstresult=True)
-    def list_attributes(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """A table's columns with a lean select, filtered by type."""
-
-    @hookspec(firstresult=True)
-    def query_attributes(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """A raw metadata query over a table's columns (select, filter, expand, cast)."""
-
-    @hookspec(firstresult=True)
-    def create_alternate_key(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Create an alternate key on one or more columns, optionally waiting until it is Active."""
-
-    @hookspec(firstresult=True)
-    def list_alternate_keys(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """A table's alternate keys with their index status."""
-
-    @hookspec(firstresult=True)
-    def write_entities(self, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Create, update or upsert many rows through the bulk messages in parallel chunks; one result per record."""
+def validator_hook(action_id: str) -> str:
+    """The name of an action's validator hook; one function so the specs, the dispatch and the check agree."""
+    return f"validate_{action_id}"
 
 
 class RuntimeSpecs:
@@ -141,11 +47,37 @@ class RuntimeSpecs:
     def validate_inputs(
         self, action_id: str, inputs: Mapping[str, Any], connection: Connection
     ) -> list[InputProblem] | None:
-        """Phase-two validation against cached metadata (metadata GETs only, never writes); return the problems."""
+        """Phase-two validation against cached metadata (metadata GETs only, never writes); return the problems.
+
+        The built-in implementation dispatches to ``validate_<action_id>``; packs wrap this hook to see every check.
+        """
 
     @hookspec(firstresult=True)
     def data_source(self, name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]]:
         """Answer a builder data source declared in the manifest: options as ``{"value": ..., "label": ...}``."""
+
+
+def make_action_specs(actions: Mapping[str, str], declared: Collection[str] = ()) -> type:
+    """Build the hookspecs of the given actions (id to manifest description): ``<id>`` and ``validate_<id>`` each,
+    minus the ``declared`` names, whose specs a pack wrote itself (pluggy takes one spec per hook)."""
+
+    def spec(name: str, doc: str) -> Any:
+        def action(self: Any, inputs: Mapping[str, Any], connection: Connection) -> Any: ...
+
+        action.__name__, action.__doc__ = name, doc
+        action.__qualname__ = f"ActionSpecs.{name}"  # pluggy strips ``self`` only for qualified names
+        return hookspec(firstresult=True)(action)
+
+    namespace: dict[str, Any] = {}
+    for action_id, description in actions.items():
+        namespace[action_id] = spec(action_id, description)
+        namespace[validator_hook(action_id)] = spec(
+            validator_hook(action_id),
+            f"Phase-two problems of {action_id}'s inputs (metadata reads only, never a write); [] when none.",
+        )
+    for name in declared:
+        namespace.pop(name, None)
+    return type("ActionSpecs", (), namespace)
 
 
 def make_trigger_specs(trigger_id: str) -> type:
@@ -171,8 +103,3 @@ def make_trigger_specs(trigger_id: str) -> type:
 
 #: The built-in ``webhook`` trigger: ``handle_webhook``, ``subscribe_webhook``, ``unsubscribe_webhook``.
 WebhookSpecs = make_trigger_specs("webhook")
-
-
-def action_hook_names(specs: type = ActionSpecs) -> set[str]:
-    """The action ids a spec class declares (every public attribute is one hookspec)."""
-    return {name for name in vars(specs) if not name.startswith("_")}

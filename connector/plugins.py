@@ -2,14 +2,19 @@
 
 A pack is a module named by an entry point in the ``d365_connector`` group. It may carry:
 
-* ``d365_hookspecs``: a class of hookspecs for the actions it adds (use :func:`connector.hookspecs.make_trigger_specs`
-  for triggers);
+* ``d365_hookspecs`` (optional): a class of hookspecs; the hooks of the actions in its fragment are generated from the
+  effective manifest (:func:`connector.hookspecs.make_action_specs`), so a pack needs it only for triggers
+  (:func:`connector.hookspecs.make_trigger_specs`) or to declare an action hook itself;
 * ``@hookimpl`` functions (the module itself is registered as the plugin);
 * package data next to the module: ``d365_manifest.json`` (a manifest fragment) and a ``schemas/`` folder whose files
   carry their own ``$id``.
 
 Entry points are loaded explicitly (``load_entrypoints``), never guessed from the environment of a test run, and packs
 can be disabled by name (parameter or ``D365_CONNECTOR_DISABLED_PLUGINS``, comma-separated), as tox does.
+
+Packs are loaded before the plugin manager is built because the action hookspecs come from the effective manifest,
+which needs the packs' fragments; pluggy checks each implementation against its spec when it is registered, so every
+spec is added before any plugin.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from importlib.resources.abc import Traversable
@@ -27,7 +32,7 @@ from typing import Any
 import pluggy
 
 from connector.errors import PluginError
-from connector.hookspecs import PROJECT, ActionSpecs, RuntimeSpecs, WebhookSpecs
+from connector.hookspecs import PROJECT, RuntimeSpecs, WebhookSpecs, make_action_specs
 
 ENTRYPOINT_GROUP = "d365_connector"
 DISABLED_ENV = "D365_CONNECTOR_DISABLED_PLUGINS"
@@ -103,25 +108,29 @@ def discover_packs(disabled: Iterable[str] = ()) -> list[Pack]:
     return packs
 
 
-def make_plugin_manager(
-    *,
-    load_entrypoints: bool = True,
-    disabled: Iterable[str] | None = None,
-    extra_packs: Sequence[Pack] = (),
-) -> tuple[pluggy.PluginManager, list[Pack]]:
-    """A fresh plugin manager with the built-ins and the packs registered (specs before implementations)."""
+def load_packs(
+    *, load_entrypoints: bool = True, disabled: Iterable[str] | None = None, extra_packs: Sequence[Pack] = ()
+) -> list[Pack]:
+    """The packs to load: entry points (when asked) and ``extra_packs``, minus the disabled names."""
     blocked = set(disabled) if disabled is not None else disabled_from_env()
+    packs = discover_packs(blocked) if load_entrypoints else []
+    return packs + [p for p in extra_packs if p.name not in blocked]
+
+
+def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> pluggy.PluginManager:
+    """A fresh plugin manager: every hookspec first (the packs' own, then the generated ones of ``actions``, id to
+    description), then the built-ins and the packs as plugins."""
     pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(ActionSpecs)
     pm.add_hookspecs(RuntimeSpecs)
     pm.add_hookspecs(WebhookSpecs)
-    for path in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(path), name=path)
-    packs = discover_packs(blocked) if load_entrypoints else []
-    packs += [p for p in extra_packs if p.name not in blocked]
     for pack in packs:
         for specs in pack.hookspecs:
             pm.add_hookspecs(specs)
+    declared = {name for name, caller in vars(pm.hook).items() if caller.spec is not None}
+    pm.add_hookspecs(make_action_specs(actions, declared))
+    for path in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(path), name=path)
+    for pack in packs:
         try:
             pm.register(pack.module, name=pack.name)
         except pluggy.PluginValidationError as exc:
@@ -129,4 +138,4 @@ def make_plugin_manager(
     if os.environ.get(TRACE_ENV):
         pm.trace.root.setwriter(print)
         pm.enable_tracing()
-    return pm, packs
+    return pm

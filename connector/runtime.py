@@ -1,9 +1,11 @@
 """The one place that validates inputs and dispatches actions.
 
-``run_action`` validates in two phases before anything is written: (1) the action's JSON Schema, every problem with
-its JSON path; (2) the ``validate_inputs`` hook, where actions check inputs against cached Dataverse metadata (unknown
-column, key column not in an alternate key, option label not in the option set). Both raise :class:`InputError`.
-Dispatch goes through the ``execute_action`` hook, so a wrapper sees every call. Hook implementations never validate.
+:meth:`Runtime.check_inputs` validates in two phases before anything is written: (1) the action's JSON Schema, every
+problem with its JSON path; (2) the ``validate_inputs`` hook, dispatched to the action's own ``validate_<id>`` hook,
+which checks inputs against cached Dataverse metadata (unknown column, key column not in an alternate key, option label
+not in the option set). Both raise :class:`InputError`. ``run_action`` then dispatches through the ``execute_action``
+hook, and ``stream_records`` (``d365 run --jsonl``) through the library's record generator, so a pack's wrapper and
+the run ledger see every call, whichever front door it came through. Hook implementations never validate.
 
 A platform keeps one :class:`Runtime` and, through :meth:`Runtime.connection`, one ``Connection`` per connection
 configuration: the connection's token, metadata cache and (later) throttle governor are then shared by every run.
@@ -19,7 +21,7 @@ import os
 import threading
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,16 +30,18 @@ import httpx
 import pluggy
 
 from connector import __version__
-from connector.errors import ConnectorError, ContractError, InputError, InputProblem
-from connector.hookspecs import hookimpl
+from connector.errors import ContractError, InputError, InputProblem
+from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest
-from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, make_plugin_manager
+from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, load_packs, make_plugin_manager
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
 
 if TYPE_CHECKING:
     from connector.auth import OnToken
     from connector.clock import Clock
     from connector.connection import Connection
+    from connector.fetchxml import FetchRun
+    from connector.paging import QueryRun
 
 log = logging.getLogger("connector.runtime")
 
@@ -48,13 +52,16 @@ RUN_LEDGER_ENV = "D365_RUN_LEDGER"
 CACHE_DIR_ENV = "D365_CACHE_DIR"
 #: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
 DEBUG_ENV = "D365_DEBUG"
+#: Actions whose records :meth:`Runtime.stream_records` yields from a library generator, one page in memory at a time.
+STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
 
 _checked_digests: dict[str, list[str]] = {}
 _check_lock = threading.Lock()
 
 
 class _Dispatcher:
-    """Built-in ``execute_action``: calls the hook named by the action id, minus built-ins a pack overrides."""
+    """Built-in ``execute_action`` and ``validate_inputs``: each calls the hook named after the action id (the action,
+    or ``validate_<id>``), leaving out the built-ins of an action a pack overrides."""
 
     def __init__(self, pm: pluggy.PluginManager, overrides: Mapping[str, str]) -> None:
         self._pm = pm
@@ -62,13 +69,22 @@ class _Dispatcher:
 
     @hookimpl(trylast=True)
     def execute_action(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
-        caller = getattr(self._pm.hook, action_id, None)
+        caller = self._caller(action_id, action_id)
         if caller is None:
             raise ContractError([f"action {action_id!r} has no hookspec"])
-        if action_id in self._overrides:
-            builtin = [self._pm.get_plugin(name) for name in DEFAULT_PLUGINS]
-            caller = self._pm.subset_hook_caller(action_id, remove_plugins=[p for p in builtin if p is not None])
         return caller(inputs=inputs, connection=connection)
+
+    @hookimpl(trylast=True)
+    def validate_inputs(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
+        caller = self._caller(action_id, validator_hook(action_id))
+        return None if caller is None else caller(inputs=inputs, connection=connection)
+
+    def _caller(self, action_id: str, hook: str) -> Any:
+        caller = getattr(self._pm.hook, hook, None)
+        if caller is not None and action_id in self._overrides:
+            builtin = [self._pm.get_plugin(name) for name in DEFAULT_PLUGINS]
+            caller = self._pm.subset_hook_caller(hook, remove_plugins=[p for p in builtin if p is not None])
+        return caller
 
 
 class Runtime:
@@ -83,13 +99,12 @@ class Runtime:
         validate_output: bool | None = None,
         check: bool = True,
     ) -> None:
-        self.pm, self.packs = make_plugin_manager(
-            load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs
-        )
+        self.packs = load_packs(load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs)
         self.store = SchemaStore()
         problems, _ = self.store.add_folder(data_root() / "schemas")
         self.manifest: EffectiveManifest = build_manifest(self.packs, self.store)
         self.manifest.problems[:0] = problems
+        self.pm = make_plugin_manager(self.packs, {a.id: a.description for a in self.manifest.actions.values()})
         self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name="connector.runtime.dispatch")
         if validate_output is None:
             validate_output = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
@@ -182,8 +197,9 @@ class Runtime:
             self._connections.clear()
 
     # -- actions ------------------------------------------------------------------------------------------------
-    def validate_inputs(self, action_id: str, inputs: Any) -> dict[str, Any]:
-        """Phase one: the input schema. Returns the inputs with top-level defaults filled in."""
+    def check_schema(self, action_id: str, inputs: Any) -> dict[str, Any]:
+        """Phase one alone, which needs no connection: the CLI refuses bad input before it reads a connection file.
+        Returns the inputs with top-level defaults filled in."""
         info = self.manifest.action(action_id)
         if info is None:
             known = ", ".join(sorted(self.manifest.actions))
@@ -195,21 +211,24 @@ class Runtime:
             raise InputError(problems, action_id=action_id)
         return self._with_defaults(info.input_schema, dict(inputs))
 
+    def check_inputs(self, action_id: str, inputs: Any, connection: Connection) -> Mapping[str, Any]:
+        """Both validation phases, through the ``validate_inputs`` hook so a pack's wrapper sees every check.
+
+        Returns a read-only copy of the validated inputs, so no hook can change what the next one sees.
+        """
+        frozen = types.MappingProxyType(copy.deepcopy(self.check_schema(action_id, inputs)))
+        found = self.pm.hook.validate_inputs(action_id=action_id, inputs=frozen, connection=connection)
+        problems = [p for batch in found if batch for p in batch]
+        if problems:
+            raise InputError(problems, action_id=action_id)
+        return frozen
+
     def run_action(self, action_id: str, inputs: Any, connection: Connection) -> dict[str, Any]:
         """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output."""
         started = time.perf_counter()
-        outcome, error_type = "ok", None
+        error: Exception | None = None
         try:
-            validated = self.validate_inputs(action_id, inputs)
-            frozen = types.MappingProxyType(copy.deepcopy(validated))
-            semantic = [
-                p
-                for batch in self.pm.hook.validate_inputs(action_id=action_id, inputs=frozen, connection=connection)
-                if batch
-                for p in batch
-            ]
-            if semantic:
-                raise InputError(semantic, action_id=action_id)
+            frozen = self.check_inputs(action_id, inputs, connection)
             result = self.pm.hook.execute_action(action_id=action_id, inputs=frozen, connection=connection)
             if result is None:
                 raise ContractError([f"action {action_id!r}: no implementation returned a result"])
@@ -220,19 +239,29 @@ class Runtime:
                 if problems:
                     raise ContractError([f"action {action_id!r} output {p}" for p in problems])
             return dict(result)
-        except InputError:
-            outcome, error_type = "input_error", "InputError"
-            raise
-        except ConnectorError as exc:
-            outcome, error_type = "error", type(exc).__name__
-            raise
         except Exception as exc:
-            outcome, error_type = "error", type(exc).__name__
+            error = exc
             raise
         finally:
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-            log.debug("action %s %s in %s ms", action_id, outcome, elapsed_ms)
-            _append_ledger(action_id, outcome, error_type, connection, elapsed_ms)
+            _record_run(action_id, connection, started, error)
+
+    def stream_records(self, action_id: str, inputs: Any, connection: Connection) -> RecordStream:
+        """The records of a query action one by one, straight from the library's generator (constant memory).
+
+        Validated like ``run_action`` (bad input raises here, before any data request); the run ledger gets one
+        entry, written when the stream ends or fails.
+        """
+        if action_id not in STREAMING_ACTIONS:
+            problem = InputProblem("$action", f"only {', '.join(STREAMING_ACTIONS)} stream records")
+            raise InputError([problem], action_id=action_id)
+        started = time.perf_counter()
+        try:
+            frozen = self.check_inputs(action_id, inputs, connection)
+            run = _start_run(action_id, frozen, connection)
+        except Exception as exc:
+            _record_run(action_id, connection, started, exc)
+            raise
+        return RecordStream(run, lambda error: _record_run(action_id, connection, started, error))
 
     # -- data sources -------------------------------------------------------------------------------------------
     def data_source(self, name: str, params: Any, connection: Connection) -> list[dict[str, Any]]:
@@ -361,7 +390,56 @@ def _write_marker(marker: Path) -> None:
         log.debug("cannot remember the contract check in %s", marker.parent)
 
 
-def _append_ledger(action_id: str, outcome: str, error_type: str | None, connection: Any, elapsed_ms: float) -> None:
+class RecordStream:
+    """One streamed query: iterate for the records; afterwards :meth:`summary` tells where the query stopped."""
+
+    def __init__(self, run: QueryRun | FetchRun, on_end: Callable[[Exception | None], None]) -> None:
+        self._run = run
+        self._on_end = on_end
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        error: Exception | None = None
+        try:
+            yield from self._run
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            self._on_end(error)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--jsonl`` prints last: how many records came, and the token that continues the query."""
+        run = self._run
+        out: dict[str, Any] = {
+            "returned": run.returned,
+            "more_records": run.more_records,
+            "next_page_token": run.next_page_token,
+        }
+        count = getattr(run, "count", None)
+        if count is not None:
+            out["count"] = count
+        return out
+
+
+def _start_run(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> QueryRun | FetchRun:
+    from connector import fetchxml, paging
+    from connector.inputs import QueryEntities, RunFetchXmlQuery
+
+    if action_id == "run_fetch_xml_query":
+        return fetchxml.stream_fetch_xml(connection, RunFetchXmlQuery.of(inputs))
+    return paging.stream_entities(connection, QueryEntities.of(inputs))
+
+
+def _record_run(action_id: str, connection: Any, started: float, error: Exception | None) -> None:
+    """Log one run and append it to the run ledger (when ``D365_RUN_LEDGER`` is set)."""
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    if error is None:
+        outcome, error_type = "ok", None
+    elif isinstance(error, InputError):
+        outcome, error_type = "input_error", "InputError"
+    else:
+        outcome, error_type = "error", type(error).__name__
+    log.debug("action %s %s in %s ms", action_id, outcome, elapsed_ms)
     path = os.environ.get(RUN_LEDGER_ENV)
     if not path:
         return
@@ -387,4 +465,14 @@ def run_action(action_id: str, inputs: Any, connection: Connection) -> dict[str,
     return default_runtime().run_action(action_id, inputs, connection)
 
 
-__all__ = ["CACHE_DIR_ENV", "DEBUG_ENV", "RUN_LEDGER_ENV", "SCHEMA_BASE", "Runtime", "default_runtime", "run_action"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "DEBUG_ENV",
+    "RUN_LEDGER_ENV",
+    "SCHEMA_BASE",
+    "STREAMING_ACTIONS",
+    "RecordStream",
+    "Runtime",
+    "default_runtime",
+    "run_action",
+]

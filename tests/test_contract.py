@@ -182,3 +182,13 @@ def test_clean_check_is_remembered_on_disk_by_digest(tmp_path: Path, monkeypatch
     with pytest.raises(ContractError):
         Runtime(load_entrypoints=False, extra_packs=[pack])  # another digest: checked again, and refused
     assert len(calls) == 2
+
+
+def test_validator_of_an_undeclared_action_is_reported(tmp_path: Path) -> None:
+    code = """
+    @hookimpl
+    def validate_nowhere(inputs, connection):
+        return []
+    """
+    pack = make_pack(tmp_path, name="p", code=code)
+    assert any(p.startswith("unknown hook implementation:") and "validate_nowhere" in p for p in problems_with(pack))

@@ -120,3 +120,91 @@ def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypa
     assert [p.distribution for p in runtime.packs] == ["d365-epack"]
     monkeypatch.setenv("D365_CONNECTOR_DISABLED_PLUGINS", "other, epack")
     assert Runtime(load_entrypoints=True).manifest.action("echo_word") is None
+
+
+def test_pack_action_hookspecs_are_generated_from_its_fragment(tmp_path: Path) -> None:
+    pack = make_pack(
+        tmp_path,
+        name="gen",
+        code=ECHO_IMPL,
+        fragment={"pack": "gen", "actions": [action_entry("echo_word")]},
+        schemas=io_schemas("gen", "echo_word"),
+    )
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert runtime.run_action("echo_word", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
+    spec = runtime.pm.hook.echo_word.spec
+    assert (spec.argnames, spec.opts["firstresult"]) == (("inputs", "connection"), True)
+    assert spec.function.__doc__ == "Test action echo_word."
+
+
+def test_builtin_action_hookspecs_carry_the_manifest_description() -> None:
+    runtime = Runtime(load_entrypoints=False)
+    for info in runtime.manifest.actions.values():
+        assert getattr(runtime.pm.hook, info.id).spec.function.__doc__ == info.description
+        assert getattr(runtime.pm.hook, f"validate_{info.id}").spec.argnames == ("inputs", "connection")
+
+
+def test_phase_two_is_dispatched_to_the_action_validator_and_wrappers_see_it(tmp_path: Path) -> None:
+    code = ECHO_IMPL + textwrap.dedent("""
+        from connector.errors import InputProblem
+
+        seen = []
+
+        @hookimpl
+        def validate_echo_word(inputs, connection):
+            return [InputProblem("$.word", "not that word")] if inputs["word"] == "bad" else []
+
+        @hookimpl(wrapper=True)
+        def validate_inputs(action_id, inputs, connection):
+            seen.append(action_id)
+            return (yield)
+    """)
+    pack = make_pack(
+        tmp_path,
+        name="val",
+        code=code,
+        fragment={"pack": "val", "actions": [action_entry("echo_word")]},
+        schemas=io_schemas("val", "echo_word"),
+    )
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert runtime.run_action("echo_word", {"word": "good"}, None) == {"echo": "good"}  # type: ignore[arg-type]
+    with pytest.raises(InputError) as err:
+        runtime.run_action("echo_word", {"word": "bad"}, None)  # type: ignore[arg-type]
+    assert [(p.path, p.message) for p in err.value.problems] == [("$.word", "not that word")]
+    assert runtime.check_inputs("echo_word", {"word": "ok"}, None) == {"word": "ok"}  # type: ignore[arg-type]
+    assert pack.module.seen == ["echo_word", "echo_word", "echo_word"]
+
+
+def test_builtin_validator_is_left_out_for_a_declared_override(tmp_path: Path) -> None:
+    code = """
+    @hookimpl
+    def get_entity(inputs, connection):
+        return {"echo": inputs["word"]}
+    """
+    entry = {**action_entry("get_entity")}
+    pack = make_pack(
+        tmp_path,
+        name="ovr2",
+        code=code,
+        fragment={"pack": "ovr2", "overrides": ["get_entity"], "actions": [entry]},
+        schemas=io_schemas("ovr2", "get_entity"),
+    )
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    # the built-in validator would read inputs["table"] and metadata through the (missing) connection
+    assert runtime.run_action("get_entity", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
+
+
+def test_every_builtin_validated_action_has_exactly_one_validator() -> None:
+    from connector import metadata_checks, records
+
+    runtime = Runtime(load_entrypoints=False)
+    validated = {
+        name.removeprefix("validate_")
+        for name, caller in vars(runtime.pm.hook).items()
+        if name.startswith("validate_") and name != "validate_inputs" and caller.get_hookimpls()
+    }
+    expected = records.RECORD_ACTIONS | metadata_checks.METADATA_ACTIONS
+    expected |= {"run_batch_operations", "write_entities", "run_fetch_xml_query", "raw_request"}
+    assert validated == expected
+    for action_id in validated:
+        assert len(getattr(runtime.pm.hook, f"validate_{action_id}").get_hookimpls()) == 1

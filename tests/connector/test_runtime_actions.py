@@ -70,3 +70,34 @@ def test_runtime_reuses_one_connection_per_configuration(cloud: Any) -> None:
     assert first is again
     assert other is not first
     runtime.close()
+
+
+class _BrokenRun:
+    """A run that yields one record, then fails as a lost connection would."""
+
+    returned, more_records, next_page_token = 1, False, None
+
+    def __iter__(self) -> Any:
+        yield {"name": "first"}
+        raise httpx.ReadError("connection lost")
+
+
+def test_record_stream_reports_its_end_once_with_the_failure() -> None:
+    from connector.runtime import RecordStream
+
+    ends: list[Exception | None] = []
+    stream = RecordStream(_BrokenRun(), ends.append)  # type: ignore[arg-type]
+    seen = []
+    with pytest.raises(httpx.ReadError):
+        for record in stream:
+            seen.append(record)
+    assert seen == [{"name": "first"}]
+    assert [type(e).__name__ for e in ends] == ["ReadError"]
+    assert stream.summary() == {"returned": 1, "more_records": False, "next_page_token": None}
+
+
+def test_stream_records_refuses_an_action_that_does_not_stream(runtime: Runtime, cloud: Any) -> None:
+    with pytest.raises(InputError) as err:
+        runtime.stream_records("get_current_user", {}, cloud.connect())
+    assert err.value.problems[0].path == "$action"
+    assert cloud.requests == []
