@@ -22,11 +22,11 @@ from connector.errors import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
-from connector.governor import Governor, Outcome, RetryPolicy
+from connector.governor import Governor, Outcome
 from connector.hookspecs import hookimpl, hookspec
 from connector.ids import new_id
-
-__version__ = "0.1.0"
+from connector.transport import RetryPolicy
+from connector.version import __version__
 
 __all__ = [
     "AuthenticationError",

@@ -1,8 +1,9 @@
 """The Dataverse Web API client core: one ``httpx.Client`` per connection, OData headers, typed errors, retries.
 
-This is the one place where httpx errors and Dataverse error bodies become :mod:`connector.errors` (with
-``raise ... from exc``); nothing above it catches ``httpx.HTTPError``. Every send goes through the connection's
-:class:`~connector.governor.Governor`, and failures are classed as the design says:
+This is the one place where httpx errors and Dataverse error answers are raised as :mod:`connector.errors` (with
+``raise ... from exc``, mapped by :mod:`connector.transport` and :mod:`connector.api_errors`); nothing above it catches
+``httpx.HTTPError``. Every send goes through the connection's :class:`~connector.governor.Governor`, and failures are
+classed as the design says, by the retry policy of :mod:`connector.transport` that the token requests share:
 
 * 401: the token is re-fetched once and the request sent again (tokens can be revoked or rotated before they expire);
 * 429, and 503 with ``Retry-After``: Dataverse did not execute the request; the governor holds *every* request of the
@@ -19,9 +20,7 @@ token's remaining life carries a fresh token rather than an expired one.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import socket
 import ssl
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,44 +30,38 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connector import __version__
+from connector.api_errors import error_from_response, has_error_code, request_id
 from connector.clock import Clock, SystemClock
-from connector.errors import (
-    AuthenticationError,
-    DataverseApiError,
-    DataverseAuthError,
-    FatalApiError,
-    InputError,
-    NetworkConfigError,
-    NotFoundError,
-    OutcomeUnknownError,
-    RetriableApiError,
-)
-from connector.governor import Governor, Outcome, RetryPolicy
+from connector.errors import FatalApiError, InputError, NotFoundError
+from connector.governor import Governor, Outcome
 from connector.ids import new_id
 from connector.odata import entity_id
+from connector.transport import (
+    IDEMPOTENT_METHODS,
+    USER_AGENT,
+    Failure,
+    Retry,
+    RetryBudget,
+    RetryPolicy,
+    classify_status,
+    map_transport_error,
+    never_sent,
+    parse_retry_after,
+    transport_failure,
+)
 
 if TYPE_CHECKING:
     from connector.auth import TokenProvider
 
 __all__ = [
     "DUPLICATE_RECORD",
-    "USER_AGENT",
     "CreateResult",
     "DataverseClient",
-    "RetryPolicy",
     "WhoAmI",
-    "error_from_response",
     "impersonation_headers",
-    "map_transport_error",
-    "parse_retry_after",
 ]
 
 log = logging.getLogger("connector.http")
-
-USER_AGENT = f"d365-connector/{__version__}"
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -78,154 +71,6 @@ class WhoAmI:
     user_id: str
     business_unit_id: str
     organization_id: str
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in seen:
-        seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return seen
-
-
-def map_transport_error(
-    exc: httpx.HTTPError, *, what: str, field: str = "organization_url", idempotent: bool = True, method: str = ""
-) -> Exception:
-    """Turn an httpx failure into the error that says what to check; the caller raises it ``from exc``.
-
-    DNS and certificate failures are settings problems (:class:`NetworkConfigError`); timeouts and dropped
-    connections are transient (:class:`RetriableApiError`) unless the request may have been applied
-    (:class:`OutcomeUnknownError`).
-    """
-    chain = _chain(exc)
-    text = " ".join(str(e) for e in chain).lower()
-    if any(isinstance(e, socket.gaierror) for e in chain) or any(
-        marker in text
-        for marker in ("name or service not known", "nodename nor servname", "getaddrinfo failed", "name resolution")
-    ):
-        return NetworkConfigError(
-            f"cannot resolve the host of {what}: check {field} (spelling, and that it still exists) and this "
-            "machine's DNS",
-            reason="dns",
-            field=field,
-        )
-    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "certificate verify failed" in text:
-        return NetworkConfigError(
-            f"the TLS certificate of {what} is not trusted: behind a TLS-inspecting corporate proxy set ca_file to "
-            "its CA bundle; for the local emulator set ca_file to the CA it generated",
-            reason="tls",
-            field="ca_file",
-        )
-    if any(isinstance(e, ssl.SSLError) for e in chain):
-        return NetworkConfigError(
-            f"the TLS handshake with {what} failed: check ca_file and any proxy between here and {field}",
-            reason="tls",
-            field="ca_file",
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        message = f"{what} did not answer in time ({type(exc).__name__}): check the network, or raise timeout_s"
-        code = "Timeout"
-    else:
-        message = f"the connection to {what} failed ({type(exc).__name__}): check the network and {field}"
-        code = "NetworkError"
-    if not idempotent and not isinstance(exc, _NOT_SENT):
-        return OutcomeUnknownError(
-            f"{message}; the {method} request may or may not have been applied", code=code, method=method or None
-        )
-    return RetriableApiError(message, code=code, method=method or None)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if now is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _request_id(response: httpx.Response) -> str | None:
-    value = response.headers.get("REQ_ID") or response.headers.get("x-ms-service-request-id")
-    return str(value) if value else None
-
-
-def _error_body(response: httpx.Response) -> tuple[str | None, str | None]:
-    try:
-        body = response.json()
-    except ValueError:
-        return None, None
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return None, None
-    code = error.get("code")
-    message = error.get("message")
-    return (str(code) if code is not None else None), (str(message) if message is not None else None)
-
-
-def _has_code(code: str | None) -> bool:
-    return bool(code) and code not in ("0x0", "0")
-
-
-def error_from_response(
-    response: httpx.Response, *, method: str, idempotent: bool = True, retry_after: float | None = None
-) -> DataverseApiError | AuthenticationError:
-    """The typed error for a Dataverse error answer: status, Dataverse code, message, request id and Retry-After."""
-    status = response.status_code
-    code, server_message = _error_body(response)
-    request_id = _request_id(response)
-    path = response.request.url.path if response.request else ""
-    said = server_message or response.reason_phrase or "no message"
-    where = f"{method} {path}"
-    suffix = "".join([f" (code {code})" if code else "", f" [request id {request_id}]" if request_id else ""])
-    if retry_after is None:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    common: dict[str, Any] = {
-        "status_code": status,
-        "code": code,
-        "request_id": request_id,
-        "retry_after": retry_after,
-        "method": method,
-        "url": str(response.request.url.copy_with(query=None)) if response.request else None,
-    }
-    if status == 401:
-        return DataverseAuthError(
-            f"Dataverse refused the access token for {where}: {said}{suffix}. Check that the secret is current, that "
-            "tenant_id is the environment's tenant, and that the token is for organization_url",
-            code=code,
-            request_id=request_id,
-            www_authenticate=response.headers.get("WWW-Authenticate"),
-        )
-    if status == 403:
-        return FatalApiError(
-            f"Dataverse denied {where}: {said}{suffix}. The application user lacks a privilege; if every request is "
-            "denied, add the app as an application user of this environment in the Power Platform admin center and "
-            "give it a security role",
-            **common,
-        )
-    if status == 404:
-        return NotFoundError(f"not found: {where}: {said}{suffix}", **common)
-    if status == 429 or (status == 503 and retry_after is not None):
-        return RetriableApiError(
-            f"Dataverse is throttling requests ({status}) and the retry budget is spent: {said}{suffix}. Try again "
-            "after Retry-After seconds, or lower the request rate",
-            **common,
-        )
-    if status >= 500 and not _has_code(code):
-        text = f"Dataverse failed with HTTP {status} on {where}: {said}{suffix}"
-        if not idempotent:
-            return OutcomeUnknownError(f"{text}; the request may or may not have been applied", **common)
-        return RetriableApiError(f"{text}; try again later", **common)
-    return FatalApiError(f"Dataverse rejected {where} (HTTP {status}): {said}{suffix}", **common)
 
 
 def impersonation_headers(impersonate: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -281,6 +126,74 @@ class _Body:
     data: Mapping[str, str] | None = None
     timeout_s: float | None = None
     keep_response: Callable[[httpx.Response], bool] | None = None
+
+    def send_kwargs(self) -> dict[str, Any]:
+        """The ``httpx`` keyword arguments for what is set."""
+        kwargs: dict[str, Any] = {}
+        if self.content is not None:
+            kwargs["content"] = self.content
+        if self.files is not None:
+            kwargs["files"] = list(self.files)
+        if self.data is not None:
+            kwargs["data"] = dict(self.data)
+        if self.timeout_s is not None:
+            kwargs["timeout"] = self.timeout_s
+        return kwargs
+
+
+def _request_headers(
+    headers: Mapping[str, str] | None,
+    prefer: Sequence[str],
+    impersonate: str | Mapping[str, str] | None,
+    *,
+    has_json: bool,
+) -> dict[str, str]:
+    extra: dict[str, str] = dict(headers or {})
+    if prefer:
+        extra["Prefer"] = ", ".join(prefer)
+    extra.update(impersonation_headers(impersonate))
+    if has_json:
+        extra.setdefault("Content-Type", "application/json")
+    return extra
+
+
+def _client_row_id(payload: dict[str, Any], id_attribute: str | None, client_id: bool | str) -> str | None:
+    """The primary key a create sends (set in ``payload``), or None when Dataverse picks it."""
+    if not client_id:
+        return None
+    if not id_attribute:
+        raise InputError("create with client_id needs id_attribute, the table's primary key column")
+    given = payload.get(id_attribute)
+    if isinstance(client_id, str):
+        row_id = client_id
+    elif isinstance(given, str) and given:
+        row_id = given
+    else:
+        row_id = new_id()
+    try:
+        row_id = str(uuid.UUID(row_id))
+    except ValueError:
+        raise InputError(f"{id_attribute} must be a GUID") from None
+    payload[id_attribute] = row_id
+    return row_id
+
+
+def _created(
+    response: httpx.Response, row_id: str | None, id_attribute: str | None, *, return_record: bool, sends: int
+) -> CreateResult:
+    """The result of a create that Dataverse answered: the id it sent, or read from the header or the row."""
+    record = None
+    if return_record and response.content:
+        try:
+            decoded = response.json()
+        except ValueError:
+            decoded = None
+        record = decoded if isinstance(decoded, dict) else None
+    created_id = row_id or entity_id(response)
+    if created_id is None and record is not None and id_attribute:
+        value = record.get(id_attribute)
+        created_id = str(value) if value else None
+    return CreateResult(id=created_id, sends=sends, confirmed_by_get=False, record=record)
 
 
 @dataclass(frozen=True)
@@ -420,111 +333,96 @@ class DataverseClient:
         trace: _Trace,
         body: _Body | None = None,
     ) -> httpx.Response:
-        """The retry loop behind :meth:`request`; ``trace`` learns whether an earlier send may have been applied."""
+        """The retry loop behind :meth:`request`, a thin driver over :class:`~connector.transport.RetryBudget`.
+
+        What the budget does not know stays here: one token refresh after a 401, the governor's shared pause after a
+        throttle, and ``trace``, which learns whether an earlier send may have been applied.
+        """
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.url_for(path_or_url)
-        extra: dict[str, str] = dict(headers or {})
-        if prefer:
-            extra["Prefer"] = ", ".join(prefer)
-        extra.update(impersonation_headers(impersonate))
-        body = body or _Body()
-        send_kwargs: dict[str, Any] = {}
-        if body.content is not None:
-            send_kwargs["content"] = body.content
-        if body.files is not None:
-            send_kwargs["files"] = list(body.files)
-        if body.data is not None:
-            send_kwargs["data"] = dict(body.data)
-        if body.timeout_s is not None:
-            send_kwargs["timeout"] = body.timeout_s
-        if json is not None:
-            extra.setdefault("Content-Type", "application/json")
-        governor = self._governor
-        policy = governor.policy
-        started = self._clock.monotonic()
-        attempts = 0
-        waited = 0.0
-        refreshed = False
-        backoff_n = 0
         path = urlsplit(url).path  # logged without the query, which may carry data
+        body = body or _Body()
+        extra = _request_headers(headers, prefer, impersonate, has_json=json is not None)
+        budget = RetryBudget(self._governor.policy, started=self._clock.monotonic())
+        refreshed = False
         while True:
-            attempts += 1
-            failure: httpx.HTTPError | None = None
-            with governor.slot():
-                # the token is read after any wait, so a long Retry-After never sends an expired token
-                token = self._tokens.token()
-                request = self._http.build_request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers={**extra, "Authorization": f"Bearer {token}"},
-                    **send_kwargs,
-                )
-                sent_at = self._clock.monotonic()
-                try:
-                    response = self._http.send(request)
-                except httpx.HTTPError as exc:
-                    failure = exc
+            budget.sent()
+            token, outcome = self._send_once(method, url, path, params=params, json=json, headers=extra, body=body)
             trace.sends += 1
-            if failure is not None:
-                error = map_transport_error(failure, what="Dataverse", idempotent=idempotent, method=method)
-                if not isinstance(failure, _NOT_SENT):
+            if isinstance(outcome, httpx.HTTPError):
+                if not never_sent(outcome):
                     trace.maybe_applied = True
-                if isinstance(error, RetriableApiError):
-                    delay = governor.backoff_delay(backoff_n)
-                    if governor.may_retry(attempts=attempts, started=started, delay=delay):
-                        log.debug(
-                            "%s %s failed (%s); attempt %d, retrying in %.2f s",
-                            method,
-                            path,
-                            type(failure).__name__,
-                            attempts,
-                            delay,
-                        )
-                        self._clock.sleep(delay)
-                        backoff_n += 1
-                        continue
-                raise error from failure
-            elapsed_ms = (self._clock.monotonic() - sent_at) * 1000
-            log.debug("%s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
-            governor.observe(response.headers)
-            status = response.status_code
+                error = map_transport_error(outcome, what="Dataverse", idempotent=idempotent, method=method)
+                retry = budget.next_retry(transport_failure(error), now=self._clock.monotonic())
+                if retry is None:
+                    raise error from outcome
+                self._wait(retry, f"{method} {path}", type(outcome).__name__, budget.attempts)
+                continue
+            status = outcome.status_code
             if status < 400:
-                return response
+                return outcome
             if status == 401 and not refreshed:
                 refreshed = True
-                attempts -= 1  # a rejected token is our problem, not Dataverse's: it does not use up the budget
+                budget.refund()  # a rejected token is our problem, not Dataverse's: it does not use up the budget
                 self._tokens.force_refresh(token)
                 continue
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock.time())
-            if status == 429 or (status == 503 and retry_after is not None):
-                wait = retry_after if retry_after is not None else governor.backoff_delay(backoff_n)
-                if waited + wait <= policy.max_wait_s and governor.may_retry(
-                    attempts=attempts, started=started, delay=wait
-                ):
-                    log.debug(
-                        "%s %s throttled (%s); attempt %d, retrying after %.1f s", method, path, status, attempts, wait
-                    )
-                    governor.throttle(wait, reason=str(status))
-                    waited += wait
-                    if retry_after is None:
-                        backoff_n += 1
-                    continue
-            elif status >= 500 and not _has_code(_error_body(response)[0]):
+            retry_after = parse_retry_after(outcome.headers.get("Retry-After"), now=self._clock.time())
+            failure = classify_status(status, retry_after=retry_after, has_error_code=has_error_code(outcome))
+            if failure is Failure.TRANSIENT:
                 trace.maybe_applied = True
-                if idempotent:
-                    delay = governor.backoff_delay(backoff_n)
-                    if governor.may_retry(attempts=attempts, started=started, delay=delay):
-                        log.debug("%s %s -> %s; attempt %d, retrying in %.2f s", method, path, status, attempts, delay)
-                        self._clock.sleep(delay)
-                        backoff_n += 1
-                        continue
-            if body.keep_response is not None and body.keep_response(response):
-                return response
-            raise error_from_response(response, method=method, idempotent=idempotent, retry_after=retry_after)
+            retry = budget.next_retry(
+                failure, now=self._clock.monotonic(), retry_after=retry_after, idempotent=idempotent
+            )
+            if retry is not None:
+                self._wait(retry, f"{method} {path}", str(status), budget.attempts)
+                continue
+            if body.keep_response is not None and body.keep_response(outcome):
+                return outcome
+            raise error_from_response(outcome, method=method, idempotent=idempotent, retry_after=retry_after)
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        headers: Mapping[str, str],
+        body: _Body,
+    ) -> tuple[str, httpx.Response | httpx.HTTPError]:
+        """One send in a governor slot: the token it carried, and the answer or the transport error."""
+        with self._governor.slot():
+            # the token is read after any wait, so a long Retry-After never sends an expired token
+            token = self._tokens.token()
+            request = self._http.build_request(
+                method,
+                url,
+                params=params,
+                json=json,
+                headers={**headers, "Authorization": f"Bearer {token}"},
+                **body.send_kwargs(),
+            )
+            sent_at = self._clock.monotonic()
+            try:
+                response = self._http.send(request)
+            except httpx.HTTPError as exc:
+                return token, exc
+        elapsed_ms = (self._clock.monotonic() - sent_at) * 1000
+        log.debug("%s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
+        self._governor.observe(response.headers)
+        return token, response
+
+    def _wait(self, retry: Retry, what: str, why: str, attempts: int) -> None:
+        """Wait before a resend: a throttle holds the whole connection (the governor), a backoff only this request."""
+        if retry.throttled:
+            log.debug("%s throttled (%s); attempt %d, retrying after %.1f s", what, why, attempts, retry.wait)
+            self._governor.throttle(retry.wait, reason=why)
+        else:
+            log.debug("%s failed (%s); attempt %d, retrying in %.2f s", what, why, attempts, retry.wait)
+            self._clock.sleep(retry.wait)
 
     def create(
         self,
@@ -551,22 +449,7 @@ class DataverseClient:
         ``params`` (such as ``$select`` for the returned row) and ``headers`` go with the POST only.
         """
         payload = dict(body)
-        row_id: str | None = None
-        if client_id:
-            if not id_attribute:
-                raise InputError("create with client_id needs id_attribute, the table's primary key column")
-            given = payload.get(id_attribute)
-            if isinstance(client_id, str):
-                row_id = client_id
-            elif isinstance(given, str) and given:
-                row_id = given
-            else:
-                row_id = new_id()
-            try:
-                row_id = str(uuid.UUID(row_id))
-            except ValueError:
-                raise InputError(f"{id_attribute} must be a GUID") from None
-            payload[id_attribute] = row_id
+        row_id = _client_row_id(payload, id_attribute, client_id)
         prefs = list(prefer)
         if return_record and "return=representation" not in prefs:
             prefs.append("return=representation")
@@ -598,18 +481,7 @@ class DataverseClient:
                 confirmed_by_get=True,
                 record=record if return_record and isinstance(record, dict) else None,
             )
-        record = None
-        if return_record and response.content:
-            try:
-                decoded = response.json()
-            except ValueError:
-                decoded = None
-            record = decoded if isinstance(decoded, dict) else None
-        created_id = row_id or entity_id(response)
-        if created_id is None and record is not None and id_attribute:
-            value = record.get(id_attribute)
-            created_id = str(value) if value else None
-        return CreateResult(id=created_id, sends=trace.sends, confirmed_by_get=False, record=record)
+        return _created(response, row_id, id_attribute, return_record=return_record, sends=trace.sends)
 
     def create_many(
         self,
@@ -657,7 +529,7 @@ class DataverseClient:
             raise FatalApiError(
                 f"Dataverse answered GET {response.request.url.path} with a body that is not JSON",
                 status_code=response.status_code,
-                request_id=_request_id(response),
+                request_id=request_id(response),
                 method="GET",
             ) from exc
 

@@ -37,8 +37,9 @@ from connector.errors import ConnectionConfigError
 if TYPE_CHECKING:
     from connector.auth import OnToken, TokenProvider
     from connector.client import DataverseClient
-    from connector.governor import Governor, RetryPolicy
+    from connector.governor import Governor
     from connector.metadata import MetadataCache
+    from connector.transport import RetryPolicy
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -490,7 +491,7 @@ class Connection:
         self._transport = transport
         self._verify = _ssl_context(config.ca_file)
         self._provider: TokenProvider = make_token_provider(
-            config, transport=transport, clock=self._clock, verify=self._verify, on_token=on_token
+            config, transport=transport, clock=self._clock, verify=self._verify, on_token=on_token, retry=retry
         )
         from connector.governor import Governor
 

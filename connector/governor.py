@@ -10,8 +10,8 @@ storms (``peers.md`` pain points 1 and 2). The governor therefore keeps:
 * a **parallelism limit**: at most ``min(max_parallelism, x-ms-dop-hint)`` requests in flight. The hint is read from
   every response; until the first response arrives only one request is sent, so a bulk run starts by asking the
   server rather than by opening ``max_parallelism`` connections at once (Microsoft: "let the server tell you");
-* the **caps** of :class:`RetryPolicy` (attempts, total Retry-After waiting, total elapsed time per request) and the
-  backoff with full jitter for transient failures.
+* the connection's :class:`~connector.transport.RetryPolicy` (caps and backoff), which every request's
+  :class:`~connector.transport.RetryBudget` follows.
 
 The client (:class:`connector.client.DataverseClient`) takes a slot for every send and reports throttling here;
 :meth:`Governor.map` runs bulk work at the allowed parallelism. Time and sleeping go through a
@@ -21,7 +21,6 @@ The client (:class:`connector.client.DataverseClient`) takes a slot for every se
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +29,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from connector.clock import Clock
+from connector.transport import RetryPolicy
 
-__all__ = ["DEFAULT_MAX_PARALLELISM", "Governor", "Outcome", "RetryPolicy"]
+__all__ = ["DEFAULT_MAX_PARALLELISM", "Governor", "Outcome"]
 
 log = logging.getLogger("connector.governor")
 
@@ -40,25 +40,6 @@ DEFAULT_MAX_PARALLELISM = 8
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Caps on retrying one request.
-
-    ``max_attempts`` counts every send of one request, the first included; ``max_wait_s`` caps the total time one
-    request spends waiting for ``Retry-After``; ``max_elapsed_s`` caps the time from its first send to the decision to
-    retry (a run must end even when the server keeps failing). Network and 5xx backoff is
-    ``min(backoff_cap_s, backoff_base_s * 2**n)`` scaled by ``jitter()`` (full jitter: a uniform draw in [0, 1), so
-    many clients do not retry in step).
-    """
-
-    max_attempts: int = 5
-    max_wait_s: float = 300.0
-    max_elapsed_s: float = 900.0
-    backoff_base_s: float = 0.5
-    backoff_cap_s: float = 8.0
-    jitter: Callable[[], float] = random.random
 
 
 @dataclass(frozen=True)
@@ -81,7 +62,7 @@ class Outcome(Generic[R]):
 
 
 class Governor:
-    """Shared throttling state of one connection: not-before instant, parallelism limit, retry caps.
+    """Shared throttling state of one connection: not-before instant, parallelism limit, retry policy.
 
     Thread-safe. ``max_parallelism`` is the configured ceiling (connection field ``max_parallelism``); the effective
     limit is lowered by the server's ``x-ms-dop-hint``.
@@ -202,19 +183,6 @@ class Governor:
             with self._cond:
                 self._in_flight -= 1
                 self._cond.notify_all()
-
-    # -- retry arithmetic -------------------------------------------------------------------------------------------
-
-    def backoff_delay(self, n: int) -> float:
-        """The ``n``-th (from 0) backoff for a transient failure: capped exponential with full jitter."""
-        policy = self._policy
-        return float(min(policy.backoff_cap_s, policy.backoff_base_s * (2**n)) * policy.jitter())
-
-    def may_retry(self, *, attempts: int, started: float, delay: float) -> bool:
-        """Whether a request that has been sent ``attempts`` times since ``started`` may wait ``delay`` and retry."""
-        policy = self._policy
-        elapsed = self._clock.monotonic() - started
-        return attempts < policy.max_attempts and elapsed + delay <= policy.max_elapsed_s
 
     # -- bulk work --------------------------------------------------------------------------------------------------
 

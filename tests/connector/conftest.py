@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.client import RetryPolicy
+from connector import RetryPolicy
 from connector.clock import FakeClock
 from connector.connection import Connection
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from connector import RetryPolicy
 from connector.auth import DYNAMICS_CRM_APP_ID, audience_problem, decode_jwt_claims, refresh_leeway
-from connector.client import RetryPolicy
 from connector.errors import AuthenticationError, ConnectorError, NetworkConfigError
 
 
@@ -286,18 +286,18 @@ def test_token_request_is_resent_after_a_throttled_or_failing_endpoint(cloud: An
     connection = cloud.connect()
     assert connection.token() == cloud.issued[-1]
     assert len(cloud.token_forms) == 4
-    assert cloud.clock.sleeps == [3.0, 2.0, 4.0]
+    # the connection's one retry policy (jitter pinned to 1.0): Retry-After, then backoff 0.5 * 2**n
+    assert cloud.clock.sleeps == [3.0, 0.5, 1.0]
 
 
 def test_token_endpoint_down_for_good_is_reported_after_the_retries(cloud: Any) -> None:
-    from connector.auth import TOKEN_RETRIES
-
-    cloud.token_queue.extend([httpx.Response(502)] * (TOKEN_RETRIES + 1))
+    attempts = RetryPolicy().max_attempts
+    cloud.token_queue.extend([httpx.Response(502)] * attempts)
     with pytest.raises(AuthenticationError) as err:
         cloud.connect().token()
     assert err.value.status_code == 502
-    assert f"on {TOKEN_RETRIES + 1} attempts" in err.value.message
-    assert len(cloud.token_forms) == TOKEN_RETRIES + 1
+    assert f"on {attempts} attempts" in err.value.message
+    assert len(cloud.token_forms) == attempts
 
 
 def test_token_refusal_is_not_resent(cloud: Any) -> None:

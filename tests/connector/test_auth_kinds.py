@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from connector import RetryPolicy
 from connector.auth import AuthorizationCodeProvider, ManagedIdentityProvider, x5t_thumbprint
 from connector.clock import FakeClock
 from connector.connection import Connection, parse_config
@@ -382,7 +383,8 @@ def test_managed_identity_retries_a_throttled_endpoint(cloud: Any, clock: FakeCl
         {"kind": "managed_identity", "organization_url": cloud.ORG, "identity_endpoint": "http://169.254.169.254/t"},
         transport=httpx.MockTransport(handler),
         clock=clock,
+        retry=RetryPolicy(jitter=lambda: 1.0),
     )
     assert conn.token() == cloud.issued[-1]
     assert len(seen) == 3
-    assert clock.sleeps == [3.0, 2.0]
+    assert clock.sleeps == [3.0, 0.5]  # the connection's one retry policy: Retry-After, then backoff 0.5 * 2**0

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.client import RetryPolicy, parse_retry_after
+from connector import RetryPolicy
 from connector.errors import (
     DataverseApiError,
     DataverseAuthError,
@@ -21,6 +21,7 @@ from connector.errors import (
     OutcomeUnknownError,
     RetriableApiError,
 )
+from connector.transport import parse_retry_after
 
 OBJECT_ID = "9f7c3e1a-0000-0000-0000-00000000c001"
 

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.client import DUPLICATE_RECORD, RetryPolicy
+from connector import RetryPolicy
+from connector.client import DUPLICATE_RECORD
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import FatalApiError, OutcomeUnknownError, RetriableApiError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from connector.client import RetryPolicy
+from connector import RetryPolicy
 from connector.clock import FakeClock
 from connector.connection import Connection
 from dataverse_emulator.testing import running_emulator

@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from actions import users
-from connector.auth import TOKEN_RETRIES
+from connector import RetryPolicy
 from connector.errors import InputError
 from connector.runtime import Runtime
 
+TOKEN_ATTEMPTS = RetryPolicy().max_attempts  # the one retry policy sends a failing token request this often
 OTHER_TENANT = "0d4c3b2a-1111-2222-3333-444455556666"
 
 
@@ -153,13 +154,13 @@ CASES: dict[str, tuple[Any, str, list[str], list[str]]] = {
         ["token_url"],
     ),
     "token-endpoint-timeout": (
-        lambda c: c.token_queue.extend([httpx.ConnectTimeout("timed out")] * (TOKEN_RETRIES + 1)),
+        lambda c: c.token_queue.extend([httpx.ConnectTimeout("timed out")] * TOKEN_ATTEMPTS),
         "token",
         ["token endpoint", "did not answer in time"],
         ["token_url", "timeout_s"],
     ),
     "token-endpoint-refused": (
-        lambda c: c.token_queue.extend([httpx.ConnectError("[Errno 111] Connection refused")] * (TOKEN_RETRIES + 1)),
+        lambda c: c.token_queue.extend([httpx.ConnectError("[Errno 111] Connection refused")] * TOKEN_ATTEMPTS),
         "token",
         ["token endpoint"],
         ["token_url", "reachable"],

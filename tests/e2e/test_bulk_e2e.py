@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from connector.client import RetryPolicy
+from connector import RetryPolicy
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import InputError
