@@ -86,6 +86,10 @@ _VERSION = re.compile(r"^v?(\d+\.\d+)$")
 # resolution and masking are the same for all.
 SECRET_FIELDS = ("client_secret", "refresh_token", "private_key_password", "identity_header")
 
+# Strict: nothing is coerced. Built on first use, not at import: every `d365` command imports this module, few read a
+# connection.
+_STRICT = ConfigDict(strict=True, frozen=True, extra="forbid", defer_build=True)
+
 _FILE_HINTS = {"ca_file": ": give the path of a PEM bundle of certificate authorities"}
 
 
@@ -238,7 +242,7 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 class _Settings(BaseModel):
     """The settings every kind shares."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = _STRICT
 
     kind: str
     organization_url: str
@@ -418,7 +422,8 @@ _SETTINGS: TypeAdapter[_Settings] = TypeAdapter(
     Annotated[
         ClientCredentialsSettings | CertificateSettings | AuthorizationCodeSettings | ManagedIdentitySettings,
         Field(discriminator="kind"),
-    ]
+    ],
+    config=ConfigDict(defer_build=True),
 )
 
 
@@ -432,7 +437,7 @@ class ConnectionConfig(BaseModel):
     ``tenant_id`` and ``authority_host`` when not given); ``scopes`` has ``{org}`` replaced.
     """
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = _STRICT
 
     kind: str
     organization_url: str
