@@ -418,15 +418,6 @@ KINDS: dict[str, type[_Settings]] = {
 }
 """The connection kinds and the model of each; ``schemas/connections/<kind>.json`` describes the same settings."""
 
-_SETTINGS: TypeAdapter[_Settings] = TypeAdapter(
-    Annotated[
-        ClientCredentialsSettings | CertificateSettings | AuthorizationCodeSettings | ManagedIdentitySettings,
-        Field(discriminator="kind"),
-    ],
-    config=ConfigDict(defer_build=True),
-)
-
-
 # --- the normalised configuration the connector uses ---------------------------------------------------------------
 
 
@@ -493,6 +484,23 @@ class ConnectionConfig(BaseModel):
 # --- the one entry point -------------------------------------------------------------------------------------------
 
 
+def _to_config(settings: _Settings) -> ConnectionConfig:
+    return settings.to_config()
+
+
+# The discriminated union validates into the normalised configuration: the rules that span settings (URL schemes and
+# loopback, the version in the URL, the token and authorize URLs, the default authority) run as its after-validator,
+# once every single setting has passed its own.
+_CONFIG: TypeAdapter[Any] = TypeAdapter(  # validates settings, returns a ConnectionConfig
+    Annotated[
+        ClientCredentialsSettings | CertificateSettings | AuthorizationCodeSettings | ManagedIdentitySettings,
+        Field(discriminator="kind"),
+        AfterValidator(_to_config),
+    ],
+    config=ConfigDict(defer_build=True),
+)
+
+
 def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> ConnectionConfig:
     """Validate and normalise a connection configuration; raise :class:`ConnectionConfigError` naming the field."""
     if not isinstance(data, Mapping):
@@ -504,11 +512,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
     problems = schemas.validate(dict(data), f"connections/{kind}.json")
     if not problems:
         try:
-            settings = _SETTINGS.validate_python(dict(data), context={"base_dir": base_dir})
+            config: ConnectionConfig = _CONFIG.validate_python(dict(data), context={"base_dir": base_dir})
+            return config
         except ValidationError as exc:
             problems = [_problem(error) for error in exc.errors(include_input=False, include_url=False)]
-        else:
-            return settings.to_config()
     raise _problems_error(problems)
 
 
