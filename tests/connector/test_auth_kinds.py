@@ -28,7 +28,8 @@ from joserfc.jwk import RSAKey
 from connector import RetryPolicy
 from connector.auth import AuthorizationCodeProvider, ManagedIdentityProvider, x5t_thumbprint
 from connector.clock import FakeClock
-from connector.connection import Connection, parse_config
+from connector.connection import Connection
+from connector.connection_config import parse_config
 from connector.errors import AuthenticationError, ConnectionConfigError
 from connector.token_store import TokenStore
 from tests.conftest import SENTINELS, assert_no_secrets

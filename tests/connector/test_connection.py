@@ -12,8 +12,10 @@ from typing import Any
 import certifi
 import pytest
 
-from connector.connection import Connection, ConnectionConfig, Secret, parse_config
+from connector.connection import Connection
+from connector.connection_config import ConnectionConfig, parse_config
 from connector.errors import ConnectionConfigError
+from connector.secret import Secret
 
 
 def _parse(cloud: Any, **overrides: Any) -> ConnectionConfig:
