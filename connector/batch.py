@@ -29,14 +29,13 @@ import httpx
 
 from connector.addressing import address, find_by_key, with_query
 from connector.body import build_body, check_fields, key_body
-from connector.errors import DataverseApiError, FatalApiError, InputError, InputProblem
+from connector.errors import DataverseApiError, FatalApiError, InputError, InputProblem, MultipartError
 from connector.inputs import RunBatchOperations
 from connector.metadata import TableMetadata
 from connector.multipart import (
     BatchOperation,
     ChangeSet,
     ChangeSetResponse,
-    MultipartError,
     OperationResponse,
     decode_batch_response,
     encode_batch,

@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import find_by_key, key_value, not_found, predicate
-from connector.errors import InputError
+from connector.errors import InputError, LiteralError
 from connector.metadata import TableMetadata
 from connector.odata import (
     CHOICE_TYPES,
     LOOKUP_TYPES,
     NUMERIC_TYPES,
     STRING_TYPES,
-    LiteralError,
     format_literal,
     key_is_url_safe,
 )

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from connector.addressing import predicate
 from connector.body import key_body
 from connector.client import DUPLICATE_RECORD
-from connector.errors import DataverseApiError, FatalApiError, OutcomeUnknownError, RetriableApiError
+from connector.errors import DataverseApiError, FatalApiError, MultipartError, OutcomeUnknownError, RetriableApiError
 from connector.ids import new_id
 from connector.metadata import TableMetadata
-from connector.multipart import BatchOperation, MultipartError, OperationResponse, decode_batch_response, encode_batch
+from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
 from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
 
 if TYPE_CHECKING:

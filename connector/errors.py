@@ -21,6 +21,15 @@
         ├── WebhookVerificationError
         └── WebhookPayloadError
 
+Three more classes are internal signals: raised and caught inside the library, never handed to a caller, so they stand
+outside the tree and out of ``__all__`` (a ``ValueError`` is what a parser is expected to raise)::
+
+    ValueError
+    ├── LiteralError                a value cannot be written as an OData literal of its column's type
+    └── MultipartError              a ``$batch`` body breaks the multipart framing rules
+    Exception
+    └── TransientAnswer             a token endpoint's answer the retry policy sends again
+
 Every error carries a user-facing ``message`` that says what to do, and ``to_dict()`` for JSON output. The CLI maps the
 branches to exit codes: input 2, connection/auth 3, Dataverse API 4, anything else 1. No error ever carries a secret:
 messages are built from field names and server answers, never from configuration values.
@@ -29,7 +38,12 @@ messages are built from field names and server answers, never from configuration
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+    from connector.transport import Failure
 
 __all__ = [
     "AuthenticationError",
@@ -277,3 +291,22 @@ class WebhookVerificationError(WebhookError):
 
 class WebhookPayloadError(WebhookError):
     """Raised when a delivery's body is not a RemoteExecutionContext we can normalise."""
+
+
+# -- internal signals -------------------------------------------------------------------------------------------------
+class LiteralError(ValueError):
+    """A value that cannot be written as a literal of its column's type; the message says what is expected."""
+
+
+class MultipartError(ValueError):
+    """Raised when a batch body breaks the framing rules (bare LF, missing delimiter, malformed part)."""
+
+
+class TransientAnswer(Exception):
+    """A token endpoint's answer that the retry policy sends again, raised from inside a send to abandon it."""
+
+    def __init__(self, response: httpx.Response, failure: Failure, retry_after: float | None) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+        self.failure = failure
+        self.retry_after = retry_after

@@ -34,9 +34,9 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException
 
-from connector.errors import FatalApiError, InputError, InputProblem
+from connector.errors import FatalApiError, InputError, InputProblem, MultipartError
 from connector.inputs import RunFetchXmlQuery
-from connector.multipart import BatchOperation, ChangeSetResponse, MultipartError, decode_batch_response, encode_batch
+from connector.multipart import BatchOperation, ChangeSetResponse, decode_batch_response, encode_batch
 from connector.odata import ALL_ANNOTATIONS
 from connector.problems import Problems
 

@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector.errors import MultipartError
+
 __all__ = [
     "BatchOperation",
     "ChangeSet",
     "ChangeSetResponse",
-    "MultipartError",
     "OperationResponse",
     "boundary_of",
     "decode_batch",
@@ -44,10 +45,6 @@ _STATUS_LINE = re.compile(r"^HTTP/1\.[01] (\d{3})(?: (.*))?$")
 _REQUEST_LINE = re.compile(r"^([A-Z]+) (\S+) HTTP/1\.[01]$")
 
 Headers = tuple[tuple[str, str], ...]
-
-
-class MultipartError(ValueError):
-    """Raised when a batch body breaks the framing rules (bare LF, missing delimiter, malformed part)."""
 
 
 @dataclass(frozen=True)

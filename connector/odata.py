@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from connector.errors import InputError, InputProblem
+from connector.errors import InputError, InputProblem, LiteralError
 
 __all__ = [
     "ALL_ANNOTATIONS",
@@ -58,10 +58,6 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,7})?)?(Z|[+-]
 # Characters kept as they are when a literal or a query value is percent-encoded: OData syntax Dataverse expects to
 # read unencoded. Everything else (space, &, +, #, %, /, ?, non-ASCII) is encoded.
 _QUERY_SAFE = "$,()'=@*:;!-._~"
-
-
-class LiteralError(ValueError):
-    """A value that cannot be written as a literal of its column's type; the message says what is expected."""
 
 
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)\s*$")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import expand_param
-from connector.errors import FatalApiError, InputError, InputProblem
+from connector.errors import FatalApiError, InputError, InputProblem, LiteralError
 from connector.inputs import QueryEntities
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
@@ -195,8 +195,6 @@ def _where(
     connection: Connection, meta: TableMetadata, where: Any, path: str = "$.where"
 ) -> tuple[str | None, list[InputProblem]]:
     def choice(column: str, label: str) -> int:
-        from connector.odata import LiteralError
-
         try:
             return connection.metadata.choice_value(meta.logical_name, column, label)
         except ValueError as exc:

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import key_value
-from connector.errors import InputError, InputProblem
+from connector.errors import InputError, InputProblem, LiteralError
 from connector.metadata import TableMetadata
-from connector.odata import LiteralError, format_literal
+from connector.odata import format_literal
 
 if TYPE_CHECKING:
     from connector.connection import Connection

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from connector.clock import Clock
-from connector.errors import AuthenticationError
+from connector.errors import AuthenticationError, TransientAnswer
 from connector.transport import (
     Failure,
     RetryBudget,
@@ -49,7 +49,6 @@ __all__ = [
     "ID_TOKEN_REFUSED",
     "CachingProvider",
     "TokenProvider",
-    "TransientAnswer",
     "audience_problem",
     "decode_jwt_claims",
     "refresh_leeway",
@@ -144,16 +143,6 @@ def audience_problem(access_token: str, organization_url: str, client_id: str) -
         f"the access token is for {audiences[0]!r}, not for the environment {organization_url}: set scopes to "
         f"[{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
     )
-
-
-class TransientAnswer(Exception):
-    """A token endpoint's answer that the retry policy sends again, raised from inside a send to abandon it."""
-
-    def __init__(self, response: httpx.Response, failure: Failure, retry_after: float | None) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-        self.failure = failure
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
 import httpx
 
-from connector.auth.base import AADSTS_CODE, CachingProvider, TransientAnswer
+from connector.auth.base import AADSTS_CODE, CachingProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectorError
+from connector.errors import AuthenticationError, ConnectorError, TransientAnswer
 from connector.transport import USER_AGENT, RetryPolicy
 
 with warnings.catch_warnings():

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connector.errors import MultipartError
 from connector.multipart import (
     BatchOperation,
     ChangeSet,
     ChangeSetResponse,
-    MultipartError,
     OperationResponse,
     boundary_of,
     decode_batch,
