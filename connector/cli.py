@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from connector import __version__
+from connector.version import __version__
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
 
 if TYPE_CHECKING:

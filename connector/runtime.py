@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pluggy
 
-from connector import __version__
+from connector.version import __version__
 from connector.errors import ContractError, InputError, InputProblem
 from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest

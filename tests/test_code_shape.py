@@ -1,8 +1,10 @@
-"""The layering rules of connector/, actions/ and triggers/, read from the source with ``ast``.
+"""The shape of connector/, actions/ and triggers/, read from the source with ``ast``.
 
-Two rules a reader relies on to change one module without reading the others: no module imports another module's
-``_private`` name (shared code is public, with a name that says what it holds), and there is no import cycle, eager
-or lazy (an import inside a function counts: it hides the cycle, it does not remove it). Imports under
+The rules a reader relies on to change one module without reading the others: imports point down the layers drawn
+in the README (plugins -> runtime -> operations -> kernel -> transport -> base); no module imports another module's
+``_private`` name (shared code is public, with a name that says what it holds); there is no import cycle, eager or
+lazy (an import inside a function counts: it hides the cycle, it does not remove it); no module is over 600 lines and
+no function over 80, so each part can be read whole. Imports under
 ``if TYPE_CHECKING:`` never run and are left out. A package's ``__init__`` counts as a module of its own when a name
 is imported from the package itself (``from connector import __version__``); the implicit import of a parent package
 that Python performs for every submodule is not an edge.
@@ -141,3 +143,71 @@ def test_no_import_cycle_inside_the_project() -> None:
 def test_no_module_imports_a_private_name_of_another(module: str) -> None:
     private = sorted({f"{target}.{name}" for target, name in _edges(module) if name and target != module})
     assert private == [], f"{module} imports private names of other modules: {private}"
+
+
+#: The layers, lowest first; a module may import its own layer and those below. A new module must be placed here.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", ("errors", "version", "clock", "ids", "secret", "inputs", "odata", "multipart", "schemas")),
+    ("transport", ("transport", "api_errors", "governor", "client", "token_store", "auth", "auth.*")),
+    ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body")),
+    (
+        "operations",
+        (
+            "records",
+            "associations",
+            "paging",
+            "batch",
+            "bulk",
+            "bulk_chunks",
+            "fetchxml",
+            "raw",
+            "metadata_reads",
+            "metadata_writes",
+            "metadata_checks",
+            "webhook_delivery",
+            "webhook_dedupe",
+            "webhook_registration",
+            "diagnostics",
+        ),
+    ),
+    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "runtime")),
+    ("front doors", ("", "cli", "demo", "webhook_server")),
+)
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+
+
+def _layer(module: str) -> int:
+    if module.startswith(("actions", "triggers")):
+        return len(LAYERS)
+    name = module.removeprefix("connector").removeprefix(".")
+    for index, (_, members) in enumerate(LAYERS):
+        if name in members or any(m.endswith(".*") and name.startswith(m[:-1]) for m in members):
+            return index
+    raise AssertionError(f"{module} has no layer: place it in LAYERS (tests/test_code_shape.py) and the README")
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = [
+        f"{module} ({LAYERS[_layer(module)][0] if _layer(module) < len(LAYERS) else 'plugins'}) imports {target} "
+        f"({LAYERS[_layer(target)][0]})"
+        for module, targets in sorted(GRAPH.items())
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
+    assert upward == []
+
+
+def test_no_module_over_600_lines_and_no_function_over_80() -> None:
+    too_long = []
+    for module, path in sorted(MODULES.items()):
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{module}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{module}.{node.name}: {length} lines")
+    assert too_long == []
