@@ -19,7 +19,7 @@ from connector.odata import (
     filter_column,
     format_literal,
     key_is_url_safe,
-    key_predicate,
+    literal_key_predicate,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "describe_key",
     "expand_param",
     "find_by_key",
+    "key_literal",
     "key_value",
     "not_found",
     "predicate",
@@ -44,9 +45,22 @@ def key_value(connection: Connection, meta: TableMetadata, column: str, value: A
     return value
 
 
-def predicate(connection: Connection, meta: TableMetadata, key: Mapping[str, Any]) -> str:
-    typed = {c: key_value(connection, meta, c, v) for c, v in key.items()}
-    return key_predicate(typed, meta.types)
+def key_literal(connection: Connection, meta: TableMetadata, column: str, value: Any) -> str:
+    """The one place a key value becomes an OData literal: typed from its column, a choice label mapped to its value.
+
+    Raises ``LiteralError``/``ValueError`` with the fix; :func:`connector.problems.check_key` turns that into a
+    problem and hands the literals on, so a checked key is never formatted again on its way to the request.
+    """
+    return format_literal(key_value(connection, meta, column, value), meta.attributes[column].type)
+
+
+def predicate(
+    connection: Connection, meta: TableMetadata, key: Mapping[str, Any], literals: Mapping[str, str] | None = None
+) -> str:
+    """``col='v',col2=2`` for a key URL, from the literals a check already made when given."""
+    if literals is None:
+        literals = {column: key_literal(connection, meta, column, value) for column, value in key.items()}
+    return literal_key_predicate(literals, meta.types)
 
 
 def describe_key(key: Mapping[str, Any]) -> str:
@@ -71,14 +85,16 @@ def not_found(
 
 
 def find_by_key(
-    connection: Connection, meta: TableMetadata, key: Mapping[str, Any], impersonate: str | None
+    connection: Connection,
+    meta: TableMetadata,
+    key: Mapping[str, Any],
+    impersonate: str | None,
+    literals: Mapping[str, str] | None = None,
 ) -> str | None:
     """The GUID of the row with these key values, found through ``$filter`` (for values a key URL cannot carry)."""
-    clauses = []
-    for column, value in key.items():
-        typ = meta.attributes[column].type
-        literal = format_literal(key_value(connection, meta, column, value), typ)
-        clauses.append(f"{filter_column(column, typ)} eq {literal}")
+    if literals is None:
+        literals = {column: key_literal(connection, meta, column, value) for column, value in key.items()}
+    clauses = [f"{filter_column(column, meta.attributes[column].type)} eq {lit}" for column, lit in literals.items()]
     query = build_query_string({"$select": meta.primary_id, "$filter": " and ".join(clauses), "$top": "1"})
     body = connection.client.get_json(f"{meta.entity_set}?{query}", impersonate=impersonate)
     rows = body.get("value", []) if isinstance(body, dict) else []

@@ -145,14 +145,14 @@ def bind_lookup(
     if value.get("id") is not None:
         return nav, f"/{target.entity_set}({value['id']})"
     key = value.get("key") or {}
-    target, ok = check_key(p, target, key, f"{path}.key")
-    if not ok:
+    target, literals = check_key(p, target, key, f"{path}.key")
+    if literals is None:
         return None
     if key_is_url_safe(key):
-        return nav, f"/{target.entity_set}({predicate(p.connection, target, key)})"
+        return nav, f"/{target.entity_set}({predicate(p.connection, target, key, literals)})"
     if not resolve:
         return nav, None
-    found = find_by_key(p.connection, target, key, impersonate)
+    found = find_by_key(p.connection, target, key, impersonate, literals)
     if found is None:
         raise not_found(target, key=key, what=f"the row {column!r} refers to")
     return nav, f"/{target.entity_set}({found})"

@@ -16,8 +16,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from connector.version import __version__
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
+from connector.version import __version__
 
 if TYPE_CHECKING:
     from connector.runtime import RecordStream

@@ -42,6 +42,7 @@ __all__ = [
     "format_literal",
     "key_is_url_safe",
     "key_predicate",
+    "literal_key_predicate",
     "quote_string",
 ]
 
@@ -153,11 +154,14 @@ def key_predicate(key: Mapping[str, Any], types: Mapping[str, str]) -> str:
 
     A lookup column in a key is addressed as ``_column_value``, as Dataverse's documentation shows.
     """
-    parts = []
-    for column, value in key.items():
-        literal = format_literal(value, types[column])
-        parts.append(f"{filter_column(column, types[column])}={quote(literal, safe=_QUERY_SAFE)}")
-    return ",".join(parts)
+    return literal_key_predicate({column: format_literal(value, types[column]) for column, value in key.items()}, types)
+
+
+def literal_key_predicate(literals: Mapping[str, str], types: Mapping[str, str]) -> str:
+    """:func:`key_predicate` of values already written as literals (by whoever checked them), percent-encoded."""
+    return ",".join(
+        f"{filter_column(c, types[c])}={quote(literal, safe=_QUERY_SAFE)}" for c, literal in literals.items()
+    )
 
 
 def build_query_string(params: Mapping[str, str]) -> str:

@@ -10,10 +10,9 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from connector.addressing import key_value
+from connector.addressing import key_literal
 from connector.errors import InputError, InputProblem, LiteralError
 from connector.metadata import TableMetadata
-from connector.odata import format_literal
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -59,8 +58,11 @@ def columns_known(p: Problems, meta: TableMetadata, columns: Sequence[str]) -> T
     return meta
 
 
-def check_key(p: Problems, meta: TableMetadata, key: Mapping[str, Any], path: str) -> tuple[TableMetadata, bool]:
-    """Problems of an alternate key: unknown columns, columns outside every key, no key of exactly these columns."""
+def check_key(
+    p: Problems, meta: TableMetadata, key: Mapping[str, Any], path: str
+) -> tuple[TableMetadata, dict[str, str] | None]:
+    """Problems of an alternate key (unknown columns, columns outside every key, no key of exactly these columns,
+    an index not yet active, values of the wrong type); the key's OData literals when it has none, else None."""
     columns = frozenset(key)
     if meta.key_for(columns) is None or any(c not in meta.attributes for c in columns):
         meta = p.fresh(meta)
@@ -78,28 +80,28 @@ def check_key(p: Problems, meta: TableMetadata, key: Mapping[str, Any], path: st
             )
             ok = False
     if not ok:
-        return meta, False
+        return meta, None
     found = meta.key_for(columns)
     if found is None:
         p.add(
             path, f"no alternate key of {meta.logical_name!r} is made of exactly these columns; {meta.describe_keys()}"
         )
-        return meta, False
+        return meta, None
     if not found.active:
         p.add(
             path,
             f"the alternate key {found.schema_name!r} is {found.status}: its index is not ready; try again when "
             "EntityKeyIndexStatus is Active",
         )
-        return meta, False
+        return meta, None
+    literals: dict[str, str] = {}
     for column, value in key.items():
-        typ = meta.attributes[column].type
         try:
-            format_literal(key_value(p.connection, meta, column, value), typ)
+            literals[column] = key_literal(p.connection, meta, column, value)
         except (LiteralError, ValueError) as exc:
             p.add(f"{path}.{column}", str(exc))
             ok = False
-    return meta, ok
+    return meta, literals if ok else None
 
 
 def check_select(p: Problems, meta: TableMetadata, select: Sequence[str], path: str) -> TableMetadata:

@@ -66,8 +66,6 @@ def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connec
     meta = p.table(str(inputs["table"]), "$.table")
     if meta is None:
         return p.items
-    if inputs.get("id") is not None and inputs.get("key") is not None:
-        p.add("$.key", "give either id or key, not both")
     if inputs.get("key"):
         meta, _ = check_key(p, meta, inputs["key"], "$.key")
     if inputs.get("select"):
@@ -85,9 +83,6 @@ def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connec
                         f"{column!r} is a key column addressed by key with another value; an upsert cannot change "
                         "the key: remove it from fields",
                     )
-    addressed = action_id in ("update_entity", "upsert_entity", "delete_entity", "get_entity")
-    if (addressed or action_id.endswith("associate_entities")) and inputs.get("id") is None and not inputs.get("key"):
-        p.add("$.id", "give the row's id or an alternate key")
     if action_id == "query_entities":
         query_problems(p, meta, inputs)
     if action_id.endswith("associate_entities"):

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pluggy
 
-from connector.version import __version__
 from connector.errors import ContractError, InputError, InputProblem
 from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest
 from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, load_packs, make_plugin_manager
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
+from connector.version import __version__
 
 if TYPE_CHECKING:
     from connector.auth import OnToken

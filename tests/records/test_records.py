@@ -575,3 +575,34 @@ def test_create_entity_with_client_id_survives_a_lost_answer(runtime: Runtime, f
     assert out == {"table": "account", "id": sends[0]}
     assert [r.method for r in fake.data] == ["POST", "POST", "GET"]
     assert str(fake.data[-1].url) == f"{API}/accounts({sends[0]})"
+
+
+def test_a_key_value_is_written_as_a_literal_once_per_phase(
+    runtime: Runtime, fake: Any, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phase two checks each key value by writing its literal, and hands the literal on; sending writes it once more
+    (the request is built from the inputs, not from phase two), never again on the way (it used to be up to four)."""
+    from connector import addressing
+
+    written: list[Any] = []
+    original = addressing.format_literal
+
+    def counting(value: Any, typ: str) -> str:
+        written.append(value)
+        return original(value, typ)
+
+    monkeypatch.setattr(addressing, "format_literal", counting)
+    fake.respond = lambda r: httpx.Response(201, json={"accountid": A1})
+    runtime.run_action(
+        "upsert_entity",
+        {
+            "table": "account",
+            "key": {"accountnumber": "A-1"},
+            "fields": {"name": "Contoso", "parentaccountid": {"table": "account", "key": {"accountnumber": "P-9"}}},
+        },
+        conn,
+    )
+    [request] = fake.data
+    assert "accounts(accountnumber='A-1')" in str(request.url)
+    assert body(request)["parentaccountid@odata.bind"] == "/accounts(accountnumber='P-9')"
+    assert sorted(written) == ["A-1", "A-1", "P-9", "P-9"]
