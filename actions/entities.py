@@ -19,42 +19,42 @@ from connector.hookspecs import hookimpl
 # -- phase two: columns, keys, option labels, navigation properties, page tokens, against metadata ------------------
 @hookimpl
 def validate_get_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("get_entity", inputs, connection)
+    return records.get_entity_problems(typed.GetEntity.of(inputs), connection)
 
 
 @hookimpl
 def validate_create_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("create_entity", inputs, connection)
+    return records.create_entity_problems(typed.CreateEntity.of(inputs), connection)
 
 
 @hookimpl
 def validate_update_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("update_entity", inputs, connection)
+    return records.update_entity_problems(typed.UpdateEntity.of(inputs), connection)
 
 
 @hookimpl
 def validate_upsert_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("upsert_entity", inputs, connection)
+    return records.upsert_entity_problems(typed.UpsertEntity.of(inputs), connection)
 
 
 @hookimpl
 def validate_delete_entity(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("delete_entity", inputs, connection)
+    return records.delete_entity_problems(typed.DeleteEntity.of(inputs), connection)
 
 
 @hookimpl
 def validate_query_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("query_entities", inputs, connection)
+    return paging.query_entities_problems(typed.QueryEntities.of(inputs), connection)
 
 
 @hookimpl
 def validate_associate_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("associate_entities", inputs, connection)
+    return associations.associate_entities_problems(typed.AssociateEntities.of(inputs), connection)
 
 
 @hookimpl
 def validate_disassociate_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return records.input_problems("disassociate_entities", inputs, connection)
+    return associations.disassociate_entities_problems(typed.DisassociateEntities.of(inputs), connection)
 
 
 # -- the actions -------------------------------------------------------------------------------------------------------

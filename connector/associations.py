@@ -5,24 +5,45 @@ their phase-two checks.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import address, find_by_key, not_found, predicate, with_query
-from connector.errors import NotFoundError
+from connector.errors import InputProblem, NotFoundError
 from connector.inputs import AssociateEntities, DisassociateEntities, RelatedRow
 from connector.metadata import TableMetadata
 from connector.odata import entity_id, key_is_url_safe
-from connector.problems import Problems, check_key
+from connector.problems import Problems, check_key, check_table
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["associate_entities", "association_problems", "disassociate_entities", "find_related"]
+__all__ = [
+    "associate_entities",
+    "associate_entities_problems",
+    "disassociate_entities",
+    "disassociate_entities_problems",
+    "find_related",
+]
 
 
-def association_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any], *, disassociate: bool) -> None:
-    nav = str(inputs["navigation"])
+def associate_entities_problems(inputs: AssociateEntities, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``associate_entities``: the row, the navigation property, and a related row it can point to."""
+    return _link_problems(inputs, connection, disassociate=False)
+
+
+def disassociate_entities_problems(inputs: DisassociateEntities, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``disassociate_entities``: as associate, but a single-valued link may be cleared without a row."""
+    return _link_problems(inputs, connection, disassociate=True)
+
+
+def _link_problems(
+    inputs: AssociateEntities | DisassociateEntities, connection: Connection, *, disassociate: bool
+) -> list[InputProblem]:
+    p = Problems(connection)
+    meta = check_table(p, inputs.table, inputs.key)
+    if meta is None:
+        return p.items
+    nav = inputs.navigation
     found = meta.navigation_target(nav)
     if found is None:
         meta = p.fresh(meta)
@@ -32,25 +53,25 @@ def association_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, 
         close = difflib.get_close_matches(nav, navs, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         p.add("$.navigation", f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
-        return
+        return p.items
     target_name, is_collection = found
-    related = inputs.get("related")
+    related = inputs.related
     if related is None:
         if not (disassociate and not is_collection):
             p.add("$.related", f"{nav!r} needs the related row: related {{table, id}} or {{table, key}}")
-        return
-    target = p.table(str(related["table"]), "$.related.table")
+        return p.items
+    target = p.table(related.table, "$.related.table")
     if target is None:
-        return
+        return p.items
     allowed = ("systemuser", "team") if target_name == "owner" else (target_name,)
     if target.logical_name not in allowed:
         p.add(
             "$.related.table",
             f"{nav!r} relates {meta.logical_name!r} to {' or '.join(allowed)}, not {target.logical_name!r}",
         )
-        return
-    if related.get("key"):
-        check_key(p, target, related["key"], "$.related.key")
+    elif related.key:
+        check_key(p, target, related.key, "$.related.key")
+    return p.items
 
 
 def find_related(connection: Connection, related: RelatedRow, impersonate: str | None) -> tuple[TableMetadata, str]:

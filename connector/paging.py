@@ -19,13 +19,13 @@ from connector.errors import FatalApiError, InputError, InputProblem, LiteralErr
 from connector.inputs import QueryEntities
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
-from connector.problems import Problems
+from connector.problems import Problems, check_returned, check_table
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
 
-__all__ = ["Page", "QueryRun", "iter_pages", "query_entities", "query_problems", "stream_entities"]
+__all__ = ["Page", "QueryRun", "iter_pages", "query_entities", "query_entities_problems", "stream_entities"]
 
 COUNT_ANNOTATIONS = (
     'odata.include-annotations="Microsoft.Dynamics.CRM.totalrecordcount,'
@@ -203,27 +203,34 @@ def _where(
     return where_problems_and_filter(where, meta.types, choice, table=meta.logical_name, path=path)
 
 
-def query_problems(p: Problems, meta: TableMetadata, inputs: Mapping[str, Any]) -> None:
-    """Phase-two checks of ``query_entities``: columns of where and order_by, and the page token's host and table."""
-    columns = [str(c.get("column")) for c in inputs.get("where") or []]
-    columns += [str(c).partition(" ")[0] for c in inputs.get("order_by") or []]
+def query_entities_problems(inputs: QueryEntities, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``query_entities``: columns to return, where and order_by, expansions, the page token's host and
+    table; metadata reads only."""
+    p = Problems(connection)
+    meta = check_table(p, inputs.table)
+    if meta is None:
+        return p.items
+    meta = check_returned(p, meta, inputs.select, inputs.expand)
+    columns = [str(c.get("column")) for c in inputs.where or []]
+    columns += [c.partition(" ")[0] for c in inputs.order_by or []]
     if any(c not in meta.attributes for c in columns):
         meta = p.fresh(meta)
-    if inputs.get("where"):
-        _, problems = _where(p.connection, meta, inputs["where"])
+    if inputs.where:
+        _, problems = _where(connection, meta, inputs.where)
         p.items += problems
-    for i, item in enumerate(inputs.get("order_by") or []):
-        column = str(item).partition(" ")[0]
+    for i, item in enumerate(inputs.order_by or []):
+        column = item.partition(" ")[0]
         if column not in meta.attributes:
             p.add(f"$.order_by[{i}]", f"unknown column {column!r} of table {meta.logical_name!r}")
-    if inputs.get("page_token"):
+    if inputs.page_token:
         try:
-            token = PageToken.decode(inputs["page_token"], host=p.connection.host)
+            token = PageToken.decode(inputs.page_token, host=connection.host)
         except InputError as exc:
             p.items += exc.problems
         else:
             if token.entity_set != meta.entity_set:
                 p.add("$.page_token", f"this token reads {token.entity_set!r}, not {meta.entity_set!r}")
+    return p.items
 
 
 def stream_entities(connection: Connection, inputs: QueryEntities) -> QueryRun:

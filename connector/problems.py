@@ -12,12 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 from connector.addressing import key_literal
 from connector.errors import InputError, InputProblem, LiteralError
+from connector.inputs import Expand
 from connector.metadata import TableMetadata
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["Problems", "check_expand", "check_key", "check_select", "columns_known", "unknown_column"]
+__all__ = [
+    "Problems",
+    "check_expand",
+    "check_key",
+    "check_returned",
+    "check_select",
+    "check_table",
+    "columns_known",
+    "unknown_column",
+]
 
 
 class Problems:
@@ -112,9 +122,9 @@ def check_select(p: Problems, meta: TableMetadata, select: Sequence[str], path: 
     return meta
 
 
-def check_expand(p: Problems, meta: TableMetadata, expand: Sequence[Mapping[str, Any]], path: str) -> None:
+def check_expand(p: Problems, meta: TableMetadata, expand: Sequence[Expand], path: str) -> None:
     for i, item in enumerate(expand):
-        nav = str(item.get("navigation"))
+        nav = item.navigation
         found = meta.navigation_target(nav)
         if found is None:
             meta = p.fresh(meta)
@@ -127,8 +137,28 @@ def check_expand(p: Problems, meta: TableMetadata, expand: Sequence[Mapping[str,
             p.add(f"{path}[{i}].navigation", f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
             continue
         target_name, _ = found
-        if target_name == "owner" or not item.get("select"):
+        if target_name == "owner" or not item.select:
             continue
         target = p.table(target_name, f"{path}[{i}].navigation")
         if target is not None:
-            check_select(p, target, item["select"], f"{path}[{i}].select")
+            check_select(p, target, item.select, f"{path}[{i}].select")
+
+
+def check_table(p: Problems, table: str, key: Mapping[str, Any] | None = None) -> TableMetadata | None:
+    """The first checks of every row action: the table exists and, when the row is named by key, the key is one of its
+    alternate keys with values of the right types. None when the table is unknown (nothing else can be checked)."""
+    meta = p.table(table, "$.table")
+    if meta is not None and key:
+        meta, _ = check_key(p, meta, key, "$.key")
+    return meta
+
+
+def check_returned(
+    p: Problems, meta: TableMetadata, select: Sequence[str] | None, expand: Sequence[Expand] | None = None
+) -> TableMetadata:
+    """The columns to return and the related rows to expand exist."""
+    if select:
+        meta = check_select(p, meta, select, "$.select")
+    if expand:
+        check_expand(p, meta, expand, "$.expand")
+    return meta

@@ -8,7 +8,8 @@ built by :mod:`connector.body` (lookups bound, labels mapped), rows addressed by
   found; a duplicate-key answer to that POST is retried once as an update, since someone created it meanwhile);
 * key columns are never repeated in an upsert body addressed by key.
 
-:func:`input_problems` is the phase-two validation the runtime calls before any write: it reads metadata only.
+Each action has its phase-two check (``<action>_problems``), which the runtime calls before any write: it reads
+metadata only.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import httpx
 
 from connector import ids
 from connector.addressing import address, describe_key, find_by_key, not_found, select_params, with_query
-from connector.associations import association_problems
 from connector.body import build_body, check_fields, key_body
 from connector.errors import ConcurrencyError, FatalApiError, InputProblem, NotFoundError
 from connector.inputs import CreateEntity, DeleteEntity, GetEntity, UpdateEntity, UpsertEntity
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, entity_id, key_is_url_safe
-from connector.paging import query_problems
-from connector.problems import Problems, check_expand, check_key, check_select
+from connector.problems import Problems, check_returned, check_table
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -35,11 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "RECORD_ACTIONS",
     "create_entity",
+    "create_entity_problems",
     "delete_entity",
+    "delete_entity_problems",
     "get_entity",
-    "input_problems",
+    "get_entity_problems",
     "update_entity",
+    "update_entity_problems",
     "upsert_entity",
+    "upsert_entity_problems",
 ]
 
 RECORD_ACTIONS = frozenset(
@@ -58,35 +61,57 @@ _DUPLICATE_CODES = frozenset({"0x80040237", "0x80060892"})
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
-def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    """Phase-two problems of a record action's inputs, found with metadata reads only (never a data read or write)."""
-    if action_id not in RECORD_ACTIONS:
-        return []
+def get_entity_problems(inputs: GetEntity, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``get_entity``: table, key, columns and expansions, with metadata reads only."""
     p = Problems(connection)
-    meta = p.table(str(inputs["table"]), "$.table")
+    meta = check_table(p, inputs.table, inputs.key)
+    if meta is not None:
+        check_returned(p, meta, inputs.select, inputs.expand)
+    return p.items
+
+
+def create_entity_problems(inputs: CreateEntity, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``create_entity``: columns settable on create, values of their types, lookups and labels."""
+    p = Problems(connection)
+    meta = check_table(p, inputs.table)
+    if meta is not None:
+        meta = check_returned(p, meta, inputs.select)
+        check_fields(p, meta, inputs.fields, "$.fields", for_create=True)
+    return p.items
+
+
+def update_entity_problems(inputs: UpdateEntity, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``update_entity``: the row's key, and columns that may be changed on update."""
+    p = Problems(connection)
+    meta = check_table(p, inputs.table, inputs.key)
+    if meta is not None:
+        meta = check_returned(p, meta, inputs.select)
+        check_fields(p, meta, inputs.fields, "$.fields", for_create=False)
+    return p.items
+
+
+def upsert_entity_problems(inputs: UpsertEntity, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``upsert_entity``: as create, and a key column in ``fields`` may not contradict the key."""
+    p = Problems(connection)
+    meta = check_table(p, inputs.table, inputs.key)
     if meta is None:
         return p.items
-    if inputs.get("key"):
-        meta, _ = check_key(p, meta, inputs["key"], "$.key")
-    if inputs.get("select"):
-        meta = check_select(p, meta, inputs["select"], "$.select")
-    if inputs.get("expand"):
-        check_expand(p, meta, inputs["expand"], "$.expand")
-    if action_id in ("create_entity", "update_entity", "upsert_entity"):
-        fields = inputs.get("fields") or {}
-        meta = check_fields(p, meta, fields, "$.fields", for_create=action_id != "update_entity")
-        if action_id == "upsert_entity" and inputs.get("key"):
-            for column, value in inputs["key"].items():
-                if column in fields and fields[column] != value:
-                    p.add(
-                        f"$.fields.{column}",
-                        f"{column!r} is a key column addressed by key with another value; an upsert cannot change "
-                        "the key: remove it from fields",
-                    )
-    if action_id == "query_entities":
-        query_problems(p, meta, inputs)
-    if action_id.endswith("associate_entities"):
-        association_problems(p, meta, inputs, disassociate=action_id == "disassociate_entities")
+    meta = check_returned(p, meta, inputs.select)
+    check_fields(p, meta, inputs.fields, "$.fields", for_create=True)
+    for column, value in (inputs.key or {}).items():
+        if column in inputs.fields and inputs.fields[column] != value:
+            p.add(
+                f"$.fields.{column}",
+                f"{column!r} is a key column addressed by key with another value; an upsert cannot change the key: "
+                "remove it from fields",
+            )
+    return p.items
+
+
+def delete_entity_problems(inputs: DeleteEntity, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``delete_entity``: the table and the row's key."""
+    p = Problems(connection)
+    check_table(p, inputs.table, inputs.key)
     return p.items
 
 
