@@ -1,8 +1,8 @@
 """The metadata actions and the builder data sources: thin hooks over :mod:`connector.metadata_reads`,
 :mod:`connector.metadata_writes` and :mod:`connector.metadata_checks`.
 
-Inputs arrive validated (schema, then the ``validate_<id>`` hooks below against metadata reads); the action hooks
-only translate them into library calls.
+Inputs arrive validated (schema, then the ``validate_<id>`` hooks below against metadata reads); each hook builds
+the action's typed inputs (:mod:`connector.inputs`) once and hands them to the library function of the same name.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "update_attribute_problems",
 ]
 
+#: The actions this module checks, each with its own ``<id>_problems(inputs, connection)``.
 METADATA_ACTIONS = frozenset(
     {
         "list_entities",
