@@ -33,12 +33,13 @@ CHILD = r"""
 import json, sys, time, tracemalloc
 from connector.connection import Connection
 from connector import metadata_reads as md
+from connector.inputs import GetEntitiesMetadata
 
 config_file, mode, traced = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 from pathlib import Path
 conn = Connection.from_config(json.loads(Path(config_file).read_text()), base_dir=Path(config_file).parent)
 conn.client.whoami()
-inputs = {"include_all_custom": True}
+inputs = GetEntitiesMetadata(include_all_custom=True)
 if traced:
     tracemalloc.start()
 started = time.perf_counter()

@@ -8,10 +8,23 @@ write, so an admin's workflow never leaves half a change behind.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import InputError, InputProblem
+from connector.inputs import (
+    CreateAlternateKey,
+    CreateAttribute,
+    GetAttribute,
+    GetEntitiesMetadata,
+    GetEntityMetadata,
+    ListAlternateKeys,
+    ListAttributes,
+    ListEntities,
+    ListEntityTypes,
+    QueryAttributes,
+    UpdateAttribute,
+)
 from connector.metadata_reads import CRM, GUID, TableRef, label_text, resolve_table, table_rows
 from connector.metadata_writes import is_short_form
 from connector.odata import PageToken
@@ -19,8 +32,23 @@ from connector.odata import PageToken
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["METADATA_ACTIONS", "SCHEMA_NAME", "input_problems"]
+__all__ = [
+    "METADATA_ACTIONS",
+    "SCHEMA_NAME",
+    "create_alternate_key_problems",
+    "create_attribute_problems",
+    "get_attribute_problems",
+    "get_entities_metadata_problems",
+    "get_entity_metadata_problems",
+    "list_alternate_keys_problems",
+    "list_attributes_problems",
+    "list_entities_problems",
+    "list_entity_types_problems",
+    "query_attributes_problems",
+    "update_attribute_problems",
+]
 
+#: The actions this module checks, each with its own ``<id>_problems(inputs, connection)``.
 METADATA_ACTIONS = frozenset(
     {
         "list_entities",
@@ -94,38 +122,86 @@ def _body_problems(body: Mapping[str, Any], path: str) -> list[InputProblem]:
     return problems
 
 
-def input_problems(action_id: str, inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    """Problems the schema cannot see, found with metadata reads only: unknown tables and columns, bad full bodies,
-    key columns of a type a key cannot use, a column that already exists, a page token from elsewhere."""
-    if action_id not in METADATA_ACTIONS:
+def list_entities_problems(inputs: ListEntities, connection: Connection) -> list[InputProblem]:
+    """Nothing the schema cannot see: every filter is valid against any organization."""
+    return []
+
+
+def list_entity_types_problems(inputs: ListEntityTypes, connection: Connection) -> list[InputProblem]:
+    """A page token from another organization (or a broken one) is refused before the read."""
+    if not inputs.page_token:
         return []
-    problems: list[InputProblem] = []
-    table: TableRef | None = None
-    if "table" in inputs and not (action_id == "get_entity_metadata" and inputs.get("by") == "entity_set_name"):
-        try:
-            table = resolve_table(connection, str(inputs["table"]))
-        except InputError as exc:
-            return list(exc.problems)
-    if action_id == "list_entity_types" and inputs.get("page_token"):
-        try:
-            PageToken.decode(str(inputs["page_token"]), host=connection.host)
-        except InputError as exc:
-            problems += exc.problems
-    if action_id == "get_entities_metadata" and inputs.get("default_selected"):
-        rows = table_rows(connection, ("LogicalName", "EntitySetName"), None)
-        known = {str(r.get("LogicalName")).lower() for r in rows} | {str(r.get("EntitySetName")).lower() for r in rows}
-        for n, name in enumerate(inputs["default_selected"]):
-            if str(name).lower() not in known:
-                problems.append(InputProblem(f"$.default_selected[{n}]", f"no table is named {name!r}"))
-    if table is None:
-        return problems
-    if action_id in ("get_attribute", "update_attribute"):
-        problems += _column_problems(connection, table, str(inputs["attribute"]))
-    if action_id == "create_attribute":
-        problems += _new_column_problems(connection, table, inputs["attribute"])
-    if action_id == "create_alternate_key":
-        problems += _new_key_problems(table, inputs["columns"], str(inputs["schema_name"]))
-    return problems
+    try:
+        PageToken.decode(inputs.page_token, host=connection.host)
+    except InputError as exc:
+        return list(exc.problems)
+    return []
+
+
+def get_entity_metadata_problems(inputs: GetEntityMetadata, connection: Connection) -> list[InputProblem]:
+    """An unknown table; an entity set name is looked up by the read itself, which the cache cannot answer."""
+    if inputs.by == "entity_set_name":
+        return []
+    return _table_problems(connection, inputs.table)
+
+
+def get_entities_metadata_problems(inputs: GetEntitiesMetadata, connection: Connection) -> list[InputProblem]:
+    """A chosen table that no logical name or entity set name matches."""
+    if not inputs.default_selected:
+        return []
+    rows = table_rows(connection, ("LogicalName", "EntitySetName"), None)
+    known = {str(r.get("LogicalName")).lower() for r in rows} | {str(r.get("EntitySetName")).lower() for r in rows}
+    return [
+        InputProblem(f"$.default_selected[{n}]", f"no table is named {name!r}")
+        for n, name in enumerate(inputs.default_selected)
+        if name.lower() not in known
+    ]
+
+
+def create_attribute_problems(inputs: CreateAttribute, connection: Connection) -> list[InputProblem]:
+    """An unknown table, or a column Dataverse would refuse or already has."""
+    return _table_problems(connection, inputs.table, lambda t: _new_column_problems(connection, t, inputs.attribute))
+
+
+def get_attribute_problems(inputs: GetAttribute, connection: Connection) -> list[InputProblem]:
+    """An unknown table or column."""
+    return _table_problems(connection, inputs.table, lambda t: _column_problems(connection, t, inputs.attribute))
+
+
+def update_attribute_problems(inputs: UpdateAttribute, connection: Connection) -> list[InputProblem]:
+    """An unknown table or column, found before the read-merge-PUT."""
+    return _table_problems(connection, inputs.table, lambda t: _column_problems(connection, t, inputs.attribute))
+
+
+def list_attributes_problems(inputs: ListAttributes, connection: Connection) -> list[InputProblem]:
+    """An unknown table."""
+    return _table_problems(connection, inputs.table)
+
+
+def query_attributes_problems(inputs: QueryAttributes, connection: Connection) -> list[InputProblem]:
+    """An unknown table."""
+    return _table_problems(connection, inputs.table)
+
+
+def create_alternate_key_problems(inputs: CreateAlternateKey, connection: Connection) -> list[InputProblem]:
+    """An unknown table, key columns missing or of a type a key cannot use, a table at its limit, a taken name."""
+    return _table_problems(connection, inputs.table, lambda t: _new_key_problems(t, inputs.columns, inputs.schema_name))
+
+
+def list_alternate_keys_problems(inputs: ListAlternateKeys, connection: Connection) -> list[InputProblem]:
+    """An unknown table."""
+    return _table_problems(connection, inputs.table)
+
+
+def _table_problems(
+    connection: Connection, ref: str, more: Callable[[TableRef], list[InputProblem]] | None = None
+) -> list[InputProblem]:
+    """An unknown table alone (nothing else can be checked without it), else what ``more`` finds in the known one."""
+    try:
+        table = resolve_table(connection, ref)
+    except InputError as exc:
+        return list(exc.problems)
+    return more(table) if more is not None else []
 
 
 def _column_problems(connection: Connection, table: TableRef, column: str) -> list[InputProblem]:

@@ -19,6 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import InputError, InputProblem, NotFoundError
+from connector.inputs import (
+    GetAttribute,
+    GetEntitiesMetadata,
+    GetEntityMetadata,
+    ListAlternateKeys,
+    ListAttributes,
+    ListEntities,
+    ListEntityTypes,
+    QueryAttributes,
+)
 from connector.odata import PageToken, build_query_string, quote_string
 
 if TYPE_CHECKING:
@@ -184,25 +194,25 @@ def table_rows(connection: Connection, select: Sequence[str], flt: str | None) -
     return sorted(rows, key=lambda r: str(r.get("LogicalName")))
 
 
-def list_entities(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def list_entities(connection: Connection, inputs: ListEntities) -> dict[str, Any]:
     """Every table in one lean read (``$select`` of a handful of properties), sorted by logical name."""
-    details = bool(inputs.get("include_details", False))
+    details = inputs.include_details
     select = _TABLE_LIST_SELECT + (_TABLE_DETAIL_SELECT if details else ())
-    flt = _table_filter(bool(inputs.get("include_custom", True)), bool(inputs.get("top_level_only", False)))
+    flt = _table_filter(inputs.include_custom, inputs.top_level_only)
     tables = [_table_summary(r, details) for r in table_rows(connection, select, flt)]
     return {"tables": tables, "count": len(tables)}
 
 
-def list_entity_types(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def list_entity_types(connection: Connection, inputs: ListEntityTypes) -> dict[str, Any]:
     """Entity types cut into pages on our side: metadata queries have no server paging, so each call makes one lean
     read and returns the slice a page token points at (the token carries the query and the offset, bound to the host).
     """
-    size = int(inputs.get("page_size") or 5000)
+    size = inputs.page_size
     query = f"EntityDefinitions?{build_query_string({'$select': _TYPE_SELECT})}"
-    token = inputs.get("page_token")
+    token = inputs.page_token
     offset = 0
     if token:
-        decoded = PageToken.decode(str(token), host=connection.host)
+        decoded = PageToken.decode(token, host=connection.host)
         offset = decoded.offset
         size = decoded.page_size or size
         query = decoded.path
@@ -210,7 +220,7 @@ def list_entity_types(connection: Connection, inputs: Mapping[str, Any]) -> dict
         (r for r in get_definition(connection, query).get("value", []) if isinstance(r, dict)),
         key=lambda r: str(r.get("LogicalName")),
     )
-    end = len(rows) if inputs.get("fetch_all") else offset + size
+    end = len(rows) if inputs.fetch_all else offset + size
     chunk = rows[offset:end]
     types = [
         {
@@ -233,10 +243,10 @@ _EXPANDS = {
 }
 
 
-def get_entity_metadata(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def get_entity_metadata(connection: Connection, inputs: GetEntityMetadata) -> dict[str, Any]:
     """One table's definition, by logical name, entity set name (``by``) or MetadataId, with chosen expansions."""
-    ref = str(inputs["table"])
-    if inputs.get("by") == "entity_set_name" and not GUID.match(ref):
+    ref = inputs.table
+    if inputs.by == "entity_set_name" and not GUID.match(ref):
         found = get_definition(
             connection,
             "EntityDefinitions",
@@ -247,11 +257,11 @@ def get_entity_metadata(connection: Connection, inputs: Mapping[str, Any]) -> di
         ref = str(found[0]["LogicalName"])
     table = resolve_table(connection, ref)
     params: dict[str, str] = {}
-    if inputs.get("select"):
-        params["$select"] = ",".join(inputs["select"])
+    if inputs.select:
+        params["$select"] = ",".join(inputs.select)
     navs: list[str] = []
-    for item in inputs.get("expand") or ():
-        nav = _EXPANDS[str(item)]
+    for item in inputs.expand or ():
+        nav = _EXPANDS[item]
         navs += [nav] if isinstance(nav, str) else list(nav)
     if navs:
         params["$expand"] = ",".join(navs)
@@ -276,12 +286,12 @@ def _attribute_summary(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _chosen_tables(connection: Connection, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _chosen_tables(connection: Connection, inputs: GetEntitiesMetadata) -> list[dict[str, Any]]:
     """The tables :func:`iter_entities_metadata` reads: named ones, plus every custom one, narrowed by the filter."""
     select = ("LogicalName", "SchemaName", "EntitySetName", "DisplayName", "IsCustomEntity", "PrimaryIdAttribute")
-    flt = _table_filter(True, bool(inputs.get("top_level_only", False)))
+    flt = _table_filter(True, inputs.top_level_only)
     rows = table_rows(connection, (*select, "PrimaryNameAttribute"), flt)
-    wanted = [str(n).lower() for n in inputs.get("default_selected") or ()]
+    wanted = [n.lower() for n in inputs.default_selected or ()]
     by_name = {str(r.get("LogicalName")).lower(): r for r in rows}
     by_set = {str(r.get("EntitySetName")).lower(): r for r in rows}
     chosen: dict[str, dict[str, Any]] = {}
@@ -289,11 +299,11 @@ def _chosen_tables(connection: Connection, inputs: Mapping[str, Any]) -> list[di
         row = by_name.get(name) or by_set.get(name)
         if row is not None:
             chosen[str(row["LogicalName"])] = row
-    if inputs.get("include_all_custom", True):
+    if inputs.include_all_custom:
         for row in rows:
             if row.get("IsCustomEntity"):
                 chosen.setdefault(str(row["LogicalName"]), row)
-    needle = str(inputs.get("filter") or "").strip().lower()
+    needle = (inputs.filter or "").strip().lower()
     if needle:
         chosen = {
             name: row
@@ -303,7 +313,7 @@ def _chosen_tables(connection: Connection, inputs: Mapping[str, Any]) -> list[di
     return sorted(chosen.values(), key=lambda r: str(r.get("LogicalName")))
 
 
-def iter_entities_metadata(connection: Connection, inputs: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def iter_entities_metadata(connection: Connection, inputs: GetEntitiesMetadata) -> Iterator[dict[str, Any]]:
     """Tables with their columns, one table's columns read (and held) at a time: memory stays flat however many.
 
     One lean read lists the tables; then each chosen table costs one ``Attributes?$select=...`` read.
@@ -329,7 +339,7 @@ def iter_entities_metadata(connection: Connection, inputs: Mapping[str, Any]) ->
         }
 
 
-def get_entities_metadata(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def get_entities_metadata(connection: Connection, inputs: GetEntitiesMetadata) -> dict[str, Any]:
     """The action's answer: :func:`iter_entities_metadata` collected (a platform output is one JSON document)."""
     tables = list(iter_entities_metadata(connection, inputs))
     return {"tables": tables, "count": len(tables)}
@@ -354,11 +364,11 @@ def _options_of(connection: Connection, table: TableRef, column: str, cast: str)
     return out
 
 
-def get_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def get_attribute(connection: Connection, inputs: GetAttribute) -> dict[str, Any]:
     """One column's definition (every property of its type), with its options when it is a choice."""
-    table = resolve_table(connection, str(inputs["table"]))
-    params = {"$select": ",".join(inputs["select"])} if inputs.get("select") else None
-    body = get_definition(connection, f"{table.path}/Attributes({column_ref(str(inputs['attribute']))})", params)
+    table = resolve_table(connection, inputs.table)
+    params = {"$select": ",".join(inputs.select)} if inputs.select else None
+    body = get_definition(connection, f"{table.path}/Attributes({column_ref(inputs.attribute)})", params)
     out: dict[str, Any] = {"table": table.logical_name, "attribute": strip_annotations(body)}
     odata_type = str(body.get("@odata.type", "")).lstrip("#").removeprefix(CRM)
     if odata_type in _OPTION_CASTS and body.get("LogicalName"):
@@ -370,36 +380,36 @@ def _type_filter(types: Sequence[str]) -> str:
     return " or ".join(f"AttributeType eq {CRM}AttributeTypeCode'{t}'" for t in types)
 
 
-def list_attributes(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def list_attributes(connection: Connection, inputs: ListAttributes) -> dict[str, Any]:
     """A table's columns with a lean ``$select``, optionally only some types or only custom ones."""
-    table = resolve_table(connection, str(inputs["table"]))
-    params = {"$select": ",".join(inputs["select"]) if inputs.get("select") else _ATTRIBUTE_SELECT}
+    table = resolve_table(connection, inputs.table)
+    params = {"$select": ",".join(inputs.select) if inputs.select else _ATTRIBUTE_SELECT}
     parts = []
-    if inputs.get("types"):
-        parts.append(f"({_type_filter(inputs['types'])})")
-    if inputs.get("custom_only"):
+    if inputs.types:
+        parts.append(f"({_type_filter(inputs.types)})")
+    if inputs.custom_only:
         parts.append("IsCustomAttribute eq true")
     if parts:
         params["$filter"] = " and ".join(parts)
     rows = get_definition(connection, f"{table.path}/Attributes", params).get("value", [])
-    attributes = [strip_annotations(r) for r in rows] if inputs.get("select") else [_attribute_summary(r) for r in rows]
+    attributes = [strip_annotations(r) for r in rows] if inputs.select else [_attribute_summary(r) for r in rows]
     attributes.sort(key=lambda a: str(a.get("logical_name") or a.get("LogicalName")))
     return {"table": table.logical_name, "attributes": attributes, "count": len(attributes)}
 
 
-def query_attributes(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def query_attributes(connection: Connection, inputs: QueryAttributes) -> dict[str, Any]:
     """A raw metadata query over a table's columns: ``$select``, ``$filter``, ``$expand`` and a type cast as given."""
-    table = resolve_table(connection, str(inputs["table"]))
+    table = resolve_table(connection, inputs.table)
     path = f"{table.path}/Attributes"
-    if inputs.get("cast"):
-        path += f"/{CRM}{inputs['cast']}"
+    if inputs.cast:
+        path += f"/{CRM}{inputs.cast}"
     params: dict[str, str] = {}
-    if inputs.get("select"):
-        params["$select"] = ",".join(inputs["select"])
-    if inputs.get("filter"):
-        params["$filter"] = str(inputs["filter"])
-    if inputs.get("expand"):
-        params["$expand"] = str(inputs["expand"])
+    if inputs.select:
+        params["$select"] = ",".join(inputs.select)
+    if inputs.filter:
+        params["$filter"] = inputs.filter
+    if inputs.expand:
+        params["$expand"] = inputs.expand
     rows = [strip_annotations(r) for r in get_definition(connection, path, params).get("value", [])]
     return {"table": table.logical_name, "attributes": rows, "count": len(rows)}
 
@@ -416,9 +426,9 @@ def _key_summary(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_alternate_keys(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def list_alternate_keys(connection: Connection, inputs: ListAlternateKeys) -> dict[str, Any]:
     """A table's alternate keys with their index status (only ``Active`` keys can address rows)."""
-    table = resolve_table(connection, str(inputs["table"]))
+    table = resolve_table(connection, inputs.table)
     rows = get_definition(connection, f"{table.path}/Keys", {"$select": _KEY_SELECT}).get("value", [])
     keys = sorted((_key_summary(r) for r in rows), key=lambda k: str(k["schema_name"]))
     return {"table": table.logical_name, "keys": keys, "count": len(keys)}
@@ -480,13 +490,11 @@ def _column_options(connection: Connection, table: TableRef, params: Mapping[str
 def data_source(name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]] | None:
     """Options for builder dropdowns: ``tables``, ``columns`` of a table, ``alternate_keys`` of a table."""
     if name == "tables":
-        listed = list_entities(
-            connection,
-            {
-                "include_custom": params.get("include_custom", True),
-                "top_level_only": params.get("top_level_only", False),
-            },
-        )["tables"]
+        shown = ListEntities(
+            include_custom=bool(params.get("include_custom", True)),
+            top_level_only=bool(params.get("top_level_only", False)),
+        )
+        listed = list_entities(connection, shown)["tables"]
         return [
             {
                 "value": t["logical_name"],
@@ -500,7 +508,7 @@ def data_source(name: str, params: Mapping[str, Any], connection: Connection) ->
     if name == "columns":
         return _column_options(connection, resolve_table(connection, str(params["table"])), params)
     if name == "alternate_keys":
-        keys = list_alternate_keys(connection, {"table": params["table"]})["keys"]
+        keys = list_alternate_keys(connection, ListAlternateKeys(table=str(params["table"])))["keys"]
         return [
             {
                 "value": k["schema_name"],

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import FatalApiError, KeyActivationError
+from connector.inputs import CreateAlternateKey, CreateAttribute, ListAlternateKeys, UpdateAttribute
 from connector.metadata_reads import (
     CRM,
     TableRef,
@@ -78,10 +79,9 @@ def label(text: str, language: int = LANGUAGE) -> dict[str, Any]:
     }
 
 
-def _solution_headers(inputs: Mapping[str, Any]) -> dict[str, str]:
+def _solution_headers(solution: str | None) -> dict[str, str]:
     """Names the unmanaged solution a new component joins; without it, it lands in the default solution."""
-    solution = inputs.get("solution")
-    return {"MSCRM.SolutionUniqueName": str(solution)} if solution else {}
+    return {"MSCRM.SolutionUniqueName": solution} if solution else {}
 
 
 def _options(spec: Sequence[Any]) -> list[dict[str, Any]]:
@@ -198,11 +198,11 @@ def is_short_form(attribute: Mapping[str, Any]) -> bool:
     return "type" in attribute and "@odata.type" not in attribute
 
 
-def create_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def create_attribute(connection: Connection, inputs: CreateAttribute) -> dict[str, Any]:
     """POST the column (or, for a lookup, its relationship) and forget the tables it changes in the cache."""
-    table = resolve_table(connection, str(inputs["table"]))
-    spec: Mapping[str, Any] = inputs["attribute"]
-    headers = _solution_headers(inputs)
+    table = resolve_table(connection, inputs.table)
+    spec = inputs.attribute
+    headers = _solution_headers(inputs.solution)
     client = connection.client
     touched = [table.logical_name]
     relationship = None
@@ -271,43 +271,43 @@ def _clean_label(value: Any) -> Any:
     }
 
 
-def update_attribute(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def update_attribute(connection: Connection, inputs: UpdateAttribute) -> dict[str, Any]:
     """Read the current definition, merge the changes, PUT it whole (metadata has no PATCH), publish if labels moved.
 
     ``MSCRM.MergeLabels: true`` is sent unless ``merge_labels`` is false: without it Dataverse drops every language
     not in the body.
     """
-    table = resolve_table(connection, str(inputs["table"]))
-    column_path = f"{table.path}/Attributes({column_ref(str(inputs['attribute']))})"
+    table = resolve_table(connection, inputs.table)
+    column_path = f"{table.path}/Attributes({column_ref(inputs.attribute)})"
     current = strip_annotations(get_definition(connection, column_path, strong=True))
-    language = int(inputs.get("language_code", LANGUAGE))
+    language = inputs.language_code
     body: dict[str, Any] = {k: v for k, v in current.items() if k not in ("MetadataId",)}
     for name in ("DisplayName", "Description"):
         if name in body:
             body[name] = _clean_label(body[name])
     body["@odata.type"] = str(current.get("@odata.type", "")).lstrip("#")
     changed_labels = False
-    for key, prop in (("label", "DisplayName"), ("description", "Description")):
-        if key in inputs:
+    for text, prop in ((inputs.label, "DisplayName"), (inputs.description, "Description")):
+        if text is not None:
             old = label_text(current.get(prop), language)
-            body[prop] = _merge_label(current.get(prop), str(inputs[key]), language)
-            changed_labels = changed_labels or old != inputs[key]
-    if "required" in inputs:
-        body["RequiredLevel"] = {**(current.get("RequiredLevel") or {}), "Value": _REQUIRED[str(inputs["required"])]}
-    if "max_length" in inputs:
-        body["MaxLength"] = int(inputs["max_length"])
-    for key, value in (inputs.get("changes") or {}).items():
+            body[prop] = _merge_label(current.get(prop), text, language)
+            changed_labels = changed_labels or old != text
+    if inputs.required is not None:
+        body["RequiredLevel"] = {**(current.get("RequiredLevel") or {}), "Value": _REQUIRED[inputs.required]}
+    if inputs.max_length is not None:
+        body["MaxLength"] = inputs.max_length
+    for key, value in (inputs.changes or {}).items():
         if key in ("DisplayName", "Description") and value != current.get(key):
             changed_labels = True
         body[key] = value
-    headers = _solution_headers(inputs)
-    headers["MSCRM.MergeLabels"] = "true" if inputs.get("merge_labels", True) else "false"
+    headers = _solution_headers(inputs.solution)
+    headers["MSCRM.MergeLabels"] = "true" if inputs.merge_labels else "false"
     try:
         connection.client.request("PUT", column_path, json=body, headers=headers)
     finally:
         connection.metadata.invalidate(table.logical_name)
     published = False
-    if changed_labels and inputs.get("publish", True):
+    if changed_labels and inputs.publish:
         xml = f"<importexportxml><entities><entity>{table.logical_name}</entity></entities></importexportxml>"
         connection.client.request("POST", "PublishXml", json={"ParameterXml": xml})
         published = True
@@ -348,33 +348,30 @@ def wait_until_active(
         clock.sleep(min(poll_s, remaining))
 
 
-def create_alternate_key(connection: Connection, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def create_alternate_key(connection: Connection, inputs: CreateAlternateKey) -> dict[str, Any]:
     """POST the key definition; with ``wait_until_active``, poll its index status until Active or the timeout."""
-    table = resolve_table(connection, str(inputs["table"]))
-    schema = str(inputs["schema_name"])
+    table = resolve_table(connection, inputs.table)
+    schema = inputs.schema_name
     body = {
         "@odata.type": CRM + "EntityKeyMetadata",
         "SchemaName": schema,
-        "DisplayName": label(str(inputs.get("label") or schema)),
-        "KeyAttributes": [str(c).lower() for c in inputs["columns"]],
+        "DisplayName": label(inputs.label or schema),
+        "KeyAttributes": [c.lower() for c in inputs.columns],
     }
+    headers = _solution_headers(inputs.solution)
     try:
-        response = connection.client.request("POST", f"{table.path}/Keys", json=body, headers=_solution_headers(inputs))
+        response = connection.client.request("POST", f"{table.path}/Keys", json=body, headers=headers)
     finally:
         connection.metadata.invalidate(table.logical_name)
     key_id = entity_id(response)
     if key_id is None:
-        listed = list_alternate_keys(connection, {"table": table.logical_name})["keys"]
+        listed = list_alternate_keys(connection, ListAlternateKeys(table=table.logical_name))["keys"]
         key_id = next((k["metadata_id"] for k in listed if str(k["schema_name"]).lower() == schema.lower()), None)
     if key_id is None:
         raise FatalApiError(f"Dataverse accepted key {schema!r} but does not list it on {table.logical_name!r}")
-    if inputs.get("wait_until_active"):
+    if inputs.wait_until_active:
         key, timed_out = wait_until_active(
-            connection,
-            table,
-            str(key_id),
-            timeout_s=float(inputs.get("timeout_s", 300)),
-            poll_s=float(inputs.get("poll_interval_s", 5)),
+            connection, table, str(key_id), timeout_s=inputs.timeout_s, poll_s=inputs.poll_interval_s
         )
     else:
         key = read_key(connection, table, str(key_id))
