@@ -15,7 +15,7 @@ from connector.inputs import RunBatchOperations
 @hookimpl
 def validate_run_batch_operations(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: every operation against its table's metadata, and the change set rules, before anything is sent."""
-    return batch.batch_problems(inputs, connection)
+    return batch.run_batch_operations_problems(RunBatchOperations.of(inputs), connection)
 
 
 @hookimpl

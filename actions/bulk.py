@@ -16,7 +16,7 @@ from connector.inputs import WriteEntities
 @hookimpl
 def validate_write_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: columns, values, labels and keys of every record, addressing per mode."""
-    return bulk.write_problems(inputs, connection)
+    return bulk.write_entities_problems(WriteEntities.of(inputs), connection)
 
 
 @hookimpl

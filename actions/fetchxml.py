@@ -15,7 +15,7 @@ from connector.inputs import RunFetchXmlQuery
 @hookimpl
 def validate_run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: the XML (safely parsed), FetchXML's shape, the table's metadata and the page token."""
-    return fetchxml.fetch_problems(inputs, connection)
+    return fetchxml.run_fetch_xml_query_problems(RunFetchXmlQuery.of(inputs), connection)
 
 
 @hookimpl

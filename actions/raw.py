@@ -15,7 +15,7 @@ from connector.inputs import RawRequest
 @hookimpl
 def validate_raw_request(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: the path stays under the Web API root, no Authorization header, a coherent body."""
-    return raw.raw_problems(inputs, connection)
+    return raw.raw_request_problems(RawRequest.of(inputs), connection)
 
 
 @hookimpl

@@ -46,7 +46,7 @@ from connector.problems import Problems, check_key, check_select
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["MAX_OPERATIONS", "batch_problems", "run_batch_operations"]
+__all__ = ["MAX_OPERATIONS", "run_batch_operations", "run_batch_operations_problems"]
 
 MAX_OPERATIONS = 1000
 _ACTIONS = ("create", "update", "upsert", "delete", "get")
@@ -61,9 +61,9 @@ def _ref(value: Any) -> int | None:
 
 
 # -- phase two ------------------------------------------------------------------------------------------------------
-def batch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+def run_batch_operations_problems(inputs: RunBatchOperations, connection: Connection) -> list[InputProblem]:
     """Every operation checked against metadata (tables, keys, columns, lookups, change set rules); reads only."""
-    ops: Sequence[Mapping[str, Any]] = inputs["operations"]
+    ops: Sequence[Mapping[str, Any]] = inputs.operations
     p = Problems(connection)
     if len(ops) > MAX_OPERATIONS:
         p.add("$.operations", f"at most {MAX_OPERATIONS} operations per batch (Dataverse's limit); got {len(ops)}")

@@ -45,6 +45,7 @@ from connector.errors import (
     InputProblem,
 )
 from connector.ids import new_id
+from connector.inputs import WriteEntities
 from connector.metadata import TableMetadata
 from connector.odata import build_query_string
 from connector.problems import Problems, check_key
@@ -62,8 +63,9 @@ __all__ = [
     "WriteReport",
     "bulk_support",
     "bypass_headers",
+    "records_problems",
     "write_entities",
-    "write_problems",
+    "write_entities_problems",
 ]
 
 MODES = ("create", "update", "upsert")
@@ -203,14 +205,20 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
-def write_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    """Phase-two problems of a bulk write (metadata reads only): columns, values, labels, keys, addressing per mode."""
+def write_entities_problems(inputs: WriteEntities, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``write_entities`` (metadata reads only): columns, values, labels, keys, addressing per mode."""
+    return records_problems(connection, inputs.table, inputs.mode, inputs.records)
+
+
+def records_problems(
+    connection: Connection, table: str, mode: str, records: Sequence[Mapping[str, Any]]
+) -> list[InputProblem]:
+    """The same checks for rows given to the library (:func:`write_entities`) without the runtime in front."""
     p = Problems(connection)
-    meta = p.table(str(inputs["table"]), "$.table")
+    meta = p.table(table, "$.table")
     if meta is None:
         return p.items
-    mode = str(inputs.get("mode", "upsert"))
-    for i, record in enumerate(inputs.get("records") or ()):
+    for i, record in enumerate(records):
         _record_problems(p, meta, mode, record, f"$.records[{i}]")
         if len(p.items) >= 50:  # a thousand copies of one mistake help nobody
             p.add("$.records", "more problems not listed; fix these first")
@@ -313,7 +321,7 @@ def write_entities(
         raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
     headers = options.headers()
     meta = connection.metadata.table(table)
-    problems = write_problems({"table": table, "mode": mode, "records": records}, connection)
+    problems = records_problems(connection, table, mode, records)
     if problems:
         raise InputError(problems)
     items = _plan(connection, meta, mode, records, options)

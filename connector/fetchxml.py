@@ -24,7 +24,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -44,7 +44,14 @@ if TYPE_CHECKING:
     from connector.client import DataverseClient
     from connector.connection import Connection
 
-__all__ = ["FetchRun", "FetchToken", "fetch_problems", "parse_fetch", "run_fetch_xml_query", "stream_fetch_xml"]
+__all__ = [
+    "FetchRun",
+    "FetchToken",
+    "parse_fetch",
+    "run_fetch_xml_query",
+    "run_fetch_xml_query_problems",
+    "stream_fetch_xml",
+]
 
 MAX_URL = 32768
 MAX_BATCH_URL = 65536
@@ -203,11 +210,11 @@ class FetchToken:
 
 
 # -- validation (phase two) -----------------------------------------------------------------------------------------
-def fetch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+def run_fetch_xml_query_problems(inputs: RunFetchXmlQuery, connection: Connection) -> list[InputProblem]:
     """XML, FetchXML shape, the table against metadata, and the page token: all before any data request."""
     p = Problems(connection)
     try:
-        root = parse_fetch(str(inputs["fetch_xml"]))
+        root = parse_fetch(inputs.fetch_xml)
     except InputError as exc:
         return list(exc.problems)
     shape = shape_problems(root)
@@ -217,8 +224,8 @@ def fetch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[In
     meta = p.table(name, "$.fetch_xml")
     if meta is None:
         return p.items
-    if inputs.get("table"):
-        given = p.table(str(inputs["table"]), "$.table")
+    if inputs.table:
+        given = p.table(inputs.table, "$.table")
         if given is not None and given.logical_name != meta.logical_name:
             p.add("$.table", f"the FetchXML reads {meta.logical_name!r}, not {given.logical_name!r}")
     entity = root.find("entity")
@@ -229,13 +236,13 @@ def fetch_problems(inputs: Mapping[str, Any], connection: Connection) -> list[In
     for attr in entity.findall("attribute"):
         if attr.get("name") not in meta.attributes:
             p.add("$.fetch_xml", f"<attribute name={attr.get('name')!r}>: unknown column of table {name!r}")
-    if inputs.get("page") and inputs.get("page_token"):
+    if inputs.page and inputs.page_token:
         p.add("$.page", "give page or page_token, not both")
-    if (inputs.get("page") or inputs.get("page_token")) and (root.get("top") or is_aggregate(root)):
+    if (inputs.page or inputs.page_token) and (root.get("top") or is_aggregate(root)):
         p.add("$.page", "a query with top or aggregate is not paged")
-    if inputs.get("page_token"):
+    if inputs.page_token:
         try:
-            FetchToken.decode(inputs["page_token"], host=p.connection.host, query=_query_hash(inputs["fetch_xml"]))
+            FetchToken.decode(inputs.page_token, host=p.connection.host, query=_query_hash(inputs.fetch_xml))
         except InputError as exc:
             p.items += exc.problems
     return p.items

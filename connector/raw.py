@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -31,7 +30,7 @@ from connector.inputs import RawRequest
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["raw_problems", "raw_request", "relative_path"]
+__all__ = ["raw_request", "raw_request_problems", "relative_path"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -87,14 +86,14 @@ def relative_path(path: str, api_url: str, where: str = "$.path") -> str:
     return target + sep + query
 
 
-def raw_problems(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
+def raw_request_problems(inputs: RawRequest, connection: Connection) -> list[InputProblem]:
     """Everything about a raw request that can be refused without sending it."""
     problems: list[InputProblem] = []
     try:
-        relative_path(str(inputs["path"]), connection.api_url)
+        relative_path(inputs.path, connection.api_url)
     except InputError as exc:
         problems += exc.problems
-    for name in inputs.get("headers") or {}:
+    for name in inputs.headers or {}:
         if name.lower() in FORBIDDEN_HEADERS:
             why = (
                 "the connection sends its own credentials"
@@ -102,9 +101,9 @@ def raw_problems(inputs: Mapping[str, Any], connection: Connection) -> list[Inpu
                 else "the HTTP client sets it from the URL and the body"
             )
             problems.append(InputProblem(f"$.headers.{name}", f"{name} cannot be set: {why}"))
-    if inputs.get("data") is not None and (inputs.get("form_data") or inputs.get("file_data")):
+    if inputs.data is not None and (inputs.form_data or inputs.file_data):
         problems.append(InputProblem("$.data", "give data (a JSON body) or form_data/file_data, not both"))
-    files = inputs.get("file_data") or []
+    files = inputs.file_data or []
     for i, item in enumerate(files):
         try:
             base64.b64decode(item["content_base64"], validate=True)
@@ -112,9 +111,9 @@ def raw_problems(inputs: Mapping[str, Any], connection: Connection) -> list[Inpu
             problems.append(InputProblem(f"$.file_data[{i}].content_base64", "not valid base64"))
         if len(files) > 1 and not item.get("field"):
             problems.append(InputProblem(f"$.file_data[{i}].field", "with several files each needs its form field"))
-    if files and len(files) == 1 and not files[0].get("field") and inputs.get("form_data"):
+    if files and len(files) == 1 and not files[0].get("field") and inputs.form_data:
         problems.append(InputProblem("$.file_data[0].field", "a file sent with form_data needs its form field"))
-    if inputs.get("method", "GET") == "GET" and (inputs.get("data") is not None or files or inputs.get("form_data")):
+    if inputs.method == "GET" and (inputs.data is not None or files or inputs.form_data):
         problems.append(InputProblem("$.method", "a GET sends no body; use POST, PATCH or PUT"))
     return problems
 
@@ -178,7 +177,7 @@ def _body(response: httpx.Response, response_type: str) -> Any:
 
 def raw_request(connection: Connection, inputs: RawRequest) -> dict[str, Any]:
     """Send the request (with the extra retries asked for) and return status, headers and the decoded body."""
-    problems = raw_problems(inputs.model_dump(), connection)
+    problems = raw_request_problems(inputs, connection)
     if problems:
         raise InputError(problems)
     path = relative_path(inputs.path, connection.api_url)
