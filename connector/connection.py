@@ -22,7 +22,6 @@ import httpx
 from connector.clock import Clock, SystemClock
 from connector.connection_config import ConnectionConfig, parse_config
 from connector.errors import ConnectionConfigError
-from connector.secret import Secret, resolve_secret
 
 if TYPE_CHECKING:
     from connector.auth import OnToken, TokenProvider
@@ -31,9 +30,7 @@ if TYPE_CHECKING:
     from connector.metadata import MetadataCache
     from connector.transport import RetryPolicy
 
-# ConnectionConfig, Secret and resolve_secret are re-exported for connector.auth and connector.webhooks, which import
-# them from here.
-__all__ = ["Connection", "ConnectionConfig", "Secret", "resolve_secret"]
+__all__ = ["Connection"]
 
 
 def _ssl_context(ca_file: Path | None) -> ssl.SSLContext | bool:

@@ -30,7 +30,7 @@ from connector.errors import WebhookError, WebhookPayloadError, WebhookVerificat
 from connector.webhook_dedupe import DEFAULT_DEDUPE_CAPACITY
 
 if TYPE_CHECKING:
-    from connector.connection import Secret
+    from connector.secret import Secret
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -111,7 +111,7 @@ class WebhookConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> WebhookConfig:
         """Read a configuration the runtime already validated against its schema; resolves the secret."""
-        from connector.connection import resolve_secret
+        from connector.secret import resolve_secret
 
         auth = str(data.get("authentication", "webhook_key"))
         secret = None

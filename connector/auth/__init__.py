@@ -38,7 +38,7 @@ from connector.token_store import TokenStore
 from connector.transport import RetryPolicy
 
 if TYPE_CHECKING:
-    from connector.connection import ConnectionConfig
+    from connector.connection_config import ConnectionConfig
 
 __all__ = [
     "AUDIENCE_MISMATCH",
