@@ -4,7 +4,6 @@ their phase-two checks.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import address, find_by_key, not_found, predicate, with_query
@@ -12,7 +11,7 @@ from connector.errors import InputProblem, NotFoundError
 from connector.inputs import AssociateEntities, DisassociateEntities, RelatedRow
 from connector.metadata import TableMetadata
 from connector.odata import entity_id, key_is_url_safe
-from connector.problems import Problems, check_key, check_table
+from connector.problems import Problems, check_key, check_navigation, check_table
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -44,15 +43,8 @@ def _link_problems(
     if meta is None:
         return p.items
     nav = inputs.navigation
-    found = meta.navigation_target(nav)
+    meta, found = check_navigation(p, meta, nav, "$.navigation")
     if found is None:
-        meta = p.fresh(meta)
-        found = meta.navigation_target(nav)
-    if found is None:
-        navs = sorted([*meta.single_navigations, *meta.collection_navigations])
-        close = difflib.get_close_matches(nav, navs, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        p.add("$.navigation", f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
         return p.items
     target_name, is_collection = found
     related = inputs.related

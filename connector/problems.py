@@ -22,6 +22,7 @@ __all__ = [
     "Problems",
     "check_expand",
     "check_key",
+    "check_navigation",
     "check_returned",
     "check_select",
     "check_table",
@@ -122,19 +123,27 @@ def check_select(p: Problems, meta: TableMetadata, select: Sequence[str], path: 
     return meta
 
 
+def check_navigation(
+    p: Problems, meta: TableMetadata, nav: str, path: str
+) -> tuple[TableMetadata, tuple[str, bool] | None]:
+    """The table a navigation property leads to and whether it is a collection; a miss is reported with the
+    closest names, after one fresh read of the table (the relationship may have just been created)."""
+    found = meta.navigation_target(nav)
+    if found is None:
+        meta = p.fresh(meta)
+        found = meta.navigation_target(nav)
+    if found is None:
+        navs = sorted([*meta.single_navigations, *meta.collection_navigations])
+        close = difflib.get_close_matches(nav, navs, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        p.add(path, f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
+    return meta, found
+
+
 def check_expand(p: Problems, meta: TableMetadata, expand: Sequence[Expand], path: str) -> None:
     for i, item in enumerate(expand):
-        nav = item.navigation
-        found = meta.navigation_target(nav)
+        meta, found = check_navigation(p, meta, item.navigation, f"{path}[{i}].navigation")
         if found is None:
-            meta = p.fresh(meta)
-            found = meta.navigation_target(nav)
-        if found is None:
-            close = difflib.get_close_matches(
-                nav, [*meta.single_navigations, *meta.collection_navigations], n=3, cutoff=0.5
-            )
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            p.add(f"{path}[{i}].navigation", f"{meta.logical_name!r} has no navigation property {nav!r}{hint}")
             continue
         target_name, _ = found
         if target_name == "owner" or not item.select:
