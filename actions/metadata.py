@@ -19,11 +19,6 @@ from connector.hookspecs import hookimpl
 
 # -- phase two: tables, columns, full bodies, key columns, page tokens, against metadata reads ----------------------
 @hookimpl
-def validate_list_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
-    return metadata_checks.list_entities_problems(typed.ListEntities.of(inputs), connection)
-
-
-@hookimpl
 def validate_list_entity_types(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     return metadata_checks.list_entity_types_problems(typed.ListEntityTypes.of(inputs), connection)
 

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_OPERATIONS", "run_batch_operations", "run_batch_operations_problems"]
 
 MAX_OPERATIONS = 1000
-_ACTIONS = ("create", "update", "upsert", "delete", "get")
 _WRITES = ("create", "update", "upsert")
 
 

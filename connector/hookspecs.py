@@ -3,10 +3,11 @@
 
 Action hookspecs are generated from the effective manifest (:func:`make_action_specs`), as trigger specs are from a
 trigger id (:func:`make_trigger_specs`), so a manifest entry and its hook cannot drift apart. Every action id gets two
-``firstresult`` hookspecs taking ``(inputs, connection)``: ``<id>`` runs the action, ``validate_<id>`` returns its
-phase-two problems. The runtime calls neither directly but the two generic hooks ``execute_action`` and
-``validate_inputs``, whose built-in implementations dispatch by id: a pack wraps one generic hook
-(``@hookimpl(wrapper=True)``) to see every call, and each action keeps its own validator with one signature.
+hookspecs taking ``(inputs, connection)``: ``<id>`` (``firstresult``) runs the action, ``validate_<id>`` returns its
+phase-two problems; every implementation of a validator is called and their problems add up, so a pack can add checks
+to an action but never silence the built-in ones (only a declared override replaces them). The runtime calls neither
+directly but the generic hooks ``execute_action``, ``validate_inputs`` and ``stream_records``, whose built-in
+implementations dispatch by id: a pack wraps one generic hook (``@hookimpl(wrapper=True)``) to see every call.
 
 Why per-action validator hooks rather than a registry of functions: it is the shape ``execute_action`` already has, a
 pack's own actions get their validator hook from its manifest fragment with nothing to register, and pluggy refuses a
@@ -53,6 +54,14 @@ class RuntimeSpecs:
         """
 
     @hookspec(firstresult=True)
+    def stream_records(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
+        """Start a validated query action as an iterator of records (``d365 run --jsonl``), one page in memory.
+
+        The built-in implementation runs the library's generator for the built-in query actions; a wrapper here sees
+        every streamed run as one on ``execute_action`` sees every other.
+        """
+
+    @hookspec(firstresult=True)
     def data_source(self, name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]]:
         """Answer a builder data source declared in the manifest: options as ``{"value": ..., "label": ...}``."""
 
@@ -61,19 +70,20 @@ def make_action_specs(actions: Mapping[str, str], declared: Collection[str] = ()
     """Build the hookspecs of the given actions (id to manifest description): ``<id>`` and ``validate_<id>`` each,
     minus the ``declared`` names, whose specs a pack wrote itself (pluggy takes one spec per hook)."""
 
-    def spec(name: str, doc: str) -> Any:
+    def spec(name: str, doc: str, *, firstresult: bool) -> Any:
         def action(self: Any, inputs: Mapping[str, Any], connection: Connection) -> Any: ...
 
         action.__name__, action.__doc__ = name, doc
         action.__qualname__ = f"ActionSpecs.{name}"  # pluggy strips ``self`` only for qualified names
-        return hookspec(firstresult=True)(action)
+        return hookspec(firstresult=firstresult)(action)
 
     namespace: dict[str, Any] = {}
     for action_id, description in actions.items():
-        namespace[action_id] = spec(action_id, description)
+        namespace[action_id] = spec(action_id, description, firstresult=True)
         namespace[validator_hook(action_id)] = spec(
             validator_hook(action_id),
             f"Phase-two problems of {action_id}'s inputs (metadata reads only, never a write); [] when none.",
+            firstresult=False,
         )
     for name in declared:
         namespace.pop(name, None)

@@ -20,7 +20,6 @@ from connector.inputs import (
     GetEntityMetadata,
     ListAlternateKeys,
     ListAttributes,
-    ListEntities,
     ListEntityTypes,
     QueryAttributes,
     UpdateAttribute,
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from connector.connection import Connection
 
 __all__ = [
-    "METADATA_ACTIONS",
     "SCHEMA_NAME",
     "create_alternate_key_problems",
     "create_attribute_problems",
@@ -42,28 +40,10 @@ __all__ = [
     "get_entity_metadata_problems",
     "list_alternate_keys_problems",
     "list_attributes_problems",
-    "list_entities_problems",
     "list_entity_types_problems",
     "query_attributes_problems",
     "update_attribute_problems",
 ]
-
-#: The actions this module checks, each with its own ``<id>_problems(inputs, connection)``.
-METADATA_ACTIONS = frozenset(
-    {
-        "list_entities",
-        "list_entity_types",
-        "get_entity_metadata",
-        "get_entities_metadata",
-        "create_attribute",
-        "get_attribute",
-        "update_attribute",
-        "list_attributes",
-        "query_attributes",
-        "create_alternate_key",
-        "list_alternate_keys",
-    }
-)
 
 #: A schema name carries its publisher's customization prefix (``new_``, ``contoso_``): Dataverse refuses others.
 SCHEMA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{1,7}_[A-Za-z0-9_]+$")
@@ -120,11 +100,6 @@ def _body_problems(body: Mapping[str, Any], path: str) -> list[InputProblem]:
             )
         )
     return problems
-
-
-def list_entities_problems(inputs: ListEntities, connection: Connection) -> list[InputProblem]:
-    """Nothing the schema cannot see: every filter is valid against any organization."""
-    return []
 
 
 def list_entity_types_problems(inputs: ListEntityTypes, connection: Connection) -> list[InputProblem]:

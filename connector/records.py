@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from connector.connection import Connection
 
 __all__ = [
-    "RECORD_ACTIONS",
     "create_entity",
     "create_entity_problems",
     "delete_entity",
@@ -45,18 +44,6 @@ __all__ = [
     "upsert_entity_problems",
 ]
 
-RECORD_ACTIONS = frozenset(
-    {
-        "get_entity",
-        "create_entity",
-        "update_entity",
-        "upsert_entity",
-        "delete_entity",
-        "query_entities",
-        "associate_entities",
-        "disassociate_entities",
-    }
-)
 _DUPLICATE_CODES = frozenset({"0x80040237", "0x80060892"})
 
 

@@ -60,8 +60,9 @@ _check_lock = threading.Lock()
 
 
 class _Dispatcher:
-    """Built-in ``execute_action`` and ``validate_inputs``: each calls the hook named after the action id (the action,
-    or ``validate_<id>``), leaving out the built-ins of an action a pack overrides."""
+    """Built-in ``execute_action``, ``validate_inputs`` and ``stream_records``: each calls the hook named after the
+    action id (the action, or ``validate_<id>``) or the library's generator, leaving out the built-ins of an action a
+    pack overrides."""
 
     def __init__(self, pm: pluggy.PluginManager, overrides: Mapping[str, str]) -> None:
         self._pm = pm
@@ -77,7 +78,18 @@ class _Dispatcher:
     @hookimpl(trylast=True)
     def validate_inputs(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
         caller = self._caller(action_id, validator_hook(action_id))
-        return None if caller is None else caller(inputs=inputs, connection=connection)
+        if caller is None:
+            return None
+        found = caller(inputs=inputs, connection=connection)
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            found = [found]  # a pack that declared its own validator spec with firstresult
+        return [problem for batch in found if batch for problem in batch]
+
+    @hookimpl(trylast=True)
+    def stream_records(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
+        if action_id in self._overrides:
+            return None  # the pack's action is not the built-in generator; a pack streams it by implementing this
+        return _start_run(action_id, inputs, connection)
 
     def _caller(self, action_id: str, hook: str) -> Any:
         caller = getattr(self._pm.hook, hook, None)
@@ -257,7 +269,14 @@ class Runtime:
         started = time.perf_counter()
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            run = _start_run(action_id, frozen, connection)
+            run = self.pm.hook.stream_records(action_id=action_id, inputs=frozen, connection=connection)
+            if run is None:
+                provider = self.provider_of(action_id)
+                raise InputError(
+                    [InputProblem("$action", f"{action_id} is provided by {provider}, which does not stream records; "
+                                  "run it without --jsonl")],
+                    action_id=action_id,
+                )  # fmt: skip
         except Exception as exc:
             _record_run(action_id, connection, started, exc)
             raise

@@ -7,6 +7,7 @@ input would be refused or silently read with another default: this test names th
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from collections.abc import Mapping
@@ -103,3 +104,18 @@ def test_models_never_coerce_and_refuse_unknown_properties() -> None:
         GetEntity.of({"table": "account", "id": "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b", "colour": "red"})
     typed = GetEntity.of({"table": "account", "key": {"accountnumber": "A-1"}, "expand": [{"navigation": "x"}]})
     assert typed.key == {"accountnumber": "A-1"} and typed.expand is not None and typed.expand[0].navigation == "x"
+
+
+def test_every_validated_action_has_one_check_of_its_typed_inputs(runtime: Runtime) -> None:
+    """Phase two has one shape: ``<module>.<action>_problems(inputs: <its model>, connection)``, found by name."""
+    from connector import associations, batch, bulk, fetchxml, metadata_checks, paging, raw, records
+
+    modules = (associations, batch, bulk, fetchxml, metadata_checks, paging, raw, records)
+    validated = [a for a in runtime.manifest.actions if getattr(runtime.pm.hook, f"validate_{a}").get_hookimpls()]
+    assert len(validated) > 20
+    for action_id in validated:
+        [check] = [getattr(m, f"{action_id}_problems") for m in modules if hasattr(m, f"{action_id}_problems")]
+        params = inspect.signature(check).parameters
+        assert list(params) == ["inputs", "connection"], action_id
+        # annotations stay strings (postponed evaluation): compare by the model's name
+        assert params["inputs"].annotation == INPUT_MODELS[action_id].__name__, action_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +196,56 @@ def test_builtin_validator_is_left_out_for_a_declared_override(tmp_path: Path) -
 
 
 def test_every_builtin_validated_action_has_exactly_one_validator() -> None:
-    from connector import metadata_checks, records
-
     runtime = Runtime(load_entrypoints=False)
     validated = {
         name.removeprefix("validate_")
         for name, caller in vars(runtime.pm.hook).items()
         if name.startswith("validate_") and name != "validate_inputs" and caller.get_hookimpls()
     }
-    expected = records.RECORD_ACTIONS | metadata_checks.METADATA_ACTIONS
-    expected |= {"run_batch_operations", "write_entities", "run_fetch_xml_query", "raw_request"}
-    assert validated == expected
+    # the schema says all there is to say about these: no metadata to check them against
+    unchecked = {"get_current_user", "test_connection", "list_entities"}
+    assert validated == set(runtime.manifest.actions) - unchecked
     for action_id in validated:
         assert len(getattr(runtime.pm.hook, f"validate_{action_id}").get_hookimpls()) == 1
+
+
+def test_a_pack_validator_adds_problems_but_cannot_silence_the_builtin_checks(tmp_path: Path) -> None:
+    code = """
+    from connector.errors import InputProblem
+
+    @hookimpl
+    def validate_raw_request(inputs, connection):
+        return [InputProblem("$.method", "this platform allows GET only")] if inputs["method"] != "GET" else []
+    """
+    pack = make_pack(tmp_path, name="strict", code=code)
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    connection = types.SimpleNamespace(api_url="https://contoso.crm.dynamics.com/api/data/v9.2")
+    with pytest.raises(InputError) as err:  # the built-in check still refuses a path leaving the Web API root
+        runtime.check_inputs("raw_request", {"path": "https://elsewhere.example/x"}, connection)  # type: ignore[arg-type]
+    assert [p.path for p in err.value.problems] == ["$.path"]
+    with pytest.raises(InputError) as err:  # both checks report, in registration order
+        runtime.check_inputs(
+            "raw_request",
+            {"path": "https://elsewhere.example/x", "method": "POST", "data": {}},
+            connection,  # type: ignore[arg-type]
+        )
+    assert sorted(p.path for p in err.value.problems) == ["$.method", "$.path"]
+
+
+def test_jsonl_of_an_overridden_query_action_is_refused_before_any_request(tmp_path: Path) -> None:
+    code = """
+    @hookimpl
+    def query_entities(inputs, connection):
+        return {"echo": inputs["word"]}
+    """
+    pack = make_pack(
+        tmp_path,
+        name="ovq",
+        code=code,
+        fragment={"pack": "ovq", "overrides": ["query_entities"], "actions": [action_entry("query_entities")]},
+        schemas=io_schemas("ovq", "query_entities"),
+    )
+    runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
+    with pytest.raises(InputError, match="provided by ovq, which does not stream records; run it without --jsonl"):
+        runtime.stream_records("query_entities", {"word": "hi"}, connection=None)  # type: ignore[arg-type]
+    assert runtime.run_action("query_entities", {"word": "hi"}, None) == {"echo": "hi"}  # type: ignore[arg-type]

@@ -22,6 +22,14 @@ def validate_inputs(action_id, inputs, connection):
     problems = yield
     seen.append((action_id, dict(inputs), sum(len(found or []) for found in problems)))
     return problems
+
+streamed = []
+
+@hookimpl(wrapper=True)
+def stream_records(action_id, inputs, connection):
+    run = yield
+    streamed.append(action_id)
+    return run
 """
 
 
@@ -55,6 +63,7 @@ def test_query_entities_jsonl_is_seen_by_a_pack_wrapper_and_recorded_in_the_ledg
     [(action_id, seen_inputs, problems)] = spy.seen
     assert (action_id, seen_inputs["table"], problems) == ("query_entities", "account", 0)
     assert seen_inputs["page_size"] == 100  # the schema's default: the wrapper saw the validated inputs
+    assert spy.streamed == ["query_entities"]  # a wrapper on the streaming hook sees the run itself
     [entry] = ledger_lines(ledger)
     assert (entry["action"], entry["outcome"], entry["error"], entry["host"]) == (
         "query_entities",
