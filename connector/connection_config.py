@@ -42,6 +42,8 @@ from pydantic_core import ErrorDetails
 
 from connector import schemas
 from connector.errors import ConnectionConfigError, InputProblem
+from connector.governor import DEFAULT_MAX_PARALLELISM
+from connector.inputs import JsonInt
 from connector.secret import Secret, resolve_secret
 
 __all__ = [
@@ -62,7 +64,6 @@ log = logging.getLogger("connector.connection")
 
 DEFAULT_API_VERSION = "v9.2"
 DEFAULT_TIMEOUT_S = 120.0
-DEFAULT_MAX_PARALLELISM = 8  # connector.governor.DEFAULT_MAX_PARALLELISM; the governor is imported lazily
 PUBLIC_AUTHORITY = "login.microsoftonline.com"
 US_GOV_AUTHORITY = "login.microsoftonline.us"
 CHINA_AUTHORITY = "login.chinacloudapi.cn"
@@ -102,7 +103,8 @@ def default_authority_host(organization_host: str) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback host (``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1``), where plain http is allowed."""
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -121,7 +123,7 @@ def _check_scheme(url: str, name: str, allow_insecure_loopback: bool) -> tuple[s
     if parts.username or parts.password:
         raise ConnectionConfigError(f"{name} must not contain a user name or password", field=name)
     if scheme == "http":
-        if not _is_loopback(parts.hostname):
+        if not is_loopback(parts.hostname):
             raise ConnectionConfigError(
                 f"{name} must use https://; plain http is allowed only for a loopback host "
                 "(127.0.0.1, ::1, localhost) with allow_insecure_loopback: true",
@@ -214,12 +216,6 @@ def _api_version(value: str | None) -> str | None:
     return None if value is None else _normalise_version(value, "api_version")
 
 
-def _json_integer(value: Any) -> Any:
-    # JSON Schema counts 8.0 as an integer and the schema is checked first, so the model takes it too (as 8); strict
-    # mode still refuses "8" and 8.5.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 def _identity_endpoint(value: str | None) -> str | None:
     # plain http is normal here: IMDS (169.254.169.254) and App Service endpoints are local to the host
     if value and urlsplit(value).scheme.lower() not in ("http", "https"):
@@ -233,7 +229,6 @@ SecretSetting = Annotated[Secret, BeforeValidator(_secret), _SECRET_JSON]
 OptionalSecret = Annotated[Secret | None, BeforeValidator(_secret), _SECRET_JSON]
 InputFile = Annotated[Path | None, BeforeValidator(_input_file)]
 LocalPath = Annotated[Path | None, BeforeValidator(_local_path)]
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 # --- the models: what each kind's configuration says ---------------------------------------------------------------

@@ -15,11 +15,11 @@ required set, defaults and JSON types equal its schema's, so the two cannot drif
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
-from connector.errors import ContractError
+from connector.errors import ContractError, InputError, InputProblem
 
 __all__ = [
     "INPUT_MODELS",
@@ -36,6 +36,7 @@ __all__ = [
     "GetEntitiesMetadata",
     "GetEntity",
     "GetEntityMetadata",
+    "JsonInt",
     "ListAlternateKeys",
     "ListAttributes",
     "ListEntities",
@@ -51,13 +52,34 @@ __all__ = [
     "UpdateEntity",
     "UpsertEntity",
     "WriteEntities",
+    "json_integer",
 ]
 
 
-class _Strict(BaseModel):
-    """Frozen, strict, closed: the shape every typed input shares."""
+def json_integer(value: Any) -> Any:
+    """JSON Schema counts ``5.0`` as an integer and the schema is checked first, so a model takes it too (as 5);
+    strict mode still refuses ``"5"`` and ``5.5``."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+#: An integer as JSON Schema means it: a whole-number float is accepted, a string or a fraction is not.
+JsonInt = Annotated[int, BeforeValidator(json_integer)]
+
+
+class _Strict(BaseModel):
+    """Frozen, strict, closed: the shape every typed input shares. A refusal never echoes the value given (a header
+    or a field may hold something private)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str) -> None:
+    """The rule the input schemas state with ``anyOf``/``dependentSchemas``, for models built in code: the runtime
+    never gets here with both or neither, a library caller may, and gets the same input error (not a pydantic one)."""
+    if id_ is not None and key:
+        raise InputError([InputProblem(f"{path}.key", "give either id or key, not both")])
+    if id_ is None and not key:
+        raise InputError([InputProblem(f"{path}.id", "give the row's id or an alternate key")])
 
 
 class ActionInputs(_Strict):
@@ -88,14 +110,24 @@ class RelatedRow(_Strict):
     id: str | None = None
     key: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _by_id_or_key(self) -> Self:
+        _one_of_id_or_key(self.id, self.key, "$.related")
+        return self
+
 
 class _Addressed(ActionInputs):
-    """A row of ``table`` named by id or by alternate key (the schema guarantees exactly one)."""
+    """A row of ``table`` named by id or by alternate key (exactly one)."""
 
     table: str
     id: str | None = None
     key: dict[str, Any] | None = None
     impersonate: str | None = None
+
+    @model_validator(mode="after")
+    def _by_id_or_key(self) -> Self:
+        _one_of_id_or_key(self.id, self.key, "$")
+        return self
 
 
 # -- records ----------------------------------------------------------------------------------------------------------
@@ -145,11 +177,11 @@ class QueryEntities(ActionInputs):
     where: list[dict[str, Any]] | None = None
     order_by: list[str] | None = None
     expand: list[Expand] | None = None
-    top: int | None = None
-    page_size: int = 100
+    top: JsonInt | None = None
+    page_size: JsonInt = 100
     page_token: str | None = None
     fetch_all: bool = False
-    max_records: int = 50000
+    max_records: JsonInt = 50000
     include_count: bool = False
     include_annotations: bool = False
     impersonate: str | None = None
@@ -177,7 +209,7 @@ class WriteEntities(ActionInputs):
     table: str
     mode: Literal["create", "update", "upsert"]
     records: list[dict[str, Any]]
-    chunk_size: int = 100
+    chunk_size: JsonInt = 100
     client_ids: bool = True
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
@@ -188,11 +220,11 @@ class WriteEntities(ActionInputs):
 class RunFetchXmlQuery(ActionInputs):
     fetch_xml: str
     table: str | None = None
-    page_size: int | None = None
-    page: int | None = None
+    page_size: JsonInt | None = None
+    page: JsonInt | None = None
     page_token: str | None = None
     fetch_all: bool = False
-    max_records: int = 50000
+    max_records: JsonInt = 50000
     include_annotations: bool = False
     impersonate: str | None = None
 
@@ -207,8 +239,8 @@ class RawRequest(ActionInputs):
     headers: dict[str, str] | None = None
     response_type: Literal["json", "text", "binary"] = "json"
     timeout: float | None = None
-    max_retries: int = 0
-    retry_delay_ms: int = 1000
+    max_retries: JsonInt = 0
+    retry_delay_ms: JsonInt = 1000
     exponential_backoff: bool = False
     retry_on_all_errors: bool = False
     impersonate: str | None = None
@@ -230,7 +262,7 @@ class ListEntities(ActionInputs):
 
 
 class ListEntityTypes(ActionInputs):
-    page_size: int = 5000
+    page_size: JsonInt = 5000
     page_token: str | None = None
     fetch_all: bool = False
 
@@ -266,9 +298,9 @@ class UpdateAttribute(ActionInputs):
     attribute: str
     label: str | None = None
     description: str | None = None
-    language_code: int = 1033
+    language_code: JsonInt = 1033
     required: Literal["none", "recommended", "required"] | None = None
-    max_length: int | None = None
+    max_length: JsonInt | None = None
     changes: dict[str, Any] | None = None
     merge_labels: bool = True
     publish: bool = True

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from connector.connection_config import is_loopback
 from connector.errors import InputError, InputProblem, WebhookError
 from connector.webhook_delivery import WebhookConfig, WebhookRequest
 
@@ -90,11 +91,6 @@ def load_trigger_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _is_loopback_url(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
-
-
 def serve(
     runtime: Any,
     config: Mapping[str, Any],
@@ -132,7 +128,11 @@ def serve(
         WebhookConfig.from_mapping(validated)
     except WebhookError as exc:
         raise InputError([InputProblem("$.secret", exc.message.removeprefix("trigger configuration: "))]) from None
-    if connection is not None and public_url is None and not _is_loopback_url(connection.organization_url):
+    if (
+        connection is not None
+        and public_url is None
+        and not is_loopback(urlsplit(connection.organization_url).hostname or "")
+    ):
         raise WebhookError(
             "--public-url is required with --subscribe: Dataverse must reach this receiver at a public HTTPS URL "
             "(a tunnel or reverse proxy in front of it)"

@@ -56,6 +56,8 @@ def _model_types(annotation: Any) -> set[str]:
     if annotation is Any:
         return set()
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_types(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         return set().union(*(_model_types(a) for a in typing.get_args(annotation) if a is not type(None)))
     if origin is typing.Literal:
@@ -119,3 +121,40 @@ def test_every_validated_action_has_one_check_of_its_typed_inputs(runtime: Runti
         assert list(params) == ["inputs", "connection"], action_id
         # annotations stay strings (postponed evaluation): compare by the model's name
         assert params["inputs"].annotation == INPUT_MODELS[action_id].__name__, action_id
+
+
+def test_whole_number_floats_pass_as_json_schema_integers_do() -> None:
+    """``5.0`` is an integer to JSON Schema, which runs first: the model takes it as 5, as ``int()`` used to."""
+    typed = QueryEntities.of({"table": "account", "top": 5.0, "page_size": 50.0})
+    assert (typed.top, typed.page_size) == (5, 50) and isinstance(typed.top, int)
+    with pytest.raises(ContractError, match="top"):
+        QueryEntities.of({"table": "account", "top": 5.5})
+
+
+def test_models_built_in_code_refuse_both_or_neither_of_id_and_key_as_input_errors() -> None:
+    from connector.errors import InputError
+    from connector.inputs import AssociateEntities, UpsertEntity
+
+    with pytest.raises(InputError, match=r"\$\.id: give the row's id or an alternate key"):
+        UpsertEntity(table="account", fields={"name": "x"})
+    with pytest.raises(InputError, match=r"\$\.key: give either id or key, not both"):
+        UpsertEntity(table="account", id="5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b", key={"a": 1}, fields={})
+    with pytest.raises(InputError, match=r"\$\.related\.id"):
+        AssociateEntities.of(
+            {
+                "table": "account",
+                "id": "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b",
+                "navigation": "n",
+                "related": {"table": "contact"},
+            }
+        )
+
+
+def test_a_refused_value_is_not_echoed() -> None:
+    from pydantic import ValidationError
+
+    from connector.inputs import RawRequest
+
+    with pytest.raises(ValidationError) as err:
+        RawRequest(path="x", headers={"X-Api-Key": 12345})  # type: ignore[dict-item]
+    assert "12345" not in str(err.value)
