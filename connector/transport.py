@@ -57,6 +57,8 @@ class RetryPolicy:
     ``Retry-After``) is ``min(cap, backoff_base_s * 2**n)`` scaled by ``jitter()`` (full jitter: a uniform draw in
     [0, 1), so many clients do not retry in step). The cap is ``backoff_cap_s`` for Dataverse and
     ``token_backoff_cap_s`` for the identity endpoints, which recover more slowly (an identity being set up on a host).
+    A token request holds the provider's lock, so every thread needing a token waits with it: its ``Retry-After``
+    waiting is capped lower, at ``token_max_wait_s``.
     """
 
     max_attempts: int = 5
@@ -65,6 +67,7 @@ class RetryPolicy:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 8.0
     token_backoff_cap_s: float = 30.0
+    token_max_wait_s: float = 60.0
     jitter: Callable[[], float] = random.random
 
     def backoff(self, n: int, *, cap: float | None = None) -> float:
@@ -127,11 +130,19 @@ class RetryBudget:
     async one decide alike. Not thread-safe; one request, one budget.
     """
 
-    def __init__(self, policy: RetryPolicy, *, started: float, backoff_cap: float | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        started: float,
+        backoff_cap: float | None = None,
+        max_wait: float | None = None,
+    ) -> None:
         self.policy = policy
         self.started = started
         self.attempts = 0
         self._cap = backoff_cap
+        self._max_wait = policy.max_wait_s if max_wait is None else max_wait
         self._waited = 0.0
         self._backoffs = 0
 
@@ -152,7 +163,7 @@ class RetryBudget:
         """
         if failure is Failure.THROTTLED:
             wait = retry_after if retry_after is not None else self._backoff()
-            if self._waited + wait > self.policy.max_wait_s or not self._within_caps(now, wait):
+            if self._waited + wait > self._max_wait or not self._within_caps(now, wait):
                 return None
             self._waited += wait
             if retry_after is None:

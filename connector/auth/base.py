@@ -37,6 +37,7 @@ from connector.transport import (
     RetryPolicy,
     classify_status,
     map_transport_error,
+    never_sent,
     parse_retry_after,
     transport_failure,
 )
@@ -211,15 +212,29 @@ class CachingProvider(abc.ABC):
         assert self._current is not None
         return self._current.access_token
 
-    def _retrying(self, send: Callable[[], T], *, field: str, exhausted: Callable[[TransientAnswer, int], T]) -> T:
+    def _retrying(
+        self,
+        send: Callable[[], T],
+        *,
+        field: str,
+        exhausted: Callable[[TransientAnswer, int], T],
+        unreachable_is_final: bool = False,
+    ) -> T:
         """Run one token request under the retry policy: a thin driver over :class:`~connector.transport.RetryBudget`.
 
         ``send`` raises :class:`TransientAnswer` (see :meth:`_raise_if_transient`) or ``httpx.HTTPError`` for a
         failure worth resending; ``exhausted(answer, attempts)`` turns the last such answer into the result or an
         error once the budget is spent. A token request is always safe to resend (a lost refresh answer leaves the old
         refresh token valid), and a run that dies because the identity platform hiccuped once is what users report.
+        ``unreachable_is_final``: an endpoint that cannot be connected to is absent, not busy (a managed identity
+        endpoint off Azure), so it is reported at once instead of after every resend's timeout.
         """
-        budget = RetryBudget(self._retry, started=self._clock.monotonic(), backoff_cap=self._retry.token_backoff_cap_s)
+        budget = RetryBudget(
+            self._retry,
+            started=self._clock.monotonic(),
+            backoff_cap=self._retry.token_backoff_cap_s,
+            max_wait=self._retry.token_max_wait_s,
+        )
         while True:
             budget.sent()
             try:
@@ -231,6 +246,8 @@ class CachingProvider(abc.ABC):
                 why = f"HTTP {answer.response.status_code}"
             except httpx.HTTPError as exc:
                 error = map_transport_error(exc, what=self._what, field=field)
+                if unreachable_is_final and never_sent(exc):
+                    raise error from exc
                 retry = budget.next_retry(transport_failure(error), now=self._clock.monotonic())
                 if retry is None:
                     raise error from exc

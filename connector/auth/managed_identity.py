@@ -95,7 +95,9 @@ class ManagedIdentityProvider(CachingProvider):
             return response
 
         try:
-            response = self._retrying(send, field="identity_endpoint", exhausted=lambda answer, _: answer.response)
+            response = self._retrying(
+                send, field="identity_endpoint", exhausted=lambda answer, _: answer.response, unreachable_is_final=True
+            )
         except RetriableApiError as error:
             raise AuthenticationError(
                 f"{error.message}. Is this running on Azure with a managed identity enabled? Outside Azure use "

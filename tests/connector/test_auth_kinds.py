@@ -305,7 +305,10 @@ def test_managed_identity_app_service(cloud: Any, clock: FakeClock, monkeypatch:
 
 
 def test_managed_identity_unreachable_says_where_it_must_run(cloud: Any, clock: FakeClock) -> None:
+    sends = []
+
     def handler(request: httpx.Request) -> httpx.Response:
+        sends.append(request)
         raise httpx.ConnectTimeout("timed out")
 
     conn = Connection.from_config(
@@ -317,6 +320,7 @@ def test_managed_identity_unreachable_says_where_it_must_run(cloud: Any, clock: 
         conn.token()
     assert info.value.code == "ManagedIdentityUnavailable"
     assert "managed identity" in info.value.message
+    assert len(sends) == 1 and clock.sleeps == []  # off Azure: said at once, not after five timeouts
 
 
 def test_managed_identity_refusal_is_explained(cloud: Any, clock: FakeClock) -> None:

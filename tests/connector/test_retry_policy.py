@@ -62,7 +62,7 @@ SEQUENCES: dict[str, tuple[Answers, list[float]]] = {
         [0.5, 1.0, 2.0],
     ),
     "lost-in-transit": (
-        lambda clock: [httpx.ReadTimeout("lost"), httpx.ConnectError("refused"), httpx.RemoteProtocolError("gone")],
+        lambda clock: [httpx.ReadTimeout("lost"), httpx.ReadError("reset"), httpx.RemoteProtocolError("gone")],
         [0.5, 1.0, 2.0],
     ),
     "mixed": (
@@ -204,3 +204,29 @@ def test_budget_decides_without_sending_or_sleeping() -> None:
     assert budget.next_retry(Failure.FATAL, now=6.0) is None
     retry = budget.next_retry(Failure.TRANSIENT, now=6.0)
     assert retry is not None and (retry.wait, retry.throttled) == (0.5, False)
+
+
+def test_an_unreachable_endpoint_is_resent_except_a_managed_identity_one_which_is_absent(cloud: Any) -> None:
+    """A refused connection is a blip for Dataverse and a token service on the internet, but a managed identity
+    endpoint that cannot be connected to is not there (off Azure): reported at once, not after every resend."""
+    refused = [httpx.ConnectError("refused")]
+    for name in ("dataverse", "client_credentials"):
+        fresh = _fresh(cloud)
+        EXCHANGES[name](fresh, list(refused), POLICY)
+        assert fresh.clock.sleeps == [0.5], name
+    fresh = _fresh(cloud)
+    with pytest.raises(AuthenticationError, match="running on Azure"):
+        _managed_identity(fresh, list(refused), POLICY)
+    assert fresh.clock.sleeps == []
+
+
+def test_a_token_request_waits_for_retry_after_at_most_token_max_wait_s(cloud: Any) -> None:
+    """Every thread needing a token waits behind the one fetching it, so its Retry-After waiting is capped lower."""
+    long_wait = [httpx.Response(429, headers={"Retry-After": "61"})]
+    fresh = _fresh(cloud)
+    EXCHANGES["dataverse"](fresh, list(long_wait), POLICY)
+    assert fresh.clock.sleeps == [61.0]
+    fresh = _fresh(cloud)
+    with pytest.raises(AuthenticationError):
+        _client_credentials(fresh, list(long_wait), POLICY)
+    assert fresh.clock.sleeps == []
