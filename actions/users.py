@@ -10,18 +10,17 @@ from typing import Any
 
 from connector import diagnostics
 from connector.connection import Connection
-from connector.diagnostics import run_connection_test
 from connector.hookspecs import hookimpl
-from connector.inputs import GetCurrentUser
+from connector.inputs import GetCurrentUser, TestConnection
 
 
 @hookimpl
 def get_current_user(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """WhoAmI, then the systemuser row; ``impersonate`` answers for another user."""
-    return diagnostics.get_current_user(connection, impersonate=GetCurrentUser.of(inputs).impersonate)
+    return diagnostics.get_current_user(connection, GetCurrentUser.of(inputs))
 
 
 @hookimpl
 def test_connection(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Token, audience, WhoAmI; a failure is explained with its fix instead of raised."""
-    return run_connection_test(connection)
+    return diagnostics.test_connection(connection, TestConnection.of(inputs))

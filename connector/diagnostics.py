@@ -8,7 +8,6 @@ mapped to a ``diagnosis`` (what is wrong) and a ``fix`` (what to change, and whe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from connector.auth import AUDIENCE_MISMATCH, ID_TOKEN_REFUSED, decode_jwt_claims
@@ -20,11 +19,12 @@ from connector.errors import (
     FatalApiError,
     NetworkConfigError,
 )
+from connector.inputs import GetCurrentUser, TestConnection
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["SYSTEMUSER_SELECT", "diagnose", "get_current_user", "run_connection_test"]
+__all__ = ["SYSTEMUSER_SELECT", "diagnose", "get_current_user", "test_connection"]
 
 SYSTEMUSER_SELECT = (
     "fullname",
@@ -234,8 +234,11 @@ def diagnose(error: ConnectorError, connection: Connection, stage: str = "whoami
     return (error.message, "Check the connection settings.")
 
 
-def run_connection_test(connection: Connection) -> dict[str, Any]:
-    """Fetch a token, check its audience, call WhoAmI; report each step, and on failure the diagnosis and fix."""
+def test_connection(connection: Connection, inputs: TestConnection | None = None) -> dict[str, Any]:
+    """Fetch a token, check its audience, call WhoAmI; report each step, and on failure the diagnosis and fix.
+
+    The action takes no inputs; ``inputs`` is there so every action's library function has one shape.
+    """
     clock = connection.clock
     start = clock.monotonic()
     checks: list[dict[str, Any]] = []
@@ -290,14 +293,14 @@ def run_connection_test(connection: Connection) -> dict[str, Any]:
     return finish()
 
 
-def get_current_user(connection: Connection, *, impersonate: str | Mapping[str, str] | None = None) -> dict[str, Any]:
+def get_current_user(connection: Connection, inputs: GetCurrentUser | None = None) -> dict[str, Any]:
     """WhoAmI (as the impersonated user when given), then that user's systemuser row, flattened.
 
     The row is read as the connection's own identity: the impersonated user may not be allowed to read user rows. A row
     that cannot be read (403) leaves its fields null rather than failing the whole answer.
     """
     client = connection.client
-    who = client.whoami(impersonate=impersonate)
+    who = client.whoami(impersonate=inputs.impersonate if inputs else None)
     row: dict[str, Any] = {}
     try:
         body = client.get_json(
@@ -322,3 +325,6 @@ def get_current_user(connection: Connection, *, impersonate: str | Mapping[str, 
         "business_unit_name": row.get(f"_businessunitid_value@{_FORMATTED}"),
         "organization_id": who.organization_id,
     }
+
+
+test_connection.__test__ = False  # type: ignore[attr-defined]  # the action's name, not a test for pytest to collect

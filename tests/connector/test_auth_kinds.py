@@ -361,14 +361,14 @@ def test_refused_refresh_token_is_explained(cloud: Any, clock: FakeClock) -> Non
 
 
 def test_connection_test_asks_for_login_when_nobody_signed_in(cloud: Any, clock: FakeClock, tmp_path: Path) -> None:
-    from connector.diagnostics import run_connection_test
+    from connector import diagnostics
 
     conn = Connection.from_config(
         _auth_code_config(cloud, token_store=str(tmp_path / "none.json")),
         transport=httpx.MockTransport(cloud.handler),
         clock=clock,
     )
-    report = run_connection_test(conn)
+    report = diagnostics.test_connection(conn)
     assert report["ok"] is False
     assert "signed in" in report["diagnosis"] and "d365 connection login" in report["fix"]
 
