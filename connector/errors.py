@@ -21,8 +21,10 @@
         ├── WebhookVerificationError
         └── WebhookPayloadError
 
-Three more classes are internal signals: raised and caught inside the library, never handed to a caller, so they stand
-outside the tree and out of ``__all__`` (a ``ValueError`` is what a parser is expected to raise)::
+Three more classes stand outside the tree. The protocol helpers raise ``ValueError`` subclasses, as parsers are
+expected to: the operations turn them into an :class:`InputError` or a :class:`FatalApiError`, and only a library user
+calling ``connector.odata`` or ``connector.multipart`` directly meets them. ``TransientAnswer`` is an internal signal
+of the token retry loop and never leaves it (so it is not in ``__all__``)::
 
     ValueError
     ├── LiteralError                a value cannot be written as an OData literal of its column's type
@@ -57,6 +59,8 @@ __all__ = [
     "InputError",
     "InputProblem",
     "KeyActivationError",
+    "LiteralError",
+    "MultipartError",
     "NetworkConfigError",
     "NotFoundError",
     "OutcomeUnknownError",

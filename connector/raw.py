@@ -176,7 +176,11 @@ def _body(response: httpx.Response, response_type: str) -> Any:
 
 
 def raw_request(connection: Connection, inputs: RawRequest) -> dict[str, Any]:
-    """Send the request (with the extra retries asked for) and return status, headers and the decoded body."""
+    """Send the request (with the extra retries asked for) and return status, headers and the decoded body.
+
+    The checks run again here (no I/O, microseconds) because this is where the token is attached: a library caller who
+    skipped the runtime must not be able to send it off the Web API root either.
+    """
     problems = raw_request_problems(inputs, connection)
     if problems:
         raise InputError(problems)
