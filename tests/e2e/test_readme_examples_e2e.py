@@ -1,5 +1,6 @@
 """Every JSON example of every ``### <action_id>`` section of the README runs, as written and in README order, through
-``d365 run ID --input FILE`` against one emulator: a reader who copies them one after the other gets no error.
+``d365 run ID --input FILE`` against one emulator: a reader who copies them one after the other gets no error. The
+quickstart's commands run too, in a shell, as a new user would paste them.
 
 Until the emulator's ``--sample-data`` organization exists (issue 14), :func:`create_sample_data` makes what the
 examples take for granted (what a real organization would already hold) through the actions themselves, the way a
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +164,20 @@ def test_every_readme_example_runs_as_written_in_order(
         if problem is not None:
             failures.append(f"### {action_id} example {n + 1}: {problem}")
     assert not failures, "README examples that do not run as written:\n" + "\n".join(failures)
+
+
+def test_the_quickstart_runs_as_written(fresh_emulator: EmulatorHandle, connection_file: Path, tmp_path: Path) -> None:
+    """The second terminal's commands, pasted into bash (``-e``: the first failing command fails the test), against
+    the module's emulator standing in for the first terminal's ``d365 emulator serve``."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Quickstart")
+    serve, steps = re.findall(r"```sh\n(.*?)```", text[start : text.index("\n## ", start)], flags=re.S)
+    assert "--connection-out conn.json" in serve
+    (tmp_path / "conn.json").write_text(connection_file.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the steps activate .venv, as in a checkout
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", steps], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])  # --jsonl: the one account, on the last line
+    assert (last["name"], last["telephone1"]) == ("Contoso", "555 0100")
