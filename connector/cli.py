@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from connector.runtime import RecordStream
 
 CONNECTION_ENV = "D365_CONNECTION"
+SET_HELP = "Repeatable. KEY=TEXT is always text, KEY:=JSON is JSON (42, true, null, [..], {..}); dotted keys nest."
 
 
 def _stdout() -> Console:
@@ -73,32 +74,57 @@ def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
     return data, file.resolve().parent
 
 
-def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``--set a.b=value`` pairs into nested inputs; a value that parses as JSON is taken as JSON, else as text."""
+def parse_set_options(pairs: tuple[str, ...], option: str = "--set") -> dict[str, Any]:
+    """``--set`` pairs into nested inputs, with httpie's convention: ``key=value`` is text, ``key:=json`` is JSON.
+
+    Text is never guessed to be a number (a telephone number stays a string); dotted keys nest (``fields.name=X``).
+    """
     inputs: dict[str, Any] = {}
     problems: list[InputProblem] = []
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            problems.append(InputProblem(f"--set {pair}", "expected key=value, e.g. --set table=account"))
+        key, is_json, raw = _split_pair(pair)
+        if not key or any(not part for part in key.split(".")):
+            problems.append(
+                InputProblem(f"{option} {pair}", f"expected KEY=TEXT or KEY:=JSON, e.g. {option} table=account")
+            )
             continue
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = inputs
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                problems.append(InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object"))
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
+        value: Any = raw
+        if is_json:
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                # The value is not echoed: it may be a header or a token.
+                message = f"the value after := is not valid JSON ({exc}); for text write {key}=... instead"
+                problems.append(InputProblem(f"{option} {key}", message))
+                continue
+        problem = _set_nested(inputs, key, value)
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise InputError(problems)
     return inputs
+
+
+def _split_pair(pair: str) -> tuple[str, bool, str]:
+    """(key, value is JSON, raw value); the first ``=`` separates, and ``:=`` when a colon precedes it."""
+    key, sep, raw = pair.partition("=")
+    if not sep:
+        return "", False, raw
+    if key.endswith(":"):
+        return key[:-1], True, raw
+    return key, False, raw
+
+
+def _set_nested(inputs: dict[str, Any], key: str, value: Any) -> InputProblem | None:
+    node = inputs
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object")
+        node = child
+    node[parts[-1]] = value
+    return None
 
 
 def _read_inputs(input_file: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -187,7 +213,7 @@ def actions_describe(action_id: str) -> None:
 @click.argument("action_id")
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
-@click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="One input; dotted keys nest; JSON values.")
+@click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 @click.option(
     "--jsonl",
@@ -238,14 +264,14 @@ def _print_records(stream: RecordStream) -> None:
 # -- data sources ---------------------------------------------------------------------------------------------------
 @main.command("datasource")
 @click.argument("name")
-@click.option("--param", "pairs", multiple=True, metavar="KEY=VALUE", help="One parameter; JSON values.")
+@click.option("--param", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, as_json: bool) -> None:
     """Print a builder data source's options (tables, columns, alternate_keys) as a builder would receive them."""
     try:
         runtime = _runtime()
-        params = parse_set_options(pairs)
+        params = parse_set_options(pairs, "--param")
         config, base_dir = _load_connection_file(connection_file)
         conn = runtime.connection(config, base_dir=base_dir)
         try:
