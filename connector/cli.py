@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
+from connector.cli_help import ActionCommand
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
 from connector.version import __version__
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from connector.runtime import RecordStream
 
 CONNECTION_ENV = "D365_CONNECTION"
+JSON_HELP = "Compact JSON output, and errors as JSON on stderr."
 SET_HELP = "Repeatable. KEY=TEXT is always text, KEY:=JSON is JSON (42, true, null, [..], {..}); dotted keys nest."
 
 
@@ -42,6 +45,15 @@ def _runtime() -> Any:
     from connector.runtime import default_runtime
 
     return default_runtime()
+
+
+def complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Action ids of the effective manifest for shell completion; nothing when the runtime cannot start."""
+    try:
+        actions = _runtime().manifest.actions
+    except ConnectorError:
+        return []
+    return [CompletionItem(a, help=actions[a].label) for a in sorted(actions) if a.startswith(incomplete)]
 
 
 def _print_json(data: Any, as_json: bool) -> None:
@@ -166,9 +178,9 @@ def actions() -> None:
 
 
 @actions.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Compact JSON, also on a terminal (where a table is drawn).")
 def actions_list(as_json: bool) -> None:
-    """Every action, with the plugin that provides it."""
+    """Every action, with the plugin that provides it: a table on a terminal, JSON when piped."""
     try:
         runtime = _runtime()
     except ConnectorError as exc:
@@ -177,8 +189,8 @@ def actions_list(as_json: bool) -> None:
         {"id": a.id, "label": a.label, "category": a.category, "provider": a.provider, "description": a.description}
         for a in sorted(runtime.manifest.actions.values(), key=lambda a: (a.category, a.id))
     ]
-    if as_json:
-        _print_json(rows, True)
+    if as_json or not sys.stdout.isatty():
+        _print_json(rows, as_json)
         return
     table = Table("id", "label", "category", "provider")
     for row in rows:
@@ -187,30 +199,35 @@ def actions_list(as_json: bool) -> None:
 
 
 @actions.command("describe")
-@click.argument("action_id")
-def actions_describe(action_id: str) -> None:
-    """An action's manifest entry with its input and output schemas."""
+@click.argument("action_id", shell_complete=complete_action_id)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def actions_describe(action_id: str, as_json: bool) -> None:
+    """An action's manifest entry with its input and output schemas, every $ref resolved (self-contained)."""
     try:
         runtime = _runtime()
-        info = runtime.manifest.action(action_id)
-        if info is None:
-            known = ", ".join(sorted(runtime.manifest.actions))
-            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
-    except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(
-        {
+        info = _action_info(runtime, action_id)
+        described = {
             **dict(info.entry),
-            "input": runtime.store.get(info.input_schema),
-            "output": runtime.store.get(info.output_schema),
-        },
-        False,
-    )
+            "input": runtime.store.bundled(info.input_schema),
+            "output": runtime.store.bundled(info.output_schema),
+        }
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    _print_json(described, as_json)
+
+
+def _action_info(runtime: Any, action_id: str) -> Any:
+    """The action's manifest entry, or the input error (exit 2) that lists the known ids."""
+    info = runtime.manifest.action(action_id)
+    if info is None:
+        known = ", ".join(sorted(runtime.manifest.actions))
+        raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
+    return info
 
 
 # -- run ------------------------------------------------------------------------------------------------------------
-@main.command("run")
-@click.argument("action_id")
+@main.command("run", cls=ActionCommand, runtime=lambda: _runtime())
+@click.argument("action_id", shell_complete=complete_action_id)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
@@ -266,7 +283,7 @@ def _print_records(stream: RecordStream) -> None:
 @click.argument("name")
 @click.option("--param", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
-@click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, as_json: bool) -> None:
     """Print a builder data source's options (tables, columns, alternate_keys) as a builder would receive them."""
     try:
@@ -291,7 +308,7 @@ def connection() -> None:
 
 @connection.command("test")
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
-@click.option("--json", "as_json", is_flag=True, help="Compact JSON output.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def connection_test(connection_file: str | None, as_json: bool) -> None:
     """Fetch a token and call WhoAmI; exit 0 when connected, 3 with the diagnosis and its fix otherwise."""
     try:
@@ -376,28 +393,28 @@ def manifest_validate() -> None:
 
 
 @manifest.command("show")
-def manifest_show() -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def manifest_show(as_json: bool) -> None:
     """The effective manifest as JSON (each action names its provider)."""
     try:
         runtime = _runtime()
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(runtime.manifest.document, False)
+        _fail(exc, as_json)
+    _print_json(runtime.manifest.document, as_json)
 
 
 @manifest.command("schema")
-@click.argument("action_id")
+@click.argument("action_id", shell_complete=complete_action_id)
 @click.option("--output", "which", flag_value="output", help="Print the output schema instead of the input schema.")
-def manifest_schema(action_id: str, which: str | None) -> None:
-    """An action's input schema (or output schema with --output)."""
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def manifest_schema(action_id: str, which: str | None, as_json: bool) -> None:
+    """An action's input schema (or output schema with --output) as written, with its $refs."""
     try:
         runtime = _runtime()
-        info = runtime.manifest.action(action_id)
-        if info is None:
-            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}")])
+        info = _action_info(runtime, action_id)
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), False)
+        _fail(exc, as_json)
+    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), as_json)
 
 
 # -- webhook --------------------------------------------------------------------------------------------------------
