@@ -2,6 +2,11 @@
 
 Output JSON goes to stdout and errors to stderr, with exit codes a script can branch on: 0 ok, 2 bad input, 3
 connection or auth, 4 Dataverse API error, 1 anything else. The emulator is imported lazily, only by ``d365 emulator``.
+
+What prints what, the same in every command so a script never guesses: a result is JSON on stdout, indented, or one
+compact line with ``--json``, which also turns an error into one JSON object on stderr (else ``error: message``). The
+one table is ``actions list`` on a terminal; piped, it prints JSON like the rest. Streams (``run --jsonl``, ``webhook
+serve``) print one JSON line per record or event; status, summaries and continuations go to stderr.
 """
 
 from __future__ import annotations
@@ -54,6 +59,16 @@ def complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: s
     except ConnectorError:
         return []
     return [CompletionItem(a, help=actions[a].label) for a in sorted(actions) if a.startswith(incomplete)]
+
+
+def complete_data_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Data source names of the effective manifest for shell completion."""
+    try:
+        sources = _runtime().manifest.document.get("data_sources", [])
+    except ConnectorError:
+        return []
+    names = [(s["name"], s.get("label")) for s in sources if isinstance(s, dict) and isinstance(s.get("name"), str)]
+    return [CompletionItem(name, help=label) for name, label in sorted(names) if name.startswith(incomplete)]
 
 
 def _print_json(data: Any, as_json: bool) -> None:
@@ -280,7 +295,7 @@ def _print_records(stream: RecordStream) -> None:
 
 # -- data sources ---------------------------------------------------------------------------------------------------
 @main.command("datasource")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_data_source)
 @click.option("--param", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
