@@ -241,7 +241,7 @@ def _action_info(runtime: Any, action_id: str) -> Any:
 
 
 # -- run ------------------------------------------------------------------------------------------------------------
-@main.command("run", cls=ActionCommand, runtime=lambda: _runtime())
+@main.command("run", cls=ActionCommand, runtime=lambda: _runtime())  # looked up per call: tests swap _runtime
 @click.argument("action_id", shell_complete=complete_action_id)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
@@ -345,7 +345,8 @@ def connection_test(connection_file: str | None, as_json: bool) -> None:
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True, help="Seconds to wait.")
-def connection_login(connection_file: str | None, no_browser: bool, timeout_s: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def connection_login(connection_file: str | None, no_browser: bool, timeout_s: float, as_json: bool) -> None:
     """Sign in as a user (authorization_code connections) and keep the refresh token in token_store."""
     import webbrowser
 
@@ -377,8 +378,8 @@ def connection_login(connection_file: str | None, no_browser: bool, timeout_s: f
         finally:
             conn.close()
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json({"ok": True, "token_store": str(provider.token_store.path), "user_id": who.user_id}, False)
+        _fail(exc, as_json)
+    _print_json({"ok": True, "token_store": str(provider.token_store.path), "user_id": who.user_id}, as_json)
 
 
 # -- manifest -------------------------------------------------------------------------------------------------------

@@ -139,6 +139,14 @@ def test_connection_test_exit_3_with_fix(runner: CliRunner, wired: Path, cloud: 
     assert report["ok"] is False and report["fix"]
 
 
+def test_connection_login_refuses_other_kinds_as_text_or_json(runner: CliRunner, wired: Path, cloud: Any) -> None:
+    text = runner.invoke(cli.main, ["connection", "login", "--connection", str(wired), "--no-browser"])
+    assert text.exit_code == 3 and text.stderr.startswith("error: login is for kind authorization_code")
+    as_json = runner.invoke(cli.main, ["connection", "login", "--connection", str(wired), "--no-browser", "--json"])
+    assert as_json.exit_code == 3 and json.loads(as_json.stderr)["field"] == "kind"
+    assert cloud.requests == []
+
+
 def test_set_options_key_equals_is_text_and_colon_equals_is_json() -> None:
     pairs = (
         "key.accountnumber=A1",
