@@ -27,6 +27,7 @@ from connector.errors import ConnectionConfigError, ConnectorError, InputError, 
 from connector.version import __version__
 
 if TYPE_CHECKING:
+    from connector.manifest import ActionInfo
     from connector.runtime import RecordStream
 
 CONNECTION_ENV = "D365_CONNECTION"
@@ -52,7 +53,7 @@ def _runtime() -> Any:
     return default_runtime()
 
 
-def complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+def _complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Action ids of the effective manifest for shell completion; nothing when the runtime cannot start."""
     try:
         actions = _runtime().manifest.actions
@@ -61,7 +62,7 @@ def complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: s
     return [CompletionItem(a, help=actions[a].label) for a in sorted(actions) if a.startswith(incomplete)]
 
 
-def complete_data_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+def _complete_data_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Data source names of the effective manifest for shell completion."""
     try:
         sources = _runtime().manifest.document.get("data_sources", [])
@@ -214,7 +215,7 @@ def actions_list(as_json: bool) -> None:
 
 
 @actions.command("describe")
-@click.argument("action_id", shell_complete=complete_action_id)
+@click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def actions_describe(action_id: str, as_json: bool) -> None:
     """An action's manifest entry with its input and output schemas, every $ref resolved (self-contained)."""
@@ -231,9 +232,9 @@ def actions_describe(action_id: str, as_json: bool) -> None:
     _print_json(described, as_json)
 
 
-def _action_info(runtime: Any, action_id: str) -> Any:
+def _action_info(runtime: Any, action_id: str) -> ActionInfo:
     """The action's manifest entry, or the input error (exit 2) that lists the known ids."""
-    info = runtime.manifest.action(action_id)
+    info: ActionInfo | None = runtime.manifest.action(action_id)
     if info is None:
         known = ", ".join(sorted(runtime.manifest.actions))
         raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
@@ -242,7 +243,7 @@ def _action_info(runtime: Any, action_id: str) -> Any:
 
 # -- run ------------------------------------------------------------------------------------------------------------
 @main.command("run", cls=ActionCommand, runtime=lambda: _runtime())  # looked up per call: tests swap _runtime
-@click.argument("action_id", shell_complete=complete_action_id)
+@click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
@@ -295,7 +296,7 @@ def _print_records(stream: RecordStream) -> None:
 
 # -- data sources ---------------------------------------------------------------------------------------------------
 @main.command("datasource")
-@click.argument("name", shell_complete=complete_data_source)
+@click.argument("name", shell_complete=_complete_data_source)
 @click.option("--param", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
@@ -420,7 +421,7 @@ def manifest_show(as_json: bool) -> None:
 
 
 @manifest.command("schema")
-@click.argument("action_id", shell_complete=complete_action_id)
+@click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--output", "which", flag_value="output", help="Print the output schema instead of the input schema.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def manifest_schema(action_id: str, which: str | None, as_json: bool) -> None:
