@@ -38,7 +38,7 @@ class ActionCommand(click.Command):
     def _help_requested_for(self, ctx: click.Context, args: list[str]) -> str | None:
         """The action id when ``--help`` is among ``args``: click answers help before it reads any argument."""
         help_option = self.get_help_option(ctx)
-        if help_option is None or ctx.resilient_parsing:
+        if help_option is None or ctx.resilient_parsing or not set(help_option.opts) & set(args):
             return None
         try:
             opts, _, _ = self.make_parser(ctx).parse_args(args=list(args))
