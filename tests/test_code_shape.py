@@ -170,7 +170,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "diagnostics",
         ),
     ),
-    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "runtime")),
+    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "context", "runtime")),
     ("front doors", ("", "cli", "demo", "webhook_server")),
 )
 MAX_MODULE_LINES = 600

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connector import plugins
-from connector.contract import check_contract
+from connector.contract import check_contract, contract_problems
 from connector.errors import ContractError
 from connector.runtime import Runtime
 from tests.framework.packs import action_entry, io_schemas, make_pack
@@ -129,7 +129,8 @@ def test_unknown_hook_implementation_is_reported(tmp_path: Path) -> None:
     assert any(p.startswith("unknown hook implementation:") and "get_curent_user" in p for p in problems_with(pack))
 
 
-def test_runtime_refuses_to_start_on_drift(tmp_path: Path) -> None:
+def test_runtime_refuses_to_start_on_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     pack = make_pack(tmp_path, name="p", code=IMPL.format(id="orphan2"), spec_ids=("orphan2",))
     with pytest.raises(ContractError) as err:
         Runtime(load_entrypoints=False, extra_packs=[pack])
@@ -165,14 +166,15 @@ def test_clean_check_is_remembered_on_disk_by_digest(tmp_path: Path, monkeypatch
 
     monkeypatch.setenv("D365_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime_module, "_checked_digests", {})
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     calls: list[int] = []
-    real = check_contract
+    real = contract_problems
 
-    def counting(runtime: Runtime, **kwargs: object) -> list[str]:
+    def counting(runtime: Runtime, **kwargs: object) -> dict[str, list[str]]:
         calls.append(1)
         return real(runtime, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("connector.contract.check_contract", counting)
+    monkeypatch.setattr("connector.contract.contract_problems", counting)
     first = Runtime(load_entrypoints=False)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"contract-{first.contract_digest()}.ok"]
     monkeypatch.setattr(runtime_module, "_checked_digests", {})  # as a new process would start

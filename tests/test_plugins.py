@@ -69,7 +69,8 @@ def test_declared_override_replaces_the_builtin(tmp_path: Path) -> None:
     assert result == {"ok": True, "checks": [], "diagnosis": None, "fix": None}
 
 
-def test_undeclared_override_is_refused_by_name(tmp_path: Path) -> None:
+def test_undeclared_override_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     code = """
     @hookimpl
     def get_current_user(inputs, connection):
@@ -134,7 +135,7 @@ def test_pack_action_hookspecs_are_generated_from_its_fragment(tmp_path: Path) -
     runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
     assert runtime.run_action("echo_word", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
     spec = runtime.pm.hook.echo_word.spec
-    assert (spec.argnames, spec.opts["firstresult"]) == (("inputs", "connection"), True)
+    assert (spec.argnames, spec.opts["firstresult"]) == (("inputs", "connection", "context"), True)
     assert spec.function.__doc__ == "Test action echo_word."
 
 
