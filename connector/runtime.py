@@ -18,7 +18,6 @@ configuration: the connection's token, metadata cache and (later) throttle gover
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import httpx
 import pluggy
 
 from connector.context import ActionContext, action_logger
+from connector.contract_cache import CACHE_DIR_ENV, contract_digest, remembered_contract_problems
 from connector.errors import ContractError, InputError, InputProblem, PluginError
 from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest
@@ -47,7 +47,6 @@ from connector.plugins import (
     strict_from_env,
 )
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
-from connector.version import __version__
 
 if TYPE_CHECKING:
     from connector.auth import OnToken
@@ -61,15 +60,10 @@ log = logging.getLogger("connector.runtime")
 #: When set, every action run appends one JSON line here (action, outcome, error type, host): an audit trail a
 #: platform can keep, and the record the test suite uses to prove every action ran and was refused at least once.
 RUN_LEDGER_ENV = "D365_RUN_LEDGER"
-#: Where a clean contract check is remembered by digest; set to an empty string to check on every start.
-CACHE_DIR_ENV = "D365_CACHE_DIR"
 #: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
 DEBUG_ENV = "D365_DEBUG"
 #: Actions whose records :meth:`Runtime.stream_records` yields from a library generator, one page in memory at a time.
 STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
-
-_checked_digests: dict[str, dict[str, list[str]]] = {}
-_check_lock = threading.Lock()
 
 
 class _Dispatcher:
@@ -173,11 +167,11 @@ class Runtime:
         """Raise :class:`ContractError` on a broken built-in contract; leave out each pack that breaks it.
 
         A pack can break the contract only through what it adds, so a pack at fault is left out whole and the check
-        runs again without it (another pack may have leant on it). Each round removes a pack, so this ends. Runs
-        once per distinct effective manifest; clean results are remembered on disk.
+        runs again without it (another pack may have leant on it). Each round removes a pack, so this ends. Each
+        round's check runs once per distinct digest and is remembered on disk (:mod:`connector.contract_cache`).
         """
         while True:
-            found = self._contract_problems()
+            found = remembered_contract_problems(self)
             builtin = found.pop(BUILTIN, [])
             if builtin:
                 raise ContractError(builtin + [p for problems in found.values() for p in problems])
@@ -186,45 +180,10 @@ class Runtime:
             self._leave_out(found)
             self._assemble([p for p in self.packs if p.name not in found])
 
-    def _contract_problems(self) -> dict[str, list[str]]:
-        from connector.contract import contract_problems
-
-        key = self.contract_digest()
-        with _check_lock:
-            found = _checked_digests.get(key)
-            if found is None:
-                cache_dir = _contract_cache_dir()
-                marker = cache_dir / f"contract-{key}.ok" if cache_dir is not None else None
-                if marker is not None and marker.is_file():
-                    found = {}
-                else:
-                    found = contract_problems(self)
-                    if not found and marker is not None:
-                        _write_marker(marker)
-                _checked_digests[key] = found
-        return {owner: list(problems) for owner, problems in found.items()}
-
     def contract_digest(self) -> str:
-        """A hash of everything the contract check reads: manifest, every schema, every hook and who implements it.
-
-        Checking every schema against the 2020-12 metaschema costs about a second; a clean result is remembered on
-        disk under this digest, so a CLI call or a platform worker pays it once per release rather than per process.
-        """
-        hooks = []
-        for name, caller in sorted(vars(self.pm.hook).items()):
-            if name.startswith("_"):
-                continue
-            spec = caller.spec.argnames if caller.spec is not None else None
-            impls = sorted((i.plugin_name, i.wrapper or i.hookwrapper) for i in caller.get_hookimpls())
-            hooks.append((name, spec, impls))
-        material = {
-            "version": __version__,
-            "manifest": self.manifest.document,
-            "problems": self.manifest.problems,
-            "schemas": {sid: self.store.get(sid) for sid in self.store.ids()},
-            "hooks": hooks,
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+        """A hash of everything the contract check reads; its result is remembered under it (see
+        :mod:`connector.contract_cache`)."""
+        return contract_digest(self)
 
     def provider_of(self, action_id: str) -> str:
         info = self.manifest.action(action_id)
@@ -454,25 +413,6 @@ class Runtime:
             if "default" in node:
                 inputs[name] = copy.deepcopy(node["default"])
         return inputs
-
-
-def _contract_cache_dir() -> Path | None:
-    """Where clean contract checks are remembered (``D365_CACHE_DIR``, else the per-user cache); None disables it."""
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured == "":
-        return None
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "d365-connector"
-
-
-def _write_marker(marker: Path) -> None:
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:  # a read-only home must not stop the connector; the check simply runs again next time
-        log.debug("cannot remember the contract check in %s", marker.parent)
 
 
 class RecordStream:

@@ -106,8 +106,8 @@ def test_pack_can_be_disabled_by_name(tmp_path: Path) -> None:
 
 def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pack = echo_pack(tmp_path, name="epack")
-    dist = tmp_path / "d365_epack-1.0.dist-info"
-    dist.mkdir()
+    dist = tmp_path / "site" / "d365_epack-1.0.dist-info"  # apart from the packages, which stay on sys.path
+    dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: d365-epack\nVersion: 1.0\n", encoding="utf-8")
     (dist / "entry_points.txt").write_text(
         textwrap.dedent(f"""
@@ -116,7 +116,7 @@ def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypa
         """),
         encoding="utf-8",
     )
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
     runtime = Runtime(load_entrypoints=True, disabled=[])
     assert runtime.provider_of("echo_word") == "epack"
     assert [p.distribution for p in runtime.packs] == ["d365-epack"]
