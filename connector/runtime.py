@@ -177,8 +177,11 @@ class Runtime:
                 raise ContractError(builtin + [p for problems in found.values() for p in problems])
             if not found:
                 return
+            remaining = [p for p in self.packs if p.name not in found]
+            if len(remaining) == len(self.packs):  # blamed on no loaded pack: leaving nothing out cannot help
+                raise ContractError([p for problems in found.values() for p in problems])
             self._leave_out(found)
-            self._assemble([p for p in self.packs if p.name not in found])
+            self._assemble(remaining)
 
     def contract_digest(self) -> str:
         """A hash of everything the contract check reads; its result is remembered under it (see
