@@ -269,3 +269,15 @@ def test_the_manifest_schema_still_lists_the_known_values_for_builders() -> None
         "webhooks",
     ]
     assert defs["trigger_type"]["anyOf"][0]["enum"] == ["webhook"]
+
+
+def test_problems_blamed_on_no_loaded_pack_stop_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaving out nothing cannot help: the loop stops rather than check the same runtime forever."""
+    from connector import contract_cache
+
+    monkeypatch.setenv("D365_CACHE_DIR", "")
+    monkeypatch.setattr(contract_cache, "_checked_digests", {})
+    monkeypatch.setattr("connector.contract.contract_problems", lambda runtime: {"ghost": ["pack ghost: haunted"]})
+    with pytest.raises(ContractError) as err:
+        Runtime(load_entrypoints=False)
+    assert err.value.problems == ["pack ghost: haunted"]
