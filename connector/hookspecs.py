@@ -54,7 +54,8 @@ class RuntimeSpecs:
     def execute_action(
         self, action_id: str, inputs: Mapping[str, Any], connection: Connection, context: ActionContext
     ) -> dict[str, Any]:
-        """Run one validated action; the built-in implementation dispatches to the hook named ``action_id``."""
+        """Run one validated action; the built-in implementation dispatches to the hook named ``action_id``, handing
+        on ``context`` (a wrapper may leave it out of its arguments, as pluggy allows)."""
 
     @hookspec
     def validate_inputs(
