@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connector.cli_help import ActionCommand
-from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
+from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
 from connector.version import __version__
 
 if TYPE_CHECKING:
@@ -391,22 +391,27 @@ def manifest() -> None:
 
 @manifest.command("validate")
 def manifest_validate() -> None:
-    """Run the contract check; exit 1 listing every problem."""
+    """Run the contract check; exit 1 listing every problem, and every pack left out with its problems."""
     from connector.runtime import Runtime
 
     try:
-        runtime = Runtime(check=False)
-        from connector.contract import check_contract
-
-        problems = check_contract(runtime)
-    except ConnectorError as exc:
-        _fail(exc, False)
-    if problems:
-        for problem in problems:
+        runtime = Runtime()
+    except ContractError as exc:
+        for problem in exc.problems:
             click.echo(f"- {problem}", err=True)
         sys.exit(1)
+    except ConnectorError as exc:
+        _fail(exc, False)
+    for name, problems in runtime.broken_packs.items():
+        click.echo(f"pack {name} is left out:", err=True)
+        for problem in problems:
+            click.echo(f"- {problem}", err=True)
     n = len(runtime.manifest.actions)
-    click.echo(f"manifest ok: {n} actions, {len(runtime.manifest.document.get('triggers', []))} triggers")
+    summary = f"manifest ok: {n} actions, {len(runtime.manifest.document.get('triggers', []))} triggers"
+    if runtime.broken_packs:
+        click.echo(f"{summary} without {len(runtime.broken_packs)} broken pack(s)", err=True)
+        sys.exit(1)
+    click.echo(summary)
 
 
 @manifest.command("show")

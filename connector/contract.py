@@ -1,9 +1,15 @@
 """Manifest, schemas, hooks and tests as one contract: every drift between them is reported by name.
 
-The runtime calls :func:`check_contract` at start-up (once per distinct effective manifest) and refuses to start on
-any problem. The test suite calls it with ``repo_checks=True``, which also needs the checkout: every action has a test
-named after it and a README entry whose JSON example validates, and (given the run ledger) every action ran
-successfully through ``run_action`` and was refused once with an input error during the suite.
+The runtime calls :func:`contract_problems` at start-up (once per distinct effective manifest). Every problem has an
+owner: ``builtin`` (our bug: the runtime refuses to start) or the pack at fault, which the runtime leaves out so that
+it fails alone. A pack can break the contract only through what it adds, so its problems are found where it added
+something: the schemas it registered, the entries of its fragment (``provider``), the hookspecs it declared, the
+implementations it registered. The test suite calls :func:`check_contract` with ``repo_checks=True``, which also needs
+the checkout: every action has a test named after it and a README entry whose JSON example validates, and (given the
+run ledger) every action ran successfully through ``run_action`` and was refused once with an input error.
+
+Categories and trigger types are open to packs (``manifest.schema.json`` accepts any snake_case word), while built-in
+entries must use the known values the schema lists, so builders can rely on them.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from connector.hookspecs import ACTION_ARGNAMES, validator_hook
+from connector.hookspecs import ACTION_ARGNAMES, VALIDATOR_ARGNAMES, validator_hook
 from connector.plugins import BUILTIN
 
 if TYPE_CHECKING:
@@ -25,6 +31,10 @@ if TYPE_CHECKING:
 _RUNTIME_PLUGINS = {"connector.runtime.dispatch"}
 #: The emulator serves on loopback; a run recorded against one of these hosts ran against it over a real socket.
 _EMULATOR_HOSTS = {"127.0.0.1", "localhost", "::1"}
+#: Hookspec shapes of an action: the generated one, and ``(inputs, connection)`` a pack may still declare itself.
+_ACTION_SHAPES = (ACTION_ARGNAMES, VALIDATOR_ARGNAMES)
+#: One problem and who must fix it: ``builtin`` or a pack's name.
+Owned = tuple[str, str]
 
 
 def check_contract(
@@ -35,144 +45,214 @@ def check_contract(
     ledger: Iterable[dict[str, object]] | None = None,
 ) -> list[str]:
     """Every problem found, as sentences that name the action, schema or hook concerned."""
-    problems: list[str] = list(runtime.manifest.problems)
-    problems += _manifest_problems(runtime)
-    problems += _schema_problems(runtime)
-    problems += _action_hook_problems(runtime)
-    problems += _trigger_hook_problems(runtime)
-    problems += _unknown_hook_problems(runtime)
-    problems += _example_problems(runtime)
-    problems += _duplicate_problems(runtime)
+    found = contract_problems(runtime, repo_checks=repo_checks, repo_root=repo_root, ledger=ledger)
+    return [problem for problems in found.values() for problem in problems]
+
+
+def contract_problems(
+    runtime: Runtime,
+    *,
+    repo_checks: bool = False,
+    repo_root: Path | None = None,
+    ledger: Iterable[dict[str, object]] | None = None,
+) -> dict[str, list[str]]:
+    """Every problem found, by owner (``builtin`` or a pack's name); empty when the contract holds."""
+    found: list[Owned] = list(runtime.manifest.problems)
+    found += _manifest_problems(runtime)
+    found += _vocabulary_problems(runtime)
+    found += _schema_problems(runtime)
+    found += _action_hook_problems(runtime)
+    found += _trigger_hook_problems(runtime)
+    found += _unknown_hook_problems(runtime)
+    found += _example_problems(runtime)
+    found += _duplicate_problems(runtime)
     if repo_checks:
-        problems += _repo_checks(runtime, repo_root or Path(__file__).resolve().parents[1], ledger)
-    return problems
+        root = repo_root or Path(__file__).resolve().parents[1]
+        found += [(BUILTIN, p) for p in _repo_checks(runtime, root, ledger)]
+    by_owner: dict[str, list[str]] = {}
+    for owner, problem in found:
+        by_owner.setdefault(owner, []).append(problem)
+    return by_owner
 
 
-def _manifest_problems(runtime: Runtime) -> list[str]:
+def _provider(entry: Any) -> str:
+    return str(entry.get("provider", BUILTIN)) if isinstance(entry, dict) else BUILTIN
+
+
+def _manifest_problems(runtime: Runtime) -> list[Owned]:
     """The effective manifest against its schema (provider keys are ours, added while merging)."""
-    plain = json.loads(json.dumps(runtime.manifest.document))
-    for entry in plain.get("actions", []):
-        if isinstance(entry, dict):
-            entry.pop("provider", None)
-    return [f"manifest.json {p}" for p in runtime.store.validate(plain, "manifest.schema.json")]
+    document = runtime.manifest.document
+    plain = json.loads(json.dumps(document))
+    for kind in ("actions", "triggers", "data_sources"):
+        for entry in plain.get(kind, []):
+            if isinstance(entry, dict):
+                entry.pop("provider", None)
+    found: list[Owned] = []
+    for problem in runtime.store.validate(plain, "manifest.schema.json"):
+        match = re.match(r"\$\.(actions|triggers|data_sources)\[(\d+)\]", problem.path)
+        owner = _provider(document[match[1]][int(match[2])]) if match else BUILTIN
+        found.append((owner, f"manifest.json {problem}"))
+    return found
 
 
-def _schema_problems(runtime: Runtime) -> list[str]:
+def _vocabulary_problems(runtime: Runtime) -> list[Owned]:
+    """Built-in entries use the categories and trigger types the manifest schema lists as known; packs may add."""
+    defs = runtime.store.get("manifest.schema.json")["$defs"]
+    found: list[Owned] = []
+    for kind, key, vocabulary in (("actions", "category", "category"), ("triggers", "type", "trigger_type")):
+        known = next(option["enum"] for option in defs[vocabulary]["anyOf"] if "enum" in option)
+        for entry in runtime.manifest.document.get(kind, []):
+            if _provider(entry) == BUILTIN and entry.get(key) not in known:
+                problem = f"built-in {kind[:-1]} {entry.get('id')!r}: {key} {entry.get(key)!r} is not one of {known}"
+                found.append((BUILTIN, problem))
+    return found
+
+
+def _schema_problems(runtime: Runtime) -> list[Owned]:
     """Every schema registered is a valid 2020-12 schema whose $refs resolve; every referenced schema exists."""
     store, manifest = runtime.store, runtime.manifest
     document = manifest.document
-    problems: list[str] = []
+    registered_by = {sid: provider for (provider, _), sid in manifest.schema_ids.items()}
+    found: list[Owned] = []
     for sid in store.ids():
-        problems += store.check(sid)
-    referenced: list[tuple[str, str]] = []
+        found += [(registered_by.get(sid, BUILTIN), p) for p in store.check(sid)]
+    referenced: list[tuple[str, str, str]] = []
     for kind in document.get("connections", []):
-        referenced.append((f"connection {kind.get('kind')!r}", manifest.schema_id(BUILTIN, kind.get("schema", ""))))
+        sid = manifest.schema_id(BUILTIN, kind.get("schema", ""))
+        referenced.append((BUILTIN, f"connection {kind.get('kind')!r}", sid))
     for info in manifest.actions.values():
-        referenced += [(f"action {info.id!r}", info.input_schema), (f"action {info.id!r}", info.output_schema)]
+        for sid in (info.input_schema, info.output_schema):
+            referenced.append((info.provider, f"action {info.id!r}", sid))
     for trig in document.get("triggers", []):
         for key in ("config_schema", "payload_schema"):
-            referenced.append((f"trigger {trig.get('id')!r}", manifest.schema_id(BUILTIN, trig.get(key, ""))))
+            sid = manifest.schema_id(_provider(trig), trig.get(key, ""))
+            referenced.append((_provider(trig), f"trigger {trig.get('id')!r}", sid))
     for source in document.get("data_sources", []):
-        referenced.append((f"data source {source.get('name')!r}", manifest.schema_id(BUILTIN, source["params_schema"])))
-    missing = {(who, sid) for who, sid in referenced if not store.has(sid)}
-    return problems + [f"{who}: schema {sid} is missing" for who, sid in sorted(missing)]
+        sid = manifest.schema_id(_provider(source), source.get("params_schema", ""))
+        referenced.append((_provider(source), f"data source {source.get('name')!r}", sid))
+    missing = {(owner, who, sid) for owner, who, sid in referenced if not store.has(sid)}
+    return found + [(owner, f"{who}: schema {sid} is missing") for owner, who, sid in sorted(missing)]
 
 
-def _action_hook_problems(runtime: Runtime) -> list[str]:
+def _action_hook_problems(runtime: Runtime) -> list[Owned]:
     """Hookspecs and implementations match the manifest: one spec and one implementation per action, no orphan."""
     manifest, pm = runtime.manifest, runtime.pm
-    problems: list[str] = []
+    found: list[Owned] = []
     action_ids = set(manifest.actions)
-    spec_names = {
-        name
+    spec_callers = {
+        name: caller
         for name, caller in vars(pm.hook).items()
-        if not name.startswith("_") and caller.spec is not None and caller.spec.argnames == ACTION_ARGNAMES
+        if not name.startswith("_") and caller.spec is not None and caller.spec.argnames in _ACTION_SHAPES
     }
-    for orphan in sorted(spec_names - action_ids - {validator_hook(a) for a in action_ids}):
-        problems.append(f"hook {orphan!r} has an action hookspec but no manifest entry")
+    for orphan in sorted(set(spec_callers) - action_ids - {validator_hook(a) for a in action_ids}):
+        spec = spec_callers[orphan].spec
+        owner = _spec_owner(runtime, spec.namespace if spec is not None else None)
+        found.append((owner, f"hook {orphan!r} has an action hookspec but no manifest entry"))
     for action_id in sorted(action_ids):
+        provider = manifest.actions[action_id].provider
         caller = getattr(pm.hook, action_id, None)
         if caller is None or caller.spec is None:
-            problems.append(f"action {action_id!r} is in the manifest but has no hookspec")
+            found.append((provider, f"action {action_id!r} is in the manifest but has no hookspec"))
             continue
-        if caller.spec.argnames != ACTION_ARGNAMES:
-            problems.append(
-                f"action {action_id!r}: hookspec arguments are {caller.spec.argnames}, expected (inputs, connection)"
+        if caller.spec.argnames not in _ACTION_SHAPES:
+            problem = (
+                f"action {action_id!r}: hookspec arguments are {caller.spec.argnames}, expected "
+                "(inputs, connection, context) or (inputs, connection)"
             )
-        problems += _implementation_problems(runtime, action_id, caller)
-    return problems
+            found.append((provider, problem))
+        found += _implementation_problems(runtime, action_id, caller)
+    return found
 
 
-def _implementation_problems(runtime: Runtime, action_id: str, caller: HookCaller) -> list[str]:
-    """Exactly one implementation runs the action; a pack implements a built-in only by declaring the override."""
-    problems: list[str] = []
+def _spec_owner(runtime: Runtime, namespace: object) -> str:
+    """The pack whose ``d365_hookspecs`` declared a spec; generated and runtime specs are built-in."""
+    return next((p.name for p in runtime.packs if namespace in p.hookspecs), BUILTIN)
+
+
+def _implementation_problems(runtime: Runtime, action_id: str, caller: HookCaller) -> list[Owned]:
+    """Exactly one implementation runs the action; a pack implements a built-in only by declaring the override.
+
+    When several implement it, those other than the action's provider are at fault."""
+    found: list[Owned] = []
     builtin_plugins = _builtin_plugin_names()
+    provider = runtime.manifest.actions[action_id].provider
     impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
     providers = [i.plugin_name for i in impls]
     override = runtime.manifest.overrides.get(action_id)
     if override:
         providers = [p for p in providers if p == override or p not in builtin_plugins]
     if not providers:
-        problems.append(f"action {action_id!r} has no implementation")
+        found.append((provider, f"action {action_id!r} has no implementation"))
     elif len(providers) > 1:
-        problems.append(f"action {action_id!r} has {len(providers)} implementations ({', '.join(providers)})")
-    undeclared = [i.plugin_name for i in impls if i.plugin_name not in builtin_plugins]
-    if runtime.manifest.actions[action_id].provider == BUILTIN and undeclared:
-        problems.append(
-            f"pack {undeclared[0]} implements built-in action {action_id!r} without declaring it in its "
-            "fragment's overrides"
-        )
-    return problems
+        problem = f"action {action_id!r} has {len(providers)} implementations ({', '.join(providers)})"
+        culprits = [p for p in providers if p != provider and p not in builtin_plugins] or [provider]
+        found += [(culprit, problem) for culprit in culprits]
+    if provider == BUILTIN:
+        for pack in dict.fromkeys(i.plugin_name for i in impls if i.plugin_name not in builtin_plugins):
+            problem = (
+                f"pack {pack} implements built-in action {action_id!r} without declaring it in its fragment's overrides"
+            )
+            found.append((pack, problem))
+    return found
 
 
-def _trigger_hook_problems(runtime: Runtime) -> list[str]:
+def _trigger_hook_problems(runtime: Runtime) -> list[Owned]:
     """Each trigger of the manifest has its three hooks, each with a spec and an implementation."""
-    problems: list[str] = []
+    found: list[Owned] = []
     for trig in runtime.manifest.document.get("triggers", []):
         for prefix in ("handle", "subscribe", "unsubscribe"):
             name = f"{prefix}_{trig.get('id')}"
             caller = getattr(runtime.pm.hook, name, None)
             if caller is None or caller.spec is None:
-                problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no hookspec")
+                found.append((_provider(trig), f"trigger {trig.get('id')!r}: hook {name!r} has no hookspec"))
             elif not [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]:
-                problems.append(f"trigger {trig.get('id')!r}: hook {name!r} has no implementation")
-    return problems
+                found.append((_provider(trig), f"trigger {trig.get('id')!r}: hook {name!r} has no implementation"))
+    return found
 
 
-def _unknown_hook_problems(runtime: Runtime) -> list[str]:
-    """An implementation whose hook has no spec: a typo, or an action or validator no manifest declares."""
-    try:
-        runtime.pm.check_pending()
-    except Exception as exc:  # PluginValidationError names the plugin and the unknown hook
-        return [f"unknown hook implementation: {exc}"]
-    return []
+def _unknown_hook_problems(runtime: Runtime) -> list[Owned]:
+    """An implementation whose hook has no spec: a typo, or an action or validator no manifest declares.
+
+    Every one is reported with its plugin (pluggy's ``check_pending`` stops at the first)."""
+    packs = {p.name for p in runtime.packs}
+    found: list[Owned] = []
+    for name, caller in sorted(vars(runtime.pm.hook).items()):
+        if name.startswith("_") or caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                owner = impl.plugin_name if impl.plugin_name in packs else BUILTIN
+                found.append((owner, f"unknown hook implementation: {name!r} in plugin {impl.plugin_name}"))
+    return found
 
 
-def _example_problems(runtime: Runtime) -> list[str]:
+def _example_problems(runtime: Runtime) -> list[Owned]:
     """Examples are what builders show: each must validate against its action's input schema."""
     store = runtime.store
-    problems: list[str] = []
+    found: list[Owned] = []
     for info in runtime.manifest.actions.values():
         if not store.has(info.input_schema):
             continue
         for n, example in enumerate(info.examples):
             for p in store.validate(example.get("input"), info.input_schema):
-                problems.append(f"action {info.id!r} example {n} ({example.get('title')!r}) fails its schema: {p}")
-    return problems
+                problem = f"action {info.id!r} example {n} ({example.get('title')!r}) fails its schema: {p}"
+                found.append((info.provider, problem))
+    return found
 
 
-def _duplicate_problems(runtime: Runtime) -> list[str]:
-    """No two actions share an id or a label, no two triggers an id, no two data sources a name."""
+def _duplicate_problems(runtime: Runtime) -> list[Owned]:
+    """No two actions share an id or a label, no two triggers an id, no two data sources a name; the later entry is
+    at fault (built-in entries come first)."""
     document = runtime.manifest.document
-    problems: list[str] = []
+    found: list[Owned] = []
     for kind, key in (("actions", "id"), ("actions", "label"), ("triggers", "id"), ("data_sources", "name")):
         seen: set[str] = set()
         for entry in document.get(kind, []):
             value = entry.get(key)
             if value in seen:
-                problems.append(f"{kind}: duplicate {key} {value!r}")
+                found.append((_provider(entry), f"{kind}: duplicate {key} {value!r}"))
             seen.add(value)
-    return problems
+    return found
 
 
 def _builtin_plugin_names() -> set[str]:

@@ -3,15 +3,21 @@
 
 Action hookspecs are generated from the effective manifest (:func:`make_action_specs`), as trigger specs are from a
 trigger id (:func:`make_trigger_specs`), so a manifest entry and its hook cannot drift apart. Every action id gets two
-hookspecs taking ``(inputs, connection)``: ``<id>`` (``firstresult``) runs the action, ``validate_<id>`` returns its
-phase-two problems; every implementation of a validator is called and their problems add up, so a pack can add checks
-to an action but never silence the built-in ones (only a declared override replaces them). The runtime calls neither
-directly but the generic hooks ``execute_action``, ``validate_inputs`` and ``stream_records``, whose built-in
-implementations dispatch by id: a pack wraps one generic hook (``@hookimpl(wrapper=True)``) to see every call.
+hookspecs: ``<id>(inputs, connection, context)`` (``firstresult``) runs the action, ``validate_<id>(inputs,
+connection)`` returns its phase-two problems; every implementation of a validator is called and their problems add
+up, so a pack can add checks to an action but never silence the built-in ones (only a declared override replaces
+them). The runtime calls neither directly but the generic hooks ``execute_action``, ``validate_inputs`` and
+``stream_records``, whose built-in implementations dispatch by id: a pack wraps one generic hook
+(``@hookimpl(wrapper=True)``) to see every call.
 
 Why per-action validator hooks rather than a registry of functions: it is the shape ``execute_action`` already has, a
 pack's own actions get their validator hook from its manifest fragment with nothing to register, and pluggy refuses a
 validator whose arguments are wrong, or (through the contract check) one for an action no manifest declares.
+
+Why ``context`` is a third argument rather than a new hook: pluggy passes an implementation only the arguments it
+names, so a hook written as ``(inputs, connection)`` keeps working unchanged while a new one asks for
+``(inputs, connection, context)`` (:class:`connector.context.ActionContext`) and can run other actions through the
+runtime. Validators get no context: they may read metadata but never run an action that could write.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ import pluggy
 
 if TYPE_CHECKING:
     from connector.connection import Connection
+    from connector.context import ActionContext
     from connector.errors import InputProblem
 
 PROJECT = "d365_connector"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-ACTION_ARGNAMES = ("inputs", "connection")
+#: Arguments of an action hookspec; implementations may take any leading subset, ``(inputs, connection)`` as before.
+ACTION_ARGNAMES = ("inputs", "connection", "context")
+#: Arguments of a validator hookspec, and of action hookspecs packs declared themselves before ``context`` existed.
+VALIDATOR_ARGNAMES = ("inputs", "connection")
 
 
 def validator_hook(action_id: str) -> str:
@@ -41,8 +51,11 @@ class RuntimeSpecs:
     """Hooks the runtime calls; wrappers placed here apply to every action or data source."""
 
     @hookspec(firstresult=True)
-    def execute_action(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-        """Run one validated action; the built-in implementation dispatches to the hook named ``action_id``."""
+    def execute_action(
+        self, action_id: str, inputs: Mapping[str, Any], connection: Connection, context: ActionContext
+    ) -> dict[str, Any]:
+        """Run one validated action; the built-in implementation dispatches to the hook named ``action_id``, handing
+        on ``context`` (a wrapper may leave it out of its arguments, as pluggy allows)."""
 
     @hookspec
     def validate_inputs(
@@ -70,20 +83,24 @@ def make_action_specs(actions: Mapping[str, str], declared: Collection[str] = ()
     """Build the hookspecs of the given actions (id to manifest description): ``<id>`` and ``validate_<id>`` each,
     minus the ``declared`` names, whose specs a pack wrote itself (pluggy takes one spec per hook)."""
 
-    def spec(name: str, doc: str, *, firstresult: bool) -> Any:
-        def action(self: Any, inputs: Mapping[str, Any], connection: Connection) -> Any: ...
+    def spec(name: str, doc: str, *, firstresult: bool, with_context: bool) -> Any:
+        def action(self: Any, inputs: Mapping[str, Any], connection: Connection, context: ActionContext) -> Any: ...
 
-        action.__name__, action.__doc__ = name, doc
-        action.__qualname__ = f"ActionSpecs.{name}"  # pluggy strips ``self`` only for qualified names
-        return hookspec(firstresult=firstresult)(action)
+        def validator(self: Any, inputs: Mapping[str, Any], connection: Connection) -> Any: ...
+
+        fn = action if with_context else validator
+        fn.__name__, fn.__doc__ = name, doc
+        fn.__qualname__ = f"ActionSpecs.{name}"  # pluggy strips ``self`` only for qualified names
+        return hookspec(firstresult=firstresult)(fn)
 
     namespace: dict[str, Any] = {}
     for action_id, description in actions.items():
-        namespace[action_id] = spec(action_id, description, firstresult=True)
+        namespace[action_id] = spec(action_id, description, firstresult=True, with_context=True)
         namespace[validator_hook(action_id)] = spec(
             validator_hook(action_id),
             f"Phase-two problems of {action_id}'s inputs (metadata reads only, never a write); [] when none.",
             firstresult=False,
+            with_context=False,
         )
     for name in declared:
         namespace.pop(name, None)

@@ -1,7 +1,9 @@
 """The effective manifest: the built-in ``manifest.json`` plus the fragments of loaded packs.
 
 This is what the CLI, builders and the contract check see. A pack may replace a built-in action only by naming it in
-its fragment's ``overrides``; anything else that collides is reported by name.
+its fragment's ``overrides``; anything else that collides is reported by name. Every problem is kept with its owner
+(``builtin`` or the pack's name) so that the runtime can leave out the pack at fault and keep the others. Entries a
+pack adds (actions, triggers, data sources) carry ``provider``: their schema paths are relative to that pack's folder.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ class ActionInfo:
 
 @dataclass
 class EffectiveManifest:
-    """Built-in manifest merged with pack fragments; ``problems`` lists what could not be merged."""
+    """Built-in manifest merged with pack fragments; ``problems`` lists what could not be merged, as (owner, sentence)
+    pairs."""
 
     document: dict[str, Any]
     actions: dict[str, ActionInfo]
     overrides: dict[str, str] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
     schema_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
@@ -58,7 +61,7 @@ class EffectiveManifest:
 def build_manifest(packs: Sequence[Pack], store: SchemaStore) -> EffectiveManifest:
     """Merge the built-in manifest with the packs' fragments and register the packs' schemas in ``store``."""
     document = copy.deepcopy(load_json("manifest.json"))
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     schema_ids: dict[tuple[str, str], str] = {}
     for entry in document.get("actions", []):
         entry["provider"] = BUILTIN
@@ -70,11 +73,11 @@ def build_manifest(packs: Sequence[Pack], store: SchemaStore) -> EffectiveManife
             continue
         fragment_problems = store.validate(pack.fragment, "manifest.schema.json#/$defs/fragment")
         if fragment_problems:
-            problems += [f"pack {pack.name}: manifest fragment {p}" for p in fragment_problems]
+            problems += [(pack.name, f"pack {pack.name}: manifest fragment {p}") for p in fragment_problems]
             continue
         if pack.schemas_root is not None:
             folder_problems, added = store.add_folder(pack.schemas_root, base="")
-            problems += [f"pack {pack.name}: {p}" for p in folder_problems]
+            problems += [(pack.name, f"pack {pack.name}: {p}") for p in folder_problems]
             schema_ids.update({(pack.name, rel): sid for rel, sid in added.items()})
         declared = set(pack.fragment.get("overrides", []))
         for entry in pack.fragment.get("actions", []):
@@ -88,15 +91,18 @@ def build_manifest(packs: Sequence[Pack], store: SchemaStore) -> EffectiveManife
                 else:
                     owner = document["actions"][existing[0]].get("provider")
                     problems.append(
-                        f"pack {pack.name}: action {action_id!r} is already provided by {owner}; "
-                        "a pack may replace a built-in action only by listing it in its fragment's overrides"
+                        (
+                            pack.name,
+                            f"pack {pack.name}: action {action_id!r} is already provided by {owner}; "
+                            "a pack may replace a built-in action only by listing it in its fragment's overrides",
+                        )
                     )
                 continue
             document["actions"].append(entry)
         for undeclared in sorted(declared - {e["id"] for e in pack.fragment.get("actions", [])}):
-            problems.append(f"pack {pack.name}: overrides {undeclared!r} but gives no action entry for it")
+            problems.append((pack.name, f"pack {pack.name}: overrides {undeclared!r} but gives no action entry for it"))
         for key in ("triggers", "data_sources"):
-            document.setdefault(key, []).extend(pack.fragment.get(key, []))
+            document.setdefault(key, []).extend({**e, "provider": pack.name} for e in pack.fragment.get(key, []))
 
     manifest = EffectiveManifest(document, {}, overrides, problems, schema_ids)
     for entry in document.get("actions", []):

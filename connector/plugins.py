@@ -12,6 +12,10 @@ A pack is a module named by an entry point in the ``d365_connector`` group. It m
 Entry points are loaded explicitly (``load_entrypoints``), never guessed from the environment of a test run, and packs
 can be disabled by name (parameter or ``D365_CONNECTOR_DISABLED_PLUGINS``, comma-separated), as tox does.
 
+A pack that cannot be imported, whose fragment is not JSON, or whose implementations pluggy refuses is a problem of
+that pack alone: the loaders return it by name, next to the packs that did load, and the runtime leaves it out (see
+:meth:`connector.runtime.Runtime.check`) unless ``D365_STRICT_PACKS`` asks to fail fast.
+
 Packs are loaded before the plugin manager is built because the action hookspecs come from the effective manifest,
 which needs the packs' fragments; pluggy checks each implementation against its spec when it is registered, so every
 spec is added before any plugin.
@@ -37,6 +41,8 @@ from connector.hookspecs import PROJECT, RuntimeSpecs, WebhookSpecs, make_action
 ENTRYPOINT_GROUP = "d365_connector"
 DISABLED_ENV = "D365_CONNECTOR_DISABLED_PLUGINS"
 TRACE_ENV = "D365_CONNECTOR_TRACE_PLUGINS"
+#: When set to a true value, a broken pack stops the runtime (ContractError) instead of being left out: for CI.
+STRICT_ENV = "D365_STRICT_PACKS"
 BUILTIN = "builtin"
 
 #: Built-in plugins, by module path; each module holds ``@hookimpl`` functions only.
@@ -90,36 +96,53 @@ def disabled_from_env() -> set[str]:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def discover_packs(disabled: Iterable[str] = ()) -> list[Pack]:
-    """Import every pack declared in the entry-point group, skipping disabled names."""
+def strict_from_env() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+#: Packs that could not be loaded or registered, by name, each with its problems as sentences naming the pack.
+BrokenPacks = dict[str, list[str]]
+
+
+def discover_packs(disabled: Iterable[str] = ()) -> tuple[list[Pack], BrokenPacks]:
+    """Import every pack declared in the entry-point group, skipping disabled names; one that fails is returned
+    apart, so that it fails alone."""
     blocked = set(disabled)
     packs: list[Pack] = []
+    broken: BrokenPacks = {}
     for ep in sorted(metadata.entry_points(group=ENTRYPOINT_GROUP), key=lambda e: e.name):
         if ep.name in blocked:
             continue
         try:
             module = ep.load()
-        except Exception as exc:
-            raise PluginError([f"pack {ep.name}: cannot be imported from {ep.value!r} ({exc})"]) from exc
+        except Exception as exc:  # any error of a third-party import is that pack's problem, not ours
+            broken[ep.name] = [f"pack {ep.name}: cannot be imported from {ep.value!r} ({exc})"]
+            continue
         if not isinstance(module, ModuleType):
-            raise PluginError([f"pack {ep.name}: entry point {ep.value!r} must name a module"])
+            broken[ep.name] = [f"pack {ep.name}: entry point {ep.value!r} must name a module"]
+            continue
         dist = ep.dist.name if ep.dist is not None else None
-        packs.append(pack_from_module(ep.name, module, dist))
-    return packs
+        try:
+            packs.append(pack_from_module(ep.name, module, dist))
+        except PluginError as exc:
+            broken[ep.name] = exc.problems
+    return packs, broken
 
 
 def load_packs(
     *, load_entrypoints: bool = True, disabled: Iterable[str] | None = None, extra_packs: Sequence[Pack] = ()
-) -> list[Pack]:
-    """The packs to load: entry points (when asked) and ``extra_packs``, minus the disabled names."""
+) -> tuple[list[Pack], BrokenPacks]:
+    """The packs to load: entry points (when asked) and ``extra_packs``, minus the disabled names; and those that
+    could not be loaded."""
     blocked = set(disabled) if disabled is not None else disabled_from_env()
-    packs = discover_packs(blocked) if load_entrypoints else []
-    return packs + [p for p in extra_packs if p.name not in blocked]
+    packs, broken = discover_packs(blocked) if load_entrypoints else ([], {})
+    return packs + [p for p in extra_packs if p.name not in blocked], broken
 
 
-def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> pluggy.PluginManager:
+def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> tuple[pluggy.PluginManager, BrokenPacks]:
     """A fresh plugin manager: every hookspec first (the packs' own, then the generated ones of ``actions``, id to
-    description), then the built-ins and the packs as plugins."""
+    description), then the built-ins and the packs as plugins; a pack whose implementations pluggy refuses is left
+    unregistered and returned with the reason."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(RuntimeSpecs)
     pm.add_hookspecs(WebhookSpecs)
@@ -130,12 +153,13 @@ def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> pl
     pm.add_hookspecs(make_action_specs(actions, declared))
     for path in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(path), name=path)
+    refused: BrokenPacks = {}
     for pack in packs:
         try:
             pm.register(pack.module, name=pack.name)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError([f"pack {pack.name}: {exc}"]) from exc
+        except pluggy.PluginValidationError as exc:  # pluggy validates every implementation before registering any
+            refused[pack.name] = [f"pack {pack.name}: {exc}"]
     if os.environ.get(TRACE_ENV):
         pm.trace.root.setwriter(print)
         pm.enable_tracing()
-    return pm
+    return pm, refused

@@ -7,6 +7,10 @@ not in the option set). Both raise :class:`InputError`. ``run_action`` then disp
 hook, and ``stream_records`` (``d365 run --jsonl``) through the library's record generator, so a pack's wrapper and
 the run ledger see every call, whichever front door it came through. Hook implementations never validate.
 
+A pack that breaks the contract fails alone: :meth:`Runtime.check` leaves it out whole, with a warning naming it and
+each problem, and keeps the built-ins and the healthy packs (``D365_STRICT_PACKS=1`` fails fast instead, for CI). A
+broken built-in contract is our bug and always stops the runtime.
+
 A platform keeps one :class:`Runtime` and, through :meth:`Runtime.connection`, one ``Connection`` per connection
 configuration: the connection's token, metadata cache and (later) throttle governor are then shared by every run.
 """
@@ -14,7 +18,6 @@ configuration: the connection's token, metadata cache and (later) throttle gover
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -29,12 +32,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pluggy
 
-from connector.errors import ContractError, InputError, InputProblem
+from connector.context import ActionContext, action_logger
+from connector.contract_cache import CACHE_DIR_ENV, contract_digest, remembered_contract_problems
+from connector.errors import ContractError, InputError, InputProblem, PluginError
 from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest
-from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, load_packs, make_plugin_manager
+from connector.plugins import (
+    BUILTIN,
+    DEFAULT_PLUGINS,
+    BrokenPacks,
+    Pack,
+    load_packs,
+    make_plugin_manager,
+    strict_from_env,
+)
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
-from connector.version import __version__
 
 if TYPE_CHECKING:
     from connector.auth import OnToken
@@ -48,15 +60,10 @@ log = logging.getLogger("connector.runtime")
 #: When set, every action run appends one JSON line here (action, outcome, error type, host): an audit trail a
 #: platform can keep, and the record the test suite uses to prove every action ran and was refused at least once.
 RUN_LEDGER_ENV = "D365_RUN_LEDGER"
-#: Where a clean contract check is remembered by digest; set to an empty string to check on every start.
-CACHE_DIR_ENV = "D365_CACHE_DIR"
 #: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
 DEBUG_ENV = "D365_DEBUG"
 #: Actions whose records :meth:`Runtime.stream_records` yields from a library generator, one page in memory at a time.
 STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
-
-_checked_digests: dict[str, list[str]] = {}
-_check_lock = threading.Lock()
 
 
 class _Dispatcher:
@@ -69,11 +76,13 @@ class _Dispatcher:
         self._overrides = overrides
 
     @hookimpl(trylast=True)
-    def execute_action(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
+    def execute_action(
+        self, action_id: str, inputs: Mapping[str, Any], connection: Connection, context: ActionContext
+    ) -> Any:
         caller = self._caller(action_id, action_id)
         if caller is None:
             raise ContractError([f"action {action_id!r} has no hookspec"])
-        return caller(inputs=inputs, connection=connection)
+        return caller(inputs=inputs, connection=connection, context=context)
 
     @hookimpl(trylast=True)
     def validate_inputs(self, action_id: str, inputs: Mapping[str, Any], connection: Connection) -> Any:
@@ -111,13 +120,12 @@ class Runtime:
         validate_output: bool | None = None,
         check: bool = True,
     ) -> None:
-        self.packs = load_packs(load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs)
-        self.store = SchemaStore()
-        problems, _ = self.store.add_folder(data_root() / "schemas")
-        self.manifest: EffectiveManifest = build_manifest(self.packs, self.store)
-        self.manifest.problems[:0] = problems
-        self.pm = make_plugin_manager(self.packs, {a.id: a.description for a in self.manifest.actions.values()})
-        self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name="connector.runtime.dispatch")
+        packs, broken = load_packs(load_entrypoints=load_entrypoints, disabled=disabled, extra_packs=extra_packs)
+        #: Packs left out, each with its problems (sentences naming the pack); see :meth:`check`.
+        self.broken_packs: BrokenPacks = {}
+        self.strict_packs = strict_from_env()
+        self._leave_out(broken)
+        self._assemble(packs)
         if validate_output is None:
             validate_output = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
         self.validate_output = validate_output
@@ -127,48 +135,58 @@ class Runtime:
         if check:
             self.check()
 
+    def _assemble(self, packs: Sequence[Pack]) -> None:
+        """Schemas, effective manifest and plugin manager from the built-ins and ``packs``.
+
+        Built again from scratch when a pack is left out: its fragment, schemas, hookspecs and implementations are
+        interleaved with everyone else's in the store and the plugin manager, which have no way to remove one pack.
+        """
+        self.packs = list(packs)
+        self.store = SchemaStore()
+        problems, _ = self.store.add_folder(data_root() / "schemas")
+        self.manifest: EffectiveManifest = build_manifest(self.packs, self.store)
+        self.manifest.problems[:0] = [(BUILTIN, p) for p in problems]
+        descriptions = {a.id: a.description for a in self.manifest.actions.values()}
+        self.pm, refused = make_plugin_manager(self.packs, descriptions)
+        self.manifest.problems += [(name, p) for name, found in refused.items() for p in found]
+        self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name="connector.runtime.dispatch")
+
+    def _leave_out(self, broken: BrokenPacks) -> None:
+        """Record and warn about each broken pack (stderr when logging is not configured), or fail fast if strict."""
+        if not broken:
+            return
+        if self.strict_packs:
+            raise PluginError([p for found in broken.values() for p in found])
+        for name, found in broken.items():
+            lines = "".join(f"\n  - {p}" for p in found)
+            log.warning("pack %s is left out (set D365_STRICT_PACKS=1 to stop instead):%s", name, lines)
+            self.broken_packs[name] = list(found)
+
     # -- contract -----------------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise :class:`ContractError` listing every contract problem; runs once per distinct effective manifest."""
-        from connector.contract import check_contract
+        """Raise :class:`ContractError` on a broken built-in contract; leave out each pack that breaks it.
 
-        key = self.contract_digest()
-        with _check_lock:
-            problems = _checked_digests.get(key)
-            if problems is None:
-                cache_dir = _contract_cache_dir()
-                marker = cache_dir / f"contract-{key}.ok" if cache_dir is not None else None
-                if marker is not None and marker.is_file():
-                    problems = []
-                else:
-                    problems = check_contract(self)
-                    if not problems and marker is not None:
-                        _write_marker(marker)
-                _checked_digests[key] = problems
-        if problems:
-            raise ContractError(problems)
+        A pack can break the contract only through what it adds, so a pack at fault is left out whole and the check
+        runs again without it (another pack may have leant on it). Each round removes a pack, so this ends. Each
+        round's check runs once per distinct digest and is remembered on disk (:mod:`connector.contract_cache`).
+        """
+        while True:
+            found = remembered_contract_problems(self)
+            builtin = found.pop(BUILTIN, [])
+            if builtin:
+                raise ContractError(builtin + [p for problems in found.values() for p in problems])
+            if not found:
+                return
+            remaining = [p for p in self.packs if p.name not in found]
+            if len(remaining) == len(self.packs):  # blamed on no loaded pack: leaving nothing out cannot help
+                raise ContractError([p for problems in found.values() for p in problems])
+            self._leave_out(found)
+            self._assemble(remaining)
 
     def contract_digest(self) -> str:
-        """A hash of everything the contract check reads: manifest, every schema, every hook and who implements it.
-
-        Checking every schema against the 2020-12 metaschema costs about a second; a clean result is remembered on
-        disk under this digest, so a CLI call or a platform worker pays it once per release rather than per process.
-        """
-        hooks = []
-        for name, caller in sorted(vars(self.pm.hook).items()):
-            if name.startswith("_"):
-                continue
-            spec = caller.spec.argnames if caller.spec is not None else None
-            impls = sorted((i.plugin_name, i.wrapper or i.hookwrapper) for i in caller.get_hookimpls())
-            hooks.append((name, spec, impls))
-        material = {
-            "version": __version__,
-            "manifest": self.manifest.document,
-            "problems": self.manifest.problems,
-            "schemas": {sid: self.store.get(sid) for sid in self.store.ids()},
-            "hooks": hooks,
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+        """A hash of everything the contract check reads; its result is remembered under it (see
+        :mod:`connector.contract_cache`)."""
+        return contract_digest(self)
 
     def provider_of(self, action_id: str) -> str:
         info = self.manifest.action(action_id)
@@ -241,7 +259,10 @@ class Runtime:
         error: Exception | None = None
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            result = self.pm.hook.execute_action(action_id=action_id, inputs=frozen, connection=connection)
+            context = self.action_context(action_id, connection)
+            result = self.pm.hook.execute_action(
+                action_id=action_id, inputs=frozen, connection=connection, context=context
+            )
             if result is None:
                 raise ContractError([f"action {action_id!r}: no implementation returned a result"])
             if self.validate_output:
@@ -256,6 +277,12 @@ class Runtime:
             raise
         finally:
             _record_run(action_id, connection, started, error)
+
+    def action_context(
+        self, action_id: str, connection: Connection, *, progress: Any = None, cancel: Any = None
+    ) -> ActionContext:
+        """The ``context`` a hook of ``action_id`` receives when it names that third argument."""
+        return ActionContext(self, connection, action_id, action_logger(action_id), progress, cancel)
 
     def stream_records(self, action_id: str, inputs: Any, connection: Connection) -> RecordStream:
         """The records of a query action one by one, straight from the library's generator (constant memory).
@@ -292,7 +319,7 @@ class Runtime:
             raise InputError([InputProblem("$data_source", f"unknown data source {name!r}; known: {known}")])
         if not isinstance(params, Mapping):
             raise InputError([InputProblem("$", "data source parameters must be a JSON object")], action_id=name)
-        schema_id = self.manifest.schema_id(BUILTIN, entry["params_schema"])
+        schema_id = self.manifest.schema_id(entry.get("provider", BUILTIN), entry["params_schema"])
         problems = self.store.validate(dict(params), schema_id)
         if problems:
             raise InputError(problems, action_id=name)
@@ -306,7 +333,7 @@ class Runtime:
     def trigger_config(self, trigger_id: str, config: Any) -> dict[str, Any]:
         """A trigger configuration checked against its schema (every problem listed), with top-level defaults."""
         entry = self._trigger_entry(trigger_id)
-        schema_id = self.manifest.schema_id(BUILTIN, entry["config_schema"])
+        schema_id = self.manifest.schema_id(entry.get("provider", BUILTIN), entry["config_schema"])
         if not isinstance(config, Mapping):
             problem = InputProblem("$", "the trigger configuration must be a JSON object")
             raise InputError([problem], action_id=trigger_id)
@@ -328,7 +355,8 @@ class Runtime:
         if event is None:
             raise ContractError([f"trigger {trigger_id!r}: no implementation of handle_{trigger_id} returned an event"])
         entry = self._trigger_entry(trigger_id)
-        problems = self.store.validate(event, self.manifest.schema_id(BUILTIN, entry["payload_schema"]))
+        payload_schema = self.manifest.schema_id(entry.get("provider", BUILTIN), entry["payload_schema"])
+        problems = self.store.validate(event, payload_schema)
         if problems:
             raise ContractError([f"trigger {trigger_id!r} event {p}" for p in problems])
         key = event.get("dedupe_key")
@@ -388,25 +416,6 @@ class Runtime:
             if "default" in node:
                 inputs[name] = copy.deepcopy(node["default"])
         return inputs
-
-
-def _contract_cache_dir() -> Path | None:
-    """Where clean contract checks are remembered (``D365_CACHE_DIR``, else the per-user cache); None disables it."""
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured == "":
-        return None
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "d365-connector"
-
-
-def _write_marker(marker: Path) -> None:
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:  # a read-only home must not stop the connector; the check simply runs again next time
-        log.debug("cannot remember the contract check in %s", marker.parent)
 
 
 class RecordStream:

@@ -170,7 +170,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "diagnostics",
         ),
     ),
-    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "runtime")),
+    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "contract_cache", "context", "runtime")),
     ("front doors", ("", "cli", "cli_help", "demo", "webhook_server")),
 )
 MAX_MODULE_LINES = 600

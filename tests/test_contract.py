@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connector import plugins
-from connector.contract import check_contract
+from connector.contract import check_contract, contract_problems
 from connector.errors import ContractError
 from connector.runtime import Runtime
 from tests.framework.packs import action_entry, io_schemas, make_pack
@@ -129,7 +129,8 @@ def test_unknown_hook_implementation_is_reported(tmp_path: Path) -> None:
     assert any(p.startswith("unknown hook implementation:") and "get_curent_user" in p for p in problems_with(pack))
 
 
-def test_runtime_refuses_to_start_on_drift(tmp_path: Path) -> None:
+def test_runtime_refuses_to_start_on_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     pack = make_pack(tmp_path, name="p", code=IMPL.format(id="orphan2"), spec_ids=("orphan2",))
     with pytest.raises(ContractError) as err:
         Runtime(load_entrypoints=False, extra_packs=[pack])
@@ -161,21 +162,22 @@ def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
 
 
 def test_clean_check_is_remembered_on_disk_by_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from connector import runtime as runtime_module
+    from connector import contract_cache
 
     monkeypatch.setenv("D365_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime_module, "_checked_digests", {})
+    monkeypatch.setattr(contract_cache, "_checked_digests", {})
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     calls: list[int] = []
-    real = check_contract
+    real = contract_problems
 
-    def counting(runtime: Runtime, **kwargs: object) -> list[str]:
+    def counting(runtime: Runtime, **kwargs: object) -> dict[str, list[str]]:
         calls.append(1)
         return real(runtime, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("connector.contract.check_contract", counting)
+    monkeypatch.setattr("connector.contract.contract_problems", counting)
     first = Runtime(load_entrypoints=False)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"contract-{first.contract_digest()}.ok"]
-    monkeypatch.setattr(runtime_module, "_checked_digests", {})  # as a new process would start
+    monkeypatch.setattr(contract_cache, "_checked_digests", {})  # as a new process would start
     Runtime(load_entrypoints=False)
     assert len(calls) == 1
     pack = make_pack(tmp_path / "pk", name="p", code=IMPL.format(id="orphan3"), spec_ids=("orphan3",))
@@ -192,3 +194,28 @@ def test_validator_of_an_undeclared_action_is_reported(tmp_path: Path) -> None:
     """
     pack = make_pack(tmp_path, name="p", code=code)
     assert any(p.startswith("unknown hook implementation:") and "validate_nowhere" in p for p in problems_with(pack))
+
+
+def test_a_broken_pack_verdict_is_remembered_on_disk_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken pack left installed costs its warning on every start, not a contract check."""
+    from connector import contract_cache
+
+    monkeypatch.setenv("D365_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(contract_cache, "_checked_digests", {})
+    calls: list[int] = []
+    real = contract_problems
+
+    def counting(runtime: Runtime, **kwargs: object) -> dict[str, list[str]]:
+        calls.append(1)
+        return real(runtime, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("connector.contract.contract_problems", counting)
+    pack = make_pack(tmp_path / "pk", name="p", code=IMPL.format(id="orphan4"), spec_ids=("orphan4",))
+    first = Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert len(calls) == 2  # with the pack, then without it
+    monkeypatch.setattr(contract_cache, "_checked_digests", {})  # as a new process would start
+    again = Runtime(load_entrypoints=False, extra_packs=[pack])
+    assert len(calls) == 2
+    expected = {"p": ["hook 'orphan4' has an action hookspec but no manifest entry"]}
+    assert again.broken_packs == first.broken_packs == expected
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".ok"]

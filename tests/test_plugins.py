@@ -69,7 +69,8 @@ def test_declared_override_replaces_the_builtin(tmp_path: Path) -> None:
     assert result == {"ok": True, "checks": [], "diagnosis": None, "fix": None}
 
 
-def test_undeclared_override_is_refused_by_name(tmp_path: Path) -> None:
+def test_undeclared_override_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("D365_STRICT_PACKS", "1")
     code = """
     @hookimpl
     def get_current_user(inputs, connection):
@@ -105,8 +106,8 @@ def test_pack_can_be_disabled_by_name(tmp_path: Path) -> None:
 
 def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pack = echo_pack(tmp_path, name="epack")
-    dist = tmp_path / "d365_epack-1.0.dist-info"
-    dist.mkdir()
+    dist = tmp_path / "site" / "d365_epack-1.0.dist-info"  # apart from the packages, which stay on sys.path
+    dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: d365-epack\nVersion: 1.0\n", encoding="utf-8")
     (dist / "entry_points.txt").write_text(
         textwrap.dedent(f"""
@@ -115,7 +116,7 @@ def test_entry_point_packs_are_discovered_and_blockable(tmp_path: Path, monkeypa
         """),
         encoding="utf-8",
     )
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
     runtime = Runtime(load_entrypoints=True, disabled=[])
     assert runtime.provider_of("echo_word") == "epack"
     assert [p.distribution for p in runtime.packs] == ["d365-epack"]
@@ -134,7 +135,7 @@ def test_pack_action_hookspecs_are_generated_from_its_fragment(tmp_path: Path) -
     runtime = Runtime(load_entrypoints=False, extra_packs=[pack])
     assert runtime.run_action("echo_word", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
     spec = runtime.pm.hook.echo_word.spec
-    assert (spec.argnames, spec.opts["firstresult"]) == (("inputs", "connection"), True)
+    assert (spec.argnames, spec.opts["firstresult"]) == (("inputs", "connection", "context"), True)
     assert spec.function.__doc__ == "Test action echo_word."
 
 

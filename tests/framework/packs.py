@@ -94,3 +94,12 @@ def make_pack(
     importlib.invalidate_caches()
     module = importlib.import_module(package)
     return pack_from_module(name, module)
+
+
+def add_entry_point(root: Path, *, name: str, target: str, distribution: str = "d365-testpack") -> None:
+    """Make ``root`` (once on ``sys.path``) hold an installed distribution whose ``d365_connector`` entry point
+    ``name`` names ``target``: what ``pip install`` leaves in site-packages, without the install."""
+    dist = root / f"{distribution.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(f"[d365_connector]\n{name} = {target}\n", encoding="utf-8")
