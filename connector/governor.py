@@ -226,7 +226,8 @@ class Governor:
         """Run ``fn`` on every item at the allowed parallelism; one :class:`Outcome` per item, in the items' order.
 
         An item's exception is kept in its outcome and never stops the others. The worker threads are bounded by
-        ``max_parallelism``; the requests they send are further bounded by the server's hint through :meth:`slot`.
+        ``max_parallelism``, and an item starts only while fewer items than the allowed requests in flight run (the
+        server's hint), so no item waits for a request slot with its work begun; its requests take :meth:`slot`s.
         ``on_outcome`` is called on the calling thread for each item that finished, as it finishes (progress). Once
         ``cancel`` is cancelled no item starts; the items running are waited for, unless it is aborted or its grace
         period ends, in which case the map returns at once and those items are left to finish unobserved.
@@ -235,13 +236,23 @@ class Governor:
         if not work:
             return []
         started = [False] * len(work)
+        running = [0]
 
         def run(index: int) -> R:
-            started[index] = True  # before the check: a map that stops waiting now counts it as possibly sent
-            if cancel is not None and cancel.cancelled:
-                started[index] = False
-                raise _NotStarted
-            return fn(work[index])
+            with self._cond:  # an item starts when the connection allows one more in flight: a cancel stops the rest
+                while running[0] >= self._limit() and not (cancel is not None and cancel.cancelled):
+                    self._cond.wait()
+                started[index] = True  # before the check: a map that stops waiting now counts it as possibly sent
+                if cancel is not None and cancel.cancelled:
+                    started[index] = False
+                    raise _NotStarted
+                running[0] += 1
+            try:
+                return fn(work[index])
+            finally:
+                with self._cond:
+                    running[0] -= 1
+                    self._cond.notify_all()
 
         pool = ThreadPoolExecutor(max_workers=min(self._max, len(work)), thread_name_prefix="d365-governor")
         events: queue.SimpleQueue[Future[R] | None] = queue.SimpleQueue()

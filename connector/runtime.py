@@ -33,6 +33,7 @@ from connector.errors import ContractError, InputError, InputProblem
 from connector.hookspecs import hookimpl, validator_hook
 from connector.manifest import EffectiveManifest, build_manifest
 from connector.plugins import BUILTIN, DEFAULT_PLUGINS, Pack, load_packs, make_plugin_manager
+from connector.progress import CancellationToken, Reporter, current, running
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
 from connector.version import __version__
 
@@ -235,13 +236,26 @@ class Runtime:
             raise InputError(problems, action_id=action_id)
         return frozen
 
-    def run_action(self, action_id: str, inputs: Any, connection: Connection) -> dict[str, Any]:
-        """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output."""
+    def run_action(
+        self,
+        action_id: str,
+        inputs: Any,
+        connection: Connection,
+        *,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> dict[str, Any]:
+        """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output.
+
+        ``progress`` and ``cancel`` reach the hooks through :func:`connector.progress.current` (the hook signature
+        stays ``(inputs, connection)``); the long actions pass them on to the library.
+        """
         started = time.perf_counter()
         error: Exception | None = None
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            result = self.pm.hook.execute_action(action_id=action_id, inputs=frozen, connection=connection)
+            with running(progress, cancel):
+                result = self.pm.hook.execute_action(action_id=action_id, inputs=frozen, connection=connection)
             if result is None:
                 raise ContractError([f"action {action_id!r}: no implementation returned a result"])
             if self.validate_output:
@@ -257,11 +271,20 @@ class Runtime:
         finally:
             _record_run(action_id, connection, started, error)
 
-    def stream_records(self, action_id: str, inputs: Any, connection: Connection) -> RecordStream:
+    def stream_records(
+        self,
+        action_id: str,
+        inputs: Any,
+        connection: Connection,
+        *,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> RecordStream:
         """The records of a query action one by one, straight from the library's generator (constant memory).
 
         Validated like ``run_action`` (bad input raises here, before any data request); the run ledger gets one
-        entry, written when the stream ends or fails.
+        entry, written when the stream ends or fails. ``progress`` hears each page; after ``cancel`` the stream ends
+        at the next page boundary, with the token that continues in :meth:`RecordStream.summary`.
         """
         if action_id not in STREAMING_ACTIONS:
             problem = InputProblem("$action", f"only {', '.join(STREAMING_ACTIONS)} stream records")
@@ -269,7 +292,8 @@ class Runtime:
         started = time.perf_counter()
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            run = self.pm.hook.stream_records(action_id=action_id, inputs=frozen, connection=connection)
+            with running(progress, cancel):
+                run = self.pm.hook.stream_records(action_id=action_id, inputs=frozen, connection=connection)
             if run is None:
                 provider = self.provider_of(action_id)
                 raise InputError(
@@ -444,9 +468,13 @@ def _start_run(action_id: str, inputs: Mapping[str, Any], connection: Connection
     from connector import fetchxml, paging
     from connector.inputs import QueryEntities, RunFetchXmlQuery
 
+    control = current()  # the generator runs after the call returns: it keeps the run's reporter and token
     if action_id == "run_fetch_xml_query":
-        return fetchxml.stream_fetch_xml(connection, RunFetchXmlQuery.of(inputs))
-    return paging.stream_entities(connection, QueryEntities.of(inputs))
+        return fetchxml.stream_fetch_xml(
+            connection, RunFetchXmlQuery.of(inputs), progress=control.progress, cancel=control.cancel
+        )
+    typed = QueryEntities.of(inputs)
+    return paging.stream_entities(connection, typed, progress=control.progress, cancel=control.cancel)
 
 
 def _record_run(action_id: str, connection: Any, started: float, error: Exception | None) -> None:
