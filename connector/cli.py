@@ -1,7 +1,9 @@
 """``d365``: the local action-runner harness, and the composition root of the package.
 
 Output JSON goes to stdout and errors to stderr, with exit codes a script can branch on: 0 ok, 2 bad input, 3
-connection or auth, 4 Dataverse API error, 1 anything else. The emulator is imported lazily, only by ``d365 emulator``.
+connection or auth, 4 Dataverse API error, 5 completed with failed rows (:data:`EXIT_PARTIAL`), 130 interrupted, 1
+anything else. Progress and Ctrl-C handling of ``d365 run`` live in :mod:`connector.cli_progress`. The emulator is
+imported lazily, only by ``d365 emulator``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,25 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from connector import cli_progress
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
+from connector.progress import CancellationToken
 from connector.version import __version__
 
 if TYPE_CHECKING:
-    from connector.runtime import RecordStream
+    from connector.connection import Connection
+    from connector.runtime import RecordStream, Runtime
 
 CONNECTION_ENV = "D365_CONNECTION"
+EXIT_PARTIAL = 5
+"""The run completed, but some rows did not land: ``write_entities`` with failed, unknown or not_sent records,
+``run_batch_operations`` with a failed (rolled back, not run) operation. ``--allow-partial`` exits 0 instead."""
+EXIT_INTERRUPTED = 130
+"""SIGINT or SIGTERM (128 + 2, the shell's convention): the results known so far are printed first."""
+#: Actions that stop between chunks or pages on the first Ctrl-C and still report every record; others stop at once.
+INTERRUPTIBLE = ("write_entities", "run_batch_operations", "query_entities", "run_fetch_xml_query")
+#: Counts that make a completed run partial.
+PARTIAL_COUNTS = ("failed", "unknown", "not_sent", "rolled_back", "not_run")
 
 
 def _stdout() -> Console:
@@ -195,6 +209,17 @@ def actions_describe(action_id: str) -> None:
     help="query_entities and run_fetch_xml_query: print each record as one JSON line as it arrives (constant "
     "memory); the continuation (more_records, next_page_token) goes to stderr.",
 )
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(cli_progress.MODES),
+    default="auto",
+    show_default=True,
+    help="Progress on stderr: a Rich bar (rich), one JSON line per update (json), none; auto: rich on a terminal.",
+)
+@click.option(
+    "--allow-partial", is_flag=True, help=f"Exit 0, not {EXIT_PARTIAL}, when the run completed with failed rows."
+)
 def run(
     action_id: str,
     connection_file: str | None,
@@ -202,10 +227,17 @@ def run(
     pairs: tuple[str, ...],
     as_json: bool,
     jsonl: bool,
+    progress_mode: str,
+    allow_partial: bool,
 ) -> None:
-    """Run one action: inputs are validated before the connection is used; the output is JSON on stdout."""
+    """Run one action: inputs are validated before the connection is used; the output is JSON on stdout.
+
+    Exit 5 when the run completed with failed rows (unless --allow-partial), 130 when interrupted: the first Ctrl-C
+    stops sending and waits for the requests in flight, the second stops waiting; every record's result is printed.
+    """
     from connector.runtime import STREAMING_ACTIONS
 
+    token = CancellationToken(grace_s=cli_progress.GRACE_S) if action_id in INTERRUPTIBLE else None
     try:
         runtime = _runtime()
         inputs = _read_inputs(input_file, pairs)
@@ -214,16 +246,64 @@ def run(
         runtime.check_schema(action_id, inputs)
         config, base_dir = _load_connection_file(connection_file)
         connection = runtime.connection(config, base_dir=base_dir)
-        try:
-            if jsonl:
-                _print_records(runtime.stream_records(action_id, inputs, connection))
-                return
-            result = runtime.run_action(action_id, inputs, connection)
-        finally:
-            runtime.close()
+        result = _execute(runtime, action_id, inputs, connection, jsonl, progress_mode, token)
     except ConnectorError as exc:
         _fail(exc, as_json or jsonl)
-    _print_json(result, as_json)
+    except KeyboardInterrupt:  # no request is left in flight on another thread here: a plain exit
+        click.echo(f"{action_id}: interrupted; no result is known", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if result is not None:
+        _print_json(result, as_json)
+    _exit_for(action_id, result, token, as_json, allow_partial)
+
+
+def _execute(
+    runtime: Runtime,
+    action_id: str,
+    inputs: dict[str, Any],
+    connection: Connection,
+    jsonl: bool,
+    progress_mode: str,
+    token: CancellationToken | None,
+) -> dict[str, Any] | None:
+    """Run (or stream) the action with the progress display and the signal handlers in place; None when streamed."""
+    try:
+        with cli_progress.display(progress_mode, token) as reporter, cli_progress.interruptions(token):
+            if jsonl:
+                _print_records(runtime.stream_records(action_id, inputs, connection, progress=reporter, cancel=token))
+                return None
+            return runtime.run_action(action_id, inputs, connection, progress=reporter, cancel=token)
+    finally:
+        if token is None or not token.aborted:  # after an abort, requests may still be in flight on the connection
+            runtime.close()
+
+
+def _exit_for(
+    action_id: str, result: dict[str, Any] | None, token: CancellationToken | None, as_json: bool, allow_partial: bool
+) -> None:
+    """Exit 130 after an interruption, 5 after a partial run (unless allowed); the summary goes to stderr."""
+    counts = cli_progress.counts_of(action_id, result)
+    if token is not None and token.cancelled:
+        why = f"interrupted ({token.reason}): exit {EXIT_INTERRUPTED}"
+        cli_progress.print_summary(action_id, counts, why, EXIT_INTERRUPTED, as_json)
+        if token.aborted:
+            _exit_now(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
+    if counts is None or not any(counts.get(name) for name in PARTIAL_COUNTS):
+        return
+    if allow_partial:
+        cli_progress.print_summary(action_id, counts, "some rows did not land (--allow-partial: exit 0)", 0, as_json)
+        return
+    why = f"some rows did not land: exit {EXIT_PARTIAL} (--allow-partial exits 0)"
+    cli_progress.print_summary(action_id, counts, why, EXIT_PARTIAL, as_json)
+    sys.exit(EXIT_PARTIAL)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for worker threads still in a request (an aborted run leaves them behind)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_records(stream: RecordStream) -> None:

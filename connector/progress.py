@@ -167,6 +167,11 @@ class CancellationToken:
             return None
         return max(0.0, self._cancelled_at + self.grace_s - self._clock.monotonic())
 
+    @property
+    def listening(self) -> bool:
+        """Whether some wait would wake at once on :meth:`abort` (a signal handler decides whether to raise)."""
+        return bool(self._listeners)
+
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` (which must be signal-safe, such as ``SimpleQueue.put``) on every cancel and abort;
         returns the function that unsubscribes it."""
