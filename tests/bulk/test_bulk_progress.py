@@ -155,3 +155,12 @@ def test_a_cancelled_fetch_all_stops_at_the_next_page_with_a_token_that_resumes_
         ("advance", 2, {"pages": 1}),
         ("end", 2, {"pages": 1}),
     ]
+
+
+def test_the_output_schema_examples_validate_a_cancelled_run_among_them(runtime: Runtime) -> None:
+    schema_id = "https://d365-connector.dev/schemas/actions/write_entities.output.json"
+    examples = runtime.store.get(schema_id)["examples"]
+    assert [runtime.store.validate(example, schema_id) for example in examples] == [[]] * len(examples)
+    assert any(example["summary"].get("not_sent") for example in examples)
+    broken = {**examples[1], "results": [{**examples[1]["results"][1], "status": "skipped"}]}
+    assert runtime.store.validate(broken, schema_id) != []
