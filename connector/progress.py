@@ -100,9 +100,10 @@ class Progress:
 
 
 class Reporter(Protocol):
-    """Receives each :class:`Progress` snapshot; must return quickly (it runs on the thread that made progress)."""
+    """Receives each :class:`Progress` snapshot; must return quickly (it runs on the thread that made progress).
+    Any callable taking one positional argument fits, ``list.append`` included."""
 
-    def __call__(self, event: Progress) -> None: ...
+    def __call__(self, event: Progress, /) -> None: ...
 
 
 class ThrottleSource(Protocol):
