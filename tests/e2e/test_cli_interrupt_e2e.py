@@ -66,15 +66,16 @@ def _rows(connection: Connection) -> set[str]:
     return {str(r["accountid"]) for page in pages for r in page.records}
 
 
-def test_sigint_mid_write_exits_130_with_every_result_and_nothing_unreported(
-    connection: Connection, connection_file: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_write_exits_130_with_every_result_and_nothing_unreported(
+    connection: Connection, connection_file: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     inputs = _inputs(tmp_path / "in.json", RECORDS, 5)
     proc = _start(connection_file, inputs, "--progress=json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         _wait_for(proc.stderr, lambda line: line["event"] == "advance")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         sent = time.monotonic()
         stdout, stderr = proc.communicate(timeout=BOUND_S)
         elapsed = time.monotonic() - sent
@@ -90,7 +91,7 @@ def test_sigint_mid_write_exits_130_with_every_result_and_nothing_unreported(
     created = {r["id"] for r in results if r["status"] == "created"}
     assert out["summary"]["not_sent"] == RECORDS - len(created) > 0
     assert _rows(connection) == created
-    assert "interrupted (SIGINT): exit 130" in stderr
+    assert f"interrupted ({sig.name}): exit 130" in stderr
 
 
 def test_a_second_sigint_aborts_and_still_reports_every_record(
