@@ -27,6 +27,7 @@ threads or tasks, each with its own reporter and token.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from connector.clock import Clock, SystemClock
+
+log = logging.getLogger("connector.progress")
 
 __all__ = [
     "CancellationToken",
@@ -193,7 +196,8 @@ class Tracker:
     """The counts of one long operation, sent to a reporter as snapshots; a no-op without a reporter.
 
     Thread-safe: workers and the caller may report; the reporter is called under a lock, one event at a time. Used as
-    a context manager it listens to the connection's throttle waits for the operation's duration.
+    a context manager it listens to the connection's throttle waits for the operation's duration. A reporter that
+    raises is logged and dropped: the operation goes on and returns its results.
     """
 
     def __init__(
@@ -268,7 +272,11 @@ class Tracker:
                 throttled_s=self._waited,
                 cancelled=self._cancel is not None and self._cancel.cancelled,
             )
-            self._reporter(snapshot)
+            try:
+                self._reporter(snapshot)
+            except Exception:  # a broken progress display must not cost a write its results
+                log.exception("the progress reporter of %s failed; no more progress is reported", self.operation)
+                self._reporter = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from connector.clock import FakeClock
 from connector.governor import Governor
 from connector.progress import CancellationToken, Progress, Tracker, current, running
@@ -142,3 +144,18 @@ def test_current_is_empty_outside_a_run_and_nested_runs_restore_it() -> None:
             assert current().cancel is None
         assert current().cancel is token
     assert current().cancel is None
+
+
+def test_a_reporter_that_raises_is_dropped_and_the_work_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def broken(event: Progress) -> None:
+        calls.append(event.event)
+        raise RuntimeError("display gone")
+
+    clock = FakeClock()
+    with Tracker("write_entities", broken, total=2, clock=clock) as tracker:
+        tracker.advance({"created": 1})
+        tracker.advance({"created": 1})
+    assert calls == ["start"] and tracker.done == 0  # dropped: no more snapshots, no more counting
+    assert "the progress reporter of write_entities failed" in caplog.text
