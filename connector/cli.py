@@ -4,6 +4,11 @@ Output JSON goes to stdout and errors to stderr, with exit codes a script can br
 connection or auth, 4 Dataverse API error, 5 completed with failed rows (:data:`EXIT_PARTIAL`), 130 interrupted, 1
 anything else. Progress and Ctrl-C handling of ``d365 run`` live in :mod:`connector.cli_progress`. The emulator is
 imported lazily, only by ``d365 emulator``.
+
+What prints what, the same in every command so a script never guesses: a result is JSON on stdout, indented, or one
+compact line with ``--json``, which also turns an error into one JSON object on stderr (else ``error: message``). The
+one table is ``actions list`` on a terminal; piped, it prints JSON like the rest. Streams (``run --jsonl``, ``webhook
+serve``) print one JSON line per record or event; status, summaries, continuations and progress go to stderr.
 """
 
 from __future__ import annotations
@@ -15,28 +20,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
 from connector import cli_progress
+from connector.cli_help import ActionCommand
+from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.version import __version__
 
 if TYPE_CHECKING:
     from connector.connection import Connection
+    from connector.manifest import ActionInfo
     from connector.runtime import RecordStream, Runtime
 
 CONNECTION_ENV = "D365_CONNECTION"
-EXIT_PARTIAL = 5
-"""The run completed, but some rows did not land: ``write_entities`` with failed, unknown or not_sent records,
-``run_batch_operations`` with a failed (rolled back, not run) operation. ``--allow-partial`` exits 0 instead."""
-EXIT_INTERRUPTED = 130
-"""SIGINT or SIGTERM (128 + 2, the shell's convention): the results known so far are printed first."""
-#: Actions that stop between chunks or pages on the first Ctrl-C and still report every record; others stop at once.
-INTERRUPTIBLE = ("write_entities", "run_batch_operations", "query_entities", "run_fetch_xml_query")
-#: Counts that make a completed run partial.
-PARTIAL_COUNTS = ("failed", "unknown", "not_sent", "rolled_back", "not_run")
+JSON_HELP = "Compact JSON output, and errors as JSON on stderr."
+SET_HELP = "Repeatable. KEY=TEXT is always text, KEY:=JSON is JSON (42, true, null, [..], {..}); dotted keys nest."
 
 
 def _stdout() -> Console:
@@ -55,6 +57,25 @@ def _runtime() -> Any:
     from connector.runtime import default_runtime
 
     return default_runtime()
+
+
+def _complete_action_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Action ids of the effective manifest for shell completion; nothing when the runtime cannot start."""
+    try:
+        actions = _runtime().manifest.actions
+    except ConnectorError:
+        return []
+    return [CompletionItem(a, help=actions[a].label) for a in sorted(actions) if a.startswith(incomplete)]
+
+
+def _complete_data_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Data source names of the effective manifest for shell completion."""
+    try:
+        sources = _runtime().manifest.document.get("data_sources", [])
+    except ConnectorError:
+        return []
+    names = [(s["name"], s.get("label")) for s in sources if isinstance(s, dict) and isinstance(s.get("name"), str)]
+    return [CompletionItem(name, help=label) for name, label in sorted(names) if name.startswith(incomplete)]
 
 
 def _print_json(data: Any, as_json: bool) -> None:
@@ -87,32 +108,57 @@ def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
     return data, file.resolve().parent
 
 
-def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``--set a.b=value`` pairs into nested inputs; a value that parses as JSON is taken as JSON, else as text."""
+def parse_set_options(pairs: tuple[str, ...], option: str = "--set") -> dict[str, Any]:
+    """``--set`` pairs into nested inputs, with httpie's convention: ``key=value`` is text, ``key:=json`` is JSON.
+
+    Text is never guessed to be a number (a telephone number stays a string); dotted keys nest (``fields.name=X``).
+    """
     inputs: dict[str, Any] = {}
     problems: list[InputProblem] = []
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            problems.append(InputProblem(f"--set {pair}", "expected key=value, e.g. --set table=account"))
+        key, is_json, raw = _split_pair(pair)
+        if not key or any(not part for part in key.split(".")):
+            problems.append(
+                InputProblem(f"{option} {pair}", f"expected KEY=TEXT or KEY:=JSON, e.g. {option} table=account")
+            )
             continue
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = inputs
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                problems.append(InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object"))
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
+        value: Any = raw
+        if is_json:
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                # The value is not echoed: it may be a header or a token.
+                message = f"the value after := is not valid JSON ({exc}); for text write {key}=... instead"
+                problems.append(InputProblem(f"{option} {key}", message))
+                continue
+        problem = _set_nested(inputs, key, value)
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise InputError(problems)
     return inputs
+
+
+def _split_pair(pair: str) -> tuple[str, bool, str]:
+    """(key, value is JSON, raw value); the first ``=`` separates, and ``:=`` when a colon precedes it."""
+    key, sep, raw = pair.partition("=")
+    if not sep:
+        return "", False, raw
+    if key.endswith(":"):
+        return key[:-1], True, raw
+    return key, False, raw
+
+
+def _set_nested(inputs: dict[str, Any], key: str, value: Any) -> InputProblem | None:
+    node = inputs
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object")
+        node = child
+    node[parts[-1]] = value
+    return None
 
 
 def _read_inputs(input_file: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -154,9 +200,9 @@ def actions() -> None:
 
 
 @actions.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Compact JSON, also on a terminal (where a table is drawn).")
 def actions_list(as_json: bool) -> None:
-    """Every action, with the plugin that provides it."""
+    """Every action, with the plugin that provides it: a table on a terminal, JSON when piped."""
     try:
         runtime = _runtime()
     except ConnectorError as exc:
@@ -165,8 +211,8 @@ def actions_list(as_json: bool) -> None:
         {"id": a.id, "label": a.label, "category": a.category, "provider": a.provider, "description": a.description}
         for a in sorted(runtime.manifest.actions.values(), key=lambda a: (a.category, a.id))
     ]
-    if as_json:
-        _print_json(rows, True)
+    if as_json or not sys.stdout.isatty():
+        _print_json(rows, as_json)
         return
     table = Table("id", "label", "category", "provider")
     for row in rows:
@@ -175,33 +221,38 @@ def actions_list(as_json: bool) -> None:
 
 
 @actions.command("describe")
-@click.argument("action_id")
-def actions_describe(action_id: str) -> None:
-    """An action's manifest entry with its input and output schemas."""
+@click.argument("action_id", shell_complete=_complete_action_id)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def actions_describe(action_id: str, as_json: bool) -> None:
+    """An action's manifest entry with its input and output schemas, every $ref resolved (self-contained)."""
     try:
         runtime = _runtime()
-        info = runtime.manifest.action(action_id)
-        if info is None:
-            known = ", ".join(sorted(runtime.manifest.actions))
-            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
-    except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(
-        {
+        info = _action_info(runtime, action_id)
+        described = {
             **dict(info.entry),
-            "input": runtime.store.get(info.input_schema),
-            "output": runtime.store.get(info.output_schema),
-        },
-        False,
-    )
+            "input": runtime.store.bundled(info.input_schema),
+            "output": runtime.store.bundled(info.output_schema),
+        }
+    except ConnectorError as exc:
+        _fail(exc, as_json)
+    _print_json(described, as_json)
+
+
+def _action_info(runtime: Any, action_id: str) -> ActionInfo:
+    """The action's manifest entry, or the input error (exit 2) that lists the known ids."""
+    info: ActionInfo | None = runtime.manifest.action(action_id)
+    if info is None:
+        known = ", ".join(sorted(runtime.manifest.actions))
+        raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}; known actions: {known}")])
+    return info
 
 
 # -- run ------------------------------------------------------------------------------------------------------------
-@main.command("run")
-@click.argument("action_id")
+@main.command("run", cls=ActionCommand, runtime=lambda: _runtime())  # looked up per call: tests swap _runtime
+@click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--input", "input_file", help="JSON file of inputs, or - for standard input.")
-@click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="One input; dotted keys nest; JSON values.")
+@click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 @click.option(
     "--jsonl",
@@ -254,7 +305,7 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
     if result is not None:
         _print_json(result, as_json)
-    _exit_for(action_id, result, token, as_json, allow_partial)
+    cli_progress.finish(action_id, result, token, as_json=as_json, allow_partial=allow_partial)
 
 
 def _execute(
@@ -278,34 +329,6 @@ def _execute(
             runtime.close()
 
 
-def _exit_for(
-    action_id: str, result: dict[str, Any] | None, token: CancellationToken | None, as_json: bool, allow_partial: bool
-) -> None:
-    """Exit 130 after an interruption, 5 after a partial run (unless allowed); the summary goes to stderr."""
-    counts = cli_progress.counts_of(action_id, result)
-    if token is not None and token.cancelled:
-        why = f"interrupted ({token.reason}): exit {EXIT_INTERRUPTED}"
-        cli_progress.print_summary(action_id, counts, why, EXIT_INTERRUPTED, as_json)
-        if token.aborted:
-            _exit_now(EXIT_INTERRUPTED)
-        sys.exit(EXIT_INTERRUPTED)
-    if counts is None or not any(counts.get(name) for name in PARTIAL_COUNTS):
-        return
-    if allow_partial:
-        cli_progress.print_summary(action_id, counts, "some rows did not land (--allow-partial: exit 0)", 0, as_json)
-        return
-    why = f"some rows did not land: exit {EXIT_PARTIAL} (--allow-partial exits 0)"
-    cli_progress.print_summary(action_id, counts, why, EXIT_PARTIAL, as_json)
-    sys.exit(EXIT_PARTIAL)
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit without waiting for worker threads still in a request (an aborted run leaves them behind)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _print_records(stream: RecordStream) -> None:
     """One record per line as it arrives (one page in memory at a time); the continuation goes to stderr."""
     write = sys.stdout.write
@@ -317,15 +340,15 @@ def _print_records(stream: RecordStream) -> None:
 
 # -- data sources ---------------------------------------------------------------------------------------------------
 @main.command("datasource")
-@click.argument("name")
-@click.option("--param", "pairs", multiple=True, metavar="KEY=VALUE", help="One parameter; JSON values.")
+@click.argument("name", shell_complete=_complete_data_source)
+@click.option("--param", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help=SET_HELP)
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
-@click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, as_json: bool) -> None:
     """Print a builder data source's options (tables, columns, alternate_keys) as a builder would receive them."""
     try:
         runtime = _runtime()
-        params = parse_set_options(pairs)
+        params = parse_set_options(pairs, "--param")
         config, base_dir = _load_connection_file(connection_file)
         conn = runtime.connection(config, base_dir=base_dir)
         try:
@@ -345,7 +368,7 @@ def connection() -> None:
 
 @connection.command("test")
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
-@click.option("--json", "as_json", is_flag=True, help="Compact JSON output.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def connection_test(connection_file: str | None, as_json: bool) -> None:
     """Fetch a token and call WhoAmI; exit 0 when connected, 3 with the diagnosis and its fix otherwise."""
     try:
@@ -367,7 +390,8 @@ def connection_test(connection_file: str | None, as_json: bool) -> None:
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
 @click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True, help="Seconds to wait.")
-def connection_login(connection_file: str | None, no_browser: bool, timeout_s: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def connection_login(connection_file: str | None, no_browser: bool, timeout_s: float, as_json: bool) -> None:
     """Sign in as a user (authorization_code connections) and keep the refresh token in token_store."""
     import webbrowser
 
@@ -399,8 +423,8 @@ def connection_login(connection_file: str | None, no_browser: bool, timeout_s: f
         finally:
             conn.close()
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json({"ok": True, "token_store": str(provider.token_store.path), "user_id": who.user_id}, False)
+        _fail(exc, as_json)
+    _print_json({"ok": True, "token_store": str(provider.token_store.path), "user_id": who.user_id}, as_json)
 
 
 # -- manifest -------------------------------------------------------------------------------------------------------
@@ -430,28 +454,28 @@ def manifest_validate() -> None:
 
 
 @manifest.command("show")
-def manifest_show() -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def manifest_show(as_json: bool) -> None:
     """The effective manifest as JSON (each action names its provider)."""
     try:
         runtime = _runtime()
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(runtime.manifest.document, False)
+        _fail(exc, as_json)
+    _print_json(runtime.manifest.document, as_json)
 
 
 @manifest.command("schema")
-@click.argument("action_id")
+@click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--output", "which", flag_value="output", help="Print the output schema instead of the input schema.")
-def manifest_schema(action_id: str, which: str | None) -> None:
-    """An action's input schema (or output schema with --output)."""
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def manifest_schema(action_id: str, which: str | None, as_json: bool) -> None:
+    """An action's input schema (or output schema with --output) as written, with its $refs."""
     try:
         runtime = _runtime()
-        info = runtime.manifest.action(action_id)
-        if info is None:
-            raise InputError([InputProblem("ACTION_ID", f"unknown action {action_id!r}")])
+        info = _action_info(runtime, action_id)
     except ConnectorError as exc:
-        _fail(exc, False)
-    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), False)
+        _fail(exc, as_json)
+    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), as_json)
 
 
 # -- webhook --------------------------------------------------------------------------------------------------------

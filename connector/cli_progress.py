@@ -1,4 +1,5 @@
-"""What ``d365 run`` shows while a long action runs, and what Ctrl-C does to it.
+"""What ``d365 run`` shows while a long action runs, what Ctrl-C does to it, and the exit codes of a run that ended
+short (:data:`EXIT_PARTIAL`, :data:`EXIT_INTERRUPTED`).
 
 Why here and not in the library: the library only reports :class:`~connector.progress.Progress` snapshots and honours a
 :class:`~connector.progress.CancellationToken`; drawing them and turning signals into cancellation is the terminal's
@@ -17,13 +18,14 @@ raises :class:`KeyboardInterrupt`, as Python's default would.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, TextColumn
@@ -31,8 +33,31 @@ from rich.progress import Progress as RichBar
 
 from connector.progress import CancellationToken, Progress, Reporter
 
-__all__ = ["GRACE_S", "MODES", "counts_of", "display", "interruptions", "print_summary", "summary_line"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
+    "GRACE_S",
+    "INTERRUPTIBLE",
+    "MODES",
+    "PARTIAL_COUNTS",
+    "counts_of",
+    "display",
+    "exit_now",
+    "finish",
+    "interruptions",
+    "print_summary",
+    "summary_line",
+]
 
+EXIT_PARTIAL = 5
+"""The run completed, but some rows did not land: ``write_entities`` with failed, unknown or not_sent records,
+``run_batch_operations`` with a failed (rolled back, not run) operation. ``--allow-partial`` exits 0 instead."""
+EXIT_INTERRUPTED = 130
+"""SIGINT or SIGTERM (128 + 2, the shell's convention): the results known so far are printed first."""
+#: Actions that stop between chunks or pages on the first Ctrl-C and still report every record; others stop at once.
+INTERRUPTIBLE = ("write_entities", "run_batch_operations", "query_entities", "run_fetch_xml_query")
+#: Counts that make a completed run partial.
+PARTIAL_COUNTS = ("failed", "unknown", "not_sent", "rolled_back", "not_run")
 MODES = ("auto", "none", "rich", "json")
 GRACE_S = 30.0
 """How long an interrupted run waits for the requests in flight before it reports them ``unknown`` and exits."""
@@ -167,3 +192,37 @@ def print_summary(action_id: str, counts: dict[str, Any] | None, why: str, code:
         line = summary_line(action_id, counts, why)
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def finish(
+    action_id: str,
+    result: dict[str, Any] | None,
+    token: CancellationToken | None,
+    *,
+    as_json: bool,
+    allow_partial: bool,
+) -> None:
+    """Exit 130 after an interruption, 5 after a partial run (unless allowed), else return; the summary goes to
+    stderr. Called after the result is printed."""
+    counts = counts_of(action_id, result)
+    if token is not None and token.cancelled:
+        why = f"interrupted ({token.reason}): exit {EXIT_INTERRUPTED}"
+        print_summary(action_id, counts, why, EXIT_INTERRUPTED, as_json)
+        if token.aborted:
+            exit_now(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
+    if counts is None or not any(counts.get(name) for name in PARTIAL_COUNTS):
+        return
+    if allow_partial:
+        print_summary(action_id, counts, "some rows did not land (--allow-partial: exit 0)", 0, as_json)
+        return
+    why = f"some rows did not land: exit {EXIT_PARTIAL} (--allow-partial exits 0)"
+    print_summary(action_id, counts, why, EXIT_PARTIAL, as_json)
+    sys.exit(EXIT_PARTIAL)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without waiting for worker threads still in a request (an aborted run leaves them behind)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

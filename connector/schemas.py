@@ -24,7 +24,7 @@ from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
-from connector.errors import InputProblem
+from connector.errors import ContractError, InputProblem
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -149,6 +149,20 @@ class SchemaStore:
         """A ``$ref`` resolver based at one schema, for reading defaults behind references."""
         return self._registry.resolver(base_uri=self.resolve_id(ref))
 
+    def bundled(self, ref: str) -> dict[str, Any]:
+        """One schema with every ``$ref`` replaced by what it points to: a self-contained document.
+
+        Builders, a form renderer or a runtime server then need no registry of ours. A reference's sibling keywords
+        are kept: annotations (title, description, default, examples) override the target's, and any other keyword
+        keeps its meaning through ``allOf``. ``$defs`` are dropped, since nothing refers to them any more.
+        """
+        sid = self.resolve_id(ref)
+        resolved = self._registry.resolver(base_uri=sid.partition("#")[0]).lookup(sid)
+        bundle = _inline(resolved.contents, resolved.resolver, (), ref)
+        if not isinstance(bundle, dict):
+            raise ContractError([f"schema {ref}: is not a JSON object"])
+        return bundle
+
     def validator(self, ref: str) -> Draft202012Validator:
         sid = self.resolve_id(ref)
         validator = self._validators.get(sid)
@@ -165,6 +179,63 @@ class SchemaStore:
         patterned = {_json_path(e.absolute_path) for e in errors if e.validator == "pattern"}
         errors = [e for e in errors if not (e.validator == "format" and _json_path(e.absolute_path) in patterned)]
         return [InputProblem(_json_path(e.absolute_path), _describe(e)) for e in errors]
+
+
+#: Keywords whose value is data, not a schema: a ``$ref`` key inside an example is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples"})
+#: Keywords whose value maps names to schemas, or lists schemas, or is one schema (Draft 2020-12).
+_SCHEMA_MAPS = frozenset({"dependentSchemas", "patternProperties", "properties"})
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_VALUES = frozenset(
+    {"additionalProperties", "contains", "else", "if", "items", "not", "propertyNames", "then"}
+    | {"unevaluatedItems", "unevaluatedProperties"}
+)
+#: Sibling keywords of a ``$ref`` that may simply override the target's: they describe, they do not constrain.
+_ANNOTATIONS = frozenset(
+    {"$comment", "default", "deprecated", "description", "examples", "readOnly", "title", "writeOnly"}
+)
+#: Dropped from the bundle: identities and definitions mean nothing once every reference is inlined.
+_RESOURCE_KEYWORDS = frozenset({"$anchor", "$defs", "$id", "$schema", "definitions"})
+
+
+def _inline(node: Any, resolver: Resolver[Any], path: tuple[int, ...], ref: str) -> Any:
+    """``node`` with its references inlined; ``path`` holds the targets being inlined, to refuse a cycle."""
+    if not isinstance(node, Mapping):
+        return node
+    out: dict[str, Any] = {}
+    target = node.get("$ref")
+    constrained: list[Any] = []
+    if isinstance(target, str):
+        try:
+            resolved = resolver.lookup(target)
+        except Unresolvable:
+            raise ContractError([f"schema {ref}: $ref {target!r} does not resolve"]) from None
+        key = id(resolved.contents)
+        if key in path:
+            raise ContractError([f"schema {ref}: $ref {target!r} refers back to itself and cannot be inlined"])
+        inner = _inline(resolved.contents, resolved.resolver, (*path, key), ref)
+        if isinstance(inner, dict):
+            inner = {k: v for k, v in inner.items() if k not in _RESOURCE_KEYWORDS}
+        if isinstance(inner, dict) and set(node) - {"$ref"} <= _ANNOTATIONS:
+            out.update(inner)
+        else:
+            constrained.append(inner)
+    for key, value in node.items():
+        if key == "$ref" or (key in _RESOURCE_KEYWORDS and key not in ("$id", "$schema")):
+            continue
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            out[key] = {name: _inline(sub, resolver, path, ref) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_inline(sub, resolver, path, ref) for sub in value]
+        elif key in _SCHEMA_VALUES:
+            out[key] = _inline(value, resolver, path, ref)
+        else:
+            out[key] = value
+    if constrained:
+        out["allOf"] = [*constrained, *out.get("allOf", [])]
+    return out
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -273,8 +344,6 @@ def builtin_store() -> SchemaStore:
     store = SchemaStore()
     problems, _ = store.add_folder(data_root() / "schemas")
     if problems:
-        from connector.errors import ContractError
-
         raise ContractError(problems)
     return store
 

@@ -161,16 +161,95 @@ def test_connection_test_exit_3_with_fix(runner: CliRunner, wired: Path, cloud: 
     assert report["ok"] is False and report["fix"]
 
 
-def test_set_options_nest_and_parse_json() -> None:
-    assert cli.parse_set_options(("key.accountnumber=A1", "top=5", "flag=true", "name=Contoso Ltd")) == {
+def test_connection_login_refuses_other_kinds_as_text_or_json(runner: CliRunner, wired: Path, cloud: Any) -> None:
+    text = runner.invoke(cli.main, ["connection", "login", "--connection", str(wired), "--no-browser"])
+    assert text.exit_code == 3 and text.stderr.startswith("error: login is for kind authorization_code")
+    as_json = runner.invoke(cli.main, ["connection", "login", "--connection", str(wired), "--no-browser", "--json"])
+    assert as_json.exit_code == 3 and json.loads(as_json.stderr)["field"] == "kind"
+    assert cloud.requests == []
+
+
+def test_set_options_key_equals_is_text_and_colon_equals_is_json() -> None:
+    pairs = (
+        "key.accountnumber=A1",
+        "fields.telephone1=5550100",
+        "fields.numberofemployees:=42",
+        "flag:=true",
+        "nothing:=null",
+        'select:=["name"]',
+        "name=Contoso Ltd",
+        "top=5",
+        "empty=",
+        "fetch_xml=<fetch top='5'>",
+        "url=a:=b",
+    )
+    assert cli.parse_set_options(pairs) == {
         "key": {"accountnumber": "A1"},
-        "top": 5,
+        "fields": {"telephone1": "5550100", "numberofemployees": 42},
         "flag": True,
+        "nothing": None,
+        "select": ["name"],
         "name": "Contoso Ltd",
+        "top": "5",
+        "empty": "",
+        "fetch_xml": "<fetch top='5'>",
+        "url": "a:=b",
     }
+    assert cli.parse_set_options(('attribute:={"type": "money"}', "attribute.label=B")) == {
+        "attribute": {"type": "money", "label": "B"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("pair", "path", "words"),
+    [
+        ("novalue", "--set novalue", "KEY=TEXT or KEY:=JSON"),
+        ("=x", "--set =x", "KEY=TEXT or KEY:=JSON"),
+        ("fields..name=x", "--set fields..name=x", "KEY=TEXT or KEY:=JSON"),
+        ("top:=five", "--set top", "not valid JSON"),
+        ("fields.name:=Contoso", "--set fields.name", "write fields.name=... instead"),
+    ],
+)
+def test_set_options_refuse_with_the_key_named(pair: str, path: str, words: str) -> None:
     with pytest.raises(cli.InputError) as err:
-        cli.parse_set_options(("novalue",))
-    assert err.value.problems[0].path == "--set novalue"
+        cli.parse_set_options((pair,))
+    assert [p.path for p in err.value.problems] == [path]
+    assert words in err.value.problems[0].message
+
+
+def test_set_options_refuse_a_value_that_is_also_an_object() -> None:
+    with pytest.raises(cli.InputError) as err:
+        cli.parse_set_options(("key=1", "key.accountnumber=A1"))
+    assert err.value.problems[0].path == "$.key.accountnumber"
+
+
+def test_bad_json_after_colon_equals_is_exit_2_naming_the_key_without_request(
+    runner: CliRunner, wired: Path, cloud: Any
+) -> None:
+    result = runner.invoke(
+        cli.main, ["run", "get_current_user", "--connection", str(wired), "--set", "impersonate:=nope", "--json"]
+    )
+    assert result.exit_code == 2
+    problem = json.loads(result.stderr)["problems"][0]
+    assert problem["path"] == "--set impersonate" and "not valid JSON" in problem["message"]
+    assert "nope" not in result.stderr
+    assert cloud.requests == []
+    param = runner.invoke(cli.main, ["datasource", "columns", "--connection", str(wired), "--param", "table:=x"])
+    assert param.exit_code == 2 and "--param table" in param.stderr
+
+
+def test_set_text_is_never_taken_for_a_number(runner: CliRunner, wired: Path, cloud: Any) -> None:
+    """``impersonate=5`` used to arrive as the integer 5; it is the string "5" now, refused as not a GUID."""
+    result = runner.invoke(
+        cli.main, ["run", "get_current_user", "--connection", str(wired), "--set", "impersonate=5", "--json"]
+    )
+    assert result.exit_code == 2
+    assert json.loads(result.stderr)["problems"][0]["message"].startswith('"5" is not valid here')
+    typed = runner.invoke(
+        cli.main, ["run", "get_current_user", "--connection", str(wired), "--set", "impersonate:=5", "--json"]
+    )
+    assert typed.exit_code == 2
+    assert json.loads(typed.stderr)["problems"][0]["message"].startswith("expected string, got integer")
 
 
 def test_actions_list_and_describe(runner: CliRunner) -> None:

@@ -80,7 +80,7 @@ def test_query_entities_jsonl_refused_in_phase_two_is_seen_and_recorded(
     result = CliRunner().invoke(
         cli.main,
         ["run", "query_entities", "--jsonl", "--connection", str(connection_file), "--set", "table=account",
-         "--set", 'select=["nosuchcolumn"]'],
+         "--set", 'select:=["nosuchcolumn"]'],
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "nosuchcolumn" in result.stderr and result.stdout == ""

@@ -66,9 +66,9 @@ def test_run_fetch_xml_query_fetch_all_beyond_50000_rows(
         "--set",
         f"fetch_xml={FETCH}",
         "--set",
-        "fetch_all=true",
+        "fetch_all:=true",
         "--set",
-        "max_records=60000",
+        "max_records:=60000",
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

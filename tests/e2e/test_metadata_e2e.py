@@ -335,7 +335,7 @@ def test_metadata_actions_refuse_unknown_tables_with_exit_code_2(
             "--set",
             "table=account",
             "--set",
-            'attribute={"type": "money", "schema_name": "Balance", "label": "B"}',
+            'attribute:={"type": "money", "schema_name": "Balance", "label": "B"}',
             "--connection",
             str(connection_file),
         ],
