@@ -164,3 +164,24 @@ def test_the_output_schema_examples_validate_a_cancelled_run_among_them(runtime:
     assert any(example["summary"].get("not_sent") for example in examples)
     broken = {**examples[1], "results": [{**examples[1]["results"][1], "status": "skipped"}]}
     assert runtime.store.validate(broken, schema_id) != []
+
+
+def test_a_throttled_write_counts_the_wait_in_its_progress(
+    runtime: Runtime, fake: FakeDataverse, conn: Connection
+) -> None:
+    server = BulkServer(fake)
+    answer = server.respond
+    throttled = [httpx.Response(429, headers={"Retry-After": "7"})]
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and throttled:
+            return throttled.pop()
+        return answer(request)
+
+    fake.respond = respond
+    events: list[Progress] = []
+    out = runtime.run_action("write_entities", _create(4, 2), conn, progress=events.append)
+    assert out["summary"]["created"] == 4
+    waits = [e for e in events if e.event == "throttle"]
+    assert [(e.throttle_waits, e.throttled_s) for e in waits] == [(1, 7.0)]
+    assert (events[-1].throttle_waits, events[-1].throttled_s) == (1, 7.0)
