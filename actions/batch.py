@@ -10,6 +10,7 @@ from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 from connector.inputs import RunBatchOperations
+from connector.progress import current
 
 
 @hookimpl
@@ -21,4 +22,7 @@ def validate_run_batch_operations(inputs: Mapping[str, Any], connection: Connect
 @hookimpl
 def run_batch_operations(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One $batch request; one result per operation."""
-    return batch.run_batch_operations(connection, RunBatchOperations.of(inputs))
+    control = current()
+    return batch.run_batch_operations(
+        connection, RunBatchOperations.of(inputs), progress=control.progress, cancel=control.cancel
+    )

@@ -11,6 +11,7 @@ from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 from connector.inputs import WriteEntities
+from connector.progress import current
 
 
 @hookimpl
@@ -31,5 +32,8 @@ def write_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[st
         suppress_callback_registration_expander_job=typed.suppress_callback_registration_expander_job,
         impersonate=typed.impersonate,
     )
-    report = bulk.write_entities(connection, typed.table, typed.mode, typed.records, options)
+    control = current()  # the run's progress reporter and cancellation token (None outside a runtime run)
+    report = bulk.write_entities(
+        connection, typed.table, typed.mode, typed.records, options, progress=control.progress, cancel=control.cancel
+    )
     return report.to_dict()

@@ -14,6 +14,7 @@ from connector import inputs as typed
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.progress import current
 
 
 # -- phase two: columns, keys, option labels, navigation properties, page tokens, against metadata ------------------
@@ -93,7 +94,10 @@ def delete_entity(inputs: Mapping[str, Any], connection: Connection) -> dict[str
 @hookimpl
 def query_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One page, or every page up to max_records."""
-    return paging.query_entities(connection, typed.QueryEntities.of(inputs))
+    control = current()
+    return paging.query_entities(
+        connection, typed.QueryEntities.of(inputs), progress=control.progress, cancel=control.cancel
+    )
 
 
 @hookimpl

@@ -10,6 +10,7 @@ from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
 from connector.inputs import RunFetchXmlQuery
+from connector.progress import current
 
 
 @hookimpl
@@ -21,4 +22,7 @@ def validate_run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connecti
 @hookimpl
 def run_fetch_xml_query(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """One page, or every page up to max_records."""
-    return fetchxml.run_fetch_xml_query(connection, RunFetchXmlQuery.of(inputs))
+    control = current()
+    return fetchxml.run_fetch_xml_query(
+        connection, RunFetchXmlQuery.of(inputs), progress=control.progress, cancel=control.cancel
+    )

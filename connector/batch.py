@@ -42,6 +42,7 @@ from connector.multipart import (
 )
 from connector.odata import ALL_ANNOTATIONS, entity_id, filter_column, key_is_url_safe
 from connector.problems import Problems, check_key, check_select
+from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -323,11 +324,35 @@ def _local_failure(result: dict[str, Any], error: DataverseApiError) -> None:
     result.update(status="failed", http_status=error.status_code, code=error.code, message=str(error))
 
 
-def run_batch_operations(connection: Connection, inputs: RunBatchOperations) -> dict[str, Any]:
-    """Send the operations as one ``$batch`` and return one result per operation, in input order, with a summary."""
+def run_batch_operations(
+    connection: Connection,
+    inputs: RunBatchOperations,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> dict[str, Any]:
+    """Send the operations as one ``$batch`` and return one result per operation, in input order, with a summary.
+
+    ``progress`` hears the start and the end (the batch is one request); a ``cancel`` that comes before the request
+    leaves: nothing is sent and every operation is ``not_run``. Once sent, the batch is waited for.
+    """
     ops: Sequence[Mapping[str, Any]] = inputs.operations
     if len(ops) > MAX_OPERATIONS:
         raise InputError([InputProblem("$.operations", f"at most {MAX_OPERATIONS} operations per batch")])
+    governor = connection.governor
+    tracker = Tracker(
+        "run_batch_operations", progress, total=len(ops), clock=governor.clock, throttle=governor, cancel=cancel
+    )
+    with tracker:
+        results = _run(connection, inputs, cancel)
+        statuses = ("succeeded", "failed", "rolled_back", "not_run")
+        counts = {s: sum(1 for r in results if r["status"] == s) for s in statuses}
+        tracker.set(counts, done=len(results))
+    return {"results": results, **counts, "total": len(results)}
+
+
+def _run(connection: Connection, inputs: RunBatchOperations, cancel: CancellationToken | None) -> list[dict[str, Any]]:
+    ops: Sequence[Mapping[str, Any]] = inputs.operations
     api_path = urlsplit(connection.api_url).path.rstrip("/")
     planned = [_plan(connection, inputs, i, api_path) for i in range(len(ops))]
     continue_on_error = inputs.continue_on_error
@@ -349,10 +374,13 @@ def run_batch_operations(connection: Connection, inputs: RunBatchOperations) -> 
                 results[m.index].update(status="rolled_back", message="another operation of the change set failed")
         if not continue_on_error:
             break  # as Dataverse does: nothing after the first failure runs
-    if items:
+    if items and cancel is not None and cancel.cancelled:
+        for group in sent:
+            for m in group.members:
+                results[m.index]["message"] = "not sent: the run was cancelled before the batch was sent"
+    elif items:
         _send(connection, inputs, items, sent, results, continue_on_error)
-    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("succeeded", "failed", "rolled_back", "not_run")}
-    return {"results": results, **counts, "total": len(results)}
+    return results
 
 
 def _send(

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from connector.addressing import key_value
 from connector.body import build_body
-from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, row_identity
+from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
 from connector.errors import (
     InputError,
     InputProblem,
@@ -49,9 +49,11 @@ from connector.inputs import WriteEntities
 from connector.metadata import TableMetadata
 from connector.odata import build_query_string
 from connector.problems import Problems, check_key
+from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.connection import Connection
+    from connector.governor import Outcome
 
 __all__ = [
     "BYPASS_BUSINESS_LOGIC",
@@ -134,7 +136,7 @@ class RecordResult:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status, "id": self.id}
-        if self.status in ("failed", "unknown"):
+        if self.status in ("failed", "unknown", "not_sent"):
             out["code"] = self.code
             out["message"] = self.message
         if self.merged_into is not None:
@@ -144,7 +146,8 @@ class RecordResult:
 
 @dataclass
 class WriteReport:
-    """Every record's result in input order, and what it took (requests by kind, the route taken)."""
+    """Every record's result in input order, and what it took (requests by kind, the route taken). A run that was
+    cancelled (``cancelled``) also counts its ``not_sent`` records in the summary."""
 
     table: str
     mode: str
@@ -153,9 +156,12 @@ class WriteReport:
     chunks: int = 0
     split_requests: int = 0
     pre_reads: int = 0
+    cancelled: bool = False
 
     def summary(self) -> dict[str, int]:
         counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0, "merged": 0}
+        if self.cancelled:
+            counts["not_sent"] = 0
         for r in self.results:
             counts[r.status] += 1
             if r.merged_into is not None:
@@ -302,17 +308,25 @@ def _plan(
 
 
 # -- the writer -----------------------------------------------------------------------------------------------------
+NO_ANSWER_MESSAGE = "sent, but the run stopped waiting for the answer (aborted); read the row to know its outcome"
+
+
 def write_entities(
     connection: Connection,
     table: str,
     mode: str,
     records: Sequence[Mapping[str, Any]],
     options: WriteOptions | None = None,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
 ) -> WriteReport:
     """Write ``records`` (each ``{"fields": ..., "id"?: GUID, "key"?: {...}}``) to ``table``; never raises for a row.
 
     Every record ends with a result; only input problems (raised before any write, as :class:`InputError`) and
-    failures to read metadata or the support probe raise.
+    failures to read metadata or the support probe raise. ``progress`` receives a snapshot per chunk done; once
+    ``cancel`` is cancelled no new chunk is sent (its records are ``not_sent``) and the chunks in flight are waited
+    for, unless the token is aborted (their records are then ``unknown``).
     """
     options = options or WriteOptions()
     if mode not in MODES:
@@ -325,36 +339,79 @@ def write_entities(
     if problems:
         raise InputError(problems)
     items = _plan(connection, meta, mode, records, options)
-    chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
     use_bulk = bool(items) and message in bulk_support(connection, meta)
-    writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk)
+    writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
     done: dict[int, RowOutcome] = {}
-    if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
-        items, unresolved = writer.resolve_keys(items, done)
-        chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
-        items = [*items, *unresolved]
-    outcomes = connection.governor.map(writer.chunk, chunks)
-    for chunk, outcome in zip(chunks, outcomes, strict=True):
-        if outcome.ok:
-            done.update(outcome.result())
+    tracker = Tracker(
+        "write_entities",
+        progress,
+        total=len(records),
+        clock=connection.governor.clock,
+        throttle=connection.governor,
+        cancel=cancel,
+    )
+    with tracker:
+        if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
+            items, unresolved = writer.resolve_keys(items, done)
+            tracker.advance(_tally(unresolved, done))
+            chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
+            items = [*items, *unresolved]
+        else:
+            chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
+
+        def chunk_done(outcome: Outcome[dict[int, RowOutcome]]) -> None:
+            done.update(_chunk_outcomes(chunks[outcome.index], outcome))
+            tracker.advance(_tally(chunks[outcome.index], done))
+
+        outcomes = connection.governor.map(writer.chunk, chunks, cancel=cancel, on_outcome=chunk_done)
+        for chunk, outcome in zip(chunks, outcomes, strict=True):
+            if not outcome.started or not outcome.finished:
+                done.update(_chunk_outcomes(chunk, outcome))
+                tracker.advance(_tally(chunk, done))
+    return WriteReport(
+        table=meta.logical_name,
+        mode=mode,
+        route="bulk" if use_bulk else "batch",
+        results=_results(len(records), items, done),
+        chunks=sum(1 for o in outcomes if o.started),
+        split_requests=writer.split_requests,
+        pre_reads=writer.pre_reads,
+        cancelled=cancel is not None and cancel.cancelled,
+    )
+
+
+def _chunk_outcomes(chunk: list[PlannedWrite], outcome: Outcome[dict[int, RowOutcome]]) -> dict[int, RowOutcome]:
+    """One outcome per planned write of a chunk, whatever happened to the chunk (run, failed, never sent, no answer)."""
+    if outcome.ok:
+        return outcome.result()
+    err = outcome.error
+    out: dict[int, RowOutcome] = {}
+    for item in chunk:
+        own_id = None if item.generated else item.id
+        if not outcome.started:
+            out[item.index] = not_sent(item)
+        elif not outcome.finished:
+            out[item.index] = RowOutcome("unknown", item.id, None, NO_ANSWER_MESSAGE)
         else:  # a bug or a failure outside the per-row handling: still one honest result per row
-            err = outcome.error
-            code = getattr(err, "code", None) or type(err).__name__
-            for item in chunk:
-                done[item.index] = RowOutcome("failed", None if item.generated else item.id, code, str(err))
-    results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(len(records))]
+            out[item.index] = RowOutcome("failed", own_id, getattr(err, "code", None) or type(err).__name__, str(err))
+    return out
+
+
+def _tally(items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> dict[str, int]:
+    """Records per status among ``items`` (each counts with the earlier records merged into it)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        status = done[item.index].status
+        counts[status] = counts.get(status, 0) + 1 + len(item.merged)
+    return counts
+
+
+def _results(n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> list[RecordResult]:
+    results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(n)]
     for item in items:
         d = done[item.index]
         results[item.index] = RecordResult(item.index, d.status, d.id, d.code, d.message)
         for earlier in item.merged:
             results[earlier] = RecordResult(earlier, d.status, d.id, d.code, d.message, merged_into=item.index)
-    return WriteReport(
-        table=meta.logical_name,
-        mode=mode,
-        route="bulk" if use_bulk else "batch",
-        results=results,
-        chunks=len(chunks),
-        split_requests=writer.split_requests,
-        pre_reads=writer.pre_reads,
-    )
+    return results

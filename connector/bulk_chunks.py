@@ -28,8 +28,19 @@ from connector.odata import build_query_string, entity_id, filter_column, format
 if TYPE_CHECKING:
     from connector.bulk import WriteOptions
     from connector.connection import Connection
+    from connector.progress import CancellationToken
 
-__all__ = ["READ_VALUES", "ChunkWriter", "PlannedWrite", "RowOutcome", "created_ids", "failed_outcome", "row_identity"]
+__all__ = [
+    "NOT_SENT_MESSAGE",
+    "READ_VALUES",
+    "ChunkWriter",
+    "PlannedWrite",
+    "RowOutcome",
+    "created_ids",
+    "failed_outcome",
+    "not_sent",
+    "row_identity",
+]
 
 READ_VALUES = 250
 """Values per ``In`` read: 250 GUIDs keep the URL under 16 KB, well inside the URL limit (reference 1.2)."""
@@ -73,6 +84,14 @@ class RowOutcome:
     message: str | None = None
 
 
+NOT_SENT_MESSAGE = "not sent: the run was cancelled before this record was sent"
+
+
+def not_sent(item: PlannedWrite) -> RowOutcome:
+    """A record a cancelled run never sent: no row was written for it (a generated id names nothing)."""
+    return RowOutcome("not_sent", None if item.generated else item.id, None, NOT_SENT_MESSAGE)
+
+
 def failed_outcome(item: PlannedWrite, exc: DataverseApiError) -> RowOutcome:
     """A failed record keeps its id only when the row exists (an update); an id generated here names no row."""
     return RowOutcome("failed", None if item.generated else item.id, exc.code or type(exc).__name__, str(exc))
@@ -89,8 +108,11 @@ class ChunkWriter:
         options: WriteOptions,
         headers: Mapping[str, str],
         use_bulk: bool,
+        *,
+        cancel: CancellationToken | None = None,
     ) -> None:
         self.connection = connection
+        self.cancel = cancel
         self.client = connection.client
         self.meta = meta
         self.mode = mode
@@ -277,7 +299,11 @@ class ChunkWriter:
         return target
 
     def _bulk(self, items: list[PlannedWrite], *, split: bool = False) -> dict[int, RowOutcome]:
-        """Send one bulk message; on a row's failure, split in halves until the bad rows stand alone."""
+        """Send one bulk message; on a row's failure, split in halves until the bad rows stand alone.
+
+        A cancelled run sends no more halves: the failed chunk was all-or-nothing, so their rows were not written."""
+        if split and self.cancel is not None and self.cancel.cancelled:
+            return {item.index: not_sent(item) for item in items}
         if split:
             self._count("split_requests")
         message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[self.mode]

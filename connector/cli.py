@@ -1,12 +1,14 @@
 """``d365``: the local action-runner harness, and the composition root of the package.
 
 Output JSON goes to stdout and errors to stderr, with exit codes a script can branch on: 0 ok, 2 bad input, 3
-connection or auth, 4 Dataverse API error, 1 anything else. The emulator is imported lazily, only by ``d365 emulator``.
+connection or auth, 4 Dataverse API error, 5 completed with failed rows (:data:`EXIT_PARTIAL`), 130 interrupted, 1
+anything else. Progress and Ctrl-C handling of ``d365 run`` live in :mod:`connector.cli_progress`. The emulator is
+imported lazily, only by ``d365 emulator``.
 
 What prints what, the same in every command so a script never guesses: a result is JSON on stdout, indented, or one
 compact line with ``--json``, which also turns an error into one JSON object on stderr (else ``error: message``). The
 one table is ``actions list`` on a terminal; piped, it prints JSON like the rest. Streams (``run --jsonl``, ``webhook
-serve``) print one JSON line per record or event; status, summaries and continuations go to stderr.
+serve``) print one JSON line per record or event; status, summaries, continuations and progress go to stderr.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
+from connector import cli_progress
 from connector.cli_help import ActionCommand
+from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
+from connector.progress import CancellationToken
 from connector.version import __version__
 
 if TYPE_CHECKING:
+    from connector.connection import Connection
     from connector.manifest import ActionInfo
-    from connector.runtime import RecordStream
+    from connector.runtime import RecordStream, Runtime
 
 CONNECTION_ENV = "D365_CONNECTION"
 JSON_HELP = "Compact JSON output, and errors as JSON on stderr."
@@ -254,6 +260,17 @@ def _action_info(runtime: Any, action_id: str) -> ActionInfo:
     help="query_entities and run_fetch_xml_query: print each record as one JSON line as it arrives (constant "
     "memory); the continuation (more_records, next_page_token) goes to stderr.",
 )
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(cli_progress.MODES),
+    default="auto",
+    show_default=True,
+    help="Progress on stderr: a Rich bar (rich), one JSON line per update (json), none; auto: rich on a terminal.",
+)
+@click.option(
+    "--allow-partial", is_flag=True, help=f"Exit 0, not {EXIT_PARTIAL}, when the run completed with failed rows."
+)
 def run(
     action_id: str,
     connection_file: str | None,
@@ -261,10 +278,17 @@ def run(
     pairs: tuple[str, ...],
     as_json: bool,
     jsonl: bool,
+    progress_mode: str,
+    allow_partial: bool,
 ) -> None:
-    """Run one action: inputs are validated before the connection is used; the output is JSON on stdout."""
+    """Run one action: inputs are validated before the connection is used; the output is JSON on stdout.
+
+    Exit 5 when the run completed with failed rows (unless --allow-partial), 130 when interrupted: the first Ctrl-C
+    stops sending and waits for the requests in flight, the second stops waiting; every record's result is printed.
+    """
     from connector.runtime import STREAMING_ACTIONS
 
+    token = CancellationToken(grace_s=cli_progress.GRACE_S) if action_id in INTERRUPTIBLE else None
     try:
         runtime = _runtime()
         inputs = _read_inputs(input_file, pairs)
@@ -273,16 +297,36 @@ def run(
         runtime.check_schema(action_id, inputs)
         config, base_dir = _load_connection_file(connection_file)
         connection = runtime.connection(config, base_dir=base_dir)
-        try:
-            if jsonl:
-                _print_records(runtime.stream_records(action_id, inputs, connection))
-                return
-            result = runtime.run_action(action_id, inputs, connection)
-        finally:
-            runtime.close()
+        result = _execute(runtime, action_id, inputs, connection, jsonl, progress_mode, token)
     except ConnectorError as exc:
         _fail(exc, as_json or jsonl)
-    _print_json(result, as_json)
+    except KeyboardInterrupt:  # no request is left in flight on another thread here: a plain exit
+        click.echo(f"{action_id}: interrupted; no result is known", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if result is not None:
+        _print_json(result, as_json)
+    cli_progress.finish(action_id, result, token, as_json=as_json, allow_partial=allow_partial)
+
+
+def _execute(
+    runtime: Runtime,
+    action_id: str,
+    inputs: dict[str, Any],
+    connection: Connection,
+    jsonl: bool,
+    progress_mode: str,
+    token: CancellationToken | None,
+) -> dict[str, Any] | None:
+    """Run (or stream) the action with the progress display and the signal handlers in place; None when streamed."""
+    try:
+        with cli_progress.display(progress_mode, token) as reporter, cli_progress.interruptions(token):
+            if jsonl:
+                _print_records(runtime.stream_records(action_id, inputs, connection, progress=reporter, cancel=token))
+                return None
+            return runtime.run_action(action_id, inputs, connection, progress=reporter, cancel=token)
+    finally:
+        if token is None or not token.aborted:  # after an abort, requests may still be in flight on the connection
+            runtime.close()
 
 
 def _print_records(stream: RecordStream) -> None:

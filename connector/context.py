@@ -8,7 +8,7 @@ connection, context)``; pluggy passes only the arguments an implementation names
 unchanged.
 
 ``progress`` and ``cancel`` are the run's progress callback and cancellation token when the caller gave them, ``None``
-otherwise; they are typed ``Any`` until the progress module settles their types.
+otherwise; an action run through the context inherits both, so a Ctrl-C stops the nested write too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.metadata import MetadataCache
+    from connector.progress import CancellationToken, Reporter
     from connector.runtime import Runtime
 
 
@@ -32,12 +33,12 @@ class ActionContext:
     connection: Connection
     action_id: str
     log: logging.Logger
-    progress: Any = None
-    cancel: Any = None
+    progress: Reporter | None = None
+    cancel: CancellationToken | None = None
 
     def run_action(self, action_id: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run another action through the runtime on the same connection: validated, wrapped and ledgered."""
-        return self.runtime.run_action(action_id, inputs, self.connection)
+        return self.runtime.run_action(action_id, inputs, self.connection, progress=self.progress, cancel=self.cancel)
 
     @property
     def metadata(self) -> MetadataCache:

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from connector.progress import Progress
 from connector.runtime import Runtime
 
 console = Console(soft_wrap=True)
@@ -80,10 +81,11 @@ def bulk_demo(runtime: Runtime, connection: Any) -> None:
     runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": existing}, connection)
 
     def upsert() -> dict[str, Any]:
-        out = runtime.run_action(
-            "write_entities", {"table": "account", "mode": "upsert", "records": records, "chunk_size": 100}, connection
-        )
+        events: list[Progress] = []  # what `d365 run --progress=json` prints, one snapshot per chunk
+        inputs = {"table": "account", "mode": "upsert", "records": records, "chunk_size": 100}
+        out = runtime.run_action("write_entities", inputs, connection, progress=events.append)
         return {
+            "progress": {"updates": len(events), "last": events[-1].to_dict()},
             "summary": out["summary"],
             "failed": [r for r in out["results"] if r["status"] == "failed"],
             "merged": [r for r in out["results"] if "merged_into" in r],

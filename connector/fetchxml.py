@@ -39,6 +39,7 @@ from connector.inputs import RunFetchXmlQuery
 from connector.multipart import BatchOperation, ChangeSetResponse, decode_batch_response, encode_batch
 from connector.odata import ALL_ANNOTATIONS
 from connector.problems import Problems
+from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
@@ -307,7 +308,11 @@ def _inner_cookie(annotation: str) -> str | None:
 
 
 class FetchRun:
-    """A FetchXML query's rows as an iterator; afterwards ``more_records``, ``next_page_token`` and ``page`` are set."""
+    """A FetchXML query's rows as an iterator; afterwards ``more_records``, ``next_page_token`` and ``page`` are set.
+
+    ``progress`` hears each page; once ``cancel`` is cancelled no further page is read and the run stops with a token
+    that resumes at the next page, as at ``max_records``.
+    """
 
     def __init__(
         self,
@@ -319,8 +324,12 @@ class FetchRun:
         limit: int | None,
         annotations: bool = False,
         impersonate: str | None = None,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
     ) -> None:
         self._connection = connection
+        self._progress = progress
+        self._cancel = cancel
         self._root = parse_fetch(fetch_text)
         self._page_size = page_size
         self._start = start
@@ -346,6 +355,15 @@ class FetchRun:
         return tostring(root, encoding="unicode")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        governor = self._connection.governor
+        tracker = Tracker(
+            "run_fetch_xml_query", self._progress, total=None, clock=governor.clock, throttle=governor,
+            cancel=self._cancel,
+        )  # fmt: skip
+        with tracker:
+            yield from self._pages(tracker)
+
+    def _pages(self, tracker: Tracker) -> Iterator[dict[str, Any]]:
         meta = self._connection.metadata.table(entity_name(self._root))
         client = self._connection.client
         page, cookie, skip = self._start.page, self._start.cookie, self._start.offset
@@ -368,10 +386,12 @@ class FetchRun:
                     return
                 self.returned += 1
                 yield record
+            tracker.advance({"pages": 1}, done=self.returned)
             skip = 0
             if not more:
                 return
-            if self._limit is not None and self.returned >= self._limit:
+            stop = self._limit is not None and self.returned >= self._limit
+            if stop or (self._cancel is not None and self._cancel.cancelled):
                 self._stop(FetchToken(self._start.host, self._start.query, page + 1, next_cookie, 0, self._page_size))
                 return
             page, cookie = page + 1, next_cookie
@@ -381,7 +401,13 @@ class FetchRun:
         self.next_page_token = token.encode()
 
 
-def stream_fetch_xml(connection: Connection, inputs: RunFetchXmlQuery) -> FetchRun:
+def stream_fetch_xml(
+    connection: Connection,
+    inputs: RunFetchXmlQuery,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> FetchRun:
     """A :class:`FetchRun` for ``run_fetch_xml_query`` inputs: iterate it to stream the rows (``d365 run --jsonl``)."""
     text = inputs.fetch_xml
     root = parse_fetch(text)
@@ -403,12 +429,21 @@ def stream_fetch_xml(connection: Connection, inputs: RunFetchXmlQuery) -> FetchR
         limit=None if (root.get("top") or is_aggregate(root)) else limit,
         annotations=inputs.include_annotations,
         impersonate=inputs.impersonate,
+        progress=progress,
+        cancel=cancel,
     )
 
 
-def run_fetch_xml_query(connection: Connection, inputs: RunFetchXmlQuery) -> dict[str, Any]:
-    """The ``run_fetch_xml_query`` output: one page, or every page up to ``max_records`` with ``fetch_all``."""
-    run = stream_fetch_xml(connection, inputs)
+def run_fetch_xml_query(
+    connection: Connection,
+    inputs: RunFetchXmlQuery,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> dict[str, Any]:
+    """The ``run_fetch_xml_query`` output: one page, or every page up to ``max_records`` with ``fetch_all``; a
+    cancelled fetch-all returns the rows read so far with the token that continues."""
+    run = stream_fetch_xml(connection, inputs, progress=progress, cancel=cancel)
     records = list(run)
     meta = connection.metadata.table(entity_name(parse_fetch(inputs.fetch_xml)))
     return {

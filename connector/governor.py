@@ -21,15 +21,19 @@ The client (:class:`connector.client.DataverseClient`) takes a slot for every se
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from connector.clock import Clock
 from connector.transport import RetryPolicy
+
+if TYPE_CHECKING:
+    from connector.progress import CancellationToken
 
 __all__ = ["DEFAULT_MAX_PARALLELISM", "Governor", "Outcome"]
 
@@ -44,15 +48,21 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
-    """What one item of :meth:`Governor.map` produced: its ``value``, or the ``error`` it raised (never both)."""
+    """What one item of :meth:`Governor.map` produced: its ``value``, or the ``error`` it raised (never both).
+
+    Only a cancelled map has items that did not finish: ``started`` False for an item never begun, ``finished`` False
+    for one still running when the map stopped waiting (aborted, or its grace period over).
+    """
 
     index: int
     value: R | None = None
     error: Exception | None = None
+    started: bool = True
+    finished: bool = True
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.finished
 
     def result(self) -> R:
         """The value, or raise the item's error."""
@@ -82,6 +92,7 @@ class Governor:
         self._not_before = float("-inf")
         self._dop_hint: int | None = None
         self._answered = False
+        self._throttle_listeners: list[Callable[[float], None]] = []
 
     @property
     def clock(self) -> Clock:
@@ -129,11 +140,29 @@ class Governor:
 
     def throttle(self, seconds: float, *, reason: str = "429") -> None:
         """Hold every request of this connection for ``seconds`` from now (a later instant is never moved earlier)."""
-        until = self._clock.monotonic() + max(0.0, seconds)
+        now = self._clock.monotonic()
+        until = now + max(0.0, seconds)
         with self._cond:
+            added = until - max(now, self._not_before)
             if until > self._not_before:
                 self._not_before = until
                 log.debug("throttled (%s): no request for %.1f s", reason, seconds)
+            listeners = tuple(self._throttle_listeners) if added > 0 else ()
+        for listener in listeners:
+            listener(added)
+
+    def watch_throttle(self, listener: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``listener(seconds)`` whenever a throttle holds the connection longer (``seconds``: the hold added),
+        for progress reports; returns the function that stops it. Every run on the connection waits, so each counts."""
+        with self._cond:
+            self._throttle_listeners.append(listener)
+
+        def unwatch() -> None:
+            with self._cond:
+                if listener in self._throttle_listeners:
+                    self._throttle_listeners.remove(listener)
+
+        return unwatch
 
     def wait_until_clear(self) -> float:
         """Sleep until the not-before instant has passed; return how long this thread waited."""
@@ -186,25 +215,105 @@ class Governor:
 
     # -- bulk work --------------------------------------------------------------------------------------------------
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[Outcome[R]]:
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        cancel: CancellationToken | None = None,
+        on_outcome: Callable[[Outcome[R]], None] | None = None,
+    ) -> list[Outcome[R]]:
         """Run ``fn`` on every item at the allowed parallelism; one :class:`Outcome` per item, in the items' order.
 
         An item's exception is kept in its outcome and never stops the others. The worker threads are bounded by
-        ``max_parallelism``; the requests they send are further bounded by the server's hint through :meth:`slot`.
+        ``max_parallelism``, and an item starts only while fewer items than the allowed requests in flight run (the
+        server's hint), so no item waits for a request slot with its work begun; its requests take :meth:`slot`s.
+        ``on_outcome`` is called on the calling thread for each item that finished, as it finishes (progress). Once
+        ``cancel`` is cancelled no item starts; the items running are waited for, unless it is aborted or its grace
+        period ends, in which case the map returns at once and those items are left to finish unobserved.
         """
         work = list(items)
         if not work:
             return []
-        workers = min(self._max, len(work))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="d365-governor") as pool:
-            futures = [pool.submit(fn, item) for item in work]
-            outcomes: list[Outcome[R]] = []
-            for index, future in enumerate(futures):
-                error = future.exception()
-                if error is None:
-                    outcomes.append(Outcome(index, value=future.result()))
-                elif isinstance(error, Exception):
-                    outcomes.append(Outcome(index, error=error))
-                else:
-                    raise error  # KeyboardInterrupt and friends are not an item's failure
+        started = [False] * len(work)
+        running = [0]
+
+        def run(index: int) -> R:
+            with self._cond:  # an item starts when the connection allows one more in flight: a cancel stops the rest
+                while running[0] >= self._limit() and not (cancel is not None and cancel.cancelled):
+                    self._cond.wait()
+                started[index] = True  # before the check: a map that stops waiting now counts it as possibly sent
+                if cancel is not None and cancel.cancelled:
+                    started[index] = False
+                    raise _NotStarted
+                running[0] += 1
+            try:
+                return fn(work[index])
+            finally:
+                with self._cond:
+                    running[0] -= 1
+                    self._cond.notify_all()
+
+        pool = ThreadPoolExecutor(max_workers=min(self._max, len(work)), thread_name_prefix="d365-governor")
+        events: queue.SimpleQueue[Future[R] | None] = queue.SimpleQueue()
+        unsubscribe = cancel.subscribe(lambda: events.put(None)) if cancel is not None else None
+        try:
+            futures = [pool.submit(run, i) for i in range(len(work))]
+            for future in futures:
+                future.add_done_callback(events.put)
+            outcomes = _collect(futures, started, events, cancel, on_outcome)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+        pool.shutdown(wait=not any(not o.finished and o.started for o in outcomes), cancel_futures=True)
         return outcomes
+
+
+class _NotStarted(Exception):
+    """Raised in a worker for an item that was not begun because the map was cancelled."""
+
+
+def _outcome(index: int, future: Future[R]) -> Outcome[R]:
+    error = future.exception()
+    if error is None:
+        return Outcome(index, value=future.result())
+    if isinstance(error, _NotStarted):
+        return Outcome(index, started=False, finished=False)
+    if isinstance(error, Exception):
+        return Outcome(index, error=error)
+    raise error  # KeyboardInterrupt and friends are not an item's failure
+
+
+def _collect(
+    futures: list[Future[R]],
+    started: list[bool],
+    events: queue.SimpleQueue[Future[R] | None],
+    cancel: CancellationToken | None,
+    on_outcome: Callable[[Outcome[R]], None] | None,
+) -> list[Outcome[R]]:
+    """Wait for the futures (woken by each one done and by the token), in completion order; stop waiting on abort."""
+    index_of = {id(f): i for i, f in enumerate(futures)}
+    outcomes: dict[int, Outcome[R]] = {}
+    while len(outcomes) < len(futures):
+        grace = cancel.grace_left() if cancel is not None else None
+        try:
+            event = events.get(timeout=grace)
+        except queue.Empty:
+            event = None
+        if event is not None and index_of[id(event)] not in outcomes:
+            outcome = _outcome(index_of[id(event)], event)
+            outcomes[outcome.index] = outcome
+            if on_outcome is not None and outcome.finished:
+                on_outcome(outcome)
+        if cancel is not None and (cancel.aborted or cancel.grace_left() == 0.0):
+            break
+    for i, future in enumerate(futures):
+        if i in outcomes:
+            continue
+        outcomes[i] = _outcome(i, future) if future.done() else Outcome(i, started=started[i], finished=False)
+        if on_outcome is not None and outcomes[i].finished:
+            on_outcome(outcomes[i])
+    return [outcomes[i] for i in range(len(futures))]

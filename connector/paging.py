@@ -20,6 +20,7 @@ from connector.inputs import QueryEntities
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
 from connector.problems import Problems, check_returned, check_table
+from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
@@ -76,7 +77,12 @@ def iter_pages(
 
 
 class QueryRun:
-    """One query's rows as an iterator; after iteration ``next_page_token``, ``more_records`` and counts are set."""
+    """One query's rows as an iterator; after iteration ``next_page_token``, ``more_records`` and counts are set.
+
+    ``progress`` hears each page (records returned so far; the total when the query counts); once ``cancel`` is
+    cancelled no further page is read, and the run stops as at ``max_records``: ``more_records`` with a token that
+    resumes at the next page.
+    """
 
     def __init__(
         self,
@@ -85,11 +91,15 @@ class QueryRun:
         start: PageToken,
         limit: int | None,
         impersonate: str | None = None,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
     ) -> None:
         self._connection = connection
         self._start = start
         self._limit = limit
         self._impersonate = impersonate
+        self._progress = progress
+        self._cancel = cancel
         self.next_page_token: str | None = None
         self.more_records = False
         self.count: int | None = None
@@ -97,6 +107,14 @@ class QueryRun:
         self.returned = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        governor = self._connection.governor
+        tracker = Tracker(
+            "query_entities", self._progress, total=None, clock=governor.clock, throttle=governor, cancel=self._cancel
+        )
+        with tracker:
+            yield from self._pages(tracker)
+
+    def _pages(self, tracker: Tracker) -> Iterator[dict[str, Any]]:
         start = self._start
         client = self._connection.client
         skip = start.offset
@@ -106,6 +124,7 @@ class QueryRun:
         ):
             if first:
                 self._read_count(page.body)
+                tracker.total = _total(self.count, self._limit)
                 first = False
             records = page.records[skip:] if skip else page.records
             for i, record in enumerate(records):
@@ -114,10 +133,12 @@ class QueryRun:
                     return
                 self.returned += 1
                 yield record
+            tracker.advance({"pages": 1}, done=self.returned)
             skip = 0
             if page.next_path is None:
                 return
-            if self._limit is not None and self.returned >= self._limit:
+            stop = self._limit is not None and self.returned >= self._limit
+            if stop or (self._cancel is not None and self._cancel.cancelled):
                 self._stop(PageToken(start.host, page.next_path, start.page_size, 0, start.annotations))
                 return
 
@@ -131,6 +152,13 @@ class QueryRun:
         exceeded = body.get("@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded")
         if exceeded is not None:
             self.count_limit_exceeded = bool(exceeded)
+
+
+def _total(count: int | None, limit: int | None) -> int | None:
+    """Rows the run will return, when the query counted them (capped at the run's limit); else unknown."""
+    if count is None:
+        return None
+    return min(count, limit) if limit is not None else count
 
 
 def plan(connection: Connection, inputs: QueryEntities) -> tuple[PageToken, int | None]:
@@ -233,15 +261,30 @@ def query_entities_problems(inputs: QueryEntities, connection: Connection) -> li
     return p.items
 
 
-def stream_entities(connection: Connection, inputs: QueryEntities) -> QueryRun:
+def stream_entities(
+    connection: Connection,
+    inputs: QueryEntities,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> QueryRun:
     """A :class:`QueryRun` for ``query_entities`` inputs: iterate it to stream the rows (``d365 run --jsonl``)."""
     start, limit = plan(connection, inputs)
-    return QueryRun(connection, start=start, limit=limit, impersonate=inputs.impersonate)
+    return QueryRun(
+        connection, start=start, limit=limit, impersonate=inputs.impersonate, progress=progress, cancel=cancel
+    )
 
 
-def query_entities(connection: Connection, inputs: QueryEntities) -> dict[str, Any]:
-    """The ``query_entities`` output: the rows (at most one page, or up to ``max_records`` with ``fetch_all``)."""
-    run = stream_entities(connection, inputs)
+def query_entities(
+    connection: Connection,
+    inputs: QueryEntities,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> dict[str, Any]:
+    """The ``query_entities`` output: the rows (at most one page, or up to ``max_records`` with ``fetch_all``); a
+    cancelled fetch-all returns the rows read so far with the token that continues."""
+    run = stream_entities(connection, inputs, progress=progress, cancel=cancel)
     records = list(run)
     out: dict[str, Any] = {
         "records": records,

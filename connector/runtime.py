@@ -46,6 +46,7 @@ from connector.plugins import (
     make_plugin_manager,
     strict_from_env,
 )
+from connector.progress import CancellationToken, Reporter, current, running
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
 
 if TYPE_CHECKING:
@@ -253,16 +254,29 @@ class Runtime:
             raise InputError(problems, action_id=action_id)
         return frozen
 
-    def run_action(self, action_id: str, inputs: Any, connection: Connection) -> dict[str, Any]:
-        """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output."""
+    def run_action(
+        self,
+        action_id: str,
+        inputs: Any,
+        connection: Connection,
+        *,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> dict[str, Any]:
+        """Validate (both phases), dispatch through ``execute_action``, and return the action's JSON output.
+
+        ``progress`` and ``cancel`` reach the hooks through :func:`connector.progress.current` (the hook signature
+        stays ``(inputs, connection)``); the long actions pass them on to the library.
+        """
         started = time.perf_counter()
         error: Exception | None = None
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            context = self.action_context(action_id, connection)
-            result = self.pm.hook.execute_action(
-                action_id=action_id, inputs=frozen, connection=connection, context=context
-            )
+            context = self.action_context(action_id, connection, progress=progress, cancel=cancel)
+            with running(progress, cancel):
+                result = self.pm.hook.execute_action(
+                    action_id=action_id, inputs=frozen, connection=connection, context=context
+                )
             if result is None:
                 raise ContractError([f"action {action_id!r}: no implementation returned a result"])
             if self.validate_output:
@@ -279,16 +293,30 @@ class Runtime:
             _record_run(action_id, connection, started, error)
 
     def action_context(
-        self, action_id: str, connection: Connection, *, progress: Any = None, cancel: Any = None
+        self,
+        action_id: str,
+        connection: Connection,
+        *,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
     ) -> ActionContext:
         """The ``context`` a hook of ``action_id`` receives when it names that third argument."""
         return ActionContext(self, connection, action_id, action_logger(action_id), progress, cancel)
 
-    def stream_records(self, action_id: str, inputs: Any, connection: Connection) -> RecordStream:
+    def stream_records(
+        self,
+        action_id: str,
+        inputs: Any,
+        connection: Connection,
+        *,
+        progress: Reporter | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> RecordStream:
         """The records of a query action one by one, straight from the library's generator (constant memory).
 
         Validated like ``run_action`` (bad input raises here, before any data request); the run ledger gets one
-        entry, written when the stream ends or fails.
+        entry, written when the stream ends or fails. ``progress`` hears each page; after ``cancel`` the stream ends
+        at the next page boundary, with the token that continues in :meth:`RecordStream.summary`.
         """
         if action_id not in STREAMING_ACTIONS:
             problem = InputProblem("$action", f"only {', '.join(STREAMING_ACTIONS)} stream records")
@@ -296,7 +324,8 @@ class Runtime:
         started = time.perf_counter()
         try:
             frozen = self.check_inputs(action_id, inputs, connection)
-            run = self.pm.hook.stream_records(action_id=action_id, inputs=frozen, connection=connection)
+            with running(progress, cancel):
+                run = self.pm.hook.stream_records(action_id=action_id, inputs=frozen, connection=connection)
             if run is None:
                 provider = self.provider_of(action_id)
                 raise InputError(
@@ -453,9 +482,13 @@ def _start_run(action_id: str, inputs: Mapping[str, Any], connection: Connection
     from connector import fetchxml, paging
     from connector.inputs import QueryEntities, RunFetchXmlQuery
 
+    control = current()  # the generator runs after the call returns: it keeps the run's reporter and token
     if action_id == "run_fetch_xml_query":
-        return fetchxml.stream_fetch_xml(connection, RunFetchXmlQuery.of(inputs))
-    return paging.stream_entities(connection, QueryEntities.of(inputs))
+        return fetchxml.stream_fetch_xml(
+            connection, RunFetchXmlQuery.of(inputs), progress=control.progress, cancel=control.cancel
+        )
+    typed = QueryEntities.of(inputs)
+    return paging.stream_entities(connection, typed, progress=control.progress, cancel=control.cancel)
 
 
 def _record_run(action_id: str, connection: Any, started: float, error: Exception | None) -> None:

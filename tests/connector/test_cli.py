@@ -1,4 +1,5 @@
-"""``d365``: every exit code of ``d365 run``, input sources, and the manifest commands."""
+"""``d365``: every exit code of ``d365 run`` (5 and 130 of long runs also in ``tests/e2e/test_cli_*``), input sources,
+and the manifest commands."""
 
 from __future__ import annotations
 
@@ -101,6 +102,27 @@ def test_run_exit_1_on_internal_error(
     monkeypatch.setattr("connector.diagnostics.get_current_user", lambda *a, **k: broken(a, k))
     result = runner.invoke(cli.main, ["run", "get_current_user", "--connection", str(wired)])
     assert result.exit_code == 1
+
+
+def test_run_exit_130_when_interrupted_outside_a_long_action(
+    runner: CliRunner, wired: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("connector.diagnostics.get_current_user", interrupted)
+    result = runner.invoke(cli.main, ["run", "get_current_user", "--connection", str(wired)])
+    assert result.exit_code == cli.EXIT_INTERRUPTED == 130
+    assert "get_current_user: interrupted; no result is known" in result.stderr
+    assert result.stdout == ""
+
+
+def test_run_progress_takes_four_modes(runner: CliRunner, wired: Path) -> None:
+    result = runner.invoke(cli.main, ["run", "get_current_user", "--connection", str(wired), "--progress=bars"])
+    assert result.exit_code == 2
+    assert "'auto', 'none', 'rich', 'json'" in result.stderr
+    quiet = runner.invoke(cli.main, ["run", "get_current_user", "--connection", str(wired), "--progress=json"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # an action without long work reports nothing
 
 
 def test_run_unknown_action_is_exit_2(runner: CliRunner, wired: Path) -> None:
