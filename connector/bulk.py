@@ -31,7 +31,10 @@ means exactly what the same row means to ``create_entity``.
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +81,7 @@ MAX_CHUNK_SIZE = 1000
 """The most rows one request may carry here: ``$batch`` takes at most 1,000 operations (reference 6.1)."""
 BYPASS_BUSINESS_LOGIC = ("CustomSync", "CustomAsync")
 
+log = logging.getLogger("connector.bulk")
 _support_lock = threading.Lock()
 _support: weakref.WeakKeyDictionary[Connection, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
 
@@ -326,7 +330,8 @@ def write_entities(
     Every record ends with a result; only input problems (raised before any write, as :class:`InputError`) and
     failures to read metadata or the support probe raise. ``progress`` receives a snapshot per chunk done; once
     ``cancel`` is cancelled no new chunk is sent (its records are ``not_sent``) and the chunks in flight are waited
-    for, unless the token is aborted (their records are then ``unknown``).
+    for, unless the token is aborted or its grace period ends: their records are then ``unknown``, unless a read made
+    right after (bounded by the token's ``confirm_s``) finds the rows they created.
     """
     options = options or WriteOptions()
     if mode not in MODES:
@@ -365,10 +370,14 @@ def write_entities(
             tracker.advance(_tally(chunks[outcome.index], done))
 
         outcomes = connection.governor.map(writer.chunk, chunks, cancel=cancel, on_outcome=chunk_done)
-        for chunk, outcome in zip(chunks, outcomes, strict=True):
-            if not outcome.started or not outcome.finished:
-                done.update(_chunk_outcomes(chunk, outcome))
-                tracker.advance(_tally(chunk, done))
+        unfinished = [(c, o) for c, o in zip(chunks, outcomes, strict=True) if not o.started or not o.finished]
+        for chunk, outcome in unfinished:
+            done.update(_chunk_outcomes(chunk, outcome))
+        lost = [chunk for chunk, outcome in unfinished if outcome.started]
+        if lost and cancel is not None:
+            done.update(_confirm(writer, lost, cancel))
+        for chunk, _ in unfinished:
+            tracker.advance(_tally(chunk, done))
     return WriteReport(
         table=meta.logical_name,
         mode=mode,
@@ -379,6 +388,40 @@ def write_entities(
         pre_reads=writer.pre_reads,
         cancelled=cancel is not None and cancel.cancelled,
     )
+
+
+def _confirm(writer: ChunkWriter, lost: list[list[PlannedWrite]], cancel: CancellationToken) -> dict[int, RowOutcome]:
+    """The rows of the chunks given up on that a read finds, one read per chunk on a thread of its own, waited for at
+    most ``cancel.confirm_s``: a person who pressed Ctrl-C twice is not kept waiting long, and one more cancel or
+    abort (a third Ctrl-C) ends the wait with what is known. The rows not confirmed stay ``unknown``."""
+    if cancel.confirm_s <= 0:
+        return {}
+    answers: queue.SimpleQueue[dict[int, RowOutcome] | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        for chunk in lost:
+            try:
+                answers.put(writer.confirm(chunk))
+            except Exception:  # a failed read confirms nothing: its rows stay unknown
+                log.warning("the read confirming %d rows after an abort failed", len(chunk), exc_info=True)
+                answers.put({})
+
+    out: dict[int, RowOutcome] = {}
+    unsubscribe = cancel.subscribe(lambda: answers.put(None))
+    try:
+        threading.Thread(target=read, name="d365-confirm", daemon=True).start()
+        deadline = time.monotonic() + cancel.confirm_s
+        for _ in lost:
+            try:
+                answer = answers.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if answer is None:
+                break
+            out.update(answer)
+    finally:
+        unsubscribe()
+    return out
 
 
 def _chunk_outcomes(chunk: list[PlannedWrite], outcome: Outcome[dict[int, RowOutcome]]) -> dict[int, RowOutcome]:

@@ -283,6 +283,29 @@ class ChunkWriter:
                 item.body = {**item.body, **key_body(self.connection, self.meta, item.key)}
         return items
 
+    def confirm(self, items: Sequence[PlannedWrite]) -> dict[int, RowOutcome]:
+        """The rows of a chunk given up on (aborted) that a read finds: one ``In`` read by id (or by key).
+
+        Only a row that did not exist before this run proves its write: a create with an id generated here, an upsert
+        whose pre-read found nothing. An update's row existed already, so finding it says nothing; and a row not
+        found is not proof of absence either (the request may still land): those stay ``unknown``.
+        """
+        provable = [
+            item
+            for item in items
+            if (self.mode == "create" and item.generated) or (self.mode == "upsert" and item.exists is False)
+        ]
+        by_id = [item for item in provable if item.id is not None]
+        by_key = [item for item in provable if item.id is None and item.key]
+        existing = self._existing_ids([item.id for item in by_id if item.id is not None]) if by_id else set()
+        found = self._find_keys(by_key) if by_key else {}
+        out = {item.index: RowOutcome("created", item.id) for item in by_id if item.id in existing}
+        for item in by_key:
+            row = found.get(row_identity(None, item.key) or ())
+            if row is not None:
+                out[item.index] = RowOutcome("created", row)
+        return out
+
     def _missing(self, item: PlannedWrite) -> str:
         named = ", ".join(f"{c}={v!r}" for c, v in (item.key or {}).items()) or f"id {item.id}"
         return f"{self.meta.logical_name} With {named} Does Not Exist"

@@ -120,15 +120,23 @@ class CancellationToken:
 
     ``deadline_s`` (seconds from now on ``clock``) cancels by itself when it passes, checked whenever work is about to
     start. ``grace_s`` bounds how long a cancelled run waits for requests in flight before it gives up on them as if
-    aborted (None: wait for them, bounded only by the connection's timeout and retry caps).
+    aborted (None: wait for them, bounded only by the connection's timeout and retry caps). ``confirm_s`` bounds the
+    read a write makes after giving up on them, to learn which of their rows landed (real seconds: it waits on a
+    thread; another cancel or abort during that read ends it at once).
     """
 
     def __init__(
-        self, *, deadline_s: float | None = None, grace_s: float | None = None, clock: Clock | None = None
+        self,
+        *,
+        deadline_s: float | None = None,
+        grace_s: float | None = None,
+        confirm_s: float = 5.0,
+        clock: Clock | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
         self._deadline = None if deadline_s is None else self._clock.monotonic() + deadline_s
         self.grace_s = grace_s
+        self.confirm_s = confirm_s
         self._reason: str | None = None
         self._cancelled_at: float | None = None
         self._aborted = False
