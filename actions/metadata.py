@@ -15,6 +15,7 @@ from connector import metadata_checks, metadata_reads, metadata_writes
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
+from connector.progress import current
 
 
 # -- phase two: tables, columns, full bodies, key columns, page tokens, against metadata reads ----------------------
@@ -86,7 +87,7 @@ def list_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[str
 @hookimpl
 def list_entity_types(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Entity types, paged on our side."""
-    return metadata_reads.list_entity_types(connection, typed.ListEntityTypes.of(inputs))
+    return metadata_reads.list_entity_types(connection, typed.ListEntityTypes.of(inputs), progress=current().progress)
 
 
 @hookimpl
@@ -97,8 +98,11 @@ def get_entity_metadata(inputs: Mapping[str, Any], connection: Connection) -> di
 
 @hookimpl
 def get_entities_metadata(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
-    """Chosen tables with their columns, table by table."""
-    return metadata_reads.get_entities_metadata(connection, typed.GetEntitiesMetadata.of(inputs))
+    """Chosen tables with their columns, table by table (a cancelled run returns the tables read so far)."""
+    control = current()
+    return metadata_reads.get_entities_metadata(
+        connection, typed.GetEntitiesMetadata.of(inputs), progress=control.progress, cancel=control.cancel
+    )
 
 
 @hookimpl

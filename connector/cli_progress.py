@@ -55,7 +55,13 @@ EXIT_PARTIAL = 5
 EXIT_INTERRUPTED = 130
 """SIGINT or SIGTERM (128 + 2, the shell's convention): the results known so far are printed first."""
 #: Actions that stop between chunks or pages on the first Ctrl-C and still report every record; others stop at once.
-INTERRUPTIBLE = ("write_entities", "run_batch_operations", "query_entities", "run_fetch_xml_query")
+INTERRUPTIBLE = (
+    "write_entities",
+    "run_batch_operations",
+    "query_entities",
+    "run_fetch_xml_query",
+    "get_entities_metadata",
+)
 #: Counts that make a completed run partial.
 PARTIAL_COUNTS = ("failed", "unknown", "not_sent", "rolled_back", "not_run")
 MODES = ("auto", "none", "rich", "json")
@@ -170,6 +176,8 @@ def counts_of(action_id: str, result: dict[str, Any] | None) -> dict[str, Any] |
         return dict(result["summary"])
     if action_id == "run_batch_operations":
         return {k: result.get(k) for k in ("total", "succeeded", "failed", "rolled_back", "not_run")}
+    if action_id == "get_entities_metadata":
+        return {"tables": result.get("count"), "not_read": result.get("not_read", 0)}
     if "returned" in result:
         return {"returned": result["returned"], "more_records": result.get("more_records")}
     return None

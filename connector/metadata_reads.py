@@ -30,6 +30,7 @@ from connector.inputs import (
     QueryAttributes,
 )
 from connector.odata import PageToken, build_query_string, quote_string
+from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -203,9 +204,14 @@ def list_entities(connection: Connection, inputs: ListEntities) -> dict[str, Any
     return {"tables": tables, "count": len(tables)}
 
 
-def list_entity_types(connection: Connection, inputs: ListEntityTypes) -> dict[str, Any]:
+def list_entity_types(
+    connection: Connection, inputs: ListEntityTypes, *, progress: Reporter | None = None
+) -> dict[str, Any]:
     """Entity types cut into pages on our side: metadata queries have no server paging, so each call makes one lean
     read and returns the slice a page token points at (the token carries the query and the offset, bound to the host).
+
+    ``progress`` hears that one read as one page (a fetch-all on a large organization waits for it); there is nothing
+    between pages to cancel, so no token is taken.
     """
     size = inputs.page_size
     query = f"EntityDefinitions?{build_query_string({'$select': _TYPE_SELECT})}"
@@ -216,12 +222,16 @@ def list_entity_types(connection: Connection, inputs: ListEntityTypes) -> dict[s
         offset = decoded.offset
         size = decoded.page_size or size
         query = decoded.path
-    rows = sorted(
-        (r for r in get_definition(connection, query).get("value", []) if isinstance(r, dict)),
-        key=lambda r: str(r.get("LogicalName")),
-    )
-    end = len(rows) if inputs.fetch_all else offset + size
-    chunk = rows[offset:end]
+    governor = connection.governor
+    with Tracker("list_entity_types", progress, total=None, clock=governor.clock, throttle=governor) as tracker:
+        rows = sorted(
+            (r for r in get_definition(connection, query).get("value", []) if isinstance(r, dict)),
+            key=lambda r: str(r.get("LogicalName")),
+        )
+        end = len(rows) if inputs.fetch_all else offset + size
+        chunk = rows[offset:end]
+        tracker.total = len(chunk)
+        tracker.advance({"pages": 1}, done=len(chunk))
     types = [
         {
             "logical_name": r.get("LogicalName"),
@@ -313,36 +323,74 @@ def _chosen_tables(connection: Connection, inputs: GetEntitiesMetadata) -> list[
     return sorted(chosen.values(), key=lambda r: str(r.get("LogicalName")))
 
 
-def iter_entities_metadata(connection: Connection, inputs: GetEntitiesMetadata) -> Iterator[dict[str, Any]]:
+def iter_entities_metadata(
+    connection: Connection,
+    inputs: GetEntitiesMetadata,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> Iterator[dict[str, Any]]:
     """Tables with their columns, one table's columns read (and held) at a time: memory stays flat however many.
 
-    One lean read lists the tables; then each chosen table costs one ``Attributes?$select=...`` read.
+    One lean read lists the tables; then each chosen table costs one ``Attributes?$select=...`` read. ``progress``
+    hears each table read (of the tables chosen); once ``cancel`` is cancelled no further table is read.
     """
-    for row in _chosen_tables(connection, inputs):
-        logical = str(row["LogicalName"])
-        attrs = get_definition(
-            connection,
-            f"EntityDefinitions(LogicalName={quote_string(logical)})/Attributes",
-            {"$select": _ATTRIBUTE_SELECT},
-        ).get("value", [])
-        yield {
-            "logical_name": logical,
-            "schema_name": row.get("SchemaName"),
-            "entity_set_name": row.get("EntitySetName"),
-            "display_name": label_text(row.get("DisplayName")),
-            "is_custom": bool(row.get("IsCustomEntity")),
-            "primary_id_attribute": row.get("PrimaryIdAttribute"),
-            "primary_name_attribute": row.get("PrimaryNameAttribute"),
-            "attributes": sorted(
-                (_attribute_summary(a) for a in attrs if isinstance(a, Mapping)), key=lambda a: str(a["logical_name"])
-            ),
-        }
+    yield from _read_tables(connection, _chosen_tables(connection, inputs), progress, cancel)
 
 
-def get_entities_metadata(connection: Connection, inputs: GetEntitiesMetadata) -> dict[str, Any]:
-    """The action's answer: :func:`iter_entities_metadata` collected (a platform output is one JSON document)."""
-    tables = list(iter_entities_metadata(connection, inputs))
-    return {"tables": tables, "count": len(tables)}
+def _read_tables(
+    connection: Connection,
+    chosen: Sequence[Mapping[str, Any]],
+    progress: Reporter | None,
+    cancel: CancellationToken | None,
+) -> Iterator[dict[str, Any]]:
+    governor = connection.governor
+    tracker = Tracker(
+        "get_entities_metadata", progress, total=len(chosen), clock=governor.clock, throttle=governor, cancel=cancel
+    )
+    with tracker:
+        for row in chosen:
+            if cancel is not None and cancel.cancelled:
+                return
+            logical = str(row["LogicalName"])
+            attrs = get_definition(
+                connection,
+                f"EntityDefinitions(LogicalName={quote_string(logical)})/Attributes",
+                {"$select": _ATTRIBUTE_SELECT},
+            ).get("value", [])
+            yield {
+                "logical_name": logical,
+                "schema_name": row.get("SchemaName"),
+                "entity_set_name": row.get("EntitySetName"),
+                "display_name": label_text(row.get("DisplayName")),
+                "is_custom": bool(row.get("IsCustomEntity")),
+                "primary_id_attribute": row.get("PrimaryIdAttribute"),
+                "primary_name_attribute": row.get("PrimaryNameAttribute"),
+                "attributes": sorted(
+                    (_attribute_summary(a) for a in attrs if isinstance(a, Mapping)),
+                    key=lambda a: str(a["logical_name"]),
+                ),
+            }
+            tracker.advance({"tables": 1})
+
+
+def get_entities_metadata(
+    connection: Connection,
+    inputs: GetEntitiesMetadata,
+    *,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> dict[str, Any]:
+    """The action's answer: :func:`iter_entities_metadata` collected (a platform output is one JSON document).
+
+    A cancelled run returns the tables read so far and says how many chosen tables it did not read (``not_read``):
+    on a large organization the tables already read cost minutes, and a caller may keep them."""
+    chosen = _chosen_tables(connection, inputs)
+    tables = list(_read_tables(connection, chosen, progress, cancel))
+    out: dict[str, Any] = {"tables": tables, "count": len(tables)}
+    if len(tables) < len(chosen):
+        out["not_read"] = len(chosen) - len(tables)
+    return out
 
 
 # -- columns -----------------------------------------------------------------------------------------------------------
