@@ -497,6 +497,14 @@ def webhook() -> None:
 @click.option("--path", "url_path", default="/", show_default=True, help="URL path deliveries are posted to.")
 @click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
 @click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(cli_progress.MODES),
+    default="auto",
+    show_default=True,
+    help="Delivery counters on stderr: live (rich), one JSON line per delivery (json), none; auto: rich on a terminal.",
+)
 def webhook_serve(
     connection_file: str | None,
     config_file: str,
@@ -505,8 +513,10 @@ def webhook_serve(
     url_path: str,
     subscribe: bool,
     public_url: str | None,
+    progress_mode: str,
 ) -> None:
-    """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) go to stderr."""
+    """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) and the delivery
+    counters (received, delivered, redeliveries dropped, refused by reason) go to stderr."""
     from connector.webhook_server import load_trigger_config, serve
 
     def emit(event: dict[str, Any]) -> None:
@@ -524,8 +534,9 @@ def webhook_serve(
             data, base_dir = _load_connection_file(connection_file)
             conn = runtime.connection(data, base_dir=base_dir)
         try:
-            serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
-                  on_event=emit, on_status=status)  # fmt: skip
+            with cli_progress.display(progress_mode) as reporter:
+                serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
+                      on_event=emit, on_status=status, progress=reporter)  # fmt: skip
         finally:
             runtime.close()
     except ConnectorError as exc:

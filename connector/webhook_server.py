@@ -3,6 +3,11 @@
 Why apart from :mod:`connector.webhook_delivery`: serving goes through the runtime's trigger entry point (validation,
 deduplication), so this module imports :mod:`connector.runtime`, which itself imports the dedupe store; keeping the
 server out of the modules the runtime needs keeps the import graph free of cycles.
+
+A receiver runs for days and fails quietly (a wrong key answers 401 to Dataverse, not to the person watching), so it
+keeps counters of what it received and reports them through the same progress callback as the long actions
+(:class:`connector.progress.Progress`, operation ``webhook``, one snapshot per delivery): ``done`` is the deliveries
+received and ``counts`` splits them by :data:`COUNTS`.
 """
 
 from __future__ import annotations
@@ -15,18 +20,45 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from connector.clock import SystemClock
 from connector.connection_config import is_loopback
-from connector.errors import InputError, InputProblem, WebhookError
+from connector.errors import InputError, InputProblem, WebhookError, WebhookVerificationError
+from connector.progress import Reporter, Tracker
 from connector.webhook_delivery import WebhookConfig, WebhookRequest
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
-__all__ = ["EventCallback", "create_asgi_app", "load_trigger_config", "serve"]
+__all__ = ["COUNTS", "EventCallback", "create_asgi_app", "load_trigger_config", "serve", "webhook_tracker"]
 
 log = logging.getLogger("connector.webhooks")  # one logger for the webhook modules: platforms configure it by name
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+COUNTS = (
+    "delivered",
+    "redeliveries_dropped",
+    "refused_verification",
+    "refused_payload",
+    "refused_size",
+    "handler_failed",
+)
+"""What became of each delivery received: handed on as an event; a redelivery of an event already handed on
+(answered 200, dropped); refused for its key or secret (401), its body or method (400, 405, 415, 422, or a trigger
+configuration that cannot be used: 500), its size (413); or handed to an ``on_event`` that raised (500, retried)."""
+
+
+def webhook_tracker(progress: Reporter | None) -> Tracker:
+    """The counters of one receiver, every one shown from the start (zero until something happens)."""
+    tracker = Tracker("webhook", progress, total=None, clock=SystemClock())
+    tracker.set(dict.fromkeys(COUNTS, 0), done=0)
+    return tracker
+
+
+def _refusal(exc: WebhookError) -> str:
+    if isinstance(exc, WebhookVerificationError):
+        return "refused_verification"
+    return "refused_size" if exc.status_code == 413 else "refused_payload"
 
 
 def create_asgi_app(
@@ -36,12 +68,14 @@ def create_asgi_app(
     runtime: Any = None,
     trigger_id: str = "webhook",
     path: str = "/",
+    progress: Reporter | Tracker | None = None,
 ) -> Any:
     """An ASGI app that answers Dataverse deliveries on ``path`` and hands each verified, new event to ``on_event``.
 
     Validation (config and event) goes through the runtime's trigger entry point, so a platform mounting this app
     gets exactly what the hook and the schema promise. Errors answer with their status and a short JSON reason that
-    never includes the secret; duplicates answer 200 (so Dataverse stops sending) and emit nothing.
+    never includes the secret; duplicates answer 200 (so Dataverse stops sending) and emit nothing. ``progress``
+    hears the counters after each delivery (a reporter, or a :func:`webhook_tracker` the caller opens and closes).
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -50,6 +84,7 @@ def create_asgi_app(
     from connector.runtime import default_runtime
 
     rt = runtime or default_runtime()
+    tracker = progress if isinstance(progress, Tracker) else webhook_tracker(progress)
 
     async def receive(request: Request) -> JSONResponse:
         body = await request.body()
@@ -57,8 +92,10 @@ def create_asgi_app(
         try:
             event = rt.handle_trigger(trigger_id, hook_request, config)
         except WebhookError as exc:
+            tracker.advance({_refusal(exc): 1})
             return JSONResponse({"error": exc.kind, "message": exc.message}, status_code=exc.status_code)
         if event is None:
+            tracker.advance({"redeliveries_dropped": 1})
             return JSONResponse({"accepted": True, "duplicate": True})
         try:
             on_event(event)
@@ -66,7 +103,9 @@ def create_asgi_app(
             # not handed on: forget it, so Dataverse's next attempt is not dropped as a redelivery
             rt.forget_trigger_event(trigger_id, config, event)
             log.exception("webhook event handler failed; answering 500 so the delivery is retried")
+            tracker.advance({"handler_failed": 1})
             return JSONResponse({"error": "handler", "message": "the event could not be handed on"}, status_code=500)
+        tracker.advance({"delivered": 1})
         return JSONResponse({"accepted": True, "duplicate": False})
 
     from starlette.applications import Starlette
@@ -102,8 +141,10 @@ def serve(
     public_url: str | None = None,
     on_event: EventCallback,
     on_status: Callable[[dict[str, Any]], None],
+    progress: Reporter | None = None,
 ) -> None:
     """Receive deliveries with uvicorn until interrupted; with a ``connection``, subscribe first and remove on exit.
+    ``progress`` hears the counters (:data:`COUNTS`) once listening, after each delivery, and on exit.
 
     The socket listens before subscribing, so a delivery Dataverse makes while the steps are being registered waits
     in the backlog instead of being refused. ``public_url`` (where Dataverse can reach this receiver) is required
@@ -147,14 +188,16 @@ def serve(
     shown_host = f"[{host}]" if ":" in host else host
     local_url = f"http://{shown_host}:{sock.getsockname()[1]}{path}"
     on_status({"listening": local_url})
-    app = create_asgi_app(config, on_event, runtime=runtime, path=path)
+    tracker = webhook_tracker(progress)
+    app = create_asgi_app(config, on_event, runtime=runtime, path=path, progress=tracker)
     subscription = None
     try:
         if connection is not None:
             subscription = runtime.subscribe_trigger("webhook", config, connection, public_url or local_url)
             on_status({"subscribed": subscription})
         server = _StoppingServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="h11"))
-        server.run(sockets=[sock])
+        with tracker:
+            server.run(sockets=[sock])
     finally:
         sock.close()
         if subscription is not None and connection is not None:
