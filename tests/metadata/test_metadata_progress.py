@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from click.testing import CliRunner
 
+from connector import cli
 from connector.connection import Connection
-from connector.progress import CancellationToken, Progress
+from connector.progress import CancellationToken, Progress, current
 from connector.runtime import Runtime
 from tests.metadata.test_metadata_actions import _tables
 
@@ -69,3 +74,29 @@ def test_list_entity_types_fetch_all_reports_its_one_read_as_a_page(
     assert out["returned"] == 5
     assert [(e.event, e.done, e.total) for e in events] == [("start", 0, None), ("advance", 5, 5), ("end", 5, 5)]
     assert dict(events[-1].counts) == {"pages": 1}
+
+
+def test_d365_run_get_entities_metadata_interrupted_prints_the_tables_read_and_exits_130(
+    runtime: Runtime, fake: Any, conn: Connection, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli, "_runtime", lambda: runtime)
+    monkeypatch.setattr(Runtime, "connection", lambda self, config, **_: conn)
+    reads: list[int] = []
+
+    def second_read_is_interrupted() -> None:  # as the SIGINT handler does: the token the CLI made is cancelled
+        reads.append(1)
+        if len(reads) == 2:
+            token = current().cancel
+            assert token is not None
+            token.cancel("SIGINT")
+
+    _columns(fake, second_read_is_interrupted)
+    fake.route("GET", "EntityDefinitions", _custom(5))
+    path = tmp_path / "conn.json"
+    path.write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(cli.main, ["run", "get_entities_metadata", "--connection", str(path), "--json"])
+    assert result.exit_code == 130, result.output
+    out = json.loads(result.stdout)
+    assert (out["count"], out["not_read"]) == (2, 3)
+    summary = json.loads(result.stderr)
+    assert summary["summary"] == {"tables": 2, "not_read": 3} and summary["exit_code"] == 130
