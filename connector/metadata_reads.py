@@ -333,7 +333,8 @@ def iter_entities_metadata(
     """Tables with their columns, one table's columns read (and held) at a time: memory stays flat however many.
 
     One lean read lists the tables; then each chosen table costs one ``Attributes?$select=...`` read. ``progress``
-    hears each table read (of the tables chosen); once ``cancel`` is cancelled no further table is read.
+    hears each table read (of the tables chosen); once ``cancel`` is cancelled no further table is read, and once it
+    is aborted a read cut short by :class:`KeyboardInterrupt` (the CLI's second Ctrl-C) ends the tables too.
     """
     yield from _read_tables(connection, _chosen_tables(connection, inputs), progress, cancel)
 
@@ -353,11 +354,16 @@ def _read_tables(
             if cancel is not None and cancel.cancelled:
                 return
             logical = str(row["LogicalName"])
-            attrs = get_definition(
-                connection,
-                f"EntityDefinitions(LogicalName={quote_string(logical)})/Attributes",
-                {"$select": _ATTRIBUTE_SELECT},
-            ).get("value", [])
+            try:
+                attrs = get_definition(
+                    connection,
+                    f"EntityDefinitions(LogicalName={quote_string(logical)})/Attributes",
+                    {"$select": _ATTRIBUTE_SELECT},
+                ).get("value", [])
+            except KeyboardInterrupt:  # a second Ctrl-C mid-request: keep the tables read, as a fetch-all keeps rows
+                if cancel is None or not cancel.aborted:
+                    raise
+                return
             yield {
                 "logical_name": logical,
                 "schema_name": row.get("SchemaName"),

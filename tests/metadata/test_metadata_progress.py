@@ -65,6 +65,23 @@ def test_a_cancelled_get_entities_metadata_returns_the_tables_read_and_how_many_
     assert len(reads) == 2  # no table read after the cancel (the runtime validated the output against its schema)
 
 
+def test_a_second_ctrl_c_mid_read_keeps_the_tables_read(runtime: Runtime, fake: Any, conn: Connection) -> None:
+    token = CancellationToken()
+    reads: list[int] = []
+
+    def second_read_is_cut_short() -> None:  # what the CLI's handlers do on two Ctrl-C while a request is out
+        reads.append(1)
+        if len(reads) == 2:
+            token.cancel("SIGINT")
+            token.abort("SIGINT")
+            raise KeyboardInterrupt
+
+    _columns(fake, second_read_is_cut_short)
+    fake.route("GET", "EntityDefinitions", _custom(5))
+    out = runtime.run_action("get_entities_metadata", {}, conn, cancel=token)
+    assert [t["logical_name"] for t in out["tables"]] == ["new_t0"] and out["not_read"] == 4
+
+
 def test_list_entity_types_fetch_all_reports_its_one_read_as_a_page(
     runtime: Runtime, fake: Any, conn: Connection
 ) -> None:
