@@ -97,7 +97,8 @@ def plain_value(connection: Connection, meta: TableMetadata, column: str, typ: s
     if typ in STRING_TYPES and not isinstance(value, str):
         raise LiteralError(f"{column!r} is a text column: give a string")
     if typ in NUMERIC_TYPES and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise LiteralError(f"{column!r} is a {typ} column: give a number")
+        kind = {"Integer": "whole-number", "BigInt": "whole-number", "Money": "currency"}.get(typ, typ.lower())
+        raise LiteralError(f"{column!r} is a {kind} column: give a number, not text")
     if typ in ("Integer", "BigInt") and isinstance(value, float) and not value.is_integer():
         raise LiteralError(f"{column!r} is a whole-number column")
     if typ == "Boolean" and not isinstance(value, bool):

@@ -241,17 +241,22 @@ def _example_problems(runtime: Runtime) -> list[Owned]:
 
 
 def _duplicate_problems(runtime: Runtime) -> list[Owned]:
-    """No two actions share an id or a label, no two triggers an id, no two data sources a name; the later entry is
-    at fault (built-in entries come first)."""
+    """No two actions share an id or a label, no two triggers an id, no two data sources a name. A pack clashing with
+    a built-in is at fault; two packs clashing are both at fault (which one was installed first says nothing about
+    which one is right), and each message names the other."""
     document = runtime.manifest.document
     found: list[Owned] = []
     for kind, key in (("actions", "id"), ("actions", "label"), ("triggers", "id"), ("data_sources", "name")):
-        seen: set[str] = set()
+        first: dict[str, str] = {}
         for entry in document.get(kind, []):
-            value = entry.get(key)
-            if value in seen:
-                found.append((_provider(entry), f"{kind}: duplicate {key} {value!r}"))
-            seen.add(value)
+            value, owner = entry.get(key), _provider(entry)
+            if value not in first:
+                first[value] = owner
+                continue
+            other = first[value]
+            found.append((owner, f"{kind}: duplicate {key} {value!r} (also declared by {other})"))
+            if other != BUILTIN and other != owner:
+                found.append((other, f"{kind}: duplicate {key} {value!r} (also declared by {owner})"))
     return found
 
 

@@ -370,7 +370,13 @@ class FetchRun:
         paged = self._root.get("top") is None and not is_aggregate(self._root)
         while True:
             self.page = page
-            body = _get(client, meta.entity_set, self._text(page, cookie), self._prefer, self._impersonate)
+            try:
+                body = _get(client, meta.entity_set, self._text(page, cookie), self._prefer, self._impersonate)
+            except KeyboardInterrupt:  # a second Ctrl-C mid-request: keep what was read, resume at the page lost
+                if self._cancel is None or not self._cancel.aborted:
+                    raise
+                self._stop(FetchToken(self._start.host, self._start.query, page, cookie, skip, self._page_size))
+                return
             records = body.get("value") or []
             more = bool(body.get(MORE)) and paged
             annotation = body.get(COOKIE)

@@ -119,9 +119,20 @@ class QueryRun:
         client = self._connection.client
         skip = start.offset
         first = True
-        for page in iter_pages(
+        pages = iter_pages(
             client, start.path, page_size=start.page_size, annotations=start.annotations, impersonate=self._impersonate
-        ):
+        )
+        reading = start.path
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                return
+            except KeyboardInterrupt:  # a second Ctrl-C mid-request: keep what was read, resume at the page lost
+                if self._cancel is None or not self._cancel.aborted:
+                    raise
+                self._stop(PageToken(start.host, reading, start.page_size, skip, start.annotations))
+                return
             if first:
                 self._read_count(page.body)
                 tracker.total = _total(self.count, self._limit)
@@ -137,6 +148,7 @@ class QueryRun:
             skip = 0
             if page.next_path is None:
                 return
+            reading = page.next_path
             stop = self._limit is not None and self.returned >= self._limit
             if stop or (self._cancel is not None and self._cancel.cancelled):
                 self._stop(PageToken(start.host, page.next_path, start.page_size, 0, start.annotations))

@@ -171,7 +171,8 @@ def test_manifest_validate_lists_the_pack_left_out_and_exits_1(tmp_path: Path, m
     result = CliRunner().invoke(cli.main, ["manifest", "validate"])
     assert result.exit_code == 1, result.output
     assert "pack broken is left out:\n- pack broken: manifest fragment $.actions[0].category" in result.stderr
-    assert "manifest ok: 25 actions, 1 triggers without 1 broken pack(s)" in result.stderr
+    assert "built-ins and healthy packs ok: 25 actions; left out: broken" in result.stderr
+    assert result.stderr.count("manifest fragment $.actions[0].category") == 1  # listed once, not warned twice
     monkeypatch.setenv("D365_STRICT_PACKS", "1")
     result = CliRunner().invoke(cli.main, ["manifest", "validate"])
     assert result.exit_code == 1
@@ -281,3 +282,25 @@ def test_problems_blamed_on_no_loaded_pack_stop_the_runtime(monkeypatch: pytest.
     with pytest.raises(ContractError) as err:
         Runtime(load_entrypoints=False)
     assert err.value.problems == ["pack ghost: haunted"]
+
+
+def test_two_packs_claiming_one_label_are_both_left_out_each_naming_the_other(tmp_path: Path) -> None:
+    """Which pack was installed first says nothing about which is right: both are named, neither is trusted."""
+
+    def pack(name: str, action_id: str) -> Any:
+        entry = {**action_entry(action_id), "label": "Shared label"}
+        code = f"""
+        @hookimpl
+        def {action_id}(inputs, connection):
+            return {{"echo": inputs["word"]}}
+        """
+        return make_pack(tmp_path, name=name, code=code, fragment={"pack": name, "actions": [entry]},
+                         schemas=io_schemas(name, action_id))  # fmt: skip
+
+    first, second, healthy = pack("first", "one_word"), pack("second", "two_word"), echo_pack(tmp_path)
+    runtime = Runtime(load_entrypoints=False, extra_packs=[first, second, healthy])
+    assert set(runtime.broken_packs) == {"first", "second"}
+    assert any("also declared by second" in p for p in runtime.broken_packs["first"])
+    assert any("also declared by first" in p for p in runtime.broken_packs["second"])
+    assert runtime.run_action("echo_word", {"word": "hi"}, connection=None) == {"echo": "hi"}  # type: ignore[arg-type]
+    assert set(runtime.manifest.actions) == BUILTIN_ACTIONS | {"echo_word"}

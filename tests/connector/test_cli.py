@@ -204,10 +204,11 @@ def test_set_options_key_equals_is_text_and_colon_equals_is_json() -> None:
     ("pair", "path", "words"),
     [
         ("novalue", "--set novalue", "KEY=TEXT or KEY:=JSON"),
-        ("=x", "--set =x", "KEY=TEXT or KEY:=JSON"),
-        ("fields..name=x", "--set fields..name=x", "KEY=TEXT or KEY:=JSON"),
+        ("=x", "--set (no key)", "KEY=TEXT or KEY:=JSON"),
+        ("fields..name=x", "--set fields..name", "KEY=TEXT or KEY:=JSON"),
         ("top:=five", "--set top", "not valid JSON"),
         ("fields.name:=Contoso", "--set fields.name", "write fields.name=... instead"),
+        ("headers.Authorization:Bearer SENTINEL-tok", "--set headers.Authorization", "KEY=TEXT or KEY:=JSON"),
     ],
 )
 def test_set_options_refuse_with_the_key_named(pair: str, path: str, words: str) -> None:

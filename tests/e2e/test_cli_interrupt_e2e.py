@@ -94,28 +94,41 @@ def test_a_signal_mid_write_exits_130_with_every_result_and_nothing_unreported(
     assert f"interrupted ({sig.name}): exit 130" in stderr
 
 
-def test_a_second_sigint_aborts_and_still_reports_every_record(
-    connection: Connection, connection_file: Path, tmp_path: Path
-) -> None:
-    inputs = _inputs(tmp_path / "in.json", RECORDS, 5)
+@pytest.fixture(scope="module")
+def slow_emulator() -> Iterator[EmulatorHandle]:
+    """Answers after 2 s: a chunk is still in flight when the second SIGINT arrives, so the abort is what is tested."""
+    with running_emulator(latency_ms=2000) as handle:
+        yield handle
+
+
+def test_a_second_sigint_aborts_and_still_reports_every_record(slow_emulator: EmulatorHandle, tmp_path: Path) -> None:
+    slow_emulator.admin.reset()
+    connection_file = tmp_path / "connection.json"
+    connection_file.write_text(json.dumps(slow_emulator.connection_config()), encoding="utf-8")
+    inputs = _inputs(tmp_path / "in.json", 40, 5)
     proc = _start(connection_file, inputs, "--progress=json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         _wait_for(proc.stderr, lambda line: line["event"] == "advance")
         proc.send_signal(signal.SIGINT)
         _wait_for(proc.stderr, lambda line: line["cancelled"])  # the run heard the first one
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+        assert proc.poll() is None  # the chunks sent with the first one are still in flight (2 s each)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=BOUND_S)
+        stopped_waiting_s = time.monotonic() - started
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
+    assert stopped_waiting_s < 2.0  # it stopped waiting for the requests in flight instead of sitting out the grace
     results = json.loads(stdout)["results"]
-    assert len(results) == RECORDS
+    assert len(results) == 40
     assert {r["status"] for r in results} <= {"created", "not_sent", "unknown"}
+    assert any(r["status"] == "unknown" for r in results)  # the rows in flight: their answers never came
     created = {r["id"] for r in results if r["status"] == "created"}
     unknown = {r["id"] for r in results if r["status"] == "unknown"}
-    assert created <= _rows(connection) <= created | unknown  # an unknown row may still land: its id was reported
+    with Connection.from_config(slow_emulator.connection_config()) as connection:
+        assert created <= _rows(connection) <= created | unknown  # an unknown row may still land: its id was reported
 
 
 def test_on_a_terminal_the_default_progress_is_a_rich_bar_on_stderr(

@@ -606,3 +606,34 @@ def test_a_key_value_is_written_as_a_literal_once_per_phase(
     assert "accounts(accountnumber='A-1')" in str(request.url)
     assert body(request)["parentaccountid@odata.bind"] == "/accounts(accountnumber='P-9')"
     assert sorted(written) == ["A-1", "A-1", "P-9", "P-9"]
+
+
+def test_a_fetch_all_aborted_mid_request_keeps_the_rows_read_and_resumes_at_the_lost_page(
+    runtime: Runtime, fake: Any, conn: Connection
+) -> None:
+    """A second Ctrl-C lands while page 2 is in flight (the signal handler raises KeyboardInterrupt there): the rows
+    of page 1 are returned with a token that reads page 2 again, instead of everything being lost."""
+    from connector.progress import CancellationToken
+
+    token = CancellationToken()
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("$skiptoken", "0"))
+        if page == 1:
+            token.abort("SIGINT")  # what the second signal does, before its handler raises
+            raise KeyboardInterrupt
+        rows = [{"accountid": f"{page}-{i}"} for i in range(3)]
+        return httpx.Response(200, json={"value": rows, "@odata.nextLink": f"{API}/accounts?$skiptoken={page + 1}"})
+
+    fake.respond = respond
+    inputs = {"table": "account", "page_size": 3, "fetch_all": True, "max_records": 100}
+    out = runtime.run_action("query_entities", inputs, conn, cancel=token)
+    assert [r["accountid"] for r in out["records"]] == ["0-0", "0-1", "0-2"]
+    assert out["more_records"] is True
+    fake.respond = lambda r: httpx.Response(200, json={"value": [{"accountid": "1-0"}]})
+    rest = runtime.run_action("query_entities", {**inputs, "page_token": out["next_page_token"]}, conn)
+    assert [r["accountid"] for r in rest["records"]] == ["1-0"]
+    assert str(fake.data[-1].url) == f"{API}/accounts?$skiptoken=1"
+    fake.respond = respond
+    with pytest.raises(KeyboardInterrupt):  # without an aborted token a KeyboardInterrupt is not ours to swallow
+        runtime.run_action("query_entities", inputs, conn)
