@@ -330,8 +330,8 @@ def write_entities(
     Every record ends with a result; only input problems (raised before any write, as :class:`InputError`) and
     failures to read metadata or the support probe raise. ``progress`` receives a snapshot per chunk done; once
     ``cancel`` is cancelled no new chunk is sent (its records are ``not_sent``) and the chunks in flight are waited
-    for, unless the token is aborted or its grace period ends: their records are then ``unknown``, unless a read made
-    right after (bounded by the token's ``confirm_s``) finds the rows they created.
+    for, unless the token is aborted or its grace period ends: their records are then ``unknown``. When it was the
+    grace period, a read made right after (bounded by the token's ``confirm_s``) reports the rows it finds created.
     """
     options = options or WriteOptions()
     if mode not in MODES:
@@ -374,7 +374,7 @@ def write_entities(
         for chunk, outcome in unfinished:
             done.update(_chunk_outcomes(chunk, outcome))
         lost = [chunk for chunk, outcome in unfinished if outcome.started]
-        if lost and cancel is not None:
+        if lost and cancel is not None and not cancel.aborted:
             done.update(_confirm(writer, lost, cancel))
         for chunk, _ in unfinished:
             tracker.advance(_tally(chunk, done))
@@ -391,9 +391,9 @@ def write_entities(
 
 
 def _confirm(writer: ChunkWriter, lost: list[list[PlannedWrite]], cancel: CancellationToken) -> dict[int, RowOutcome]:
-    """The rows of the chunks given up on that a read finds, one read per chunk on a thread of its own, waited for at
-    most ``cancel.confirm_s``: a person who pressed Ctrl-C twice is not kept waiting long, and one more cancel or
-    abort (a third Ctrl-C) ends the wait with what is known. The rows not confirmed stay ``unknown``."""
+    """The rows of the chunks given up on when the grace period ended that a read finds, one read per chunk on a thread
+    of its own, waited for at most ``cancel.confirm_s``. An abort skips it (a second Ctrl-C means "stop now"), and one
+    during the read ends the wait with what is known. The rows not confirmed stay ``unknown``."""
     if cancel.confirm_s <= 0:
         return {}
     answers: queue.SimpleQueue[dict[int, RowOutcome] | None] = queue.SimpleQueue()
@@ -403,7 +403,7 @@ def _confirm(writer: ChunkWriter, lost: list[list[PlannedWrite]], cancel: Cancel
             try:
                 answers.put(writer.confirm(chunk))
             except Exception:  # a failed read confirms nothing: its rows stay unknown
-                log.warning("the read confirming %d rows after an abort failed", len(chunk), exc_info=True)
+                log.warning("the read confirming %d rows given up on failed", len(chunk), exc_info=True)
                 answers.put({})
 
     out: dict[int, RowOutcome] = {}

@@ -284,7 +284,7 @@ class ChunkWriter:
         return items
 
     def confirm(self, items: Sequence[PlannedWrite]) -> dict[int, RowOutcome]:
-        """The rows of a chunk given up on (aborted) that a read finds: one ``In`` read by id (or by key).
+        """The rows of a chunk given up on (no answer in time) that a read finds: one ``In`` read by id (or by key).
 
         Only a row that did not exist before this run proves its write: a create with an id generated here, an upsert
         whose pre-read found nothing. An update's row existed already, so finding it says nothing; and a row not

@@ -121,8 +121,8 @@ class CancellationToken:
     ``deadline_s`` (seconds from now on ``clock``) cancels by itself when it passes, checked whenever work is about to
     start. ``grace_s`` bounds how long a cancelled run waits for requests in flight before it gives up on them as if
     aborted (None: wait for them, bounded only by the connection's timeout and retry caps). ``confirm_s`` bounds the
-    read a write makes after giving up on them, to learn which of their rows landed (real seconds: it waits on a
-    thread; another cancel or abort during that read ends it at once).
+    read a write makes when its grace period ended, to learn which of their rows landed (real seconds: it waits on a
+    thread; an abort skips the read, or ends it at once).
     """
 
     def __init__(

@@ -79,7 +79,7 @@ def test_an_abort_reports_the_chunk_in_flight_unknown_with_its_ids(
     runtime: Runtime, fake: FakeDataverse, serial: Connection
 ) -> None:
     server = BulkServer(fake)
-    token = CancellationToken(confirm_s=0)  # no read after the abort (test_bulk_confirm reads): the slot is held
+    token = CancellationToken()
     release = threading.Event()
 
     def abort_and_hang() -> None:
