@@ -376,8 +376,8 @@ def write_entities(
         lost = [chunk for chunk, outcome in unfinished if outcome.started]
         if lost and cancel is not None and not cancel.aborted:
             done.update(_confirm(writer, lost, cancel))
-        for chunk, _ in unfinished:
-            tracker.advance(_tally(chunk, done))
+        if unfinished:  # one event for every chunk cancelled or given up on, not one line each
+            tracker.advance(_tally([item for chunk, _ in unfinished for item in chunk], done))
     return WriteReport(
         table=meta.logical_name,
         mode=mode,

@@ -313,7 +313,9 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
     if result is not None:
         _print_json(result, as_json)
-    cli_progress.finish(action_id, result, token, as_json=as_json, allow_partial=allow_partial)
+    # under --progress=json stderr is JSON lines throughout, the closing summary included
+    as_json_summary = as_json or progress_mode == "json"
+    cli_progress.finish(action_id, result, token, as_json=as_json_summary, allow_partial=allow_partial)
 
 
 def _execute(

@@ -74,7 +74,9 @@ class Progress:
 
     @property
     def rows_per_s(self) -> float | None:
-        return self.done / self.elapsed_s if self.elapsed_s > 0 and self.done else None
+        """Rows that went somewhere per second: rows never sent (``not_sent``) are done but took no time."""
+        moved = self.done - self.counts.get("not_sent", 0)
+        return moved / self.elapsed_s if self.elapsed_s > 0 and moved > 0 else None
 
     @property
     def eta_s(self) -> float | None:

@@ -159,3 +159,12 @@ def test_a_reporter_that_raises_is_dropped_and_the_work_goes_on(caplog: pytest.L
         tracker.advance({"created": 1})
     assert calls == ["start"] and tracker.done == 0  # dropped: no more snapshots, no more counting
     assert "the progress reporter of write_entities failed" in caplog.text
+
+
+def test_rows_never_sent_are_done_but_not_part_of_the_rate() -> None:
+    from connector.progress import Progress
+
+    cancelled = Progress("write_entities", "end", 100, 100, {"created": 10, "not_sent": 90}, elapsed_s=2.0)
+    assert cancelled.rows_per_s == 5.0  # 10 rows in 2 s, not 100
+    nothing_moved = Progress("write_entities", "end", 100, 100, {"not_sent": 100}, elapsed_s=2.0)
+    assert nothing_moved.rows_per_s is None and nothing_moved.eta_s is None
