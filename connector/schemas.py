@@ -178,7 +178,8 @@ class SchemaStore:
         # A GUID fails both its pattern and format "uuid": one message per value is enough.
         patterned = {_json_path(e.absolute_path) for e in errors if e.validator == "pattern"}
         errors = [e for e in errors if not (e.validator == "format" and _json_path(e.absolute_path) in patterned)]
-        return [InputProblem(_json_path(e.absolute_path), _describe(e)) for e in errors]
+        root = self.validator(ref).schema
+        return [_problem(e, root) for e in errors]
 
 
 #: Keywords whose value is data, not a schema: a ``$ref`` key inside an example is not a reference.
@@ -257,6 +258,49 @@ def _json_path(path: Iterable[Any]) -> str:
     return out
 
 
+def _problem(error: ValidationError, root: Any) -> InputProblem:
+    """One problem, placed on the input a person must fix.
+
+    An exclusive choice (``oneOf`` branches that each require one input, such as id or key) fails on the object; the
+    message names the inputs and sits on the one to drop or to give, as the typed models in ``inputs.py`` say it.
+    """
+    path = _json_path(error.absolute_path)
+    choice = _choice(error.schema) if error.validator == "oneOf" else None
+    if choice is not None and isinstance(error.instance, Mapping):
+        given = [name for name in choice if name in error.instance]
+        if len(given) > 1:
+            return InputProblem(f"{path}.{given[-1]}", f"give either {' or '.join(given)}, not both")
+        return InputProblem(f"{path}.{choice[0]}", f"give {' or '.join(choice)}")
+    if error.validator == "required" and list(error.relative_schema_path)[-2:] == ["then", "required"]:
+        needed_by = _if_required(root, list(error.relative_schema_path)[:-2])
+        wanted = error.validator_value if isinstance(error.validator_value, list) else []
+        if needed_by and isinstance(error.instance, Mapping):
+            missing = ", ".join(repr(m) for m in wanted if m not in error.instance)
+            return InputProblem(
+                path, f"required property {missing} is missing: {', '.join(map(repr, needed_by))} needs it"
+            )
+    return InputProblem(path, _describe(error))
+
+
+def _choice(schema: Any) -> list[str] | None:
+    """The inputs of an exclusive choice: ``oneOf`` branches that each only require one input (and carry a title)."""
+    branches = schema.get("oneOf", []) if isinstance(schema, Mapping) else []
+    names = [b.get("required") for b in branches if isinstance(b, Mapping) and set(b) <= {"title", "required"}]
+    if len(names) < 2 or len(names) != len(branches) or any(not isinstance(n, list) or len(n) != 1 for n in names):
+        return None
+    return [str(n[0]) for n in names if isinstance(n, list)]
+
+
+def _if_required(root: Any, at: list[Any]) -> list[str]:
+    """The inputs whose presence makes a ``then`` apply: its ``if``'s ``required`` (reached without a ``$ref``)."""
+    node = root
+    for part in at:
+        node = node[part] if isinstance(node, (Mapping, list)) else None
+    condition = node.get("if") if isinstance(node, Mapping) else None
+    required = condition.get("required", []) if isinstance(condition, Mapping) else []
+    return [str(r) for r in required]
+
+
 def _describe(error: ValidationError) -> str:
     """A message that says what is expected.
 
@@ -288,6 +332,11 @@ def _describe(error: ValidationError) -> str:
             else []
         )
         return f"unexpected property {', '.join(map(repr, extra))}; allowed properties: {', '.join(allowed)}"
+    branches = schema.get(v) if v in ("oneOf", "anyOf") else None
+    if isinstance(branches, list) and branches and all(isinstance(b, Mapping) and "const" in b for b in branches):
+        # A titled enum (oneOf of const + title): the allowed values, as a bare enum would list them.
+        shown_values = ", ".join(json.dumps(b["const"]) for b in branches)
+        return f"{_show(error.instance)} is not allowed; expected one of {shown_values}"
     if v in ("oneOf", "anyOf"):
         options = [s.get("title") or s.get("description") for s in schema.get(v, []) if isinstance(s, Mapping)]
         named = [str(o) for o in options if o]

@@ -82,3 +82,36 @@ def test_pattern_message_reads_as_one_sentence() -> None:
         problem.message == '"nope" is not valid here: expected a Dataverse row id: 32 hexadecimal digits in the '
         "8-4-4-4-12 form, without braces."
     )
+
+
+GUID = "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.mark.parametrize(
+    "action", ["get_entity", "delete_entity", "update_entity", "upsert_entity", "associate_entities"]
+)
+def test_id_or_key_is_an_exclusive_choice_named_on_the_input_to_fix(action: str) -> None:
+    """Renderers support titled ``oneOf`` branches, not ``dependentSchemas``; the message still names the input."""
+    schema = STORE.get(f"actions/{action}.input.json")
+    assert "dependentSchemas" not in schema and "dependentRequired" not in schema
+    assert [b["title"] for b in schema["oneOf"]] == ["By id", "By alternate key"]
+    ref = f"actions/{action}.input.json"
+    both = [(p.path, p.message) for p in STORE.validate({"id": GUID, "key": {"a": 1}}, ref) if "id" in p.message]
+    assert both == [("$.key", "give either id or key, not both")]
+    neither = [(p.path, p.message) for p in STORE.validate({}, ref) if "id" in p.message]
+    assert neither == [("$.id", "give id or key")]
+
+
+def test_a_lookup_names_its_own_id_or_key() -> None:
+    ref = "common/defs.json#/$defs/lookup"
+    assert [(p.path, p.message) for p in STORE.validate({"table": "contact"}, ref)] == [("$.id", "give id or key")]
+    both = STORE.validate({"table": "contact", "id": GUID, "key": {"a": 1}}, ref)
+    assert [(p.path, p.message) for p in both] == [("$.key", "give either id or key, not both")]
+
+
+@pytest.mark.parametrize("action", ["query_entities", "run_fetch_xml_query"])
+def test_fetch_all_needs_max_records_without_dependent_required(action: str) -> None:
+    schema = STORE.get(f"actions/{action}.input.json")
+    assert schema["then"] == {"required": ["max_records"]}
+    problems = STORE.validate({"fetch_all": True}, f"actions/{action}.input.json")
+    assert "required property 'max_records' is missing: 'fetch_all' needs it" in [p.message for p in problems]

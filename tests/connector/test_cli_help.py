@@ -47,7 +47,7 @@ def test_run_help_lists_the_inputs_of_the_action_under_the_options(runner: CliRu
     assert "table Table: string, required" in lines
     assert "id Row id: string (uuid)" in lines
     assert "include_annotations Include annotations: boolean, default false" in lines
-    assert "Also required: id or key." in lines
+    assert "Also required: exactly one of id or key." in lines
     example = next(line for line in lines if line.startswith("d365 run get_entity"))
     assert "--set table=account --set key.accountnumber=A-1001 --set 'select:=[" in example
 
