@@ -106,6 +106,9 @@ def type_label(schema: Any) -> str:
         return json.dumps(schema["const"])
     if "enum" in schema:
         return " or ".join(json.dumps(value) for value in schema["enum"])
+    titled = schema.get("oneOf")
+    if isinstance(titled, list) and titled and all(isinstance(b, Mapping) and "const" in b for b in titled):
+        return " or ".join(json.dumps(b["const"]) for b in titled)
     kinds = schema.get("type")
     labels: list[str] = []
     for kind in kinds if isinstance(kinds, list) else [kinds] if isinstance(kinds, str) else []:

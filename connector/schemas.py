@@ -292,13 +292,24 @@ def _choice(schema: Any) -> list[str] | None:
 
 
 def _if_required(root: Any, at: list[Any]) -> list[str]:
-    """The inputs whose presence makes a ``then`` apply: its ``if``'s ``required`` (reached without a ``$ref``)."""
+    """The flags whose being set makes a ``then`` apply: an ``if`` that requires them with ``const: true``.
+
+    Only such an ``if`` reads as "fetch_all needs it"; any other condition (``$ref`` on the way, a value other than
+    true) keeps the plain "required property is missing".
+    """
     node = root
     for part in at:
-        node = node[part] if isinstance(node, (Mapping, list)) else None
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = node.get(part) if isinstance(node, Mapping) else None
     condition = node.get("if") if isinstance(node, Mapping) else None
-    required = condition.get("required", []) if isinstance(condition, Mapping) else []
-    return [str(r) for r in required]
+    if not isinstance(condition, Mapping):
+        return []
+    flags = condition.get("properties", {})
+    required = [str(r) for r in condition.get("required", [])]
+    set_flags = [r for r in required if isinstance(flags.get(r), Mapping) and flags[r].get("const") is True]
+    return set_flags if set_flags == required else []
 
 
 def _describe(error: ValidationError) -> str:

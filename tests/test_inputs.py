@@ -42,9 +42,12 @@ def _resolve(runtime: Runtime, schema_id: str, node: Mapping[str, Any]) -> Mappi
 
 
 def _schema_types(prop: Mapping[str, Any]) -> set[str]:
-    """The JSON types a property admits (``enum`` values typed by their Python type); empty means any."""
+    """The JSON types a property admits (``enum`` or titled ``const`` values typed by their Python type); empty: any."""
     if "enum" in prop:
         return {_JSON_TYPES[type(v)] for v in prop["enum"]}
+    branches = prop.get("oneOf", [])
+    if branches and all("const" in b for b in branches):
+        return {_JSON_TYPES[type(b["const"])] for b in branches}
     declared = prop.get("type")
     if declared is None:
         return set()
