@@ -265,7 +265,9 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
     message names the inputs and sits on the one to drop or to give, as the typed models in ``inputs.py`` say it.
     """
     path = _json_path(error.absolute_path)
-    choice = _choice(error.schema) if error.validator == "oneOf" else None
+    choice = _choice(error.schema, str(error.validator))
+    if choice is not None and error.validator == "anyOf":
+        return InputProblem(path, f"give at least one of {', '.join(choice)}")
     if choice is not None and isinstance(error.instance, Mapping):
         given = [name for name in choice if name in error.instance]
         if len(given) > 1:
@@ -282,9 +284,9 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
     return InputProblem(path, _describe(error))
 
 
-def _choice(schema: Any) -> list[str] | None:
-    """The inputs of an exclusive choice: ``oneOf`` branches that each only require one input (and carry a title)."""
-    branches = schema.get("oneOf", []) if isinstance(schema, Mapping) else []
+def _choice(schema: Any, keyword: str) -> list[str] | None:
+    """The inputs of a choice: ``oneOf`` or ``anyOf`` branches that each only require one input (and a title)."""
+    branches = schema.get(keyword, []) if keyword in ("oneOf", "anyOf") and isinstance(schema, Mapping) else []
     names = [b.get("required") for b in branches if isinstance(b, Mapping) and set(b) <= {"title", "required"}]
     if len(names) < 2 or len(names) != len(branches) or any(not isinstance(n, list) or len(n) != 1 for n in names):
         return None

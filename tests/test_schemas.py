@@ -115,3 +115,12 @@ def test_fetch_all_needs_max_records_without_dependent_required(action: str) -> 
     assert schema["then"] == {"required": ["max_records"]}
     problems = STORE.validate({"fetch_all": True}, f"actions/{action}.input.json")
     assert "required property 'max_records' is missing: 'fetch_all' needs it" in [p.message for p in problems]
+
+
+def test_update_attribute_branches_are_titled_and_the_refusal_names_the_inputs() -> None:
+    schema = STORE.get("actions/update_attribute.input.json")
+    assert all(branch.get("title") for branch in schema["anyOf"])
+    problems = STORE.validate({"table": "account", "attribute": "name"}, "actions/update_attribute.input.json")
+    assert [(p.path, p.message) for p in problems] == [
+        ("$", "give at least one of label, description, required, max_length, changes")
+    ]
