@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
@@ -273,6 +273,9 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
         if len(given) > 1:
             return InputProblem(f"{path}.{given[-1]}", f"give either {' or '.join(given)}, not both")
         return InputProblem(f"{path}.{choice[0]}", f"give {' or '.join(choice)}")
+    inner = _branch_error(error)
+    if inner is not None:
+        return _problem(inner, root)
     if error.validator == "required" and list(error.relative_schema_path)[-2:] == ["then", "required"]:
         needed_by = _if_required(root, list(error.relative_schema_path)[:-2])
         wanted = error.validator_value if isinstance(error.validator_value, list) else []
@@ -282,6 +285,22 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
                 path, f"required property {missing} is missing: {', '.join(map(repr, needed_by))} needs it"
             )
     return InputProblem(path, _describe(error))
+
+
+def _branch_error(error: ValidationError) -> ValidationError | None:
+    """The error inside the one ``oneOf``/``anyOf`` branch whose type the value has: that branch is what was meant."""
+    branches = error.validator_value if error.validator in ("oneOf", "anyOf") else None
+    if not isinstance(branches, list) or not error.context:
+        return None
+    fitting = {
+        i
+        for i, b in enumerate(branches)
+        if isinstance(b, Mapping) and _fits_a_type(error.instance, [str(b.get("type"))])
+    }
+    if len(fitting) != 1:
+        return None
+    inside = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] in fitting]
+    return best_match(inside) if inside else None
 
 
 def _choice(schema: Any, keyword: str) -> list[str] | None:
@@ -350,6 +369,13 @@ def _describe(error: ValidationError) -> str:
         # A titled enum (oneOf of const + title): the allowed values, as a bare enum would list them.
         shown_values = ", ".join(json.dumps(b["const"]) for b in branches)
         return f"{_show(error.instance)} is not allowed; expected one of {shown_values}"
+    typed = isinstance(branches, list) and all(
+        isinstance(b, Mapping) and isinstance(b.get("type"), str) for b in branches
+    )
+    if typed and branches and not _fits_a_type(error.instance, [b["type"] for b in branches]):
+        # A value of several types (text, number, list...): name them rather than "must satisfy one of".
+        kinds = [str(b.get("title") or b["type"]).lower() for b in branches]
+        return f"expected {', '.join(kinds[:-1])} or {kinds[-1]}, got {_json_type(error.instance)}{hint}"
     if v in ("oneOf", "anyOf"):
         options = [s.get("title") or s.get("description") for s in schema.get(v, []) if isinstance(s, Mapping)]
         named = [str(o) for o in options if o]
@@ -384,6 +410,11 @@ def _secret_path(error: ValidationError) -> bool:
             return True
         parent = parent.parent
     return False
+
+
+def _fits_a_type(value: Any, kinds: list[str]) -> bool:
+    kind = _json_type(value)
+    return kind in kinds or (kind == "integer" and "number" in kinds)
 
 
 def _show(value: Any) -> str:

@@ -124,3 +124,28 @@ def test_update_attribute_branches_are_titled_and_the_refusal_names_the_inputs()
     assert [(p.path, p.message) for p in problems] == [
         ("$", "give at least one of label, description, required, max_length, changes")
     ]
+
+
+@pytest.mark.parametrize("value", ["Con", 5, 2.5, True, None, ["A-1", 2, None]])
+def test_where_value_takes_scalars_or_a_list_of_them(value: Any) -> None:
+    where = {"table": "account", "where": [{"column": "name", "operator": "eq", "value": value}]}
+    assert STORE.validate(where, "actions/query_entities.input.json") == []
+
+
+def test_where_value_refusals_name_the_types_and_the_value_at_fault() -> None:
+    ref = "actions/query_entities.input.json"
+    [problem] = STORE.validate({"table": "a", "where": [{"column": "n", "operator": "eq", "value": {"a": 1}}]}, ref)
+    assert (problem.path, problem.message) == (
+        "$.where[0].value",
+        "expected text, number, yes or no, no value (null) or list of values (in, not_in), got object (Value)",
+    )
+    [problem] = STORE.validate({"table": "a", "where": [{"column": "n", "operator": "in", "value": [[1]]}]}, ref)
+    assert problem.path == "$.where[0].value[0]" and problem.message.endswith("got array (List value)")
+
+
+def test_a_titled_enum_refusal_lists_the_allowed_values() -> None:
+    [problem] = STORE.validate({"table": "account", "by": "x"}, "actions/get_entity_metadata.input.json")
+    assert (problem.path, problem.message) == (
+        "$.by",
+        '"x" is not allowed; expected one of "logical_name", "entity_set_name"',
+    )
