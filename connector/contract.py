@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from connector.errors import ContractError
 from connector.hookspecs import ACTION_ARGNAMES, VALIDATOR_ARGNAMES, validator_hook
 from connector.plugins import BUILTIN
 
@@ -65,6 +66,7 @@ def contract_problems(
     found += _trigger_hook_problems(runtime)
     found += _unknown_hook_problems(runtime)
     found += _example_problems(runtime)
+    found += _form_problems(runtime)
     found += _duplicate_problems(runtime)
     if repo_checks:
         root = repo_root or Path(__file__).resolve().parents[1]
@@ -238,6 +240,98 @@ def _example_problems(runtime: Runtime) -> list[Owned]:
                 problem = f"action {info.id!r} example {n} ({example.get('title')!r}) fails its schema: {p}"
                 found.append((info.provider, problem))
     return found
+
+
+#: What a form renderer cannot draw: it reads neither (a choice between inputs is a titled ``oneOf`` instead).
+_UNRENDERED = ("dependentSchemas", "dependentRequired")
+#: JSON types a person types a value of, so the form shows an example of one; booleans and titled choices need none.
+_TYPED = frozenset({"string", "number", "integer", "object", "array"})
+#: Keywords whose value is data: an ``enum`` or ``properties`` key inside them is not a schema's.
+_DATA = frozenset({"const", "default", "enum", "examples"})
+
+
+def _form_problems(runtime: Runtime) -> list[Owned]:
+    """Each action's input schema, as served (bundled), renders as a form a builder can fill without guessing.
+
+    Every input property has a title and a description, every typed one examples; every choice of values has a
+    title per value; no keyword a form renderer ignores decides what is valid.
+    """
+    found: list[Owned] = []
+    for info in runtime.manifest.actions.values():
+        if not runtime.store.has(info.input_schema):
+            continue
+        try:
+            bundle = runtime.store.bundled(info.input_schema)
+        except ContractError:
+            continue  # an unresolvable $ref is already reported with the schema's own problems
+        for problem in form_problems(bundle):
+            found.append((info.provider, f"action {info.id!r} input {problem}"))
+    return found
+
+
+def form_problems(schema: Mapping[str, Any]) -> list[str]:
+    """What keeps one self-contained input schema from rendering as a form, each at the place to fix."""
+    found: list[str] = []
+    for path, node in _subschemas(schema, "$"):
+        if "enum" in node:
+            found.append(f"{path}: a bare enum; give each value a title (oneOf of const + title)")
+        found += [
+            f"{path}: {key} is not rendered by form builders; use titled oneOf branches"
+            for key in _UNRENDERED
+            if key in node
+        ]
+        properties = node.get("properties")
+        for name, prop in properties.items() if isinstance(properties, Mapping) else ():
+            here, merged = f"{path}.{name}", _merged(prop)
+            for key in ("title", "description"):
+                if not merged.get(key):
+                    found.append(f"{here}: has no {key}")
+            if _typed(merged) and not merged.get("examples"):
+                found.append(f"{here}: has no examples")
+    return found
+
+
+def _subschemas(node: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every schema object inside ``node`` with a readable path: ``.name`` for a property, ``[]`` for items."""
+    if not isinstance(node, Mapping):
+        return
+    yield path, node
+    for key, value in node.items():
+        if key in _DATA:
+            continue
+        if key == "properties" and isinstance(value, Mapping):
+            for name, sub in value.items():
+                yield from _subschemas(sub, f"{path}.{name}")
+        elif key == "items":
+            yield from _subschemas(value, f"{path}[]")
+        elif isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from _subschemas(sub, f"{path}/{key}[{i}]")
+        elif isinstance(value, Mapping):
+            yield from _subschemas(value, f"{path}/{key}")
+
+
+def _merged(node: Any) -> dict[str, Any]:
+    """A property with its ``allOf`` parts (what a bundled ``$ref`` with constraints beside it becomes) read as one."""
+    if not isinstance(node, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for part in node.get("allOf", []):
+        out.update(_merged(part))
+    out.update({k: v for k, v in node.items() if k != "allOf"})
+    return out
+
+
+def _typed(node: Mapping[str, Any]) -> bool:
+    """A value a person types: a typed one that is not a titled choice of constants."""
+    branches = node.get("oneOf")
+    if "const" in node or (
+        isinstance(branches, list) and all(isinstance(b, Mapping) and "const" in b for b in branches)
+    ):
+        return False
+    declared = node.get("type")
+    kinds = {declared} if isinstance(declared, str) else set(declared) if isinstance(declared, list) else set()
+    return bool(kinds & _TYPED) or (not kinds and isinstance(branches, list))
 
 
 def _duplicate_problems(runtime: Runtime) -> list[Owned]:

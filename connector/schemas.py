@@ -262,7 +262,8 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
     """One problem, placed on the input a person must fix.
 
     An exclusive choice (``oneOf`` branches that each require one input, such as id or key) fails on the object; the
-    message names the inputs and sits on the one to drop or to give, as the typed models in ``inputs.py`` say it.
+    message names the inputs and sits on the first of them (the one to give, or the first of those given), not on
+    the object with "does not match any of the oneOf schemas".
     """
     path = _json_path(error.absolute_path)
     choice = _choice(error.schema, str(error.validator))
@@ -271,7 +272,7 @@ def _problem(error: ValidationError, root: Any) -> InputProblem:
     if choice is not None and isinstance(error.instance, Mapping):
         given = [name for name in choice if name in error.instance]
         if len(given) > 1:
-            return InputProblem(f"{path}.{given[-1]}", f"give either {' or '.join(given)}, not both")
+            return InputProblem(f"{path}.{given[0]}", f"give either {' or '.join(given)}, not both")
         return InputProblem(f"{path}.{choice[0]}", f"give {' or '.join(choice)}")
     inner = _branch_error(error)
     if inner is not None:

@@ -219,3 +219,65 @@ def test_a_broken_pack_verdict_is_remembered_on_disk_too(tmp_path: Path, monkeyp
     expected = {"p": ["hook 'orphan4' has an action hookspec but no manifest entry"]}
     assert again.broken_packs == first.broken_packs == expected
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".ok"]
+
+
+def _pack_with_input(tmp_path: Path, word: dict[str, object], **top: object) -> object:
+    schemas = io_schemas("p", "one")
+    schemas["actions/one.input.json"]["properties"]["word"] = word
+    schemas["actions/one.input.json"].update(top)
+    return make_pack(
+        tmp_path,
+        name="p",
+        code=IMPL.format(id="one"),
+        spec_ids=("one",),
+        fragment={"pack": "p", "actions": [action_entry("one")]},
+        schemas=schemas,
+    )
+
+
+WORD = {"title": "Word", "description": "A word.", "type": "string", "examples": ["hi"]}
+
+
+@pytest.mark.parametrize(
+    ("word", "top", "expected"),
+    [
+        ({**WORD, "title": ""}, {}, "action 'one' input $.word: has no title"),
+        ({k: v for k, v in WORD.items() if k != "description"}, {}, "action 'one' input $.word: has no description"),
+        ({k: v for k, v in WORD.items() if k != "examples"}, {}, "action 'one' input $.word: has no examples"),
+        ({**WORD, "enum": ["a", "b"]}, {}, "action 'one' input $.word: a bare enum; give each value a title"),
+        (
+            WORD,
+            {"dependentSchemas": {"word": {"required": ["word"]}}},
+            "action 'one' input $: dependentSchemas is not rendered by form builders",
+        ),
+        (
+            WORD,
+            {"dependentRequired": {"word": ["word"]}},
+            "action 'one' input $: dependentRequired is not rendered by form builders",
+        ),
+    ],
+    ids=["title", "description", "examples", "bare-enum", "dependentSchemas", "dependentRequired"],
+)
+def test_input_schema_a_form_cannot_render_is_reported(
+    tmp_path: Path, word: dict[str, object], top: dict[str, object], expected: str
+) -> None:
+    problems = problems_with(_pack_with_input(tmp_path, word, **top))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_form_rules_read_through_refs_and_skip_choices_and_booleans() -> None:
+    from connector.contract import form_problems
+
+    titled = {"title": "Mode", "description": "How.", "type": "string", "oneOf": [{"const": "a", "title": "A"}]}
+    flag = {"title": "Flag", "description": "Whether.", "type": "boolean"}
+    nested = {
+        "title": "Rows",
+        "description": "Rows.",
+        "type": "array",
+        "examples": [[]],
+        "items": {"properties": {"n": flag | {"type": "integer"}}},
+    }
+    problems = form_problems({"properties": {"mode": titled, "flag": flag, "rows": nested}})
+    assert problems == ["$.rows[].n: has no examples"]
+    by_ref = {"allOf": [{"title": "T", "description": "D.", "type": "string", "examples": ["x"]}], "minLength": 1}
+    assert form_problems({"properties": {"t": by_ref}}) == []

@@ -97,7 +97,7 @@ def test_id_or_key_is_an_exclusive_choice_named_on_the_input_to_fix(action: str)
     assert [b["title"] for b in schema["oneOf"]] == ["By id", "By alternate key"]
     ref = f"actions/{action}.input.json"
     both = [(p.path, p.message) for p in STORE.validate({"id": GUID, "key": {"a": 1}}, ref) if "id" in p.message]
-    assert both == [("$.key", "give either id or key, not both")]
+    assert both == [("$.id", "give either id or key, not both")]
     neither = [(p.path, p.message) for p in STORE.validate({}, ref) if "id" in p.message]
     assert neither == [("$.id", "give id or key")]
 
@@ -106,7 +106,7 @@ def test_a_lookup_names_its_own_id_or_key() -> None:
     ref = "common/defs.json#/$defs/lookup"
     assert [(p.path, p.message) for p in STORE.validate({"table": "contact"}, ref)] == [("$.id", "give id or key")]
     both = STORE.validate({"table": "contact", "id": GUID, "key": {"a": 1}}, ref)
-    assert [(p.path, p.message) for p in both] == [("$.key", "give either id or key, not both")]
+    assert [(p.path, p.message) for p in both] == [("$.id", "give either id or key, not both")]
 
 
 @pytest.mark.parametrize("action", ["query_entities", "run_fetch_xml_query"])

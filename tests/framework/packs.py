@@ -47,7 +47,15 @@ def io_schemas(pack: str, action_id: str) -> dict[str, dict[str, Any]]:
             "description": "in",
             "type": "object",
             "required": ["word"],
-            "properties": {"word": {"title": "Word", "description": "A word.", "type": "string", "maxLength": 10}},
+            "properties": {
+                "word": {
+                    "title": "Word",
+                    "description": "A word.",
+                    "type": "string",
+                    "maxLength": 10,
+                    "examples": ["hi"],
+                }
+            },
             "additionalProperties": False,
         },
         f"actions/{action_id}.output.json": {
