@@ -77,9 +77,9 @@ def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str)
     """The rule the input schemas state with ``anyOf``/``dependentSchemas``, for models built in code: the runtime
     never gets here with both or neither, a library caller may, and gets the same input error (not a pydantic one)."""
     if id_ is not None and key:
-        raise InputError([InputProblem(f"{path}.key", "give either id or key, not both")])
+        raise InputError([InputProblem(f"{path}.id", "give either id or key, not both")])
     if id_ is None and not key:
-        raise InputError([InputProblem(f"{path}.id", "give the row's id or an alternate key")])
+        raise InputError([InputProblem(f"{path}.id", "give id or key")])
 
 
 class ActionInputs(_Strict):

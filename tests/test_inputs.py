@@ -138,9 +138,9 @@ def test_models_built_in_code_refuse_both_or_neither_of_id_and_key_as_input_erro
     from connector.errors import InputError
     from connector.inputs import AssociateEntities, UpsertEntity
 
-    with pytest.raises(InputError, match=r"\$\.id: give the row's id or an alternate key"):
+    with pytest.raises(InputError, match=r"\$\.id: give id or key"):
         UpsertEntity(table="account", fields={"name": "x"})
-    with pytest.raises(InputError, match=r"\$\.key: give either id or key, not both"):
+    with pytest.raises(InputError, match=r"\$\.id: give either id or key, not both"):
         UpsertEntity(table="account", id="5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b", key={"a": 1}, fields={})
     with pytest.raises(InputError, match=r"\$\.related\.id"):
         AssociateEntities.of(
