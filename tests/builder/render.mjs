@@ -1,10 +1,10 @@
 // Walks each action's bundled input schema the way react-jsonschema-form's SchemaField does, with rjsf's own schema
 // utilities and its ajv8 validator (draft 2020-12), and reports what a form could not render or resolve.
 //
-// stdin: {"actions": [{"id": ..., "schema": {...bundled input schema...}, "examples": [{"title": ..., "input": {...}}]}]}
+// stdin: {"actions": [{"id": ..., "schema": {bundled input schema}, "examples": [{"title": ..., "input": {...}}]}]}
 // stdout: {"rjsf": version, "actions": {id: {"fields": n, "choices": n, "problems": [{"path": ..., "problem": ...}]}}}
 //
-// One process for every schema: node and ajv start once. tests/builder/test_rjsf_render.py runs it and parses the report.
+// One process for every schema: node and ajv start once. tests/builder/test_rjsf_render.py runs it, reads the report.
 import { readFileSync } from 'node:fs';
 import Ajv2020 from 'ajv/dist/2020.js';
 import {
@@ -23,7 +23,13 @@ import { customizeValidator } from '@rjsf/validator-ajv8';
 const FIELDS = new Set(['array', 'boolean', 'integer', 'number', 'object', 'string', 'null']);
 // Keywords rjsf's retrieveSchema never applies (it reads draft-07 `dependencies`): the form shows no sign of the rule,
 // and a person meets it only as an ajv message after submitting.
-const NOT_APPLIED = ['dependentSchemas', 'dependentRequired', 'prefixItems', 'unevaluatedProperties', 'unevaluatedItems'];
+const NOT_APPLIED = [
+  'dependentSchemas',
+  'dependentRequired',
+  'prefixItems',
+  'unevaluatedProperties',
+  'unevaluatedItems',
+];
 // Keywords that describe a oneOf/anyOf branch without giving it anything of its own to render.
 const ANNOTATIONS = new Set(['title', 'description', 'required', 'examples', '$comment', 'not']);
 const FORM_OPTIONS = { idPrefix: 'root', idSeparator: '_' };
@@ -80,7 +86,7 @@ class Walk {
     } else if (type !== undefined && !FIELDS.has(type)) {
       this.problem(path, `type ${JSON.stringify(type)}: rjsf renders "Unsupported field schema"`);
     } else if (type === 'object') {
-      this.object(resolved, data, path, id.path);
+      this.object(resolved, xxx !== null, data, path, id.path);
     } else if (type === 'array') {
       this.array(resolved, data, path, id.path);
     }
@@ -91,23 +97,30 @@ class Walk {
     this.report.choices += 1;
     const options = optionsList(resolved) ?? [];
     if (options.length === 0) this.problem(path, 'a select with no options');
-    const values = Array.isArray(resolved.enum) ? resolved.enum : (resolved.oneOf ?? resolved.anyOf).map((o) => o.const);
-    const branches = resolved.oneOf ?? resolved.anyOf;
-    const untitled = branches ? branches.filter((o) => !o.title).map((o) => o.const) : values;
+    const branches = Array.isArray(resolved.enum) ? null : (resolved.oneOf ?? resolved.anyOf);
+    const untitled = branches ? branches.filter((o) => !o.title).map((o) => o.const) : resolved.enum;
     if (untitled.length > 0) {
       this.problem(path, `choices shown as raw values, no title: ${untitled.map((v) => JSON.stringify(v)).join(', ')}`);
     }
-    if (data !== undefined && !options.some((o) => this.su.getValidator().isValid({ const: o.value }, data, this.root))) {
+    const isOption = (o) => this.validator.isValid({ const: o.value }, data, this.root);
+    if (data !== undefined && !options.some(isOption)) {
       this.problem(path, `value ${JSON.stringify(data)} is none of the select's options`);
     }
   }
 
-  object(resolved, data, path, fieldPath) {
+  // ObjectField. retrieveSchema has already turned each key of `data` that only additionalProperties allows into a
+  // property; a new key gets the additionalProperties schema, or (untyped) the type of its value.
+  object(resolved, branched, data, path, fieldPath) {
     const properties = resolved.properties ?? {};
     const names = Object.keys(properties);
-    // An object that takes nothing says so with additionalProperties: false; any other, rjsf shows as an empty group.
-    if (names.length === 0 && resolved.additionalProperties !== false && !canExpand(resolved, {}, data)) {
+    const extra = resolved.additionalProperties;
+    // An object that takes nothing says so with additionalProperties: false; any other, rjsf shows as an empty group
+    // (unless its oneOf/anyOf branches hold what is entered).
+    if (names.length === 0 && extra !== false && !branched && !canExpand(resolved, {}, data)) {
       this.problem(path, 'object with no properties and no additionalProperties schema: rjsf shows an empty group');
+    }
+    if (extra !== null && typeof extra === 'object' && ('type' in extra || 'oneOf' in extra || 'anyOf' in extra)) {
+      this.field('type' in extra ? extra : { type: 'object', ...extra }, undefined, `${path}.*`, [...fieldPath, '*']);
     }
     const value = data !== null && typeof data === 'object' && !Array.isArray(data) ? data : {};
     let ordered;
@@ -130,7 +143,7 @@ class Walk {
       return;
     }
     if (isFixedItems(resolved)) {
-      this.problem(path, 'fixed items (a list of item schemas): rjsf renders them but this walk does not check them');
+      this.problem(path, 'items is a list (draft-07 tuple): draft 2020-12 writes prefixItems, which rjsf does not apply');
       return;
     }
     if (resolved.items === undefined) {
@@ -151,27 +164,34 @@ class Walk {
     const closest = this.su.getClosestMatchingOption(data, options, 0);
     const first = this.su.getFirstMatchingOption(data, options);
     if (data !== undefined) {
-      const accepting = options.map((o, i) => (this.validator.isValid(o, data, this.root) ? i : -1)).filter((i) => i >= 0);
+      const accepting = [...options.keys()].filter((i) => this.validator.isValid(options[i], data, this.root));
       if (accepting.length === 0) {
         this.problem(where, `the value ${JSON.stringify(data)} matches none of the branches`);
       } else if (xxx === 'oneOf' && accepting.length > 1) {
-        this.problem(where, `the value ${JSON.stringify(data)} matches branches ${accepting.join(', ')}: oneOf needs one`);
+        const which = accepting.join(', ');
+        this.problem(where, `the value ${JSON.stringify(data)} matches branches ${which}: oneOf needs one`);
       } else if (!accepting.includes(closest) || !accepting.includes(first)) {
-        this.problem(where, `rjsf picks branch ${closest} (first match ${first}) for ${JSON.stringify(data)}, which refuses it`);
+        const picked = `rjsf picks branch ${closest} (first match ${first})`;
+        this.problem(where, `${picked} for ${JSON.stringify(data)}, which refuses it`);
       }
     }
-    const picked = options[closest];
-    if (picked && Object.keys(picked).some((k) => !ANNOTATIONS.has(k) && !(k === 'type' && picked.type === resolved.type))) {
-      const base = resolved.type && !picked.type ? { ...picked, type: resolved.type } : picked;
-      this.field(base, data, path, fieldPath);
-    }
+    // A person can switch to any branch: each one that adds something to render is walked, the picked one with data.
+    options.forEach((option, i) => {
+      const adds = (k) => !ANNOTATIONS.has(k) && !(k === 'type' && option.type === resolved.type);
+      const own = Object.keys(option).some(adds);
+      if (!own) return;
+      const typed = resolved.type && !option.type ? { ...option, type: resolved.type } : option;
+      this.field(typed, i === closest ? data : undefined, path, fieldPath);
+    });
   }
 }
 
-function renderAction(action, validator) {
+// A validator per action: ajv caches compiled schemas by $id, and one action's must not answer for another's.
+function renderAction(action) {
   const report = { fields: 0, choices: 0, problems: [], seen: new Set() };
   const schema = action.schema;
-  const su = createSchemaUtils(validator, schema);
+  const validator = customizeValidator({ AjvClass: Ajv2020 });
+    const su = createSchemaUtils(validator, schema);
   const walk = new Walk(su, validator, schema, report);
   try {
     su.getDefaultFormState(schema, undefined);
@@ -198,12 +218,11 @@ function renderAction(action, validator) {
 }
 
 const input = JSON.parse(readFileSync(0, 'utf8'));
-const validator = customizeValidator({ AjvClass: Ajv2020 });
 const rjsf = JSON.parse(readFileSync(new URL('node_modules/@rjsf/utils/package.json', import.meta.url), 'utf8'));
 const out = { rjsf: rjsf.version, actions: {} };
 for (const action of input.actions) {
   try {
-    out.actions[action.id] = renderAction(action, validator);
+    out.actions[action.id] = renderAction(action);
   } catch (error) {
     out.actions[action.id] = { fields: 0, choices: 0, problems: [{ path: '$', problem: `crashed: ${error.stack}` }] };
   }

@@ -94,10 +94,10 @@ def test_the_action_form_renders_and_resolves_every_choice(report: dict[str, Any
 
 
 # -- the walk itself: each kind of problem is found, and a schema written for renderers has none ----------------------
-def _schema(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _schema(name: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://d365-connector.dev/schemas/test/render.input.json",
+        "$id": f"https://d365-connector.dev/schemas/test/{name}.input.json",
         "title": "Render test",
         "type": "object",
         "properties": properties,
@@ -113,6 +113,7 @@ _CANARIES = [
     {
         "id": "fine",
         "schema": _schema(
+            "fine",
             {
                 "id": _ID,
                 "key": _KEY,
@@ -130,6 +131,7 @@ _CANARIES = [
     {
         "id": "broken",
         "schema": _schema(
+            "broken",
             {
                 "id": _ID,
                 "key": _KEY,
@@ -175,13 +177,14 @@ def test_each_kind_of_problem_is_reported_with_its_path(canaries: dict[str, Any]
     assert expected <= found, sorted(found - expected)
     rest = sorted(found - expected)
     # Both id and key match both branches of the oneOf, which ajv refuses; and ajv applies draft 2020-12's
-    # dependentRequired, which a draft-07 validator would ignore.
+    # dependentSchemas and dependentRequired, which a draft-07 validator would ignore.
     both = '{"id":"5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b","key":{"k":"v"}}'
     assert rest == [
         (
             '$ (example "all")',
             "validator-ajv8 refuses it: page must have property page when property fetch_all is present",
         ),
+        ('$ (example "both")', "validator-ajv8 refuses it: . must NOT be valid"),
         ('$ (example "both")', "validator-ajv8 refuses it: . must match exactly one schema in oneOf"),
         ("$ (oneOf)", f"the value {both} matches branches 0, 1: oneOf needs one"),
     ]
