@@ -120,12 +120,13 @@ _CANARIES = [
                 "mode": {"title": "Mode", "oneOf": [{"const": "a", "title": "A"}, {"const": "b", "title": "B"}]},
                 "fields": {"title": "Fields", "type": "object", "additionalProperties": {"type": ["string", "null"]}},
                 "tags": {"title": "Tags", "type": "array", "items": {"title": "Tag", "type": "string"}},
+                "table": {"title": "Table", "type": "string", "x-d365-options": {"source": "tables", "params": {}}},
             },
             oneOf=[_BY_ID, _BY_KEY],
         ),
         "examples": [
             {"title": "by id", "input": {"id": "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b", "mode": "b"}},
-            {"title": "by key", "input": {"key": {"k": "v"}, "tags": ["x"]}},
+            {"title": "by key", "input": {"key": {"k": "v"}, "tags": ["x"], "table": "account"}},
         ],
     },
     {
@@ -160,6 +161,8 @@ def canaries(node_modules: Path) -> dict[str, Any]:
 
 
 def test_a_schema_written_for_renderers_has_no_problems(canaries: dict[str, Any]) -> None:
+    """Titled choices, titled id-or-key branches, typed additional properties; our x-d365-options annotation is
+    ignored by ajv (rjsf's validator runs it with strict: false)."""
     assert canaries["fine"]["problems"] == []
     assert canaries["fine"]["choices"] >= 4  # mode and the id-or-key oneOf, for the empty form and each example
 
