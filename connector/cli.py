@@ -488,15 +488,20 @@ def manifest_show(as_json: bool) -> None:
 @manifest.command("schema")
 @click.argument("action_id", shell_complete=_complete_action_id)
 @click.option("--output", "which", flag_value="output", help="Print the output schema instead of the input schema.")
+@click.option("--bundled", is_flag=True, help="Every $ref resolved: self-contained, as a form renderer needs.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def manifest_schema(action_id: str, which: str | None, as_json: bool) -> None:
-    """An action's input schema (or output schema with --output) as written, with its $refs."""
+def manifest_schema(action_id: str, which: str | None, bundled: bool, as_json: bool) -> None:
+    """An action's input (or --output) schema as written, with its $refs; --bundled resolves them."""
     try:
         runtime = _runtime()
         info = _action_info(runtime, action_id)
+        if bundled:
+            schema = runtime.bundled_schemas(action_id)[which or "input"]
+        else:
+            schema = runtime.store.get(info.output_schema if which == "output" else info.input_schema)
     except ConnectorError as exc:
         _fail(exc, as_json)
-    _print_json(runtime.store.get(info.output_schema if which == "output" else info.input_schema), as_json)
+    _print_json(schema, as_json)
 
 
 # -- webhook --------------------------------------------------------------------------------------------------------

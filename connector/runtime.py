@@ -242,6 +242,15 @@ class Runtime:
             raise InputError(problems, action_id=action_id)
         return self._with_defaults(info.input_schema, dict(inputs))
 
+    def bundled_schemas(self, action_id: str) -> dict[str, dict[str, Any]]:
+        """The action's input and output schemas with every ``$ref`` inlined, as a server hands them to a builder:
+        a form renderer has no registry to follow references with. Generated from ``schemas/`` on each call."""
+        info = self.manifest.action(action_id)
+        if info is None:
+            known = ", ".join(sorted(self.manifest.actions))
+            raise InputError([InputProblem("$action", f"unknown action {action_id!r}; known actions: {known}")])
+        return {"input": self.store.bundled(info.input_schema), "output": self.store.bundled(info.output_schema)}
+
     def check_inputs(self, action_id: str, inputs: Any, connection: Connection) -> Mapping[str, Any]:
         """Both validation phases, through the ``validate_inputs`` hook so a pack's wrapper sees every check.
 
