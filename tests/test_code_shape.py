@@ -164,6 +164,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "metadata_reads",
             "metadata_writes",
             "metadata_checks",
+            "builder_sources",
             "webhook_delivery",
             "webhook_dedupe",
             "webhook_registration",
