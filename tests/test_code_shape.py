@@ -171,7 +171,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "diagnostics",
         ),
     ),
-    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "contract_cache", "context", "runtime")),
+    (
+        "runtime",
+        ("hookspecs", "plugins", "manifest", "schema_links", "contract", "contract_cache", "context", "runtime"),
+    ),
     ("front doors", ("", "cli", "cli_help", "cli_progress", "demo", "webhook_server")),
 )
 MAX_MODULE_LINES = 600
