@@ -42,6 +42,9 @@ _PLAIN: dict[str, dict[str, Any]] = {
     "DateTime": {"type": "string", "description": "ISO 8601 date or date and time."},
     "Uniqueidentifier": {"type": "string", "format": "uuid"},
 }
+#: The links of a lookup's id and key (``schemas/common/defs.json`` lookup): the picked table's rows and keys.
+_PICK_ROW = {"source": "records", "params": {"table": "1/table"}}
+_PICK_KEY = {"source": "key_schema", "params": {"table": "1/table"}}
 _GUID = {"type": "string", "format": "uuid", "examples": ["5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"]}
 
 
@@ -90,8 +93,13 @@ def _lookup_schema(meta: TableMetadata, column: str) -> dict[str, Any]:
                 "type": "string",
                 "oneOf": [{"const": t, "title": t} for t in targets],
             },
-            "id": {"title": "Row id", "description": "The row's primary key.", **_GUID},
-            "key": {"title": "Alternate key", "description": "The row's alternate key values.", "type": "object"},
+            "id": {"title": "Row id", "description": "The row's primary key.", **_GUID, "x-d365-options": _PICK_ROW},
+            "key": {
+                "title": "Alternate key",
+                "description": "The row's alternate key values.",
+                "type": "object",
+                "x-d365-options": _PICK_KEY,
+            },
         },
         "oneOf": [{"title": "by id", "required": ["id"]}, {"title": "by alternate key", "required": ["key"]}],
         "additionalProperties": False,

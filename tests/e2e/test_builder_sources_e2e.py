@@ -11,6 +11,8 @@ from jsonschema import Draft202012Validator
 from connector.connection import Connection
 from connector.errors import ConnectorError, InputError
 from connector.runtime import Runtime
+from connector.schema_links import link_problems
+from connector.schemas import SchemaStore, data_root
 
 CUSTOM_TABLE = {
     "path": "EntityDefinitions",
@@ -52,6 +54,16 @@ def schema_problems(schema: dict[str, Any], fields: dict[str, Any]) -> set[str]:
         elif error.validator in ("required", "additionalProperties"):
             named.update(c for c in [*schema["properties"], *fields] if repr(c) in error.message)
     return named
+
+
+def generated_link_problems(runtime: Runtime, schema: dict[str, Any]) -> list[str]:
+    """The generated schema's own links (a lookup's id and key) checked as the contract checks the files'."""
+    store = SchemaStore()
+    store.add_folder(data_root() / "schemas")
+    sid = "https://d365-connector.dev/schemas/generated/fields.json"
+    store.add(sid, schema)
+    sources = {str(s["name"]): str(s["params_schema"]) for s in runtime.manifest.document["data_sources"]}
+    return link_problems(store, sid, sources)
 
 
 def refused_field(runtime: Runtime, connection: Connection, table: str, fields: dict[str, Any]) -> str:
@@ -102,6 +114,8 @@ def test_fields_schema_on_contact_offers_both_customer_tables(runtime: Runtime, 
     parent = schema["properties"]["parentcustomerid"]
     assert [b["const"] for b in parent["properties"]["table"]["oneOf"]] == ["account", "contact"]
     assert [b["title"] for b in parent["oneOf"]] == ["by id", "by alternate key"]
+    assert parent["properties"]["id"]["x-d365-options"] == {"source": "records", "params": {"table": "1/table"}}
+    assert generated_link_problems(runtime, schema) == []
     assert "fullname" not in schema["properties"]  # read-only: Dataverse computes it
     update = runtime.data_source("fields_schema", {"table": "contact", "mode": "update"}, connection)[0]
     assert update["required"] == [] and "lastname" in update["properties"]
