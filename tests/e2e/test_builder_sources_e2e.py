@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
+from connector.cli import main
 from connector.connection import Connection
 from connector.errors import ConnectorError, InputError
 from connector.runtime import Runtime
@@ -171,3 +175,13 @@ def test_records_source_pages_rows_by_primary_name(runtime: Runtime, connection:
     assert [[o["label"] for o in page] for page in pages] == [["Contoso", "Contoso Pharma", "Fabrikam"], ["Northwind"]]
     with pytest.raises(InputError):
         runtime.data_source("records", {"table": "account", "page": 0}, connection)
+
+
+def test_datasource_command_prints_the_fields_schema(connection_file: Path) -> None:
+    argv = ["datasource", "fields_schema", "--param", "table=contact", "--param", "mode=update"]
+    result = CliRunner().invoke(main, [*argv, "--connection", str(connection_file), "--json"])
+    assert result.exit_code == 0, result.output
+    [schema] = json.loads(result.output)
+    assert schema["title"] == "Fields of contact (update)" and schema["required"] == []
+    refused = CliRunner().invoke(main, [*argv[:3], "--param", "mode=upsert", "--connection", str(connection_file)])
+    assert refused.exit_code == 2 and "mode" in refused.output
