@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from connector.errors import ContractError
 from connector.schemas import SchemaStore
 
@@ -92,6 +94,10 @@ def _one_link(store: SchemaStore, sources: Mapping[str, str], chain: Chain, link
     problems = [f"does not give parameter {p!r} of {link['source']!r}" for p in required]
     known = set(params_schema.get("properties") or {})
     problems += [f"gives {p!r}, which {link['source']!r} does not take" for p in sorted(given - known)]
+    for name, value in sorted(fixed.items()):
+        prop = (params_schema.get("properties") or {}).get(name)
+        if isinstance(prop, Mapping) and not Draft202012Validator(prop).is_valid(value):
+            problems.append(f"fixes {name!r} to {value!r}, which {link['source']!r} refuses")
     for name, pointer in sorted(params.items()):
         why = _pointer_problem(chain, pointer)
         if why:

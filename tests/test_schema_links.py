@@ -71,6 +71,11 @@ def test_a_good_link_has_no_problem_and_pointers_climb_from_the_instance() -> No
         ({"source": "columns", "params": {"table": "2/table"}}, False, "climbs 2 levels, above the input"),
         ({"source": "columns", "params": {"table": "1/table"}}, True, "names 'table', which the schema does not"),
         ({"source": "columns", "params": {"table": "table"}}, False, "is not a link"),
+        (
+            {"source": "fields_schema", "params": {"table": "1/table"}, "fixed": {"mode": "upsert"}},
+            False,
+            "fixes 'mode' to 'upsert', which 'fields_schema' refuses",
+        ),
     ],
 )
 def test_a_broken_link_is_reported_with_its_input(link: dict[str, Any], nested: bool, expected: str) -> None:
