@@ -92,6 +92,7 @@ def _lookup_schema(meta: TableMetadata, column: str) -> dict[str, Any]:
                 "description": "The table of the row referred to.",
                 "type": "string",
                 "oneOf": [{"const": t, "title": t} for t in targets],
+                "x-d365-options": {"none": "the tables this lookup can refer to, listed here"},
             },
             "id": {"title": "Row id", "description": "The row's primary key.", **_GUID, "x-d365-options": _PICK_ROW},
             "key": {

@@ -4,8 +4,9 @@ A builder follows a link at run time (the user picked a table, so the ``columns`
 that names a missing source or a parameter the input does not have fails in front of a user, far from here. The
 contract check therefore walks every bundled input and parameters schema and proves each link: the source is
 declared, its required parameters are given, and every relative JSON pointer lands on a property the schema defines
-at that place. The annotation's shape is ``manifest.schema.json#/$defs/options_link``, which says what the pointers
-are relative to (the annotated instance's own location).
+at that place. An input named ``table``, ``columns``, ``select``, ``key`` or ``fields`` must be linked, or say why
+not. The annotation's shape is ``manifest.schema.json#/$defs/options_link``, which says what the pointers are
+relative to (the annotated instance's own location).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from jsonschema import Draft202012Validator
 from connector.errors import ContractError
 from connector.schemas import SchemaStore
 
-__all__ = ["LINK", "link_problems", "links"]
+__all__ = ["LINK", "LINKED_NAMES", "link_problems", "links", "unlinked"]
 
 LINK = "x-d365-options"
+#: Inputs by these names take their values from the table picked (or the tables there are): each must be linked.
+LINKED_NAMES = frozenset({"table", "columns", "select", "key", "fields"})
 _LINK_SHAPE = "manifest.schema.json#/$defs/options_link"
 #: Keywords whose schemas apply to the same instance as the schema holding them.
 _SAME_INSTANCE = ("allOf", "anyOf", "oneOf", "if", "then", "else")
@@ -84,6 +87,8 @@ def _one_link(store: SchemaStore, sources: Mapping[str, str], chain: Chain, link
     shape = store.validate(link, _LINK_SHAPE)
     if shape:
         return [f"is not a link ({'; '.join(str(p) for p in shape)})"]
+    if "none" in link:
+        return []
     source = sources.get(link["source"])
     if source is None:
         return [f"names data source {link['source']!r}, which the manifest lacks"]
@@ -105,6 +110,23 @@ def _one_link(store: SchemaStore, sources: Mapping[str, str], chain: Chain, link
     return problems
 
 
+def unlinked(node: Any, path: str = "$") -> Iterator[str]:
+    """The inputs named like something a data source fills (:data:`LINKED_NAMES`) that neither link to a source
+    nor say why they cannot (``{"none": ...}``): a builder would show a blank text box where a picker belongs."""
+    if not isinstance(node, Mapping):
+        return
+    for name, sub in (node.get("properties") or {}).items():
+        if name in LINKED_NAMES and isinstance(sub, Mapping) and LINK not in sub:
+            yield f"{path}.{name}"
+        yield from unlinked(sub, f"{path}.{name}")
+    for key in _CHILD:
+        yield from unlinked(node.get(key), f"{path}[]")
+    for key in _SAME_INSTANCE:
+        value = node.get(key)
+        for sub in value if isinstance(value, list) else [value]:
+            yield from unlinked(sub, path)
+
+
 def link_problems(store: SchemaStore, schema_ref: str, sources: Mapping[str, str]) -> list[str]:
     """Every broken link of one schema, as sentences naming the input; ``sources`` maps each data source of the
     effective manifest to its parameters schema. A schema that cannot be bundled is reported elsewhere."""
@@ -112,8 +134,11 @@ def link_problems(store: SchemaStore, schema_ref: str, sources: Mapping[str, str
         bundled = store.bundled(schema_ref)
     except ContractError:
         return []
-    return [
+    found = [
         f"{path}: {LINK} {problem}"
         for path, link, chain in links(bundled)
         for problem in _one_link(store, sources, chain, link)
+    ]
+    return found + [
+        f"{path}: no {LINK} (link it to a data source, or say why not with none)" for path in unlinked(bundled)
     ]

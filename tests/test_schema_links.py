@@ -29,8 +29,9 @@ def problems_of(link: dict[str, Any], *, nested: bool = False) -> list[str]:
     """The problems of one link placed on ``column``, a sibling of ``table`` (or, nested, on ``rows[].column``)."""
     store = SchemaStore()
     store.add_folder(data_root() / "schemas")
-    sibling = {"table": {"type": "string"}, "column": {"type": "string", "x-d365-options": link}}
-    properties: dict[str, Any] = {"table": {"type": "string"}}
+    table = {"type": "string", "x-d365-options": {"source": "tables"}}
+    sibling = {"table": table, "column": {"type": "string", "x-d365-options": link}}
+    properties: dict[str, Any] = {"table": table}
     if nested:
         properties["rows"] = {"type": "array", "items": {"type": "object", "properties": {"column": sibling["column"]}}}
     else:
@@ -44,7 +45,7 @@ def test_every_builtin_link_resolves_and_the_linked_inputs_are_linked() -> None:
     runtime = Runtime(load_entrypoints=False)
     assert contract_problems(runtime) == {}
     linked = {
-        (info.id, path): link["source"]
+        (info.id, path): link.get("source")
         for info in runtime.manifest.actions.values()
         for path, link, _ in links(runtime.store.bundled(info.input_schema))
     }
@@ -53,6 +54,7 @@ def test_every_builtin_link_resolves_and_the_linked_inputs_are_linked() -> None:
     assert linked[("query_entities", "$.where[].column")] == "columns"
     assert linked[("associate_entities", "$.related.id")] == "records"
     assert {source for (action, path), source in linked.items() if path == "$.table"} == {"tables"}
+    assert linked[("get_entity", "$.expand[].select")] is None  # {"none": why}: the navigation's table is not an input
 
 
 def test_a_good_link_has_no_problem_and_pointers_climb_from_the_instance() -> None:
@@ -82,6 +84,22 @@ def test_a_broken_link_is_reported_with_its_input(link: dict[str, Any], nested: 
     found = problems_of(link, nested=nested)
     assert len(found) == 1 and expected in found[0], found
     assert found[0].startswith("$.rows[].column: x-d365-options" if nested else "$.column: x-d365-options")
+
+
+def test_an_input_that_names_a_table_or_columns_must_be_linked_or_say_why_not() -> None:
+    assert problems_of({"none": "free text"}) == []
+    assert problems_of({"none": "free text", "params": {"table": "1/table"}})[0].startswith(
+        "$.column: x-d365-options is not a link"
+    )
+    unlinked_table = {"type": "object", "properties": {"rows": {"type": "array", "items": {"properties": {}}}}}
+    unlinked_table["properties"]["rows"]["items"]["properties"]["select"] = {"type": "array"}
+    store = SchemaStore()
+    store.add_folder(data_root() / "schemas")
+    sid = "https://d365-connector.dev/schemas/test/unlinked.json"
+    store.add(sid, {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": sid, **unlinked_table})
+    assert link_problems(store, sid, SOURCES) == [
+        "$.rows[].select: no x-d365-options (link it to a data source, or say why not with none)"
+    ]
 
 
 def test_a_pack_with_a_broken_link_is_at_fault(tmp_path: Path) -> None:
