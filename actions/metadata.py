@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from connector import builder_sources, metadata_checks, metadata_reads, metadata_writes
 from connector import inputs as typed
-from connector import metadata_checks, metadata_reads, metadata_writes
 from connector.connection import Connection
 from connector.errors import InputProblem
 from connector.hookspecs import hookimpl
@@ -74,7 +74,9 @@ def validate_list_alternate_keys(inputs: Mapping[str, Any], connection: Connecti
 
 @hookimpl
 def data_source(name: str, params: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]] | None:
-    """Tables, columns of a table, alternate keys of a table (None for a name another plugin answers)."""
+    """Tables, columns, alternate keys, per-table schemas and records (None for a name another plugin answers)."""
+    if name in builder_sources.SOURCES:
+        return builder_sources.data_source(name, params, connection)
     return metadata_reads.data_source(name, params, connection)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from connector.errors import ContractError
 from connector.hookspecs import ACTION_ARGNAMES, VALIDATOR_ARGNAMES, validator_hook
 from connector.plugins import BUILTIN
+from connector.schema_links import link_problems
 
 if TYPE_CHECKING:
     from pluggy import HookCaller
@@ -67,6 +68,7 @@ def contract_problems(
     found += _unknown_hook_problems(runtime)
     found += _example_problems(runtime)
     found += _form_problems(runtime)
+    found += _options_link_problems(runtime)
     found += _duplicate_problems(runtime)
     if repo_checks:
         root = repo_root or Path(__file__).resolve().parents[1]
@@ -332,6 +334,21 @@ def _typed(node: Mapping[str, Any]) -> bool:
     declared = node.get("type")
     kinds = {declared} if isinstance(declared, str) else set(declared) if isinstance(declared, list) else set()
     return bool(kinds & _TYPED) or (not kinds and isinstance(branches, list))
+
+
+def _options_link_problems(runtime: Runtime) -> list[Owned]:
+    """Every ``x-d365-options`` link of an input or data source parameters schema resolves (see
+    :mod:`connector.schema_links`); the entry whose schema holds a broken link is at fault."""
+    manifest, store = runtime.manifest, runtime.store
+    declared = manifest.document.get("data_sources", [])
+    sources = {str(s.get("name")): manifest.schema_id(_provider(s), s.get("params_schema", "")) for s in declared}
+    owned = [(info.provider, f"action {info.id!r}", info.input_schema) for info in manifest.actions.values()]
+    owned += [(_provider(s), f"data source {s.get('name')!r}", sources[str(s.get("name"))]) for s in declared]
+    found: list[Owned] = []
+    for owner, who, sid in owned:
+        if store.has(sid):
+            found += [(owner, f"{who} input {problem}") for problem in link_problems(store, sid, sources)]
+    return found
 
 
 def _duplicate_problems(runtime: Runtime) -> list[Owned]:

@@ -349,8 +349,9 @@ class Runtime:
 
     # -- data sources -------------------------------------------------------------------------------------------
     def data_source(self, name: str, params: Any, connection: Connection) -> list[dict[str, Any]]:
-        """Options for a builder dropdown: ``params`` checked against the source's schema, then the ``data_source``
-        hook asked. An unknown name or bad parameters raise :class:`InputError`, like an action's inputs."""
+        """Options for a builder dropdown (or, for a source declared ``"returns": "schema"``, a one-element list
+        holding a JSON Schema): ``params`` checked against the source's schema, then the ``data_source`` hook asked.
+        An unknown name or bad parameters raise :class:`InputError`, like an action's inputs."""
         entry = next((d for d in self.manifest.document.get("data_sources", []) if d.get("name") == name), None)
         if entry is None:
             known = ", ".join(sorted(str(d.get("name")) for d in self.manifest.document.get("data_sources", [])))
@@ -365,6 +366,8 @@ class Runtime:
         result = self.pm.hook.data_source(name=name, params=validated, connection=connection)
         if result is None:
             raise ContractError([f"data source {name!r}: no implementation answered"])
+        if entry.get("returns") == "schema" and len(result) != 1:
+            raise ContractError([f"data source {name!r} returns a schema: answer one JSON Schema, not {len(result)}"])
         return [dict(option) for option in result]
 
     # -- triggers -----------------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ _SCHEMA_VALUES = frozenset(
 )
 #: Sibling keywords of a ``$ref`` that may simply override the target's: they describe, they do not constrain.
 _ANNOTATIONS = frozenset(
-    {"$comment", "default", "deprecated", "description", "examples", "readOnly", "title", "writeOnly"}
+    {"$comment", "default", "deprecated", "description", "examples", "readOnly", "title", "writeOnly", "x-d365-options"}
 )
 #: Dropped from the bundle: identities and definitions mean nothing once every reference is inlined.
 _RESOURCE_KEYWORDS = frozenset({"$anchor", "$defs", "$id", "$schema", "definitions"})

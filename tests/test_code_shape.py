@@ -164,13 +164,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "metadata_reads",
             "metadata_writes",
             "metadata_checks",
+            "builder_sources",
             "webhook_delivery",
             "webhook_dedupe",
             "webhook_registration",
             "diagnostics",
         ),
     ),
-    ("runtime", ("hookspecs", "plugins", "manifest", "contract", "contract_cache", "context", "runtime")),
+    (
+        "runtime",
+        ("hookspecs", "plugins", "manifest", "schema_links", "contract", "contract_cache", "context", "runtime"),
+    ),
     ("front doors", ("", "cli", "cli_help", "cli_progress", "demo", "webhook_server")),
 )
 MAX_MODULE_LINES = 600

@@ -240,7 +240,14 @@ def test_completion_of_commands(runner: CliRunner) -> None:
     assert completions([], "ac") == ["actions"]
     assert completions(["manifest"], "") == ["schema", "show", "validate"]
     assert "--set" in completions(["run", "get_entity"], "--s")
-    assert completions(["datasource"], "") == ["alternate_keys", "columns", "tables"]
+    assert completions(["datasource"], "") == [
+        "alternate_keys",
+        "columns",
+        "fields_schema",
+        "key_schema",
+        "records",
+        "tables",
+    ]
 
 
 def test_completion_through_the_environment_variable_as_the_shell_calls_it(runner: CliRunner) -> None:
