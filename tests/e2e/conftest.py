@@ -55,3 +55,36 @@ def connection_file(fresh_emulator: EmulatorHandle, tmp_path: Path) -> Path:
 def web_api_requests(emulator: EmulatorHandle) -> list[dict[str, Any]]:
     """Logged requests to the Web API (token requests and admin calls left out)."""
     return [r for r in emulator.admin.requests() if "/api/data/" in r.get("path", "")]
+
+
+def custom_table_request(schema_name: str, label: str, plural: str) -> dict[str, Any]:
+    """``raw_request`` inputs that create a user-owned custom table with a 100-character primary name column, the way
+    the tests need one (no action creates tables yet: the documented POST to EntityDefinitions)."""
+
+    def labels(text: str) -> dict[str, Any]:
+        return {"LocalizedLabels": [{"Label": text, "LanguageCode": 1033}]}
+
+    return {
+        "path": "EntityDefinitions",
+        "method": "POST",
+        "data": {
+            "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
+            "SchemaName": schema_name,
+            "DisplayName": labels(label),
+            "DisplayCollectionName": labels(plural),
+            "OwnershipType": "UserOwned",
+            "HasActivities": False,
+            "HasNotes": False,
+            "IsActivity": False,
+            "Attributes": [
+                {
+                    "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+                    "SchemaName": "new_Name",
+                    "IsPrimaryName": True,
+                    "MaxLength": 100,
+                    "RequiredLevel": {"Value": "None"},
+                    "DisplayName": labels("Name"),
+                }
+            ],
+        },
+    }

@@ -17,31 +17,9 @@ from connector.errors import ConnectorError, InputError
 from connector.runtime import Runtime
 from connector.schema_links import link_problems
 from connector.schemas import SchemaStore, data_root
+from tests.e2e.conftest import custom_table_request
 
-CUSTOM_TABLE = {
-    "path": "EntityDefinitions",
-    "method": "POST",
-    "data": {
-        "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
-        "SchemaName": "new_Loan",
-        "DisplayName": {"LocalizedLabels": [{"Label": "Loan", "LanguageCode": 1033}]},
-        "DisplayCollectionName": {"LocalizedLabels": [{"Label": "Loans", "LanguageCode": 1033}]},
-        "OwnershipType": "UserOwned",
-        "HasActivities": False,
-        "HasNotes": False,
-        "IsActivity": False,
-        "Attributes": [
-            {
-                "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
-                "SchemaName": "new_Name",
-                "IsPrimaryName": True,
-                "MaxLength": 100,
-                "RequiredLevel": {"Value": "None"},
-                "DisplayName": {"LocalizedLabels": [{"Label": "Name", "LanguageCode": 1033}]},
-            }
-        ],
-    },
-}
+CUSTOM_TABLE = custom_table_request("new_Loan", "Loan", "Loans")
 CUSTOM_COLUMNS = [
     {"type": "string", "schema_name": "new_Code", "label": "Code", "max_length": 10, "required": "required"},
     {"type": "integer", "schema_name": "new_Term", "label": "Term", "min_value": 1, "max_value": 360},

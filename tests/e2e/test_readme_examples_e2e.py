@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from connector import cli
 from connector.runtime import Runtime
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
+from tests.e2e.conftest import custom_table_request
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -52,33 +53,7 @@ SAMPLE_DATA: list[tuple[str, dict[str, Any]]] = [
         "create_alternate_key",
         {"table": "contact", "schema_name": "new_email_key", "columns": ["emailaddress1"], "wait_until_active": True},
     ),
-    (
-        "raw_request",
-        {
-            "path": "EntityDefinitions",
-            "method": "POST",
-            "data": {
-                "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
-                "SchemaName": "new_BankAccount",
-                "DisplayName": {"LocalizedLabels": [{"Label": "Bank account", "LanguageCode": 1033}]},
-                "DisplayCollectionName": {"LocalizedLabels": [{"Label": "Bank accounts", "LanguageCode": 1033}]},
-                "OwnershipType": "UserOwned",
-                "HasActivities": False,
-                "HasNotes": False,
-                "IsActivity": False,
-                "Attributes": [
-                    {
-                        "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
-                        "SchemaName": "new_Name",
-                        "IsPrimaryName": True,
-                        "MaxLength": 100,
-                        "RequiredLevel": {"Value": "None"},
-                        "DisplayName": {"LocalizedLabels": [{"Label": "Name", "LanguageCode": 1033}]},
-                    }
-                ],
-            },
-        },
-    ),
+    ("raw_request", custom_table_request("new_BankAccount", "Bank account", "Bank accounts")),
     (
         "create_attribute",
         {"table": "new_bankaccount", "attribute": {"type": "string", "schema_name": "new_Code", "label": "Code"}},
