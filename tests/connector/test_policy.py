@@ -3,6 +3,7 @@ and variables the operator did not list. Refusals happen while the settings are 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -245,3 +246,24 @@ def test_emulator_with_tls_works_hosted_once_its_folder_is_listed(tmp_path: Path
             assert conn.token()
         with Connection.from_config(config, policy=LOCAL) as conn:
             assert conn.token()
+
+
+def test_the_cli_is_local_unless_the_operator_says_hosted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from connector import cli
+
+    with running_emulator() as emulator:
+        config = emulator.connection_config()
+        (tmp_path / "secret.txt").write_text(config["client_secret"], encoding="utf-8")
+        path = tmp_path / "conn.json"
+        path.write_text(json.dumps({**config, "client_secret": {"file": "secret.txt"}}), encoding="utf-8")
+        args = ["run", "get_current_user", "--connection", str(path), "--json"]
+        monkeypatch.delenv("D365_POLICY")
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 0, result.output
+        monkeypatch.setenv("D365_POLICY", "hosted")
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 3 and json.loads(result.stderr)["field"] == "client_secret"
+        monkeypatch.setenv("D365_ALLOWED_PATHS", str(tmp_path))
+        assert CliRunner().invoke(cli.main, args).exit_code == 0
