@@ -29,6 +29,7 @@ from connector import cli_progress
 from connector.cli_help import ActionCommand
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
+from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken
 from connector.version import __version__
 
@@ -84,6 +85,11 @@ def _print_json(data: Any, as_json: bool) -> None:
         click.echo(json.dumps(data, default=str))
     else:
         click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def _cli_policy() -> OperatorPolicy:
+    """The person running ``d365`` is the operator: ``local`` unless ``D365_POLICY`` says otherwise."""
+    return OperatorPolicy.from_env(default="local")
 
 
 def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
@@ -304,7 +310,7 @@ def run(
                 raise InputError([InputProblem("--jsonl", f"only {', '.join(STREAMING_ACTIONS)} streams records")])
             runtime.check_schema(action_id, inputs)
             config, base_dir = _load_connection_file(connection_file)
-            connection = runtime.connection(config, base_dir=base_dir)
+            connection = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
             result = _execute(runtime, action_id, inputs, connection, jsonl, progress_mode, token)
     except ConnectorError as exc:
         _fail(exc, as_json or jsonl)
@@ -360,7 +366,7 @@ def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, a
         runtime = _runtime()
         params = parse_set_options(pairs, "--param")
         config, base_dir = _load_connection_file(connection_file)
-        conn = runtime.connection(config, base_dir=base_dir)
+        conn = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
         try:
             options = runtime.data_source(name, params, conn)
         finally:
@@ -384,7 +390,7 @@ def connection_test(connection_file: str | None, as_json: bool) -> None:
     try:
         runtime = _runtime()
         config, base_dir = _load_connection_file(connection_file)
-        conn = runtime.connection(config, base_dir=base_dir)
+        conn = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
         try:
             result = runtime.run_action("test_connection", {}, conn)
         finally:
@@ -417,7 +423,7 @@ def connection_login(connection_file: str | None, no_browser: bool, timeout_s: f
 
     try:
         config, base_dir = _load_connection_file(connection_file)
-        conn = Connection.from_config(config, base_dir=base_dir)
+        conn = Connection.from_config(config, base_dir=base_dir, policy=_cli_policy())
         try:
             provider = conn.token_provider
             if not isinstance(provider, AuthorizationCodeProvider):
@@ -553,7 +559,7 @@ def webhook_serve(
         conn = None
         if subscribe:
             data, base_dir = _load_connection_file(connection_file)
-            conn = runtime.connection(data, base_dir=base_dir)
+            conn = runtime.connection(data, base_dir=base_dir, policy=_cli_policy())
         try:
             with cli_progress.display(progress_mode) as reporter:
                 serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,

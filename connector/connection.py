@@ -22,6 +22,7 @@ import httpx
 from connector.clock import Clock, SystemClock
 from connector.connection_config import ConnectionConfig, parse_config
 from connector.errors import ConnectionConfigError
+from connector.policy import OperatorPolicy
 
 if TYPE_CHECKING:
     from connector.auth import OnToken, TokenProvider
@@ -89,14 +90,21 @@ class Connection:
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
         on_token: OnToken | None = None,
+        policy: OperatorPolicy | None = None,
     ) -> Connection:
         """Validate ``data`` (relative ``{"file"}`` secrets and ``ca_file`` start at ``base_dir``); connect lazily.
+
+        ``policy`` is the operator's (default: from the environment, preset ``hosted``), never the connection's.
 
         ``on_token`` is called with every new refresh token of an ``authorization_code`` connection (they rotate on
         each use), for platforms that keep tokens themselves; store it as a secret.
         """
         return cls(
-            parse_config(data, base_dir=base_dir), transport=transport, clock=clock, retry=retry, on_token=on_token
+            parse_config(data, base_dir=base_dir, policy=policy),
+            transport=transport,
+            clock=clock,
+            retry=retry,
+            on_token=on_token,
         )
 
     @classmethod
@@ -109,6 +117,7 @@ class Connection:
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
         on_token: OnToken | None = None,
+        policy: OperatorPolicy | None = None,
     ) -> Connection:
         """Read a JSON connection file; relative paths inside it start at the file's folder."""
         file = Path(path)
@@ -129,6 +138,7 @@ class Connection:
             clock=clock,
             retry=retry,
             on_token=on_token,
+            policy=policy,
         )
 
     @property

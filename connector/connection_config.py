@@ -17,7 +17,6 @@ normalised, token URL and scopes resolved), so the token providers read one shap
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -44,6 +43,7 @@ from connector import schemas
 from connector.errors import ConnectionConfigError, InputProblem
 from connector.governor import DEFAULT_MAX_PARALLELISM
 from connector.inputs import JsonInt
+from connector.policy import CHINA_AUTHORITY, PUBLIC_AUTHORITY, US_GOV_AUTHORITY, OperatorPolicy, is_loopback
 from connector.secret import Secret, resolve_secret
 
 __all__ = [
@@ -64,9 +64,6 @@ log = logging.getLogger("connector.connection")
 
 DEFAULT_API_VERSION = "v9.2"
 DEFAULT_TIMEOUT_S = 120.0
-PUBLIC_AUTHORITY = "login.microsoftonline.com"
-US_GOV_AUTHORITY = "login.microsoftonline.us"
-CHINA_AUTHORITY = "login.chinacloudapi.cn"
 
 # Host suffixes of Dynamics 365 / Dataverse environments and the identity platform each cloud uses. The commercial
 # regions crm..crm22 (including GCC, crm9) use the public authority; GCC High and DoD use the US government one;
@@ -101,17 +98,6 @@ def default_authority_host(organization_host: str) -> str | None:
         if host.endswith("." + suffix):
             return authority
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """A loopback host (``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1``), where plain http is allowed."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_scheme(url: str, name: str, allow_insecure_loopback: bool) -> tuple[str, str]:
@@ -184,6 +170,11 @@ def _base_dir(info: ValidationInfo) -> Path | None:
     return None if base is None else Path(base)
 
 
+def _policy(info: ValidationInfo) -> OperatorPolicy:
+    policy = (info.context or {}).get("policy")
+    return policy if isinstance(policy, OperatorPolicy) else OperatorPolicy.from_env()
+
+
 def _local_path(value: Any, info: ValidationInfo) -> Any:
     """A path setting, relative to the connection file's folder (the one the platform or ``from_file`` passes)."""
     if not isinstance(value, str):
@@ -192,6 +183,7 @@ def _local_path(value: Any, info: ValidationInfo) -> Any:
     base_dir = _base_dir(info)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    _policy(info).check_path(path, str(info.field_name))
     return path
 
 
@@ -209,7 +201,14 @@ def _input_file(value: Any, info: ValidationInfo) -> Any:
 
 
 def _secret(value: Any, info: ValidationInfo) -> Any:
-    return None if value is None else resolve_secret(value, str(info.field_name), _base_dir(info))
+    """Check an ``{"env"}`` or ``{"file"}`` reference against the operator policy before reading it."""
+    name, base_dir = str(info.field_name), _base_dir(info)
+    if isinstance(value, Mapping) and isinstance(value.get("env"), str):
+        _policy(info).check_env(value["env"], name)
+    if isinstance(value, Mapping) and isinstance(value.get("file"), str):
+        path = Path(value["file"]).expanduser()
+        _policy(info).check_path(path if path.is_absolute() or base_dir is None else base_dir / path, name)
+    return None if value is None else resolve_secret(value, name, base_dir)
 
 
 def _api_version(value: str | None) -> str | None:
@@ -496,8 +495,14 @@ _CONFIG: TypeAdapter[Any] = TypeAdapter(  # validates settings, returns a Connec
 )
 
 
-def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> ConnectionConfig:
-    """Validate and normalise a connection configuration; raise :class:`ConnectionConfigError` naming the field."""
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path | None = None, policy: OperatorPolicy | None = None
+) -> ConnectionConfig:
+    """Validate and normalise a connection configuration; raise :class:`ConnectionConfigError` naming the field.
+
+    ``policy`` is the operator's (default: :meth:`OperatorPolicy.from_env`, preset ``hosted``); its URL rules run
+    before any ``{"env"}``/``{"file"}`` secret is read, so a refused connection reads none.
+    """
     if not isinstance(data, Mapping):
         raise ConnectionConfigError("the connection settings must be a JSON object", field=None)
     kind = data.get("kind")
@@ -506,8 +511,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
         raise ConnectionConfigError(f"kind: {got}; use one of: {', '.join(sorted(KINDS))}", field="kind")
     problems = schemas.validate(dict(data), f"connections/{kind}.json")
     if not problems:
+        policy = policy if policy is not None else OperatorPolicy.from_env()
+        policy.check_urls(data)
         try:
-            config: ConnectionConfig = _CONFIG.validate_python(dict(data), context={"base_dir": base_dir})
+            context = {"base_dir": base_dir, "policy": policy}
+            config: ConnectionConfig = _CONFIG.validate_python(dict(data), context=context)
             return config
         except ValidationError as exc:
             problems = [_problem(error) for error in exc.errors(include_input=False, include_url=False)]

@@ -46,6 +46,7 @@ from connector.plugins import (
     make_plugin_manager,
     strict_from_env,
 )
+from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter, current, running
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
 
@@ -202,8 +203,11 @@ class Runtime:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         on_token: OnToken | None = None,
+        policy: OperatorPolicy | None = None,
     ) -> Connection:
         """The ``Connection`` for this configuration, created once and reused by every later run.
+
+        ``policy`` is the operator's (default: from the environment, preset ``hosted``); the CLI passes ``local``.
 
         ``on_token`` receives each rotated refresh token of an ``authorization_code`` connection, for platforms that
         keep tokens themselves; it belongs to the first caller of a configuration, like the connection itself.
@@ -211,7 +215,7 @@ class Runtime:
         from connector.connection import Connection
 
         candidate = Connection.from_config(
-            config, base_dir=base_dir, transport=transport, clock=clock, on_token=on_token
+            config, base_dir=base_dir, transport=transport, clock=clock, on_token=on_token, policy=policy
         )
         with self._connections_lock:
             existing = self._connections.get(candidate.fingerprint)

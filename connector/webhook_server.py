@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from connector.clock import SystemClock
-from connector.connection_config import is_loopback
 from connector.errors import InputError, InputProblem, WebhookError, WebhookVerificationError
+from connector.policy import is_loopback
 from connector.progress import Reporter, Tracker
 from connector.webhook_delivery import WebhookConfig, WebhookRequest
 

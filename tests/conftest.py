@@ -27,6 +27,13 @@ SENTINELS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _local_operator_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite is the operator of its own machine (its keys, certificates and token stores live in tmp folders);
+    the ``hosted`` preset is tested with explicit policies in tests/connector/test_policy.py."""
+    monkeypatch.setenv("D365_POLICY", "local")
+
+
 def find_sentinels(text: str) -> list[str]:
     """Names of the sentinel secrets that occur in ``text``."""
     return [name for name, value in SENTINELS.items() if value in text]

@@ -31,6 +31,7 @@ from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.connection_config import parse_config
 from connector.errors import AuthenticationError, ConnectionConfigError
+from connector.policy import OperatorPolicy
 from connector.token_store import TokenStore
 from tests.conftest import SENTINELS, assert_no_secrets
 
@@ -331,6 +332,7 @@ def test_managed_identity_refusal_is_explained(cloud: Any, clock: FakeClock) -> 
         {"kind": "managed_identity", "organization_url": cloud.ORG, "identity_endpoint": "http://localhost:1/t"},
         transport=httpx.MockTransport(handler),
         clock=clock,
+        policy=OperatorPolicy(allowed_authorities=frozenset({"localhost"})),  # a remote org with a local endpoint
     )
     with pytest.raises(AuthenticationError) as info:
         conn.token()
