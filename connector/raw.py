@@ -34,7 +34,12 @@ __all__ = ["raw_request", "raw_request_problems", "relative_path"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-FORBIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "host", "content-length"})
+#: Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the request: set by hand they let a request leave
+#: with both ``Transfer-Encoding`` and ``Content-Length``, which proxies may read as two requests (smuggling).
+HOP_BY_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+FORBIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "host", "content-length"}) | HOP_BY_HOP_HEADERS
 
 
 def _decodings(text: str) -> list[str]:
@@ -95,11 +100,12 @@ def raw_request_problems(inputs: RawRequest, connection: Connection) -> list[Inp
         problems += exc.problems
     for name in inputs.headers or {}:
         if name.lower() in FORBIDDEN_HEADERS:
-            why = (
-                "the connection sends its own credentials"
-                if "authorization" in name.lower()
-                else "the HTTP client sets it from the URL and the body"
-            )
+            if "authorization" in name.lower():
+                why = "the connection sends its own credentials"
+            elif name.lower() in HOP_BY_HOP_HEADERS:
+                why = "it describes the connection, which the HTTP client manages, not the request"
+            else:
+                why = "the HTTP client sets it from the URL and the body"
             problems.append(InputProblem(f"$.headers.{name}", f"{name} cannot be set: {why}"))
     if inputs.data is not None and (inputs.form_data or inputs.file_data):
         problems.append(InputProblem("$.data", "give data (a JSON body) or form_data/file_data, not both"))

@@ -147,6 +147,9 @@ def test_raw_request_refuses_authorization_and_incoherent_bodies(
         InputError, match="Content-Length cannot be set: the HTTP client sets it from the URL and the body"
     ):
         run(runtime, conn, path="WhoAmI", headers={"Content-Length": "5"})
+    for hop in ("Transfer-Encoding", "Connection", "TE", "Upgrade"):  # no request smuggling through raw headers
+        with pytest.raises(InputError, match=f"{hop} cannot be set: it describes the connection"):
+            run(runtime, conn, path="accounts", method="POST", data={"name": "x"}, headers={hop: "chunked"})
     with pytest.raises(InputError, match="a GET sends no body"):
         run(runtime, conn, path="accounts", data={"name": "x"})
     with pytest.raises(InputError, match="not valid base64"):
