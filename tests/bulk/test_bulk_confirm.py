@@ -17,13 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.progress import CancellationToken, Progress
 from connector.runtime import Runtime
 from tests.bulk.conftest import FakeDataverse
 from tests.bulk.test_bulk import BulkServer
-from tests.records.conftest import TENANT
 
 WAIT_S = 10.0
 
@@ -31,15 +29,7 @@ WAIT_S = 10.0
 @pytest.fixture
 def pair(fake: FakeDataverse) -> Connection:
     """Two requests in flight at most: the held-back write and the read that confirms it."""
-    config = {
-        "kind": "client_credentials",
-        "organization_url": FakeDataverse.ORG,
-        "tenant_id": TENANT,
-        "client_id": "11111111-2222-3333-4444-555555555555",
-        "client_secret": "SENTINEL-client-secret-5b1d9c",
-        "max_parallelism": 2,
-    }
-    return Connection.from_config(config, transport=httpx.MockTransport(fake.handler), clock=FakeClock())
+    return fake.connect(max_parallelism=2)
 
 
 @pytest.fixture

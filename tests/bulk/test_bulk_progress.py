@@ -13,14 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.odata import PageToken
 from connector.progress import CancellationToken, Progress
 from connector.runtime import Runtime
 from tests.bulk.conftest import FakeDataverse
 from tests.bulk.test_bulk import BulkServer
-from tests.records.conftest import TENANT
 
 WAIT_S = 10.0
 
@@ -28,15 +26,7 @@ WAIT_S = 10.0
 @pytest.fixture
 def serial(fake: FakeDataverse) -> Connection:
     """A connection that runs one chunk at a time."""
-    config = {
-        "kind": "client_credentials",
-        "organization_url": FakeDataverse.ORG,
-        "tenant_id": TENANT,
-        "client_id": "11111111-2222-3333-4444-555555555555",
-        "client_secret": "SENTINEL-client-secret-5b1d9c",
-        "max_parallelism": 1,
-    }
-    return Connection.from_config(config, transport=httpx.MockTransport(fake.handler), clock=FakeClock())
+    return fake.connect(max_parallelism=1)
 
 
 def _create(n: int, chunk_size: int) -> dict[str, Any]:

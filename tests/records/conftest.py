@@ -184,7 +184,7 @@ class FakeDataverse:
             return httpx.Response(200, json={"value": found})
         return self.respond(request)
 
-    def connect(self, clock: FakeClock | None = None) -> Connection:
+    def connect(self, clock: FakeClock | None = None, *, max_parallelism: int | None = None) -> Connection:
         config = {
             "kind": "client_credentials",
             "organization_url": ORG,
@@ -192,6 +192,8 @@ class FakeDataverse:
             "client_id": "11111111-2222-3333-4444-555555555555",
             "client_secret": "SENTINEL-client-secret-5b1d9c",
         }
+        if max_parallelism is not None:
+            config["max_parallelism"] = max_parallelism
         return Connection.from_config(config, transport=httpx.MockTransport(self.handler), clock=clock or FakeClock())
 
 
