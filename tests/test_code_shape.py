@@ -156,6 +156,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "ids",
             "secret",
             "policy",
+            "strict_json",
             "inputs",
             "odata",
             "multipart",

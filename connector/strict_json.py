@@ -1,0 +1,124 @@
+"""JSON read from people we do not trust: no ``NaN``/``Infinity``, bounded depth, no lone surrogates.
+
+Python's ``json`` accepts three things Dataverse and every other JSON reader refuse: the bare words ``NaN``,
+``Infinity`` and ``-Infinity`` (so ``json.dumps`` later writes a body no server parses), nesting as deep as the
+recursion limit (100,000 levels end in ``RecursionError``, a traceback instead of a refusal), and ``\\ud800`` escapes
+that decode to a lone surrogate (the later UTF-8 encode raises ``UnicodeEncodeError`` in the middle of a request).
+Every place that reads JSON an operator or a caller wrote (CLI inputs, ``--set key:=json``, connection files, webhook
+bodies) reads it here, so each refusal is a :class:`StrictJsonError` that names what is wrong and where, raised
+before anything is sent.
+
+Numbers too large for a float (``1e400``) are refused as well: Python reads them as ``inf``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "StrictJsonError", "check_value", "loads"]
+
+MAX_DEPTH = 64
+"""Deeper than any Dataverse body or action input (a deep ``$expand`` answer nests about a dozen levels)."""
+
+
+class StrictJsonError(ValueError):
+    """The text is not JSON we accept; ``path`` is the JSON path of the offending value (``$`` for the document)."""
+
+    def __init__(self, reason: str, path: str = "$") -> None:
+        super().__init__(f"{path}: {reason}" if path != "$" else reason)
+        self.reason = reason
+        self.path = path
+
+
+def _refuse_constant(word: str) -> Any:
+    raise StrictJsonError(f"{word} is not JSON: send a number, or null for no value")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise StrictJsonError(f"the number {text[:24]}{'…' if len(text) > 24 else ''} is too large for a double")
+    return value
+
+
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse ``text`` as strict JSON; raise :class:`StrictJsonError` for anything :func:`check_value` refuses.
+
+    The depth is checked on the raw text before parsing, so a 100,000-deep document never reaches the recursive
+    decoder: counting brackets outside strings is linear and cannot overflow the stack.
+    """
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StrictJsonError(f"not UTF-8 at byte {exc.start}") from None
+    _check_depth(text, max_depth)
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_float)
+    except StrictJsonError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise StrictJsonError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    check_value(value, max_depth=max_depth)
+    return value
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    depth = 0
+    in_string = False
+    escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise StrictJsonError(f"nested deeper than {max_depth} levels")
+        elif char in "]}":
+            depth -= 1
+
+
+def check_value(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> None:
+    """Refuse non-finite floats, lone surrogates (in keys and strings) and nesting deeper than ``max_depth``.
+
+    For values that did not come through :func:`loads` (pydantic models, Python callers of the library, YAML).
+    Iterative, so depth itself cannot overflow the stack.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise StrictJsonError(f"{node!r} is not a JSON number: send a finite number, or null", where)
+        elif isinstance(node, dict | list | tuple):
+            if depth >= max_depth:
+                raise StrictJsonError(f"nested deeper than {max_depth} levels", where)
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if isinstance(key, str):
+                    _check_text(key, where)
+                    stack.append((child, f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]", depth + 1))
+                else:
+                    stack.append((child, f"{where}[{key}]", depth + 1))
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StrictJsonError(
+            f"holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}: it cannot be sent as "
+            "UTF-8; remove it or pair it",
+            where,
+        ) from None
