@@ -30,6 +30,7 @@ from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete, ensure_message_rows
 from .errors import JSON_CT, DataverseError, error_response
+from .execution import BULK_RECORD_RATIO, Costs
 from .faults import EmulatorApp, FaultMiddleware, FaultPlan
 from .identity import App, Identity, IdentityEndpoints, org_of
 from .model import Relationship, Table, build_tables
@@ -1507,6 +1508,7 @@ def create_app(
     dop_hint: int = 4,
     time_scale: float = 1.0,
     fault_rate: float = 0.0,
+    bulk_record_cost_ratio: float = BULK_RECORD_RATIO,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
@@ -1548,6 +1550,7 @@ def create_app(
         emu.clock,
         time_scale,
         dop_hint,
+        Costs(bulk_record_ratio=bulk_record_cost_ratio),
     )
     app.add_middleware(ThrottleMiddleware, throttle=emu.throttle, latency_s=latency_ms / 1000)
     if fault_rate:

@@ -31,6 +31,7 @@ from starlette.responses import Response
 
 from . import errors
 from .errors import DataverseError, error_response
+from .throttle import count_records
 
 if TYPE_CHECKING:
     from .app import Ctx, WebApi
@@ -382,7 +383,7 @@ async def handle(api: WebApi, request: Request, ctx: Ctx) -> Response:
             405, "0x80060888", f"The requested resource does not support http method '{request.method}'."
         )
     items = parse(await request.body(), request.headers.get("content-type", ""))
-    request.state.dv_records = sum(len(it.operations) if isinstance(it, ChangeSet) else 1 for it in items)
+    count_records(request, sum(len(it.operations) if isinstance(it, ChangeSet) else 1 for it in items))
     continue_on_error = "odata.continue-on-error" in ctx.prefer
     if continue_on_error:
         ctx.applied.append("odata.continue-on-error")
