@@ -4,11 +4,13 @@ latency, URL length, throttling, faults)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +23,8 @@ from .emulator import Emulator
 from .faults import EmulatorApp, FaultMiddleware, FaultPlan
 from .identity import IdentityEndpoints
 from .throttle import Throttle, ThrottleMiddleware, limits_for
+
+log = logging.getLogger("dataverse_emulator")
 
 # =====================================================================================================================
 # Middleware: request log, latency, URL length
@@ -90,6 +94,11 @@ class Observe:
                 await resp(scope, receive, send_wrapper)
                 return
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # the client closed the connection before its request was read: nobody to answer, not an error
+            log.info("client disconnected: %s %s", scope["method"], path)
+            if entry:
+                entry["client_disconnected"] = True
         finally:
             if entry:
                 emu.in_flight -= 1

@@ -7,10 +7,11 @@ Starlette's path converters, so the path is split by a small OData-aware splitte
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from urllib.parse import unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from . import aggregate, errors, fetchxml, files, metadata, metadata_writes
@@ -31,6 +32,26 @@ from .records import (
 from .storage import q
 
 log = logging.getLogger("dataverse_emulator")
+
+
+#: SQLite's refusals of a statement too complex to run: Dataverse refuses such queries for their joins (GUESS).
+TOO_COMPLEX = ("too many FROM clause terms", "parser stack overflow", "Expression tree is too large", "at most 64")
+
+
+def as_refusal(e: Exception) -> DataverseError | None:
+    """The Dataverse error a failure answers with; None for an emulator bug. A client that went away is re-raised:
+    there is nobody to answer (the request log middleware records it)."""
+    if isinstance(e, ClientDisconnect):
+        raise e
+    if isinstance(e, DataverseError):
+        return e
+    if isinstance(e, ODataSyntaxError):
+        return DataverseError(400, e.code, e.message)
+    if isinstance(e, RecursionError):  # Microsoft.OData's wording for a too deeply nested query option (GUESS)
+        return DataverseError(400, "0x0", "The recursion limit has been exceeded.")
+    if isinstance(e, sqlite3.OperationalError) and any(m in str(e) for m in TOO_COMPLEX):
+        return errors.too_many_link_entities()
+    return None
 
 
 class WebApi(RecordApi):
@@ -65,25 +86,19 @@ class WebApi(RecordApi):
             resp.headers["REQ_ID"] = req_id
             resp.headers["x-ms-service-request-id"] = req_id
             return resp
-        except DataverseError as e:
+        except Exception as e:
+            refusal = as_refusal(e)
             entry = request.scope.get("state", {}).get("log_entry")
+            if refusal is None:  # an emulator bug must still answer like Dataverse (500 UnExpected), and be visible
+                log.exception("unhandled error for %s %s", request.method, request.url.path)
+                if entry is not None:
+                    entry["error_code"] = "0x80040216"
+                return error_response(DataverseError(500, "0x80040216", "An unexpected error occurred."))
             if entry is not None:
-                entry["error_code"] = e.code
-            return error_response(e, AnnotationFilter(parse_prefer(request).get("odata.include-annotations")).wants)
-        except ODataSyntaxError as e:
-            entry = request.scope.get("state", {}).get("log_entry")
-            if entry is not None:
-                entry["error_code"] = e.code
+                entry["error_code"] = refusal.code
             return error_response(
-                DataverseError(400, e.code, e.message),
-                AnnotationFilter(parse_prefer(request).get("odata.include-annotations")).wants,
+                refusal, AnnotationFilter(parse_prefer(request).get("odata.include-annotations")).wants
             )
-        except Exception:  # an emulator bug must still answer like Dataverse (500 UnExpected), and be visible
-            log.exception("unhandled error for %s %s", request.method, request.url.path)
-            entry = request.scope.get("state", {}).get("log_entry")
-            if entry is not None:
-                entry["error_code"] = "0x80040216"
-            return error_response(DataverseError(500, "0x80040216", "An unexpected error occurred."))
 
     def authenticate(self, request: Request, api: str, org: str) -> Ctx:
         """Check the bearer token (signature, expiry, audience) and resolve caller and impersonated user."""

@@ -136,6 +136,8 @@ class FetchQuery:
             raise invalid(f"Invalid XML. {type(e).__name__}") from None
         if root.tag != "fetch":
             raise invalid("The root element of a FetchXML query must be 'fetch'.")
+        if len(root.findall(".//link-entity")) > errors.MAX_LINK_ENTITIES:  # at any depth, filters' ones included
+            raise errors.too_many_link_entities()
         ents = root.findall("entity")
         if len(ents) != 1:
             raise invalid("A fetch must contain exactly one entity element.")

@@ -36,6 +36,8 @@ from .odata_parser import Parser
 
 __all__ = [
     "DATAVERSE_FUNCTIONS",
+    "EXPAND_LIMIT_MESSAGE",
+    "MAX_EXPAND",
     "Call",
     "Compare",
     "DataverseFunction",
@@ -50,6 +52,7 @@ __all__ = [
     "OrderItem",
     "ParamShape",
     "Property",
+    "expand_count",
     "parse_expand",
     "parse_filter",
     "parse_key_predicate",
@@ -146,9 +149,22 @@ def parse_select(text: str) -> tuple[str, ...]:
 _EXPAND_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$expand")
 
 
-def parse_expand(text: str) -> tuple[ExpandItem, ...]:
+#: "A query can include up to 15 $expand options" (webapi/query/join-tables.md); nested ones count (GUESS).
+MAX_EXPAND = 15
+EXPAND_LIMIT_MESSAGE = f"The number of $expand options exceeds the limit of {MAX_EXPAND}."
+
+
+def expand_count(items: tuple[ExpandItem, ...]) -> int:
+    """Every ``$expand`` option in ``items``, nested ones included: each is a join on the service."""
+    return sum(1 + expand_count(it.expand) for it in items)
+
+
+def parse_expand(text: str, depth: int = 0) -> tuple[ExpandItem, ...]:
     """Parse ``$expand`` with nested ``$select``, ``$filter``, ``$orderby``, ``$top``, ``$expand`` options separated by
-    ``;``. Parameter aliases are not available inside ``$expand`` (documented)."""
+    ``;``. Parameter aliases are not available inside ``$expand`` (documented). A chain nested deeper than the
+    option limit is refused while parsing, so a 3,000-level chain is a 400 and never exhausts the stack."""
+    if depth >= MAX_EXPAND:
+        raise ODataSyntaxError(EXPAND_LIMIT_MESSAGE, code="0x80060888")
     items: list[ExpandItem] = []
     for part, offset in _split_top(text, ","):
         raw = part.strip()
@@ -182,7 +198,7 @@ def parse_expand(text: str) -> tuple[ExpandItem, ...]:
                 elif name == "$top":
                     kwargs[key] = _parse_top(value)
                 else:
-                    kwargs[key] = parse_expand(value)
+                    kwargs[key] = parse_expand(value, depth + 1)
         items.append(ExpandItem(nav, ref=ref, **kwargs))  # type: ignore[arg-type]
     return tuple(items)
 

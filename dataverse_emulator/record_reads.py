@@ -16,7 +16,10 @@ from .emulator import Emulator
 from .errors import JSON_CT, DataverseError
 from .model import Relationship, Table
 from .odata import (
+    EXPAND_LIMIT_MESSAGE,
+    MAX_EXPAND,
     ExpandItem,
+    expand_count,
     parse_expand,
     parse_filter,
     parse_key_predicate,
@@ -93,6 +96,11 @@ class RecordReads:
                 raise errors.key_not_found(table.logical_name)
             raise errors.not_found(table.logical_name, str(rid))
         return str(rid), row
+
+    def check_expand(self, expand: tuple[ExpandItem, ...]) -> None:
+        """At most 15 ``$expand`` options, nested ones counted (each becomes a join)."""
+        if expand_count(expand) > MAX_EXPAND:
+            raise errors.bad_request(EXPAND_LIMIT_MESSAGE)
 
     def check_select(self, table: Table, select: tuple[str, ...] | None) -> list[str] | None:
         """Validate ``$select`` names (0x0 for unknown ones); None means all columns."""
@@ -267,6 +275,7 @@ class RecordReads:
         _, row = self.load(table, key)
         select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
         expand = parse_expand(opts["$expand"]) if "$expand" in opts else ()
+        self.check_expand(expand)
         tag = etag(row.get("versionnumber"))
         inm = request.headers.get("if-none-match")
         if inm and inm != "null" and inm == tag and not expand and not ctx.annotations:
@@ -304,8 +313,7 @@ class RecordReads:
         aliases = {k: v for k, v in opts.items() if k.startswith("@")}
         select = self.check_select(table, parse_select(opts["$select"]) if "$select" in opts else None)
         expand = parse_expand(opts["$expand"]) if "$expand" in opts else ()
-        if len(expand) > 15:
-            raise errors.bad_request("The number of $expand options exceeds the limit of 15.")
+        self.check_expand(expand)
         comp = Compiler(self.tables, self.rels, self.emu.clock, ctx.user["systemuserid"], ctx.user["businessunitid"])
         scope = QScope(table, "t0")
         where: list[str] = []
