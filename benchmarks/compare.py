@@ -250,6 +250,7 @@ def main() -> None:
         "against the emulator in another (HTTPS); rows landed counted on the emulator afterwards.",
         "",
     ]
+    load_at_start = os.getloadavg()[0]
     if "1" in args.scenarios:
         for latency in (0, 20):
             print(f"scenario 1: {n:,} upserts, model off, latency {latency} ms", flush=True)
@@ -342,6 +343,8 @@ def main() -> None:
             "per-operation result, and sends no continue-on-error |",
             "",
         ]
+    lines.insert(3, f"Load average (1 min) at the start {load_at_start:.1f}, at the end {os.getloadavg()[0]:.1f}: "
+                 "anything above the core count means other processes shared the machine.")  # fmt: skip
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
