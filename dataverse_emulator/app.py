@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import schema
+from . import persisted
 from .admin import Admin, bootstrap
 from .context import MAX_URL
 from .dispatch import WebApi
@@ -136,7 +136,7 @@ def create_app(
         admin=admin,
         clock=clock,
     )
-    schema.load_persisted(emu)  # custom tables and columns of a --db file
+    persisted.load_persisted(emu)  # custom tables and columns of a --db file
     bootstrap(emu)
     api = WebApi(emu)
     idp = IdentityEndpoints(emu.identity, emu.ensure_user)
