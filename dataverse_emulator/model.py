@@ -72,6 +72,7 @@ class Relationship:
     referencing_attribute: str
     referencing_nav: str  # single-valued navigation property on the referencing table
     referenced_nav: str  # collection-valued navigation property on the referenced table
+    cascade: dict[str, str] | None = None  # CascadeConfiguration set at create; None: cascade.py's seeded one
 
     @property
     def metadata_id(self) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import cascade, errors
 from .context import Ctx, fmt_dt_now, seg_key
 from .model import Relationship, Table
 from .odata import (
@@ -349,21 +349,13 @@ class RecordApi(RecordReads):
         return self.write_response(request, ctx, table, str(rid), opts, 200, entity_id)
 
     async def delete(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
-        """``DELETE {set}({key})`` with optional If-Match; child lookups are cleared (RemoveLink)."""
+        """``DELETE {set}({key})`` with optional If-Match; rows that point at it follow each relationship's cascade
+        configuration (Cascade, RemoveLink, Restrict)."""
         rid, row = self.load(table, key)
         if_match = request.headers.get("if-match")
         if if_match is not None and if_match != "*" and if_match != etag(row.get("versionnumber")):
             raise errors.version_mismatch()
-        self.store.delete(table.logical_name, rid)
-        # 1:N children keep a dangling reference in Dataverse only with RemoveLink; clear them (RemoveLink behaviour)
-        for rel in self.rels:
-            if rel.referenced_entity in (table.logical_name, "owner") and rel.referencing_entity in self.tables:
-                self.store.conn.execute(
-                    f"UPDATE {q(rel.referencing_entity)} SET {q(rel.referencing_attribute)} = NULL, "
-                    f"{q(type_col(rel.referencing_attribute))} = NULL WHERE {q(rel.referencing_attribute)} = ? AND "
-                    f"{q(type_col(rel.referencing_attribute))} = ?",
-                    (rid, table.logical_name),
-                )
+        cascade.delete_row(self, table, rid)
         await notify(self, ctx, "Delete", table, rid, {}, row)
         return Response(status_code=204, headers={"OData-Version": "4.0"})
 

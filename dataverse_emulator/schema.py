@@ -13,6 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .cascade import read_configuration
 from .model import STATUS_STATE, Attribute, Relationship, Table, _system_columns, meta_id
 from .storage import SQL_TYPES, q, type_col
 
@@ -501,6 +502,7 @@ def do_create_relationship(emu: Emulator, body: dict[str, Any], save: bool = Tru
             name,
             str(body.get("ReferencingEntityNavigationPropertyName") or lookup["SchemaName"]),
             str(body.get("ReferencedEntityNavigationPropertyName") or schema),
+            cascade=read_configuration(body.get("CascadeConfiguration")),
         )
         emu.rels.append(rel)
         mid = rel.metadata_id
