@@ -83,11 +83,15 @@ def _children(api: RecordApi, rel: Relationship, table: Table, rid: str) -> list
     return [str(r["id"]) for r in rows]
 
 
-def delete_row(api: RecordApi, table: Table, rid: str, seen: set[tuple[str, str]] | None = None) -> None:
-    """Delete one row after following every relationship that points at it (children first, cycles once). Runs inside
-    the request's transaction, so a Restrict found deep in the tree undoes the whole delete."""
+def delete_row(
+    api: RecordApi, table: Table, rid: str, seen: set[tuple[str, str]] | None = None
+) -> list[tuple[Table, str, dict[str, Any]]]:
+    """Delete one row after following every relationship that points at it (children first, cycles once); returns
+    the rows Cascade deleted with it, for their Delete events. Runs inside the request's transaction, so a Restrict
+    found deep in the tree undoes the whole delete."""
     seen = seen if seen is not None else set()
     seen.add((table.logical_name, rid))
+    cascaded: list[tuple[Table, str, dict[str, Any]]] = []
     for rel in list(api.rels):
         if rel.referenced_entity not in (table.logical_name, "owner") or rel.referencing_entity not in api.tables:
             continue
@@ -100,8 +104,10 @@ def delete_row(api: RecordApi, table: Table, rid: str, seen: set[tuple[str, str]
         child = api.tables[rel.referencing_entity]
         if behaviour == "Cascade":
             for cid in ids:
-                if (child.logical_name, cid) not in seen:
-                    delete_row(api, child, cid, seen)
+                row = api.store.get(child.logical_name, cid)
+                if row is not None and (child.logical_name, cid) not in seen:
+                    cascaded += delete_row(api, child, cid, seen)
+                    cascaded.append((child, cid, row))
             continue
         col = rel.referencing_attribute
         api.store.conn.execute(
@@ -110,3 +116,4 @@ def delete_row(api: RecordApi, table: Table, rid: str, seen: set[tuple[str, str]
             (rid, table.logical_name),
         )
     api.store.delete(table.logical_name, rid)
+    return cascaded

@@ -39,10 +39,7 @@ TOO_COMPLEX = ("too many FROM clause terms", "parser stack overflow", "Expressio
 
 
 def as_refusal(e: Exception) -> DataverseError | None:
-    """The Dataverse error a failure answers with; None for an emulator bug. A client that went away is re-raised:
-    there is nobody to answer (the request log middleware records it)."""
-    if isinstance(e, ClientDisconnect):
-        raise e
+    """The Dataverse error a failure answers with; None for an emulator bug."""
     if isinstance(e, DataverseError):
         return e
     if isinstance(e, ODataSyntaxError):
@@ -86,7 +83,9 @@ class WebApi(RecordApi):
             resp.headers["REQ_ID"] = req_id
             resp.headers["x-ms-service-request-id"] = req_id
             return resp
-        except Exception as e:
+        except ClientDisconnect:
+            raise  # nobody to answer: the request log middleware records it
+        except Exception as e:  # every failure answers in Dataverse's shape
             refusal = as_refusal(e)
             entry = request.scope.get("state", {}).get("log_entry")
             if refusal is None:  # an emulator bug must still answer like Dataverse (500 UnExpected), and be visible

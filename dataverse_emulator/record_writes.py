@@ -355,7 +355,8 @@ class RecordApi(RecordReads):
         if_match = request.headers.get("if-match")
         if if_match is not None and if_match != "*" and if_match != etag(row.get("versionnumber")):
             raise errors.version_mismatch()
-        cascade.delete_row(self, table, rid)
+        for child, child_id, child_row in cascade.delete_row(self, table, rid):  # a cascaded delete is a Delete too
+            await notify(self, ctx, "Delete", child, child_id, {}, child_row)
         await notify(self, ctx, "Delete", table, rid, {}, row)
         return Response(status_code=204, headers={"OData-Version": "4.0"})
 

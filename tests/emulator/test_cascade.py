@@ -7,6 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from connector.connection import Connection
+from connector.runtime import Runtime
+from connector.webhook_delivery import WebhookRequest
+from dataverse_emulator.testing import EmulatorHandle, serve_asgi
+from tests.conftest import SENTINELS
 
 from .conftest import created_id, error_of
 from .test_metadata_deletes import ok, one_to_many
@@ -121,3 +131,29 @@ def test_configuration_set_when_a_relationship_is_created(api: httpx.Client) -> 
     note2 = created_id(api.post("cas_notes", json={"cas_name": "n2"}))
     created_id(api.post("cas_pins", json={"cas_name": "p2", "cas_NoteId@odata.bind": f"/cas_notes({note2})"}))
     assert error_of(api.delete(f"cas_notes({note2})")) == RESTRICTED
+
+
+def test_a_cascaded_delete_raises_the_childs_delete_webhook(emulator: EmulatorHandle, api: httpx.Client) -> None:
+    """Dataverse runs the Delete message for each row a parental relationship deletes: its steps see it too."""
+    received: list[WebhookRequest] = []
+
+    async def hook(request: Request) -> Response:
+        body = await request.body()
+        received.append(WebhookRequest.build(request.method, str(request.url), request.headers.items(), body))
+        return Response(status_code=200)
+
+    config = {"table": "contact", "messages": ["Delete"], "secret": SENTINELS["webhook_key"]}
+    runtime = Runtime(load_entrypoints=False, validate_output=True)
+    with serve_asgi(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as base:
+        conn = Connection.from_config(emulator.connection_config())
+        try:
+            runtime.subscribe_trigger("webhook", config, conn, f"{base}/hook")
+            acc = created_id(api.post("accounts", json={"name": "P"}))
+            bind = {"parentcustomerid_account@odata.bind": f"/accounts({acc})"}
+            child = created_id(api.post("contacts", json={"lastname": "Child", **bind}))
+            ok(api.delete(f"accounts({acc})"))
+            emulator.admin.drain_webhooks()
+        finally:
+            conn.close()
+    events = [runtime.handle_trigger("webhook", r, config) for r in received]
+    assert [(e["message"], e["record_id"]) for e in events if e] == [("Delete", child)]
