@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import aggregate, errors, fetchxml, files, metadata, metadata_writes
+from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete, ensure_message_rows
@@ -520,6 +520,8 @@ class WebApi:
                     "Version": VERSION,
                 }
             )
+        if head in marketing.UNBOUND and len(segs) == 1:
+            return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
             return await metadata_writes.dispatch(self, request, ctx, head, key, segs)
         if head == "EntityDefinitions":
@@ -552,6 +554,9 @@ class WebApi:
             raise errors.DataverseError(
                 405, "0x80060888", f"The requested resource does not support http method '{method}'."
             )
+        action = marketing.BOUND.get(segs[1][len(BULK_NS) :]) if segs[1].startswith(BULK_NS) else None
+        if action is not None and table.logical_name == "list" and len(segs) == 2 and method == "POST":
+            return await action(self, request, ctx, table, key)
         return await self.sub_resource(request, ctx, table, key, segs[1:])
 
     # -- helpers ----------------------------------------------------------------------------------------------------
