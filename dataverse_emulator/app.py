@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes
+from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes, sampledata
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete, ensure_message_rows
@@ -138,6 +138,9 @@ class Ctx:
 
 class Emulator:
     """All state behind one app: metadata, storage, identity and the request log."""
+
+    sample_data: bool = False  # --sample-data: the admin reset loads the sample organization again
+    sample_seed: int | None = None
 
     def __init__(
         self,
@@ -1472,6 +1475,8 @@ class Admin:
         self.emu.throttle.reset()
         self.emu.user_cache.clear()
         self.emu._ensure_bootstrap_rows()
+        if self.emu.sample_data:
+            sampledata.load(self.emu, self.emu.sample_seed)
         return JSONResponse({"reset": True})
 
     async def clock(self, request: Request) -> Response:
@@ -1512,6 +1517,7 @@ def create_app(
     dop_hint: int = 4,
     time_scale: float = 1.0,
     fault_rate: float = 0.0,
+    sample_data: bool = False,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
@@ -1523,6 +1529,9 @@ def create_app(
         admin=admin,
         clock=clock,
     )
+    if sample_data:
+        emu.sample_data, emu.sample_seed = True, seed
+        sampledata.load(emu, seed)
     api = WebApi(emu)
     idp = IdentityEndpoints(emu.identity, emu.ensure_user)
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
