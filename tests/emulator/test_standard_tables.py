@@ -156,6 +156,8 @@ def test_display_names_and_types_follow_the_entity_reference(api: httpx.Client) 
     assert shown(attr("contact", "numberofchildren")) == "No. of Children"
     assert shown(attr("list", "createdfromcode")) == "Marketing List Member Type"
     assert shown(attr("task", "regardingobjectid")) == "Regarding"
+    assert shown(attr("serviceendpoint", "url")) == "Url Address"
+    assert shown(attr("sdkmessageprocessingstep", "supporteddeployment")) == "Deployment"
     base = attr("account", "revenue_base")
     assert base["AttributeType"] == "Money" and base["@odata.type"] == "#Microsoft.Dynamics.CRM.MoneyAttributeMetadata"
     assert base["AttributeOf"] == "revenue" and base["IsBaseCurrency"] is True
