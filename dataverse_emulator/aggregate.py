@@ -19,8 +19,9 @@ from .records import FORMATTED, formatted, json_value
 from .storage import q
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
     from .model import Table
+    from .record_writes import RecordApi
 
 AGGREGATE_LIMIT = 50000
 METHODS = {"sum": "SUM({})", "average": "AVG({})", "min": "MIN({})", "max": "MAX({})", "countdistinct": None}
@@ -54,7 +55,7 @@ def _call(text: str, name: str) -> str | None:
     return None
 
 
-def run(api: WebApi, ctx: Ctx, table: Table, opts: dict[str, str]) -> Response:
+def run(api: RecordApi, ctx: Ctx, table: Table, opts: dict[str, str]) -> Response:
     """Answer ``GET {set}?$apply=...`` with plain rows in ``value``."""
     comp = api_compiler(api, ctx)
     scope = Scope(table, "t0")
@@ -121,7 +122,7 @@ def run(api: WebApi, ctx: Ctx, table: Table, opts: dict[str, str]) -> Response:
     return api.json({"@odata.context": f"{ctx.api}/$metadata#{table.entity_set}({names})", "value": value})
 
 
-def api_compiler(api: WebApi, ctx: Ctx) -> Any:
+def api_compiler(api: RecordApi, ctx: Ctx) -> Any:
     """A filter compiler bound to the caller (for ``eq-userid`` style functions)."""
     from .query import Compiler
 

@@ -33,7 +33,8 @@ from . import errors
 from .errors import DataverseError, error_response
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
 
 MAX_OPERATIONS = 1000
 MAX_INNER_URL = 65536
@@ -190,7 +191,7 @@ def parse(body: bytes, content_type: str) -> list[Operation | ChangeSet]:
 class Runner:
     """Executes parsed items against the Web API handlers and frames the multipart response."""
 
-    def __init__(self, api: WebApi, outer: Request, ctx: Ctx) -> None:
+    def __init__(self, api: RecordApi, outer: Request, ctx: Ctx) -> None:
         self.api = api
         self.outer = outer
         self.ctx = ctx
@@ -375,7 +376,7 @@ class Runner:
         return status, boundary, text
 
 
-async def handle(api: WebApi, request: Request, ctx: Ctx) -> Response:
+async def handle(api: RecordApi, request: Request, ctx: Ctx) -> Response:
     """``POST $batch``: parse, run, frame (a malformed batch is refused as a whole with a JSON error)."""
     if request.method != "POST":
         raise errors.DataverseError(

@@ -28,7 +28,8 @@ from .model import Table, meta_id
 from .webhooks import notify
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
     from .storage import Store
 
 #: Messages every table gets filter rows for (Create ... SetState), and the two bulk messages.
@@ -99,9 +100,9 @@ def _body(t: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in t.items() if k not in ("@odata.type", "@odata.id")}
 
 
-def _key_of_odata_id(api: WebApi, table: Table, value: Any) -> str:
+def _key_of_odata_id(api: RecordApi, table: Table, value: Any) -> str:
     """The key predicate inside an ``@odata.id`` such as ``accounts(accountnumber='A1')`` (relative or absolute)."""
-    from .app import seg_key
+    from .context import seg_key
 
     if not isinstance(value, str):
         raise errors.payload_error(table.entity_set, "Microsoft.OData.ODataException: '@odata.id' must be a string.")
@@ -116,7 +117,7 @@ def _key_of_odata_id(api: WebApi, table: Table, value: Any) -> str:
     return key
 
 
-async def bound_action(api: WebApi, request: Request, ctx: Ctx, table: Table, action: str) -> Response:
+async def bound_action(api: RecordApi, request: Request, ctx: Ctx, table: Table, action: str) -> Response:
     """``POST {set}/Microsoft.Dynamics.CRM.{CreateMultiple|UpdateMultiple|UpsertMultiple}``."""
     if action not in ACTIONS:
         raise errors.segment_not_found(f"{NS}{action}")
@@ -191,13 +192,13 @@ def _condition_values(cond: dict[str, Any]) -> list[Any]:
     return [v.get("Value") if isinstance(v, dict) else v for v in values]
 
 
-async def bulk_delete(api: WebApi, request: Request, ctx: Ctx) -> Response:
+async def bulk_delete(api: RecordApi, request: Request, ctx: Ctx) -> Response:
     """``POST BulkDelete``: a QueryExpression per QuerySet item (conditions Equal/In, ANDed), run as a job at once.
 
     Microsoft's SDK sends one QueryExpression with an ``In`` condition on the primary key; the job's deletes go
     through the single-delete path (child lookups cleared, webhooks fired) inside this request's transaction; the
     job's ``asyncoperation`` row is readable at once."""
-    from .app import fmt_dt_now
+    from .context import fmt_dt_now
 
     data = await api.body_json(request, "BulkDelete")
     query_set = data.get("QuerySet")

@@ -124,6 +124,16 @@ def bad_key(entity: str) -> DataverseError:
     )
 
 
+#: fetchxml/reference/link-entity.md "Limitations": at most 15 link-entity elements (joins) per query.
+MAX_LINK_ENTITIES = 15
+
+
+def too_many_link_entities() -> DataverseError:
+    """The documented refusal of a query with more than 15 joins (0x8004430D; the HTTP status 400 is a GUESS).
+    Web API lookup paths and ``any``/``all`` nesting are joins on the service too, so they share it (GUESS)."""
+    return DataverseError(400, "0x8004430D", "Number of link entities in query exceeded maximum limit.")
+
+
 def bad_request(message: str, code: str = "0x80060888") -> DataverseError:
     return DataverseError(400, code, message)
 

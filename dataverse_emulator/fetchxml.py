@@ -29,7 +29,8 @@ from .records import ASSOC_NAV, FORMATTED, LOOKUP_NAME, etag, formatted, json_va
 from .storage import q, type_col
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
 
 MAX_PAGE = 5000
 SIMPLE_PAGING_LIMIT = 50000
@@ -126,7 +127,7 @@ class Column:
 class FetchQuery:
     """A parsed fetch compiled against the emulator's tables."""
 
-    def __init__(self, api: WebApi, ctx: Ctx, table: Table, xml: str) -> None:
+    def __init__(self, api: RecordApi, ctx: Ctx, table: Table, xml: str) -> None:
         self.api = api
         self.ctx = ctx
         try:
@@ -135,6 +136,8 @@ class FetchQuery:
             raise invalid(f"Invalid XML. {type(e).__name__}") from None
         if root.tag != "fetch":
             raise invalid("The root element of a FetchXML query must be 'fetch'.")
+        if len(root.findall(".//link-entity")) > errors.MAX_LINK_ENTITIES:  # at any depth, filters' ones included
+            raise errors.too_many_link_entities()
         ents = root.findall("entity")
         if len(ents) != 1:
             raise invalid("A fetch must contain exactly one entity element.")
@@ -626,7 +629,7 @@ def _cookie_value(a: Attribute, v: Any) -> str:
     return str(v)
 
 
-def run(api: WebApi, ctx: Ctx, table: Table, fetch_xml: str) -> Response:
+def run(api: RecordApi, ctx: Ctx, table: Table, fetch_xml: str) -> Response:
     """Entry point from the collection handler: ``fetchXml`` arrives URL-decoded once by the query parser."""
     return FetchQuery(api, ctx, table, fetch_xml).response()
 

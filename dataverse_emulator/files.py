@@ -22,7 +22,8 @@ from .model import Attribute, Table
 from .storage import q
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
 
 CHUNK_SIZE = 4 * 1024 * 1024
 RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -40,14 +41,14 @@ class Session:
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
-def _ensure_table(api: WebApi) -> None:
+def _ensure_table(api: RecordApi) -> None:
     api.store.conn.execute(
         "CREATE TABLE IF NOT EXISTS _emulator_files (fileid TEXT PRIMARY KEY, entity TEXT, recordid TEXT,"
         " attribute TEXT, name TEXT, mimetype TEXT, data BLOB)"
     )
 
 
-def _sessions(api: WebApi) -> dict[str, Session]:
+def _sessions(api: RecordApi) -> dict[str, Session]:
     emu = api.emu
     if not hasattr(emu, "upload_sessions"):
         emu.upload_sessions = {}  # type: ignore[attr-defined]
@@ -63,7 +64,7 @@ def _too_big() -> errors.DataverseError:
     return errors.DataverseError(400, "0x80044a02", "Attachment file size is too big.")
 
 
-def _store(api: WebApi, table: Table, rid: str, attr: Attribute, name: str, mime: str, data: bytes) -> None:
+def _store(api: RecordApi, table: Table, rid: str, attr: Attribute, name: str, mime: str, data: bytes) -> None:
     """Replace the column's file: bytes in ``_emulator_files``, the file id in the row, the name in ``_name``."""
     if len(data) > max_bytes(attr):
         raise _too_big()
@@ -97,7 +98,7 @@ def _check_conditions(request: Request, current: str | None) -> None:
 
 
 async def handle(
-    api: WebApi,
+    api: RecordApi,
     request: Request,
     ctx: Ctx,
     table: Table,
@@ -161,7 +162,7 @@ async def handle(
     return Response(status_code=204, headers={"OData-Version": "4.0"})
 
 
-async def _chunk(api: WebApi, request: Request, token: str) -> Response:
+async def _chunk(api: RecordApi, request: Request, token: str) -> Response:
     """One chunk of a session: 206 until the last byte has arrived, then 204 (the file is committed then)."""
     s = _sessions(api).get(token)
     if s is None:
@@ -192,7 +193,7 @@ async def _chunk(api: WebApi, request: Request, token: str) -> Response:
 
 
 def _download(
-    api: WebApi, request: Request, table: Table, rid: str, row: dict[str, Any], attr: Attribute, full: bool
+    api: RecordApi, request: Request, table: Table, rid: str, row: dict[str, Any], attr: Attribute, full: bool
 ) -> Response:
     fid = row.get(attr.name)
     if not fid:

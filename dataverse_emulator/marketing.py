@@ -21,7 +21,8 @@ from .errors import DataverseError
 from .model import Table
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
 
 NS = "Microsoft.Dynamics.CRM."
 #: list.createdfromcode -> the member table
@@ -47,14 +48,14 @@ def _member_table(list_row: dict[str, Any]) -> str:
     return table
 
 
-def _existing_member(api: WebApi, list_id: str, entity_id: str) -> str | None:
+def _existing_member(api: RecordApi, list_id: str, entity_id: str) -> str | None:
     rows = api.store.query(
         "SELECT listmemberid FROM listmember WHERE listid = ? AND entityid = ?", [list_id, entity_id]
     )
     return str(rows[0]["listmemberid"]) if rows else None
 
 
-def _add(api: WebApi, ctx: Ctx, list_id: str, table: str, entity_id: str) -> str:
+def _add(api: RecordApi, ctx: Ctx, list_id: str, table: str, entity_id: str) -> str:
     """One member (kept once: adding an existing member returns its row)."""
     if not api.store.exists(table, entity_id):
         raise errors.not_found(table, entity_id)
@@ -76,17 +77,17 @@ def _add(api: WebApi, ctx: Ctx, list_id: str, table: str, entity_id: str) -> str
     return rid
 
 
-def _recount(api: WebApi, ctx: Ctx, list_t: Table, list_row: dict[str, Any]) -> None:
+def _recount(api: RecordApi, ctx: Ctx, list_t: Table, list_row: dict[str, Any]) -> None:
     lid = list_row["listid"]
     n = api.store.scalar("SELECT COUNT(*) FROM listmember WHERE listid = ?", [lid])
     api.do_update(ctx, list_t, lid, list_row, {"membercount": int(n)})
 
 
-async def _params(api: WebApi, request: Request, action: str) -> dict[str, Any]:
+async def _params(api: RecordApi, request: Request, action: str) -> dict[str, Any]:
     return await api.body_json(request, action)
 
 
-async def add_member_list(api: WebApi, request: Request, ctx: Ctx, list_t: Table, key: str) -> Response:
+async def add_member_list(api: RecordApi, request: Request, ctx: Ctx, list_t: Table, key: str) -> Response:
     """``POST lists(id)/Microsoft.Dynamics.CRM.AddMemberList`` with ``EntityId``: the member's ``listmember`` id."""
     rid, row = api.load(list_t, key)
     body = await _params(api, request, "AddMemberList")
@@ -96,7 +97,7 @@ async def add_member_list(api: WebApi, request: Request, ctx: Ctx, list_t: Table
     return api.json({"@odata.context": f"{ctx.api}/$metadata#{NS}AddMemberListResponse", "Id": member_id})
 
 
-async def remove_member_list(api: WebApi, request: Request, ctx: Ctx, list_t: Table, key: str) -> Response:
+async def remove_member_list(api: RecordApi, request: Request, ctx: Ctx, list_t: Table, key: str) -> Response:
     """``POST lists(id)/Microsoft.Dynamics.CRM.RemoveMemberList`` with ``EntityId``; removing a non-member is a
     no-op (GUESS)."""
     rid, row = api.load(list_t, key)
@@ -123,7 +124,7 @@ def _typed_id(item: Any, what: str) -> tuple[str, str]:
     return logical, _guid(rid, f"{what}.{logical}id")
 
 
-async def add_list_members_list(api: WebApi, request: Request, ctx: Ctx) -> Response:
+async def add_list_members_list(api: RecordApi, request: Request, ctx: Ctx) -> Response:
     """``POST AddListMembersList`` with ``List`` and ``Members``: every member must be of the list's member type;
     members already on the list are skipped."""
     if request.method != "POST":

@@ -30,9 +30,11 @@ from .odata import (
     parse_filter,
     parse_select,
 )
+from .schema import many_to_many_json
 
 if TYPE_CHECKING:
-    from .app import Ctx, WebApi
+    from .context import Ctx
+    from .record_writes import RecordApi
 
 KEY_TYPES = {"String", "Integer", "Decimal", "DateTime", "Lookup", "Customer", "Owner", "Picklist", "BigInt"}
 TYPE_NAMES = {
@@ -301,13 +303,9 @@ def apply_options(
 # -- handler ---------------------------------------------------------------------------------------------------------
 
 
-async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str | None, rest: list[str]) -> Response:
+async def entity_definitions(api: RecordApi, request: Request, ctx: Ctx, key: str | None, rest: list[str]) -> Response:
     """Handler for ``EntityDefinitions`` and its Attributes, Keys and relationship collections."""
     emu = api.emu
-    if request.method != "GET" and not (rest and rest[0].startswith("Keys")):
-        from . import metadata_writes  # table, column and label writes live in their own module
-
-        return await metadata_writes.entity_definitions_write(api, request, ctx, key, rest)
     raw = request.scope.get("query_string", b"").decode("latin-1")
     opts = dict(parse_qsl(raw, keep_blank_values=True))
     select = parse_select(opts["$select"]) if "$select" in opts else None
@@ -328,14 +326,14 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
                 "value": value,
             }
         )
-    table = _find_table(api, key)
+    table = find_table(api, key)
     if not rest:
         if method != "GET":
             raise errors.DataverseError(405, "0x80060888", "Metadata updates are not supported by the emulator yet.")
         e = _full_entity(api, table, expand)
         body = project(e, select, "EntityMetadata", ("MetadataId",)) | _expanded(e, expand)
         return api.json({"@odata.context": f"{ctx.api}/$metadata#EntityDefinitions/$entity", **body})
-    nav, sub_key = _seg(rest[0])
+    nav, sub_key = split_key(rest[0])
     if nav == "Attributes":
         attrs = [attribute_json(a, table) for a in table.attributes.values()]
         cast = rest[1] if len(rest) > 1 else None
@@ -349,7 +347,7 @@ async def entity_definitions(api: WebApi, request: Request, ctx: Ctx, key: str |
         if sub_key is not None:
             # One column, optionally cast (``Attributes(LogicalName='x')/<cast>``,
             # with ``$expand=OptionSet``); a column of another type does not match the cast.
-            match = [a for a in attrs if _match_key(sub_key, a)]
+            match = [a for a in attrs if match_key(sub_key, a)]
             if not match:
                 raise errors.DataverseError(
                     404, "0x80040217", f"Could not find attribute {sub_key} in {table.logical_name}."
@@ -397,23 +395,23 @@ def _attribute_row(a: dict[str, Any], table: Any, select: Any, expand: Any, type
     return row
 
 
-def _seg(seg: str) -> tuple[str, str | None]:
+def split_key(seg: str) -> tuple[str, str | None]:
     i = seg.find("(")
     if i > 0 and seg.endswith(")"):
         return seg[:i], seg[i + 1 : -1]
     return seg, None
 
 
-def _match_key(key: str, obj: dict[str, Any]) -> bool:
+def match_key(key: str, obj: dict[str, Any]) -> bool:
     k = key.strip()
     if k.lower().startswith("logicalname="):
         return str(obj.get("LogicalName", "")).lower() == k.split("=", 1)[1].strip("'").lower()
     return str(obj.get("MetadataId", "")).lower() == k.lower()
 
 
-def _find_table(api: WebApi, key: str) -> Table:
+def find_table(api: RecordApi, key: str) -> Table:
     for t in api.emu.tables.values():
-        if _match_key(key, {"LogicalName": t.logical_name, "MetadataId": t.metadata_id}):
+        if match_key(key, {"LogicalName": t.logical_name, "MetadataId": t.metadata_id}):
             return t
     if key.lower().startswith("logicalname="):
         name = key.split("=", 1)[1].strip("'")
@@ -421,7 +419,7 @@ def _find_table(api: WebApi, key: str) -> Table:
     raise errors.DataverseError(404, "0x80040217", f"Could not find entity with MetadataId '{key}'.")
 
 
-def _relationships(api: WebApi, table: Table, nav: str) -> list[dict[str, Any]]:
+def _relationships(api: RecordApi, table: Table, nav: str) -> list[dict[str, Any]]:
     if nav == "ManyToOneRelationships":
         return [relationship_json(r) for r in api.rels if r.referencing_entity == table.logical_name]
     if nav == "OneToManyRelationships":
@@ -431,8 +429,6 @@ def _relationships(api: WebApi, table: Table, nav: str) -> list[dict[str, Any]]:
             if r.referenced_entity == table.logical_name
             or (r.referenced_entity == "owner" and table.logical_name in ("systemuser", "team"))
         ]
-    from .metadata_writes import many_to_many_json  # N:N relationships exist only once created
-
     return [
         many_to_many_json(m)
         for m in getattr(api.emu, "many_to_many", [])
@@ -440,7 +436,7 @@ def _relationships(api: WebApi, table: Table, nav: str) -> list[dict[str, Any]]:
     ]
 
 
-def _full_entity(api: WebApi, t: Table, expand: tuple[ExpandItem, ...]) -> dict[str, Any]:
+def _full_entity(api: RecordApi, t: Table, expand: tuple[ExpandItem, ...]) -> dict[str, Any]:
     e = entity_json(t)
     for it in expand:
         if it.nav == "Attributes":
@@ -468,7 +464,7 @@ def _expanded(e: dict[str, Any], expand: tuple[ExpandItem, ...]) -> dict[str, An
 
 
 async def _keys(
-    api: WebApi,
+    api: RecordApi,
     request: Request,
     ctx: Ctx,
     table: Table,
@@ -481,7 +477,7 @@ async def _keys(
     method = request.method
     if sub_key is not None:
         match = [
-            k for k in keys if _match_key(sub_key, {"LogicalName": k.schema_name.lower(), "MetadataId": k.metadata_id})
+            k for k in keys if match_key(sub_key, {"LogicalName": k.schema_name.lower(), "MetadataId": k.metadata_id})
         ]
         if not match:
             raise errors.DataverseError(404, "0x80040217", f"Could not find key {sub_key} on {table.logical_name}.")

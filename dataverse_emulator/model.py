@@ -488,7 +488,7 @@ STATUS_STATE: dict[str, dict[int, int]] = {
 }
 
 # Webhook registration tables (serviceendpoint, sdkmessage*, plugintype): specs live with the delivery code.
-from .webhooks import REGISTRATION_RELATIONSHIPS, REGISTRATION_TABLES  # noqa: E402
+from .webhook_tables import REGISTRATION_RELATIONSHIPS, REGISTRATION_TABLES  # noqa: E402
 
 _SPECS.update(REGISTRATION_TABLES)
 _KNOWN_RELATIONSHIPS.update(REGISTRATION_RELATIONSHIPS)

@@ -113,6 +113,8 @@ class Compiler:
             if prop.var not in scope.vars:
                 raise errors.bad_request(f"Could not find a property named '{prop.var}'.", "0x0")
             table, alias = scope.vars[prop.var]
+        if len(prop.path) - 1 + len(scope.vars) > errors.MAX_LINK_ENTITIES:
+            raise errors.too_many_link_entities()
         return self._path(list(prop.path), table, alias)
 
     def _path(self, path: list[str], table: Table, alias: str) -> tuple[str, Attribute]:
@@ -306,6 +308,8 @@ class Compiler:
         rel = self.collection_nav(scope.table, e.nav.path[-1]) if len(e.nav.path) == 1 else None
         if rel is None:
             raise errors.unknown_property(".".join(e.nav.path), scope.table.logical_name)
+        if len(scope.vars) >= errors.MAX_LINK_ENTITIES:
+            raise errors.too_many_link_entities()
         child = self.tables[rel.referencing_entity]
         a = self.alias()
         cond = f"{a}.{q(rel.referencing_attribute)} = {scope.alias}.{q(scope.table.primary_id)}"

@@ -19,14 +19,14 @@ import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from . import metadata_writes
+from . import schema
 from .model import STATUS_STATE, Key, Table, meta_id
 from .query import fmt_dt
 from .records import computed
 from .storage import type_col
 
 if TYPE_CHECKING:
-    from .app import Emulator
+    from .emulator import Emulator
 
 DEFAULT_SEED = 365
 COUNTS = {"account": 200, "contact": 300, "lead": 120, "opportunity": 80, "task": 150, "phonecall": 100, "email": 100}
@@ -166,7 +166,7 @@ def _string_column(schema: str, label: str, primary: bool = False) -> dict[str, 
 def _schema(emu: Emulator) -> None:
     """The custom table and the file column the README's examples use, made as a maker would make them."""
     if "new_bankaccount" not in emu.tables:
-        metadata_writes.do_create_table(
+        schema.do_create_table(
             emu,
             {
                 "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
@@ -181,10 +181,10 @@ def _schema(emu: Emulator) -> None:
             },
         )
         bank = emu.tables["new_bankaccount"]
-        metadata_writes.do_create_column(emu, bank, _string_column("new_Code", "Code"))
-        metadata_writes.do_create_column(emu, bank, _string_column("new_Region", "Region"))
+        schema.do_create_column(emu, bank, _string_column("new_Code", "Code"))
+        schema.do_create_column(emu, bank, _string_column("new_Region", "Region"))
     if "new_contract" not in emu.tables["account"].attributes:
-        metadata_writes.do_create_column(
+        schema.do_create_column(
             emu,
             emu.tables["account"],
             {
@@ -199,11 +199,11 @@ def _schema(emu: Emulator) -> None:
 
 def _keys(emu: Emulator) -> None:
     """The alternate keys, Active from the start (an organization in use built their indexes long ago)."""
-    for table, schema, columns in KEYS:
-        if any(k.schema_name == schema for k in emu.store.keys.get(table, [])):
+    for table, name, columns in KEYS:
+        if any(k.schema_name == name for k in emu.store.keys.get(table, [])):
             continue
-        key = Key(schema, table, list(columns), emu.clock() - 10**9, meta_id("key", table, schema))
-        key.display_name = schema
+        key = Key(name, table, list(columns), emu.clock() - 10**9, meta_id("key", table, name))
+        key.display_name = name
         emu.store.add_key(key)
 
 
