@@ -20,6 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .currency import BASE_CURRENCY_ID
 from .model import STATUS_STATE, Key, Table, meta_id
 from .query import fmt_dt
 from .records import computed
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_SEED = 365
 COUNTS = {"account": 200, "contact": 300, "lead": 120, "opportunity": 80, "task": 150, "phonecall": 100, "email": 100}
 LIST_MEMBERS = 60
+EUR_RATE = 0.92
 #: (table, key schema name, columns): the README's examples use all three
 KEYS = (
     ("account", "new_accountnumber_key", ["accountnumber"]),
@@ -244,16 +246,19 @@ class _Rows:
 
 def _rows(emu: Emulator, gen: _Gen) -> None:
     out = _Rows(emu, gen)
-    usd = out.add(
+    usd = BASE_CURRENCY_ID  # the organization's base currency (bootstrap row)
+    eur = out.add(
         "transactioncurrency",
-        {"currencyname": "US Dollar", "isocurrencycode": "USD", "currencysymbol": "$", "exchangerate": 1.0},
-    )
-    out.add(
-        "transactioncurrency",
-        {"currencyname": "Euro", "isocurrencycode": "EUR", "currencysymbol": "€", "exchangerate": 0.92},
+        {
+            "currencyname": "Euro",
+            "isocurrencycode": "EUR",
+            "currencysymbol": "€",
+            "exchangerate": EUR_RATE,
+            "currencyprecision": 2,
+        },
     )
     money = {"transactioncurrencyid": ("transactioncurrency", usd)}
-    accounts = _accounts(out, gen, money)
+    accounts = _accounts(out, gen, money, {"transactioncurrencyid": ("transactioncurrency", eur)})
     contacts = _contacts(out, gen, accounts)
     leads = _leads(out, gen)
     opportunities = _opportunities(out, gen, accounts, contacts, leads, money)
@@ -275,7 +280,8 @@ def _rows(emu: Emulator, gen: _Gen) -> None:
     out.insert()
 
 
-def _accounts(out: _Rows, gen: _Gen, money: dict[str, tuple[str, str]]) -> list[str]:
+def _accounts(out: _Rows, gen: _Gen, money: dict[str, tuple[str, str]], euros: dict[str, tuple[str, str]]) -> list[str]:
+    """Accounts; every tenth one keeps its books in euros (its ``_base`` columns in dollars)."""
     ids = []
     names = {name for _, name in FIXED_ACCOUNTS}
     for i in range(COUNTS["account"]):
@@ -301,9 +307,9 @@ def _accounts(out: _Rows, gen: _Gen, money: dict[str, tuple[str, str]]) -> list[
             "industrycode": gen.rng.randrange(1, 34),
             "customertypecode": gen.pick((3, 3, 3, 5, 8, 10)),
             "creditonhold": int(gen.rng.random() < 0.05),
-            "exchangerate": 1.0,
+            "exchangerate": EUR_RATE if i % 10 == 9 else 1.0,
         }
-        ids.append(out.add("account", values, money))
+        ids.append(out.add("account", values, euros if i % 10 == 9 else money))
     return ids
 
 

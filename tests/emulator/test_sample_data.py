@@ -87,6 +87,11 @@ def test_the_organization_is_connected(api: httpx.Client) -> None:
     assert any(a["Account_Tasks"] for a in acc)
     opp = api.get("opportunities?$select=name,estimatedvalue,estimatedvalue_base&$top=1").json()["value"][0]
     assert opp["estimatedvalue_base"] == opp["estimatedvalue"]  # base currency: rate 1
+    eur = api.get("transactioncurrencies?$filter=isocurrencycode eq 'EUR'").json()["value"][0]["transactioncurrencyid"]
+    flt = f"_transactioncurrencyid_value eq {eur}"
+    in_euros = api.get(f"accounts?$filter={flt}&$select=revenue,revenue_base,exchangerate").json()["value"]
+    assert len(in_euros) == 20
+    assert all(r["exchangerate"] == 0.92 and abs(r["revenue_base"] - r["revenue"] / 0.92) < 0.01 for r in in_euros)
     emails = api.get("emails?$expand=email_activity_parties($select=participationtypemask)&$top=100").json()["value"]
     masks = {p["participationtypemask"] for e in emails for p in e["email_activity_parties"]}
     assert masks == {1, 2}

@@ -132,14 +132,27 @@ def test_transaction_currency_and_money_base_columns(api: httpx.Client) -> None:
         "accounts",
         {"name": "Money", "revenue": 1000, "transactioncurrencyid@odata.bind": f"/transactioncurrencies({cur})"},
     )
-    row = api.get(f"accounts({acc})?$select=revenue,revenue_base,_transactioncurrencyid_value").json()
-    assert row["revenue"] == 1000 and row["revenue_base"] == 1000  # no exchange rate chosen: rate 1
+    row = api.get(f"accounts({acc})?$select=revenue,revenue_base,exchangerate,_transactioncurrencyid_value").json()
+    # the currency's rate is copied; _base is the value in the base currency (value / rate)
+    assert (row["revenue"], row["exchangerate"], row["revenue_base"]) == (1000, 0.5, 2000)
     assert row["_transactioncurrencyid_value"] == cur
+    plain = _create(api, "accounts", {"name": "Dollars", "creditlimit": 70})
+    base = api.get("transactioncurrencies?$filter=isocurrencycode eq 'USD'&$select=exchangerate").json()["value"]
+    assert [b["exchangerate"] for b in base] == [1]  # every organization has its base currency
+    got = api.get(f"accounts({plain})?$select=creditlimit_base,exchangerate,_transactioncurrencyid_value").json()
+    assert got["_transactioncurrencyid_value"] == base[0]["transactioncurrencyid"]
+    assert (got["exchangerate"], got["creditlimit_base"]) == (1, 70)
+    none = _create(api, "accounts", {"name": "No money"})
+    assert (
+        api.get(f"accounts({none})?$select=_transactioncurrencyid_value").json()["_transactioncurrencyid_value"] is None
+    )
     cur_row = api.get(f"transactioncurrencies({cur})?$expand=TransactionCurrency_Account($select=name)").json()
     assert [a["name"] for a in cur_row["TransactionCurrency_Account"]] == ["Money"]
     r = api.patch(f"accounts({acc})", json={"revenue_base": 5})  # read-only: ignored as Dataverse does
     assert r.status_code == 204
-    assert api.get(f"accounts({acc})?$select=revenue_base").json()["revenue_base"] == 1000
+    assert api.get(f"accounts({acc})?$select=revenue_base").json()["revenue_base"] == 2000
+    assert api.patch(f"accounts({acc})", json={"revenue": 3000}).status_code == 204
+    assert api.get(f"accounts({acc})?$select=revenue_base").json()["revenue_base"] == 6000
 
 
 def test_display_names_and_types_follow_the_entity_reference(api: httpx.Client) -> None:
