@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import aggregate, errors, fetchxml, files, metadata, metadata_writes
+from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete
@@ -163,6 +163,8 @@ class WebApi(RecordApi):
                     "Version": VERSION,
                 }
             )
+        if head in marketing.UNBOUND and len(segs) == 1:
+            return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
             return await metadata_writes.dispatch(self, request, ctx, head, key, segs)
         if head == "EntityDefinitions":
@@ -198,6 +200,9 @@ class WebApi(RecordApi):
             raise errors.DataverseError(
                 405, "0x80060888", f"The requested resource does not support http method '{method}'."
             )
+        action = marketing.BOUND.get(segs[1][len(BULK_NS) :]) if segs[1].startswith(BULK_NS) else None
+        if action is not None and table.logical_name == "list" and len(segs) == 2 and method == "POST":
+            return await action(self, request, ctx, table, key)
         return await self.sub_resource(request, ctx, table, key, segs[1:])
 
     def service_document(self, ctx: Ctx) -> Response:

@@ -135,7 +135,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
             "CanBeChanged": a.required != "SystemRequired",
             "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings",
         },
-        "DisplayName": label(schema_name(a.name), mid),
+        "DisplayName": label(a.display or schema_name(a.name), mid),
         "Description": label("", mid),
     }
     if a.type in ("String", "Memo"):

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import cascade, errors
+from . import cascade, currency, errors
 from .context import Ctx, fmt_dt_now, seg_key
 from .model import Relationship, Table
 from .odata import (
@@ -212,6 +212,7 @@ class RecordApi(RecordReads):
             if row.get("statecode") is None:
                 row["statecode"] = 0
             self.fix_status(table, row, row)
+        currency.apply(self.store, table, row)
         self.check_alt_keys(table, row, rid)
         self.store.insert(table.logical_name, row)
         self.apply_deferred(deferred, rid, table)
@@ -283,6 +284,7 @@ class RecordApi(RecordReads):
             self.owner_columns(changes)
         if "statecode" in table.attributes and ("statecode" in changes or "statuscode" in changes):
             self.fix_status(table, row, changes)
+        currency.apply(self.store, table, changes, row)
         changes["modifiedon"] = fmt_dt_now(self.emu.clock)
         changes["modifiedby"], changes["modifiedby__type"] = ctx.user["systemuserid"], "systemuser"
         if ctx.caller is not None:
