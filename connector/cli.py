@@ -32,6 +32,7 @@ from connector.errors import ConnectionConfigError, ConnectorError, ContractErro
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken
 from connector.version import __version__
+from connector.webhook_server import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -525,6 +526,26 @@ def webhook() -> None:
 @click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
 @click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
 @click.option(
+    "--dedupe-memory",
+    is_flag=True,
+    help="Remember deliveries in memory only (a restart forgets them); default: the configuration's "
+    "dedupe_sqlite_path, else $XDG_STATE_HOME/d365/webhook-dedupe.sqlite (~/.local/state/d365/...).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a delivery's body may take to arrive before the connection is closed (408).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Open connections and requests before new ones are answered 503.",
+)
+@click.option(
     "--progress",
     "progress_mode",
     type=click.Choice(cli_progress.MODES),
@@ -540,10 +561,15 @@ def webhook_serve(
     url_path: str,
     subscribe: bool,
     public_url: str | None,
+    dedupe_memory: bool,
+    body_timeout: float,
+    max_connections: int,
     progress_mode: str,
 ) -> None:
     """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) and the delivery
-    counters (received, delivered, redeliveries dropped, refused by reason) go to stderr."""
+    counters (received, delivered, redeliveries dropped, refused by reason) go to stderr.
+
+    Deliveries are remembered in a SQLite file, so a replay after a restart is still dropped (see --dedupe-memory)."""
     from connector.webhook_server import load_trigger_config, serve
 
     def emit(event: dict[str, Any]) -> None:
@@ -555,7 +581,7 @@ def webhook_serve(
 
     try:
         runtime = _runtime()
-        config = load_trigger_config(config_file)
+        config = _with_dedupe_file(load_trigger_config(config_file), dedupe_memory)
         conn = None
         if subscribe:
             data, base_dir = _load_connection_file(connection_file)
@@ -563,11 +589,28 @@ def webhook_serve(
         try:
             with cli_progress.display(progress_mode) as reporter:
                 serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
-                      on_event=emit, on_status=status, progress=reporter)  # fmt: skip
+                      on_event=emit, on_status=status, progress=reporter, policy=_cli_policy(),
+                      body_timeout=body_timeout, max_connections=max_connections)  # fmt: skip
         finally:
             runtime.close()
     except ConnectorError as exc:
         _fail(exc, False)
+
+
+def _with_dedupe_file(config: dict[str, Any], memory: bool) -> dict[str, Any]:
+    """The default deduplication file when the configuration names none, unless memory was asked for."""
+    from connector.webhook_dedupe import default_dedupe_path
+
+    if memory:
+        if config.get("dedupe_sqlite_path"):
+            problem = "is set, and --dedupe-memory asks for memory only: drop one of the two"
+            raise InputError([InputProblem("$.dedupe_sqlite_path", problem)])
+        return config
+    if not config.get("dedupe_sqlite_path"):
+        path = default_dedupe_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config = {**config, "dedupe_sqlite_path": str(path)}
+    return config
 
 
 # -- emulator -------------------------------------------------------------------------------------------------------
