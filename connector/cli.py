@@ -536,7 +536,7 @@ def webhook() -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_BODY_TIMEOUT_S,
     show_default=True,
-    help="Seconds a delivery's body may take to arrive before the connection is closed (408).",
+    help="Seconds a request's head, then its body, may take to arrive before the connection is closed.",
 )
 @click.option(
     "--max-connections",

@@ -223,9 +223,10 @@ def serve(
     unless the organization is on loopback (the local emulator), where the local URL is reachable as it is. The
     access log stays off: the WebhookKey travels in the URL's query string.
 
-    Exhaustion limits: each body must arrive within ``body_timeout`` seconds; beyond ``max_connections`` open
-    connections and requests, uvicorn answers 503 (which Dataverse retries); an idle keep-alive connection is closed
-    after :data:`KEEP_ALIVE_S` seconds and request heads are limited to :data:`MAX_HEAD_BYTES`.
+    Exhaustion limits: a request's head, then its body, must each arrive within ``body_timeout`` seconds; beyond
+    ``max_connections`` open connections and requests, uvicorn answers 503 (which Dataverse retries); an idle
+    keep-alive connection is closed after :data:`KEEP_ALIVE_S` seconds; request heads are limited to
+    :data:`MAX_HEAD_BYTES`.
     """
     import socket
 
@@ -280,7 +281,7 @@ def serve(
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
-                http="h11",
+                http=_protocol_with_head_deadline(body_timeout),
                 limit_concurrency=max_connections,
                 timeout_keep_alive=KEEP_ALIVE_S,
                 h11_max_incomplete_event_size=MAX_HEAD_BYTES,
@@ -292,6 +293,31 @@ def serve(
         sock.close()
         if subscription is not None and connection is not None:
             on_status({"unsubscribed": runtime.unsubscribe_trigger("webhook", subscription, connection)})
+
+
+def _protocol_with_head_deadline(seconds: float) -> type[Any]:
+    """uvicorn's h11 protocol, closing a connection whose next request head has not arrived within ``seconds`` of
+    opening or of the last answer: uvicorn itself waits for a head for ever, so a few hundred connections that
+    never finish their headers would hold every slot of ``limit_concurrency`` (new deliveries: 503)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_deadline()
+
+        def _arm_head_deadline(self) -> None:
+            self.loop.call_later(seconds, self._head_late, self.cycle)
+
+        def _head_late(self, cycle: Any) -> None:
+            if self.cycle is cycle and not self.transport.is_closing():  # no new request since the timer was set
+                self.transport.close()
+
+    return HeadDeadline
 
 
 def _open_dedupe_file(path: str | None, policy: OperatorPolicy | None) -> None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from connector.webhook_server import KEEP_ALIVE_S
 from tests.e2e.test_webhook_e2e import Lines
 from tests.webhooks.conftest import KEY, payload
 
@@ -168,6 +170,29 @@ def test_webhook_serve_cuts_slow_bodies_and_caps_connections(serving: Any) -> No
     finally:
         slow.close()
     assert receiver.deliver().status_code == 200, "the slot is free again"
+
+
+def test_webhook_serve_closes_connections_that_send_no_head(serving: Any) -> None:
+    receiver = serving("--dedupe-memory", "--body-timeout", "0.3")
+    sends = {
+        "nothing": b"",
+        "half a head": b"POST /?code=x HTTP/1.1\r\nHost: receiver\r\n",
+        "idle after a delivery": _head(f"code={KEY}", len(BODY)) + BODY,
+    }
+    started = time.monotonic()
+    sockets = {name: socket.create_connection(receiver.address, timeout=WAIT_S) for name in sends}
+    for name, sock in sockets.items():
+        sock.sendall(sends[name])
+    answers = {}
+    for name, sock in sockets.items():
+        with sock:
+            answers[name] = b""
+            while chunk := sock.recv(4096):  # b"" once the receiver closes the connection
+                answers[name] += chunk
+    elapsed = time.monotonic() - started
+    assert answers["nothing"] == answers["half a head"] == b""
+    assert answers["idle after a delivery"].startswith(b"HTTP/1.1 200 ")
+    assert elapsed < KEEP_ALIVE_S, f"closed after {elapsed:.2f} s: by the head deadline, not the keep-alive timeout"
 
 
 def test_webhook_serve_replay_after_restart_dropped(serving: Any) -> None:
