@@ -30,6 +30,7 @@ from connector.errors import WebhookError, WebhookPayloadError, WebhookVerificat
 from connector.webhook_dedupe import DEFAULT_DEDUPE_CAPACITY
 
 if TYPE_CHECKING:
+    from connector.policy import OperatorPolicy
     from connector.secret import Secret
 
 __all__ = [
@@ -111,14 +112,19 @@ class WebhookConfig:
     dedupe_sqlite_path: str | None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> WebhookConfig:
-        """Read a configuration the runtime already validated against its schema; resolves the secret."""
+    def from_mapping(
+        cls, data: Mapping[str, Any], base_dir: Path | None = None, policy: OperatorPolicy | None = None
+    ) -> WebhookConfig:
+        """Read a configuration the runtime already validated against its schema; resolves the secret, after
+        checking an ``{"env"}`` or ``{"file"}`` source against ``policy`` when one is given (the receiver's)."""
         from connector.secret import resolve_secret
 
         auth = str(data.get("authentication", "webhook_key"))
         secret = None
         if auth != "none":
             try:
+                if policy is not None:
+                    _check_secret_source(data.get("secret"), base_dir, policy)
                 secret = resolve_secret(data.get("secret"), "secret", base_dir)
             except WebhookError:
                 raise
@@ -148,6 +154,14 @@ class WebhookConfig:
             dedupe_capacity=int(data.get("dedupe_capacity", DEFAULT_DEDUPE_CAPACITY)),
             dedupe_sqlite_path=data.get("dedupe_sqlite_path"),
         )
+
+
+def _check_secret_source(source: Any, base_dir: Path | None, policy: OperatorPolicy) -> None:
+    if isinstance(source, Mapping) and isinstance(source.get("env"), str):
+        policy.check_env(source["env"], "secret")
+    if isinstance(source, Mapping) and isinstance(source.get("file"), str):
+        path = Path(source["file"]).expanduser()
+        policy.check_path(path if path.is_absolute() or base_dir is None else base_dir / path, "secret")
 
 
 # =====================================================================================================================

@@ -131,8 +131,8 @@ def create_asgi_app(
 
     Nothing is buffered before the method, the key and the declared length pass; the body is then read within
     ``body_timeout`` seconds and cut at ``max_body_bytes``. A refusal that leaves body unread closes the connection,
-    so the server does not go on draining what the sender keeps sending. ``policy`` (default: the environment's)
-    rules the configuration's ``dedupe_sqlite_path``.
+    so the server does not go on draining what the sender keeps sending. ``policy`` (default: the environment's,
+    preset ``hosted``) rules the configuration's ``dedupe_sqlite_path`` and its ``{"env"}``/``{"file"}`` secret.
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -142,6 +142,7 @@ def create_asgi_app(
 
     rt = runtime or default_runtime()
     tracker = progress if isinstance(progress, Tracker) else webhook_tracker(progress)
+    rules = policy if policy is not None else OperatorPolicy.from_env()
 
     def refuse(exc: WebhookError, *, close: bool = False) -> JSONResponse:
         tracker.advance({_refusal(exc): 1})
@@ -151,7 +152,7 @@ def create_asgi_app(
     async def receive(request: Request) -> JSONResponse:
         head = WebhookRequest.build(request.method, str(request.url), request.headers.items(), b"")
         try:
-            settings = WebhookConfig.from_mapping(rt.trigger_config(trigger_id, config))
+            settings = WebhookConfig.from_mapping(rt.trigger_config(trigger_id, config), policy=rules)
             check_before_body(head, settings)
             body = await asyncio.wait_for(_read_body(request.receive, settings), body_timeout)
         except WebhookError as exc:
@@ -160,7 +161,7 @@ def create_asgi_app(
             slow = f"the body did not arrive within {body_timeout:g} s; the connection is closed"
             return refuse(WebhookPayloadError(slow, status_code=408), close=True)
         try:
-            event = rt.handle_trigger(trigger_id, dataclasses.replace(head, body=body), config, policy=policy)
+            event = rt.handle_trigger(trigger_id, dataclasses.replace(head, body=body), config, policy=rules)
         except WebhookError as exc:
             return refuse(exc)
         if event is None:
@@ -170,7 +171,7 @@ def create_asgi_app(
             on_event(event)
         except Exception:
             # not handed on: forget it, so Dataverse's next attempt is not dropped as a redelivery
-            rt.forget_trigger_event(trigger_id, config, event, policy=policy)
+            rt.forget_trigger_event(trigger_id, config, event, policy=rules)
             log.exception("webhook event handler failed; answering 500 so the delivery is retried")
             tracker.advance({"handler_failed": 1})
             return JSONResponse({"error": "handler", "message": "the event could not be handed on"}, status_code=500)
@@ -241,9 +242,10 @@ def serve(
                 yield
                 self._captured_signals.clear()  # the signal did its job (stop serving); the caller cleans up
 
+    policy = policy if policy is not None else OperatorPolicy.from_env()
     validated = runtime.trigger_config("webhook", config)  # refuse a bad configuration before binding anything
     try:  # an unset variable or unreadable file would otherwise answer every delivery 500
-        WebhookConfig.from_mapping(validated)
+        WebhookConfig.from_mapping(validated, policy=policy)
     except WebhookError as exc:
         raise InputError([InputProblem("$.secret", exc.message.removeprefix("trigger configuration: "))]) from None
     _open_dedupe_file(validated.get("dedupe_sqlite_path"), policy)

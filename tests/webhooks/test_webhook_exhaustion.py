@@ -235,3 +235,27 @@ def test_webhook_serve_refuses_a_forbidden_dedupe_file_before_listening(
     with pytest.raises(InputError, match=r"\$\.dedupe_sqlite_path: .*cannot be opened as a SQLite file"):
         serve(runtime, missing, on_event=print, on_status=statuses.append)
     assert statuses == []
+
+
+def test_webhook_secret_sources_obey_the_hosted_policy(
+    runtime: Runtime, config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("D365_TEST_HOSTED_WEBHOOK_KEY", KEY)
+    (tmp_path / "key.txt").write_text(KEY, encoding="utf-8")
+    from_env = {**config, "secret": {"env": "D365_TEST_HOSTED_WEBHOOK_KEY"}}
+    from_file = {**config, "secret": {"file": str(tmp_path / "key.txt")}}
+    with pytest.raises(InputError, match=r"\$\.secret: .*D365_ALLOWED_ENV_PREFIXES"):
+        serve(runtime, from_env, on_event=print, on_status=print, policy=HOSTED)
+    with pytest.raises(InputError, match=r"\$\.secret: .*D365_ALLOWED_PATHS"):
+        serve(runtime, from_file, on_event=print, on_status=print, policy=HOSTED)
+    handed: list[Any] = []
+    for settings in (from_env, from_file):
+        response = post(Receiver(create_asgi_app(settings, handed.append, runtime=runtime, policy=HOSTED)), BODY)
+        assert response.status_code == 500 and "hosted connector may" in response.json()["message"]
+    allowed = OperatorPolicy(
+        preset="hosted", allowed_paths=(tmp_path.resolve(),), allowed_env_prefixes=("D365_TEST_HOSTED_",)
+    )
+    for settings in (from_env, from_file):
+        response = post(Receiver(create_asgi_app(settings, handed.append, runtime=runtime, policy=allowed)), BODY)
+        assert response.status_code == 200
+    assert len(handed) == 1, "the second is a redelivery of the first"
