@@ -25,14 +25,13 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
-from connector import cli_progress
+from connector import cli_progress, cli_webhook
 from connector.cli_help import ActionCommand
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken
 from connector.version import __version__
-from connector.webhook_server import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -525,26 +524,7 @@ def webhook() -> None:
 @click.option("--path", "url_path", default="/", show_default=True, help="URL path deliveries are posted to.")
 @click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
 @click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
-@click.option(
-    "--dedupe-memory",
-    is_flag=True,
-    help="Remember deliveries in memory only (a restart forgets them); default: the configuration's "
-    "dedupe_sqlite_path, else $XDG_STATE_HOME/d365/webhook-dedupe.sqlite (~/.local/state/d365/...).",
-)
-@click.option(
-    "--body-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_BODY_TIMEOUT_S,
-    show_default=True,
-    help="Seconds a request's head, then its body, may take to arrive before the connection is closed.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    help="Open connections and requests before new ones are answered 503.",
-)
+@cli_webhook.serve_options
 @click.option(
     "--progress",
     "progress_mode",
@@ -567,9 +547,7 @@ def webhook_serve(
     progress_mode: str,
 ) -> None:
     """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) and the delivery
-    counters (received, delivered, redeliveries dropped, refused by reason) go to stderr.
-
-    Deliveries are remembered in a SQLite file, so a replay after a restart is still dropped (see --dedupe-memory)."""
+    counters (received, delivered, redeliveries dropped, refused by reason) go to stderr."""
     from connector.webhook_server import load_trigger_config, serve
 
     def emit(event: dict[str, Any]) -> None:
@@ -581,7 +559,7 @@ def webhook_serve(
 
     try:
         runtime = _runtime()
-        config = _with_dedupe_file(load_trigger_config(config_file), dedupe_memory)
+        config = cli_webhook.with_dedupe_file(load_trigger_config(config_file), dedupe_memory)
         conn = None
         if subscribe:
             data, base_dir = _load_connection_file(connection_file)
@@ -595,22 +573,6 @@ def webhook_serve(
             runtime.close()
     except ConnectorError as exc:
         _fail(exc, False)
-
-
-def _with_dedupe_file(config: dict[str, Any], memory: bool) -> dict[str, Any]:
-    """The default deduplication file when the configuration names none, unless memory was asked for."""
-    from connector.webhook_dedupe import default_dedupe_path
-
-    if memory:
-        if config.get("dedupe_sqlite_path"):
-            problem = "is set, and --dedupe-memory asks for memory only: drop one of the two"
-            raise InputError([InputProblem("$.dedupe_sqlite_path", problem)])
-        return config
-    if not config.get("dedupe_sqlite_path"):
-        path = default_dedupe_path()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config = {**config, "dedupe_sqlite_path": str(path)}
-    return config
 
 
 # -- emulator -------------------------------------------------------------------------------------------------------

@@ -231,35 +231,8 @@ def serve(
     """
     import socket
 
-    import uvicorn
-
-    class _StoppingServer(uvicorn.Server):
-        """uvicorn re-raises SIGINT/SIGTERM once shut down, which would kill the process before it unsubscribes."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                yield
-                self._captured_signals.clear()  # the signal did its job (stop serving); the caller cleans up
-
     policy = policy if policy is not None else OperatorPolicy.from_env()
-    validated = runtime.trigger_config("webhook", config)  # refuse a bad configuration before binding anything
-    try:  # an unset variable or unreadable file would otherwise answer every delivery 500
-        WebhookConfig.from_mapping(validated, policy=policy)
-    except WebhookError as exc:
-        raise InputError([InputProblem("$.secret", exc.message.removeprefix("trigger configuration: "))]) from None
-    _open_dedupe_file(validated.get("dedupe_sqlite_path"), policy)
-    if (
-        connection is not None
-        and public_url is None
-        and not is_loopback(urlsplit(connection.organization_url).hostname or "")
-    ):
-        raise WebhookError(
-            "--public-url is required with --subscribe: Dataverse must reach this receiver at a public HTTPS URL "
-            "(a tunnel or reverse proxy in front of it)"
-        )
-    if config.get("authentication") == "none":
-        log.warning("webhook receiver without authentication: anyone who knows the URL can post events")
+    _check_before_listening(runtime, config, connection, public_url, policy)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -277,24 +250,66 @@ def serve(
         if connection is not None:
             subscription = runtime.subscribe_trigger("webhook", config, connection, public_url or local_url)
             on_status({"subscribed": subscription})
-        server = _StoppingServer(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                http=_protocol_with_head_deadline(body_timeout),
-                limit_concurrency=max_connections,
-                timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-            )
-        )
+        server = _uvicorn_server(app, body_timeout, max_connections)
         with tracker:
             server.run(sockets=[sock])
     finally:
         sock.close()
         if subscription is not None and connection is not None:
             on_status({"unsubscribed": runtime.unsubscribe_trigger("webhook", subscription, connection)})
+
+
+def _check_before_listening(
+    runtime: Any,
+    config: Mapping[str, Any],
+    connection: Connection | None,
+    public_url: str | None,
+    policy: OperatorPolicy,
+) -> None:
+    """Refuse a configuration that cannot serve before anything is bound: found at the first delivery, it would
+    answer every delivery 500."""
+    validated = runtime.trigger_config("webhook", config)
+    try:  # an unset variable, an unreadable file or a source the policy forbids
+        WebhookConfig.from_mapping(validated, policy=policy)
+    except WebhookError as exc:
+        raise InputError([InputProblem("$.secret", exc.message.removeprefix("trigger configuration: "))]) from None
+    _open_dedupe_file(validated.get("dedupe_sqlite_path"), policy)
+    if (
+        connection is not None
+        and public_url is None
+        and not is_loopback(urlsplit(connection.organization_url).hostname or "")
+    ):
+        raise WebhookError(
+            "--public-url is required with --subscribe: Dataverse must reach this receiver at a public HTTPS URL "
+            "(a tunnel or reverse proxy in front of it)"
+        )
+    if config.get("authentication") == "none":
+        log.warning("webhook receiver without authentication: anyone who knows the URL can post events")
+
+
+def _uvicorn_server(app: Any, body_timeout: float, max_connections: int) -> Any:
+    import uvicorn
+
+    class _StoppingServer(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM once shut down, which would kill the process before it unsubscribes."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()  # the signal did its job (stop serving); the caller cleans up
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http=_protocol_with_head_deadline(body_timeout),
+        limit_concurrency=max_connections,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+    )
+    return _StoppingServer(config)
 
 
 def _protocol_with_head_deadline(seconds: float) -> type[Any]:

@@ -166,7 +166,8 @@ def test_webhook_serve_cuts_slow_bodies_and_caps_connections(serving: Any) -> No
         slow.sendall(BODY[:10])  # ten bytes, then nothing
         assert receiver.deliver().status_code == 503, "beyond --max-connections: 503, which Dataverse retries"
         assert _status(slow) == 408
-        assert slow.recv(4096) == b"", "the slow connection is closed, not kept"
+        while slow.recv(4096):  # the rest of the answer, then b"": closed (a connection kept open times out here)
+            pass
     finally:
         slow.close()
     assert receiver.deliver().status_code == 200, "the slot is free again"
