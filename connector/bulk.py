@@ -44,6 +44,7 @@ from connector.addressing import key_value
 from connector.body import build_body
 from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
 from connector.errors import (
+    DataverseApiError,
     InputError,
     InputProblem,
 )
@@ -163,7 +164,8 @@ class WriteReport:
     cancelled: bool = False
 
     def summary(self) -> dict[str, int]:
-        counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0, "merged": 0}
+        counts = {"total": len(self.results), "created": 0, "updated": 0, "already_present": 0, "failed": 0}
+        counts |= {"unknown": 0, "merged": 0}
         if self.cancelled:
             counts["not_sent"] = 0
         for r in self.results:
@@ -212,6 +214,16 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
     with _support_lock:
         _support.setdefault(connection, {})[meta.logical_name] = result
     return result
+
+
+def _supports(connection: Connection, meta: TableMetadata, message: str) -> bool:
+    """Whether to send ``message``; a probe that cannot be read (retries spent) takes the ``$batch`` route, which
+    every table supports, rather than ending the run without a result per record. Not cached: the next run asks."""
+    try:
+        return message in bulk_support(connection, meta)
+    except DataverseApiError as exc:
+        log.warning("the bulk-message probe for %s failed (%s); writing through $batch", meta.logical_name, exc)
+        return False
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
@@ -345,7 +357,7 @@ def write_entities(
         raise InputError(problems)
     items = _plan(connection, meta, mode, records, options)
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
-    use_bulk = bool(items) and message in bulk_support(connection, meta)
+    use_bulk = bool(items) and _supports(connection, meta, message)
     writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
     done: dict[int, RowOutcome] = {}
     tracker = Tracker(

@@ -148,6 +148,7 @@ def test_write_entities_upsert_reports_created_and_updated_and_merges_duplicates
         "total": 6,
         "created": 5,
         "updated": 1,
+        "already_present": 0,
         "failed": 0,
         "unknown": 0,
         "merged": 1,
