@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from connector.connection import Connection
-from connector.errors import FatalApiError, OutcomeUnknownError
+from connector.errors import FatalApiError, InputError, OutcomeUnknownError
 from connector.runtime import Runtime
+from dataverse_emulator.testing import running_emulator
 from tests.metadata.test_metadata_actions import ATTR_ID, BANK, KEY_ID, _key
 
 EXISTS = {"error": {"code": "0x80047013", "message": "An entity key with the specified name already exists."}}
@@ -76,3 +77,15 @@ def test_a_column_whose_answer_was_lost_is_confirmed_by_its_type(
         return
     out = runtime.run_action("create_attribute", inputs, conn)
     assert (out["metadata_id"], out["outcome"], out["confirmed_by_read"]) == (ATTR_ID, "created", True)
+
+
+def test_a_rerun_of_create_alternate_key_on_the_emulator_exits_0_already_present(runtime: Runtime) -> None:
+    inputs = {"table": "account", "schema_name": "new_acc_number", "columns": ["accountnumber"]}
+    with running_emulator(key_activation_s=0) as emulator, Connection.from_config(emulator.connection_config()) as c:
+        first = runtime.run_action("create_alternate_key", inputs, c)
+        again = runtime.run_action("create_alternate_key", inputs, c)
+        with pytest.raises(InputError, match=r"already exists with columns \['accountnumber'\], not \['name'\]"):
+            runtime.run_action("create_alternate_key", {**inputs, "columns": ["name"]}, c)
+    assert (first["outcome"], first["confirmed_by_read"]) == ("created", False)
+    assert (again["outcome"], again["confirmed_by_read"]) == ("already_present", True)
+    assert again["key"]["metadata_id"] == first["key"]["metadata_id"]
