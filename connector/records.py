@@ -147,12 +147,13 @@ def _read_back(
     meta: TableMetadata,
     path: str,
     body: Mapping[str, Any],
-    exc: RetriableApiError,
+    exc: DataverseApiError,
     impersonate: str | None,
 ) -> dict[str, Any]:
-    """The row a PATCH wrote, read after its retries ran out with the outcome in doubt; raises unless it proves the
-    write applied: the PATCH's own error when the row proves it was not (after a timeout it may still be running,
-    so only "applied" is proved then), :class:`OutcomeUnknownError` with the reason otherwise."""
+    """The row a PATCH (or a POST with a client id) wrote, read after its answer was lost with the outcome in doubt;
+    raises unless it proves the write applied: the write's own error when the row proves it was not (after a timeout
+    it may still be running, so only "applied" is proved then), :class:`OutcomeUnknownError` with the reason
+    otherwise."""
     select = [*read_columns(meta, body), "createdon", "modifiedon"]
     select = [c for c in dict.fromkeys(select) if c.strip("_").removesuffix("_value") in meta.attributes]
     try:
@@ -370,6 +371,9 @@ def _upsert_by_filter(
         response = client.request(
             "POST", with_query(meta.entity_set, select), json=create_body, prefer=prefer, impersonate=impersonate
         )
+    except (OutcomeUnknownError, RetriableApiError) as exc:  # the id is ours: a row with it is this create's
+        row = _read_back(connection, meta, f"{meta.entity_set}({row_id})", create_body, exc, impersonate)
+        return {**_upsert_read_back(row, meta, return_record, row_id), "operation": "created"}
     except FatalApiError as exc:
         if exc.status_code == 412 or (exc.code or "").lower() in _DUPLICATE_CODES:
             found = find_by_key(connection, meta, key, impersonate)

@@ -81,3 +81,24 @@ def test_an_upsert_whose_answers_were_lost_says_created_or_updated_from_the_row(
     fake.respond = Row(applied=True, exists=exists).respond
     out = runtime.run_action("upsert_entity", {"table": "account", "id": A1, "fields": {"name": "new"}}, conn)
     assert (out["operation"], out["confirmed_by_read"], out["id"]) == (operation, True, A1)
+
+
+def test_an_upsert_by_an_unsafe_key_whose_post_was_lost_is_created_when_its_own_id_reads_back(
+    runtime: Runtime, fake: Any, conn: Connection
+) -> None:
+    stored: dict[str, Any] = {}
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "$filter" in request.url.params:
+            return httpx.Response(200, json={"value": []})  # the key has no row yet
+        if request.method == "POST":
+            stored.update(httpx.Response(200, content=request.content).json())
+            raise httpx.RemoteProtocolError("server disconnected without sending a response", request=request)
+        assert request.url.path.endswith(f"accounts({stored['accountid']})")
+        return httpx.Response(200, json=stored)
+
+    fake.respond = respond
+    inputs = {"table": "account", "key": {"accountnumber": "A/1 & 2"}, "fields": {"name": "n"}}
+    out = runtime.run_action("upsert_entity", inputs, conn)
+    assert out == {"table": "account", "id": stored["accountid"], "operation": "created", "confirmed_by_read": True}
+    assert [r.method for r in fake.data] == ["GET", "POST", "GET"]  # sent once, then read by its own id
