@@ -165,7 +165,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("transport", ("transport", "api_errors", "governor", "client", "token_store", "auth", "auth.*")),
-    ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body")),
+    ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body", "written")),
     (
         "operations",
         (
