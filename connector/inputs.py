@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from connector.errors import ContractError, InputError, InputProblem
+from connector.strict_json import StrictJsonError, check_value
 
 __all__ = [
     "INPUT_MODELS",
@@ -84,6 +85,18 @@ def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str)
 
 class ActionInputs(_Strict):
     """Base of every action's inputs; :meth:`of` builds one from the runtime's validated mapping."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        """``NaN``, ``Infinity`` and lone surrogates pass a JSON Schema and every pydantic type, then fail in the
+        middle of a request (``ValueError`` from ``json.dumps``, ``UnicodeEncodeError`` from httpx): refused here, for
+        Python callers too, as an input error naming the field."""
+        try:
+            check_value(data)
+        except StrictJsonError as exc:
+            raise InputError([InputProblem(exc.path, exc.reason)]) from None
+        return data
 
     @classmethod
     def of(cls, inputs: Mapping[str, Any]) -> Self:
