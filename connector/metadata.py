@@ -13,19 +13,22 @@ user may have just created that key or column outside this connection.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connector.clock import Clock, SystemClock
-from connector.errors import InputError, InputProblem, NotFoundError
+from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
 from connector.odata import quote_string
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
 
 __all__ = ["AlternateKey", "ColumnLimits", "MetadataCache", "Relationship", "TableMetadata"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 3600.0
 
@@ -131,17 +134,19 @@ class ColumnLimits:
     precision: int | None = None
 
 
-#: The AttributeMetadata subtype that carries each type's limits, and the limits it carries. The limits are read per
-#: type, only when a value of that type is written: the table read cannot select them (they are not properties of the
-#: base AttributeMetadata), and an unselected read of every column is megabytes.
-_LIMIT_CASTS: dict[str, tuple[str, str]] = {
+#: The AttributeMetadata subtype that carries each type's limits. The limits are read per type, only when a value of
+#: that type is written: the table read cannot select them (they are not properties of the base AttributeMetadata),
+#: and an unselected read of every column is megabytes. Text columns select ``MaxLength``; number columns are read
+#: unselected (a few columns each), since a ``$select`` of ``MinValue`` is refused by a server whose columns of that
+#: type all lack it (the emulator's built-in columns).
+_LIMIT_CASTS: dict[str, tuple[str, str | None]] = {
     "String": ("StringAttributeMetadata", "LogicalName,MaxLength"),
     "Memo": ("MemoAttributeMetadata", "LogicalName,MaxLength"),
-    "Integer": ("IntegerAttributeMetadata", "LogicalName,MinValue,MaxValue"),
-    "BigInt": ("BigIntAttributeMetadata", "LogicalName,MinValue,MaxValue"),
-    "Decimal": ("DecimalAttributeMetadata", "LogicalName,MinValue,MaxValue,Precision"),
-    "Double": ("DoubleAttributeMetadata", "LogicalName,MinValue,MaxValue,Precision"),
-    "Money": ("MoneyAttributeMetadata", "LogicalName,MinValue,MaxValue,Precision"),
+    "Integer": ("IntegerAttributeMetadata", None),
+    "BigInt": ("BigIntAttributeMetadata", None),
+    "Decimal": ("DecimalAttributeMetadata", None),
+    "Double": ("DoubleAttributeMetadata", None),
+    "Money": ("MoneyAttributeMetadata", None),
 }
 
 
@@ -258,7 +263,13 @@ class MetadataCache:
         if known is None:
             cast, select = _LIMIT_CASTS[typ]
             base = f"EntityDefinitions(LogicalName={quote_string(meta.logical_name)})/Attributes"
-            body = self._get(f"{base}/Microsoft.Dynamics.CRM.{cast}", {"$select": select}, strong=False)
+            try:
+                body = self._get(
+                    f"{base}/Microsoft.Dynamics.CRM.{cast}", {"$select": select} if select else {}, strong=False
+                )
+            except FatalApiError as exc:  # limits are a check on top of the types: none known is not a failure
+                log.warning("the %s limits of %r could not be read: %s", typ, meta.logical_name, exc.message)
+                body = {}
             known = {str(a.get("LogicalName")): _parse_limits(a) for a in body.get("value", []) if isinstance(a, dict)}
             with self._lock:
                 self._entries.setdefault(meta.logical_name, _Entry(meta)).limits[typ] = known
