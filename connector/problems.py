@@ -37,6 +37,7 @@ __all__ = [
     "check_select",
     "check_sendable",
     "check_table",
+    "check_url",
     "columns_known",
     "unknown_column",
 ]
@@ -154,16 +155,24 @@ def _number(value: float | None) -> str:
 def check_key_url(p: Problems, meta: TableMetadata, literals: Mapping[str, str], path: str) -> bool:
     """A key is sent in a URL (``set(k='v')``, or ``$filter`` for values a key predicate cannot carry): one too long
     for Dataverse's URL limit is refused here with the reason, not as an httpx error in the middle of a run."""
-    api = p.connection.api_url
     written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
-    length = len(api) + len(meta.entity_set) + len(meta.primary_id) + written + 64
+    return check_url(
+        p,
+        meta,
+        written + len(meta.primary_id),
+        path,
+        "the key makes a URL",
+        "no other route carries a key this long: address the row by id, or by an alternate key of shorter values",
+    )
+
+
+def check_url(p: Problems, meta: TableMetadata, written: int, path: str, what: str, fix: str) -> bool:
+    """Refuse (with the reason and ``fix``) a request whose URL, ``written`` characters after the table's entity set
+    (percent-encoded), would pass Dataverse's limit: httpx would otherwise fail it with "URL too long" mid-run."""
+    length = len(p.connection.api_url) + len(meta.entity_set) + written + 64  # 64: separators and $select/$top
     if length <= MAX_URL:
         return True
-    p.refuse(
-        path,
-        f"the key makes a URL of about {length:,} characters and Dataverse accepts {MAX_URL:,}; no other route "
-        "carries a key this long: address the row by id, or by an alternate key of shorter values",
-    )
+    p.refuse(path, f"{what} of about {length:,} characters and Dataverse accepts {MAX_URL:,}; {fix}")
     return False
 
 

@@ -222,6 +222,7 @@ FIELD_CLASSES: dict[str, tuple[dict[str, Any], str]] = {
     "lone_surrogate": ({"name": "ab\ud83d"}, "$.fields.name"),
     "lookup_id_path": ({"name": "n", "parentaccountid": {"table": "account", "id": "../../x"}}, "parentaccountid"),
     "integer_out_of_range": ({"name": "n", "numberofemployees": 2**31}, "$.fields.numberofemployees"),
+    "money_past_its_precision": ({"name": "n", "revenue": 1.234}, "$.fields.revenue"),
 }
 
 
@@ -236,6 +237,14 @@ def test_field_values_the_column_cannot_hold_are_refused(
         inputs["id"] = "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
     result = run([action_id, "--connection", str(connection_file), "--input", write_inputs(tmp_path, inputs)])
     assert_refused(result, fresh_emulator, field)
+
+
+def test_values_at_the_limits_are_sent(runtime: Runtime, connection: Connection) -> None:
+    """The checks refuse only what the column cannot hold: binary noise is not a third decimal place."""
+    fields = {"name": "n" * 160, "description": "d" * 2000, "numberofemployees": 2**31 - 1, "revenue": 0.1 + 0.2}
+    out = runtime.run_action("create_entity", {"table": "account", "fields": fields}, connection)
+    row = runtime.run_action("get_entity", {"table": "account", "id": out["id"], "select": ["name"]}, connection)
+    assert row["record"]["name"] == "n" * 160
 
 
 def test_a_10_mb_name_is_refused_with_a_short_message(
@@ -409,3 +418,12 @@ def test_a_batch_with_a_value_its_column_cannot_hold_sends_nothing(
         ["run_batch_operations", "--connection", str(connection_file), "--input", write_inputs(tmp_path, inputs)]
     )
     assert_refused(result, fresh_emulator, "$.operations[1].fields.name")
+
+
+def test_a_where_value_too_long_for_a_url_is_refused_not_a_traceback(
+    connection_file: Path, fresh_emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    inputs = {"table": "account", "where": [{"column": "name", "operator": "eq", "value": "x" * 100_000}]}
+    result = run(["query_entities", "--connection", str(connection_file), "--input", write_inputs(tmp_path, inputs)])
+    assert_refused(result, fresh_emulator, "$.where")
+    assert "32,768" in result.stderr
