@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "StrictJsonError", "check_value", "loads"]
+__all__ = ["MAX_DEPTH", "StrictJsonError", "check_depth", "check_value", "loads"]
 
 MAX_DEPTH = 64
 """Deeper than any Dataverse body or action input (a deep ``$expand`` answer nests about a dozen levels)."""
@@ -131,3 +131,18 @@ def _check_text(text: str, where: str) -> None:
             "UTF-8; remove it or pair it",
             where,
         ) from None
+
+
+def check_depth(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> None:
+    """Only the depth of :func:`check_value`: for values whose other problems are judged later, item by item (a
+    ``write_entities`` record with ``NaN`` fails alone), but whose depth would overflow a recursive reader first."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if depth >= max_depth:
+                raise StrictJsonError(f"nested deeper than {max_depth} levels", where)
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                named = isinstance(key, str) and key.isidentifier()
+                stack.append((child, f"{where}.{key}" if named else f"{where}[{key!r:.40}]", depth + 1))

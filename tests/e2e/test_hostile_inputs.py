@@ -427,3 +427,24 @@ def test_a_where_value_too_long_for_a_url_is_refused_not_a_traceback(
     result = run(["query_entities", "--connection", str(connection_file), "--input", write_inputs(tmp_path, inputs)])
     assert_refused(result, fresh_emulator, "$.where")
     assert "32,768" in result.stderr
+
+
+def nested(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("action_id", ACTIONS)
+def test_python_callers_deep_inputs_are_refused_before_the_schema_check(
+    action_id: str, runtime: Runtime, connection: Connection, fresh_emulator: EmulatorHandle
+) -> None:
+    """Not read through strict_json, so the runtime checks the depth itself (the schema validator would recurse)."""
+    from connector.errors import InputError
+
+    field = first_field(action_id)
+    with pytest.raises(InputError, match="nested deeper than") as raised:
+        runtime.run_action(action_id, {field: nested(DEEP)}, connection)
+    assert raised.value.problems[0].path.startswith(f"$.{field}")
+    assert data_requests(fresh_emulator) == []
