@@ -69,7 +69,6 @@ __all__ = [
     "WebhookError",
     "WebhookPayloadError",
     "WebhookVerificationError",
-    "preview",
 ]
 
 

@@ -24,6 +24,7 @@ from connector.errors import ContractError, InputError, InputProblem, preview
 from connector.strict_json import StrictJsonError, check_value
 
 __all__ = [
+    "GUID",
     "INPUT_MODELS",
     "ActionInputs",
     "AssociateEntities",
@@ -75,7 +76,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
-_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: A row id as the schemas' ``guid`` pattern states it: anything else would become a path in the URL.
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str) -> None:
@@ -85,7 +87,7 @@ def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str)
         raise InputError([InputProblem(f"{path}.id", "give either id or key, not both")])
     if id_ is None and not key:
         raise InputError([InputProblem(f"{path}.id", "give id or key")])
-    if id_ is not None and not _GUID.fullmatch(id_):
+    if id_ is not None and not GUID.fullmatch(id_):
         # The schema's pattern, for models built in code: an id is written into the URL (``set(../../x)``).
         raise InputError([InputProblem(f"{path}.id", f"{preview(id_)} is not a row id: give a GUID")])
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from connector.addressing import key_literal
 from connector.errors import InputError, InputProblem, LiteralError, preview
-from connector.inputs import Expand
+from connector.inputs import GUID, Expand
 from connector.metadata import TableMetadata
 from connector.odata import NUMERIC_TYPES, STRING_TYPES
 from connector.strict_json import StrictJsonError
@@ -86,8 +85,6 @@ MAX_URL = 32768
 #: The documented ranges of whole-number columns, for metadata that does not state its own MinValue/MaxValue.
 _WHOLE_RANGES = {"Integer": (-(2**31), 2**31 - 1), "BigInt": (-(2**63), 2**63 - 1)}
 
-_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
 
 def check_sendable(p: Problems, value: Any, path: str) -> bool:
     """False (and a refusal) for what no JSON body carries: ``NaN``/``Infinity``, lone surrogates, extreme depth.
@@ -104,7 +101,7 @@ def check_sendable(p: Problems, value: Any, path: str) -> bool:
 
 def check_guid(p: Problems, value: Any, path: str) -> bool:
     """A row id is a GUID: anything else would become a path in the URL (``/contacts(../../x)``)."""
-    if isinstance(value, str) and _GUID.fullmatch(value):
+    if isinstance(value, str) and GUID.fullmatch(value):
         return True
     shown = preview(value) if isinstance(value, str) else f"a {type(value).__name__}"
     p.refuse(path, f"{shown} is not a row id: give a GUID such as 5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b")
