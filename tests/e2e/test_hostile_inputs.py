@@ -39,6 +39,20 @@ def cli_runtime(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "_runtime", lambda: runtime)
 
 
+@pytest.fixture(scope="module")
+def shared_connection_file(emulator: EmulatorHandle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hostile") / "connection.json"
+    path.write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def quiet_emulator(emulator: EmulatorHandle) -> EmulatorHandle:
+    """The module's emulator with an empty request log: the read-time refusals need no reset (nothing is sent)."""
+    emulator.admin.clear_requests()
+    return emulator
+
+
 def first_field(action_id: str) -> str:
     """The first input the action's schema lists (``hostile`` for an action without inputs: refused the same way)."""
     properties = _BUNDLED.bundled_schemas(action_id)["input"].get("properties") or {}
@@ -80,40 +94,40 @@ READ_TIME: dict[str, Callable[[str], str]] = {
 @pytest.mark.parametrize("action_id", ACTIONS)
 @pytest.mark.parametrize("kind", sorted(READ_TIME))
 def test_non_json_values_in_the_input_file_are_refused_with_the_field_named(
-    action_id: str, kind: str, connection_file: Path, fresh_emulator: EmulatorHandle, tmp_path: Path
+    action_id: str, kind: str, shared_connection_file: Path, quiet_emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
     field = first_field(action_id)
     path = tmp_path / "inputs.json"
     path.write_text(READ_TIME[kind](field), encoding="ascii")
-    result = run([action_id, "--connection", str(connection_file), "--input", str(path)])
-    assert_refused(result, fresh_emulator, f"$.{field}")
+    result = run([action_id, "--connection", str(shared_connection_file), "--input", str(path)])
+    assert_refused(result, quiet_emulator, f"$.{field}")
 
 
 @pytest.mark.parametrize("action_id", ACTIONS)
 def test_json_nested_100000_deep_is_refused_from_a_file_stdin_and_set(
-    action_id: str, connection_file: Path, fresh_emulator: EmulatorHandle, tmp_path: Path
+    action_id: str, shared_connection_file: Path, quiet_emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
     field = first_field(action_id)
     deep = "[" * DEEP + "]" * DEEP
     path = tmp_path / "inputs.json"
     path.write_text(f'{{"{field}": {deep}}}', encoding="ascii")
     assert_refused(
-        run([action_id, "--connection", str(connection_file), "--input", str(path)]), fresh_emulator, "--input"
+        run([action_id, "--connection", str(shared_connection_file), "--input", str(path)]), quiet_emulator, "--input"
     )
-    by_stdin = run([action_id, "--connection", str(connection_file), "--input", "-"], stdin=path.read_bytes())
-    assert_refused(by_stdin, fresh_emulator, "--input")
-    by_set = run([action_id, "--connection", str(connection_file), "--set", f"{field}:={deep}"])
-    assert_refused(by_set, fresh_emulator, f"--set {field}")
+    by_stdin = run([action_id, "--connection", str(shared_connection_file), "--input", "-"], stdin=path.read_bytes())
+    assert_refused(by_stdin, quiet_emulator, "--input")
+    by_set = run([action_id, "--connection", str(shared_connection_file), "--set", f"{field}:={deep}"])
+    assert_refused(by_set, quiet_emulator, f"--set {field}")
     assert "nested deeper than" in by_set.stderr
 
 
 @pytest.mark.parametrize("action_id", ACTIONS)
 def test_nan_through_set_is_refused_with_the_option_named(
-    action_id: str, connection_file: Path, fresh_emulator: EmulatorHandle
+    action_id: str, shared_connection_file: Path, quiet_emulator: EmulatorHandle
 ) -> None:
     field = first_field(action_id)
-    result = run([action_id, "--connection", str(connection_file), "--set", f"{field}:=NaN"])
-    assert_refused(result, fresh_emulator, f"--set {field}")
+    result = run([action_id, "--connection", str(shared_connection_file), "--set", f"{field}:=NaN"])
+    assert_refused(result, quiet_emulator, f"--set {field}")
 
 
 def test_a_connection_file_with_nan_or_deep_json_is_a_connection_error_not_a_traceback(tmp_path: Path) -> None:
