@@ -241,7 +241,7 @@ def records_problems(
     connection: Connection, table: str, mode: str, records: Sequence[Mapping[str, Any]]
 ) -> list[InputProblem]:
     """The same checks for rows given to the library (:func:`write_entities`) without the runtime in front."""
-    p = Problems(connection)
+    p = Problems(connection, defer_values=True)  # a value that cannot be sent fails its record only: refused_records
     meta = p.table(table, "$.table")
     if meta is None:
         return p.items
@@ -279,17 +279,44 @@ def _record_problems(p: Problems, meta: TableMetadata, mode: str, record: Mappin
     build_body(p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False)
 
 
+def refused_records(
+    connection: Connection, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]]
+) -> dict[int, RowOutcome]:
+    """Records holding a value that cannot be sent (``NaN``, a lone surrogate, text over the column's MaxLength, a
+    number out of range, a lookup id that is not a GUID), each failed by itself before anything is sent.
+
+    One such record used to fail its whole chunk (or be sent and refused by the server); the others still land.
+    """
+    out: dict[int, RowOutcome] = {}
+    for i, record in enumerate(records):
+        p = Problems(connection, defer_values=True)
+        _record_problems(p, meta, mode, record, f"$.records[{i}]")
+        if p.values:
+            own = record.get("id")
+            more = f" (and {len(p.values) - 1} more)" if len(p.values) > 1 else ""
+            message = f"not sent: {p.values[0]}{more}"
+            out[i] = RowOutcome("failed", own if isinstance(own, str) else None, "InputError", message)
+    return out
+
+
 # -- planning -------------------------------------------------------------------------------------------------------
 
 
 def _plan(
-    connection: Connection, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]], options: WriteOptions
+    connection: Connection,
+    meta: TableMetadata,
+    mode: str,
+    records: Sequence[Mapping[str, Any]],
+    options: WriteOptions,
+    refused: Mapping[int, RowOutcome],
 ) -> list[PlannedWrite]:
     """Bodies built (lookups bound, labels mapped), key values typed, duplicates merged (later fields win)."""
     p = Problems(connection)
     items: list[PlannedWrite] = []
     by_identity: dict[tuple[Any, ...], PlannedWrite] = {}
     for i, record in enumerate(records):
+        if i in refused:
+            continue
         fields = dict(record.get("fields") or {})
         given = record.get("id") or fields.get(meta.primary_id)
         fields.pop(meta.primary_id, None)
@@ -360,7 +387,8 @@ def write_entities(
     problems = records_problems(connection, table, mode, records)
     if problems:
         raise InputError(problems)
-    items = _plan(connection, meta, mode, records, options)
+    refused = refused_records(connection, meta, mode, records)
+    items = _plan(connection, meta, mode, records, options, refused)
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
     use_bulk = bool(items) and _supports(connection, meta, message)
     writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
@@ -374,6 +402,8 @@ def write_entities(
         cancel=cancel,
     )
     with tracker:
+        if refused:
+            tracker.advance({"failed": len(refused)})
         if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
             items, unresolved = writer.resolve_keys(items, done)
             tracker.advance(_tally(unresolved, done))
@@ -399,7 +429,7 @@ def write_entities(
         table=meta.logical_name,
         mode=mode,
         route="bulk" if use_bulk else "batch",
-        results=_results(len(records), items, done),
+        results=_results(len(records), items, done, refused),
         chunks=sum(1 for o in outcomes if o.started),
         split_requests=writer.split_requests,
         pre_reads=writer.pre_reads,
@@ -467,8 +497,12 @@ def _tally(items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> dic
     return counts
 
 
-def _results(n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> list[RecordResult]:
+def _results(
+    n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome], refused: Mapping[int, RowOutcome]
+) -> list[RecordResult]:
     results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(n)]
+    for i, r in refused.items():
+        results[i] = RecordResult(i, r.status, r.id, r.code, r.message)
     for item in items:
         d = done[item.index]
         results[item.index] = RecordResult(item.index, d.status, d.id, d.code, d.message)

@@ -25,7 +25,7 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
-from connector import cli_progress, cli_webhook
+from connector import cli_progress, cli_webhook, strict_json
 from connector.cli_help import ActionCommand
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
@@ -101,9 +101,13 @@ def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
         )
     file = Path(path).expanduser()
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = strict_json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConnectionConfigError(f"connection file {str(file)!r} does not exist", field="connection") from None
+    except strict_json.StrictJsonError as exc:
+        raise ConnectionConfigError(
+            f"connection file {str(file)!r} is not valid JSON ({exc}); fix the file", field="connection"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConnectionConfigError(
             f"connection file {str(file)!r} is not readable JSON ({type(exc).__name__}: line "
@@ -133,8 +137,8 @@ def parse_set_options(pairs: tuple[str, ...], option: str = "--set") -> dict[str
         value: Any = raw
         if is_json:
             try:
-                value = json.loads(raw)
-            except ValueError as exc:
+                value = strict_json.loads(raw)
+            except strict_json.StrictJsonError as exc:
                 # The value is not echoed: it may be a header or a token.
                 message = f"the value after := is not valid JSON ({exc}); for text write {key}=... instead"
                 problems.append(InputProblem(f"{option} {key}", message))
@@ -173,13 +177,16 @@ def _read_inputs(input_file: str | None, pairs: tuple[str, ...]) -> dict[str, An
     inputs: dict[str, Any] = {}
     if input_file is not None:
         try:
-            text = sys.stdin.read() if input_file == "-" else Path(input_file).read_text(encoding="utf-8")
+            # Bytes, so a file that is not UTF-8 is refused by the JSON reader with its position, not a traceback.
+            stdin = getattr(sys.stdin, "buffer", sys.stdin)
+            text = stdin.read() if input_file == "-" else Path(input_file).read_bytes()
         except OSError as exc:
             raise InputError([InputProblem("--input", f"cannot read {input_file!r}: {exc.strerror}")]) from None
         try:
-            loaded = json.loads(text)
-        except ValueError as exc:
-            raise InputError([InputProblem("--input", f"not valid JSON: {exc}")]) from None
+            loaded = strict_json.loads(text)
+        except strict_json.StrictJsonError as exc:
+            where = "--input" if exc.path == "$" else f"--input {exc.path}"
+            raise InputError([InputProblem(where, f"not valid JSON: {exc.reason}")]) from None
         if not isinstance(loaded, dict):
             raise InputError([InputProblem("--input", "inputs must be a JSON object")])
         inputs.update(loaded)

@@ -314,3 +314,14 @@ class TransientAnswer(Exception):
         self.response = response
         self.failure = failure
         self.retry_after = retry_after
+
+
+def preview(text: str, limit: int = 40) -> str:
+    """``repr`` of a value a refusal quotes, cut to its first ``limit`` characters with the full length when longer.
+
+    A refusal that echoed its input whole turned a 10 MB value into 20 MB on stderr; a prefix and the length are
+    enough to find the value, and a value may hold something private anyway.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"

@@ -36,6 +36,7 @@ from connector.context import ActionContext, action_logger
 from connector.contract_cache import CACHE_DIR_ENV, contract_digest, remembered_contract_problems
 from connector.errors import ContractError, InputError, InputProblem, PluginError
 from connector.hookspecs import hookimpl, validator_hook
+from connector.inputs import INPUT_MODELS
 from connector.manifest import EffectiveManifest, build_manifest
 from connector.plugins import (
     BUILTIN,
@@ -49,6 +50,7 @@ from connector.plugins import (
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter, current, running
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
+from connector.strict_json import StrictJsonError, check_depth, check_value
 
 if TYPE_CHECKING:
     from connector.auth import OnToken
@@ -241,6 +243,7 @@ class Runtime:
             raise InputError([InputProblem("$action", f"unknown action {action_id!r}; known actions: {known}")])
         if not isinstance(inputs, Mapping):
             raise InputError([InputProblem("$", "inputs must be a JSON object")], action_id=action_id)
+        _check_sendable(action_id, inputs)
         problems = self.store.validate(dict(inputs), info.input_schema)
         if problems:
             raise InputError(problems, action_id=action_id)
@@ -558,3 +561,17 @@ __all__ = [
     "default_runtime",
     "run_action",
 ]
+
+
+def _check_sendable(action_id: str, inputs: Mapping[str, Any]) -> None:
+    """Inputs from Python callers did not come through :func:`connector.strict_json.loads`: deep nesting would end in
+    ``RecursionError`` inside the schema validator, so it is refused first; ``NaN`` and lone surrogates too, except in
+    the inputs judged item by item (a ``write_entities`` record fails alone: :mod:`connector.bulk`)."""
+    model = INPUT_MODELS.get(action_id)
+    per_item = model.checked_per_item if model is not None else frozenset()
+    try:
+        for key, value in inputs.items():
+            check = check_depth if key in per_item else check_value
+            check({key: value})
+    except StrictJsonError as exc:
+        raise InputError([InputProblem(exc.path, exc.reason)], action_id=action_id) from None
