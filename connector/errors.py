@@ -71,7 +71,6 @@ __all__ = [
     "WebhookError",
     "WebhookPayloadError",
     "WebhookVerificationError",
-    "quote_value",
 ]
 
 
