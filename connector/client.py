@@ -36,6 +36,7 @@ from connector.errors import FatalApiError, InputError, NotFoundError
 from connector.governor import Governor, Outcome
 from connector.ids import new_id
 from connector.odata import entity_id
+from connector.secret import Secret
 from connector.transport import (
     IDEMPOTENT_METHODS,
     USER_AGENT,
@@ -392,17 +393,17 @@ class DataverseClient:
         json: Any,
         headers: Mapping[str, str],
         body: _Body,
-    ) -> tuple[str, httpx.Response | httpx.HTTPError]:
+    ) -> tuple[Secret, httpx.Response | httpx.HTTPError]:
         """One send in a governor slot: the token it carried, and the answer or the transport error."""
         with self._governor.slot():
             # the token is read after any wait, so a long Retry-After never sends an expired token
-            token = self._tokens.token()
+            token = Secret(self._tokens.token())  # never a plain str local: frame-locals capture sees Secret('***')
             request = self._http.build_request(
                 method,
                 url,
                 params=params,
                 json=json,
-                headers={**headers, "Authorization": f"Bearer {token}"},
+                headers={**headers, "Authorization": f"Bearer {token.reveal()}"},
                 **body.send_kwargs(),
             )
             sent_at = self._clock.monotonic()
