@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 
-
 class ConnectorError(Exception):
     """Root of every error this package raises on purpose."""
 
@@ -317,6 +316,7 @@ class TransientAnswer(Exception):
         self.response = response
         self.failure = failure
         self.retry_after = retry_after
+
 
 def preview(value: object, limit: int = 40) -> str:
     """Quote a caller's value in a message without echoing it whole.
