@@ -32,7 +32,7 @@ import httpx
 
 from connector.api_errors import error_from_response, has_error_code, request_id
 from connector.clock import Clock, SystemClock
-from connector.errors import FatalApiError, InputError, NotFoundError
+from connector.errors import FatalApiError, InputError, NotFoundError, preview
 from connector.governor import Governor, Outcome
 from connector.ids import new_id
 from connector.odata import entity_id
@@ -272,10 +272,13 @@ class DataverseClient:
         """The absolute URL for a path relative to the API root, or an absolute URL checked to be on this host."""
         if path_or_url.lower().startswith(("http://", "https://")):
             parts = urlsplit(path_or_url)
+            if "@" in parts.netloc:  # httpx would send it as Basic credentials; never echoed
+                raise InputError("the URL contains a user name or password: remove them from the URL")
             if _origin(path_or_url) != self._origin:
+                scheme, host, port = _origin(path_or_url)
                 raise InputError(
-                    f"refusing to send this connection's token to {parts.scheme}://{parts.netloc}: only URLs on "
-                    f"{self._api_url} are allowed"
+                    f"refusing to send this connection's token to {preview(f'{scheme}://{host}:{port}')}: only URLs "
+                    f"on {self._api_url} are allowed"
                 )
             return path_or_url
         return f"{self._api_url}/{path_or_url.lstrip('/')}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from connector.errors import ConnectionConfigError
+from connector.errors import ConnectionConfigError, preview
 
 __all__ = ["Secret", "resolve_secret"]
 
@@ -79,7 +79,7 @@ def _from_env(var: str, name: str) -> Secret:
     env_value = os.environ.get(var)
     if not env_value:
         raise ConnectionConfigError(
-            f"{name} is read from the environment variable {var}, which is not set or empty: set {var} "
+            f"{name} is read from the environment variable {preview(var, 120)}, which is not set or empty: set it "
             f"in the environment the connector runs in, or give {name} another way",
             field=name,
         )
@@ -90,16 +90,17 @@ def _from_file(file: str, name: str, base_dir: Path | None) -> Secret:
     path = Path(file).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    shown = preview(str(path), 120)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConnectionConfigError(
-            f"{name} is read from the file {path}, which cannot be read ({exc.strerror or type(exc).__name__}): "
+            f"{name} is read from the file {shown}, which cannot be read ({exc.strerror or type(exc).__name__}): "
             f"check the path (relative paths start at the connection file's folder) and its permissions",
             field=name,
         ) from None
     # Editors and `echo` add a final newline that is never part of the secret.
     text = text.rstrip("\r\n")
     if not text:
-        raise ConnectionConfigError(f"{name} is read from the file {path}, which is empty", field=name)
+        raise ConnectionConfigError(f"{name} is read from the file {shown}, which is empty", field=name)
     return Secret(text)

@@ -33,7 +33,7 @@ from connector.auth.certificate import (
 from connector.auth.client_credentials import ClientCredentialsProvider
 from connector.auth.managed_identity import ManagedIdentityProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError
+from connector.errors import AuthenticationError, preview
 from connector.token_store import TokenStore
 from connector.transport import RetryPolicy
 
@@ -191,7 +191,7 @@ def make_token_provider(
     try:
         factory = PROVIDERS[config.kind]
     except KeyError:
-        raise AuthenticationError(f"no token provider for connection kind {config.kind!r}") from None
+        raise AuthenticationError(f"no token provider for connection kind {preview(config.kind)}") from None
     if on_token is not None and config.kind == "authorization_code":
         return factory(config, transport=transport, clock=clock, verify=verify, retry=retry, on_token=on_token)
     return factory(config, transport=transport, clock=clock, verify=verify, retry=retry)

@@ -21,7 +21,7 @@ import httpx
 
 from connector.auth.oauth import AuthlibProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectionConfigError
+from connector.errors import AuthenticationError, ConnectionConfigError, preview
 from connector.token_store import TokenStore
 from connector.transport import RetryPolicy
 
@@ -98,7 +98,7 @@ class AuthorizationCodeProvider(AuthlibProvider):
             if self._store is not None:
                 self._refresh_token = self._store.load()
         if not self._refresh_token:
-            where = f"token_store {self._store.path}" if self._store is not None else "refresh_token"
+            where = f"token_store {preview(str(self._store.path), 120)}" if self._store is not None else "refresh_token"
             raise AuthenticationError(
                 f"no refresh token yet ({where} is empty): run `d365 connection login --connection FILE` to sign in, "
                 "or set refresh_token",
@@ -142,8 +142,9 @@ class AuthorizationCodeProvider(AuthlibProvider):
         params = dict(parse_qsl(urlsplit(callback_url).query))
         if "error" in params:
             description = params.get("error_description", "").splitlines()[0:1]
+            said = f": {preview(description[0], 300)}" if description else ""
             raise AuthenticationError(
-                f"sign-in failed ({params['error']}){': ' + description[0] if description else ''}",
+                f"sign-in failed ({preview(params['error'])}){said}",
                 code=params["error"],
             )
         if not hmac.compare_digest(params.get("state", ""), request.state):

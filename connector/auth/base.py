@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from connector.clock import Clock
-from connector.errors import AuthenticationError, TransientAnswer
+from connector.errors import AuthenticationError, TransientAnswer, preview
 from connector.secret import Secret
 from connector.transport import (
     Failure,
@@ -143,8 +143,8 @@ def audience_problem(access_token: str, organization_url: str, client_id: str) -
             return None
     return (
         AUDIENCE_MISMATCH,
-        f"the access token is for {audiences[0]!r}, not for the environment {organization_url}: set scopes to "
-        f"[{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
+        f"the access token is for {preview(audiences[0], 120)}, not for the environment {organization_url}: "
+        f"set scopes to [{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
     )
 
 
@@ -279,7 +279,9 @@ class CachingProvider(abc.ABC):
         access_token = Secret(raw.pop("access_token"))
         token_type = str(raw.get("token_type", "Bearer"))
         if token_type.lower() != "bearer":
-            raise AuthenticationError(f"{self._what} issued a {token_type!r} token; Dataverse needs a Bearer token")
+            raise AuthenticationError(
+                f"{self._what} issued a {preview(token_type)} token; Dataverse needs a Bearer token"
+            )
         problem = audience_problem(access_token.reveal(), self._organization_url, self._client_id)
         if problem is not None:
             raise AuthenticationError(problem[1], code=problem[0])

@@ -18,7 +18,7 @@ import httpx
 
 from connector.auth.base import AADSTS_CODE, CachingProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectorError, TransientAnswer
+from connector.errors import AuthenticationError, ConnectorError, TransientAnswer, preview
 from connector.transport import USER_AGENT, RetryPolicy
 
 with warnings.catch_warnings():
@@ -79,11 +79,11 @@ def token_endpoint_error(response: httpx.Response, scope: str) -> Authentication
         advice = "check client_id and client_secret"
     elif advice is None and error == "unauthorized_client":
         advice = "check client_id and tenant_id"
-    parts = [f"the token endpoint refused the request ({error}{', ' + code if code else ''})"]
+    parts = [f"the token endpoint refused the request ({preview(error)}{', ' + preview(code) if code else ''})"]
     if advice:
         parts.append(advice.format(scope=scope))
     if summary:
-        parts.append(f"server said: {summary}")
+        parts.append(f"server said: {preview(summary, 300)}")
     return AuthenticationError(": ".join(parts), code=code or error, status_code=response.status_code)
 
 
