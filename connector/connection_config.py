@@ -116,14 +116,21 @@ def _has_userinfo(value: str) -> bool:
     return "@" in parts.netloc
 
 
-def _refuse_userinfo(data: Mapping[str, Any]) -> None:
-    """Refuse a URL setting with user info before anything else reads it, naming the field but never the value.
+_MAX_URL = 2048  # longer than any real environment or identity URL, far shorter than a hostile megabyte
+
+
+def _refuse_hostile_urls(data: Mapping[str, Any]) -> None:
+    """Refuse a URL setting with user info, or absurdly long, before anything reads it; never echo the value.
 
     Runs before schema validation, whose messages quote an invalid value: a credential in the user part of a URL that
     failed any other rule would otherwise reach the error text.
     """
     for name in _URL_FIELDS:
         value = data.get(name)
+        if isinstance(value, str) and len(value) > _MAX_URL:
+            raise ConnectionConfigError(
+                f"{name} is {len(value):,} characters long: give the URL itself (at most {_MAX_URL:,})", field=name
+            )
         if isinstance(value, str) and _has_userinfo(value):
             raise ConnectionConfigError(f"{name} contains a user name or password: {_USERINFO_FIX}", field=name)
 
@@ -541,7 +548,7 @@ def parse_config(
     if kind not in KINDS:
         got = f"{preview(kind)} is not a known kind" if isinstance(kind, str) else "kind is missing"
         raise ConnectionConfigError(f"kind: {got}; use one of: {', '.join(sorted(KINDS))}", field="kind")
-    _refuse_userinfo(data)
+    _refuse_hostile_urls(data)
     problems = schemas.validate(dict(data), f"connections/{kind}.json")
     if not problems:
         policy = policy if policy is not None else OperatorPolicy.from_env()
