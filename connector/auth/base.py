@@ -51,6 +51,7 @@ __all__ = [
     "DYNAMICS_CRM_APP_ID",
     "ID_TOKEN_REFUSED",
     "CachingProvider",
+    "TokenAnswer",
     "TokenProvider",
     "audience_problem",
     "decode_jwt_claims",
@@ -146,6 +147,35 @@ def audience_problem(access_token: str, organization_url: str, client_id: str) -
         f"the access token is for {preview(audiences[0], 120)}, not for the environment {organization_url}: "
         f"set scopes to [{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
     )
+
+
+class TokenAnswer(dict[str, Any]):
+    """A token endpoint's parsed answer, whose ``repr`` masks the tokens.
+
+    It sits in frame locals from the moment it is parsed until :meth:`CachingProvider._accept` takes the access token
+    out; a traceback rendered with locals (Sentry, rich) would otherwise print the tokens it holds.
+    """
+
+    _MASKED = frozenset({"access_token", "refresh_token", "id_token"})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k!r}: {'***' if k in self._MASKED else repr(v)}" for k, v in self.items())
+        return f"TokenAnswer({{{shown}}})"
+
+
+def _frameless(exc: BaseException) -> BaseException:
+    """``exc`` and the exceptions it chains, without their tracebacks: kept as the cause, for its type and message.
+
+    A failed token request's traceback runs through authlib's and httpx's frames, whose locals hold the form body
+    (client secret, refresh token); a tool that renders the cause chain with locals would print them.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 @dataclass(frozen=True)
@@ -253,10 +283,10 @@ class CachingProvider(abc.ABC):
             except httpx.HTTPError as exc:
                 error = map_transport_error(exc, what=self._what, field=field)
                 if unreachable_is_final and never_sent(exc):
-                    raise error from exc
+                    raise error from _frameless(exc)
                 retry = budget.next_retry(transport_failure(error), now=self._clock.monotonic())
                 if retry is None:
-                    raise error from exc
+                    raise error from _frameless(exc)
                 why = type(exc).__name__
             log.debug("token request failed (%s); attempt %d, retrying in %.1f s", why, budget.attempts, retry.wait)
             self._clock.sleep(retry.wait)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from connector.auth.base import AADSTS_CODE, CachingProvider
+from connector.auth.base import AADSTS_CODE, CachingProvider, TokenAnswer
 from connector.clock import Clock
 from connector.errors import AuthenticationError, ConnectionConfigError, RetriableApiError, preview
 from connector.transport import USER_AGENT, RetryPolicy
@@ -127,4 +127,4 @@ class ManagedIdentityProvider(CachingProvider):
                 code=f"AADSTS{match.group(1)}" if match else f"ManagedIdentity{response.status_code}",
                 status_code=response.status_code,
             )
-        return body
+        return TokenAnswer(body)

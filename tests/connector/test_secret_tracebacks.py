@@ -40,7 +40,7 @@ def _assert_no_token(text: str, tokens: list[str]) -> None:
     assert "Secret('***')" in text or "SecretStr" in text or "***" in text  # the locals were rendered at all
     for token in tokens:
         assert token not in text
-    leaked = [name for name, value in SENTINELS.items() if name != "client_secret" and value in text]
+    leaked = [name for name, value in SENTINELS.items() if value in text]
     assert leaked == []
 
 
@@ -60,14 +60,19 @@ def _refresh_after_401_is_unreachable(cloud: Any) -> None:
     cloud.token_queue.extend([_Boom("token endpoint bug")])
 
 
+def _refresh_network_error(cloud: Any) -> None:
+    cloud.api_queue.append(httpx.Response(401, json=cloud.error_body("0x80044302", "Request is not authenticated.")))
+    cloud.token_queue.extend([httpx.ConnectError("connection refused")] * 10)
+
+
 def _network_error(cloud: Any) -> None:
     cloud.api_queue.extend([httpx.ConnectError("connection refused")] * 10)
 
 
 @pytest.mark.parametrize(
     "provoke",
-    [_api_send_raises, _refresh_after_401_is_unreachable, _network_error],
-    ids=["transport-raises", "401-then-refresh-fails", "network-error"],
+    [_api_send_raises, _refresh_after_401_is_unreachable, _refresh_network_error, _network_error],
+    ids=["transport-raises", "401-then-refresh-raises", "401-then-refresh-unreachable", "network-error"],
 )
 def test_token_absent_from_traceback_locals(cloud: Any, provoke: Callable[[Any], None]) -> None:
     conn = cloud.connect()
@@ -128,3 +133,30 @@ def test_token_repr_and_str_are_redacted() -> None:
     assert SENTINELS["access_token"] not in repr(token)
     assert SENTINELS["access_token"] not in str(token)
     assert token.access_token.reveal() == SENTINELS["access_token"]
+
+
+_ROTATED = SENTINELS["refresh_token"] + "-rotated"
+
+
+@pytest.mark.parametrize("refresh_fails", [True, False], ids=["refresh-unreachable", "api-raises-after-rotation"])
+def test_refresh_tokens_absent_from_traceback_locals(cloud: Any, refresh_fails: bool) -> None:
+    """The authorization code kind: its refresh tokens (the configured one and a rotated one) stay out of frames.
+
+    The rotated token is a module constant, not a local: the test's own frame is rendered too.
+    """
+
+    def user_token(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=dict(cloud.token_response().json(), refresh_token=_ROTATED))
+
+    conn = cloud.connect(kind="authorization_code", client_secret=None, refresh_token=SENTINELS["refresh_token"])
+    cloud.token_queue.append(user_token)
+    conn.token()
+    if refresh_fails:
+        cloud.api_queue.append(httpx.Response(401, json=cloud.error_body("0x80044302", "not authenticated")))
+        cloud.token_queue.extend([httpx.ConnectError("connection refused")] * 10)
+    else:
+        _api_send_raises(cloud)
+    with pytest.raises((_Boom, ConnectorError)) as info:
+        conn.client.whoami()
+    text = _rendered(info.value)
+    _assert_no_token(text, [*cloud.issued, _ROTATED, SENTINELS["refresh_token"]])
