@@ -96,7 +96,7 @@ def _certificate(
     verify: ssl.SSLContext | bool,
     retry: RetryPolicy | None,
 ) -> TokenProvider:
-    password = config.private_key_password.reveal() if config.private_key_password else None
+    password = config.private_key_password  # a Secret, revealed only into the key loader's call
     certificate = load_client_certificate(
         certificate_file=config.certificate_file,
         private_key_file=config.private_key_file,

@@ -18,6 +18,7 @@ from joserfc.jwk import RSAKey
 from connector.auth.oauth import AuthlibProvider
 from connector.clock import Clock
 from connector.errors import ConnectionConfigError, preview
+from connector.secret import Secret
 from connector.transport import RetryPolicy
 
 __all__ = [
@@ -54,7 +55,7 @@ def load_client_certificate(
     certificate_file: Path | None,
     private_key_file: Path | None,
     pfx_file: Path | None,
-    password: str | None,
+    password: str | Secret | None,
 ) -> ClientCertificate:
     """Load a PEM certificate and key (the key optionally encrypted) or a PFX/PKCS#12 file.
 
@@ -64,12 +65,13 @@ def load_client_certificate(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    secret = password.encode() if password else None
+    if isinstance(password, str):  # held as a Secret from here: a refusal below is raised from this frame
+        password = Secret(password) if password else None
     key: Any
     if pfx_file is not None:
         data = _read_file(pfx_file, "pfx_file")
         try:
-            key, cert, _ = pkcs12.load_key_and_certificates(data, secret)
+            key, cert, _ = pkcs12.load_key_and_certificates(data, _bytes(password))
         except ValueError:
             raise ConnectionConfigError(
                 f"pfx_file {_shown(pfx_file)} cannot be opened: the file is not a PFX/PKCS#12 file, or "
@@ -94,11 +96,11 @@ def load_client_certificate(
                 field="certificate_file",
             ) from None
         try:
-            key = serialization.load_pem_private_key(_read_file(private_key_file, "private_key_file"), secret)
+            key = serialization.load_pem_private_key(_read_file(private_key_file, "private_key_file"), _bytes(password))
         except TypeError:
             raise ConnectionConfigError(
                 f"private_key_file {_shown(private_key_file)} is encrypted: set private_key_password"
-                if secret is None
+                if password is None
                 else f"private_key_file {_shown(private_key_file)} is not encrypted: remove private_key_password",
                 field="private_key_password",
             ) from None
@@ -106,7 +108,7 @@ def load_client_certificate(
             raise ConnectionConfigError(
                 f"private_key_file {_shown(private_key_file)} cannot be read: it is not a PEM private key, or "
                 "private_key_password is wrong",
-                field="private_key_password" if secret else "private_key_file",
+                field="private_key_password" if password else "private_key_file",
             ) from None
     if not isinstance(key, RSAPrivateKey):
         raise ConnectionConfigError(
@@ -115,6 +117,10 @@ def load_client_certificate(
         )
     der = cert.public_bytes(serialization.Encoding.DER)
     return ClientCertificate(private_key=key, x5t=x5t_thumbprint(der), subject=cert.subject.rfc4514_string())
+
+
+def _bytes(password: Secret | None) -> bytes | None:
+    return password.reveal().encode() if password else None
 
 
 def _shown(path: Path) -> str:

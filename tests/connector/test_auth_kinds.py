@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import stat
+import traceback
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from rich.console import Console
+from rich.traceback import Traceback
 
 from connector import RetryPolicy, cli
 from connector.auth import AuthorizationCodeProvider, ManagedIdentityProvider, x5t_thumbprint
@@ -501,3 +505,33 @@ def test_secret_leak_probe(
         )
         assert result.exit_code in (3, 4), result.output
         assert_no_secrets(result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize(
+    "files", [{"pfx_file": "cert.pfx"}, {"certificate_file": "cert.pem", "private_key_file": "key.pem"}]
+)
+def test_wrong_key_password_absent_from_traceback_locals(
+    cloud: Any, clock: FakeClock, certificate: dict[str, Any], files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal is raised inside the key loader, whose frame held the password in clear before it was a Secret.
+
+    The password comes from the environment: an inline one would sit in the caller's own settings dict, in its frame.
+    """
+    monkeypatch.setenv("D365_TEST_KEY_PASSWORD", PASSWORD + "-wrong")
+    password = {"env": "D365_TEST_KEY_PASSWORD"}
+    with pytest.raises(ConnectionConfigError) as info:
+        Connection.from_config(
+            cloud.config(kind="certificate", client_secret=None, private_key_password=password, **files),
+            base_dir=certificate["folder"],
+            transport=httpx.MockTransport(cloud.handler),
+            clock=clock,
+        ).token()
+    assert info.value.field == "private_key_password"
+    exc = info.value
+    plain = "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(
+        Traceback.from_exception(type(exc), exc, exc.__traceback__, show_locals=True)
+    )
+    assert "Secret('***')" in plain
+    assert_no_secrets(plain, out.getvalue())
