@@ -75,11 +75,16 @@ def resolve_secret(value: Any, name: str, base_dir: Path | None) -> Secret:
     raise ConnectionConfigError(f"{name} must be the value, {{'env': NAME}} or {{'file': PATH}}", field=name)
 
 
+def _named(text: str) -> str:
+    """A variable name or path as a message shows it: as is when short and printable, else quoted and cut."""
+    return text if len(text) <= 120 and text.isprintable() else preview(text, 120)
+
+
 def _from_env(var: str, name: str) -> Secret:
     env_value = os.environ.get(var)
     if not env_value:
         raise ConnectionConfigError(
-            f"{name} is read from the environment variable {preview(var, 120)}, which is not set or empty: set it "
+            f"{name} is read from the environment variable {_named(var)}, which is not set or empty: set {_named(var)} "
             f"in the environment the connector runs in, or give {name} another way",
             field=name,
         )
@@ -90,7 +95,7 @@ def _from_file(file: str, name: str, base_dir: Path | None) -> Secret:
     path = Path(file).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    shown = preview(str(path), 120)
+    shown = _named(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
