@@ -160,3 +160,14 @@ def test_refresh_tokens_absent_from_traceback_locals(cloud: Any, refresh_fails: 
         conn.client.whoami()
     text = _rendered(info.value)
     _assert_no_token(text, [*cloud.issued, _ROTATED, SENTINELS["refresh_token"]])
+
+
+def test_token_absent_from_traceback_locals_of_test_connection(cloud: Any) -> None:
+    """``test_connection`` reads the token to check its audience, then calls WhoAmI in the same frame."""
+    from connector.diagnostics import test_connection
+
+    conn = cloud.connect()
+    _api_send_raises(cloud)
+    with pytest.raises(_Boom) as info:
+        test_connection(conn)
+    _assert_no_token(_rendered(info.value), cloud.issued)
