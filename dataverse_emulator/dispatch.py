@@ -75,9 +75,10 @@ class WebApi(RecordApi):
                 resp = await self.dispatch(request, ctx, split_path(rest))
             else:
                 # read the body first: once cached, dispatch has no suspension point, so no other request can run
-                # inside this transaction on the shared connection; any refusal rolls every write back
+                # inside this transaction on the shared connection; any refusal rolls every write back, and
+                # asynchronous webhook steps start only after the commit
                 await request.body()
-                with self.store.transaction():
+                with self.emu.webhooks.deferred(), self.store.transaction():
                     resp = await self.dispatch(request, ctx, split_path(rest))
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
