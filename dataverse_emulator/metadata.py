@@ -31,6 +31,7 @@ from .odata import (
     parse_select,
 )
 from .schema import many_to_many_json
+from .table_flags import flags
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -79,36 +80,32 @@ def schema_name(name: str) -> str:
 def entity_json(t: Table) -> dict[str, Any]:
     """EntityMetadata for a table."""
     mid = t.metadata_id
-    return {
-        "MetadataId": mid,
-        "LogicalName": t.logical_name,
-        "SchemaName": t.schema_name,
-        "EntitySetName": t.entity_set,
-        "LogicalCollectionName": t.entity_set,
-        "CollectionSchemaName": t.schema_name + "s",
-        "PrimaryIdAttribute": t.primary_id,
-        "PrimaryNameAttribute": t.primary_name,
-        "PrimaryImageAttribute": None,
-        "ObjectTypeCode": t.object_type_code,
-        "OwnershipType": t.ownership if t.ownership != "None" else "None",
-        "IsCustomEntity": t.custom,
-        "IsPrivate": False,
-        "IsActivity": False,
-        "IsActivityParty": False,
-        "IsIntersect": False,
-        "IsManaged": True,
-        "IsOptimisticConcurrencyEnabled": True,
-        "ChangeTrackingEnabled": False,
-        "HasActivities": t.logical_name in ("account", "contact", "lead", "opportunity", "incident"),
-        "HasNotes": t.logical_name in ("account", "contact", "lead", "opportunity", "incident"),
-        "IsValidForAdvancedFind": True,
-        "DisplayName": label(t.display_name, mid),
-        "DisplayCollectionName": label(t.display_collection_name, mid),
-        "Description": label("", mid),
-        "CanCreateAttributes": managed(True, "cancreateattributes"),
-        "IsCustomizable": managed(True, "iscustomizable"),
-        "IsAuditEnabled": managed(False, "canmodifyauditsettings"),
-    } | t.extra
+    return (
+        {
+            "MetadataId": mid,
+            "LogicalName": t.logical_name,
+            "SchemaName": t.schema_name,
+            "EntitySetName": t.entity_set,
+            "LogicalCollectionName": t.entity_set,
+            "CollectionSchemaName": t.schema_name + "s",
+            "PrimaryIdAttribute": t.primary_id,
+            "PrimaryNameAttribute": t.primary_name,
+            "PrimaryImageAttribute": None,
+            "ObjectTypeCode": t.object_type_code,
+            "OwnershipType": t.ownership if t.ownership != "None" else "None",
+            "IsCustomEntity": t.custom,
+            "IsPrivate": False,
+            "IsManaged": True,
+            "IsOptimisticConcurrencyEnabled": True,
+            "ChangeTrackingEnabled": False,
+            "DisplayName": label(t.display_name, mid),
+            "DisplayCollectionName": label(t.display_collection_name, mid),
+            "Description": label("", mid),
+            "IsAuditEnabled": managed(False, "canmodifyauditsettings"),
+        }
+        | flags(t)
+        | t.extra
+    )
 
 
 def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
