@@ -145,7 +145,8 @@ class WebApi(RecordApi):
         if head == "BulkDelete" and len(segs) == 1 and method == "POST":
             return await bulk_delete(self, request, ctx)
         if head == "$metadata":
-            return Response(metadata.csdl(self.tables, self.rels), media_type="application/xml")
+            csdl = metadata.csdl(self.tables, self.rels, getattr(self.emu, "many_to_many", []))
+            return Response(csdl, media_type="application/xml")
         if head in ("WhoAmI", "RetrieveVersion") and len(segs) == 1 and (key is None or key == ""):
             if method != "GET":
                 raise errors.no_resource(f"{ctx.api}/{segs[0]}")

@@ -543,8 +543,9 @@ async def _keys(
     )
 
 
-def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
-    """A minimal CSDL: entity types with keys, properties and navigation properties, plus the container."""
+def csdl(tables: dict[str, Table], rels: list[Relationship], many_to_many: list[dict[str, Any]] | None = None) -> str:
+    """A minimal CSDL: entity types with keys, properties and navigation properties (N:N ones included, a
+    collection on each side), plus the container."""
     edm = {
         "String": "Edm.String",
         "Memo": "Edm.String",
@@ -587,6 +588,7 @@ def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
                     f"<NavigationProperty Name={quoteattr(r.referenced_nav)} "
                     f'Type="Collection(mscrm.{r.referencing_entity})" Partner={quoteattr(r.referencing_nav)} />'
                 )
+        parts += many_to_many_navs(t, many_to_many or [])
         parts.append("</EntityType>")
     parts.append('<EntityContainer Name="System">')
     for t in tables.values():
@@ -595,3 +597,17 @@ def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
         )
     parts.append("</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>")
     return "".join(parts)
+
+
+def many_to_many_navs(t: Table, many_to_many: list[dict[str, Any]]) -> list[str]:
+    """The collection-valued navigation properties an N:N relationship gives ``t`` (one per side it is on)."""
+    out = []
+    for m in many_to_many:
+        for own, other in (("1", "2"), ("2", "1")):
+            if m[f"Entity{own}LogicalName"] == t.logical_name:
+                nav, partner = m[f"Entity{own}NavigationPropertyName"], m[f"Entity{other}NavigationPropertyName"]
+                out.append(
+                    f"<NavigationProperty Name={quoteattr(nav)} "
+                    f'Type="Collection(mscrm.{m[f"Entity{other}LogicalName"]})" Partner={quoteattr(partner)} />'
+                )
+    return out

@@ -6,6 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from connector.connection import Connection
+from connector.errors import DataverseApiError
+from connector.runtime import Runtime
 from dataverse_emulator.testing import EmulatorHandle
 
 from .conftest import error_of
@@ -81,3 +84,37 @@ def test_duplicate_association_and_wrong_targets_are_refused(api: httpx.Client, 
     )
     assert error_of(api.delete(f"accounts({account})/new_fans/$ref"))[:2] == (400, "0x0")
     assert refs(api, f"accounts({account})/new_fans/$ref") == [contacts[0]]
+
+
+def test_metadata_declares_both_sides(api: httpx.Client, pair: tuple[str, list[str]]) -> None:
+    csdl = api.get("$metadata").text
+    account = csdl.split('<EntityType Name="account">', 1)[1].split("</EntityType>", 1)[0]
+    contact = csdl.split('<EntityType Name="contact">', 1)[1].split("</EntityType>", 1)[0]
+    assert (
+        '<NavigationProperty Name="new_fans" Type="Collection(mscrm.contact)" Partner="new_favourite_accounts" />'
+        in account
+    )
+    assert (
+        '<NavigationProperty Name="new_favourite_accounts" Type="Collection(mscrm.account)" Partner="new_fans" />'
+        in contact
+    )
+
+
+def test_the_connector_actions_link_and_unlink_through_the_emulator(
+    emulator: EmulatorHandle, api: httpx.Client, pair: tuple[str, list[str]]
+) -> None:
+    account, contacts = pair
+    conn = Connection.from_config(emulator.connection_config())
+    runtime = Runtime(load_entrypoints=False, validate_output=True)
+    try:
+        link = {"table": "account", "id": account, "navigation": "new_fans"}
+        for cid in contacts[:2]:
+            runtime.run_action("associate_entities", {**link, "related": {"table": "contact", "id": cid}}, conn)
+        assert refs(api, f"accounts({account})/new_fans/$ref") == sorted(contacts[:2])
+        runtime.run_action("disassociate_entities", {**link, "related": {"table": "contact", "id": contacts[0]}}, conn)
+        assert refs(api, f"accounts({account})/new_fans/$ref") == [contacts[1]]
+        with pytest.raises(DataverseApiError) as failed:
+            runtime.run_action("associate_entities", {**link, "related": {"table": "contact", "id": contacts[1]}}, conn)
+        assert (failed.value.status_code, failed.value.code) == (412, "0x80040237")
+    finally:
+        conn.close()
