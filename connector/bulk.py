@@ -8,8 +8,12 @@ target failed (reference 15.3), and UpsertMultiple over the Web API answers ``20
 other connectors therefore lose a whole chunk to one bad row and cannot tell which rows were created. This module
 closes those gaps:
 
-* **one result per input record** (``created``, ``updated``, ``failed`` with Dataverse's code and message, or
-  ``unknown``), with its id and input index, and a summary;
+* **one result per input record** (``created``, ``updated``, ``already_present``, ``failed`` with Dataverse's code
+  and message, or ``unknown`` with the reason), with its id and input index, and a summary;
+* an answer lost for good (retries spent after a send that may have been applied) is **read back** before anything
+  is reported (:mod:`connector.written`): ``failed`` means the change did not apply, ``created``/``updated`` that
+  the row holds the written values; a create with the records' own ids finds rows a previous run wrote
+  (``already_present``) instead of failing them with "duplicate key";
 * a failed chunk is **split in halves** until each bad row stands alone (at most ``2·⌈log2(chunk)⌉`` extra requests per
   bad row); the good rows land;
 * **upsert** pre-reads which keys exist (one ``In`` read per chunk) to say created vs updated, and **update** by
@@ -22,7 +26,8 @@ closes those gaps:
   there);
 * chunks run in parallel through the connection's :class:`~connector.governor.Governor` (``x-ms-dop-hint``, shared
   ``Retry-After``), and support for the bulk messages is probed once per table through ``sdkmessagefilters`` and cached
-  on the connection. A table without them goes through ``$batch`` with ``Prefer: odata.continue-on-error``.
+  on the connection. A table without them, or a probe that cannot be read, goes through ``$batch`` with
+  ``Prefer: odata.continue-on-error``.
 
 Each chunk is written by :class:`connector.bulk_chunks.ChunkWriter`. Bodies are built by :mod:`connector.body`
 (lookups as ``<navigation>@odata.bind``, labels as integers), so a bulk row
@@ -44,6 +49,7 @@ from connector.addressing import key_value
 from connector.body import build_body
 from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
 from connector.errors import (
+    DataverseApiError,
     InputError,
     InputProblem,
 )
@@ -163,7 +169,8 @@ class WriteReport:
     cancelled: bool = False
 
     def summary(self) -> dict[str, int]:
-        counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0, "merged": 0}
+        counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0}
+        counts |= {"already_present": 0, "merged": 0}
         if self.cancelled:
             counts["not_sent"] = 0
         for r in self.results:
@@ -212,6 +219,16 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
     with _support_lock:
         _support.setdefault(connection, {})[meta.logical_name] = result
     return result
+
+
+def _supports(connection: Connection, meta: TableMetadata, message: str) -> bool:
+    """Whether to send ``message``; a probe that cannot be read (retries spent) takes the ``$batch`` route, which
+    every table supports, rather than ending the run without a result per record. Not cached: the next run asks."""
+    try:
+        return message in bulk_support(connection, meta)
+    except DataverseApiError as exc:
+        log.warning("the bulk-message probe for %s failed (%s); writing through $batch", meta.logical_name, exc)
+        return False
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
@@ -345,7 +362,7 @@ def write_entities(
         raise InputError(problems)
     items = _plan(connection, meta, mode, records, options)
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
-    use_bulk = bool(items) and message in bulk_support(connection, meta)
+    use_bulk = bool(items) and _supports(connection, meta, message)
     writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
     done: dict[int, RowOutcome] = {}
     tracker = Tracker(

@@ -25,7 +25,7 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
-from connector import cli_progress
+from connector import cli_progress, cli_webhook
 from connector.cli_help import ActionCommand
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
@@ -524,6 +524,7 @@ def webhook() -> None:
 @click.option("--path", "url_path", default="/", show_default=True, help="URL path deliveries are posted to.")
 @click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
 @click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
+@cli_webhook.serve_options
 @click.option(
     "--progress",
     "progress_mode",
@@ -540,6 +541,9 @@ def webhook_serve(
     url_path: str,
     subscribe: bool,
     public_url: str | None,
+    dedupe_memory: bool,
+    body_timeout: float,
+    max_connections: int,
     progress_mode: str,
 ) -> None:
     """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) and the delivery
@@ -555,7 +559,7 @@ def webhook_serve(
 
     try:
         runtime = _runtime()
-        config = load_trigger_config(config_file)
+        config = cli_webhook.with_dedupe_file(load_trigger_config(config_file), dedupe_memory)
         conn = None
         if subscribe:
             data, base_dir = _load_connection_file(connection_file)
@@ -563,7 +567,8 @@ def webhook_serve(
         try:
             with cli_progress.display(progress_mode) as reporter:
                 serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
-                      on_event=emit, on_status=status, progress=reporter)  # fmt: skip
+                      on_event=emit, on_status=status, progress=reporter, policy=_cli_policy(),
+                      body_timeout=body_timeout, max_connections=max_connections)  # fmt: skip
         finally:
             runtime.close()
     except ConnectorError as exc:

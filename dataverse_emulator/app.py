@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import schema
+from . import persisted, sampledata
 from .admin import Admin, bootstrap
 from .context import MAX_URL
 from .dispatch import WebApi
@@ -133,6 +133,7 @@ def create_app(
     dop_hint: int = 4,
     time_scale: float = 1.0,
     fault_rate: float = 0.0,
+    sample_data: bool = False,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
@@ -144,8 +145,11 @@ def create_app(
         admin=admin,
         clock=clock,
     )
-    schema.load_persisted(emu)  # custom tables and columns of a --db file
+    persisted.load_persisted(emu)  # custom tables and columns of a --db file
     bootstrap(emu)
+    if sample_data:
+        emu.sample_data, emu.sample_seed = True, seed
+        sampledata.load(emu, seed)
     api = WebApi(emu)
     idp = IdentityEndpoints(emu.identity, emu.ensure_user)
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]

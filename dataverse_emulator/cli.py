@@ -50,6 +50,12 @@ from .tls import default_data_dir, issue_server_cert
 @click.option("--dop-hint", default=4, show_default=True, type=int, help="Value of x-ms-dop-hint.")
 @click.option("--time-scale", default=1.0, show_default=True, type=float, help="Divides every emulated duration.")
 @click.option("--fault-rate", default=0.0, show_default=True, type=float, help="Share of Web API requests faulted.")
+@click.option(
+    "--sample-data",
+    is_flag=True,
+    help="Start with a small organization in use (accounts, contacts, leads, opportunities, activities, a marketing "
+    "list, alternate keys, the README examples' table and rows); the same rows for the same --seed.",
+)
 def serve(
     host: str,
     port: int,
@@ -71,6 +77,7 @@ def serve(
     dop_hint: int,
     time_scale: float,
     fault_rate: float,
+    sample_data: bool,
 ) -> None:
     """Serve a local Dataverse Web API emulator."""
     from .testing import uvicorn_config
@@ -90,6 +97,7 @@ def serve(
         dop_hint=dop_hint,
         time_scale=time_scale,
         fault_rate=fault_rate,
+        sample_data=sample_data,
     )
     ddir = Path(data_dir) if data_dir else default_data_dir()
     certfile = keyfile = ca = None

@@ -15,7 +15,7 @@ from xml.sax.saxutils import quoteattr
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import cascade, errors
 from .model import Attribute, Key, Relationship, Table
 from .odata import (
     Call,
@@ -132,7 +132,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
             "CanBeChanged": a.required != "SystemRequired",
             "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings",
         },
-        "DisplayName": label(schema_name(a.name), mid),
+        "DisplayName": label(a.display or schema_name(a.name), mid),
         "Description": label("", mid),
     }
     if a.type in ("String", "Memo"):
@@ -179,15 +179,7 @@ def relationship_json(r: Relationship) -> dict[str, Any]:
         "IsCustomRelationship": False,
         "IsManaged": True,
         "IsValidForAdvancedFind": True,
-        "CascadeConfiguration": {
-            "Assign": "NoCascade",
-            "Delete": "RemoveLink",
-            "Merge": "NoCascade",
-            "Reparent": "NoCascade",
-            "Share": "NoCascade",
-            "Unshare": "NoCascade",
-            "RollupView": "NoCascade",
-        },
+        "CascadeConfiguration": cascade.configuration(r),
     }
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: The business tables with activities and notes.
 WITH_ACTIVITIES = frozenset({"account", "contact", "lead", "opportunity", "incident", "list"})
-ACTIVITIES = frozenset({"task", "phonecall", "email", "appointment", "letter", "fax", "activitypointer"})
+ACTIVITIES = frozenset({"task", "phonecall", "email", "appointment", "letter", "fax"})
 #: Tables no client may customize (no new columns either).
 NOT_CUSTOMIZABLE = frozenset(
     {
