@@ -212,9 +212,28 @@ def test_an_owner_change_raises_assign(
 def test_a_table_created_at_runtime_gets_message_filters(
     api: httpx.Client, emulator: EmulatorHandle, hooks: Any
 ) -> None:
-    body = {
+    body = table_body("new_Widget")
+    if api.get("EntityDefinitions(LogicalName='new_widget')?$select=LogicalName").status_code != 200:
+        assert api.post("EntityDefinitions", json=body).status_code == 204
+    filters = api.get("sdkmessagefilters?$select=name&$filter=primaryobjecttypecode eq 'new_widget'").json()["value"]
+    assert {"Create new_widget", "Update new_widget", "Delete new_widget"} <= {f["name"] for f in filters}
+    hooks("new_widget", "Create")
+    api.post("new_widgets", json={"new_name": "w"}).raise_for_status()
+    assert delivered(emulator) == [("Create", "new_widget")]
+
+
+def test_a_deleted_table_takes_its_message_filters_along(api: httpx.Client) -> None:
+    assert api.post("EntityDefinitions", json=table_body("new_Gadget")).status_code == 204
+    query = "sdkmessagefilters?$select=name&$filter=primaryobjecttypecode eq 'new_gadget'"
+    assert len(api.get(query).json()["value"]) >= 3
+    assert api.delete("EntityDefinitions(LogicalName='new_gadget')").status_code == 204
+    assert api.get(query).json()["value"] == []
+
+
+def table_body(schema: str) -> dict[str, Any]:
+    return {
         "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
-        "SchemaName": "new_Widget",
+        "SchemaName": schema,
         "DisplayName": {"LocalizedLabels": [{"Label": "Widget", "LanguageCode": 1033}]},
         "DisplayCollectionName": {"LocalizedLabels": [{"Label": "Widgets", "LanguageCode": 1033}]},
         "OwnershipType": "UserOwned",
@@ -232,10 +251,3 @@ def test_a_table_created_at_runtime_gets_message_filters(
             }
         ],
     }
-    if api.get("EntityDefinitions(LogicalName='new_widget')?$select=LogicalName").status_code != 200:
-        assert api.post("EntityDefinitions", json=body).status_code == 204
-    filters = api.get("sdkmessagefilters?$select=name&$filter=primaryobjecttypecode eq 'new_widget'").json()["value"]
-    assert {"Create new_widget", "Update new_widget", "Delete new_widget"} <= {f["name"] for f in filters}
-    hooks("new_widget", "Create")
-    api.post("new_widgets", json={"new_name": "w"}).raise_for_status()
-    assert delivered(emulator) == [("Create", "new_widget")]
