@@ -192,12 +192,11 @@ class Throttle:
                         break
             elif now < b.retry_until and b.refused is not None:  # an extended Retry-After has not run out yet
                 refusal = b.refused
+            if refusal is not None and b.in_flight < lim.max_concurrency:  # concurrency refusals are never extended
+                b.refused = refusal
+                wait = extended_retry_after(b, now, wait, self.window)
             if refusal is not None:
-                if b.in_flight >= lim.max_concurrency:  # concurrency refusals are immediate and never extended
-                    retry = max(1, math.ceil(wait))
-                else:
-                    b.refused = refusal
-                    retry = extended_retry_after(b, now, wait, self.window)
+                retry = max(1, math.ceil(wait))
                 return DataverseError(429, refusal[0], refusal[1], {"Retry-After": str(retry)}), None
         entry = [now, REQUEST_COST_S]
         b.entries.append(entry)
