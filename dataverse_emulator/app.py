@@ -37,6 +37,12 @@ class Observe:
         self.app = app
         self.emu = emu
 
+    def ended(self, entry: dict[str, Any]) -> None:
+        """The answer's end is when its last body byte went to the server, not when the handler returned (work an
+        app does after answering is not the client's wait)."""
+        entry["end"] = self.emu.clock()
+        entry["wall_end"] = time.time()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -76,6 +82,8 @@ class Observe:
                     if k.lower() == b"retry-after":
                         entry["retry_after"] = v.decode()
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body") and entry:
+                self.ended(entry)  # the last byte is handed to the server: what the client waited for ends here
 
         try:
             if emu.latency_ms and not is_admin and not path.startswith("/api/data"):  # Web API: ThrottleMiddleware
@@ -102,8 +110,8 @@ class Observe:
         finally:
             if entry:
                 emu.in_flight -= 1
-                entry["end"] = emu.clock()
-                entry["wall_end"] = time.time()
+                if "end" not in entry:  # no complete answer was sent (the client went away)
+                    self.ended(entry)
                 entry["in_flight_at_end"] = emu.in_flight
                 emu.log.append(entry)
 

@@ -72,9 +72,10 @@ class WebApi(RecordApi):
                 resp = await self.dispatch(request, ctx, split_path(rest))
             else:
                 # read the body first: once cached, dispatch has no suspension point, so no other request can run
-                # inside this transaction on the shared connection; any refusal rolls every write back
+                # inside this transaction on the shared connection; any refusal rolls every write back, and
+                # asynchronous webhook steps start only after the commit
                 await request.body()
-                with self.store.transaction():
+                with self.emu.webhooks.deferred(), self.store.transaction():
                     resp = await self.dispatch(request, ctx, split_path(rest))
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
@@ -143,7 +144,8 @@ class WebApi(RecordApi):
         if head == "BulkDelete" and len(segs) == 1 and method == "POST":
             return await bulk_delete(self, request, ctx)
         if head == "$metadata":
-            return Response(metadata.csdl(self.tables, self.rels), media_type="application/xml")
+            csdl = metadata.csdl(self.tables, self.rels, getattr(self.emu, "many_to_many", []))
+            return Response(csdl, media_type="application/xml")
         if head in ("WhoAmI", "RetrieveVersion") and len(segs) == 1 and (key is None or key == ""):
             if method != "GET":
                 raise errors.no_resource(f"{ctx.api}/{segs[0]}")

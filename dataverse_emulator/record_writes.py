@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import cascade, currency, errors
+from . import associations, cascade, currency, errors
 from .context import Ctx, fmt_dt_now, seg_key
 from .model import Relationship, Table
 from .odata import (
@@ -401,6 +401,9 @@ class RecordApi(RecordReads):
                 self.do_update(ctx, table, rid, row, payload)
                 return Response(status_code=204, headers={"OData-Version": "4.0"})
             raise errors.no_resource(str(request.url))
+        side = associations.find(self.emu, table, name)
+        if side is not None:
+            return await associations.handle(self, request, ctx, table, rid, side, segs, sub_key)
         single = comp.single_nav(table, name)
         coll = comp.collection_nav(table, name) if single is None else None
         if single is None and coll is None:

@@ -13,6 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .bulk import ensure_message_rows
 from .cascade import read_configuration
 from .model import STATUS_STATE, Attribute, Relationship, Table, _system_columns, meta_id
 from .storage import SQL_TYPES, q, type_col
@@ -315,6 +316,7 @@ def register_table(emu: Emulator, t: Table) -> None:
     emu.tables[t.logical_name] = t
     emu.by_set[t.entity_set] = t
     create_sql_table(emu, t)
+    ensure_message_rows(emu.store, {t.logical_name: t})  # its sdkmessagefilter rows, so steps can be registered
     for a in t.attributes.values():
         if not a.is_lookup:
             continue

@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .bulk import drop_message_rows
 from .model import Attribute, Relationship, Table
 from .schema import persist
 from .storage import q, type_col
@@ -81,6 +82,7 @@ def delete_table(emu: Emulator, table: Table, save: bool = True) -> None:
     del emu.tables[name]
     del emu.by_set[table.entity_set]
     emu.store.conn.execute(f"DROP TABLE IF EXISTS {q(name)}")
+    drop_message_rows(emu.store, name)
     deleted = {
         "Entity": [table.metadata_id],
         "Attribute": [a.metadata_id for a in table.attributes.values()],
