@@ -22,7 +22,15 @@ from connector.odata import (
     format_literal,
     key_is_url_safe,
 )
-from connector.problems import Problems, check_key, columns_known, unknown_column
+from connector.problems import (
+    Problems,
+    check_guid,
+    check_key,
+    check_limits,
+    check_sendable,
+    columns_known,
+    unknown_column,
+)
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -69,6 +77,8 @@ def build_body(
         if not for_create and not attr.valid_for_update:
             p.add(here, f"{column!r} cannot be changed on update")
             continue
+        if not check_sendable(p, value, here):
+            continue
         typ = attr.type
         if typ in LOOKUP_TYPES:
             bound = bind_lookup(p, meta, column, value, here, resolve=resolve, impersonate=impersonate)
@@ -82,6 +92,8 @@ def build_body(
             body[column] = plain_value(connection, meta, column, typ, value)
         except (LiteralError, ValueError) as exc:
             p.add(here, str(exc))
+            continue
+        check_limits(p, meta, column, value, here)
     if problems is None and p.items:
         raise InputError(p.items)
     return body
@@ -144,6 +156,8 @@ def bind_lookup(
         return None
     nav = f"{rel.navigation}@odata.bind"
     if value.get("id") is not None:
+        if not check_guid(p, value["id"], f"{path}.id"):
+            return None
         return nav, f"/{target.entity_set}({value['id']})"
     key = value.get("key") or {}
     target, literals = check_key(p, target, key, f"{path}.key")

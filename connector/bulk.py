@@ -8,8 +8,12 @@ target failed (reference 15.3), and UpsertMultiple over the Web API answers ``20
 other connectors therefore lose a whole chunk to one bad row and cannot tell which rows were created. This module
 closes those gaps:
 
-* **one result per input record** (``created``, ``updated``, ``failed`` with Dataverse's code and message, or
-  ``unknown``), with its id and input index, and a summary;
+* **one result per input record** (``created``, ``updated``, ``already_present``, ``failed`` with Dataverse's code
+  and message, or ``unknown`` with the reason), with its id and input index, and a summary;
+* an answer lost for good (retries spent after a send that may have been applied) is **read back** before anything
+  is reported (:mod:`connector.written`): ``failed`` means the change did not apply, ``created``/``updated`` that
+  the row holds the written values; a create with the records' own ids finds rows a previous run wrote
+  (``already_present``) instead of failing them with "duplicate key";
 * a failed chunk is **split in halves** until each bad row stands alone (at most ``2·⌈log2(chunk)⌉`` extra requests per
   bad row); the good rows land;
 * **upsert** pre-reads which keys exist (one ``In`` read per chunk) to say created vs updated, and **update** by
@@ -22,7 +26,8 @@ closes those gaps:
   there);
 * chunks run in parallel through the connection's :class:`~connector.governor.Governor` (``x-ms-dop-hint``, shared
   ``Retry-After``), and support for the bulk messages is probed once per table through ``sdkmessagefilters`` and cached
-  on the connection. A table without them goes through ``$batch`` with ``Prefer: odata.continue-on-error``.
+  on the connection. A table without them, or a probe that cannot be read, goes through ``$batch`` with
+  ``Prefer: odata.continue-on-error``.
 
 Each chunk is written by :class:`connector.bulk_chunks.ChunkWriter`. Bodies are built by :mod:`connector.body`
 (lookups as ``<navigation>@odata.bind``, labels as integers), so a bulk row
@@ -44,6 +49,7 @@ from connector.addressing import key_value
 from connector.body import build_body
 from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
 from connector.errors import (
+    DataverseApiError,
     InputError,
     InputProblem,
 )
@@ -163,7 +169,8 @@ class WriteReport:
     cancelled: bool = False
 
     def summary(self) -> dict[str, int]:
-        counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0, "merged": 0}
+        counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0}
+        counts |= {"already_present": 0, "merged": 0}
         if self.cancelled:
             counts["not_sent"] = 0
         for r in self.results:
@@ -214,6 +221,16 @@ def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
     return result
 
 
+def _supports(connection: Connection, meta: TableMetadata, message: str) -> bool:
+    """Whether to send ``message``; a probe that cannot be read (retries spent) takes the ``$batch`` route, which
+    every table supports, rather than ending the run without a result per record. Not cached: the next run asks."""
+    try:
+        return message in bulk_support(connection, meta)
+    except DataverseApiError as exc:
+        log.warning("the bulk-message probe for %s failed (%s); writing through $batch", meta.logical_name, exc)
+        return False
+
+
 # -- validation -----------------------------------------------------------------------------------------------------
 def write_entities_problems(inputs: WriteEntities, connection: Connection) -> list[InputProblem]:
     """Phase two of ``write_entities`` (metadata reads only): columns, values, labels, keys, addressing per mode."""
@@ -224,7 +241,7 @@ def records_problems(
     connection: Connection, table: str, mode: str, records: Sequence[Mapping[str, Any]]
 ) -> list[InputProblem]:
     """The same checks for rows given to the library (:func:`write_entities`) without the runtime in front."""
-    p = Problems(connection)
+    p = Problems(connection, defer_values=True)  # a value that cannot be sent fails its record only: refused_records
     meta = p.table(table, "$.table")
     if meta is None:
         return p.items
@@ -262,17 +279,44 @@ def _record_problems(p: Problems, meta: TableMetadata, mode: str, record: Mappin
     build_body(p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False)
 
 
+def refused_records(
+    connection: Connection, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]]
+) -> dict[int, RowOutcome]:
+    """Records holding a value that cannot be sent (``NaN``, a lone surrogate, text over the column's MaxLength, a
+    number out of range, a lookup id that is not a GUID), each failed by itself before anything is sent.
+
+    One such record used to fail its whole chunk (or be sent and refused by the server); the others still land.
+    """
+    out: dict[int, RowOutcome] = {}
+    for i, record in enumerate(records):
+        p = Problems(connection, defer_values=True)
+        _record_problems(p, meta, mode, record, f"$.records[{i}]")
+        if p.values:
+            own = record.get("id")
+            more = f" (and {len(p.values) - 1} more)" if len(p.values) > 1 else ""
+            message = f"not sent: {p.values[0]}{more}"
+            out[i] = RowOutcome("failed", own if isinstance(own, str) else None, "InputError", message)
+    return out
+
+
 # -- planning -------------------------------------------------------------------------------------------------------
 
 
 def _plan(
-    connection: Connection, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]], options: WriteOptions
+    connection: Connection,
+    meta: TableMetadata,
+    mode: str,
+    records: Sequence[Mapping[str, Any]],
+    options: WriteOptions,
+    refused: Mapping[int, RowOutcome],
 ) -> list[PlannedWrite]:
     """Bodies built (lookups bound, labels mapped), key values typed, duplicates merged (later fields win)."""
     p = Problems(connection)
     items: list[PlannedWrite] = []
     by_identity: dict[tuple[Any, ...], PlannedWrite] = {}
     for i, record in enumerate(records):
+        if i in refused:
+            continue
         fields = dict(record.get("fields") or {})
         given = record.get("id") or fields.get(meta.primary_id)
         fields.pop(meta.primary_id, None)
@@ -343,9 +387,10 @@ def write_entities(
     problems = records_problems(connection, table, mode, records)
     if problems:
         raise InputError(problems)
-    items = _plan(connection, meta, mode, records, options)
+    refused = refused_records(connection, meta, mode, records)
+    items = _plan(connection, meta, mode, records, options, refused)
     message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
-    use_bulk = bool(items) and message in bulk_support(connection, meta)
+    use_bulk = bool(items) and _supports(connection, meta, message)
     writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
     done: dict[int, RowOutcome] = {}
     tracker = Tracker(
@@ -357,6 +402,8 @@ def write_entities(
         cancel=cancel,
     )
     with tracker:
+        if refused:
+            tracker.advance({"failed": len(refused)})
         if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
             items, unresolved = writer.resolve_keys(items, done)
             tracker.advance(_tally(unresolved, done))
@@ -382,7 +429,7 @@ def write_entities(
         table=meta.logical_name,
         mode=mode,
         route="bulk" if use_bulk else "batch",
-        results=_results(len(records), items, done),
+        results=_results(len(records), items, done, refused),
         chunks=sum(1 for o in outcomes if o.started),
         split_requests=writer.split_requests,
         pre_reads=writer.pre_reads,
@@ -450,8 +497,12 @@ def _tally(items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> dic
     return counts
 
 
-def _results(n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> list[RecordResult]:
+def _results(
+    n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome], refused: Mapping[int, RowOutcome]
+) -> list[RecordResult]:
     results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(n)]
+    for i, r in refused.items():
+        results[i] = RecordResult(i, r.status, r.id, r.code, r.message)
     for item in items:
         d = done[item.index]
         results[item.index] = RecordResult(item.index, d.status, d.id, d.code, d.message)

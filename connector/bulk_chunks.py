@@ -24,6 +24,7 @@ from connector.ids import new_id
 from connector.metadata import TableMetadata
 from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
 from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
+from connector.written import Verdict, compare_written, conflicting_columns, read_columns
 
 if TYPE_CHECKING:
     from connector.bulk import WriteOptions
@@ -166,9 +167,16 @@ class ChunkWriter:
         return out
 
     def _existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return set(self._rows_by_id(ids, [self.meta.primary_id]))
+
+    def _rows_by_id(self, ids: Sequence[str], select: Sequence[str]) -> dict[str, dict[str, Any]]:
         pid = self.meta.primary_id
-        rows = self._read(pid, "Uniqueidentifier", list(ids), [pid])
-        return {str(r[pid]).lower() for r in rows if r.get(pid)}
+        rows = self._read(pid, "Uniqueidentifier", list(ids), select)
+        return {str(r[pid]).lower(): r for r in rows if r.get(pid)}
+
+    def _select(self, items: Sequence[PlannedWrite]) -> list[str]:
+        """The columns that read back what ``items`` write."""
+        return list(dict.fromkeys(c for item in items for c in read_columns(self.meta, item.body)))
 
     def _find_keys(self, items: Sequence[PlannedWrite]) -> dict[tuple[Any, ...], str]:
         """GUIDs of the rows with these keys: ``In`` over a one-column key, ``or`` of ``and`` for a composite key."""
@@ -202,21 +210,34 @@ class ChunkWriter:
         return found
 
     def _drop_existing_ids(self, items: list[PlannedWrite], done: dict[int, RowOutcome]) -> list[PlannedWrite]:
-        """Creates with ids the caller chose: rows that already have them fail now, before the write. Afterwards a
-        duplicate-key answer can only mean that an earlier send of this very chunk was applied."""
-        given = [item.id for item in items if item.id is not None and not item.generated]
+        """Creates with ids the caller chose: rows that already have them are decided now, before the write (see
+        :meth:`_already_present`). Afterwards a duplicate-key answer can only mean that an earlier send of this very
+        chunk was applied."""
+        given = [item for item in items if item.id is not None and not item.generated]
         if not given:
             return items
-        existing = self._existing_ids(given)
+        existing = self._rows_by_id([item.id for item in given if item.id is not None], self._select(given))
         ready = []
         for item in items:
-            if item.id in existing and not item.generated:
-                done[item.index] = RowOutcome(
-                    "failed", item.id, DUPLICATE_RECORD, "A record with matching key values already exists."
-                )
-            else:
+            row = None if item.generated or item.id is None else existing.get(item.id)
+            if row is None:
                 ready.append(item)
+            else:
+                done[item.index] = self._already_present(item, row)
         return ready
+
+    def _already_present(self, item: PlannedWrite, row: Mapping[str, Any]) -> RowOutcome:
+        """A create whose own id a row already holds, as when the same input is run again after a kill: the row is
+        ``already_present`` when it holds every value of the record, else the create fails naming the conflict."""
+        conflicts = conflicting_columns(self.meta, item.body, row)
+        if not conflicts:
+            return RowOutcome("already_present", item.id)
+        return RowOutcome(
+            "failed",
+            item.id,
+            DUPLICATE_RECORD,
+            f"a row with id {item.id} already exists and does not hold this record's values in: {', '.join(conflicts)}",
+        )
 
     def resolve_keys(
         self, items: list[PlannedWrite], done: dict[int, RowOutcome]
@@ -306,6 +327,33 @@ class ChunkWriter:
                 out[item.index] = RowOutcome("created", row)
         return out
 
+    def _verify(self, items: Sequence[PlannedWrite], exc: DataverseApiError) -> dict[int, RowOutcome]:
+        """Writes whose answer was lost (retries spent after a send that may have been applied), read back by id: each
+        row gets what the read proves (:mod:`connector.written`), else ``unknown`` with the reason. After a timeout
+        the request may still be running on the server, so a read can prove it applied, never that it was not."""
+        code = exc.code or type(exc).__name__
+        ids = [item.id for item in items if item.id is not None]
+        try:
+            rows = self._rows_by_id(ids, self._select(items)) if ids else {}
+        except DataverseApiError as read_exc:
+            why = f"{exc}; the read to check the rows failed too ({read_exc})"
+            return {item.index: RowOutcome("unknown", item.id, code, why) for item in items}
+        out: dict[int, RowOutcome] = {}
+        for item in items:
+            row = rows.get(item.id) if item.id is not None else None
+            verdict = compare_written(self.meta, item.body, row) if item.id is not None else Verdict.UNPROVABLE
+            if verdict is Verdict.APPLIED or (row is not None and self.mode == "create" and item.generated):
+                status = "updated" if self.mode == "update" or (self.mode == "upsert" and item.exists) else "created"
+                out[item.index] = RowOutcome(status, item.id)
+            elif verdict is Verdict.NOT_APPLIED and code != "Timeout":
+                found = "no row" if row is None else "the row without the written values"
+                message = f"not applied: a read after the last attempt found {found} ({exc})"
+                out[item.index] = RowOutcome("failed", None if item.generated else item.id, code, message)
+            else:
+                why = "the row has no id to read it by" if item.id is None else "the read back proves neither"
+                out[item.index] = RowOutcome("unknown", item.id, code, f"{exc}; {why}")
+        return out
+
     def _missing(self, item: PlannedWrite) -> str:
         named = ", ".join(f"{c}={v!r}" for c, v in (item.key or {}).items()) or f"id {item.id}"
         return f"{self.meta.logical_name} With {named} Does Not Exist"
@@ -351,17 +399,8 @@ class ChunkWriter:
                 return {item.index: failed_outcome(item, exc) for item in items}
             half = math.ceil(len(items) / 2)
             return {**self._bulk(items[:half], split=True), **self._bulk(items[half:], split=True)}
-        except OutcomeUnknownError as exc:
-            return {item.index: RowOutcome("unknown", item.id, exc.code, str(exc)) for item in items}
-        except RetriableApiError as exc:
-            if self.mode == "create" and retry_safe:
-                # the retry budget is spent, but an earlier send may have been applied: the rows say which
-                existing = self._existing_ids([item.id for item in items if item.id is not None])
-                return {
-                    item.index: RowOutcome("created", item.id) if item.id in existing else failed_outcome(item, exc)
-                    for item in items
-                }
-            return {item.index: failed_outcome(item, exc) for item in items}
+        except (OutcomeUnknownError, RetriableApiError) as exc:
+            return self._verify(items, exc)  # the retry budget is spent, and a send may have been applied
         if self.mode == "create":
             ids = created_ids(response) or [item.id for item in items]
             return {item.index: RowOutcome("created", rid or item.id) for item, rid in zip(items, ids, strict=False)}
@@ -376,7 +415,10 @@ class ChunkWriter:
             return False
         if (exc.code or "").lower() not in _DUPLICATE_CODES and exc.status_code != 412:
             return False
-        found = self._find_keys([item]).get(row_identity(None, item.key) or ())
+        try:
+            found = self._find_keys([item]).get(row_identity(None, item.key) or ())
+        except DataverseApiError:  # nothing was written: the duplicate-key failure stands
+            return False
         if found is None:
             return False
         item.id, item.exists, item.generated = found, True, False
@@ -386,7 +428,10 @@ class ChunkWriter:
         """A create chunk met "duplicate key" and every id is ours: rows that exist were created by an earlier send
         whose answer was lost (all-or-nothing: usually all of them); the rest are sent again. None if none exist."""
         ids = [item.id for item in items if item.id is not None]
-        existing = self._existing_ids(ids)
+        try:
+            existing = self._existing_ids(ids)
+        except DataverseApiError as exc:  # an earlier send may have created them: only a read could tell
+            return self._verify(items, exc)
         if not existing:
             return None
         done = {item.index: RowOutcome("created", item.id) for item in items if item.id in existing}
@@ -438,14 +483,15 @@ class ChunkWriter:
                 keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
             )
             answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-        except OutcomeUnknownError as exc:
-            return {item.index: RowOutcome("unknown", item.id, exc.code, str(exc)) for item in items}
+        except (OutcomeUnknownError, RetriableApiError) as exc:
+            return self._verify(items, exc)
         except DataverseApiError as exc:
             return {item.index: failed_outcome(item, exc) for item in items}
         except MultipartError as exc:
             error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
             return {item.index: failed_outcome(item, error) for item in items}
         done: dict[int, RowOutcome] = {}
+        duplicates: list[PlannedWrite] = []
         for n, item in enumerate(items):
             answer = answers[n] if n < len(answers) else None
             if not isinstance(answer, OperationResponse):
@@ -465,8 +511,13 @@ class ChunkWriter:
             if self.mode == "create" and item.generated and code == DUPLICATE_RECORD:
                 done[item.index] = RowOutcome("created", item.id)  # an id made in this run: an earlier send created it
                 continue
+            if self.mode == "create" and code == DUPLICATE_RECORD:  # the pre-read found no row with this own id
+                duplicates.append(item)
+                continue
             message = str(detail.get("message") or answer.reason or "failed")
             done[item.index] = RowOutcome("failed", None if item.generated else item.id, code, message)
+        if duplicates:  # so an earlier send of this batch created them, unless another writer did: the values say
+            done.update(self._verify(duplicates, FatalApiError("a resend met duplicate key", code=DUPLICATE_RECORD)))
         return done
 
     def _batch_success(self, item: PlannedWrite, answer: OperationResponse) -> RowOutcome:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -25,11 +24,11 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
-from connector import cli_progress
+from connector import cli_progress, cli_webhook
 from connector.cli_help import ActionCommand
+from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options, read_inputs
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
 from connector.errors import ConnectionConfigError, ConnectorError, ContractError, InputError, InputProblem
-from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken
 from connector.version import __version__
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from connector.manifest import ActionInfo
     from connector.runtime import RecordStream, Runtime
 
-CONNECTION_ENV = "D365_CONNECTION"
 JSON_HELP = "Compact JSON output, and errors as JSON on stderr."
 SET_HELP = "Repeatable. KEY=TEXT is always text, KEY:=JSON is JSON (42, true, null, [..], {..}); dotted keys nest."
 
@@ -85,114 +83,6 @@ def _print_json(data: Any, as_json: bool) -> None:
         click.echo(json.dumps(data, default=str))
     else:
         click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-
-
-def _cli_policy() -> OperatorPolicy:
-    """The person running ``d365`` is the operator: ``local`` unless ``D365_POLICY`` says otherwise."""
-    return OperatorPolicy.from_env(default="local")
-
-
-def _load_connection_file(path: str | None) -> tuple[dict[str, Any], Path]:
-    """Read a connection file given by ``--connection`` or ``D365_CONNECTION``; problems are connection errors."""
-    if not path:
-        raise ConnectionConfigError(
-            f"no connection given: pass --connection FILE or set {CONNECTION_ENV} to a connection file",
-            field="connection",
-        )
-    file = Path(path).expanduser()
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConnectionConfigError(f"connection file {str(file)!r} does not exist", field="connection") from None
-    except (OSError, ValueError) as exc:
-        raise ConnectionConfigError(
-            f"connection file {str(file)!r} is not readable JSON ({type(exc).__name__}: line "
-            f"{getattr(exc, 'lineno', '?')}); fix the file",
-            field="connection",
-        ) from None
-    if not isinstance(data, dict):
-        raise ConnectionConfigError(f"connection file {str(file)!r} must hold a JSON object", field="connection")
-    return data, file.resolve().parent
-
-
-def parse_set_options(pairs: tuple[str, ...], option: str = "--set") -> dict[str, Any]:
-    """``--set`` pairs into nested inputs, with httpie's convention: ``key=value`` is text, ``key:=json`` is JSON.
-
-    Text is never guessed to be a number (a telephone number stays a string); dotted keys nest (``fields.name=X``).
-    """
-    inputs: dict[str, Any] = {}
-    problems: list[InputProblem] = []
-    for pair in pairs:
-        key, is_json, raw = _split_pair(pair)
-        if not key or any(not part for part in key.split(".")):
-            shown = pair.split("=", 1)[0].split(":", 1)[0][:60] or "(no key)"  # never the value: it may be a secret
-            problems.append(
-                InputProblem(f"{option} {shown}", f"expected KEY=TEXT or KEY:=JSON, e.g. {option} table=account")
-            )
-            continue
-        value: Any = raw
-        if is_json:
-            try:
-                value = json.loads(raw)
-            except ValueError as exc:
-                # The value is not echoed: it may be a header or a token.
-                message = f"the value after := is not valid JSON ({exc}); for text write {key}=... instead"
-                problems.append(InputProblem(f"{option} {key}", message))
-                continue
-        problem = _set_nested(inputs, key, value)
-        if problem is not None:
-            problems.append(problem)
-    if problems:
-        raise InputError(problems)
-    return inputs
-
-
-def _split_pair(pair: str) -> tuple[str, bool, str]:
-    """(key, value is JSON, raw value); the first ``=`` separates, and ``:=`` when a colon precedes it."""
-    key, sep, raw = pair.partition("=")
-    if not sep:
-        return "", False, raw
-    if key.endswith(":"):
-        return key[:-1], True, raw
-    return key, False, raw
-
-
-def _set_nested(inputs: dict[str, Any], key: str, value: Any) -> InputProblem | None:
-    node = inputs
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            return InputProblem(f"$.{key}", f"{part!r} is set both as a value and as an object")
-        node = child
-    node[parts[-1]] = value
-    return None
-
-
-def _read_inputs(input_file: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    if input_file is not None:
-        try:
-            text = sys.stdin.read() if input_file == "-" else Path(input_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError([InputProblem("--input", f"cannot read {input_file!r}: {exc.strerror}")]) from None
-        try:
-            loaded = json.loads(text)
-        except ValueError as exc:
-            raise InputError([InputProblem("--input", f"not valid JSON: {exc}")]) from None
-        if not isinstance(loaded, dict):
-            raise InputError([InputProblem("--input", "inputs must be a JSON object")])
-        inputs.update(loaded)
-    _deep_merge(inputs, parse_set_options(pairs))
-    return inputs
-
-
-def _deep_merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_merge(target[key], value)
-        else:
-            target[key] = value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,12 +195,12 @@ def run(
         if action_id in INTERRUPTIBLE or runtime.provider_of(action_id) != BUILTIN:
             token = CancellationToken(grace_s=cli_progress.GRACE_S)
         with cli_progress.interruptions(token):  # from here a Ctrl-C before the first request leaves rows not_sent
-            inputs = _read_inputs(input_file, pairs)
+            inputs = read_inputs(input_file, pairs)
             if jsonl and action_id not in STREAMING_ACTIONS:
                 raise InputError([InputProblem("--jsonl", f"only {', '.join(STREAMING_ACTIONS)} streams records")])
             runtime.check_schema(action_id, inputs)
-            config, base_dir = _load_connection_file(connection_file)
-            connection = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
+            config, base_dir = load_connection_file(connection_file)
+            connection = runtime.connection(config, base_dir=base_dir, policy=cli_policy())
             result = _execute(runtime, action_id, inputs, connection, jsonl, progress_mode, token)
     except ConnectorError as exc:
         _fail(exc, as_json or jsonl)
@@ -365,8 +255,8 @@ def datasource(name: str, pairs: tuple[str, ...], connection_file: str | None, a
     try:
         runtime = _runtime()
         params = parse_set_options(pairs, "--param")
-        config, base_dir = _load_connection_file(connection_file)
-        conn = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
+        config, base_dir = load_connection_file(connection_file)
+        conn = runtime.connection(config, base_dir=base_dir, policy=cli_policy())
         try:
             options = runtime.data_source(name, params, conn)
         finally:
@@ -389,8 +279,8 @@ def connection_test(connection_file: str | None, as_json: bool) -> None:
     """Fetch a token and call WhoAmI; exit 0 when connected, 3 with the diagnosis and its fix otherwise."""
     try:
         runtime = _runtime()
-        config, base_dir = _load_connection_file(connection_file)
-        conn = runtime.connection(config, base_dir=base_dir, policy=_cli_policy())
+        config, base_dir = load_connection_file(connection_file)
+        conn = runtime.connection(config, base_dir=base_dir, policy=cli_policy())
         try:
             result = runtime.run_action("test_connection", {}, conn)
         finally:
@@ -422,8 +312,8 @@ def connection_login(connection_file: str | None, no_browser: bool, timeout_s: f
         click.echo(url, err=True)
 
     try:
-        config, base_dir = _load_connection_file(connection_file)
-        conn = Connection.from_config(config, base_dir=base_dir, policy=_cli_policy())
+        config, base_dir = load_connection_file(connection_file)
+        conn = Connection.from_config(config, base_dir=base_dir, policy=cli_policy())
         try:
             provider = conn.token_provider
             if not isinstance(provider, AuthorizationCodeProvider):
@@ -524,6 +414,7 @@ def webhook() -> None:
 @click.option("--path", "url_path", default="/", show_default=True, help="URL path deliveries are posted to.")
 @click.option("--subscribe", is_flag=True, help="Register the webhook in Dataverse on start, remove it on exit.")
 @click.option("--public-url", help="URL Dataverse posts to (required with --subscribe unless on the emulator).")
+@cli_webhook.serve_options
 @click.option(
     "--progress",
     "progress_mode",
@@ -540,6 +431,9 @@ def webhook_serve(
     url_path: str,
     subscribe: bool,
     public_url: str | None,
+    dedupe_memory: bool,
+    body_timeout: float,
+    max_connections: int,
     progress_mode: str,
 ) -> None:
     """Print each verified event as one JSON line on stdout; status lines (listening, subscribed) and the delivery
@@ -555,15 +449,16 @@ def webhook_serve(
 
     try:
         runtime = _runtime()
-        config = load_trigger_config(config_file)
+        config = cli_webhook.with_dedupe_file(load_trigger_config(config_file), dedupe_memory)
         conn = None
         if subscribe:
-            data, base_dir = _load_connection_file(connection_file)
-            conn = runtime.connection(data, base_dir=base_dir, policy=_cli_policy())
+            data, base_dir = load_connection_file(connection_file)
+            conn = runtime.connection(data, base_dir=base_dir, policy=cli_policy())
         try:
             with cli_progress.display(progress_mode) as reporter:
                 serve(runtime, config, connection=conn, host=host, port=port, path=url_path, public_url=public_url,
-                      on_event=emit, on_status=status, progress=reporter)  # fmt: skip
+                      on_event=emit, on_status=status, progress=reporter, policy=cli_policy(),
+                      body_timeout=body_timeout, max_connections=max_connections)  # fmt: skip
         finally:
             runtime.close()
     except ConnectorError as exc:

@@ -32,10 +32,11 @@ import httpx
 
 from connector.api_errors import error_from_response, has_error_code, request_id
 from connector.clock import Clock, SystemClock
-from connector.errors import FatalApiError, InputError, NotFoundError
+from connector.errors import FatalApiError, InputError, NotFoundError, preview
 from connector.governor import Governor, Outcome
 from connector.ids import new_id
 from connector.odata import entity_id
+from connector.secret import Secret
 from connector.transport import (
     IDEMPOTENT_METHODS,
     USER_AGENT,
@@ -271,10 +272,13 @@ class DataverseClient:
         """The absolute URL for a path relative to the API root, or an absolute URL checked to be on this host."""
         if path_or_url.lower().startswith(("http://", "https://")):
             parts = urlsplit(path_or_url)
+            if "@" in parts.netloc:  # httpx would send it as Basic credentials; never echoed
+                raise InputError("the URL contains a user name or password: remove them from the URL")
             if _origin(path_or_url) != self._origin:
+                scheme, host, port = _origin(path_or_url)
                 raise InputError(
-                    f"refusing to send this connection's token to {parts.scheme}://{parts.netloc}: only URLs on "
-                    f"{self._api_url} are allowed"
+                    f"refusing to send this connection's token to {preview(f'{scheme}://{host}:{port}')}: only URLs "
+                    f"on {self._api_url} are allowed"
                 )
             return path_or_url
         return f"{self._api_url}/{path_or_url.lstrip('/')}"
@@ -392,17 +396,17 @@ class DataverseClient:
         json: Any,
         headers: Mapping[str, str],
         body: _Body,
-    ) -> tuple[str, httpx.Response | httpx.HTTPError]:
+    ) -> tuple[Secret, httpx.Response | httpx.HTTPError]:
         """One send in a governor slot: the token it carried, and the answer or the transport error."""
         with self._governor.slot():
             # the token is read after any wait, so a long Retry-After never sends an expired token
-            token = self._tokens.token()
+            token = Secret(self._tokens.token())  # never a plain str local: frame-locals capture sees Secret('***')
             request = self._http.build_request(
                 method,
                 url,
                 params=params,
                 json=json,
-                headers={**headers, "Authorization": f"Bearer {token}"},
+                headers={**headers, "Authorization": f"Bearer {token.reveal()}"},
                 **body.send_kwargs(),
             )
             sent_at = self._clock.monotonic()

@@ -7,7 +7,6 @@ is in :mod:`connector.connection_config`.
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import threading
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from connector import strict_json
 from connector.clock import Clock, SystemClock
 from connector.connection_config import ConnectionConfig, parse_config
 from connector.errors import ConnectionConfigError
@@ -122,15 +122,13 @@ class Connection:
         """Read a JSON connection file; relative paths inside it start at the file's folder."""
         file = Path(path)
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = strict_json.loads(file.read_bytes())
         except OSError as exc:
             raise ConnectionConfigError(
                 f"cannot read the connection file {file} ({exc.strerror or type(exc).__name__})"
             ) from None
-        except json.JSONDecodeError as exc:
-            raise ConnectionConfigError(
-                f"the connection file {file} is not valid JSON (line {exc.lineno}, column {exc.colno})"
-            ) from None
+        except strict_json.StrictJsonError as exc:
+            raise ConnectionConfigError(f"the connection file {file} is not valid JSON: {exc}") from None
         return cls.from_config(
             data,
             base_dir=base_dir if base_dir is not None else file.resolve().parent,

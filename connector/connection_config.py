@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from connector import schemas
-from connector.errors import ConnectionConfigError, InputProblem
+from connector.errors import ConnectionConfigError, InputProblem, preview
 from connector.governor import DEFAULT_MAX_PARALLELISM
 from connector.inputs import JsonInt
 from connector.policy import CHINA_AUTHORITY, PUBLIC_AUTHORITY, US_GOV_AUTHORITY, OperatorPolicy, is_loopback
@@ -100,14 +100,49 @@ def default_authority_host(organization_host: str) -> str | None:
     return None
 
 
+# Every setting that names a URL or a host a request goes to. A user name and password in one would be sent as Basic
+# credentials (httpx does that for a URL's user info) and echoed by any message that quotes the value.
+_URL_FIELDS = ("organization_url", "token_url", "authorize_url", "identity_endpoint", "authority_host")
+_USERINFO_FIX = "remove the user name and password from the URL (credentials go in their own settings)"
+
+
+def _has_userinfo(value: str) -> bool:
+    """Whether ``value`` (a URL, or a bare ``host[:port]``) carries ``user[:password]@`` before its host."""
+    value = value.strip()
+    try:
+        parts = urlsplit(value if "://" in value else "//" + value)
+    except ValueError:
+        return "@" in value.split("/")[0]
+    return "@" in parts.netloc
+
+
+_MAX_URL = 2048  # longer than any real environment or identity URL, far shorter than a hostile megabyte
+
+
+def _refuse_hostile_urls(data: Mapping[str, Any]) -> None:
+    """Refuse a URL setting with user info, or absurdly long, before anything reads it; never echo the value.
+
+    Runs before schema validation, whose messages quote an invalid value: a credential in the user part of a URL that
+    failed any other rule would otherwise reach the error text.
+    """
+    for name in _URL_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and len(value) > _MAX_URL:
+            raise ConnectionConfigError(
+                f"{name} is {len(value):,} characters long: give the URL itself (at most {_MAX_URL:,})", field=name
+            )
+        if isinstance(value, str) and _has_userinfo(value):
+            raise ConnectionConfigError(f"{name} contains a user name or password: {_USERINFO_FIX}", field=name)
+
+
 def _check_scheme(url: str, name: str, allow_insecure_loopback: bool) -> tuple[str, str]:
     """``(scheme, netloc)`` of a URL that may receive a token: https, or http on loopback when allowed."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise ConnectionConfigError(f"{name} must be an absolute https:// URL", field=name)
-    if parts.username or parts.password:
-        raise ConnectionConfigError(f"{name} must not contain a user name or password", field=name)
+    if "@" in parts.netloc:
+        raise ConnectionConfigError(f"{name} contains a user name or password: {_USERINFO_FIX}", field=name)
     if scheme == "http":
         if not is_loopback(parts.hostname):
             raise ConnectionConfigError(
@@ -219,6 +254,10 @@ def _identity_endpoint(value: str | None) -> str | None:
     # plain http is normal here: IMDS (169.254.169.254) and App Service endpoints are local to the host
     if value and urlsplit(value).scheme.lower() not in ("http", "https"):
         raise ConnectionConfigError("identity_endpoint must be an http(s):// URL", field="identity_endpoint")
+    if value and _has_userinfo(value):
+        raise ConnectionConfigError(
+            f"identity_endpoint contains a user name or password: {_USERINFO_FIX}", field="identity_endpoint"
+        )
     return value.strip() if value else None
 
 
@@ -507,8 +546,9 @@ def parse_config(
         raise ConnectionConfigError("the connection settings must be a JSON object", field=None)
     kind = data.get("kind")
     if kind not in KINDS:
-        got = f"{kind!r} is not a known kind" if isinstance(kind, str) else "kind is missing"
+        got = f"{preview(kind)} is not a known kind" if isinstance(kind, str) else "kind is missing"
         raise ConnectionConfigError(f"kind: {got}; use one of: {', '.join(sorted(KINDS))}", field="kind")
+    _refuse_hostile_urls(data)
     problems = schemas.validate(dict(data), f"connections/{kind}.json")
     if not problems:
         policy = policy if policy is not None else OperatorPolicy.from_env()

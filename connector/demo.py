@@ -30,28 +30,27 @@ def step(title: str, fn: Callable[[], Any]) -> Any:
 
 
 def records_demo(runtime: Runtime, connection: Any) -> None:
-    """An alternate key created through the metadata API, an upsert by it (created, then updated), and a query."""
-    connection.client.request(
-        "POST",
-        "EntityDefinitions(LogicalName='account')/Keys",
-        json={
-            "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
-            "SchemaName": "demo_accountnumber",
-            "DisplayName": {"LocalizedLabels": [{"Label": "Account number", "LanguageCode": 1033}]},
-            "KeyAttributes": ["accountnumber"],
-        },
-    )
-    connection.metadata.invalidate("account")
-    upsert = {"table": "account", "key": {"accountnumber": "A-1001"}}
+    """Upserts by the sample organization's alternate key on accountnumber (one row created, one existing row updated),
+    then a query that reads them back with their labels."""
     step(
         "upsert_entity by alternate key (created)",
         lambda: runtime.run_action(
-            "upsert_entity", {**upsert, "fields": {"name": "Contoso", "industrycode": "Accounting"}}, connection
+            "upsert_entity",
+            {
+                "table": "account",
+                "key": {"accountnumber": "A-2001"},
+                "fields": {"name": "Northwind", "industrycode": "Accounting"},
+            },
+            connection,
         ),
     )
     step(
-        "upsert_entity by alternate key (updated)",
-        lambda: runtime.run_action("upsert_entity", {**upsert, "fields": {"telephone1": "+1 555 0100"}}, connection),
+        "upsert_entity by alternate key (updated: A-1001 is in the sample data)",
+        lambda: runtime.run_action(
+            "upsert_entity",
+            {"table": "account", "key": {"accountnumber": "A-1001"}, "fields": {"telephone1": "+1 555 0100"}},
+            connection,
+        ),
     )
     step(
         "query_entities",
@@ -60,7 +59,7 @@ def records_demo(runtime: Runtime, connection: Any) -> None:
             {
                 "table": "account",
                 "select": ["name", "accountnumber", "telephone1", "industrycode"],
-                "where": [{"column": "accountnumber", "operator": "startswith", "value": "A-"}],
+                "where": [{"column": "accountnumber", "operator": "in", "value": ["A-1001", "A-2001"]}],
                 "include_annotations": True,
             },
             connection,
@@ -124,7 +123,7 @@ def main() -> int:
 
     runtime = Runtime()
     step("actions in the effective manifest", lambda: sorted(runtime.manifest.actions))
-    with running_emulator(key_activation_s=0) as emulator:
+    with running_emulator(key_activation_s=0, sample_data=True) as emulator:
         console.print(f"emulator serving {emulator.base_url}")
         config = emulator.connection_config("client_credentials")
         connection = runtime.connection(config)

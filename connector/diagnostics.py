@@ -20,6 +20,7 @@ from connector.errors import (
     NetworkConfigError,
 )
 from connector.inputs import GetCurrentUser, TestConnection
+from connector.secret import Secret
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -262,7 +263,7 @@ def test_connection(connection: Connection, inputs: TestConnection | None = None
         return result
 
     try:
-        token = connection.token()
+        token = Secret(connection.token())  # never a plain str local: the whoami below runs in this frame
     except AuthenticationError as exc:
         if exc.code in (AUDIENCE_MISMATCH, ID_TOKEN_REFUSED):
             checks.append({"name": "token", "ok": True, "detail": "the token endpoint issued a token"})
@@ -274,7 +275,7 @@ def test_connection(connection: Connection, inputs: TestConnection | None = None
         checks.append({"name": "token", "ok": False, "detail": exc.message})
         return finish(exc)
     checks.append({"name": "token", "ok": True, "detail": "the token endpoint issued a token"})
-    aud = (decode_jwt_claims(token) or {}).get("aud")
+    aud = (decode_jwt_claims(token.reveal()) or {}).get("aud")
     checks.append(
         {
             "name": "audience",

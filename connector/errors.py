@@ -34,11 +34,13 @@ of the token retry loop and never leaves it (so it is not in ``__all__``)::
 
 Every error carries a user-facing ``message`` that says what to do, and ``to_dict()`` for JSON output. The CLI maps the
 branches to exit codes: input 2, connection/auth 3, Dataverse API 4, anything else 1. No error ever carries a secret:
-messages are built from field names and server answers, never from configuration values.
+messages are built from field names and server answers, never from configuration values. A message that must show
+an input value quotes it through :func:`preview`, which never echoes more than a short prefix.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -314,3 +316,32 @@ class TransientAnswer(Exception):
         self.response = response
         self.failure = failure
         self.retry_after = retry_after
+
+
+def preview(value: object, limit: int = 40) -> str:
+    """Quote a caller's value in a message without echoing it whole.
+
+    A refusal that repeated a 10 MB value put 20 MB on stderr and in every log that records the error; only a prefix
+    is needed to recognise the value, and the length says why it was refused. Strings render with ``repr`` so control
+    characters and lone surrogates print as escapes (a log line never breaks on them), e.g.
+    ``'abc'… (10,000,000 characters)``. Other values render with ``repr`` cut the same way; an integer too long for
+    ``repr`` is described by its digit count.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) <= limit:
+            return repr(bytes(value))
+        return f"{bytes(value[:limit])!r}… ({len(value):,} bytes)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits:,} digits"
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return f"a {type(value).__name__} too large to show"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"

@@ -14,14 +14,17 @@ required set, defaults and JSON types equal its schema's, so the two cannot drif
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
-from connector.errors import ContractError, InputError, InputProblem
+from connector.errors import ContractError, InputError, InputProblem, preview
+from connector.strict_json import StrictJsonError, check_value
 
 __all__ = [
+    "GUID",
     "INPUT_MODELS",
     "ActionInputs",
     "AssociateEntities",
@@ -73,6 +76,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
+#: A row id as the schemas' ``guid`` pattern states it: anything else would become a path in the URL.
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str) -> None:
     """The rule the input schemas state with ``anyOf``/``dependentSchemas``, for models built in code: the runtime
     never gets here with both or neither, a library caller may, and gets the same input error (not a pydantic one)."""
@@ -80,10 +87,31 @@ def _one_of_id_or_key(id_: str | None, key: Mapping[str, Any] | None, path: str)
         raise InputError([InputProblem(f"{path}.id", "give either id or key, not both")])
     if id_ is None and not key:
         raise InputError([InputProblem(f"{path}.id", "give id or key")])
+    if id_ is not None and not GUID.fullmatch(id_):
+        # The schema's pattern, for models built in code: an id is written into the URL (``set(../../x)``).
+        raise InputError([InputProblem(f"{path}.id", f"{preview(id_)} is not a row id: give a GUID")])
 
 
 class ActionInputs(_Strict):
     """Base of every action's inputs; :meth:`of` builds one from the runtime's validated mapping."""
+
+    #: Inputs whose values are checked one by one later, so one bad item fails alone (``write_entities`` records).
+    checked_per_item: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        """``NaN``, ``Infinity`` and lone surrogates pass a JSON Schema and every pydantic type, then fail in the
+        middle of a request (``ValueError`` from ``json.dumps``, ``UnicodeEncodeError`` from httpx): refused here, for
+        Python callers too, as an input error naming the field."""
+        shown = data
+        if cls.checked_per_item and isinstance(data, Mapping):
+            shown = {k: v for k, v in data.items() if k not in cls.checked_per_item}
+        try:
+            check_value(shown)
+        except StrictJsonError as exc:
+            raise InputError([InputProblem(exc.path, exc.reason)]) from None
+        return data
 
     @classmethod
     def of(cls, inputs: Mapping[str, Any]) -> Self:
@@ -206,6 +234,8 @@ class RunBatchOperations(ActionInputs):
 
 
 class WriteEntities(ActionInputs):
+    checked_per_item = frozenset({"records"})  # a bad record fails by itself: connector.bulk.refused_records
+
     table: str
     mode: Literal["create", "update", "upsert"]
     records: list[dict[str, Any]]

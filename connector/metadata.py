@@ -13,19 +13,22 @@ user may have just created that key or column outside this connection.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connector.clock import Clock, SystemClock
-from connector.errors import InputError, InputProblem, NotFoundError
+from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
 from connector.odata import quote_string
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
 
-__all__ = ["AlternateKey", "MetadataCache", "Relationship", "TableMetadata"]
+__all__ = ["AlternateKey", "ColumnLimits", "MetadataCache", "Relationship", "TableMetadata"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 3600.0
 
@@ -120,11 +123,39 @@ class TableMetadata:
         return f"its alternate keys are: {shown}"
 
 
+@dataclass(frozen=True)
+class ColumnLimits:
+    """What a column accepts beyond its type: ``MaxLength`` of text, ``MinValue``/``MaxValue``/``Precision`` of
+    numbers (None where the metadata does not say)."""
+
+    max_length: int | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    precision: int | None = None
+
+
+#: The AttributeMetadata subtype that carries each type's limits. The limits are read per type, only when a value of
+#: that type is written: the table read cannot select them (they are not properties of the base AttributeMetadata),
+#: and an unselected read of every column is megabytes. Text columns select ``MaxLength``; number columns are read
+#: unselected (a few columns each), since a ``$select`` of ``MinValue`` is refused by a server whose columns of that
+#: type all lack it (the emulator's built-in columns).
+_LIMIT_CASTS: dict[str, tuple[str, str | None]] = {
+    "String": ("StringAttributeMetadata", "LogicalName,MaxLength"),
+    "Memo": ("MemoAttributeMetadata", "LogicalName,MaxLength"),
+    "Integer": ("IntegerAttributeMetadata", None),
+    "BigInt": ("BigIntAttributeMetadata", None),
+    "Decimal": ("DecimalAttributeMetadata", None),
+    "Double": ("DoubleAttributeMetadata", None),
+    "Money": ("MoneyAttributeMetadata", None),
+}
+
+
 @dataclass
 class _Entry:
     table: TableMetadata
     options: dict[str, dict[str, int]] | None = None
     labels: dict[str, list[str]] = field(default_factory=dict)
+    limits: dict[str, dict[str, ColumnLimits]] = field(default_factory=dict)
 
 
 class MetadataCache:
@@ -220,6 +251,30 @@ class MetadataCache:
             entry.labels = labels
         return options
 
+    def limits(self, table: str, column: str) -> ColumnLimits:
+        """The limits of one column, read with the other columns of its type on first use (cached with the table)."""
+        meta = self.table(table)
+        typ = meta.attributes[column].type if column in meta.attributes else ""
+        if typ not in _LIMIT_CASTS:
+            return ColumnLimits()
+        with self._lock:
+            entry = self._entries.get(meta.logical_name)
+            known = entry.limits.get(typ) if entry is not None else None
+        if known is None:
+            cast, select = _LIMIT_CASTS[typ]
+            base = f"EntityDefinitions(LogicalName={quote_string(meta.logical_name)})/Attributes"
+            try:
+                body = self._get(
+                    f"{base}/Microsoft.Dynamics.CRM.{cast}", {"$select": select} if select else {}, strong=False
+                )
+            except FatalApiError as exc:  # limits are a check on top of the types: none known is not a failure
+                log.warning("the %s limits of %r could not be read: %s", typ, meta.logical_name, exc.message)
+                body = {}
+            known = {str(a.get("LogicalName")): _parse_limits(a) for a in body.get("value", []) if isinstance(a, dict)}
+            with self._lock:
+                self._entries.setdefault(meta.logical_name, _Entry(meta)).limits[typ] = known
+        return known.get(column, ColumnLimits())
+
     # -- fetching -------------------------------------------------------------------------------------------------
     def _get(self, path: str, params: Mapping[str, str], *, strong: bool) -> dict[str, Any]:
         headers = {"Consistency": "Strong"} if strong else None
@@ -246,6 +301,20 @@ class MetadataCache:
             logical = str(found[0]["LogicalName"])
             body = self._get(f"EntityDefinitions(LogicalName={quote_string(logical)})", params, strong=strong)
         return _parse_table(body, self._clock.monotonic())
+
+
+def _parse_limits(attr: Mapping[str, Any]) -> ColumnLimits:
+    def number(name: str) -> float | None:
+        value = attr.get(name)  # an int stays an int: a BigInt bound is not exact as a float
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    length, precision = attr.get("MaxLength"), attr.get("Precision")
+    return ColumnLimits(
+        max_length=length if isinstance(length, int) and not isinstance(length, bool) else None,
+        min_value=number("MinValue"),
+        max_value=number("MaxValue"),
+        precision=precision if isinstance(precision, int) and not isinstance(precision, bool) else None,
+    )
 
 
 def _label_texts(label: Any) -> list[str]:

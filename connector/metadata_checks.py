@@ -230,8 +230,15 @@ def _new_key_problems(table: TableRef, columns: Sequence[Any], schema_name: str)
                     "DateTime, Lookup or Picklist",
                 )
             )
-    if len(meta.keys) >= 10:
+    if len(meta.keys) >= 10 and not any(k.schema_name.lower() == schema_name.lower() for k in meta.keys):
         problems.append(InputProblem("$.table", f"table {table.logical_name!r} already has 10 keys, the maximum"))
-    if any(k.schema_name.lower() == schema_name.lower() for k in meta.keys):
-        problems.append(InputProblem("$.schema_name", f"a key named {schema_name!r} already exists"))
+    same = next((k for k in meta.keys if k.schema_name.lower() == schema_name.lower()), None)
+    wanted = {str(c).lower() for c in columns}
+    if same is not None and set(same.columns) != wanted:  # the same key again is a rerun: reported already_present
+        problems.append(
+            InputProblem(
+                "$.schema_name",
+                f"a key named {schema_name!r} already exists with columns {sorted(same.columns)}, not {sorted(wanted)}",
+            )
+        )
     return problems

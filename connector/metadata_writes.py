@@ -8,14 +8,20 @@ Columns may be given as a full AttributeMetadata body (as Microsoft documents it
 :func:`expand_attribute` turns into that body; a lookup becomes a one-to-many relationship, because Dataverse creates
 lookup columns only through ``RelationshipDefinitions``. The inputs reach these functions checked
 (:mod:`connector.metadata_checks`), so every input problem is reported before any write.
+
+A create whose answer is an error or was lost is checked by reading (:func:`_post_or_confirm`): the definition exists
+as asked -> success, ``outcome`` ``created`` with ``confirmed_by_read`` after a lost answer, ``already_present`` after
+Dataverse's "already exists" (a rerun); it exists otherwise -> the conflict is named; it does not -> the error stands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import FatalApiError, KeyActivationError
+import httpx
+
+from connector.errors import DataverseApiError, FatalApiError, KeyActivationError, NotFoundError
 from connector.inputs import CreateAlternateKey, CreateAttribute, ListAlternateKeys, UpdateAttribute
 from connector.metadata_reads import (
     CRM,
@@ -193,6 +199,53 @@ def _relationship(
     }
 
 
+def _post_or_confirm(
+    connection: Connection,
+    path: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    find: Callable[[], Mapping[str, Any]],
+    conflict: Callable[[Mapping[str, Any]], str | None],
+) -> tuple[httpx.Response | None, Mapping[str, Any] | None, dict[str, Any]]:
+    """POST a definition; on an error or a lost answer, ``find()`` reads it back (404: absent) and ``conflict(found)``
+    says how it differs from what was asked (None: it matches). Returns the answer or the definition found, and the
+    outcome fields of the output. A rerun of a create is then a success, not "already exists" with exit 2."""
+    try:
+        return connection.client.request("POST", path, json=body, headers=headers), None, _outcome("created", False)
+    except DataverseApiError as exc:
+        try:
+            found = find()
+        except DataverseApiError:  # not there (404), or the read failed too: the POST's own error stands
+            raise exc from None
+        differs = conflict(found)
+        if differs is not None:
+            raise FatalApiError(f"{exc} ({differs})", status_code=exc.status_code, code=exc.code) from exc
+        refused = isinstance(exc, FatalApiError)  # "already exists": an earlier run created it
+        return None, found, _outcome("already_present" if refused else "created", True)
+
+
+def _outcome(outcome: str, confirmed_by_read: bool) -> dict[str, Any]:
+    return {"outcome": outcome, "confirmed_by_read": confirmed_by_read}
+
+
+def _attribute_type(body: Mapping[str, Any]) -> str | None:
+    """The AttributeType a column body asks for (a full body may give only its ``@odata.type``)."""
+    if body.get("AttributeType"):
+        return str(body["AttributeType"])
+    cast = str(body.get("@odata.type", "")).removeprefix(CRM)
+    return next((t for c, t, _ in ATTRIBUTE_TYPES.values() if c == cast), None)
+
+
+def _column_conflict(wanted: str | None) -> Callable[[Mapping[str, Any]], str | None]:
+    def conflict(found: Mapping[str, Any]) -> str | None:
+        have = found.get("AttributeType")
+        if wanted is None or have == wanted:
+            return None
+        return f"the column exists as {have}, not {wanted}"
+
+    return conflict
+
+
 def is_short_form(attribute: Mapping[str, Any]) -> bool:
     """Whether a column is given in the short typed form (``type``) rather than as a full body (``@odata.type``)."""
     return "type" in attribute and "@odata.type" not in attribute
@@ -203,9 +256,13 @@ def create_attribute(connection: Connection, inputs: CreateAttribute) -> dict[st
     table = resolve_table(connection, inputs.table)
     spec = inputs.attribute
     headers = _solution_headers(inputs.solution)
-    client = connection.client
     touched = [table.logical_name]
     relationship = None
+
+    def column(schema: str) -> Callable[[], Mapping[str, Any]]:
+        path = f"{table.path}/Attributes({column_ref(schema)})"
+        return lambda: get_definition(connection, path, {"$select": "LogicalName,AttributeType"}, strong=True)
+
     try:
         if is_short_form(spec) and spec["type"] == "lookup":
             target = resolve_table(connection, str(spec["target"]), "$.attribute.target")
@@ -215,22 +272,25 @@ def create_attribute(connection: Connection, inputs: CreateAttribute) -> dict[st
                 target_id=target.metadata.primary_id,
             )
             touched.append(target.logical_name)
-            response = client.request("POST", "RelationshipDefinitions", json=body, headers=headers)
-            relationship = {"schema_name": body["SchemaName"], "metadata_id": entity_id(response)}
             schema = str(body["Lookup"]["SchemaName"])
-            # the answer names the relationship; the new column's own id takes one strong read
-            column = get_definition(
-                connection,
-                f"{table.path}/Attributes({column_ref(schema)})",
-                {"$select": "LogicalName"},
-                strong=True,
+            response, _, outcome = _post_or_confirm(
+                connection, "RelationshipDefinitions", body, headers, column(schema), _column_conflict("Lookup")
             )
-            attribute_id = column.get("MetadataId")
+            relationship = {"schema_name": body["SchemaName"], "metadata_id": entity_id(response) if response else None}
+            # the answer names the relationship; the new column's own id takes one strong read
+            attribute_id = column(schema)().get("MetadataId")
         else:
             body = expand_attribute(spec) if is_short_form(spec) else dict(spec)
-            response = client.request("POST", f"{table.path}/Attributes", json=body, headers=headers)
             schema = str(body["SchemaName"])
-            attribute_id = entity_id(response)
+            response, found, outcome = _post_or_confirm(
+                connection,
+                f"{table.path}/Attributes",
+                body,
+                headers,
+                column(schema),
+                _column_conflict(_attribute_type(body)),
+            )
+            attribute_id = entity_id(response) if response is not None else (found or {}).get("MetadataId")
     finally:
         # even a failed write may have half-applied on the server; the cache must not keep answering the old shape
         for name in touched:
@@ -240,6 +300,7 @@ def create_attribute(connection: Connection, inputs: CreateAttribute) -> dict[st
         "logical_name": schema.lower(),
         "schema_name": schema,
         "metadata_id": attribute_id,
+        **outcome,
     }
     if relationship is not None:
         out["relationship"] = relationship
@@ -359,11 +420,23 @@ def create_alternate_key(connection: Connection, inputs: CreateAlternateKey) -> 
         "KeyAttributes": [c.lower() for c in inputs.columns],
     }
     headers = _solution_headers(inputs.solution)
+
+    def find() -> Mapping[str, Any]:
+        listed = list_alternate_keys(connection, ListAlternateKeys(table=table.logical_name))["keys"]
+        found = next((k for k in listed if str(k["schema_name"]).lower() == schema.lower()), None)
+        if found is None:
+            raise NotFoundError(f"no key {schema!r} on {table.logical_name!r}")
+        return dict(found)
+
+    def conflict(found: Mapping[str, Any]) -> str | None:
+        have, wanted = sorted(found["columns"]), sorted(body["KeyAttributes"])
+        return None if have == wanted else f"key {schema!r} exists with columns {have}, not {wanted}"
+
     try:
-        response = connection.client.request("POST", f"{table.path}/Keys", json=body, headers=headers)
+        response, found, outcome = _post_or_confirm(connection, f"{table.path}/Keys", body, headers, find, conflict)
     finally:
         connection.metadata.invalidate(table.logical_name)
-    key_id = entity_id(response)
+    key_id = entity_id(response) if response is not None else (found or {}).get("metadata_id")
     if key_id is None:
         listed = list_alternate_keys(connection, ListAlternateKeys(table=table.logical_name))["keys"]
         key_id = next((k["metadata_id"] for k in listed if str(k["schema_name"]).lower() == schema.lower()), None)
@@ -376,4 +449,5 @@ def create_alternate_key(connection: Connection, inputs: CreateAlternateKey) -> 
     else:
         key = read_key(connection, table, str(key_id))
         timed_out = False
-    return {"table": table.logical_name, "key": key, "active": key["status"] == "Active", "timed_out": timed_out}
+    active = key["status"] == "Active"
+    return {"table": table.logical_name, "key": key, "active": active, "timed_out": timed_out, **outcome}

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from connector.addressing import expand_param
 from connector.errors import FatalApiError, InputError, InputProblem, LiteralError
 from connector.inputs import QueryEntities
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, PageToken, build_query_string, filter_column, where_problems_and_filter
-from connector.problems import Problems, check_returned, check_table
+from connector.problems import Problems, check_returned, check_table, check_url
 from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
@@ -255,9 +256,16 @@ def query_entities_problems(inputs: QueryEntities, connection: Connection) -> li
     columns += [c.partition(" ")[0] for c in inputs.order_by or []]
     if any(c not in meta.attributes for c in columns):
         meta = p.fresh(meta)
+    flt = inputs.filter or ""
     if inputs.where:
-        _, problems = _where(connection, meta, inputs.where)
+        built, problems = _where(connection, meta, inputs.where)
         p.items += problems
+        flt += built or ""
+    if flt:
+        fix = "use fewer or shorter values (or several queries)"
+        check_url(
+            p, meta, len(quote(flt, safe="")), "$.where" if inputs.where else "$.filter", "the $filter makes a URL", fix
+        )
     for i, item in enumerate(inputs.order_by or []):
         column = item.partition(" ")[0]
         if column not in meta.attributes:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from connector.errors import ConnectionConfigError
+from connector.errors import ConnectionConfigError, preview
 
 __all__ = [
     "CHINA_AUTHORITY",
@@ -73,7 +73,7 @@ class OperatorPolicy:
         env = os.environ if environ is None else environ
         preset = env.get("D365_POLICY", "").strip().lower() or default
         if preset not in ("local", "hosted"):
-            raise ConnectionConfigError(f"D365_POLICY is {preset!r}: use local or hosted", field=None)
+            raise ConnectionConfigError(f"D365_POLICY is {preview(preset)}: use local or hosted", field=None)
         return cls(
             preset="local" if preset == "local" else "hosted",
             allowed_authorities=frozenset(h.lower() for h in _split(env.get("D365_ALLOWED_AUTHORITIES"), ",")),
@@ -105,7 +105,7 @@ class OperatorPolicy:
         if host.lower().rstrip(".") in MICROSOFT_AUTHORITIES or self._host_allowed(host, loopback_org):
             return
         raise ConnectionConfigError(
-            f"{name} points at {host or 'no host'}, which is not a Microsoft identity host "
+            f"{name} points at {preview(host) if host else 'no host'}, which is not a Microsoft identity host "
             f"({', '.join(sorted(MICROSOFT_AUTHORITIES))}); tokens and secrets go nowhere else unless {_FIX} "
             "D365_ALLOWED_AUTHORITIES=host (loopback is allowed only for a loopback organization_url)",
             field=name,
@@ -117,8 +117,9 @@ class OperatorPolicy:
         if host == IMDS_HOST or (platform and endpoint == platform) or self._host_allowed(host, loopback_org):
             return
         raise ConnectionConfigError(
-            f"identity_endpoint points at {host or 'no host'}: managed identity asks only IMDS ({IMDS_HOST}) or the "
-            f"IDENTITY_ENDPOINT the hosting platform sets, unless {_FIX} D365_ALLOWED_AUTHORITIES=host",
+            f"identity_endpoint points at {preview(host) if host else 'no host'}: managed identity asks only IMDS "
+            f"({IMDS_HOST}) or the IDENTITY_ENDPOINT the hosting platform sets, unless {_FIX} "
+            "D365_ALLOWED_AUTHORITIES=host",
             field="identity_endpoint",
         )
 

@@ -7,40 +7,62 @@ reported, because a column or a key may have been created a moment ago by anothe
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from connector.addressing import key_literal
-from connector.errors import InputError, InputProblem, LiteralError
-from connector.inputs import Expand
+from connector.errors import InputError, InputProblem, LiteralError, preview
+from connector.inputs import GUID, Expand
 from connector.metadata import TableMetadata
+from connector.odata import NUMERIC_TYPES, STRING_TYPES
+from connector.strict_json import StrictJsonError
+from connector.strict_json import check_value as check_json
 
 if TYPE_CHECKING:
     from connector.connection import Connection
 
 __all__ = [
+    "MAX_URL",
     "Problems",
     "check_expand",
+    "check_guid",
     "check_key",
+    "check_key_url",
+    "check_limits",
     "check_navigation",
     "check_returned",
     "check_select",
+    "check_sendable",
     "check_table",
+    "check_url",
     "columns_known",
     "unknown_column",
 ]
 
 
 class Problems:
-    """Collects problems; metadata misses trigger one fresh read of the table (a key may have just been created)."""
+    """Collects problems; metadata misses trigger one fresh read of the table (a key may have just been created).
 
-    def __init__(self, connection: Connection) -> None:
+    ``values`` collects, apart, the problems of a value that cannot be sent (:meth:`refuse`) when ``defer_values`` is
+    set: ``write_entities`` fails such a record by itself and still writes the others, where a wrong column or type
+    (:meth:`add`) refuses the whole run.
+    """
+
+    def __init__(self, connection: Connection, *, defer_values: bool = False) -> None:
         self.connection = connection
         self.items: list[InputProblem] = []
+        self.values: list[InputProblem] = []
+        self.defer_values = defer_values
         self._refreshed: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
         self.items.append(InputProblem(path, message))
+
+    def refuse(self, path: str, message: str) -> None:
+        """A value Dataverse would refuse or the request could not carry: too long, out of range, not finite."""
+        (self.values if self.defer_values else self.items).append(InputProblem(path, message))
 
     def table(self, name: str, path: str) -> TableMetadata | None:
         try:
@@ -55,6 +77,100 @@ class Problems:
             return meta
         self._refreshed.add(meta.logical_name)
         return self.connection.metadata.table(meta.logical_name, refresh=True)
+
+
+#: Dataverse refuses a request URL longer than 32,768 characters (64 KB only for a GET inside ``$batch``).
+MAX_URL = 32768
+
+#: The documented ranges of whole-number columns, for metadata that does not state its own MinValue/MaxValue.
+_WHOLE_RANGES = {"Integer": (-(2**31), 2**31 - 1), "BigInt": (-(2**63), 2**63 - 1)}
+
+
+def check_sendable(p: Problems, value: Any, path: str) -> bool:
+    """False (and a refusal) for what no JSON body carries: ``NaN``/``Infinity``, lone surrogates, extreme depth.
+
+    The typed inputs refuse these already; rows handed to the library (``write_entities`` records) reach here.
+    """
+    try:
+        check_json(value, path=path)
+    except StrictJsonError as exc:
+        p.refuse(exc.path, exc.reason)
+        return False
+    return True
+
+
+def check_guid(p: Problems, value: Any, path: str) -> bool:
+    """A row id is a GUID: anything else would become a path in the URL (``/contacts(../../x)``)."""
+    if isinstance(value, str) and GUID.fullmatch(value):
+        return True
+    shown = preview(value) if isinstance(value, str) else f"a {type(value).__name__}"
+    p.refuse(path, f"{shown} is not a row id: give a GUID such as 5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b")
+    return False
+
+
+def check_limits(p: Problems, meta: TableMetadata, column: str, value: Any, path: str) -> bool:
+    """Text within the column's MaxLength, numbers within its MinValue/MaxValue and Precision (from metadata)."""
+    typ = meta.attributes[column].type if column in meta.attributes else ""
+    if typ in STRING_TYPES and isinstance(value, str):
+        limits = p.connection.metadata.limits(meta.logical_name, column)
+        if limits.max_length is not None and len(value) > limits.max_length:
+            p.refuse(
+                path,
+                f"{column!r} holds at most {limits.max_length:,} characters; {preview(value)} has {len(value):,}: "
+                "shorten it",
+            )
+            return False
+    if typ in NUMERIC_TYPES and isinstance(value, int | float) and not isinstance(value, bool):
+        return _check_number(p, meta, column, typ, value, path)
+    return True
+
+
+def _check_number(p: Problems, meta: TableMetadata, column: str, typ: str, value: float, path: str) -> bool:
+    limits = p.connection.metadata.limits(meta.logical_name, column)
+    whole: tuple[float | None, float | None] = _WHOLE_RANGES.get(typ, (None, None))
+    low = limits.min_value if limits.min_value is not None else whole[0]
+    high = limits.max_value if limits.max_value is not None else whole[1]
+    if (low is not None and value < low) or (high is not None and value > high):
+        p.refuse(path, f"{column!r} accepts {_number(low)} to {_number(high)}; {_number(value)} is outside: change it")
+        return False
+    places = limits.precision
+    # A tolerance, so binary noise (0.1 + 0.2) is not mistaken for a third decimal place.
+    noisy = places is not None and isinstance(value, float) and math.isfinite(value)
+    if noisy and abs(value - round(value, places)) > 1e-9 * max(1.0, abs(value)):
+        p.refuse(path, f"{column!r} keeps {places} decimal places; round {_number(value)} to {places}")
+        return False
+    return True
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "any"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:24]}… ({len(text):,} digits)"
+
+
+def check_key_url(p: Problems, meta: TableMetadata, literals: Mapping[str, str], path: str) -> bool:
+    """A key is sent in a URL (``set(k='v')``, or ``$filter`` for values a key predicate cannot carry): one too long
+    for Dataverse's URL limit is refused here with the reason, not as an httpx error in the middle of a run."""
+    written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
+    return check_url(
+        p,
+        meta,
+        written + len(meta.primary_id),
+        path,
+        "the key makes a URL",
+        "no other route carries a key this long: address the row by id, or by an alternate key of shorter values",
+    )
+
+
+def check_url(p: Problems, meta: TableMetadata, written: int, path: str, what: str, fix: str) -> bool:
+    """Refuse (with the reason and ``fix``) a request whose URL, ``written`` characters after the table's entity set
+    (percent-encoded), would pass Dataverse's limit: httpx would otherwise fail it with "URL too long" mid-run."""
+    length = len(p.connection.api_url) + len(meta.entity_set) + written + 64  # 64: separators and $select/$top
+    if length <= MAX_URL:
+        return True
+    p.refuse(path, f"{what} of about {length:,} characters and Dataverse accepts {MAX_URL:,}; {fix}")
+    return False
 
 
 def unknown_column(meta: TableMetadata, column: str) -> str:
@@ -107,11 +223,16 @@ def check_key(
         return meta, None
     literals: dict[str, str] = {}
     for column, value in key.items():
+        here = f"{path}.{column}"
+        if not (check_sendable(p, value, here) and check_limits(p, meta, column, value, here)):
+            ok = False
+            continue
         try:
             literals[column] = key_literal(p.connection, meta, column, value)
         except (LiteralError, ValueError) as exc:
-            p.add(f"{path}.{column}", str(exc))
+            p.add(here, str(exc))
             ok = False
+    ok = ok and check_key_url(p, meta, literals, path)
     return meta, literals if ok else None
 
 

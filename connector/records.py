@@ -6,7 +6,10 @@ built by :mod:`connector.body` (lookups bound, labels mapped), rows addressed by
 * key values are typed from the column types and quoted; keys with characters Dataverse refuses in a key predicate go
   through a ``$filter`` lookup, and an upsert then becomes PATCH-by-GUID (found) or POST with a client GUID (not
   found; a duplicate-key answer to that POST is retried once as an update, since someone created it meanwhile);
-* key columns are never repeated in an upsert body addressed by key.
+* key columns are never repeated in an upsert body addressed by key;
+* an update or upsert whose retries ran out after a send that may have been applied (a dropped connection, a 5xx)
+  reads the row back (:func:`_read_back`): it holds the written values -> success with ``confirmed_by_read``; it
+  does not -> the error stands (not applied); otherwise :class:`OutcomeUnknownError` says why.
 
 Each action has its phase-two check (``<action>_problems``), which the runtime calls before any write: it reads
 metadata only.
@@ -22,11 +25,20 @@ import httpx
 from connector import ids
 from connector.addressing import address, describe_key, find_by_key, not_found, select_params, with_query
 from connector.body import build_body, check_fields, key_body
-from connector.errors import ConcurrencyError, FatalApiError, InputProblem, NotFoundError
+from connector.errors import (
+    ConcurrencyError,
+    DataverseApiError,
+    FatalApiError,
+    InputProblem,
+    NotFoundError,
+    OutcomeUnknownError,
+    RetriableApiError,
+)
 from connector.inputs import CreateEntity, DeleteEntity, GetEntity, UpdateEntity, UpsertEntity
 from connector.metadata import TableMetadata
 from connector.odata import ALL_ANNOTATIONS, entity_id, key_is_url_safe
 from connector.problems import Problems, check_returned, check_table
+from connector.written import Verdict, compare_written, read_columns
 
 if TYPE_CHECKING:
     from connector.connection import Connection
@@ -130,6 +142,37 @@ def _prefer(include_annotations: bool, *, representation: bool) -> list[str]:
     return prefer
 
 
+def _read_back(
+    connection: Connection,
+    meta: TableMetadata,
+    path: str,
+    body: Mapping[str, Any],
+    exc: DataverseApiError,
+    impersonate: str | None,
+) -> dict[str, Any]:
+    """The row a PATCH (or a POST with a client id) wrote, read after its answer was lost with the outcome in doubt;
+    raises unless it proves the write applied: the write's own error when the row proves it was not (after a timeout
+    it may still be running, so only "applied" is proved then), :class:`OutcomeUnknownError` with the reason
+    otherwise."""
+    select = [*read_columns(meta, body), "createdon", "modifiedon"]
+    select = [c for c in dict.fromkeys(select) if c.strip("_").removesuffix("_value") in meta.attributes]
+    try:
+        row = connection.client.get_json(with_query(path, {"$select": ",".join(select)}), impersonate=impersonate)
+    except NotFoundError:
+        row = None
+    except DataverseApiError as read_exc:
+        raise OutcomeUnknownError(
+            f"{exc}; the read to check the row failed too ({read_exc})", code=exc.code, method="PATCH"
+        ) from exc
+    verdict = compare_written(meta, body, row if isinstance(row, dict) else None)
+    if verdict is Verdict.APPLIED and isinstance(row, dict):
+        row.pop("@odata.context", None)
+        return row
+    if verdict is Verdict.NOT_APPLIED and exc.code != "Timeout":
+        raise exc
+    raise OutcomeUnknownError(f"{exc}; the row read back proves neither", code=exc.code, method="PATCH") from exc
+
+
 # -- actions --------------------------------------------------------------------------------------------------------
 def get_entity(connection: Connection, inputs: GetEntity) -> dict[str, Any]:
     """GET one row by id or key, with ``select``/``expand`` and optional formatted values; not found is typed."""
@@ -202,6 +245,10 @@ def update_entity(connection: Connection, inputs: UpdateEntity) -> dict[str, Any
         )
     except NotFoundError as exc:
         raise not_found(meta, id=id_, key=key, cause=exc) from None
+    except RetriableApiError as exc:
+        row = _read_back(connection, meta, path, body, exc, impersonate)
+        confirmed = {"table": meta.logical_name, "id": str(row.get(meta.primary_id) or id_), "confirmed_by_read": True}
+        return {**confirmed, "record": row} if return_record else confirmed
     except FatalApiError as exc:
         if exc.status_code == 412 and etag:
             raise ConcurrencyError(
@@ -247,7 +294,25 @@ def upsert_entity(
         )
     except NotFoundError as exc:
         raise not_found(meta, id=id_, key=key, cause=exc) from None
+    except RetriableApiError as exc:
+        return _upsert_read_back(_read_back(connection, meta, path, body, exc, impersonate), meta, return_record, id_)
     return _upsert_output(meta, response, return_record, id_)
+
+
+def _upsert_read_back(
+    row: dict[str, Any], meta: TableMetadata, return_record: bool, fallback_id: str | None
+) -> dict[str, Any]:
+    """The output of an upsert confirmed by reading: ``created`` when the row was never modified after its creation
+    (``createdon`` = ``modifiedon``; every update moves ``modifiedon`` on), else ``updated``. A row created and then
+    updated within the same second by someone else would read as created: the one case this cannot tell."""
+    created = row.get("createdon") is not None and row.get("createdon") == row.get("modifiedon")
+    out: dict[str, Any] = {
+        "table": meta.logical_name,
+        "id": str(row.get(meta.primary_id) or fallback_id),
+        "operation": "created" if created else "updated",
+        "confirmed_by_read": True,
+    }
+    return {**out, "record": row} if return_record else out
 
 
 def _upsert_output(
@@ -306,6 +371,9 @@ def _upsert_by_filter(
         response = client.request(
             "POST", with_query(meta.entity_set, select), json=create_body, prefer=prefer, impersonate=impersonate
         )
+    except (OutcomeUnknownError, RetriableApiError) as exc:  # the id is ours: a row with it is this create's
+        row = _read_back(connection, meta, f"{meta.entity_set}({row_id})", create_body, exc, impersonate)
+        return {**_upsert_read_back(row, meta, return_record, row_id), "operation": "created"}
     except FatalApiError as exc:
         if exc.status_code == 412 or (exc.code or "").lower() in _DUPLICATE_CODES:
             found = find_by_key(connection, meta, key, impersonate)

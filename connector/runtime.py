@@ -36,6 +36,7 @@ from connector.context import ActionContext, action_logger
 from connector.contract_cache import CACHE_DIR_ENV, contract_digest, remembered_contract_problems
 from connector.errors import ContractError, InputError, InputProblem, PluginError
 from connector.hookspecs import hookimpl, validator_hook
+from connector.inputs import INPUT_MODELS
 from connector.manifest import EffectiveManifest, build_manifest
 from connector.plugins import (
     BUILTIN,
@@ -49,6 +50,7 @@ from connector.plugins import (
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter, current, running
 from connector.schemas import SCHEMA_BASE, SchemaStore, data_root
+from connector.strict_json import StrictJsonError, check_depth, check_value
 
 if TYPE_CHECKING:
     from connector.auth import OnToken
@@ -241,6 +243,7 @@ class Runtime:
             raise InputError([InputProblem("$action", f"unknown action {action_id!r}; known actions: {known}")])
         if not isinstance(inputs, Mapping):
             raise InputError([InputProblem("$", "inputs must be a JSON object")], action_id=action_id)
+        _check_sendable(action_id, inputs)
         problems = self.store.validate(dict(inputs), info.input_schema)
         if problems:
             raise InputError(problems, action_id=action_id)
@@ -387,8 +390,11 @@ class Runtime:
             raise InputError(problems, action_id=trigger_id)
         return self._with_defaults(schema_id, dict(config))
 
-    def handle_trigger(self, trigger_id: str, request: Any, config: Any) -> dict[str, Any] | None:
+    def handle_trigger(
+        self, trigger_id: str, request: Any, config: Any, *, policy: OperatorPolicy | None = None
+    ) -> dict[str, Any] | None:
         """One delivery: configuration validated, ``handle_<id>`` called, its event validated, redeliveries dropped.
+        ``policy`` (default: the environment's) rules the ``dedupe_sqlite_path`` the configuration names.
 
         Returns the event, or ``None`` for a redelivery of an event already returned (answer it 2xx so the sender
         stops). Refusals raise :class:`~connector.errors.WebhookError` with the HTTP status to answer. An event that
@@ -405,16 +411,18 @@ class Runtime:
         if problems:
             raise ContractError([f"trigger {trigger_id!r} event {p}" for p in problems])
         key = event.get("dedupe_key")
-        if isinstance(key, str) and not self._dedupe_store(trigger_id, validated).add(key):
+        if isinstance(key, str) and not self._dedupe_store(trigger_id, validated, policy).add(key):
             log.info("trigger %s: redelivery %s dropped", trigger_id, key)
             return None
         return dict(event)
 
-    def forget_trigger_event(self, trigger_id: str, config: Any, event: Mapping[str, Any]) -> None:
+    def forget_trigger_event(
+        self, trigger_id: str, config: Any, event: Mapping[str, Any], *, policy: OperatorPolicy | None = None
+    ) -> None:
         """Un-remember an event that could not be handed on, so the sender's next attempt is accepted again."""
         key = event.get("dedupe_key")
         if isinstance(key, str):
-            self._dedupe_store(trigger_id, self.trigger_config(trigger_id, config)).discard(key)
+            self._dedupe_store(trigger_id, self.trigger_config(trigger_id, config), policy).discard(key)
 
     def subscribe_trigger(self, trigger_id: str, config: Any, connection: Connection, target_url: str) -> Any:
         """Register ``target_url`` with Dataverse through ``subscribe_<id>``; returns the subscription to keep."""
@@ -434,7 +442,7 @@ class Runtime:
         known = ", ".join(sorted(t.get("id", "") for t in self.manifest.document.get("triggers", [])))
         raise InputError([InputProblem("$trigger", f"unknown trigger {trigger_id!r}; known triggers: {known}")])
 
-    def _dedupe_store(self, trigger_id: str, config: Mapping[str, Any]) -> Any:
+    def _dedupe_store(self, trigger_id: str, config: Mapping[str, Any], policy: OperatorPolicy | None) -> Any:
         """One store per trigger configuration (the secret left out of the key), kept for the runtime's life."""
         from connector.webhook_dedupe import dedupe_store_for
 
@@ -444,7 +452,7 @@ class Runtime:
             store = self._dedupe_stores.get(key)
             if store is None:
                 capacity, path = config.get("dedupe_capacity"), config.get("dedupe_sqlite_path")
-                store = self._dedupe_stores[key] = dedupe_store_for(capacity, path)
+                store = self._dedupe_stores[key] = dedupe_store_for(capacity, path, policy)
             return store
 
     def _with_defaults(self, schema_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -553,3 +561,17 @@ __all__ = [
     "default_runtime",
     "run_action",
 ]
+
+
+def _check_sendable(action_id: str, inputs: Mapping[str, Any]) -> None:
+    """Inputs from Python callers did not come through :func:`connector.strict_json.loads`: deep nesting would end in
+    ``RecursionError`` inside the schema validator, so it is refused first; ``NaN`` and lone surrogates too, except in
+    the inputs judged item by item (a ``write_entities`` record fails alone: :mod:`connector.bulk`)."""
+    model = INPUT_MODELS.get(action_id)
+    per_item = model.checked_per_item if model is not None else frozenset()
+    try:
+        for key, value in inputs.items():
+            check = check_depth if key in per_item else check_value
+            check({key: value})
+    except StrictJsonError as exc:
+        raise InputError([InputProblem(exc.path, exc.reason)], action_id=action_id) from None

@@ -24,7 +24,7 @@ from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
-from connector.errors import ContractError, InputProblem
+from connector.errors import ContractError, InputProblem, preview
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -398,6 +398,9 @@ def _describe(error: ValidationError) -> str:
     if v == "type":
         return f"expected {schema.get('type')}, got {_json_type(error.instance)}{hint}"
     message = error.message
+    if isinstance(error.instance, str):
+        # jsonschema quotes the whole value ("'...' is too long"): 10 MB in would be 10 MB on stderr.
+        return f"{message.replace(repr(error.instance), shown, 1)}{hint}"
     if not isinstance(error.instance, (Mapping, list)):
         return f"{message}{hint}"
     return f"{message.replace(repr(error.instance), 'the value')}{hint}"
@@ -421,6 +424,8 @@ def _fits_a_type(value: Any, kinds: list[str]) -> bool:
 def _show(value: Any) -> str:
     if isinstance(value, (Mapping, list)):
         return f"the {_json_type(value)}"
+    if isinstance(value, str) and len(value) > 80:
+        return preview(value)
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from connector.errors import ConnectionConfigError
+from connector.errors import ConnectionConfigError, preview
 
 __all__ = ["Secret", "resolve_secret"]
 
@@ -75,11 +75,16 @@ def resolve_secret(value: Any, name: str, base_dir: Path | None) -> Secret:
     raise ConnectionConfigError(f"{name} must be the value, {{'env': NAME}} or {{'file': PATH}}", field=name)
 
 
+def _named(text: str) -> str:
+    """A variable name or path as a message shows it: as is when short and printable, else quoted and cut."""
+    return text if len(text) <= 120 and text.isprintable() else preview(text, 120)
+
+
 def _from_env(var: str, name: str) -> Secret:
     env_value = os.environ.get(var)
     if not env_value:
         raise ConnectionConfigError(
-            f"{name} is read from the environment variable {var}, which is not set or empty: set {var} "
+            f"{name} is read from the environment variable {_named(var)}, which is not set or empty: set {_named(var)} "
             f"in the environment the connector runs in, or give {name} another way",
             field=name,
         )
@@ -90,16 +95,17 @@ def _from_file(file: str, name: str, base_dir: Path | None) -> Secret:
     path = Path(file).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    shown = _named(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConnectionConfigError(
-            f"{name} is read from the file {path}, which cannot be read ({exc.strerror or type(exc).__name__}): "
+            f"{name} is read from the file {shown}, which cannot be read ({exc.strerror or type(exc).__name__}): "
             f"check the path (relative paths start at the connection file's folder) and its permissions",
             field=name,
         ) from None
     # Editors and `echo` add a final newline that is never part of the secret.
     text = text.rstrip("\r\n")
     if not text:
-        raise ConnectionConfigError(f"{name} is read from the file {path}, which is empty", field=name)
+        raise ConnectionConfigError(f"{name} is read from the file {shown}, which is empty", field=name)
     return Secret(text)

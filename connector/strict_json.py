@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "StrictJsonError", "check_value", "loads"]
+__all__ = ["MAX_DEPTH", "StrictJsonError", "check_depth", "check_value", "loads"]
 
 MAX_DEPTH = 64
 """Deeper than any Dataverse body or action input (a deep ``$expand`` answer nests about a dozen levels)."""
@@ -32,14 +32,21 @@ class StrictJsonError(ValueError):
         self.path = path
 
 
+class _Refused:
+    """A value the parser met and we refuse, kept in place so :func:`check_value` reports it with its path."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def _refuse_constant(word: str) -> Any:
-    raise StrictJsonError(f"{word} is not JSON: send a number, or null for no value")
+    return _Refused(f"{word} is not JSON: send a number, or null for no value")
 
 
-def _float(text: str) -> float:
+def _float(text: str) -> float | _Refused:
     value = float(text)
     if math.isinf(value):
-        raise StrictJsonError(f"the number {text[:24]}{'…' if len(text) > 24 else ''} is too large for a double")
+        return _Refused(f"the number {text[:24]}{'…' if len(text) > 24 else ''} is too large for a double")
     return value
 
 
@@ -96,6 +103,8 @@ def check_value(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> N
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         node, where, depth = stack.pop()
+        if isinstance(node, _Refused):
+            raise StrictJsonError(node.reason, where)
         if isinstance(node, str):
             _check_text(node, where)
         elif isinstance(node, float):
@@ -107,7 +116,7 @@ def check_value(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> N
             items = node.items() if isinstance(node, dict) else enumerate(node)
             for key, child in items:
                 if isinstance(key, str):
-                    _check_text(key, where)
+                    _check_text(key, f"{where}[{key[:40]!r}]")  # repr escapes the surrogate; a long key is cut
                     stack.append((child, f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]", depth + 1))
                 else:
                     stack.append((child, f"{where}[{key}]", depth + 1))
@@ -122,3 +131,18 @@ def _check_text(text: str, where: str) -> None:
             "UTF-8; remove it or pair it",
             where,
         ) from None
+
+
+def check_depth(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> None:
+    """Only the depth of :func:`check_value`: for values whose other problems are judged later, item by item (a
+    ``write_entities`` record with ``NaN`` fails alone), but whose depth would overflow a recursive reader first."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if depth >= max_depth:
+                raise StrictJsonError(f"nested deeper than {max_depth} levels", where)
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                named = isinstance(key, str) and key.isidentifier()
+                stack.append((child, f"{where}.{key}" if named else f"{where}[{key!r:.40}]", depth + 1))

@@ -6,15 +6,38 @@ import the runtime (or anything that does); it holds nothing but the stores.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["DEFAULT_DEDUPE_CAPACITY", "DedupeStore", "MemoryDedupeStore", "SqliteDedupeStore", "dedupe_store_for"]
+from connector.policy import OperatorPolicy
+
+__all__ = [
+    "DEFAULT_DEDUPE_CAPACITY",
+    "DedupeStore",
+    "MemoryDedupeStore",
+    "SqliteDedupeStore",
+    "dedupe_store_for",
+    "default_dedupe_path",
+]
 
 DEFAULT_DEDUPE_CAPACITY = 10_000
+
+
+def default_dedupe_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``d365 webhook serve`` remembers deliveries unless told otherwise: ``$XDG_STATE_HOME/d365/
+    webhook-dedupe.sqlite`` (``~/.local/state/d365/...`` when unset), so a replay after a restart is still refused.
+
+    State, not configuration or cache (the XDG base directory spec): losing it lets old deliveries in again.
+    """
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME", "").strip()
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
+    return root / "d365" / "webhook-dedupe.sqlite"
 
 
 class DedupeStore(Protocol):
@@ -23,6 +46,8 @@ class DedupeStore(Protocol):
     def add(self, key: str) -> bool: ...
 
     def discard(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class MemoryDedupeStore:
@@ -46,6 +71,9 @@ class MemoryDedupeStore:
     def discard(self, key: str) -> None:
         with self._lock:
             self._keys.pop(key, None)
+
+    def close(self) -> None:
+        """Nothing to release; here so every store closes alike."""
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -84,9 +112,16 @@ class SqliteDedupeStore:
         self._db.close()
 
 
-def dedupe_store_for(capacity: int | None = None, sqlite_path: str | None = None) -> DedupeStore:
-    """In memory by default; a SQLite file when several worker processes receive for one configuration."""
+def dedupe_store_for(
+    capacity: int | None = None, sqlite_path: str | None = None, policy: OperatorPolicy | None = None
+) -> DedupeStore:
+    """In memory without a path; a SQLite file (checked against the operator ``policy`` before it is opened, so a
+    hosted trigger configuration cannot make the receiver create or overwrite a file outside the operator's folders)
+    when several worker processes share one configuration or deliveries must be remembered across restarts."""
     size = capacity or DEFAULT_DEDUPE_CAPACITY
     if sqlite_path:
+        (policy if policy is not None else OperatorPolicy.from_env()).check_path(
+            Path(sqlite_path), "dedupe_sqlite_path"
+        )
         return SqliteDedupeStore(sqlite_path, size)
     return MemoryDedupeStore(size)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from connector import strict_json
 from connector.errors import WebhookError, WebhookPayloadError, WebhookVerificationError
 from connector.webhook_dedupe import DEFAULT_DEDUPE_CAPACITY
 
 if TYPE_CHECKING:
+    from connector.policy import OperatorPolicy
     from connector.secret import Secret
 
 __all__ = [
@@ -38,12 +39,14 @@ __all__ = [
     "WebhookConfig",
     "WebhookRequest",
     "attributes_of",
+    "check_before_body",
     "dedupe_key",
     "handle",
     "kv",
     "parse_context",
     "parse_date",
     "plain",
+    "too_large",
     "verify",
 ]
 
@@ -109,14 +112,19 @@ class WebhookConfig:
     dedupe_sqlite_path: str | None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> WebhookConfig:
-        """Read a configuration the runtime already validated against its schema; resolves the secret."""
+    def from_mapping(
+        cls, data: Mapping[str, Any], base_dir: Path | None = None, policy: OperatorPolicy | None = None
+    ) -> WebhookConfig:
+        """Read a configuration the runtime already validated against its schema; resolves the secret, after
+        checking an ``{"env"}`` or ``{"file"}`` source against ``policy`` when one is given (the receiver's)."""
         from connector.secret import resolve_secret
 
         auth = str(data.get("authentication", "webhook_key"))
         secret = None
         if auth != "none":
             try:
+                if policy is not None:
+                    _check_secret_source(data.get("secret"), base_dir, policy)
                 secret = resolve_secret(data.get("secret"), "secret", base_dir)
             except WebhookError:
                 raise
@@ -146,6 +154,14 @@ class WebhookConfig:
             dedupe_capacity=int(data.get("dedupe_capacity", DEFAULT_DEDUPE_CAPACITY)),
             dedupe_sqlite_path=data.get("dedupe_sqlite_path"),
         )
+
+
+def _check_secret_source(source: Any, base_dir: Path | None, policy: OperatorPolicy) -> None:
+    if isinstance(source, Mapping) and isinstance(source.get("env"), str):
+        policy.check_env(source["env"], "secret")
+    if isinstance(source, Mapping) and isinstance(source.get("file"), str):
+        path = Path(source["file"]).expanduser()
+        policy.check_path(path if path.is_absolute() or base_dir is None else base_dir / path, "secret")
 
 
 # =====================================================================================================================
@@ -332,31 +348,41 @@ def _is_json(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower().startswith("application/json")
 
 
+def too_large(config: WebhookConfig) -> WebhookPayloadError:
+    return WebhookPayloadError(
+        f"webhook body is larger than max_body_bytes ({config.max_body_bytes}); raise the limit in the trigger "
+        "configuration if deliveries this large are expected",
+        status_code=413,
+    )
+
+
+def check_before_body(request: WebhookRequest, config: WebhookConfig) -> None:
+    """The checks that need no body (method, secret, declared length), for a server to run before reading any of it:
+    a sender without the key, or one announcing more than ``max_body_bytes``, never gets a byte buffered."""
+    if request.method != "POST":
+        raise WebhookPayloadError(f"webhook deliveries are POST requests, not {request.method}", status_code=405)
+    verify(request, config)
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > config.max_body_bytes:
+        raise too_large(config)
+
+
 def handle(request: WebhookRequest, config: WebhookConfig) -> dict[str, Any]:
     """Verify, then parse one delivery into its flat event; raise a :class:`WebhookError` carrying the status.
 
     Order matters: the secret is checked first, so nothing about the body (size, shape) is revealed to a sender
     without it, except the method (405), which carries no information.
     """
-    if request.method != "POST":
-        raise WebhookPayloadError(f"webhook deliveries are POST requests, not {request.method}", status_code=405)
-    verify(request, config)
-    declared = request.headers.get("content-length", "")
-    if len(request.body) > config.max_body_bytes or (declared.isdigit() and int(declared) > config.max_body_bytes):
-        raise WebhookPayloadError(
-            f"webhook body is larger than max_body_bytes ({config.max_body_bytes}); raise the limit in the trigger "
-            "configuration if deliveries this large are expected",
-            status_code=413,
-        )
+    check_before_body(request, config)
+    if len(request.body) > config.max_body_bytes:
+        raise too_large(config)
     content_type = request.headers.get("content-type", "application/json")
     if not _is_json(content_type):
         raise WebhookPayloadError(f"webhook body must be application/json, not {content_type}", status_code=415)
     try:
-        context = json.loads(request.body)
-    except json.JSONDecodeError as exc:
-        raise WebhookPayloadError(f"webhook body is not JSON ({exc.msg} at {exc.pos})", status_code=400) from None
-    except UnicodeDecodeError:
-        raise WebhookPayloadError("webhook body is not UTF-8 JSON", status_code=400) from None
+        context = strict_json.loads(request.body)
+    except strict_json.StrictJsonError as exc:
+        raise WebhookPayloadError(f"webhook body refused: {exc}", status_code=400) from None
     if not isinstance(context, Mapping) or "MessageName" not in context or "PrimaryEntityName" not in context:
         raise WebhookPayloadError(
             "webhook body is not a RemoteExecutionContext (MessageName and PrimaryEntityName are missing)",

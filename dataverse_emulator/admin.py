@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import schema
+from . import currency, sampledata, schema
 from .bulk import ensure_message_rows
 from .context import fmt_dt_now
 from .dispatch import WebApi
@@ -97,6 +97,8 @@ class Admin:
         self.emu.throttle.reset()
         self.emu.user_cache.clear()
         bootstrap(self.emu)
+        if self.emu.sample_data:
+            sampledata.load(self.emu, self.emu.sample_seed)
         return JSONResponse({"reset": True})
 
     async def clock(self, request: Request) -> Response:
@@ -121,4 +123,5 @@ def bootstrap(emu: Emulator) -> None:
     """The rows every organization starts with: webhook and message catalogue rows, then the principals."""
     emu.webhooks.ensure_rows()
     ensure_message_rows(emu.store, emu.tables)
+    currency.ensure_base_currency(emu.store, fmt_dt_now(emu.clock))
     emu.ensure_principal_rows()

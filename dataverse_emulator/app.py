@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import schema
+from . import persisted, sampledata
 from .admin import Admin, bootstrap
 from .context import MAX_URL
 from .dispatch import WebApi
@@ -37,6 +37,12 @@ class Observe:
     def __init__(self, app: ASGIApp, emu: Emulator) -> None:
         self.app = app
         self.emu = emu
+
+    def ended(self, entry: dict[str, Any]) -> None:
+        """The answer's end is when its last body byte went to the server, not when the handler returned (work an
+        app does after answering is not the client's wait)."""
+        entry["end"] = self.emu.clock()
+        entry["wall_end"] = time.time()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +83,8 @@ class Observe:
                     if k.lower() == b"retry-after":
                         entry["retry_after"] = v.decode()
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body") and entry:
+                self.ended(entry)  # the last byte is handed to the server: what the client waited for ends here
 
         try:
             if emu.latency_ms and not is_admin and not path.startswith("/api/data"):  # Web API: ThrottleMiddleware
@@ -103,8 +111,8 @@ class Observe:
         finally:
             if entry:
                 emu.in_flight -= 1
-                entry["end"] = emu.clock()
-                entry["wall_end"] = time.time()
+                if "end" not in entry:  # no complete answer was sent (the client went away)
+                    self.ended(entry)
                 entry["in_flight_at_end"] = emu.in_flight
                 emu.log.append(entry)
 
@@ -127,6 +135,7 @@ def create_app(
     time_scale: float = 1.0,
     fault_rate: float = 0.0,
     bulk_record_cost_ratio: float = BULK_RECORD_RATIO,
+    sample_data: bool = False,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
@@ -138,8 +147,11 @@ def create_app(
         admin=admin,
         clock=clock,
     )
-    schema.load_persisted(emu)  # custom tables and columns of a --db file
+    persisted.load_persisted(emu)  # custom tables and columns of a --db file
     bootstrap(emu)
+    if sample_data:
+        emu.sample_data, emu.sample_seed = True, seed
+        sampledata.load(emu, seed)
     api = WebApi(emu)
     idp = IdentityEndpoints(emu.identity, emu.ensure_user)
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]

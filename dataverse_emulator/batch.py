@@ -199,6 +199,7 @@ class Runner:
         self.ctx = ctx
         self.refs: dict[str, str] = {}
         self.savepoints = 0
+        self.marks: dict[str, int] = {}  # savepoint -> where its pending webhook deliveries start
 
     # -- one operation ------------------------------------------------------------------------------------------
 
@@ -309,12 +310,15 @@ class Runner:
         self.savepoints += 1
         name = f"dv_batch_{self.savepoints}"
         self.api.store.conn.execute(f"SAVEPOINT {name}")
+        self.marks[name] = self.api.emu.webhooks.mark()
         return name
 
     def _release(self, name: str, rollback: bool) -> None:
+        """End a savepoint; a rolled-back one also drops the asynchronous webhook deliveries it queued."""
         conn = self.api.store.conn
         if rollback:
             conn.execute(f"ROLLBACK TO {name}")
+            self.api.emu.webhooks.discard_since(self.marks[name])
         conn.execute(f"RELEASE {name}")
 
     # -- framing --------------------------------------------------------------------------------------------------

@@ -67,6 +67,16 @@ def ensure_message_rows(store: Store, tables: dict[str, Table]) -> None:
                 )
 
 
+def drop_message_rows(store: Store, table: str) -> None:
+    """A deleted table's sdkmessagefilter rows go with it (those a processing step still names stay, GUESS: the
+    platform keeps a registered step's filter)."""
+    store.conn.execute(
+        "DELETE FROM sdkmessagefilter WHERE primaryobjecttypecode = ? AND sdkmessagefilterid NOT IN "
+        "(SELECT sdkmessagefilterid FROM sdkmessageprocessingstep WHERE sdkmessagefilterid IS NOT NULL)",
+        (table,),
+    )
+
+
 def _invalid_argument(message: str) -> DataverseError:
     return DataverseError(400, "0x80040203", message)
 

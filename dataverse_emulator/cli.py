@@ -58,6 +58,12 @@ from .tls import default_data_dir, issue_server_cert
     help="Execution cost of one bulk-message record against a single operation (GUESS, from the quoted 'up to 5x').",
 )
 @click.option("--fault-rate", default=0.0, show_default=True, type=float, help="Share of Web API requests faulted.")
+@click.option(
+    "--sample-data",
+    is_flag=True,
+    help="Start with a small organization in use (accounts, contacts, leads, opportunities, activities, a marketing "
+    "list, alternate keys, the README examples' table and rows); the same rows for the same --seed.",
+)
 def serve(
     host: str,
     port: int,
@@ -80,6 +86,7 @@ def serve(
     time_scale: float,
     fault_rate: float,
     bulk_record_cost_ratio: float,
+    sample_data: bool,
 ) -> None:
     """Serve a local Dataverse Web API emulator."""
     from .testing import uvicorn_config
@@ -100,6 +107,7 @@ def serve(
         time_scale=time_scale,
         fault_rate=fault_rate,
         bulk_record_cost_ratio=bulk_record_cost_ratio,
+        sample_data=sample_data,
     )
     ddir = Path(data_dir) if data_dir else default_data_dir()
     certfile = keyfile = ca = None

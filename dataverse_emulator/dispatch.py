@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import aggregate, errors, fetchxml, files, metadata, metadata_writes
+from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete
@@ -39,10 +39,7 @@ TOO_COMPLEX = ("too many FROM clause terms", "parser stack overflow", "Expressio
 
 
 def as_refusal(e: Exception) -> DataverseError | None:
-    """The Dataverse error a failure answers with; None for an emulator bug. A client that went away is re-raised:
-    there is nobody to answer (the request log middleware records it)."""
-    if isinstance(e, ClientDisconnect):
-        raise e
+    """The Dataverse error a failure answers with; None for an emulator bug."""
     if isinstance(e, DataverseError):
         return e
     if isinstance(e, ODataSyntaxError):
@@ -75,9 +72,10 @@ class WebApi(RecordApi):
                 resp = await self.dispatch(request, ctx, split_path(rest))
             else:
                 # read the body first: once cached, dispatch has no suspension point, so no other request can run
-                # inside this transaction on the shared connection; any refusal rolls every write back
+                # inside this transaction on the shared connection; any refusal rolls every write back, and
+                # asynchronous webhook steps start only after the commit
                 await request.body()
-                with self.store.transaction():
+                with self.emu.webhooks.deferred(), self.store.transaction():
                     resp = await self.dispatch(request, ctx, split_path(rest))
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
@@ -86,7 +84,9 @@ class WebApi(RecordApi):
             resp.headers["REQ_ID"] = req_id
             resp.headers["x-ms-service-request-id"] = req_id
             return resp
-        except Exception as e:
+        except ClientDisconnect:
+            raise  # nobody to answer: the request log middleware records it
+        except Exception as e:  # every failure answers in Dataverse's shape
             refusal = as_refusal(e)
             entry = request.scope.get("state", {}).get("log_entry")
             if refusal is None:  # an emulator bug must still answer like Dataverse (500 UnExpected), and be visible
@@ -144,7 +144,8 @@ class WebApi(RecordApi):
         if head == "BulkDelete" and len(segs) == 1 and method == "POST":
             return await bulk_delete(self, request, ctx)
         if head == "$metadata":
-            return Response(metadata.csdl(self.tables, self.rels), media_type="application/xml")
+            csdl = metadata.csdl(self.tables, self.rels, getattr(self.emu, "many_to_many", []))
+            return Response(csdl, media_type="application/xml")
         if head in ("WhoAmI", "RetrieveVersion") and len(segs) == 1 and (key is None or key == ""):
             if method != "GET":
                 raise errors.no_resource(f"{ctx.api}/{segs[0]}")
@@ -164,6 +165,8 @@ class WebApi(RecordApi):
                     "Version": VERSION,
                 }
             )
+        if head in marketing.UNBOUND and len(segs) == 1:
+            return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
             return await metadata_writes.dispatch(self, request, ctx, head, key, segs)
         if head == "EntityDefinitions":
@@ -199,6 +202,9 @@ class WebApi(RecordApi):
             raise errors.DataverseError(
                 405, "0x80060888", f"The requested resource does not support http method '{method}'."
             )
+        action = marketing.BOUND.get(segs[1][len(BULK_NS) :]) if segs[1].startswith(BULK_NS) else None
+        if action is not None and table.logical_name == "list" and len(segs) == 2 and method == "POST":
+            return await action(self, request, ctx, table, key)
         return await self.sub_resource(request, ctx, table, key, segs[1:])
 
     def service_document(self, ctx: Ctx) -> Response:

@@ -20,6 +20,9 @@ from .webhooks import Webhooks
 class Emulator:
     """All state behind one app: metadata, storage, identity and the request log."""
 
+    sample_data: bool = False  # --sample-data: the admin reset loads the sample organization again
+    sample_seed: int | None = None
+
     def __init__(
         self,
         *,

@@ -71,6 +71,7 @@ class Identity:
     apps: dict[str, App] = field(default_factory=dict)
     user_oid: str = ""
     codes: dict[str, Grant] = field(default_factory=dict)
+    redeemed: dict[str, float] = field(default_factory=dict)  # code -> when it was redeemed (AADSTS54005 after)
     refresh_tokens: dict[str, Grant] = field(default_factory=dict)
     identity_header: str = ""
     cert_pem: bytes = b""
@@ -215,7 +216,15 @@ class IdentityEndpoints:
                 "if the application has not been installed by the administrator of the tenant or consented to by any "
                 "user in the tenant. You may have sent your authentication request to the wrong tenant.",
             )
-        # client authentication for confidential clients
+        # client authentication: confidential clients (secret or certificate assertion) must prove themselves, and a
+        # public client must not present a credential (AADSTS700025), whatever the grant
+        if app.public and (client_secret is not None or form.get("client_assertion")):
+            return aad_error(
+                401,
+                "invalid_client",
+                700025,
+                "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
+            )
         if not app.public:
             err = self._authenticate_client(app, client_secret, form, str(request.url).split("?")[0])
             if err is not None:
@@ -244,33 +253,7 @@ class IdentityEndpoints:
             self.ensure_user(app, app.object_id)
             return self._token_response(self.idp.issue(resource, app, app.object_id, None), None, None)
         if grant_type == "authorization_code":
-            code = self.idp.codes.pop(form.get("code", ""), None)
-            if code is None or code.client_id != app.client_id or code.expires_at < self.idp.clock():
-                return aad_error(
-                    400,
-                    "invalid_grant",
-                    70008,
-                    "The provided authorization code or refresh token has "
-                    "expired due to inactivity. Send a new interactive authorization request.",
-                )
-            if code.redirect_uri and form.get("redirect_uri") != code.redirect_uri:
-                return aad_error(
-                    400,
-                    "invalid_grant",
-                    50148,
-                    "The redirect_uri does not match the one used in the authorization request.",
-                )
-            if code.code_challenge is not None:
-                verifier = form.get("code_verifier", "")
-                digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-                if digest != code.code_challenge:
-                    return aad_error(
-                        400,
-                        "invalid_grant",
-                        501481,
-                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
-                    )
-            return self._user_tokens(app, code.scopes, code.subject_oid, request, tenant)
+            return self._redeem_code(app, form, request, tenant)
         if grant_type == "refresh_token":
             rt = self.idp.refresh_tokens.pop(form.get("refresh_token", ""), None)
             if rt is None or rt.client_id != app.client_id:
@@ -282,6 +265,50 @@ class IdentityEndpoints:
             70003,
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
+
+    def _redeem_code(self, app: App, form: dict[str, str], request: Request, tenant: str) -> Response:
+        """The authorization-code grant, for the public PKCE client and for confidential clients alike (the client
+        was authenticated before: secret or certificate assertion). A code works once; redeemed again it gets
+        AADSTS54005, as Entra answers."""
+        raw = form.get("code", "")
+        if raw in self.idp.redeemed:
+            return aad_error(
+                400,
+                "invalid_grant",
+                54005,
+                "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an "
+                "existing refresh token.",
+            )
+        code = self.idp.codes.pop(raw, None)
+        if code is None or code.client_id != app.client_id or code.expires_at < self.idp.clock():
+            return aad_error(
+                400,
+                "invalid_grant",
+                70008,
+                "The provided authorization code or refresh token has "
+                "expired due to inactivity. Send a new interactive authorization request.",
+            )
+        if code.redirect_uri and form.get("redirect_uri") != code.redirect_uri:
+            return aad_error(
+                400,
+                "invalid_grant",
+                50148,
+                "The redirect_uri does not match the one used in the authorization request.",
+            )
+        if code.code_challenge is not None:
+            verifier = form.get("code_verifier", "")
+            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+            if digest != code.code_challenge:
+                return aad_error(
+                    400,
+                    "invalid_grant",
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                )
+        now = self.idp.clock()
+        self.idp.redeemed = {c: t for c, t in self.idp.redeemed.items() if t > now - 600}
+        self.idp.redeemed[raw] = now
+        return self._user_tokens(app, code.scopes, code.subject_oid, request, tenant)
 
     def _authenticate_client(
         self, app: App, secret: str | None, form: dict[str, str], token_url: str

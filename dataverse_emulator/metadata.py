@@ -15,7 +15,7 @@ from xml.sax.saxutils import quoteattr
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import cascade, errors
 from .model import Attribute, Key, Relationship, Table
 from .odata import (
     Call,
@@ -31,6 +31,7 @@ from .odata import (
     parse_select,
 )
 from .schema import many_to_many_json
+from .table_flags import flags
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -79,36 +80,32 @@ def schema_name(name: str) -> str:
 def entity_json(t: Table) -> dict[str, Any]:
     """EntityMetadata for a table."""
     mid = t.metadata_id
-    return {
-        "MetadataId": mid,
-        "LogicalName": t.logical_name,
-        "SchemaName": t.schema_name,
-        "EntitySetName": t.entity_set,
-        "LogicalCollectionName": t.entity_set,
-        "CollectionSchemaName": t.schema_name + "s",
-        "PrimaryIdAttribute": t.primary_id,
-        "PrimaryNameAttribute": t.primary_name,
-        "PrimaryImageAttribute": None,
-        "ObjectTypeCode": t.object_type_code,
-        "OwnershipType": t.ownership if t.ownership != "None" else "None",
-        "IsCustomEntity": t.custom,
-        "IsPrivate": False,
-        "IsActivity": False,
-        "IsActivityParty": False,
-        "IsIntersect": False,
-        "IsManaged": True,
-        "IsOptimisticConcurrencyEnabled": True,
-        "ChangeTrackingEnabled": False,
-        "HasActivities": t.logical_name in ("account", "contact", "lead", "opportunity", "incident"),
-        "HasNotes": t.logical_name in ("account", "contact", "lead", "opportunity", "incident"),
-        "IsValidForAdvancedFind": True,
-        "DisplayName": label(t.display_name, mid),
-        "DisplayCollectionName": label(t.display_collection_name, mid),
-        "Description": label("", mid),
-        "CanCreateAttributes": managed(True, "cancreateattributes"),
-        "IsCustomizable": managed(True, "iscustomizable"),
-        "IsAuditEnabled": managed(False, "canmodifyauditsettings"),
-    } | t.extra
+    return (
+        {
+            "MetadataId": mid,
+            "LogicalName": t.logical_name,
+            "SchemaName": t.schema_name,
+            "EntitySetName": t.entity_set,
+            "LogicalCollectionName": t.entity_set,
+            "CollectionSchemaName": t.schema_name + "s",
+            "PrimaryIdAttribute": t.primary_id,
+            "PrimaryNameAttribute": t.primary_name,
+            "PrimaryImageAttribute": None,
+            "ObjectTypeCode": t.object_type_code,
+            "OwnershipType": t.ownership if t.ownership != "None" else "None",
+            "IsCustomEntity": t.custom,
+            "IsPrivate": False,
+            "IsManaged": True,
+            "IsOptimisticConcurrencyEnabled": True,
+            "ChangeTrackingEnabled": False,
+            "DisplayName": label(t.display_name, mid),
+            "DisplayCollectionName": label(t.display_collection_name, mid),
+            "Description": label("", mid),
+            "IsAuditEnabled": managed(False, "canmodifyauditsettings"),
+        }
+        | flags(t)
+        | t.extra
+    )
 
 
 def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
@@ -135,7 +132,7 @@ def attribute_json(a: Attribute, t: Table) -> dict[str, Any]:
             "CanBeChanged": a.required != "SystemRequired",
             "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings",
         },
-        "DisplayName": label(schema_name(a.name), mid),
+        "DisplayName": label(a.display or schema_name(a.name), mid),
         "Description": label("", mid),
     }
     if a.type in ("String", "Memo"):
@@ -182,15 +179,7 @@ def relationship_json(r: Relationship) -> dict[str, Any]:
         "IsCustomRelationship": False,
         "IsManaged": True,
         "IsValidForAdvancedFind": True,
-        "CascadeConfiguration": {
-            "Assign": "NoCascade",
-            "Delete": "RemoveLink",
-            "Merge": "NoCascade",
-            "Reparent": "NoCascade",
-            "Share": "NoCascade",
-            "Unshare": "NoCascade",
-            "RollupView": "NoCascade",
-        },
+        "CascadeConfiguration": cascade.configuration(r),
     }
 
 
@@ -546,8 +535,9 @@ async def _keys(
     )
 
 
-def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
-    """A minimal CSDL: entity types with keys, properties and navigation properties, plus the container."""
+def csdl(tables: dict[str, Table], rels: list[Relationship], many_to_many: list[dict[str, Any]] | None = None) -> str:
+    """A minimal CSDL: entity types with keys, properties and navigation properties (N:N ones included, a
+    collection on each side), plus the container."""
     edm = {
         "String": "Edm.String",
         "Memo": "Edm.String",
@@ -590,6 +580,7 @@ def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
                     f"<NavigationProperty Name={quoteattr(r.referenced_nav)} "
                     f'Type="Collection(mscrm.{r.referencing_entity})" Partner={quoteattr(r.referencing_nav)} />'
                 )
+        parts += many_to_many_navs(t, many_to_many or [])
         parts.append("</EntityType>")
     parts.append('<EntityContainer Name="System">')
     for t in tables.values():
@@ -598,3 +589,17 @@ def csdl(tables: dict[str, Table], rels: list[Relationship]) -> str:
         )
     parts.append("</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>")
     return "".join(parts)
+
+
+def many_to_many_navs(t: Table, many_to_many: list[dict[str, Any]]) -> list[str]:
+    """The collection-valued navigation properties an N:N relationship gives ``t`` (one per side it is on)."""
+    out = []
+    for m in many_to_many:
+        for own, other in (("1", "2"), ("2", "1")):
+            if m[f"Entity{own}LogicalName"] == t.logical_name:
+                nav, partner = m[f"Entity{own}NavigationPropertyName"], m[f"Entity{other}NavigationPropertyName"]
+                out.append(
+                    f"<NavigationProperty Name={quoteattr(nav)} "
+                    f'Type="Collection(mscrm.{m[f"Entity{other}LogicalName"]})" Partner={quoteattr(partner)} />'
+                )
+    return out

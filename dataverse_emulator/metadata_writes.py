@@ -7,13 +7,14 @@ defaulting to false, reference 9.7); the model and SQLite changes themselves are
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import errors, schema_deletes
 from .odata import parse_filter, parse_select
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ def _solution(request: Request) -> str | None:
 async def entity_definitions_write(
     api: RecordApi, request: Request, ctx: Ctx, key: str | None, rest: list[str]
 ) -> Response:
-    """Writes under ``EntityDefinitions``: create a table, create a column, PUT a column (PATCH is refused)."""
+    """Writes under ``EntityDefinitions``: create or delete a table, create, PUT or delete a column (PATCH is
+    refused)."""
 
     emu = api.emu
     method = request.method
@@ -67,6 +69,9 @@ async def entity_definitions_write(
     if key is None:
         raise errors.no_resource(str(request.url))
     table = find_table(api, key)
+    if not rest and method == "DELETE":
+        schema_deletes.delete_table(emu, table)
+        return Response(status_code=204, headers=NO_CONTENT)
     if rest and split_key(rest[0])[0] == "Attributes" and len(rest) == 1:
         sub = split_key(rest[0])[1]
         if sub is None and method == "POST":
@@ -80,12 +85,15 @@ async def entity_definitions_write(
                     "OData-EntityId": f"{ctx.api}/EntityDefinitions({key})/Attributes({a.metadata_id})",
                 },
             )
-        if sub is not None and method == "PUT":
+        if sub is not None and method in ("PUT", "DELETE"):
             match = [a for a in table.attributes.values() if match_key(sub, attribute_json(a, table))]
             if not match:
                 raise errors.DataverseError(
                     404, "0x80040217", f"Could not find attribute {sub} in {table.logical_name}."
                 )
+            if method == "DELETE":
+                schema_deletes.delete_column(emu, table, match[0].name)
+                return Response(status_code=204, headers=NO_CONTENT)
             body = await api.body_json(request, "EntityDefinitions")
             merge = request.headers.get("mscrm.mergelabels", "false").strip().lower() == "true"
             a = do_update_column(emu, table, match[0].name, body, merge)
@@ -135,7 +143,7 @@ def retrieve_metadata_changes(api: RecordApi, request: Request, ctx: Ctx, key: s
     if request.method != "GET":
         raise errors.DataverseError(404, "", "Function 'RetrieveMetadataChanges' can only be invoked with GET.")
     params = dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-    raw = params.get("@p1") if key and "@p1" in key else (key or "").split("=", 1)[-1]
+    raw = _function_parameter(params, key, "Query")
     try:
         query = json.loads(raw or "{}")
     except ValueError:
@@ -187,15 +195,48 @@ def retrieve_metadata_changes(api: RecordApi, request: Request, ctx: Ctx, key: s
             ]
         out["HasChanged"] = None
         ents.append(out)
-    version = api.store.meta_get("version") or "1000"
+    deleted = _deleted_metadata(api, params, key)
     return api.json(
         {
             "@odata.context": f"{ctx.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveMetadataChangesResponse",
             "EntityMetadata": ents,
-            "ServerVersionStamp": f"{version}!{int(api.emu.clock() * 1000)}",
-            "DeletedMetadata": {"Count": 0, "IsReadOnly": False, "Keys": [], "Values": []},
+            "ServerVersionStamp": f"{1000 + schema_deletes.schema_sequence(api.emu)}!{int(api.emu.clock() * 1000)}",
+            "DeletedMetadata": {
+                "Count": len(deleted),
+                "IsReadOnly": False,
+                "Keys": list(deleted),
+                "Values": list(deleted.values()),
+            },
         }
     )
+
+
+def _function_parameter(params: dict[str, str], key: str | None, name: str) -> str | None:
+    """A function parameter given inline (``Name=value``) or through an alias (``Name=@p2`` and ``@p2=value``)."""
+    for part in re.split(r",(?=\s*\w+\s*=)", key or ""):
+        pname, _, value = part.partition("=")
+        if pname.strip() == name:
+            value = value.strip()
+            return params.get(value) if value.startswith("@") else value
+    return None
+
+
+def _deleted_metadata(api: RecordApi, params: dict[str, str], key: str | None) -> dict[str, list[str]]:
+    """``DeletedMetadata`` since a ``ClientVersionStamp``; documented to need ``DeletedMetadataFilters`` too."""
+    stamp = _function_parameter(params, key, "ClientVersionStamp")
+    raw_filters = _function_parameter(params, key, "DeletedMetadataFilters")
+    if not stamp or not raw_filters:
+        return {}
+    try:
+        after = int(stamp.strip("'").split("!", 1)[0]) - 1000
+    except ValueError:
+        raise errors.bad_request("The ClientVersionStamp is not valid.", "0x0") from None
+    names = raw_filters.split("'")[1] if "'" in raw_filters else raw_filters
+    filters = 0
+    for name in names.split(","):
+        name = name.strip()
+        filters |= int(name) if name.isdigit() else 31 if name == "All" else schema_deletes.DELETED_FILTERS.get(name, 0)
+    return schema_deletes.deleted_since(api.emu, after, filters)
 
 
 async def relationship_definitions(
@@ -212,6 +253,9 @@ async def relationship_definitions(
         return Response(
             status_code=204, headers={**NO_CONTENT, "OData-EntityId": f"{ctx.api}/RelationshipDefinitions({mid})"}
         )
+    if method == "DELETE" and key is not None and not rest:
+        schema_deletes.delete_relationship(emu, key)
+        return Response(status_code=204, headers=NO_CONTENT)
     if method != "GET" or rest:
         raise errors.DataverseError(
             405, "0x80060888", f"The requested resource does not support http method '{method}'."

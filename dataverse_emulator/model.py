@@ -40,6 +40,8 @@ class Attribute:
     status_states: dict[int, int] | None = None  # statuscode value -> the statecode it belongs to
     custom: bool = False  # created through the metadata API (IsCustomAttribute)
     extra: dict[str, Any] = field(default_factory=dict)  # AttributeMetadata properties set by a create/update
+    display: str = ""  # documented DisplayName (labels.py); empty falls back to the schema name
+    nav_suffix: str = ""  # activities' regardingobjectid: regardingobjectid_account_task, not ..._account
 
     @property
     def is_lookup(self) -> bool:
@@ -72,6 +74,7 @@ class Relationship:
     referencing_attribute: str
     referencing_nav: str  # single-valued navigation property on the referencing table
     referenced_nav: str  # collection-valued navigation property on the referenced table
+    cascade: dict[str, str] | None = None  # CascadeConfiguration set at create; None: cascade.py's seeded one
 
     @property
     def metadata_id(self) -> str:
@@ -238,6 +241,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("customertypecode", PL, {"options": CUSTOMER_TYPE}),
             ("primarycontactid", "Lookup", {"targets": ("contact",)}),
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
+            ("originatingleadid", "Lookup", {"targets": ("lead",)}),
         ],
         "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
     },
@@ -264,6 +268,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("numberofchildren", I, {}),
             ("gendercode", PL, {"options": {1: "Male", 2: "Female"}}),
             ("parentcustomerid", "Customer", {"targets": ("account", "contact")}),
+            ("originatingleadid", "Lookup", {"targets": ("lead",)}),
         ],
         "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
     },
@@ -317,6 +322,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("customerid", "Customer", {"targets": ("account", "contact")}),
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
             ("parentcontactid", "Lookup", {"targets": ("contact",)}),
+            ("originatingleadid", "Lookup", {"targets": ("lead",)}),
         ],
         "state": (
             {0: "Open", 1: "Won", 2: "Lost"},
@@ -466,6 +472,9 @@ _KNOWN_RELATIONSHIPS = {
         "business_unit_parent_business_unit",
     ),
     ("listmember", "listid", "list"): ("listmember_list", "listmember_list"),
+    ("account", "originatingleadid", "lead"): ("account_originating_lead", "account_originating_lead"),
+    ("contact", "originatingleadid", "lead"): ("contact_originating_lead", "contact_originating_lead"),
+    ("opportunity", "originatingleadid", "lead"): ("opportunity_originating_lead", "opportunity_originating_lead"),
 }
 
 
@@ -490,6 +499,38 @@ from .asyncjobs import ASYNC_OPERATION_TABLES, ASYNC_STATUS_STATE  # noqa: E402
 
 _SPECS.update(ASYNC_OPERATION_TABLES)
 STATUS_STATE.update(ASYNC_STATUS_STATE)
+
+# Activities, activity parties and currencies: specs and relationship names from the entity reference.
+from .activities import ACTIVITY_RELATIONSHIPS, ACTIVITY_STATUS_STATE, ACTIVITY_TABLES  # noqa: E402
+from .labels import display_name  # noqa: E402
+
+_SPECS.update(ACTIVITY_TABLES)
+_KNOWN_RELATIONSHIPS.update(ACTIVITY_RELATIONSHIPS)
+STATUS_STATE.update(ACTIVITY_STATUS_STATE)
+
+
+def _currency_columns(cols: list[tuple[str, str, dict[str, object]]]) -> list[tuple[str, str, dict[str, object]]]:
+    """Dataverse adds a currency, an exchange rate and a read-only ``<column>_base`` Money column (the value in the
+    organization's base currency) to every table with money columns, and a currency to every activity."""
+    out: list[tuple[str, str, dict[str, object]]] = [
+        ("transactioncurrencyid", "Lookup", {"targets": ("transactioncurrency",)}),
+        ("exchangerate", DEC, {"valid_for_create": False, "valid_for_update": False}),
+    ]
+    for name, typ, _extra in cols:
+        if typ == MNY:
+            out.append(
+                (
+                    f"{name}_base",
+                    MNY,
+                    {
+                        "valid_for_create": False,
+                        "valid_for_update": False,
+                        "extra": {"AttributeOf": name, "IsBaseCurrency": True},
+                        "base_of": name,
+                    },
+                )
+            )
+    return out
 
 
 def _system_columns(logical: str, ownership: str, state: object) -> list[tuple[str, str, dict[str, object]]]:
@@ -531,7 +572,7 @@ def _relationship_for(table: str, attr: Attribute, target: str) -> Relationship:
     """Name a 1:N relationship the way Dataverse names the system ones (owner_*, lk_*base_createdby, ...)."""
     target_pk = TABLES_PK[target]
     polymorphic = len(attr.targets) > 1 and attr.type != "Owner"
-    nav = f"{attr.name}_{target}" if polymorphic else attr.name
+    nav = f"{attr.name}_{target}{attr.nav_suffix}" if polymorphic else attr.name
     known = _KNOWN_RELATIONSHIPS.get((table, attr.name, target))
     plural = _SPECS[table]["set"]
     if known:
@@ -554,7 +595,7 @@ def _relationship_for(table: str, attr: Attribute, target: str) -> Relationship:
     return Relationship(schema, target, target_pk, table, attr.name, nav, coll)
 
 
-TABLES_PK = {name: f"{name}id" for name in _SPECS}
+TABLES_PK = {name: str(spec.get("pk", f"{name}id")) for name, spec in _SPECS.items()}
 
 
 def build_tables() -> tuple[dict[str, Table], list[Relationship]]:
@@ -567,17 +608,34 @@ def build_tables() -> tuple[dict[str, Table], list[Relationship]]:
             logical_name=logical,
             schema_name=str(spec["schema"]),
             entity_set=str(spec["set"]),
-            primary_id=f"{logical}id",
+            primary_id=TABLES_PK[logical],
             primary_name=spec["name"],  # type: ignore[arg-type]
             object_type_code=int(spec["otc"]),  # type: ignore[call-overload]
             ownership=ownership,
             display_name=display[0],  # type: ignore[index]
             display_collection_name=display[1],  # type: ignore[index]
         )
-        pk = Attribute(t.primary_id, UID, is_primary_id=True, valid_for_update=False, entity=logical)
+        if spec.get("activity"):
+            t.extra["IsActivity"] = True
+        if logical == "activityparty":
+            t.extra["IsActivityParty"] = True
+        pk = Attribute(
+            t.primary_id,
+            UID,
+            is_primary_id=True,
+            valid_for_update=False,
+            entity=logical,
+            display=display_name(logical, t.primary_id),
+        )
         t.attributes[pk.name] = pk
-        for name, typ, extra in list(spec["cols"]) + _system_columns(logical, ownership, spec.get("state")):  # type: ignore[call-overload]
-            a = Attribute(name, typ, entity=logical, **extra)
+        cols: list[tuple[str, str, dict[str, object]]] = list(spec["cols"])  # type: ignore[call-overload]
+        if spec.get("activity") or any(typ == MNY for _n, typ, _e in cols):
+            cols += _currency_columns(cols)
+        for name, typ, extra in cols + _system_columns(logical, ownership, spec.get("state")):
+            extra = dict(extra)
+            base_of = cast(str | None, extra.pop("base_of", None))
+            extra.setdefault("display", display_name(logical, name, base_of))
+            a = Attribute(name, typ, entity=logical, **extra)  # type: ignore[arg-type]
             a.is_primary_name = name == t.primary_name
             t.attributes[name] = a
         tables[logical] = t

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import associations, cascade, currency, errors
 from .context import Ctx, fmt_dt_now, seg_key
 from .model import Relationship, Table
 from .odata import (
@@ -212,6 +212,7 @@ class RecordApi(RecordReads):
             if row.get("statecode") is None:
                 row["statecode"] = 0
             self.fix_status(table, row, row)
+        currency.apply(self.store, table, row)
         self.check_alt_keys(table, row, rid)
         self.store.insert(table.logical_name, row)
         self.apply_deferred(deferred, rid, table)
@@ -283,6 +284,7 @@ class RecordApi(RecordReads):
             self.owner_columns(changes)
         if "statecode" in table.attributes and ("statecode" in changes or "statuscode" in changes):
             self.fix_status(table, row, changes)
+        currency.apply(self.store, table, changes, row)
         changes["modifiedon"] = fmt_dt_now(self.emu.clock)
         changes["modifiedby"], changes["modifiedby__type"] = ctx.user["systemuserid"], "systemuser"
         if ctx.caller is not None:
@@ -349,21 +351,14 @@ class RecordApi(RecordReads):
         return self.write_response(request, ctx, table, str(rid), opts, 200, entity_id)
 
     async def delete(self, request: Request, ctx: Ctx, table: Table, key: str) -> Response:
-        """``DELETE {set}({key})`` with optional If-Match; child lookups are cleared (RemoveLink)."""
+        """``DELETE {set}({key})`` with optional If-Match; rows that point at it follow each relationship's cascade
+        configuration (Cascade, RemoveLink, Restrict)."""
         rid, row = self.load(table, key)
         if_match = request.headers.get("if-match")
         if if_match is not None and if_match != "*" and if_match != etag(row.get("versionnumber")):
             raise errors.version_mismatch()
-        self.store.delete(table.logical_name, rid)
-        # 1:N children keep a dangling reference in Dataverse only with RemoveLink; clear them (RemoveLink behaviour)
-        for rel in self.rels:
-            if rel.referenced_entity in (table.logical_name, "owner") and rel.referencing_entity in self.tables:
-                self.store.conn.execute(
-                    f"UPDATE {q(rel.referencing_entity)} SET {q(rel.referencing_attribute)} = NULL, "
-                    f"{q(type_col(rel.referencing_attribute))} = NULL WHERE {q(rel.referencing_attribute)} = ? AND "
-                    f"{q(type_col(rel.referencing_attribute))} = ?",
-                    (rid, table.logical_name),
-                )
+        for child, child_id, child_row in cascade.delete_row(self, table, rid):  # a cascaded delete is a Delete too
+            await notify(self, ctx, "Delete", child, child_id, {}, child_row)
         await notify(self, ctx, "Delete", table, rid, {}, row)
         return Response(status_code=204, headers={"OData-Version": "4.0"})
 
@@ -406,6 +401,9 @@ class RecordApi(RecordReads):
                 self.do_update(ctx, table, rid, row, payload)
                 return Response(status_code=204, headers={"OData-Version": "4.0"})
             raise errors.no_resource(str(request.url))
+        side = associations.find(self.emu, table, name)
+        if side is not None:
+            return await associations.handle(self, request, ctx, table, rid, side, segs, sub_key)
         single = comp.single_nav(table, name)
         coll = comp.collection_nav(table, name) if single is None else None
         if single is None and coll is None:

@@ -110,6 +110,14 @@ def computed(table: Table, row: dict[str, Any]) -> None:
     if "fullname" in table.attributes and ("firstname" in row or "lastname" in row):
         parts = [row.get("firstname"), row.get("lastname")]
         row["fullname"] = " ".join(p for p in parts if p) or None
+    if "activitytypecode" in table.attributes and "activitytypecode" not in row:
+        row["activitytypecode"] = table.logical_name
+    for a in table.attributes.values():
+        # money in the organization's base currency: value / exchange rate (1 while no other currency is chosen)
+        base_of = a.extra.get("AttributeOf") if a.type == "Money" else None
+        if base_of in row:
+            v = row[base_of]
+            row[a.name] = None if v is None else v / float(row.get("exchangerate") or 1.0)
 
 
 class AnnotationFilter:
@@ -172,5 +180,5 @@ def json_value(attr: Attribute, v: Any) -> Any:
 def lookup_nav(attr: Attribute, target: str | None) -> str:
     """The navigation property behind a lookup value: ``customerid_account`` for polymorphic ones."""
     if len(attr.targets) > 1 and attr.type != "Owner" and target:
-        return f"{attr.name}_{target}"
+        return f"{attr.name}_{target}{attr.nav_suffix}"
     return attr.name

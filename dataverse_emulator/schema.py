@@ -13,6 +13,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .bulk import ensure_message_rows
+from .cascade import read_configuration
 from .model import STATUS_STATE, Attribute, Relationship, Table, _system_columns, meta_id
 from .storage import SQL_TYPES, q, type_col
 
@@ -265,24 +267,6 @@ def persist(emu: Emulator, kind: str, payload: dict[str, Any]) -> None:
     conn.execute("INSERT INTO _emulator_schema (kind, body) VALUES (?, ?)", (kind, json.dumps(payload)))
 
 
-def load_persisted(emu: Emulator) -> None:
-    """Replay the schema writes stored in ``_emulator_schema`` (custom tables, columns, relationships)."""
-    conn = emu.store.conn
-    conn.execute("CREATE TABLE IF NOT EXISTS _emulator_schema (n INTEGER PRIMARY KEY, kind TEXT, body TEXT)")
-    for kind, body in conn.execute("SELECT kind, body FROM _emulator_schema ORDER BY n").fetchall():
-        data = json.loads(body)
-        if kind == "table":
-            do_create_table(emu, data, save=False)
-        elif kind == "column":
-            do_create_column(emu, emu.tables[data["table"]], data["body"], save=False)
-        elif kind == "column_update":
-            do_update_column(emu, emu.tables[data["table"]], data["name"], data["body"], data["merge"], save=False)
-        elif kind == "relationship":
-            do_create_relationship(emu, data, save=False)
-        elif kind == "seed":
-            do_seed(emu, data, save=False)
-
-
 def do_create_column(emu: Emulator, table: Table, body: dict[str, Any], save: bool = True) -> Attribute:
     """Add a column (and companions) to a table: metadata, SQLite column, persistence."""
     attrs = build_attributes(table.logical_name, body)
@@ -332,6 +316,7 @@ def register_table(emu: Emulator, t: Table) -> None:
     emu.tables[t.logical_name] = t
     emu.by_set[t.entity_set] = t
     create_sql_table(emu, t)
+    ensure_message_rows(emu.store, {t.logical_name: t})  # its sdkmessagefilter rows, so steps can be registered
     for a in t.attributes.values():
         if not a.is_lookup:
             continue
@@ -519,6 +504,7 @@ def do_create_relationship(emu: Emulator, body: dict[str, Any], save: bool = Tru
             name,
             str(body.get("ReferencingEntityNavigationPropertyName") or lookup["SchemaName"]),
             str(body.get("ReferencedEntityNavigationPropertyName") or schema),
+            cascade=read_configuration(body.get("CascadeConfiguration")),
         )
         emu.rels.append(rel)
         mid = rel.metadata_id

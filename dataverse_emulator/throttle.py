@@ -126,12 +126,30 @@ def _num(x: float) -> str:
 class _Bucket:
     """One user's sliding window: (time, execution seconds) per admitted request, and the requests in flight."""
 
-    __slots__ = ("entries", "exec_total", "in_flight")
+    __slots__ = ("entries", "exec_total", "in_flight", "refused", "retry_s", "retry_until")
 
     def __init__(self) -> None:
         self.entries: deque[list[float]] = deque()
         self.exec_total = 0.0
         self.in_flight = 0
+        self.refused: tuple[str, str] | None = None  # the last request or execution-time refusal
+        self.retry_s = 0  # the last Retry-After given, and when it runs out
+        self.retry_until = 0.0
+
+
+def extended_retry_after(b: _Bucket, now: float, wait: float, window: float) -> int:
+    """The Retry-After of a request or execution-time refusal: the wait until the window frees, doubled when the
+    client came back before the previous Retry-After ran out, never longer than the window.
+
+    Documented: "If a client application continues to send demanding requests after it receives initial 429
+    responses, the Retry-After interval will be extended" (service-protection-retry-operations.md, dynamics365
+    fin-ops docs; reference 8.2). By how much is not: doubling per early retry, capped at the window, is a GUESS."""
+    retry = max(1, math.ceil(wait))
+    if now < b.retry_until:
+        retry = max(retry, 2 * b.retry_s)
+    retry = min(retry, max(1, math.ceil(window)))
+    b.retry_s, b.retry_until = retry, now + retry
+    return retry
 
 
 class Throttle:
@@ -195,6 +213,11 @@ class Throttle:
                     if total < lim.max_exec_s:
                         wait = t + self.window - now
                         break
+            elif now < b.retry_until and b.refused is not None:  # an extended Retry-After has not run out yet
+                refusal = b.refused
+            if refusal is not None and b.in_flight < lim.max_concurrency:  # concurrency refusals are never extended
+                b.refused = refusal
+                wait = extended_retry_after(b, now, wait, self.window)
             if refusal is not None:
                 retry = max(1, math.ceil(wait))
                 return DataverseError(429, refusal[0], refusal[1], {"Retry-After": str(retry)}), None

@@ -7,10 +7,12 @@ on typed values, ``\\/Date(ms)\\/`` dates, every ``/`` escaped), the ``x-ms-dyna
 authentication (WebhookKey as ``?code=``, HttpHeader and HttpQueryString from the ``<settings>`` document), and above
 256 KB the body without ``ParentContext``, ``InputParameters`` and the images, with ``x-ms-dynamics-msg-size-exceeded``.
 
-Asynchronous steps are delivered after the change in background tasks, with one more attempt on 502/503/504;
-synchronous steps are delivered before the triggering request is answered, and a non-2xx reply undoes the change and
-fails that request. ``POST /_emulator/webhooks/drain`` answers once every background delivery has finished (and
-lists every delivery made), so tests wait on it instead of sleeping.
+Asynchronous steps are delivered after the change in background tasks, with one more attempt on 502/503/504; they
+are queued only once the write's transaction commits (``deferred``): a refused request, a rolled-back ``$batch``
+operation or change set, or a bulk message that fails on a later target raises none. Synchronous steps are
+delivered before the triggering request is answered, and a non-2xx reply undoes the change and fails that request.
+``POST /_emulator/webhooks/drain`` answers once every background delivery has finished (and lists every delivery
+made), so tests wait on it instead of sleeping.
 
 This module never imports the connector: a misunderstanding of the protocol must not hide in shared code.
 """
@@ -18,9 +20,12 @@ This module never imports the connector: a misunderstanding of the protocol must
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -44,6 +49,13 @@ TIMEOUT_S = 60.0
 MESSAGES = ("Create", "Update", "Delete", "Assign", "SetState")
 FILTER_TABLES = ("account", "contact", "lead", "opportunity", "incident")
 _PLATFORM_COLUMNS = ("modifiedon", "modifiedby", "modifiedonbehalfby", "versionnumber")
+_STATE_COLUMNS = ("statecode", "statuscode")
+
+Delivery = tuple[str, dict[str, str], bytes]
+#: Asynchronous deliveries waiting for the current write to commit (None outside a write).
+_PENDING: contextvars.ContextVar[list[tuple[dict[str, Any], Delivery]] | None] = contextvars.ContextVar(
+    "dv_webhooks_pending", default=None
+)
 
 
 def _ms_date(text: str | None) -> str | None:
@@ -153,9 +165,55 @@ class Webhooks:
                         f"{record['status'] or record['error']}. The operation was rolled back.",
                     )
             else:
-                task = asyncio.get_running_loop().create_task(self._background(step, delivery))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                pending = _PENDING.get()
+                if pending is None:
+                    self._start(step, delivery)
+                else:
+                    pending.append((step, delivery))
+
+    # -- asynchronous steps wait for the commit ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold asynchronous deliveries until the block ends without an error: the outermost block (one write
+        request) starts them, a nested one (a ``$batch`` operation) hands them on, and an error drops the block's own
+        (asynchronous steps run later as System Jobs queued by the operation, event-framework.md; that a rolled-back
+        operation queues none is inferred from the job being part of its transaction: GUESS)."""
+        pending = _PENDING.get()
+        if pending is not None:
+            mark = len(pending)
+            try:
+                yield
+            except BaseException:
+                del pending[mark:]
+                raise
+            return
+        pending = []
+        token = _PENDING.set(pending)
+        try:
+            yield
+        finally:
+            _PENDING.reset(token)
+        for step, delivery in pending:
+            self._start(step, delivery)
+
+    @staticmethod
+    def mark() -> int:
+        """Where a ``$batch`` savepoint starts in the pending deliveries (0 outside a write)."""
+        pending = _PENDING.get()
+        return len(pending) if pending is not None else 0
+
+    @staticmethod
+    def discard_since(mark: int) -> None:
+        """A ``$batch`` savepoint rolled back: its asynchronous deliveries are never sent."""
+        pending = _PENDING.get()
+        if pending is not None:
+            del pending[mark:]
+
+    def _start(self, step: dict[str, Any], delivery: Delivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._background(step, delivery))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _background(self, step: dict[str, Any], delivery: tuple[str, dict[str, str], bytes]) -> None:
         await asyncio.sleep(0)  # after the triggering request's handler has returned its answer
@@ -231,14 +289,14 @@ class Webhooks:
         user = ctx.user["systemuserid"]
         initiating = (ctx.caller or ctx.user)["systemuserid"]
         now_ms = int(emu.clock() * 1000)
-        if message == "Delete":
+        if message in ("Delete", "Assign", "SetState"):
             target: dict[str, Any] = _reference(table.logical_name, rid)
         else:
             columns = [table.primary_id, *sent]
             if message == "Update":  # the post-operation Target also carries what the platform set (doc example)
                 columns += [c for c in (*_PLATFORM_COLUMNS, "fullname") if c != "versionnumber"]
             target = self.entity(table, rid, post or {}, None if message == "Create" else columns)
-        inputs = [{"key": "Target", "value": target}]
+        inputs = special_inputs(message, target, post or {}) or [{"key": "Target", "value": target}]
         outputs = [{"key": "id", "value": rid}] if message == "Create" else []
         pre_images, post_images = [], []
         for image in self.emu.store.query(
@@ -289,12 +347,13 @@ class Webhooks:
             "SharedVariables": [],
             "UserId": user,
         }
-        parent_target = (
-            target if message == "Delete" else self.entity(table, rid, post or {}, [table.primary_id, *sent])
-        )
+        parent_inputs = inputs
+        if message in ("Create", "Update"):
+            parent_target = self.entity(table, rid, post or {}, [table.primary_id, *sent])
+            parent_inputs = [{"key": "Target", "value": parent_target}]
         parent = {
             **common,
-            "InputParameters": [{"key": "Target", "value": parent_target}],
+            "InputParameters": parent_inputs,
             "ParentContext": None,
             "PostEntityImages": [],
             "PreEntityImages": [],
@@ -397,6 +456,50 @@ class Webhooks:
         return [Route("/_emulator/webhooks/drain", self.drain, methods=["POST"])]
 
 
+def special_inputs(message: str, target: dict[str, Any], post: dict[str, Any]) -> list[dict[str, Any]]:
+    """The InputParameters of the legacy messages an update raises: AssignRequest (Target, Assignee) and
+    SetStateRequest (EntityMoniker, State, Status), as the SDK names them; empty for every other message."""
+    if message == "Assign":
+        assignee = _reference(post.get("ownerid__type") or "systemuser", str(post.get("ownerid")))
+        return [{"key": "Target", "value": target}, {"key": "Assignee", "value": assignee}]
+    if message == "SetState":
+        return [
+            {"key": "EntityMoniker", "value": target},
+            {"key": "State", "value": {"__type": f"OptionSetValue:{CONTRACTS}", "Value": post.get("statecode")}},
+            {"key": "Status", "value": {"__type": f"OptionSetValue:{CONTRACTS}", "Value": post.get("statuscode")}},
+        ]
+    return []
+
+
+def update_events(sent: list[str]) -> list[tuple[str, list[str]]]:
+    """The messages one update raises, each with the columns it carries.
+
+    special-update-operation-behavior.md: an update of state/status columns with other columns runs the Update
+    steps once for the other columns and then once for the state/status ones, and workflows on Assign and
+    "Change Status" keep being triggered by updates of the owner and state columns. That the SetState and Assign
+    webhook steps are raised the same way, after the Update ones, is a GUESS (the page speaks of workflows)."""
+    state = [c for c in sent if c in _STATE_COLUMNS]
+    other = [c for c in sent if c not in _STATE_COLUMNS]
+    events = [("Update", other)] if other or not state else []
+    if state:
+        events += [("Update", state), ("SetState", state)]
+    if "ownerid" in sent:
+        events.append(("Assign", ["ownerid"]))
+    return events
+
+
+def sent_columns(table: Table, data: dict[str, Any]) -> list[str]:
+    """The columns a request body names (``@odata.bind`` keys mapped to their lookup column)."""
+    sent = []
+    for key in data:
+        name = key.split("@", 1)[0]
+        if name in table.attributes:
+            sent.append(name)
+        else:  # a navigation property: polymorphic ones are <column>_<table>
+            sent += [a for a in table.attributes if name == a or name.startswith(a + "_")][:1]
+    return sent
+
+
 async def notify(
     api: Any,
     ctx: Any,
@@ -406,13 +509,10 @@ async def notify(
     data: dict[str, Any],
     pre: dict[str, Any] | None,
 ) -> None:
-    """Hook-in for the Web API after a create, update or delete: the columns the request sent, the row after."""
+    """Hook-in for every write path (single, ``$batch``, bulk) after a create, update or delete: the columns the
+    request sent, the row after; an update fans out into the messages ``update_events`` names."""
     post = None if message == "Delete" else api.store.get(table.logical_name, rid)
-    sent = []
-    for key in data:
-        name = key.split("@", 1)[0]
-        if name in table.attributes:
-            sent.append(name)
-        else:  # a navigation property: polymorphic ones are <column>_<table>
-            sent += [a for a in table.attributes if name == a or name.startswith(a + "_")][:1]
-    await api.emu.webhooks.after_change(ctx, message, table, rid, sent, pre, post)
+    sent = sent_columns(table, data)
+    events = update_events(sent) if message == "Update" else [(message, sent)]
+    for name, columns in events:
+        await api.emu.webhooks.after_change(ctx, name, table, rid, columns, pre, post)

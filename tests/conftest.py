@@ -34,6 +34,13 @@ def _local_operator_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("D365_POLICY", "local")
 
 
+@pytest.fixture(autouse=True)
+def _private_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``d365 webhook serve`` remembers deliveries under ``$XDG_STATE_HOME`` by default: each test gets its own, so
+    no test writes to the home folder or sees another test's deliveries as replays."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 def find_sentinels(text: str) -> list[str]:
     """Names of the sentinel secrets that occur in ``text``."""
     return [name for name, value in SENTINELS.items() if value in text]

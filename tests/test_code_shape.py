@@ -165,7 +165,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("transport", ("transport", "api_errors", "governor", "client", "token_store", "auth", "auth.*")),
-    ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body")),
+    ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body", "written")),
     (
         "operations",
         (
@@ -191,7 +191,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "runtime",
         ("hookspecs", "plugins", "manifest", "schema_links", "contract", "contract_cache", "context", "runtime"),
     ),
-    ("front doors", ("", "cli", "cli_help", "cli_progress", "demo", "webhook_server")),
+    ("front doors", ("", "cli", "cli_help", "cli_progress", "cli_inputs", "cli_webhook", "demo", "webhook_server")),
 )
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80

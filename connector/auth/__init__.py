@@ -33,7 +33,7 @@ from connector.auth.certificate import (
 from connector.auth.client_credentials import ClientCredentialsProvider
 from connector.auth.managed_identity import ManagedIdentityProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError
+from connector.errors import AuthenticationError, preview
 from connector.token_store import TokenStore
 from connector.transport import RetryPolicy
 
@@ -96,7 +96,7 @@ def _certificate(
     verify: ssl.SSLContext | bool,
     retry: RetryPolicy | None,
 ) -> TokenProvider:
-    password = config.private_key_password.reveal() if config.private_key_password else None
+    password = config.private_key_password  # a Secret, revealed only into the key loader's call
     certificate = load_client_certificate(
         certificate_file=config.certificate_file,
         private_key_file=config.private_key_file,
@@ -191,7 +191,7 @@ def make_token_provider(
     try:
         factory = PROVIDERS[config.kind]
     except KeyError:
-        raise AuthenticationError(f"no token provider for connection kind {config.kind!r}") from None
+        raise AuthenticationError(f"no token provider for connection kind {preview(config.kind)}") from None
     if on_token is not None and config.kind == "authorization_code":
         return factory(config, transport=transport, clock=clock, verify=verify, retry=retry, on_token=on_token)
     return factory(config, transport=transport, clock=clock, verify=verify, retry=retry)

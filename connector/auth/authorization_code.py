@@ -21,7 +21,8 @@ import httpx
 
 from connector.auth.oauth import AuthlibProvider
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectionConfigError
+from connector.errors import AuthenticationError, ConnectionConfigError, preview
+from connector.secret import Secret
 from connector.token_store import TokenStore
 from connector.transport import RetryPolicy
 
@@ -85,20 +86,21 @@ class AuthorizationCodeProvider(AuthlibProvider):
         self._authorize_url = authorize_url
         self._store = token_store
         self._on_token = on_token
-        self._refresh_token = refresh_token
+        # a Secret from here on: this provider sits in the frames of every request that refreshes its token
+        self._refresh_token = Secret(refresh_token) if refresh_token else None
         self._loaded = refresh_token is not None
 
     @property
     def token_store(self) -> TokenStore | None:
         return self._store
 
-    def _current_refresh_token(self) -> str:
+    def _current_refresh_token(self) -> Secret:
         if not self._loaded:
             self._loaded = True
             if self._store is not None:
-                self._refresh_token = self._store.load()
+                self._refresh_token = Secret(self._store.load() or "") or None  # an empty Secret is falsy
         if not self._refresh_token:
-            where = f"token_store {self._store.path}" if self._store is not None else "refresh_token"
+            where = f"token_store {preview(str(self._store.path), 120)}" if self._store is not None else "refresh_token"
             raise AuthenticationError(
                 f"no refresh token yet ({where} is empty): run `d365 connection login --connection FILE` to sign in, "
                 "or set refresh_token",
@@ -113,15 +115,17 @@ class AuthorizationCodeProvider(AuthlibProvider):
 
     def _rotate(self, raw: dict[str, Any]) -> None:
         """Keep and persist the refresh token of a token answer (a new one every time)."""
-        new = raw.get("refresh_token")
-        if not isinstance(new, str) or not new or new == self._refresh_token:
+        if not isinstance(raw.get("refresh_token"), str) or not raw["refresh_token"]:
+            return
+        new = Secret(raw["refresh_token"])
+        if new == self._refresh_token:
             return
         self._refresh_token = new
         self._loaded = True
         if self._store is not None:
-            self._store.save(new, client_id=self._client_id, organization_url=self._organization_url)
+            self._store.save(new.reveal(), client_id=self._client_id, organization_url=self._organization_url)
         if self._on_token is not None:
-            self._on_token(new)
+            self._on_token(new.reveal())
         log.debug("the refresh token rotated and was persisted")
 
     def begin_login(self, redirect_uri: str) -> LoginRequest:
@@ -142,8 +146,9 @@ class AuthorizationCodeProvider(AuthlibProvider):
         params = dict(parse_qsl(urlsplit(callback_url).query))
         if "error" in params:
             description = params.get("error_description", "").splitlines()[0:1]
+            said = f": {preview(description[0], 300)}" if description else ""
             raise AuthenticationError(
-                f"sign-in failed ({params['error']}){': ' + description[0] if description else ''}",
+                f"sign-in failed ({preview(params['error'])}){said}",
                 code=params["error"],
             )
         if not hmac.compare_digest(params.get("state", ""), request.state):

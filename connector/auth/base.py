@@ -10,7 +10,8 @@ fails here with a message naming both values instead of as a puzzling 401 later.
 A token request that is throttled, fails with a 5xx or is lost in transit is sent again under the connection's
 :class:`~connector.transport.RetryPolicy`, the one Dataverse requests follow (with the token endpoints' backoff cap),
 waiting on the same clock; identity hosts share no governor, so the wait holds only this request. Tokens and secrets
-never appear in messages or logs.
+never appear in messages or logs, and the cached token is held as a :class:`~connector.secret.Secret`: tools that
+record a traceback's frame locals (Sentry, rich) see ``Secret('***')``, not the bearer token.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from connector.clock import Clock
-from connector.errors import AuthenticationError, TransientAnswer
+from connector.errors import AuthenticationError, TransientAnswer, preview
+from connector.secret import Secret
 from connector.transport import (
     Failure,
     RetryBudget,
@@ -49,6 +51,7 @@ __all__ = [
     "DYNAMICS_CRM_APP_ID",
     "ID_TOKEN_REFUSED",
     "CachingProvider",
+    "TokenAnswer",
     "TokenProvider",
     "audience_problem",
     "decode_jwt_claims",
@@ -77,7 +80,7 @@ class TokenProvider(Protocol):
     def token(self) -> str:
         """A valid access token, fetched or refreshed when it is missing or about to expire."""
 
-    def force_refresh(self, rejected: str | None = None) -> str:
+    def force_refresh(self, rejected: str | Secret | None = None) -> str:
         """Fetch a new token after Dataverse rejected ``rejected``; reuse it if another thread already replaced it."""
 
     def close(self) -> None:
@@ -141,14 +144,43 @@ def audience_problem(access_token: str, organization_url: str, client_id: str) -
             return None
     return (
         AUDIENCE_MISMATCH,
-        f"the access token is for {audiences[0]!r}, not for the environment {organization_url}: set scopes to "
-        f"[{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
+        f"the access token is for {preview(audiences[0], 120)}, not for the environment {organization_url}: "
+        f"set scopes to [{scope!r}] (or leave scopes out), and check that organization_url is the environment's URL",
     )
+
+
+class TokenAnswer(dict[str, Any]):
+    """A token endpoint's parsed answer, whose ``repr`` masks the tokens.
+
+    It sits in frame locals from the moment it is parsed until :meth:`CachingProvider._accept` takes the access token
+    out; a traceback rendered with locals (Sentry, rich) would otherwise print the tokens it holds.
+    """
+
+    _MASKED = frozenset({"access_token", "refresh_token", "id_token"})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k!r}: {'***' if k in self._MASKED else repr(v)}" for k, v in self.items())
+        return f"TokenAnswer({{{shown}}})"
+
+
+def _frameless(exc: BaseException) -> BaseException:
+    """``exc`` and the exceptions it chains, without their tracebacks: kept as the cause, for its type and message.
+
+    A failed token request's traceback runs through authlib's and httpx's frames, whose locals hold the form body
+    (client secret, refresh token); a tool that renders the cause chain with locals would print them.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 @dataclass(frozen=True)
 class _Token:
-    access_token: str
+    access_token: Secret  # its repr is Secret('***'), so this dataclass's repr never shows the token
     expires_at: float  # on the monotonic clock
     refresh_at: float  # on the monotonic clock
 
@@ -183,19 +215,21 @@ class CachingProvider(abc.ABC):
     def token(self) -> str:
         current = self._current
         if current is not None and self._clock.monotonic() < current.refresh_at:
-            return current.access_token
+            return current.access_token.reveal()
         with self._lock:
             current = self._current
             if current is not None and self._clock.monotonic() < current.refresh_at:
-                return current.access_token
-            return self._fetch()
+                return current.access_token.reveal()
+            return self._fetch().reveal()
 
-    def force_refresh(self, rejected: str | None = None) -> str:
+    def force_refresh(self, rejected: str | Secret | None = None) -> str:
+        if isinstance(rejected, str):
+            rejected = Secret(rejected)  # held as a Secret from here on: this frame is in the request path
         with self._lock:
             current = self._current
             if current is not None and rejected is not None and current.access_token != rejected:
-                return current.access_token
-            return self._fetch()
+                return current.access_token.reveal()
+            return self._fetch().reveal()
 
     def close(self) -> None:  # noqa: B027  # a deliberate no-op default: only kinds holding a client release one
         """Nothing to release by default."""
@@ -204,11 +238,13 @@ class CachingProvider(abc.ABC):
     def _request_token(self) -> dict[str, Any]:
         """Ask this kind's identity endpoint for a token; the raw answer (``access_token``, ``expires_in``/``_on``)."""
 
-    def _fetch(self) -> str:
-        """Ask for a new token and check it; the caller holds the lock."""
+    def _fetch(self) -> Secret:
+        """Ask for a new token and check it; the caller holds the lock.
+
+        The raw answer is never bound to a local here: it holds the token in clear until :meth:`_accept` takes it out.
+        """
         start = self._clock.monotonic()
-        raw = self._request_token()
-        self._accept(raw, start)
+        self._accept(self._request_token(), start)
         assert self._current is not None
         return self._current.access_token
 
@@ -247,10 +283,10 @@ class CachingProvider(abc.ABC):
             except httpx.HTTPError as exc:
                 error = map_transport_error(exc, what=self._what, field=field)
                 if unreachable_is_final and never_sent(exc):
-                    raise error from exc
+                    raise error from _frameless(exc)
                 retry = budget.next_retry(transport_failure(error), now=self._clock.monotonic())
                 if retry is None:
-                    raise error from exc
+                    raise error from _frameless(exc)
                 why = type(exc).__name__
             log.debug("token request failed (%s); attempt %d, retrying in %.1f s", why, budget.attempts, retry.wait)
             self._clock.sleep(retry.wait)
@@ -263,21 +299,27 @@ class CachingProvider(abc.ABC):
             raise TransientAnswer(response, failure, retry_after)
 
     def _accept(self, raw: dict[str, Any], start: float) -> None:
-        """Check a token answer (type, audience) and make it current; expiry counts from ``start``."""
-        access_token = raw.get("access_token")
-        if not isinstance(access_token, str) or not access_token:
+        """Check a token answer (type, audience) and make it current; expiry counts from ``start``.
+
+        The token is taken out of ``raw`` into a :class:`Secret` first, so a refusal raised below leaves no frame
+        holding it in clear.
+        """
+        if not isinstance(raw.get("access_token"), str) or not raw["access_token"]:
             raise AuthenticationError(f"{self._what} answered without an access_token")
+        access_token = Secret(raw.pop("access_token"))
         token_type = str(raw.get("token_type", "Bearer"))
         if token_type.lower() != "bearer":
-            raise AuthenticationError(f"{self._what} issued a {token_type!r} token; Dataverse needs a Bearer token")
-        problem = audience_problem(access_token, self._organization_url, self._client_id)
+            raise AuthenticationError(
+                f"{self._what} issued a {preview(token_type)} token; Dataverse needs a Bearer token"
+            )
+        problem = audience_problem(access_token.reveal(), self._organization_url, self._client_id)
         if problem is not None:
             raise AuthenticationError(problem[1], code=problem[0])
         lifetime = self._lifetime(raw, access_token)
         self._current = _Token(access_token, start + lifetime, start + lifetime - refresh_leeway(lifetime))
         log.debug("fetched an access token valid for %.0f s", lifetime)
 
-    def _lifetime(self, raw: dict[str, Any], access_token: str) -> float:
+    def _lifetime(self, raw: dict[str, Any], access_token: Secret) -> float:
         """Seconds the token lives: ``expires_in``, else ``expires_on`` (managed identity), else the JWT's ``exp``."""
         try:
             if raw.get("expires_in") is not None:
@@ -286,7 +328,7 @@ class CachingProvider(abc.ABC):
                 return max(0.0, float(raw["expires_on"]) - self._clock.time())
         except (TypeError, ValueError):
             pass
-        claims = decode_jwt_claims(access_token) or {}
+        claims = decode_jwt_claims(access_token.reveal()) or {}
         exp = claims.get("exp")
         if isinstance(exp, int | float):
             return max(0.0, float(exp) - self._clock.time())

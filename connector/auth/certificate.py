@@ -17,7 +17,8 @@ from joserfc.jwk import RSAKey
 
 from connector.auth.oauth import AuthlibProvider
 from connector.clock import Clock
-from connector.errors import ConnectionConfigError
+from connector.errors import ConnectionConfigError, preview
+from connector.secret import Secret
 from connector.transport import RetryPolicy
 
 __all__ = [
@@ -54,7 +55,7 @@ def load_client_certificate(
     certificate_file: Path | None,
     private_key_file: Path | None,
     pfx_file: Path | None,
-    password: str | None,
+    password: str | Secret | None,
 ) -> ClientCertificate:
     """Load a PEM certificate and key (the key optionally encrypted) or a PFX/PKCS#12 file.
 
@@ -64,21 +65,23 @@ def load_client_certificate(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    secret = password.encode() if password else None
+    if isinstance(password, str):  # held as a Secret from here: a refusal below is raised from this frame
+        password = Secret(password) if password else None
     key: Any
     if pfx_file is not None:
         data = _read_file(pfx_file, "pfx_file")
         try:
-            key, cert, _ = pkcs12.load_key_and_certificates(data, secret)
+            key, cert, _ = pkcs12.load_key_and_certificates(data, _bytes(password))
         except ValueError:
             raise ConnectionConfigError(
-                f"pfx_file {pfx_file} cannot be opened: the file is not a PFX/PKCS#12 file, or private_key_password "
-                "is wrong or missing",
+                f"pfx_file {_shown(pfx_file)} cannot be opened: the file is not a PFX/PKCS#12 file, or "
+                "private_key_password is wrong or missing",
                 field="private_key_password",
             ) from None
         if key is None or cert is None:
             raise ConnectionConfigError(
-                f"pfx_file {pfx_file} must hold both the certificate and its private key", field="pfx_file"
+                f"pfx_file {_shown(pfx_file)} must hold both the certificate and its private key",
+                field="pfx_file",
             )
     else:
         if certificate_file is None or private_key_file is None:
@@ -89,23 +92,23 @@ def load_client_certificate(
             cert = x509.load_pem_x509_certificate(_read_file(certificate_file, "certificate_file"))
         except ValueError:
             raise ConnectionConfigError(
-                f"certificate_file {certificate_file} is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+                f"certificate_file {_shown(certificate_file)} is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
                 field="certificate_file",
             ) from None
         try:
-            key = serialization.load_pem_private_key(_read_file(private_key_file, "private_key_file"), secret)
+            key = serialization.load_pem_private_key(_read_file(private_key_file, "private_key_file"), _bytes(password))
         except TypeError:
             raise ConnectionConfigError(
-                f"private_key_file {private_key_file} is encrypted: set private_key_password"
-                if secret is None
-                else f"private_key_file {private_key_file} is not encrypted: remove private_key_password",
+                f"private_key_file {_shown(private_key_file)} is encrypted: set private_key_password"
+                if password is None
+                else f"private_key_file {_shown(private_key_file)} is not encrypted: remove private_key_password",
                 field="private_key_password",
             ) from None
         except ValueError:
             raise ConnectionConfigError(
-                f"private_key_file {private_key_file} cannot be read: it is not a PEM private key, or "
+                f"private_key_file {_shown(private_key_file)} cannot be read: it is not a PEM private key, or "
                 "private_key_password is wrong",
-                field="private_key_password" if secret else "private_key_file",
+                field="private_key_password" if password else "private_key_file",
             ) from None
     if not isinstance(key, RSAPrivateKey):
         raise ConnectionConfigError(
@@ -116,13 +119,22 @@ def load_client_certificate(
     return ClientCertificate(private_key=key, x5t=x5t_thumbprint(der), subject=cert.subject.rfc4514_string())
 
 
+def _bytes(password: Secret | None) -> bytes | None:
+    return password.reveal().encode() if password else None
+
+
+def _shown(path: Path) -> str:
+    """A path as messages quote it: cut when absurdly long, since a hostile setting may be megabytes."""
+    return preview(str(path), 120)
+
+
 def _read_file(path: Path, field_name: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise ConnectionConfigError(
-            f"{field_name} {path} cannot be read ({exc.strerror or type(exc).__name__}): check the path (relative "
-            "paths start at the connection file's folder) and its permissions",
+            f"{field_name} {_shown(path)} cannot be read ({exc.strerror or type(exc).__name__}): check the path "
+            "(relative paths start at the connection file's folder) and its permissions",
             field=field_name,
         ) from None
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from connector.auth.base import AADSTS_CODE, CachingProvider
+from connector.auth.base import AADSTS_CODE, CachingProvider, TokenAnswer
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectionConfigError, RetriableApiError
+from connector.errors import AuthenticationError, ConnectionConfigError, RetriableApiError, preview
 from connector.transport import USER_AGENT, RetryPolicy
 
 __all__ = ["APP_SERVICE_API_VERSION", "IMDS_API_VERSION", "IMDS_ENDPOINT", "ManagedIdentityProvider"]
@@ -123,8 +123,8 @@ class ManagedIdentityProvider(CachingProvider):
             }.get(response.status_code, "try again later")
             raise AuthenticationError(
                 f"the managed identity endpoint refused the request (HTTP {response.status_code}): {hint}"
-                + (f"; server said: {said}" if said else ""),
+                + (f"; server said: {preview(said, 300)}" if said else ""),
                 code=f"AADSTS{match.group(1)}" if match else f"ManagedIdentity{response.status_code}",
                 status_code=response.status_code,
             )
-        return body
+        return TokenAnswer(body)

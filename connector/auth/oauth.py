@@ -16,9 +16,10 @@ from typing import Any, NoReturn
 import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
 import httpx
 
-from connector.auth.base import AADSTS_CODE, CachingProvider
+from connector.auth.base import AADSTS_CODE, CachingProvider, TokenAnswer
 from connector.clock import Clock
-from connector.errors import AuthenticationError, ConnectorError, TransientAnswer
+from connector.errors import AuthenticationError, ConnectorError, TransientAnswer, preview
+from connector.secret import Secret
 from connector.transport import USER_AGENT, RetryPolicy
 
 with warnings.catch_warnings():
@@ -79,11 +80,11 @@ def token_endpoint_error(response: httpx.Response, scope: str) -> Authentication
         advice = "check client_id and client_secret"
     elif advice is None and error == "unauthorized_client":
         advice = "check client_id and tenant_id"
-    parts = [f"the token endpoint refused the request ({error}{', ' + code if code else ''})"]
+    parts = [f"the token endpoint refused the request ({preview(error)}{', ' + preview(code) if code else ''})"]
     if advice:
         parts.append(advice.format(scope=scope))
     if summary:
-        parts.append(f"server said: {summary}")
+        parts.append(f"server said: {preview(summary, 300)}")
     return AuthenticationError(": ".join(parts), code=code or error, status_code=response.status_code)
 
 
@@ -142,7 +143,10 @@ class AuthlibProvider(CachingProvider):
 
         def send() -> dict[str, Any]:
             try:
-                return dict(fn(*args, **kwargs))
+                # Secrets are revealed only into the call itself, never into a local of a frame of ours.
+                return TokenAnswer(
+                    fn(*args, **{k: v.reveal() if isinstance(v, Secret) else v for k, v in kwargs.items()})
+                )
             except (ConnectorError, TransientAnswer, httpx.HTTPError):
                 raise
             except Exception as exc:  # authlib's OAuthError, or ValueError for a body that is not JSON

@@ -150,6 +150,7 @@ def test_write_entities_upsert_reports_created_and_updated_and_merges_duplicates
         "updated": 1,
         "failed": 0,
         "unknown": 0,
+        "already_present": 0,
         "merged": 1,
         "chunks": 2,
         "split_requests": 0,

@@ -8,15 +8,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import stat
+import traceback
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,16 +27,19 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from rich.console import Console
+from rich.traceback import Traceback
 
-from connector import RetryPolicy
+from connector import RetryPolicy, cli
 from connector.auth import AuthorizationCodeProvider, ManagedIdentityProvider, x5t_thumbprint
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.connection_config import parse_config
-from connector.errors import AuthenticationError, ConnectionConfigError
+from connector.errors import AuthenticationError, ConnectionConfigError, ConnectorError
 from connector.policy import OperatorPolicy
+from connector.runtime import Runtime
 from connector.token_store import TokenStore
-from tests.conftest import SENTINELS, assert_no_secrets
+from tests.conftest import SENTINELS, assert_no_secrets, find_sentinels
 
 PASSWORD = SENTINELS["private_key_password"]
 REFRESH = SENTINELS["refresh_token"]
@@ -395,3 +401,137 @@ def test_managed_identity_retries_a_throttled_endpoint(cloud: Any, clock: FakeCl
     assert conn.token() == cloud.issued[-1]
     assert len(seen) == 3
     assert clock.sleeps == [3.0, 0.5]  # the connection's one retry policy: Retry-After, then backoff 0.5 * 2**0
+
+
+# -- the secret-leak probe: every kind, every cheap failure, every output ---------------------------------------------
+def _probe_settings(kind: str, cloud: Any, certificate: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A connection of ``kind`` whose secrets are the suite's sentinels, each given the way that kind usually is."""
+    if kind == "client_credentials":
+        (folder / "secret.txt").write_text(SENTINELS["client_secret"] + "\n", encoding="utf-8")
+        return cloud.config(client_secret={"file": "secret.txt"})
+    if kind == "certificate":
+        pfx = str(certificate["folder"] / "cert.pfx")
+        return cloud.config(kind="certificate", client_secret=None, pfx_file=pfx, private_key_password=PASSWORD)
+    if kind == "authorization_code":
+        TokenStore(folder / "token.json").save(REFRESH)
+        return _auth_code_config(cloud, token_store="token.json")
+    return {
+        "kind": "managed_identity",
+        "organization_url": cloud.ORG,
+        "identity_endpoint": "http://169.254.169.254/msi/token",
+        "identity_style": "app_service",
+        "identity_header": SENTINELS["webhook_key"],  # the App Service identity header: a shared key, like a webhook's
+    }
+
+
+_IDENTITY_HOSTS = ("login.microsoftonline.com", "169.254.169.254")
+_FAULTS: dict[str, Any] = {
+    "token-not-json": lambda cloud: httpx.Response(200, text="<html>SENTINEL-free gateway page</html>"),
+    "token-refused": lambda cloud: cloud.aad_error(7000215, "invalid_client", "Invalid client secret provided."),
+    "token-without-access-token": lambda cloud: httpx.Response(200, json={"token_type": "Bearer"}),
+    "token-unreachable": lambda cloud: httpx.ConnectError("connection refused"),
+    "api-401": lambda cloud: httpx.Response(401, json=cloud.error_body("0x80044302", "Request is not authenticated.")),
+    "api-unreachable": lambda cloud: httpx.ConnectError("connection refused"),
+}
+
+
+def _probe_transport(cloud: Any, fault: str) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        cloud.requests.append(request)
+        on_identity = request.url.host in _IDENTITY_HOSTS
+        if fault.startswith("token-" if on_identity else "api-"):
+            answer = _FAULTS[fault](cloud)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[no-any-return]
+        if on_identity:
+            return cloud.token_response()  # type: ignore[no-any-return]
+        return cloud.handler(request)  # type: ignore[no-any-return]
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("fault", [*_FAULTS, "validation"])
+@pytest.mark.parametrize("kind", ["client_credentials", "certificate", "authorization_code", "managed_identity"])
+def test_secret_leak_probe(
+    cloud: Any,
+    clock: FakeClock,
+    certificate: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    fault: str,
+) -> None:
+    """No secret in the error (message, to_dict, repr), the connection's reprs, the logs, or the CLI's output."""
+    settings = _probe_settings(kind, cloud, certificate, tmp_path)
+    if fault == "validation":
+        settings["organization_url"] = "ftp://contoso.crm.dynamics.com"
+    local = OperatorPolicy(preset="local")
+    retry = RetryPolicy(max_attempts=2, jitter=lambda: 1.0)
+    outputs: list[Any] = []
+    with caplog.at_level("DEBUG"), pytest.raises(ConnectorError) as info:
+        conn = Connection.from_config(
+            settings,
+            base_dir=tmp_path,
+            transport=_probe_transport(cloud, fault),
+            clock=clock,
+            retry=retry,
+            policy=local,
+        )
+        outputs += [repr(conn), repr(conn.config), str(conn.config), repr(conn.token_provider)]
+        conn.client.whoami()
+    error = info.value
+    outputs += [error.message, str(error), repr(error), json.dumps(error.to_dict()), caplog.text]
+    if fault != "validation" and kind != "certificate":  # the secret really was in play: it went to the identity host
+        sent = " ".join(f"{r.url} {r.headers} {r.content.decode()}" for r in cloud.requests)
+        assert find_sentinels(sent), sent
+    assert_no_secrets(*outputs)
+
+    # the same connection through `d365 run`: stdout and stderr
+    runtime = Runtime(load_entrypoints=False)
+
+    def connection(self: Runtime, config: dict[str, Any], *, base_dir: Path | None = None, **_: Any) -> Connection:
+        return Connection.from_config(
+            config, base_dir=base_dir, transport=_probe_transport(cloud, fault), clock=clock, retry=retry, policy=local
+        )
+
+    monkeypatch.setattr(Runtime, "connection", connection)
+    monkeypatch.setattr(cli, "_runtime", lambda: runtime)
+    (tmp_path / "conn.json").write_text(json.dumps(settings), encoding="utf-8")
+    for flags in ([], ["--json"]):
+        result = CliRunner().invoke(
+            cli.main, ["run", "get_current_user", "--connection", str(tmp_path / "conn.json"), *flags]
+        )
+        assert result.exit_code in (3, 4), result.output
+        assert_no_secrets(result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize(
+    "files", [{"pfx_file": "cert.pfx"}, {"certificate_file": "cert.pem", "private_key_file": "key.pem"}]
+)
+def test_wrong_key_password_absent_from_traceback_locals(
+    cloud: Any, clock: FakeClock, certificate: dict[str, Any], files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal is raised inside the key loader, whose frame held the password in clear before it was a Secret.
+
+    The password comes from the environment: an inline one would sit in the caller's own settings dict, in its frame.
+    """
+    monkeypatch.setenv("D365_TEST_KEY_PASSWORD", PASSWORD + "-wrong")
+    password = {"env": "D365_TEST_KEY_PASSWORD"}
+    with pytest.raises(ConnectionConfigError) as info:
+        Connection.from_config(
+            cloud.config(kind="certificate", client_secret=None, private_key_password=password, **files),
+            base_dir=certificate["folder"],
+            transport=httpx.MockTransport(cloud.handler),
+            clock=clock,
+        ).token()
+    assert info.value.field == "private_key_password"
+    exc = info.value
+    plain = "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(
+        Traceback.from_exception(type(exc), exc, exc.__traceback__, show_locals=True)
+    )
+    assert "Secret('***')" in plain
+    assert_no_secrets(plain, out.getvalue())

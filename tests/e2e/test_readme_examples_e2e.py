@@ -2,10 +2,10 @@
 ``d365 run ID --input FILE`` against one emulator: a reader who copies them one after the other gets no error. The
 quickstart's commands run too, in a shell, as a new user would paste them.
 
-Until the emulator's ``--sample-data`` organization exists (issue 14), :func:`create_sample_data` makes what the
-examples take for granted (what a real organization would already hold) through the actions themselves, the way a
-user would: three alternate keys, the custom table ``new_bankaccount`` with two columns, a file column on account,
-two accounts and a contact. Everything else an example needs is made by an example before it.
+The examples run against the emulator's ``--sample-data`` organization, which holds what they take for granted (what
+a real organization in use would already hold): three alternate keys, the custom table ``new_bankaccount`` with two
+columns, a file column on account, the accounts ``A-1001`` and ``A-1002`` and the contact ``ada@example.com``.
+Everything else an example needs is made by an example before it.
 """
 
 from __future__ import annotations
@@ -24,70 +24,8 @@ from click.testing import CliRunner
 from connector import cli
 from connector.runtime import Runtime
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
-from tests.e2e.conftest import custom_table_request
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-# What the examples assume the organization holds, each made through an action (the order matters: keys before the
-# rows they address, the table before its columns).
-SAMPLE_DATA: list[tuple[str, dict[str, Any]]] = [
-    (
-        "create_alternate_key",
-        {
-            "table": "account",
-            "schema_name": "new_accountnumber_key",
-            "columns": ["accountnumber"],
-            "wait_until_active": True,
-        },
-    ),
-    (
-        "create_alternate_key",
-        {
-            "table": "account",
-            "schema_name": "new_name_postalcode_key",
-            "columns": ["name", "address1_postalcode"],
-            "wait_until_active": True,
-        },
-    ),
-    (
-        "create_alternate_key",
-        {"table": "contact", "schema_name": "new_email_key", "columns": ["emailaddress1"], "wait_until_active": True},
-    ),
-    ("raw_request", custom_table_request("new_BankAccount", "Bank account", "Bank accounts")),
-    (
-        "create_attribute",
-        {"table": "new_bankaccount", "attribute": {"type": "string", "schema_name": "new_Code", "label": "Code"}},
-    ),
-    (
-        "create_attribute",
-        {"table": "new_bankaccount", "attribute": {"type": "string", "schema_name": "new_Region", "label": "Region"}},
-    ),
-    (
-        "create_attribute",
-        {
-            "table": "account",
-            "attribute": {
-                "@odata.type": "Microsoft.Dynamics.CRM.FileAttributeMetadata",
-                "SchemaName": "new_Contract",
-                "MaxSizeInKB": 10240,
-                "RequiredLevel": {"Value": "None"},
-                "DisplayName": {"LocalizedLabels": [{"Label": "Contract", "LanguageCode": 1033}]},
-            },
-        },
-    ),
-    (
-        "write_entities",
-        {
-            "table": "account",
-            "mode": "upsert",
-            "records": [
-                {"key": {"accountnumber": "A-1001"}, "fields": {"name": "Contoso Ltd"}},
-                {"key": {"accountnumber": "A-1002"}, "fields": {"name": "Fabrikam Inc"}},
-            ],
-        },
-    ),
-    ("create_entity", {"table": "contact", "fields": {"lastname": "Lovelace", "emailaddress1": "ada@example.com"}}),
-]
 
 
 def readme_examples(text: str, action_ids: set[str]) -> list[tuple[str, int, dict[str, Any]]]:
@@ -104,8 +42,16 @@ def readme_examples(text: str, action_ids: set[str]) -> list[tuple[str, int, dic
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorHandle]:
-    """Keys are Active at once, so ``wait_until_active`` answers on its first read and nothing sleeps."""
+    """The quickstart's empty organization. Keys are Active at once, so ``wait_until_active`` answers on its first
+    read and nothing sleeps."""
     with running_emulator(key_activation_s=0) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def sample_emulator() -> Iterator[EmulatorHandle]:
+    """``d365 emulator serve --sample-data``: the organization the README's action examples assume."""
+    with running_emulator(key_activation_s=0, sample_data=True) as handle:
         yield handle
 
 
@@ -125,14 +71,12 @@ def d365_run(action_id: str, inputs: dict[str, Any], connection_file: Path, tmp_
     return None
 
 
-def test_every_readme_example_runs_as_written_in_order(
-    fresh_emulator: EmulatorHandle, connection_file: Path, tmp_path: Path
-) -> None:
+def test_every_readme_example_runs_as_written_in_order(sample_emulator: EmulatorHandle, tmp_path: Path) -> None:
     action_ids = set(Runtime(load_entrypoints=False).manifest.actions)
     examples = readme_examples(README.read_text(encoding="utf-8"), action_ids)
     assert {action_id for action_id, _, _ in examples} == action_ids  # every action has an example
-    for action_id, inputs in SAMPLE_DATA:
-        assert d365_run(action_id, inputs, connection_file, tmp_path) is None, (action_id, inputs)
+    connection_file = tmp_path / "connection.json"
+    connection_file.write_text(json.dumps(sample_emulator.connection_config()), encoding="utf-8")
     failures = []
     for action_id, n, inputs in examples:
         problem = d365_run(action_id, inputs, connection_file, tmp_path)

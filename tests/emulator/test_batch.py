@@ -132,7 +132,7 @@ def test_failed_changeset_rolls_back_and_stops_the_batch(api: httpx.Client) -> N
         op("POST", f"{API}/accounts", {"name": "rb-before"}),
         changeset(
             op("POST", f"{API}/accounts", {"name": "rb-in-changeset"}, cid="1"),
-            op("POST", f"{API}/tasks", {"subject": "x"}, cid="2"),
+            op("POST", f"{API}/widgets", {"subject": "x"}, cid="2"),
             op("POST", f"{API}/accounts", {"name": "rb-never"}, cid="3"),
         ),
         op("POST", f"{API}/accounts", {"name": "rb-after"}),

@@ -22,6 +22,8 @@ import requests
 from azure.core.credentials import AccessToken
 from PowerPlatform.Dataverse import col
 from PowerPlatform.Dataverse.client import DataverseClient
+from PowerPlatform.Dataverse.core.errors import HttpError
+from PowerPlatform.Dataverse.models.relationship import ManyToManyRelationshipMetadata
 from PowerPlatform.Dataverse.models.upsert import UpsertItem
 
 
@@ -355,6 +357,59 @@ def scenario_batch(client: DataverseClient, tag: str) -> dict[str, Any]:
     }
 
 
+def _organization(client: DataverseClient) -> dict[str, list[str]]:
+    """What a schema round trip must leave as it found: the tables and the relationships."""
+    tables = sorted(t["LogicalName"] for t in client.tables.list(select=["LogicalName"]))
+    relationships = sorted(r["SchemaName"] for r in client.tables.list_relationships(select=["SchemaName"]))
+    return {"tables": tables, "relationships": relationships}
+
+
+def _outcome(action: Callable[[], Any]) -> list[Any]:
+    """[status, Dataverse code] of a refusal, or ["ok", whether the SDK returned nothing]."""
+    try:
+        value = action()
+    except HttpError as e:
+        return [e.status_code, (e.details or {}).get("service_error_code")]
+    return ["ok", value is None]
+
+
+def scenario_schema_lifecycle(client: DataverseClient, tag: str) -> dict[str, Any]:
+    """Create two tables with columns, a lookup (1:N, parental) and an N:N relationship, use them, then delete the
+    relationships, a column and the tables: the organization is as before."""
+    before = _organization(client)
+    shelf, book = f"new_{tag}Shelf", f"new_{tag}Book"
+    client.tables.create(shelf, {"new_Width": "int", "new_Label": "string"})
+    client.tables.create(book, {"new_Pages": "int"})
+    lookup = client.tables.create_lookup_field(book.lower(), "new_ShelfId", shelf.lower(), cascade_delete="Cascade")
+    many = client.tables.create_many_to_many_relationship(
+        ManyToManyRelationshipMetadata(
+            schema_name=f"new_{tag}book_account", entity1_logical_name=book.lower(), entity2_logical_name="account"
+        )
+    )
+    sid = client.records.create(shelf, {"new_name": "S1", "new_width": 80, "new_label": "oak"})
+    bid = client.records.create(
+        book, {"new_name": "B1", "new_pages": 300, "new_ShelfId@odata.bind": f"/{shelf.lower()}s({sid})"}
+    )
+    bound = client.records.retrieve(book, bid, select=["_new_shelfid_value"])["_new_shelfid_value"] == sid
+    refused = _outcome(lambda: client.tables.delete(shelf))  # the book's lookup depends on the shelf table
+    client.records.delete(shelf, sid)  # parental: the book goes with its shelf
+    cascaded = _outcome(lambda: client.records.retrieve(book, bid))
+    client.tables.delete_relationship(many.relationship_id)
+    client.tables.delete_relationship(lookup.relationship_id)
+    removed = client.tables.remove_columns(shelf, ["new_Width"])
+    columns = sorted(c["LogicalName"] for c in client.tables.list_columns(shelf, select=["LogicalName"]))
+    client.tables.delete(book)
+    client.tables.delete(shelf)
+    return {
+        "bound": bound,
+        "refused": refused,
+        "cascaded": cascaded,
+        "removed": removed,
+        "width_gone": "new_width" not in columns and "new_label" in columns,
+        "restored": _organization(client) == before,
+    }
+
+
 SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "create_retrieve": scenario_create_retrieve,
     "update": scenario_update,
@@ -368,6 +423,7 @@ SCENARIOS: dict[str, Callable[[DataverseClient, str], dict[str, Any]]] = {
     "fetchxml_paging": scenario_fetchxml_paging,
     "tables": scenario_tables,
     "file_upload": scenario_file_upload,
+    "schema_lifecycle": scenario_schema_lifecycle,
 }
 
 

@@ -156,6 +156,18 @@ def test_tables_create_add_column_get_list_alternate_key(served_emulator: Served
     }
 
 
+def test_schema_lifecycle_leaves_the_organization_as_before(served_emulator: ServedEmulator) -> None:
+    _, result = run_sdk(served_emulator, "schema_lifecycle")
+    assert result == {
+        "bound": True,
+        "refused": [400, "0x8004F01F"],  # the book's lookup depends on the shelf table
+        "cascaded": ["ok", True],  # the parental lookup took the book with its shelf: the SDK answers a 404 with None
+        "removed": ["new_Width"],
+        "width_gone": True,
+        "restored": True,
+    }
+
+
 def test_file_upload_small_and_chunked(served_emulator: ServedEmulator) -> None:
     # the SDK creates the missing file column through the metadata API, then uploads (single PATCH, then chunked)
     _, result = run_sdk(served_emulator, "file_upload")

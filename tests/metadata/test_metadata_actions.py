@@ -77,6 +77,8 @@ def test_create_attribute_short_money_is_the_documented_body_and_invalidates_the
         "logical_name": "new_balance",
         "schema_name": "new_Balance",
         "metadata_id": ATTR_ID,
+        "outcome": "created",
+        "confirmed_by_read": False,
     }
     # the write dropped the cached table: the next record action re-reads it from the primary
     conn.metadata.table("new_bankaccount")

@@ -134,7 +134,7 @@ def option_body(logical: str, cast: str) -> dict[str, Any]:
             },
         }
         for col, typ in spec["cols"].items()
-        if typ == types[cast]
+        if typ == types.get(cast)  # a cast for limits (String, Integer...): no limits stated
     ]
     return {"value": rows}
 
@@ -164,7 +164,18 @@ class FakeDataverse:
 
     @property
     def metadata_reads(self) -> list[httpx.Request]:
-        return [r for r in self.requests if "EntityDefinitions" in r.url.path]
+        """Table reads (a column type's limits, read once per type, are not counted: see ``limit_reads``)."""
+        return [r for r in self.requests if "EntityDefinitions" in r.url.path and r not in self.limit_reads]
+
+    @property
+    def limit_reads(self) -> list[httpx.Request]:
+        casts = (
+            "StringAttributeMetadata",
+            "MemoAttributeMetadata",
+            "IntegerAttributeMetadata",
+            "MoneyAttributeMetadata",
+        )
+        return [r for r in self.requests if any(unquote(r.url.path).endswith(c) for c in casts)]
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/oauth2/v2.0/token"):

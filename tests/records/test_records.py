@@ -163,6 +163,7 @@ def test_metadata_is_cached_per_connection_and_invalidation_reads_strongly(
     assert fake.metadata_reads[1].headers["Consistency"] == "Strong"
     runtime.run_action("create_entity", {"table": "account", "fields": {"name": "x"}}, conn)
     assert len(fake.metadata_reads) == 2
+    assert len(fake.limit_reads) == 2  # the text columns' MaxLength: once, and again after the invalidation
 
 
 def test_metadata_cache_expires_after_its_ttl(runtime: Runtime, fake: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.webhook_dedupe import MemoryDedupeStore, SqliteDedupeStore, dedupe_store_for
+from connector.webhook_dedupe import MemoryDedupeStore, SqliteDedupeStore, dedupe_store_for, default_dedupe_path
 
 
 def test_webhook_memory_store_is_bounded_oldest_first() -> None:
@@ -34,3 +34,10 @@ def test_webhook_store_choice(tmp_path: Path) -> None:
     store = dedupe_store_for(5, str(tmp_path / "d.sqlite"))
     assert isinstance(store, SqliteDedupeStore)
     store.close()
+
+
+def test_webhook_default_dedupe_path_follows_xdg_state_home(tmp_path: Path) -> None:
+    assert default_dedupe_path({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "d365" / "webhook-dedupe.sqlite"
+    fallback = Path.home() / ".local" / "state" / "d365" / "webhook-dedupe.sqlite"
+    assert default_dedupe_path({}) == fallback
+    assert default_dedupe_path({"XDG_STATE_HOME": "relative/dir"}) == fallback, "the spec ignores relative paths"
