@@ -1,147 +1,249 @@
-"""Records per second of three ways to upsert rows by alternate key, on the emulator with ``--latency-ms 20`` and the
-throttle model on:
+"""Records per second of three ways to upsert rows by alternate key, on the emulator (its own process) with
+``--latency-ms 20`` and the calibrated throttle model on (``dataverse_emulator/execution.py``):
 
 (a) one ``upsert_entity`` per record, one after another (what a workflow loop over rows does);
 (b) ``run_batch_operations`` of 1,000 upserts per call, one call after another;
 (c) ``write_entities`` (UpsertMultiple chunks of 100 in parallel through the governor), with client-generated ids
-    (the default) and without them (Microsoft's advice), so the design note can weigh both.
+    (the default) and without them (c'), so the design note can weigh both.
 
-Prints the rates, the ratios (c)/(a) and (c)/(b), and the share of the throttle model's ceiling that (c) reaches.
-The throttle model runs Dataverse's rates (6,000 requests and 1,200 s of execution per 300 s) on a 30 s window
-(600 requests, 120 s), so a run of seconds meets the limits instead of fitting in one window's burst. The model lets
-``cap = min(max_requests * chunk, max_exec_s / (RECORD_COST_S + REQUEST_COST_S / chunk))`` records through per
-window: sustained, ``cap / window`` records/s; for a run of ``n`` records (a sliding window lets the first ``cap``
-through at once) no faster than ``n`` records in ``window * (n / cap - 1)`` seconds, which is the ceiling (c) is
-compared with. Each scenario writes new keys (every record a create) on a fresh connection, with the throttle windows
-emptied before it; waits are real. Never part of the test suite.
+First, with the model off, what the emulator itself serves (UpsertMultiple chunks posted raw from 8 threads) and
+what ``write_entities`` reaches there: the model's ceilings must stay below the former, or the benchmark would measure
+this machine instead of the model. Then, per path: rate, the model's ceiling for that path and run size
+(``execution.fastest_run_s``: the sliding window lets one window's worth through at once, then one per window; each
+request lasts its cost; at most 52 at a time), the share reached, 429s seen, and the client's own CPU seconds per
+10,000 records (``time.process_time`` of this process; the emulator runs in a child). The model keeps Dataverse's
+rates (6,000 requests and 1,200 s of execution per 300 s) on a ``--window-s`` window so a run of seconds spans many
+windows; ``--time-scale`` divides the window and each request's duration (by default chosen after the model-off
+measurement so the fastest ceiling is half of what the emulator served, at most 1). Each scenario writes new keys (every
+record a create) and starts after a full window has passed. Waits are real. Never part of the test suite.
 
-    .venv/bin/python benchmarks/bulk_write.py [--single 2000] [--records 20000] [--batch 1000] [--chunk 100]
+    .venv/bin/python benchmarks/bulk_write.py [--single N] [--records 20000] [--batch 1000] [--batch-calls 2]
+        [--chunk 100] [--window-s 3] [--time-scale X] [--bulk-record-cost-ratio 0.2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
+from served import Served, served
 
 from connector.connection import Connection
 from connector.runtime import Runtime
-from dataverse_emulator.testing import EmulatorHandle, running_emulator
-from dataverse_emulator.throttle import RECORD_COST_S, REQUEST_COST_S
+from dataverse_emulator.execution import BULK_RECORD_RATIO, Costs, fastest_run_s, sustained_rate
 
-WINDOW_S, MAX_REQUESTS, MAX_EXEC_S = 30.0, 600, 120.0
 LATENCY_MS = 20
+KEY = {
+    "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
+    "SchemaName": "bench_accountnumber",
+    "DisplayName": {"LocalizedLabels": [{"Label": "Account number", "LanguageCode": 1033}]},
+    "KeyAttributes": ["accountnumber"],
+}
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
+@dataclass
+class Run:
+    name: str
+    kind: str  # the model's request kind: single, batch or bulk
+    records: int
+    per_request: int
+    seconds: float
+    cpu_s: float
+    throttled: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
 
 
 def records(prefix: str, n: int) -> list[dict[str, Any]]:
     return [{"key": {"accountnumber": f"{prefix}-{i:06d}"}, "fields": {"name": f"{prefix} {i}"}} for i in range(n)]
 
 
-def single(runtime: Runtime, conn: Connection, n: int) -> float:
-    rows = records("S", n)
-    seconds, _ = timed(
-        lambda: [runtime.run_action("upsert_entity", {"table": "account", **r}, conn) for r in rows]  # type: ignore[func-returns-value]
-    )
-    return n / seconds
+def measured(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def batches(runtime: Runtime, conn: Connection, n: int, size: int) -> float:
-    rows = records("B", n)
-
-    def run() -> None:
-        for start in range(0, n, size):
-            ops = [{"table": "account", "action": "upsert", **r} for r in rows[start : start + size]]
-            out = runtime.run_action("run_batch_operations", {"operations": ops}, conn)
-            assert out["failed"] == 0, out
-
-    seconds, _ = timed(run)
-    return n / seconds
+def define_key(emu: Served) -> None:
+    with Connection.from_config(emu.config) as conn:
+        conn.client.request("POST", "EntityDefinitions(LogicalName='account')/Keys", json=KEY)
 
 
-def bulk(runtime: Runtime, conn: Connection, n: int, chunk: int, client_ids: bool) -> float:
-    rows = records("C1" if client_ids else "C0", n)
-    inputs = {"table": "account", "mode": "upsert", "records": rows, "chunk_size": chunk, "client_ids": client_ids}
-    seconds, out = timed(lambda: runtime.run_action("write_entities", inputs, conn))
+def single(runtime: Runtime, conn: Connection, prefix: str, n: int) -> None:
+    for r in records(prefix, n):
+        runtime.run_action("upsert_entity", {"table": "account", **r}, conn)
+
+
+def batches(runtime: Runtime, conn: Connection, prefix: str, n: int, size: int) -> None:
+    rows = records(prefix, n)
+    for start in range(0, n, size):
+        ops = [{"table": "account", "action": "upsert", **r} for r in rows[start : start + size]]
+        out = runtime.run_action("run_batch_operations", {"operations": ops}, conn)
+        assert out["failed"] == 0, out
+
+
+def bulk(runtime: Runtime, conn: Connection, prefix: str, n: int, chunk: int, client_ids: bool) -> None:
+    inputs = {"table": "account", "mode": "upsert", "records": records(prefix, n)}
+    inputs |= {"chunk_size": chunk, "client_ids": client_ids}
+    out = runtime.run_action("write_entities", inputs, conn)
     assert out["summary"]["created"] == n, out["summary"]
-    return n / seconds
 
 
-def throttled(h: EmulatorHandle) -> int:
-    return sum(1 for r in h.admin.requests() if r.get("status") == 429)
+def raw_capacity(emu: Served, n: int, chunk: int, threads: int = 8) -> float:
+    """Rows/s the emulator serves for UpsertMultiple chunks posted from ``threads`` threads with bodies built up front
+    (the least client work possible), model off: what the emulator itself can do on this machine."""
+    token = httpx.post(
+        emu.config["token_url"],
+        data={
+            "grant_type": "client_credentials",
+            "client_id": emu.config["client_id"],
+            "client_secret": emu.config["client_secret"],
+            "scope": f"{emu.base_url}/.default",
+        },
+    ).json()["access_token"]
+    bodies = [
+        json.dumps(
+            {
+                "Targets": [
+                    {
+                        "@odata.type": "Microsoft.Dynamics.CRM.account",
+                        "@odata.id": f"accounts(accountnumber='RAW-{i:07d}')",
+                        "name": f"raw {i}",
+                    }
+                    for i in range(start, min(n, start + chunk))
+                ]
+            }
+        ).encode()
+        for start in range(0, n, chunk)
+    ]
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def worker() -> None:
+        with httpx.Client(base_url=emu.api_url + "/", headers=headers, timeout=300) as c:
+            while True:
+                with lock:
+                    if not bodies:
+                        return
+                    body = bodies.pop()
+                c.post("accounts/Microsoft.Dynamics.CRM.UpsertMultiple", content=body).raise_for_status()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return n / (time.perf_counter() - started)
+
+
+#: (name, the model's request kind, records, records per request, the run on a fresh connection)
+Scenario = tuple[str, str, int, int, Callable[[Connection], None]]
+
+
+def run_scenarios(emu: Served, scenarios: list[Scenario], pause: float) -> list[Run]:
+    runs = []
+    for name, kind, n, per_request, fn in scenarios:
+        time.sleep(pause)  # the previous scenario's requests leave the window
+        emu.admin.clear_requests()
+        with Connection.from_config(emu.config) as conn:
+            seconds, cpu = measured(lambda c=conn, f=fn: f(c))  # type: ignore[misc]
+        throttled = sum(1 for r in emu.admin.requests() if r.get("status") == 429)
+        runs.append(Run(name, kind, n, per_request, seconds, cpu, throttled))
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--single", type=int, default=2000, help="records for (a)")
-    parser.add_argument("--records", type=int, default=20000, help="records for (b) and (c)")
+    parser.add_argument("--single", type=int, default=None, help="records for (a); default: 15 s at the request limit")
+    parser.add_argument("--records", type=int, default=20000, help="records for (c) and the model-off runs")
     parser.add_argument("--batch", type=int, default=1000, help="operations per run_batch_operations call")
+    parser.add_argument("--batch-calls", type=int, default=2, help="run_batch_operations calls for (b)")
     parser.add_argument("--chunk", type=int, default=100, help="write_entities chunk size")
+    parser.add_argument("--window-s", type=float, default=3.0, help="the model's window at Dataverse's rates")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="default: at most 1, low enough that the fastest path's ceiling "
+        "is half of what the emulator serves on this machine with the model off (measured first)",
+    )
+    parser.add_argument("--bulk-record-cost-ratio", type=float, default=BULK_RECORD_RATIO)
     args = parser.parse_args()
     runtime = Runtime(load_entrypoints=False)
-    rates: dict[str, float] = {}
-    refused: dict[str, int] = {}
-    with running_emulator(
-        key_activation_s=0,
-        latency_ms=LATENCY_MS,
-        throttle="dataverse",
-        window_s=WINDOW_S,
-        max_requests=MAX_REQUESTS,
-        max_exec_s=MAX_EXEC_S,
-    ) as h:
-        with Connection.from_config(h.connection_config()) as conn:
-            conn.client.request(
-                "POST",
-                "EntityDefinitions(LogicalName='account')/Keys",
-                json={
-                    "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
-                    "SchemaName": "bench_accountnumber",
-                    "DisplayName": {"LocalizedLabels": [{"Label": "Account number", "LanguageCode": 1033}]},
-                    "KeyAttributes": ["accountnumber"],
-                },
-            )
-        scenarios: list[tuple[str, Callable[[Runtime, Connection], float]]] = [
-            (f"(a) upsert_entity x {args.single:,}", lambda r, c: single(r, c, args.single)),
-            (
-                f"(b) run_batch_operations {args.batch:,} x {args.records // args.batch}",
-                lambda r, c: batches(r, c, args.records, args.batch),
-            ),
-            (f"(c) write_entities {args.records:,}", lambda r, c: bulk(r, c, args.records, args.chunk, True)),
-            (
-                f"(c') write_entities {args.records:,}, server ids",
-                lambda r, c: bulk(r, c, args.records, args.chunk, False),
-            ),
-        ]
-        for name, fn in scenarios:
-            h.admin.clear_requests()
-            h.emulator.throttle.reset()  # each scenario starts with an empty window
-            with Connection.from_config(h.connection_config()) as conn:
-                rates[name] = fn(runtime, conn)
-            refused[name] = throttled(h)
-    per_record_s = RECORD_COST_S + REQUEST_COST_S / args.chunk
-    cap = min(MAX_REQUESTS * args.chunk, MAX_EXEC_S / per_record_s)
-    sustained = cap / WINDOW_S
-    fastest_s = WINDOW_S * (args.records / cap - 1)
-    print(f"emulator: latency {LATENCY_MS} ms, throttle model {MAX_REQUESTS} requests and {MAX_EXEC_S:.0f} s of")
-    print(f"execution per {WINDOW_S:.0f} s window (Dataverse's rates), dop hint {h.emulator.throttle.dop_hint}")
-    print(f"{'scenario':<46}{'records/s':>11}{'429s':>7}")
-    for name, value in rates.items():
-        print(f"{name:<46}{value:>11.0f}{refused[name]:>7}")
-    names = list(rates)
-    a, b, c, c0 = (rates[n] for n in names)
-    print(f"(c)/(a) {c / a:.1f}   (c)/(b) {c / b:.1f}   (c)/(c') client ids vs server ids {c / c0:.2f}")
-    print(f"throttle model, chunks of {args.chunk}: {cap:,.0f} records per window, {sustained:.0f} records/s sustained")
-    if fastest_s > 0:
-        ceiling = args.records / fastest_s
-        print(f"ceiling for {args.records:,} records: {ceiling:.0f} records/s; (c) reaches {c / ceiling:.0%}")
-    else:
-        print(f"{args.records:,} records fit in one window: the model sets no ceiling; (c) is bound by the emulator")
+    w = args.window_s
+    max_requests, max_exec_s = round(6000 * w / 300), 1200 * w / 300
+    costs = Costs(bulk_record_ratio=args.bulk_record_cost_ratio)
+    n = args.records
+
+    with served(throttle="off", latency_ms=LATENCY_MS) as emu:
+        define_key(emu)
+        capacity = raw_capacity(emu, n, args.chunk)
+        off_run: Scenario = ("model off", "bulk", n, args.chunk, lambda c: bulk(runtime, c, "OFF", n, args.chunk, True))
+        [off] = run_scenarios(emu, [off_run], 0)
+
+    # the model's ceilings scale with the time scale; the client shares this machine with the emulator: half of it
+    sustained = sustained_rate(costs, "bulk", args.chunk, w, max_requests, max_exec_s, 52)
+    ts = args.time_scale or min(1.0, float(f"{0.5 * capacity / sustained:.2g}"))
+    n_single = args.single or max(100, round(15 * max_requests / w * ts))
+    model = {
+        "throttle": "dataverse",
+        "latency_ms": LATENCY_MS,
+        "window_s": w,
+        "max_requests": max_requests,
+        "max_exec_s": max_exec_s,
+        "time_scale": ts,
+        "bulk_record_cost_ratio": args.bulk_record_cost_ratio,
+    }
+    nb = args.batch * args.batch_calls
+    with served(**model) as emu:
+        define_key(emu)
+        scenarios: list[Scenario] = [
+            (f"(a) upsert_entity x {n_single:,}", "single", n_single, 1,
+             lambda c: single(runtime, c, "S", n_single)),
+            (f"(b) run_batch_operations {args.batch:,} x {args.batch_calls}", "batch", nb, args.batch,
+             lambda c: batches(runtime, c, "B", nb, args.batch)),
+            (f"(c) write_entities {n:,}", "bulk", n, args.chunk,
+             lambda c: bulk(runtime, c, "C1", n, args.chunk, True)),
+            (f"(c') write_entities {n:,}, server ids", "bulk", n, args.chunk,
+             lambda c: bulk(runtime, c, "C0", n, args.chunk, False)),
+        ]  # fmt: skip
+        runs = run_scenarios(emu, scenarios, w / ts + 0.5)
+
+    def ceiling(r: Run) -> float:
+        fastest = fastest_run_s(costs, r.kind, r.records, r.per_request, w, max_requests, max_exec_s, 52)
+        return r.records / (fastest / ts)
+
+    print(f"emulator in its own process, latency {LATENCY_MS} ms; model: Dataverse's rates on a {w:g} s window")
+    print(f"({max_requests} requests, {max_exec_s:g} s of execution, 52 concurrent), time scale {ts:g}, a request")
+    print(f"costs {costs.operation_s * 1000:g} ms, a $batch the sum of its operations, a bulk record "
+          f"{costs.bulk_record_ratio:g} of an operation (GUESS)")  # fmt: skip
+    print(f"model off: the emulator serves {capacity:,.0f} rows/s (raw UpsertMultiple x {args.chunk}, 8 threads); "
+          f"write_entities reaches {off.rate:,.0f} rows/s, {off.cpu_s / off.records * 10_000:.2f} client CPU s per "
+          f"10,000 records")  # fmt: skip
+    print(f"{'scenario':<44}{'records/s':>10}{'ceiling':>9}{'share':>7}{'429s':>6}{'CPU s/10k':>11}")
+    for r in runs:
+        cpu = r.cpu_s / r.records * 10_000
+        print(f"{r.name:<44}{r.rate:>10,.0f}{ceiling(r):>9,.0f}{r.rate / ceiling(r):>7.0%}{r.throttled:>6}{cpu:>11.2f}")
+    a, b, c, c0 = runs
+    print(f"(c)/(a) {c.rate / a.rate:.1f}   (c)/(b) {c.rate / b.rate:.1f}   (c)/(c') {c.rate / c0.rate:.2f}")
+    top = max(ceiling(r) for r in runs)
+    verdict = "below" if top < capacity else "NOT below"
+    print(f"the highest model ceiling, {top:,.0f} rows/s, is {verdict} what the emulator serves ({capacity:,.0f})")
+    if top >= capacity:
+        print("so the run measures this machine, not the model: lower --time-scale, or run on an idle machine")
+    share = c.rate / ceiling(c)
+    print(f"issue 17's targets: (c)/(a) >= 50: {c.rate / a.rate:.1f}; (c) >= 90% of its ceiling: {share:.0%}; "
+          f"(c)/(b) >= 3: {c.rate / b.rate:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .admin import Admin, bootstrap
 from .context import MAX_URL
 from .dispatch import WebApi
 from .emulator import Emulator
+from .execution import BULK_RECORD_RATIO, Costs
 from .faults import EmulatorApp, FaultMiddleware, FaultPlan
 from .identity import IdentityEndpoints
 from .throttle import Throttle, ThrottleMiddleware, limits_for
@@ -134,6 +135,7 @@ def create_app(
     time_scale: float = 1.0,
     fault_rate: float = 0.0,
     sample_data: bool = False,
+    bulk_record_cost_ratio: float = BULK_RECORD_RATIO,
 ) -> Starlette:
     """Build the emulator app. The organization URL is whatever scheme and Host the client used."""
     emu = Emulator(
@@ -180,6 +182,7 @@ def create_app(
         emu.clock,
         time_scale,
         dop_hint,
+        Costs(bulk_record_ratio=bulk_record_cost_ratio),
     )
     app.add_middleware(ThrottleMiddleware, throttle=emu.throttle, latency_s=latency_ms / 1000)
     if fault_rate:

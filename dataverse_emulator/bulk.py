@@ -25,6 +25,7 @@ from . import errors
 from .asyncjobs import BULK_DELETE_OPERATION, COMPLETED, SUCCEEDED
 from .errors import DataverseError
 from .model import Table, meta_id
+from .throttle import count_records
 from .webhooks import notify
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ async def bound_action(api: RecordApi, request: Request, ctx: Ctx, table: Table,
             "MessageProcessorCache returned MessageProcessor.Empty."
         )
     targets = _targets(await api.body_json(request, table.entity_set), table)
-    request.state.dv_records = len(targets)
+    count_records(request, len(targets))  # the execution-time model; a request too long fails before writing
     if action == "CreateMultiple":
         ids = []
         for t in targets:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .app import create_app
+from .execution import BULK_RECORD_RATIO
 from .tls import default_data_dir, issue_server_cert
 
 
@@ -41,7 +42,7 @@ from .tls import default_data_dir, issue_server_cert
     default="off",
     show_default=True,
     type=click.Choice(["off", "dataverse", "strict"]),
-    help="Service protection model: dataverse = 300 s / 6,000 requests / 1,200 s / 52; strict = 10 s / 200 / 20 s / 8.",
+    help="Service protection model: dataverse = 300 s / 6,000 requests / 1,200 s / 52; strict = 10 s / 200 / 2 s / 8.",
 )
 @click.option("--window-s", default=None, type=float, help="Sliding window of the throttle model (seconds).")
 @click.option("--max-requests", default=None, type=int, help="Requests per user per window.")
@@ -49,6 +50,13 @@ from .tls import default_data_dir, issue_server_cert
 @click.option("--max-concurrency", default=None, type=int, help="Concurrent requests per user.")
 @click.option("--dop-hint", default=4, show_default=True, type=int, help="Value of x-ms-dop-hint.")
 @click.option("--time-scale", default=1.0, show_default=True, type=float, help="Divides every emulated duration.")
+@click.option(
+    "--bulk-record-cost-ratio",
+    default=BULK_RECORD_RATIO,
+    show_default=True,
+    type=float,
+    help="Execution cost of one bulk-message record against a single operation (GUESS, from the quoted 'up to 5x').",
+)
 @click.option("--fault-rate", default=0.0, show_default=True, type=float, help="Share of Web API requests faulted.")
 @click.option(
     "--sample-data",
@@ -78,6 +86,7 @@ def serve(
     time_scale: float,
     fault_rate: float,
     sample_data: bool,
+    bulk_record_cost_ratio: float,
 ) -> None:
     """Serve a local Dataverse Web API emulator."""
     from .testing import uvicorn_config
@@ -98,6 +107,7 @@ def serve(
         time_scale=time_scale,
         fault_rate=fault_rate,
         sample_data=sample_data,
+        bulk_record_cost_ratio=bulk_record_cost_ratio,
     )
     ddir = Path(data_dir) if data_dir else default_data_dir()
     certfile = keyfile = ca = None

@@ -4,12 +4,16 @@ Why a middleware that reads the bearer token's claims without verifying them: th
 section 8.1) and must be decided before any handler runs, while the signature check stays where it is (an invalid
 token still gets its 401 from the handler, with the rate-limit headers added like on every other response). A
 ``$batch`` or bulk request counts as one request; its handler reports how many records it touched
-(``scope["state"]["dv_records"]``) and each record adds execution time (reference 6.5, 7.3, 15.6).
+(:func:`count_records`) and the request costs what :class:`~.execution.Costs` says for its kind (reference 6.5, 7.3,
+15.6): deterministic, so the execution-time limit is reached at the same request every run.
 
-Emulated execution time is deterministic (``REQUEST_COST_S`` per request plus ``RECORD_COST_S`` per record) so the
-execution-time limit is reached at the same request every run. ``time_scale`` divides the window and therefore every
-``Retry-After``; the execution budget and the costs are both durations of the same scale, so scaling them would
-cancel out and they are left as configured.
+With the model on, a request also *takes* its execution time: its answer leaves no earlier than its cost divided by
+``time_scale`` after it was admitted (the records of one request one after another, separate requests side by side up
+to the concurrency limit), so one giant request is as slow as Dataverse would make it, and a bulk request whose
+records would outlast the 2-minute timeout fails before it writes anything. The wait is real only on the real clock;
+with an injected clock it is recorded in ``Throttle.held`` instead, so tests stay sleep-free. ``time_scale`` divides
+the window, every ``Retry-After`` and the wait; the execution budget and the costs are durations of the same scale,
+so scaling them would cancel out and they are left as configured.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import DataverseError, error_response
+from .execution import MAX_MESSAGE_BYTES, Costs, request_kind
 
-REQUEST_COST_S = 0.005
-RECORD_COST_S = 0.010
 CONCURRENCY_RETRY_AFTER_S = 1.0
+#: the SQL timeout bulk-operations.md lists for a bulk request too large ("CRM ErrorCode: -2147204783")
+TIMEOUT_CODE = "0x80044151"
+TIMEOUT_MESSAGE = "Sql error: SQL timeout expired. CRM ErrorCode: -2147204783 Sql ErrorCode: -2146232060 Sql Number: -2"
+#: troubleshoot-plug-in.md: -2147220970
+MESSAGE_SIZE_CODE = "0x80040216"
 
 
 class Clock:
@@ -61,10 +70,11 @@ class Limits:
     max_concurrency: int
 
 
-#: ``dataverse`` = the documented defaults (api-limits.md); ``strict`` = small numbers a 2-core test can reach.
+#: ``dataverse`` = the documented defaults (api-limits.md); ``strict`` = small numbers a 2-core test can reach (2 s of
+#: execution: about 1,400 bulk records or 280 single requests at the calibrated costs).
 PRESETS: dict[str, Limits] = {
     "dataverse": Limits(300, 6000, 1200, 52),
-    "strict": Limits(10, 200, 20, 8),
+    "strict": Limits(10, 200, 2, 8),
 }
 
 
@@ -145,7 +155,15 @@ def extended_retry_after(b: _Bucket, now: float, wait: float, window: float) -> 
 class Throttle:
     """Admission and accounting; one per emulator."""
 
-    def __init__(self, mode: str, limits: Limits, clock: Callable[[], float], time_scale: float, dop_hint: int) -> None:
+    def __init__(
+        self,
+        mode: str,
+        limits: Limits,
+        clock: Callable[[], float],
+        time_scale: float,
+        dop_hint: int,
+        costs: Costs | None = None,
+    ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.mode = mode
@@ -153,7 +171,12 @@ class Throttle:
         self.clock = clock
         self.time_scale = time_scale
         self.dop_hint = dop_hint
+        self.costs = costs or Costs()
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         self.buckets: dict[str, _Bucket] = {}
+        # the injected clock of a test: the execution wait is recorded (wall-clock seconds), never slept
+        self.real_time = getattr(clock, "base", None) is time.time
+        self.held: deque[float] = deque(maxlen=100_000)
 
     @property
     def window(self) -> float:
@@ -198,22 +221,34 @@ class Throttle:
             if refusal is not None:
                 retry = max(1, math.ceil(wait))
                 return DataverseError(429, refusal[0], refusal[1], {"Retry-After": str(retry)}), None
-        entry = [now, REQUEST_COST_S]
+        # one operation is charged at once, the rest of the request's cost when it finishes (its records are known)
+        first = self.costs.operation_s
+        entry = [now, first]
         b.entries.append(entry)
-        b.exec_total += REQUEST_COST_S
+        b.exec_total += first
         b.in_flight += 1
         return None, entry
 
-    def finish(self, user: str, entry: list[float], records: int) -> None:
-        """Charge the per-record execution cost and leave the concurrency count."""
+    def finish(self, user: str, entry: list[float], cost_s: float) -> None:
+        """Charge the rest of the request's execution time and leave the concurrency count."""
         b = self.buckets.get(user)
         if b is None:  # the windows were reset while this request ran
             return
         b.in_flight -= 1
-        extra = RECORD_COST_S * max(0, records)
-        if extra and b.entries and entry[0] > self.clock() - self.window:
+        extra = cost_s - entry[1]
+        if extra > 0 and b.entries and entry[0] > self.clock() - self.window:
             entry[1] += extra
             b.exec_total += extra
+
+    async def hold(self, cost_s: float, elapsed_s: float) -> None:
+        """Keep the answer until the request has taken its execution time (``cost_s`` / ``time_scale`` wall-clock
+        seconds, of which ``elapsed_s`` have passed): slept on the real clock, recorded on an injected one."""
+        if self.mode == "off":
+            return
+        seconds = cost_s / self.time_scale
+        self.held.append(seconds)
+        if self.real_time and seconds > elapsed_s:
+            await asyncio.sleep(seconds - elapsed_s)
 
     def reset(self) -> None:
         """Forget every window (admin reset): requests in flight are no longer counted either."""
@@ -234,6 +269,49 @@ class Throttle:
             (b"x-ms-ratelimit-burst-remaining-xrm-requests", str(burst).encode()),
             (b"x-ms-ratelimit-time-remaining-xrm-requests", f"{remaining:,.2f}".encode()),
         ]
+
+
+def count_records(request: Request, records: int) -> None:
+    """Called by the ``$batch`` and bulk handlers before they write: the request's record count for its execution time,
+    and the 2-minute timeout refused up front (nothing written), since the model knows the request would outlast it."""
+    state = request.scope.setdefault("state", {})
+    state["dv_records"] = records
+    th: Throttle | None = state.get("dv_throttle")
+    if th is None or th.mode == "off":
+        return
+    if th.costs.of(state.get("dv_kind", "single"), records) > th.costs.timeout_s:
+        state["dv_exec_s"] = th.costs.timeout_s
+        raise DataverseError(500, TIMEOUT_CODE, TIMEOUT_MESSAGE)
+
+
+def message_too_large(th: Throttle, scope: Scope) -> DataverseError | None:
+    """The 116.85 MB limit, which applies only when a plug-in (here: a registered step) could receive the request and
+    the caller did not ask to bypass custom plug-in execution (troubleshoot-plug-in.md, bulk-operations.md)."""
+    if th.mode == "off":
+        return None
+    size = 0
+    bypass = False
+    for k, v in scope.get("headers", []):
+        name = k.lower()
+        if name == b"content-length" and v.isdigit():
+            size = int(v)
+        elif name == b"mscrm.bypasscustompluginexecution" and v.strip().lower() == b"true":
+            bypass = True
+    if size <= th.max_message_bytes or bypass or not _steps_registered(scope):
+        return None
+    return DataverseError(
+        500,
+        MESSAGE_SIZE_CODE,
+        f"Message size exceeded when sending context to Sandbox. Message size: {size / 1024 / 1024:.2f} Mb",
+    )
+
+
+def _steps_registered(scope: Scope) -> bool:
+    app = scope.get("app")
+    emu = getattr(getattr(app, "state", None), "emulator", None)
+    if emu is None:
+        return False
+    return bool(emu.store.query("SELECT 1 FROM sdkmessageprocessingstep LIMIT 1", []))
 
 
 def token_user(scope: Scope) -> str | None:
@@ -294,9 +372,26 @@ class ThrottleMiddleware:
             await error_response(refusal)(scope, receive, send_with_headers)
             return
         assert entry is not None
+        kind = request_kind(scope["path"])
+        state["dv_throttle"], state["dv_kind"] = th, kind
+        started = time.perf_counter()
+
+        def cost() -> float:
+            return float(state.get("dv_exec_s") or th.costs.of(kind, int(state.get("dv_records", 1))))
+
+        async def send_when_executed(message: Message) -> None:
+            if message["type"] == "http.response.start":  # the answer leaves once the request has taken its time
+                await th.hold(cost(), time.perf_counter() - started)
+            await send_with_headers(message)
+
         try:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
-            await self.app(scope, receive, send_with_headers)
+                started += self.latency_s
+            too_large = message_too_large(th, scope)
+            if too_large is not None:
+                await error_response(too_large)(scope, receive, send_when_executed)
+            else:
+                await self.app(scope, receive, send_when_executed)
         finally:
-            th.finish(user, entry, int(state.get("dv_records", 0)))
+            th.finish(user, entry, cost())

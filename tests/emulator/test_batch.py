@@ -201,6 +201,14 @@ def test_lf_only_bodies_follow_the_support_article(api: httpx.Client) -> None:
     assert workaround.status_code == 200 and [p.status for p in parse(workaround)] == [204]
 
 
+def test_lf_only_body_with_one_extra_line_ending_is_read_as_dataverse_api_sends_it(api: httpx.Client) -> None:
+    lf = batch_body(op("POST", f"{API}/accounts", {"name": "lf-2"})).replace("\r\n", "\n")
+    assert lf.endswith("--\n")  # the closing delimiter and its own line ending
+    assert error_of(send(api, lf))[1] == "0x80048d19"
+    answered = send(api, lf + "\n")  # dataverse-api 1.4.3 ends its batches with "--batch_x--\n\n"
+    assert answered.status_code == 200 and [p.status for p in parse(answered)] == [204]
+
+
 def test_inner_get_urls_may_exceed_the_top_level_limit(api: httpx.Client) -> None:
     flt = " or ".join(f"name eq 'n{i:05d}'" for i in range(2500))  # ~45,000 characters
     assert len(flt) > 40000

@@ -17,7 +17,7 @@ from .conftest import FakeClock
 
 REQUESTS_MSG = "Number of requests exceeded the limit of 200 over time window of 10 seconds."
 EXEC_MSG = (
-    "Combined execution time of incoming requests exceeded limit of 20,000  milliseconds over time window of 10 "
+    "Combined execution time of incoming requests exceeded limit of 2,000  milliseconds over time window of 10 "
     "seconds. Decrease number of concurrent requests or reduce the duration of requests and try again later."
 )
 CONCURRENCY_MSG = "Number of concurrent requests exceeded the limit of 8."

@@ -1,0 +1,101 @@
+"""The execution-time model behind the service protection limits: what one request costs, and the fastest a run can
+go through each write path under a set of limits (the ceiling a benchmark compares a client with).
+
+Why a model at all: Dataverse charges every request's execution time to the per-user budget (1,200 s per 300 s) and a
+request takes that time on the server, so the cheapest path is the one Microsoft documents as most efficient. The
+costs below are durations on Dataverse's own clock; ``--time-scale`` divides the wall-clock delay and the window, not
+the costs (the budget and the costs are durations of the same scale).
+
+Sources (BEHAVIOURS.md rows ``throttle-*`` and ``exec-*``):
+
+* a ``$batch`` counts as one request, its operations are "applied sequentially on the server, so there's no improved
+  efficiency per operation" (optimize-performance-create-update.md): a batch costs the sum of its operations;
+* a bulk message (``CreateMultiple``...) counts as one request whose execution time accrues (bulk-operations.md FAQ)
+  and is "the most performant" way to write many rows: one pipeline pass plus a cheaper per-record cost;
+* ``OPERATION_S`` (GUESS, calibrated): 7.2 ms is the execution budget (4 s per s) divided by the 2,000,000 rows/hour
+  quoted second-hand for ExecuteMultiple, so a batch path that keeps the budget busy lands on that figure; the same
+  cost makes a bulk path at the GUESS ratio of one fifth land on the quoted 10,000,000 rows/hour;
+* ``BULK_RECORD_RATIO`` (GUESS): a bulk record costs one fifth of a single operation, from the quoted "up to 5x";
+  exposed as ``--bulk-record-cost-ratio`` so a benchmark can show how much its result depends on it;
+* ``TIMEOUT_S``: a request is given 2 minutes (plug-ins "must complete within a generous 2-minute time limit",
+  optimize-performance-create-update.md; CrmServiceClient's default timeout, bulk-operations.md); a bulk request
+  whose records would run longer fails with the SQL timeout bulk-operations.md lists for "batch size too large";
+* ``MAX_MESSAGE_BYTES``: 116.85 MB, above which a request fails when a plug-in is registered for it
+  (troubleshoot-plug-in.md, "Message size exceeded when sending context to Sandbox").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+OPERATION_S = 0.0072
+BULK_RECORD_RATIO = 0.2
+TIMEOUT_S = 120.0
+MAX_MESSAGE_BYTES = int(116.85 * 1024 * 1024)
+BULK_MESSAGES = frozenset({"CreateMultiple", "UpdateMultiple", "UpsertMultiple", "DeleteMultiple"})
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Execution seconds per request kind: ``single`` (any request that is neither of the others), ``batch``
+    (``$batch``: its operations one after another) and ``bulk`` (a bulk message: one pass plus a cheaper record)."""
+
+    operation_s: float = OPERATION_S
+    bulk_record_ratio: float = BULK_RECORD_RATIO
+    timeout_s: float = TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.operation_s > 0 or not self.bulk_record_ratio > 0 or not self.timeout_s > 0:
+            raise ValueError("the operation cost, the bulk record cost ratio and the timeout must be positive")
+
+    def of(self, kind: str, records: int) -> float:
+        """The modelled execution seconds of one request of ``kind`` that touches ``records`` records."""
+        if kind == "bulk":
+            return self.operation_s * (1 + self.bulk_record_ratio * max(0, records))
+        if kind == "batch":
+            return self.operation_s * max(1, records)
+        return self.operation_s
+
+
+def request_kind(path: str) -> str:
+    """``batch``, ``bulk`` or ``single`` from a Web API path (the middleware decides before any handler runs)."""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if last == "$batch":
+        return "batch"
+    if last.startswith("Microsoft.Dynamics.CRM.") and last.rsplit(".", 1)[-1] in BULK_MESSAGES:
+        return "bulk"
+    return "single"
+
+
+def sustained_rate(
+    costs: Costs, kind: str, per_request: int, window_s: float, max_requests: int, max_exec_s: float, concurrency: int
+) -> float:
+    """Records per second (Dataverse's clock) one user keeps up through ``kind`` with ``per_request`` records a request:
+    the least of the request limit, the execution-time limit and the concurrency limit times one request's duration."""
+    records = 1 if kind == "single" else per_request
+    cost = costs.of(kind, records)
+    return min(max_requests / window_s * records, max_exec_s / window_s * records / cost, concurrency * records / cost)
+
+
+def fastest_run_s(
+    costs: Costs,
+    kind: str,
+    n: int,
+    per_request: int,
+    window_s: float,
+    max_requests: int,
+    max_exec_s: float,
+    concurrency: int,
+) -> float:
+    """A lower bound (Dataverse's clock) on the time ``n`` records take through ``kind``: the sliding window lets the
+    first requests through at once, then one window's worth per window; each request lasts its cost and at most
+    ``concurrency`` run at a time. A benchmark divides by ``--time-scale`` and calls ``n`` / that its ceiling."""
+    records = 1 if kind == "single" else per_request
+    n_req = math.ceil(n / records)
+    cost = costs.of(kind, records)
+    by_concurrency = math.ceil(n_req / concurrency) * cost
+    by_requests = (n_req - 1) // max_requests * window_s + cost
+    per_window = max(1, math.ceil(max_exec_s / cost))  # admitted while the window's total is under the budget
+    by_exec = (n_req - 1) // per_window * window_s + cost
+    return max(by_concurrency, by_requests, by_exec)
