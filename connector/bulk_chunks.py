@@ -13,13 +13,14 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from connector.addressing import predicate
 from connector.body import key_body
 from connector.client import DUPLICATE_RECORD
 from connector.errors import DataverseApiError, FatalApiError, MultipartError, OutcomeUnknownError, RetriableApiError
+from connector.governor import Outcome
 from connector.ids import new_id
 from connector.metadata import TableMetadata
 from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
@@ -43,6 +44,7 @@ __all__ = [
     "row_identity",
 ]
 
+R = TypeVar("R")
 READ_VALUES = 250
 """Values per ``In`` read: 250 GUIDs keep the URL under 16 KB, well inside the URL limit (reference 1.2)."""
 NOT_FOUND = "0x80040217"
@@ -250,7 +252,11 @@ class ChunkWriter:
         size = self.options.chunk_size
         parts = [keyed[i : i + size] for i in range(0, len(keyed), size)]
         decided: list[PlannedWrite] = []
-        for part, outcome in zip(parts, self.connection.governor.map(self._find_keys, parts), strict=True):
+        if len(parts) == 1:  # one chunk of a stream, already on a governor thread: read here
+            outcomes = [_run(0, self._find_keys, parts[0])]
+        else:
+            outcomes = self.connection.governor.map(self._find_keys, parts)
+        for part, outcome in zip(parts, outcomes, strict=True):
             found = outcome.value if outcome.ok and outcome.value is not None else {}
             for item in part:
                 ident = row_identity(None, item.key)
@@ -527,6 +533,14 @@ class ChunkWriter:
             return RowOutcome("updated", item.id)
         created = item.id or entity_id(answer.header("OData-EntityId"))
         return RowOutcome("updated" if item.exists else "created", created)
+
+
+def _run(index: int, fn: Callable[[list[PlannedWrite]], R], items: list[PlannedWrite]) -> Outcome[R]:
+    """``fn(items)`` as the one outcome of a map (its error kept, not raised)."""
+    try:
+        return Outcome(index, value=fn(items))
+    except Exception as exc:
+        return Outcome(index, error=exc)
 
 
 def created_ids(response: Any) -> list[str | None]:
