@@ -230,3 +230,19 @@ def test_a_streamed_update_by_key_resolves_each_chunks_keys(fake: FakeDataverse)
     assert by_index[3].code == "0x80040217" and by_index[4].id == ids[3]
     assert [server.rows[rid]["name"] for rid in ids] == ["new 0", "new 1", "new 2", "new 3"]
     assert summary.pre_reads == 3  # one key read per chunk
+
+
+def test_short_keys_are_pre_read_many_to_a_request_and_guids_250_at_most(fake: FakeDataverse) -> None:
+    """The pre-read's URL is bounded by its encoded length: 600 short account numbers in one read, 600 GUIDs in
+    three (the URL limit, not a count, decides)."""
+    from connector.bulk import write_entities
+
+    server = BulkServer(fake)
+    by_key = [{"key": {"accountnumber": f"A{i:05d}"}, "fields": {"name": f"n{i}"}} for i in range(600)]
+    by_id = [{"id": f"00000000-0000-4000-8000-{i:012d}", "fields": {"name": f"n{i}"}} for i in range(600)]
+    with fake.connect() as conn:
+        keyed = write_entities(conn, "account", "upsert", by_key, WriteOptions(chunk_size=600))
+        ided = write_entities(conn, "account", "upsert", by_id, WriteOptions(chunk_size=600))
+    assert keyed.pre_reads == 1 and keyed.summary()["created"] == 600
+    assert ided.pre_reads == 3 and ided.summary()["created"] == 600
+    assert all(len(str(r.url)) < 16_384 for r in server.reads)
