@@ -29,6 +29,10 @@ closes those gaps:
   on the connection. A table without them, or a probe that cannot be read, goes through ``$batch`` with
   ``Prefer: odata.continue-on-error``.
 
+* :func:`write_entities_stream` takes records from an iterator of any length (a sync reading a source) and hands each
+  chunk's results to a callback as the chunk is decided, holding at most ``2 x max_parallelism`` chunks; the list form
+  checks and merges the whole list first, then is driven the same way (:mod:`connector.bulk_run`).
+
 Each chunk is written by :class:`connector.bulk_chunks.ChunkWriter`. Bodies are built by :mod:`connector.body`
 (lookups as ``<navigation>@odata.bind``, labels as integers), so a bulk row
 means exactly what the same row means to ``create_entity``.
