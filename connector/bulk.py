@@ -29,6 +29,10 @@ closes those gaps:
   on the connection. A table without them, or a probe that cannot be read, goes through ``$batch`` with
   ``Prefer: odata.continue-on-error``.
 
+* :func:`write_entities_stream` takes records from an iterator of any length (a sync reading a source) and hands each
+  chunk's results to a callback as the chunk is decided, holding at most ``2 x max_parallelism`` chunks; the list form
+  checks and merges the whole list first, then is driven the same way (:mod:`connector.bulk_run`).
+
 Each chunk is written by :class:`connector.bulk_chunks.ChunkWriter`. Bodies are built by :mod:`connector.body`
 (lookups as ``<navigation>@odata.bind``, labels as integers), so a bulk row
 means exactly what the same row means to ``create_entity``.
@@ -37,32 +41,30 @@ means exactly what the same row means to ``create_entity``.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connector.addressing import key_value
 from connector.body import build_body
-from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
+from connector.bulk_chunks import NOT_SENT_MESSAGE, ChunkWriter, PlannedWrite, RowOutcome
+from connector.bulk_run import Chunk, Merger, RecordResult, StreamSummary, run_chunks, sorted_results
 from connector.errors import (
     DataverseApiError,
     InputError,
     InputProblem,
 )
-from connector.ids import new_id
 from connector.inputs import WriteEntities
 from connector.metadata import TableMetadata
-from connector.odata import build_query_string
+from connector.odata import build_query_string, key_is_url_safe
 from connector.problems import Problems, check_key
 from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
     from connector.connection import Connection
-    from connector.governor import Outcome
 
 __all__ = [
     "BYPASS_BUSINESS_LOGIC",
@@ -70,6 +72,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MODES",
     "RecordResult",
+    "StreamSummary",
     "WriteOptions",
     "WriteReport",
     "bulk_support",
@@ -77,6 +80,7 @@ __all__ = [
     "records_problems",
     "write_entities",
     "write_entities_problems",
+    "write_entities_stream",
 ]
 
 MODES = ("create", "update", "upsert")
@@ -130,28 +134,6 @@ class WriteOptions:
             custom_plugins=self.bypass_custom_plugins,
             suppress_callback_registration_expander_job=self.suppress_callback_registration_expander_job,
         )
-
-
-@dataclass
-class RecordResult:
-    """What happened to one input record. ``merged_into`` names the later record it was merged with (same id or key),
-    whose write decided this record's status."""
-
-    index: int
-    status: str
-    id: str | None = None
-    code: str | None = None
-    message: str | None = None
-    merged_into: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": self.index, "status": self.status, "id": self.id}
-        if self.status in ("failed", "unknown", "not_sent"):
-            out["code"] = self.code
-            out["message"] = self.message
-        if self.merged_into is not None:
-            out["merged_into"] = self.merged_into
-        return out
 
 
 @dataclass
@@ -245,15 +227,43 @@ def records_problems(
     meta = p.table(table, "$.table")
     if meta is None:
         return p.items
-    for i, record in enumerate(records):
-        _record_problems(p, meta, mode, record, f"$.records[{i}]")
-        if len(p.items) >= 50:  # a thousand copies of one mistake help nobody
-            p.add("$.records", "more problems not listed; fix these first")
-            break
+    _checked_all(p, meta, mode, records)
     return p.items
 
 
-def _record_problems(p: Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str) -> None:
+def _checked_all(
+    p: Problems, meta: TableMetadata, mode: str, records: Sequence[Mapping[str, Any]]
+) -> tuple[dict[int, dict[str, Any]], dict[int, RowOutcome]]:
+    """One pass over the records: problems of structure in ``p.items`` (the run is refused), each record's body
+    (built without resolving lookups) or its refusal (a value that cannot be sent fails that record only)."""
+    bodies: dict[int, dict[str, Any]] = {}
+    refused: dict[int, RowOutcome] = {}
+    for i, record in enumerate(records):
+        body, values = _checked(p, meta, mode, record, f"$.records[{i}]")
+        if values:
+            refused[i] = _refusal(record, values)
+        else:
+            bodies[i] = body
+        if len(p.items) >= 50:  # a thousand copies of one mistake help nobody
+            p.add("$.records", "more problems not listed; fix these first")
+            break
+    return bodies, refused
+
+
+def _checked(
+    p: Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str
+) -> tuple[dict[str, Any], list[InputProblem]]:
+    """A record's problems of structure (added to ``p``), its body and the problems of its values (taken from ``p``)."""
+    before = len(p.values)
+    body = _record_problems(p, meta, mode, record, path)
+    values = p.values[before:]
+    del p.values[before:]
+    return body, values
+
+
+def _record_problems(
+    p: Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str
+) -> dict[str, Any]:
     id_, key = record.get("id"), record.get("key")
     fields = dict(record.get("fields") or {})
     if id_ is not None and key:
@@ -276,7 +286,15 @@ def _record_problems(p: Problems, meta: TableMetadata, mode: str, record: Mappin
     if mode == "upsert":
         for column in key or {}:
             fields.pop(column, None)
-    build_body(p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False)
+    return build_body(
+        p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False
+    )
+
+
+def _refusal(record: Mapping[str, Any], values: Sequence[InputProblem]) -> RowOutcome:
+    own = record.get("id")
+    more = f" (and {len(values) - 1} more)" if len(values) > 1 else ""
+    return RowOutcome("failed", own if isinstance(own, str) else None, "InputError", f"not sent: {values[0]}{more}")
 
 
 def refused_records(
@@ -287,76 +305,53 @@ def refused_records(
 
     One such record used to fail its whole chunk (or be sent and refused by the server); the others still land.
     """
-    out: dict[int, RowOutcome] = {}
-    for i, record in enumerate(records):
-        p = Problems(connection, defer_values=True)
-        _record_problems(p, meta, mode, record, f"$.records[{i}]")
-        if p.values:
-            own = record.get("id")
-            more = f" (and {len(p.values) - 1} more)" if len(p.values) > 1 else ""
-            message = f"not sent: {p.values[0]}{more}"
-            out[i] = RowOutcome("failed", own if isinstance(own, str) else None, "InputError", message)
-    return out
+    return _checked_all(Problems(connection, defer_values=True), meta, mode, records)[1]
 
 
 # -- planning -------------------------------------------------------------------------------------------------------
-
-
-def _plan(
+def _planned(
     connection: Connection,
     meta: TableMetadata,
     mode: str,
-    records: Sequence[Mapping[str, Any]],
+    record: Mapping[str, Any],
+    i: int,
+    body: dict[str, Any],
     options: WriteOptions,
-    refused: Mapping[int, RowOutcome],
-) -> list[PlannedWrite]:
-    """Bodies built (lookups bound, labels mapped), key values typed, duplicates merged (later fields win)."""
-    p = Problems(connection)
-    items: list[PlannedWrite] = []
-    by_identity: dict[tuple[Any, ...], PlannedWrite] = {}
-    for i, record in enumerate(records):
-        if i in refused:
-            continue
-        fields = dict(record.get("fields") or {})
-        given = record.get("id") or fields.get(meta.primary_id)
-        fields.pop(meta.primary_id, None)
-        key = dict(record["key"]) if record.get("key") and given is None else None
-        if mode == "upsert":
-            for column in key or {}:
-                fields.pop(column, None)
-        body = build_body(
-            connection,
-            meta,
-            fields,
-            f"$.records[{i}].fields",
-            for_create=mode != "update",
-            problems=p,
-            impersonate=options.impersonate,
-        )
-        if key:
-            key = {c: key_value(connection, meta, c, v) for c, v in key.items()}
-        item_id = str(given).lower() if given else None
-        ident = row_identity(item_id, key)
-        previous = by_identity.get(ident) if ident is not None else None
-        if previous is not None:
-            previous.merged.append(previous.index)
-            previous.index = i
-            previous.body = {**previous.body, **body}
-            previous.key = key or previous.key  # the same key up to case: the last spelling wins too
-            continue
-        item = PlannedWrite(index=i, body=body, id=item_id, key=key)
-        if mode == "create" and item.id is None and options.client_ids:
-            item.id, item.generated = new_id(), True
-        items.append(item)
-        if ident is not None:
-            by_identity[ident] = item
-    if p.items:
-        raise InputError(p.items)
-    return items
+) -> PlannedWrite:
+    """A checked record as a write: its key values typed, a lookup by a key that cannot be a URL found by a read (the
+    checked body left it unbound), the caller's id."""
+    fields = record.get("fields") or {}
+    given = record.get("id") or fields.get(meta.primary_id)
+    key = dict(record["key"]) if record.get("key") and given is None else None
+    if any(_unbound_lookup(v) for v in fields.values()):
+        fields = {
+            c: v for c, v in fields.items() if c != meta.primary_id and not (mode == "upsert" and c in (key or {}))
+        }
+        path = f"$.records[{i}].fields"
+        body = build_body(connection, meta, fields, path, for_create=mode != "update", impersonate=options.impersonate)
+    if key:
+        key = {c: key_value(connection, meta, c, v) for c, v in key.items()}
+    return PlannedWrite(index=i, body=body, id=str(given).lower() if given else None, key=key)
 
 
-# -- the writer -----------------------------------------------------------------------------------------------------
-NO_ANSWER_MESSAGE = "sent, but the run stopped waiting for the answer (aborted); read the row to know its outcome"
+def _unbound_lookup(value: Any) -> bool:
+    """A lookup given by an alternate key whose values cannot be written in a URL: only a read finds its GUID."""
+    return (
+        isinstance(value, Mapping)
+        and value.get("id") is None
+        and bool(value.get("key"))
+        and (not key_is_url_safe(value["key"]) if isinstance(value["key"], Mapping) else False)
+    )
+
+
+# -- the writers ----------------------------------------------------------------------------------------------------
+def _checked_options(mode: str, options: WriteOptions | None) -> WriteOptions:
+    options = options or WriteOptions()
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
+        raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
+    return options
 
 
 def write_entities(
@@ -376,136 +371,192 @@ def write_entities(
     ``cancel`` is cancelled no new chunk is sent (its records are ``not_sent``) and the chunks in flight are waited
     for, unless the token is aborted or its grace period ends: their records are then ``unknown``. When it was the
     grace period, a read made right after (bounded by the token's ``confirm_s``) reports the rows it finds created.
+
+    The whole list is checked and its duplicates merged before anything is sent; then it is written as
+    :func:`write_entities_stream` writes a stream.
     """
-    options = options or WriteOptions()
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
-        raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
-    headers = options.headers()
+    options = _checked_options(mode, options)
     meta = connection.metadata.table(table)
-    problems = records_problems(connection, table, mode, records)
-    if problems:
-        raise InputError(problems)
-    refused = refused_records(connection, meta, mode, records)
-    items = _plan(connection, meta, mode, records, options, refused)
-    message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
-    use_bulk = bool(items) and _supports(connection, meta, message)
-    writer = ChunkWriter(connection, meta, mode, options, headers, use_bulk, cancel=cancel)
-    done: dict[int, RowOutcome] = {}
-    tracker = Tracker(
-        "write_entities",
-        progress,
-        total=len(records),
-        clock=connection.governor.clock,
-        throttle=connection.governor,
-        cancel=cancel,
-    )
-    with tracker:
-        if refused:
-            tracker.advance({"failed": len(refused)})
-        if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
-            items, unresolved = writer.resolve_keys(items, done)
-            tracker.advance(_tally(unresolved, done))
-            chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
-            items = [*items, *unresolved]
-        else:
-            chunks = [items[i : i + options.chunk_size] for i in range(0, len(items), options.chunk_size)]
-
-        def chunk_done(outcome: Outcome[dict[int, RowOutcome]]) -> None:
-            done.update(_chunk_outcomes(chunks[outcome.index], outcome))
-            tracker.advance(_tally(chunks[outcome.index], done))
-
-        outcomes = connection.governor.map(writer.chunk, chunks, cancel=cancel, on_outcome=chunk_done)
-        unfinished = [(c, o) for c, o in zip(chunks, outcomes, strict=True) if not o.started or not o.finished]
-        for chunk, outcome in unfinished:
-            done.update(_chunk_outcomes(chunk, outcome))
-        lost = [chunk for chunk, outcome in unfinished if outcome.started]
-        if lost and cancel is not None and not cancel.aborted:
-            done.update(_confirm(writer, lost, cancel))
-        if unfinished:  # one event for every chunk cancelled or given up on, not one line each
-            tracker.advance(_tally([item for chunk, _ in unfinished for item in chunk], done))
+    p = Problems(connection, defer_values=True)
+    bodies, refused = _checked_all(p, meta, mode, records)
+    if p.items:
+        raise InputError(p.items)
+    merger = Merger(mode, options)
+    for i, body in bodies.items():
+        merger.add(_planned(connection, meta, mode, records[i], i, body, options))
+    items = merger.take()
+    run = _Run(connection, meta, mode, options, bool(items), cancel)
+    size = options.chunk_size
+    first = Chunk([], dict(refused), send=False)
+    if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
+        items, first.items = run.writer.resolve_keys(items, first.decided)
+    chunks = [first] + [Chunk(items[i : i + size]) for i in range(0, len(items), size)]
+    collected: list[RecordResult] = []
+    summary = run.run(chunks, collected.extend, progress, total=len(records))
     return WriteReport(
         table=meta.logical_name,
         mode=mode,
-        route="bulk" if use_bulk else "batch",
-        results=_results(len(records), items, done, refused),
-        chunks=sum(1 for o in outcomes if o.started),
-        split_requests=writer.split_requests,
-        pre_reads=writer.pre_reads,
-        cancelled=cancel is not None and cancel.cancelled,
+        route=summary.route,
+        results=sorted_results(len(records), collected),
+        chunks=summary.chunks,
+        split_requests=summary.split_requests,
+        pre_reads=summary.pre_reads,
+        cancelled=summary.cancelled,
     )
 
 
-def _confirm(writer: ChunkWriter, lost: list[list[PlannedWrite]], cancel: CancellationToken) -> dict[int, RowOutcome]:
-    """The rows of the chunks given up on when the grace period ended that a read finds, one read per chunk on a thread
-    of its own, waited for at most ``cancel.confirm_s``. An abort skips it (a second Ctrl-C means "stop now"), and one
-    during the read ends the wait with what is known. The rows not confirmed stay ``unknown``."""
-    if cancel.confirm_s <= 0:
-        return {}
-    answers: queue.SimpleQueue[dict[int, RowOutcome] | None] = queue.SimpleQueue()
+class _Run:
+    """One run of the writer, list or stream: the route (probed once), the chunk writer, the counts."""
 
-    def read() -> None:
-        for chunk in lost:
-            try:
-                answers.put(writer.confirm(chunk))
-            except Exception:  # a failed read confirms nothing: its rows stay unknown
-                log.warning("the read confirming %d rows given up on failed", len(chunk), exc_info=True)
-                answers.put({})
+    def __init__(
+        self,
+        connection: Connection,
+        meta: TableMetadata,
+        mode: str,
+        options: WriteOptions,
+        any_items: bool,
+        cancel: CancellationToken | None,
+    ) -> None:
+        message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
+        self.connection, self.meta, self.mode, self.cancel = connection, meta, mode, cancel
+        self.use_bulk = any_items and _supports(connection, meta, message)
+        self.writer = ChunkWriter(connection, meta, mode, options, options.headers(), self.use_bulk, cancel=cancel)
 
-    out: dict[int, RowOutcome] = {}
-    unsubscribe = cancel.subscribe(lambda: answers.put(None))
-    try:
-        threading.Thread(target=read, name="d365-confirm", daemon=True).start()
-        deadline = time.monotonic() + cancel.confirm_s
-        for _ in lost:
-            try:
-                answer = answers.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if answer is None:
-                break
-            out.update(answer)
-    finally:
-        unsubscribe()
-    return out
+    def run(
+        self,
+        chunks: Iterable[Chunk],
+        on_chunk: Callable[[list[RecordResult]], None],
+        progress: Reporter | None,
+        *,
+        total: int | None,
+    ) -> StreamSummary:
+        counts: dict[str, int] = {}
 
+        def delivered(results: list[RecordResult]) -> None:
+            for r in results:
+                counts["total"] = counts.get("total", 0) + 1
+                counts[r.status] = counts.get(r.status, 0) + 1
+                if r.merged_into is not None:
+                    counts["merged"] = counts.get("merged", 0) + 1
+            on_chunk(results)
 
-def _chunk_outcomes(chunk: list[PlannedWrite], outcome: Outcome[dict[int, RowOutcome]]) -> dict[int, RowOutcome]:
-    """One outcome per planned write of a chunk, whatever happened to the chunk (run, failed, never sent, no answer)."""
-    if outcome.ok:
-        return outcome.result()
-    err = outcome.error
-    out: dict[int, RowOutcome] = {}
-    for item in chunk:
-        own_id = None if item.generated else item.id
-        if not outcome.started:
-            out[item.index] = not_sent(item)
-        elif not outcome.finished:
-            out[item.index] = RowOutcome("unknown", item.id, None, NO_ANSWER_MESSAGE)
-        else:  # a bug or a failure outside the per-row handling: still one honest result per row
-            out[item.index] = RowOutcome("failed", own_id, getattr(err, "code", None) or type(err).__name__, str(err))
-    return out
-
-
-def _tally(items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome]) -> dict[str, int]:
-    """Records per status among ``items`` (each counts with the earlier records merged into it)."""
-    counts: dict[str, int] = {}
-    for item in items:
-        status = done[item.index].status
-        counts[status] = counts.get(status, 0) + 1 + len(item.merged)
-    return counts
+        governor = self.connection.governor
+        tracker = Tracker(
+            "write_entities", progress, total=total, clock=governor.clock, throttle=governor, cancel=self.cancel
+        )
+        with tracker:
+            stats = run_chunks(self.writer, chunks, tracker=tracker, cancel=self.cancel, on_chunk=delivered)
+        return StreamSummary(
+            table=self.meta.logical_name,
+            mode=self.mode,
+            route="bulk" if self.use_bulk else "batch",
+            counts=counts,
+            chunks=stats.chunks,
+            split_requests=self.writer.split_requests,
+            pre_reads=self.writer.pre_reads,
+            cancelled=stats.cancelled,
+        )
 
 
-def _results(
-    n: int, items: Sequence[PlannedWrite], done: Mapping[int, RowOutcome], refused: Mapping[int, RowOutcome]
-) -> list[RecordResult]:
-    results: list[RecordResult] = [RecordResult(i, "unknown") for i in range(n)]
-    for i, r in refused.items():
-        results[i] = RecordResult(i, r.status, r.id, r.code, r.message)
-    for item in items:
-        d = done[item.index]
-        results[item.index] = RecordResult(item.index, d.status, d.id, d.code, d.message)
-        for earlier in item.merged:
-            results[earlier] = RecordResult(earlier, d.status, d.id, d.code, d.message, merged_into=item.index)
-    return results
+def write_entities_stream(
+    connection: Connection,
+    table: str,
+    mode: str,
+    records: Iterable[Mapping[str, Any]],
+    options: WriteOptions | None = None,
+    *,
+    on_chunk: Callable[[list[RecordResult]], None],
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> StreamSummary:
+    """:func:`write_entities` for records from an iterator of any length, in bounded memory: at most
+    ``2 x max_parallelism`` chunks are held, and ``on_chunk`` receives each chunk's results (``index``: the record's
+    position in the stream) on the calling thread as soon as the chunk is decided, every record exactly once.
+
+    Records are checked as they are read: a problem of structure (an unknown column, a key missing) raises
+    :class:`InputError` when it is in the first chunk, before anything is sent; later, it fails its record only.
+    Duplicates are merged within a chunk; a record whose row a chunk still in flight writes waits for that chunk, so
+    one row's writes land in input order. Update by key resolves keys chunk by chunk. Once ``cancel`` is cancelled
+    the records not yet sent are read on without being checked and delivered ``not_sent``.
+    """
+    options = _checked_options(mode, options)
+    meta = connection.metadata.table(table)
+    run = _Run(connection, meta, mode, options, True, cancel)
+    chunks = _StreamChunks(connection, meta, mode, options, cancel)
+    return run.run(chunks.read(records), on_chunk, progress, total=None)
+
+
+class _StreamChunks:
+    """Chunks planned record by record from a stream (see :func:`write_entities_stream`)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        meta: TableMetadata,
+        mode: str,
+        options: WriteOptions,
+        cancel: CancellationToken | None,
+    ) -> None:
+        self.connection, self.meta, self.mode, self.options, self.cancel = connection, meta, mode, options, cancel
+        self.in_flight: dict[tuple[Any, ...], Chunk] = {}  # identities of the chunks sent and maybe not yet written
+        self.sent: deque[tuple[Chunk, list[tuple[Any, ...]]]] = deque()
+        self.first = True
+
+    def read(self, records: Iterable[Mapping[str, Any]]) -> Iterator[Chunk]:
+        p = Problems(self.connection, defer_values=True)
+        merger = Merger(self.mode, self.options)
+        chunk, identities, n = Chunk([], resolve=self.mode == "update"), list[tuple[Any, ...]](), 0
+        for i, record in enumerate(records):
+            n += 1
+            if self.cancel is not None and self.cancel.cancelled:
+                own = record.get("id") if isinstance(record, Mapping) else None
+                message = NOT_SENT_MESSAGE
+                chunk.decided[i] = RowOutcome("not_sent", own if isinstance(own, str) else None, None, message)
+            else:
+                ident = self._plan(p, merger, chunk, record, i)
+                if ident is not None:
+                    identities.append(ident)
+                    if ident in self.in_flight:
+                        self._wait(self.in_flight[ident])
+            if n >= self.options.chunk_size:
+                yield self._close(chunk, merger, identities)
+                chunk, identities, n = Chunk([], resolve=self.mode == "update"), [], 0
+        if chunk.decided or merger.items:
+            yield self._close(chunk, merger, identities)
+
+    def _plan(
+        self, p: Problems, merger: Merger, chunk: Chunk, record: Mapping[str, Any], i: int
+    ) -> tuple[Any, ...] | None:
+        """Check and plan one record into ``merger`` (or decide it in ``chunk``); its identity when planned."""
+        body, values = _checked(p, self.meta, self.mode, record, f"$.records[{i}]")
+        if p.items:
+            if self.first:  # nothing sent yet: the run is refused, as write_entities refuses a list
+                raise InputError(p.items)
+            own = record.get("id")
+            message = "; ".join(f"{x.path}: {x.message}" for x in p.items)
+            chunk.decided[i] = RowOutcome("failed", own if isinstance(own, str) else None, "InputError", message)
+            p.items.clear()
+            return None
+        if values:
+            chunk.decided[i] = _refusal(record, values)
+            return None
+        return merger.add(_planned(self.connection, self.meta, self.mode, record, i, body, self.options))
+
+    def _wait(self, earlier: Chunk) -> None:
+        """Wait until a chunk in flight carrying the same row is written (or the run is cancelled)."""
+        while not earlier.done.wait(0.05):
+            if self.cancel is not None and self.cancel.cancelled:
+                return
+
+    def _close(self, chunk: Chunk, merger: Merger, identities: list[tuple[Any, ...]]) -> Chunk:
+        chunk.items = merger.take()
+        self.first = False
+        while self.sent and self.sent[0][0].done.is_set():  # forget the rows of chunks written
+            done, names = self.sent.popleft()
+            for name in names:
+                if self.in_flight.get(name) is done:
+                    del self.in_flight[name]
+        for name in identities:
+            self.in_flight[name] = chunk
+        self.sent.append((chunk, identities))
+        return chunk

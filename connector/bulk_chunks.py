@@ -13,13 +13,14 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 from connector.addressing import predicate
 from connector.body import key_body
 from connector.client import DUPLICATE_RECORD
 from connector.errors import DataverseApiError, FatalApiError, MultipartError, OutcomeUnknownError, RetriableApiError
+from connector.governor import Outcome
 from connector.ids import new_id
 from connector.metadata import TableMetadata
 from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
@@ -43,8 +44,14 @@ __all__ = [
     "row_identity",
 ]
 
+R = TypeVar("R")
 READ_VALUES = 250
-"""Values per ``In`` read: 250 GUIDs keep the URL under 16 KB, well inside the URL limit (reference 1.2)."""
+"""GUIDs per ``In`` read (and key pairs per ``or`` read): 250 keep the URL under 16 KB, well inside the URL limit
+(reference 1.2)."""
+READ_CHARS = 11_000
+"""The URL-encoded values one ``In`` read carries: 250 GUIDs, or more short key values (at most 1,000), so a chunk of
+1,000 rows by an alternate key such as an account number is pre-read with one request rather than four."""
+MAX_READ_VALUES = 1000
 NOT_FOUND = "0x80040217"
 _NS = "Microsoft.Dynamics.CRM."
 _DUPLICATE_CODES = frozenset({DUPLICATE_RECORD, "0x80060892"})  # duplicate primary key; duplicate alternate key
@@ -148,10 +155,8 @@ class ChunkWriter:
     def _read(self, column: str, typ: str, values: Sequence[Any], select: Sequence[str]) -> list[dict[str, Any]]:
         """Rows whose ``column`` is one of ``values``, through ``In`` reads of at most :data:`READ_VALUES` values."""
         rows: list[dict[str, Any]] = []
-        for start in range(0, len(values), READ_VALUES):
-            part = values[start : start + READ_VALUES]
-            literals = ",".join(quote_string(str(v)) for v in part)
-            filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{literals}])"
+        for part in _read_parts([quote_string(str(v)) for v in values]):
+            filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{','.join(part)}])"
             rows += self._get(filter_, select)
         return rows
 
@@ -250,7 +255,11 @@ class ChunkWriter:
         size = self.options.chunk_size
         parts = [keyed[i : i + size] for i in range(0, len(keyed), size)]
         decided: list[PlannedWrite] = []
-        for part, outcome in zip(parts, self.connection.governor.map(self._find_keys, parts), strict=True):
+        if len(parts) == 1:  # one chunk of a stream, already on a governor thread: read here
+            outcomes = [_run(0, self._find_keys, parts[0])]
+        else:
+            outcomes = self.connection.governor.map(self._find_keys, parts)
+        for part, outcome in zip(parts, outcomes, strict=True):
             found = outcome.value if outcome.ok and outcome.value is not None else {}
             for item in part:
                 ident = row_identity(None, item.key)
@@ -527,6 +536,29 @@ class ChunkWriter:
             return RowOutcome("updated", item.id)
         created = item.id or entity_id(answer.header("OData-EntityId"))
         return RowOutcome("updated" if item.exists else "created", created)
+
+
+def _read_parts(literals: Sequence[str]) -> list[list[str]]:
+    """Literals grouped into reads of at most :data:`READ_CHARS` URL-encoded characters and
+    :data:`MAX_READ_VALUES` values (one value alone may exceed it: the URL limit still holds it)."""
+    parts: list[list[str]] = []
+    size = READ_CHARS
+    for literal in literals:
+        length = len(quote(literal, safe="")) + 3  # and the encoded comma
+        if size + length > READ_CHARS or len(parts[-1]) >= MAX_READ_VALUES:
+            parts.append([])
+            size = 0
+        parts[-1].append(literal)
+        size += length
+    return parts
+
+
+def _run(index: int, fn: Callable[[list[PlannedWrite]], R], items: list[PlannedWrite]) -> Outcome[R]:
+    """``fn(items)`` as the one outcome of a map (its error kept, not raised)."""
+    try:
+        return Outcome(index, value=fn(items))
+    except Exception as exc:
+        return Outcome(index, error=exc)
 
 
 def created_ids(response: Any) -> list[str | None]:

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.shell_completion import CompletionItem
-from rich.console import Console
-from rich.table import Table
 
 from connector import cli_progress, cli_webhook
 from connector.cli_help import ActionCommand
@@ -33,6 +31,8 @@ from connector.progress import CancellationToken
 from connector.version import __version__
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from connector.connection import Connection
     from connector.manifest import ActionInfo
     from connector.runtime import RecordStream, Runtime
@@ -42,6 +42,8 @@ SET_HELP = "Repeatable. KEY=TEXT is always text, KEY:=JSON is JSON (42, true, nu
 
 
 def _stdout() -> Console:
+    from rich.console import Console  # imported when something is drawn: ``d365 --help`` starts faster
+
     return Console(soft_wrap=True)
 
 
@@ -112,6 +114,8 @@ def actions_list(as_json: bool) -> None:
     if as_json or not sys.stdout.isatty():
         _print_json(rows, as_json)
         return
+    from rich.table import Table
+
     table = Table("id", "label", "category", "provider")
     for row in rows:
         table.add_row(row["id"], row["label"], row["category"], row["provider"])

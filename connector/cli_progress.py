@@ -25,13 +25,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, NoReturn
-
-from rich.console import Console
-from rich.progress import BarColumn, TextColumn
-from rich.progress import Progress as RichBar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from connector.progress import CancellationToken, Progress, Reporter
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -81,6 +80,9 @@ class RichDisplay:
     """A Rich bar on stderr, started by the first snapshot and left drawn at the end."""
 
     def __init__(self, console: Console, token: CancellationToken | None) -> None:
+        from rich.progress import BarColumn, TextColumn
+        from rich.progress import Progress as RichBar
+
         self._bar = RichBar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -123,6 +125,14 @@ class RichDisplay:
 @contextmanager
 def display(mode: str, token: CancellationToken | None = None) -> Iterator[Reporter | None]:
     """The reporter for ``--progress=mode`` (None for none), closed when the block ends."""
+    if mode == "json":
+        yield JsonLines()
+        return
+    if mode not in ("auto", "rich"):
+        yield None
+        return
+    from rich.console import Console  # only a bar needs Rich: a run without one starts faster
+
     console = Console(stderr=True)
     if mode == "auto":
         mode = "rich" if console.is_terminal else "none"

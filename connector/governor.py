@@ -233,12 +233,39 @@ class Governor:
         period ends, in which case the map returns at once and those items are left to finish unobserved.
         """
         work = list(items)
-        if not work:
-            return []
-        started = [False] * len(work)
-        running = [0]
+        outcomes: dict[int, Outcome[R]] = {}
 
-        def run(index: int) -> R:
+        def finished(_: T, outcome: Outcome[R]) -> None:
+            outcomes[outcome.index] = outcome
+            if on_outcome is not None:
+                on_outcome(outcome)
+
+        for _, outcome in self.stream(fn, work, cancel=cancel, on_outcome=finished, window=len(work)):
+            outcomes[outcome.index] = outcome
+        return [outcomes.get(i) or Outcome(i, started=False, finished=False) for i in range(len(work))]
+
+    def stream(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        on_outcome: Callable[[T, Outcome[R]], None],
+        cancel: CancellationToken | None = None,
+        window: int | None = None,
+    ) -> list[tuple[T, Outcome[R]]]:
+        """:meth:`map` over an iterator, holding at most ``window`` items (default: twice ``max_parallelism``) taken
+        from it and not yet finished, so a stream of any length runs in bounded memory.
+
+        ``on_outcome(item, outcome)`` is called on the calling thread for each item that finished, as it finishes, and
+        the items are then let go. Returns the items that did not finish (a cancelled or aborted stream): those never
+        begun and those still running when it stopped waiting. Once ``cancel`` is cancelled no more items are taken
+        from ``items``; the caller accounts for what is left in it.
+        """
+        window = max(1, window or 2 * self._max)
+        running = [0]
+        started: dict[int, bool] = {}
+
+        def run(index: int, item: T) -> R:
             with self._cond:  # an item starts when the connection allows one more in flight: a cancel stops the rest
                 while running[0] >= self._limit() and not (cancel is not None and cancel.cancelled):
                     self._cond.wait()
@@ -248,28 +275,34 @@ class Governor:
                     raise _NotStarted
                 running[0] += 1
             try:
-                return fn(work[index])
+                return fn(item)
             finally:
                 with self._cond:
                     running[0] -= 1
                     self._cond.notify_all()
 
-        pool = ThreadPoolExecutor(max_workers=min(self._max, len(work)), thread_name_prefix="d365-governor")
-        events: queue.SimpleQueue[Future[R] | None] = queue.SimpleQueue()
+        pool = ThreadPoolExecutor(max_workers=min(self._max, window), thread_name_prefix="d365-governor")
+        events: queue.SimpleQueue[tuple[int, Future[R]] | None] = queue.SimpleQueue()
         unsubscribe = cancel.subscribe(lambda: events.put(None)) if cancel is not None else None
+        pending: dict[int, tuple[T, Future[R]]] = {}
         try:
-            futures = [pool.submit(run, i) for i in range(len(work))]
-            for future in futures:
-                future.add_done_callback(events.put)
-            outcomes = _collect(futures, started, events, cancel, on_outcome)
+            _pump(iter(items), pool, run, pending, events, cancel, on_outcome, window)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             if unsubscribe is not None:
                 unsubscribe()
-        pool.shutdown(wait=not any(not o.finished and o.started for o in outcomes), cancel_futures=True)
-        return outcomes
+        left: list[tuple[T, Outcome[R]]] = []
+        for index, (item, future) in sorted(pending.items()):
+            outcome = _outcome(index, future) if future.done() else None
+            outcome = outcome or Outcome(index, started=started.get(index, False), finished=False)
+            if outcome.finished:
+                on_outcome(item, outcome)
+            else:
+                left.append((item, outcome))
+        pool.shutdown(wait=not any(o.started for _, o in left), cancel_futures=True)
+        return left
 
 
 class _NotStarted(Exception):
@@ -287,33 +320,46 @@ def _outcome(index: int, future: Future[R]) -> Outcome[R]:
     raise error  # KeyboardInterrupt and friends are not an item's failure
 
 
-def _collect(
-    futures: list[Future[R]],
-    started: list[bool],
-    events: queue.SimpleQueue[Future[R] | None],
+def _pump(
+    items: Iterator[T],
+    pool: ThreadPoolExecutor,
+    run: Callable[[int, T], R],
+    pending: dict[int, tuple[T, Future[R]]],
+    events: queue.SimpleQueue[tuple[int, Future[R]] | None],
     cancel: CancellationToken | None,
-    on_outcome: Callable[[Outcome[R]], None] | None,
-) -> list[Outcome[R]]:
-    """Wait for the futures (woken by each one done and by the token), in completion order; stop waiting on abort."""
-    index_of = {id(f): i for i, f in enumerate(futures)}
-    outcomes: dict[int, Outcome[R]] = {}
-    while len(outcomes) < len(futures):
+    on_outcome: Callable[[T, Outcome[R]], None],
+    window: int,
+) -> None:
+    """Keep up to ``window`` items submitted, take the next as one finishes (woken by each one done and by the
+    token), and stop waiting on abort or when the grace period ends; ``pending`` keeps what did not finish."""
+    index, exhausted = 0, False
+    while True:
+        while not exhausted and len(pending) < window and not (cancel is not None and cancel.cancelled):
+            item = next(items, _END)
+            if item is _END:
+                exhausted = True
+                break
+            future = pool.submit(run, index, item)  # type: ignore[arg-type]  # _END was ruled out just above
+            pending[index] = (item, future)  # type: ignore[assignment]
+            future.add_done_callback(lambda f, i=index: events.put((i, f)))  # type: ignore[misc]
+            index += 1
+        stopped = exhausted or (cancel is not None and cancel.cancelled)
+        if stopped and all(f.done() for _, f in pending.values()):
+            return  # the finished ones not yet reported are reported with what is left
         grace = cancel.grace_left() if cancel is not None else None
         try:
             event = events.get(timeout=grace)
         except queue.Empty:
             event = None
-        if event is not None and index_of[id(event)] not in outcomes:
-            outcome = _outcome(index_of[id(event)], event)
-            outcomes[outcome.index] = outcome
-            if on_outcome is not None and outcome.finished:
-                on_outcome(outcome)
+        if event is not None and event[0] in pending:
+            outcome = _outcome(event[0], event[1])
+            item, _ = pending.pop(event[0])
+            if outcome.finished:
+                on_outcome(item, outcome)
+            else:
+                pending[event[0]] = (item, event[1])  # not begun: reported with what is left
         if cancel is not None and (cancel.aborted or cancel.grace_left() == 0.0):
-            break
-    for i, future in enumerate(futures):
-        if i in outcomes:
-            continue
-        outcomes[i] = _outcome(i, future) if future.done() else Outcome(i, started=started[i], finished=False)
-        if on_outcome is not None and outcomes[i].finished:
-            on_outcome(outcomes[i])
-    return [outcomes[i] for i in range(len(futures))]
+            return
+
+
+_END = object()

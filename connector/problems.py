@@ -15,7 +15,7 @@ from urllib.parse import quote
 from connector.addressing import key_literal
 from connector.errors import InputError, InputProblem, LiteralError, preview
 from connector.inputs import GUID, Expand
-from connector.metadata import TableMetadata
+from connector.metadata import ColumnLimits, TableMetadata
 from connector.odata import NUMERIC_TYPES, STRING_TYPES
 from connector.strict_json import StrictJsonError
 from connector.strict_json import check_value as check_json
@@ -56,6 +56,7 @@ class Problems:
         self.values: list[InputProblem] = []
         self.defer_values = defer_values
         self._refreshed: set[str] = set()
+        self._limits: dict[tuple[str, str], ColumnLimits] = {}
 
     def add(self, path: str, message: str) -> None:
         self.items.append(InputProblem(path, message))
@@ -70,6 +71,13 @@ class Problems:
         except InputError as exc:
             self.items += [InputProblem(path, p.message) for p in exc.problems]
             return None
+
+    def limits(self, meta: TableMetadata, column: str) -> ColumnLimits:
+        """A column's limits, asked of the metadata cache once per validation (a bulk write checks every record)."""
+        known = self._limits.get((meta.logical_name, column))
+        if known is None:
+            known = self._limits[meta.logical_name, column] = self.connection.metadata.limits(meta.logical_name, column)
+        return known
 
     def fresh(self, meta: TableMetadata) -> TableMetadata:
         """Re-read a table once per validation, after a miss, before reporting the miss."""
@@ -112,7 +120,7 @@ def check_limits(p: Problems, meta: TableMetadata, column: str, value: Any, path
     """Text within the column's MaxLength, numbers within its MinValue/MaxValue and Precision (from metadata)."""
     typ = meta.attributes[column].type if column in meta.attributes else ""
     if typ in STRING_TYPES and isinstance(value, str):
-        limits = p.connection.metadata.limits(meta.logical_name, column)
+        limits = p.limits(meta, column)
         if limits.max_length is not None and len(value) > limits.max_length:
             p.refuse(
                 path,
@@ -126,7 +134,7 @@ def check_limits(p: Problems, meta: TableMetadata, column: str, value: Any, path
 
 
 def _check_number(p: Problems, meta: TableMetadata, column: str, typ: str, value: float, path: str) -> bool:
-    limits = p.connection.metadata.limits(meta.logical_name, column)
+    limits = p.limits(meta, column)
     whole: tuple[float | None, float | None] = _WHOLE_RANGES.get(typ, (None, None))
     low = limits.min_value if limits.min_value is not None else whole[0]
     high = limits.max_value if limits.max_value is not None else whole[1]

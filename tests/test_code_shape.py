@@ -175,6 +175,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "batch",
             "bulk",
             "bulk_chunks",
+            "bulk_run",
             "fetchxml",
             "raw",
             "metadata_reads",
