@@ -187,6 +187,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "diagnostics",
         ),
     ),
+    ("sync", ("sync", "sync.*")),
     (
         "runtime",
         ("hookspecs", "plugins", "manifest", "schema_links", "contract", "contract_cache", "context", "runtime"),
