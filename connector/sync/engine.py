@@ -23,8 +23,19 @@ from connector.sync.state import Intent, LedgerRow, StateStore
 if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.metadata import TableMetadata
+    from connector.sync.definition import SyncDefinition
 
-__all__ = ["EXIT_DONE", "EXIT_PARTIAL", "Plan", "RowMapper", "SyncJob", "SyncResult", "run_sync"]
+__all__ = [
+    "EXIT_DONE",
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
+    "Plan",
+    "RowMapper",
+    "SyncJob",
+    "SyncResult",
+    "job_from_definition",
+    "run_sync",
+]
 
 log = logging.getLogger("connector.sync")
 EXIT_DONE = 0
@@ -56,6 +67,22 @@ class SyncJob:
     @property
     def group_rows(self) -> int:
         return self.batch_size * max(1, self.parallelism)
+
+
+def job_from_definition(definition: SyncDefinition) -> SyncJob:
+    match = definition.match
+    rule = MatchRule(
+        kind=match.kind, mode=definition.mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp
+    )
+    return SyncJob(
+        name=definition.name,
+        table=definition.target,
+        rule=rule,
+        batch_size=definition.batch_size,
+        parallelism=definition.parallelism or 4,
+        bypass_business_logic=tuple(definition.bypass_business_logic),
+        bypass_custom_plugins=definition.bypass_custom_plugins,
+    )
 
 
 @dataclass
