@@ -114,24 +114,29 @@ def _run(
     reporter: Any,
     token: CancellationToken,
 ) -> SyncResult:
-    """The engine with synca's mapper and reader (imported by name: the modules are built alongside this one)."""
-    mapping = importlib.import_module("connector.sync.mapping")
-    sources = importlib.import_module("connector.sync.sources")
-    mapper = mapping.Mapper(definition, connection)
+    """The engine with the definition's mapper and source reader."""
+    from connector.sync.sources import read_rows
+
+    mapper = _mapper(definition, connection)
     problems: list[InputProblem] = list(mapper.problems())
     if problems:
         raise InputError(problems)
     stdin, base_dir = where
 
-    def source() -> Iterable[list[dict[str, Any]]]:
-        handle = stdin.open("rb") if stdin is not None else None
-        rows: Iterable[list[dict[str, Any]]] = sources.read_rows(
-            definition.source, policy=cli_policy(), base_dir=base_dir, stdin=handle
-        )
-        return rows
+    def source() -> Iterator[list[dict[str, Any]]]:
+        if stdin is None:
+            yield from read_rows(definition.source, policy=cli_policy(), base_dir=base_dir)
+            return
+        with stdin.open("rb") as handle:
+            yield from read_rows(definition.source, policy=cli_policy(), base_dir=base_dir, stdin=handle)
 
     job = job_from_definition(definition)
     return run_sync(connection, job, mapper, source, store, full=full, dry_run=dry_run, progress=reporter, cancel=token)
+
+
+def _mapper(definition: Any, connection: Any) -> Any:
+    """:class:`connector.sync.mapping.Mapper` (looked up per call: tests swap it)."""
+    return importlib.import_module("connector.sync.mapping").Mapper(definition, connection)
 
 
 class _Spool:
