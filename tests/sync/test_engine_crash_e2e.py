@@ -81,3 +81,27 @@ def test_resume_after_a_crash(
     assert store.pending_intents() == []
     again = run_sync(connection, job, AccountMapper(), source(rows), store)
     assert again.counts == {"unchanged": 30}
+
+
+def test_ctrl_c_stops_between_groups_with_every_row_ledgered(connection: Connection, store: StateStore) -> None:
+    from connector.progress import CancellationToken
+
+    rows = people(30)
+    job = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=2, parallelism=2)
+    token = CancellationToken()
+    seen = Counter[str]()
+
+    def ctrl_c(point: str) -> None:
+        seen[point] += 1
+        if point == "after_send" and seen[point] == 2:
+            token.cancel("SIGINT")
+
+    result = run_sync(connection, job, AccountMapper(), source(rows), store, hook=ctrl_c, cancel=token)
+    assert (result.status, result.exit_code) == ("cancelled", 130)
+    assert result.counts == {"created": 8, "not_sent": 22}
+    assert sorted(e.source_index for e in store.ledger(result.run or 0)) == list(range(30))
+    assert store.runs()[0].status == "cancelled"
+    assert len(accounts(connection)) == 8
+    again = run_sync(connection, job, AccountMapper(), source(rows), store)
+    assert again.counts == {"unchanged": 8, "created": 22}
+    assert_table_equals_source(connection, rows)
