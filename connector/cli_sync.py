@@ -9,7 +9,6 @@ did not land, 130 interrupted). The first Ctrl-C stops sending after the groups 
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import shutil
@@ -27,7 +26,8 @@ from connector import cli_progress
 from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options
 from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
-from connector.sync.engine import SyncResult, job_from_definition, run_sync
+from connector.sync.engine import SyncResult, job_from_definition
+from connector.sync.runner import run_definition
 from connector.sync.state import StateStore
 
 __all__ = ["sync"]
@@ -84,13 +84,21 @@ def sync_run(
 
             runtime = default_runtime()
             connection = runtime.connection(config, base_dir=base_dir, policy=cli_policy())
-            store = _store(definition)
             try:
                 with cli_progress.display(progress_mode, token) as reporter, _spooled(definition) as stdin:
                     base_dir = Path(definition_file).expanduser().resolve().parent
-                    result = _run(definition, connection, store, (stdin, base_dir), full, dry_run, reporter, token)
+                    result = run_definition(
+                        definition,
+                        connection,
+                        policy=cli_policy(),
+                        base_dir=base_dir,
+                        stdin=stdin,
+                        full=full,
+                        dry_run=dry_run,
+                        progress=reporter,
+                        cancel=token,
+                    )
             finally:
-                store.close()
                 runtime.close()
     except ConnectorError as exc:
         _fail(exc, as_json)
@@ -102,41 +110,6 @@ def sync_run(
     click.echo(json.dumps(data, separators=(",", ":")) if as_json else json.dumps(data, indent=2))
     _summary(result, Console(stderr=True))
     sys.exit(result.exit_code)
-
-
-def _run(
-    definition: Any,
-    connection: Any,
-    store: StateStore,
-    where: tuple[Path | None, Path],
-    full: bool,
-    dry_run: bool,
-    reporter: Any,
-    token: CancellationToken,
-) -> SyncResult:
-    """The engine with the definition's mapper and source reader."""
-    from connector.sync.sources import read_rows
-
-    mapper = _mapper(definition, connection)
-    problems: list[InputProblem] = list(mapper.problems())
-    if problems:
-        raise InputError(problems)
-    stdin, base_dir = where
-
-    def source() -> Iterator[list[dict[str, Any]]]:
-        if stdin is None:
-            yield from read_rows(definition.source, policy=cli_policy(), base_dir=base_dir)
-            return
-        with stdin.open("rb") as handle:
-            yield from read_rows(definition.source, policy=cli_policy(), base_dir=base_dir, stdin=handle)
-
-    job = job_from_definition(definition)
-    return run_sync(connection, job, mapper, source, store, full=full, dry_run=dry_run, progress=reporter, cancel=token)
-
-
-def _mapper(definition: Any, connection: Any) -> Any:
-    """:class:`connector.sync.mapping.Mapper` (looked up per call: tests swap it)."""
-    return importlib.import_module("connector.sync.mapping").Mapper(definition, connection)
 
 
 class _Spool:

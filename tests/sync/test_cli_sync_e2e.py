@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import connector.cli_sync as cli_sync
+import connector.sync.runner as runner
 from connector.cli import main
 from connector.connection import Connection
 from dataverse_emulator.testing import EmulatorHandle
@@ -29,7 +29,7 @@ class CheckedMapper(AccountMapper):
 
 @pytest.fixture
 def files(tmp_path: Path, connection: Connection, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(cli_sync, "_mapper", lambda definition, conn: CheckedMapper())
+    monkeypatch.setattr(runner, "make_mapper", lambda definition, conn: CheckedMapper())
     (tmp_path / "connection.json").write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
     definition = {
         "name": "accounts",
