@@ -9,17 +9,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import InputError, InputProblem
+from connector.inputs import SyncRecords
+from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter
+from connector.sync.definition import load_definition
 from connector.sync.engine import SyncResult, job_from_definition, run_sync
 from connector.sync.sources import read_rows
 from connector.sync.state import StateStore
 
 if TYPE_CHECKING:
     from connector.connection import Connection
-    from connector.policy import OperatorPolicy
     from connector.sync.definition import SyncDefinition
 
-__all__ = ["make_mapper", "run_definition"]
+__all__ = ["definition_of", "make_mapper", "run_definition", "sync_records_problems"]
+
+_RUN_ONLY = ("full", "dry_run")
+
+
+def definition_of(inputs: SyncRecords, policy: OperatorPolicy) -> SyncDefinition:
+    """The ``sync_records`` action's definition: its inputs but ``full`` and ``dry_run``, relative paths taken from
+    the working directory, the operator policy applied."""
+    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY}
+    return load_definition(data, policy=policy, base_dir=Path.cwd())
+
+
+def sync_records_problems(inputs: SyncRecords, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``sync_records``: the definition's checks, then the mapping's against the table's metadata."""
+    try:
+        definition = definition_of(inputs, OperatorPolicy.from_env())
+    except InputError as exc:
+        return exc.problems
+    return list(make_mapper(definition, connection).problems())
 
 
 def make_mapper(definition: SyncDefinition, connection: Connection) -> Any:
