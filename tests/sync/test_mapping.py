@@ -324,3 +324,65 @@ def test_multi_select_takes_lists_or_separated_labels_and_sends_comma_separated_
         coerce(unused, column, "red,mauve", "$")
     with pytest.raises(CoercionError, match="give a list"):
         coerce(unused, column, 7, "$")
+
+
+def test_mapped_records_are_what_write_entities_takes(conn: Connection, emulator: EmulatorHandle) -> None:
+    """The mapper's output goes to write_entities unchanged: upsert by key, a lookup by alternate key, a choice label,
+    money, a whole number and a yes/no, then read back as the source said."""
+    mapping = [
+        *ACCOUNT,
+        {
+            "source": "parent",
+            "target": "parentaccountid",
+            "lookup": {"table": "account", "key": {"accountnumber": "parent"}},
+        },
+        {"source": "industry", "target": "industrycode"},
+        {"source": "revenue", "target": "revenue"},
+        {"source": "staff", "target": "numberofemployees"},
+        {"source": "hold", "target": "creditonhold"},
+    ]
+    mapping[2].pop("source")
+    mapper = Mapper(definition(mapping), conn)
+    assert mapper.problems() == []
+    rows = [
+        {
+            "number": "P-1",
+            "company": "Parent",
+            "parent": None,
+            "industry": "accounting",
+            "revenue": "10.50",
+            "staff": "7",
+            "hold": "no",
+        },
+        {"number": "C-1", "company": "Child", "parent": "P-1", "industry": 3, "revenue": 2, "staff": 1, "hold": "YES"},
+    ]
+    runtime = Runtime(load_entrypoints=False)
+    for mapped in mapper.map_rows(rows, 0):
+        assert mapped.problems == []
+        record = {"key": mapped.key, "fields": {**mapped.fields, **mapped.create_only}}
+        out = runtime.run_action("write_entities", {"table": "account", "mode": "upsert", "records": [record]}, conn)
+        assert out["results"][0]["status"] == "created", out
+    found = runtime.run_action(
+        "query_entities",
+        {
+            "table": "account",
+            "select": [
+                "accountnumber",
+                "industrycode",
+                "revenue",
+                "numberofemployees",
+                "creditonhold",
+                "parentaccountid",
+            ],
+            "filter": "accountnumber eq 'C-1'",
+        },
+        conn,
+    )
+    [child] = found["records"]
+    assert (child["industrycode"], child["revenue"], child["numberofemployees"], child["creditonhold"]) == (
+        3,
+        2,
+        1,
+        True,
+    )
+    assert child["_parentaccountid_value"], child
