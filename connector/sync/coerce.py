@@ -15,10 +15,11 @@ Date only           (``Format`` or ``DateTimeBehavior`` DateOnly) a date, a date
                     sent as ``YYYY-MM-DD``, no time zone shift.
 Date and time       a datetime or ISO 8601 text, sent in UTC (``...Z``); a value without an offset is taken as UTC,
                     a bare date as midnight UTC.
-Choice              an option's integer value, or its label: matched case-insensitively and exactly (trimmed), as the
-                    record actions match labels; an unknown label is refused with the valid ones.
-Multi-select        a list, or text separated by ``,`` or ``;``, of labels or values; sent as Dataverse's
-                    comma-separated values.
+Choice              an option's value, or its label: matched case-insensitively and exactly (trimmed); a label that
+                    names two options (labels differing only by case) is refused: give the value. Unknown labels and
+                    values are refused with the valid labels.
+Multi-select        a list, or text separated by ``,`` or ``;``, of labels or values (the choice rule for each); sent
+                    as Dataverse's comma-separated values.
 Unique identifier   a GUID.
 ==================  ==================================================================================================
 """
@@ -28,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -61,19 +62,45 @@ class Column:
         name: str,
         *,
         date_only: bool = False,
-        multi_options: Mapping[str, int] | None = None,
+        options: Sequence[tuple[str, int]] = (),
+        multi: bool = False,
     ) -> None:
         self.meta = meta
         self.name = name
         self.type = meta.attributes[name].type
         self.date_only = date_only
-        self.multi_options = multi_options  # lower-case label -> value; None: not a multi-select column
+        self.multi = multi
+        self.options = tuple(options)  # (label as Dataverse shows it, value)
+        self.by_text: dict[str, list[int]] = {}  # lower-case label -> values (more than one: an ambiguous label)
+        for label, value in self.options:
+            self.by_text.setdefault(label.strip().lower(), []).append(value)
+
+    def option(self, given: Any) -> int:
+        """An option's value from its label (case-insensitive, exact, trimmed) or from the value itself."""
+        labels = [label for label, _ in self.options]
+        shown = (", ".join(labels[:20]) + (f" (and {len(labels) - 20} more)" if len(labels) > 20 else "")) or "none"
+        if isinstance(given, str):
+            found = self.by_text.get(given.strip().lower())
+            if found is not None and len(found) > 1:
+                raise CoercionError(
+                    f"the label {preview(given)} of {self.name!r} names options {found}: give the value"
+                )
+            if found is not None:
+                return found[0]
+            if not _WHOLE.fullmatch(given.strip()):
+                raise CoercionError(f"unknown label {preview(given)} for {self.name!r}; valid labels: {shown}")
+            given = int(given.strip())
+        if isinstance(given, float) and given.is_integer():
+            given = int(given)
+        if isinstance(given, int | Decimal) and not isinstance(given, bool) and given in {v for _, v in self.options}:
+            return int(given)
+        raise CoercionError(f"{preview(given)} is not an option of {self.name!r}; valid labels: {shown}")
 
 
 def coerce(connection: Connection, column: Column, value: Any, path: str) -> Any:
     """The value to send for ``column``; raises :class:`CoercionError` (the row fails, the run goes on)."""
     typ = column.type
-    if column.multi_options is not None:
+    if column.multi:
         return _multi(column, value)
     if typ in STRING_TYPES:
         sent: Any = _text(column, value)
@@ -86,7 +113,7 @@ def coerce(connection: Connection, column: Column, value: Any, path: str) -> Any
     elif typ == "DateTime":
         return _date(column, value) if column.date_only else _datetime(column, value)
     elif typ in CHOICE_TYPES:
-        return _choice(connection, column, value)
+        return column.option(value)
     elif typ == "Uniqueidentifier":
         if isinstance(value, str) and GUID.fullmatch(value.strip()):
             return value.strip().lower()
@@ -202,39 +229,15 @@ def _datetime(column: Column, value: Any) -> str:
     return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
-def _choice(connection: Connection, column: Column, value: Any) -> int:
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        if isinstance(value, float) and not value.is_integer():
-            raise CoercionError(f"{column.name!r} is a choice column; {value} is not an option value")
-        if value == int(value):
-            return int(value)
-    if isinstance(value, str):
-        try:
-            return connection.metadata.choice_value(column.meta.logical_name, column.name, value)
-        except ValueError as exc:
-            if _WHOLE.fullmatch(value.strip()):
-                return int(value.strip())
-            raise CoercionError(str(exc)) from None
-    raise CoercionError(f"{column.name!r} is a choice column: give an option's label or value, not {_show(value)}")
-
-
 def _multi(column: Column, value: Any) -> str:
-    options = column.multi_options or {}
     items = value if isinstance(value, list) else re.split(r"[,;]", value) if isinstance(value, str) else None
     if items is None:
         raise CoercionError(f"{column.name!r} is a multi-select column: give a list or labels separated by commas")
     chosen: list[int] = []
     for item in items:
-        text = str(item).strip()
-        if not text:
+        if isinstance(item, str) and not item.strip():
             continue
-        found = options.get(text.lower())
-        if found is None and _WHOLE.fullmatch(text) and int(text) in options.values():
-            found = int(text)
-        if found is None:
-            raise CoercionError(
-                f"unknown option {preview(text)} for {column.name!r}; valid labels: {', '.join(options)}"
-            )
+        found = column.option(item)
         if found not in chosen:
             chosen.append(found)
     return ",".join(str(v) for v in chosen)

@@ -64,11 +64,20 @@ def _canonical(value: Any) -> str:
 @dataclass
 class _Facts:
     """Metadata a sync needs beyond :class:`TableMetadata`, read once: required columns, date-only columns and the
-    options of multi-select columns (lower-case label -> value)."""
+    options of choice and multi-select columns (label -> value)."""
 
     required: set[str] = field(default_factory=set)
     date_only: set[str] = field(default_factory=set)
-    multi: dict[str, dict[str, int]] = field(default_factory=dict)
+    options: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+#: The metadata cast whose ``OptionSet`` holds a column type's options (a multi-select column's type is Virtual).
+_OPTION_CASTS = {
+    "Picklist": "PicklistAttributeMetadata",
+    "State": "StateAttributeMetadata",
+    "Status": "StatusAttributeMetadata",
+    "Virtual": "MultiSelectPicklistAttributeMetadata",
+}
 
 
 def _attributes(connection: Connection, meta: TableMetadata, cast: str, params: Mapping[str, str]) -> list[Any]:
@@ -79,6 +88,7 @@ def _attributes(connection: Connection, meta: TableMetadata, cast: str, params: 
 
 
 def _read_facts(connection: Connection, meta: TableMetadata, columns: set[str]) -> _Facts:
+    """One request for required levels, and one per date or option type the mapping writes."""
     facts = _Facts()
     for attr in _attributes(connection, meta, "", {"$select": "LogicalName,RequiredLevel"}):
         if (attr.get("RequiredLevel") or {}).get("Value") == _REQUIRED:
@@ -89,13 +99,12 @@ def _read_facts(connection: Connection, meta: TableMetadata, columns: set[str]) 
         for attr in _attributes(connection, meta, cast, {"$select": "LogicalName,Format,DateTimeBehavior"}):
             if attr.get("Format") == "DateOnly" or (attr.get("DateTimeBehavior") or {}).get("Value") == "DateOnly":
                 facts.date_only.add(str(attr.get("LogicalName")))
-    if "Virtual" in types:
-        cast = "/Microsoft.Dynamics.CRM.MultiSelectPicklistAttributeMetadata"
-        params = {"$select": "LogicalName", "$expand": "OptionSet($select=Options)"}
-        for attr in _attributes(connection, meta, cast, params):
+    params = {"$select": "LogicalName", "$expand": "OptionSet($select=Options)"}
+    for typ in sorted(types & set(_OPTION_CASTS)):
+        for attr in _attributes(connection, meta, f"/Microsoft.Dynamics.CRM.{_OPTION_CASTS[typ]}", params):
             options = (attr.get("OptionSet") or {}).get("Options") or []
-            labels = {(label_text(o.get("Label")) or "").lower(): o.get("Value") for o in options}
-            facts.multi[str(attr.get("LogicalName"))] = {k: v for k, v in labels.items() if k and isinstance(v, int)}
+            pairs = [(label_text(o.get("Label")) or "", o.get("Value")) for o in options]
+            facts.options[str(attr.get("LogicalName"))] = [(k, v) for k, v in pairs if k and isinstance(v, int)]
     return facts
 
 
@@ -155,9 +164,10 @@ class Mapper:
             meta,
             entry.target,
             date_only=entry.target in self._facts.date_only,
-            multi_options=self._facts.multi.get(entry.target),
+            options=self._facts.options.get(entry.target, ()),
+            multi=attr.type == "Virtual",
         )
-        if attr.type == "Virtual" and entry.target not in self._facts.multi:
+        if attr.type == "Virtual" and entry.target not in self._facts.options:
             self._add(f"{path}.target", f"{entry.target!r} is a file, image or computed column: a sync cannot write it")
         elif "constant" in entry.model_fields_set and entry.constant is not None:
             try:

@@ -204,6 +204,7 @@ def test_option_labels_match_case_insensitively_and_values_pass(conn: Connection
     assert one(conn, mapping, {**row, "industry": " accounting "}).fields["industrycode"] == 1
     assert one(conn, mapping, {**row, "industry": "3"}).fields["industrycode"] == 3
     assert one(conn, mapping, {**row, "industry": 2}).fields["industrycode"] == 2
+    assert "999 is not an option" in one(conn, mapping, {**row, "industry": 999}).problems[0].message
     bad = one(conn, mapping, {**row, "industry": "Bakery"})
     assert "unknown label 'Bakery'" in bad.problems[0].message and "Accounting" in bad.problems[0].message
 
@@ -309,21 +310,45 @@ def test_metadata_is_read_once_per_mapper(conn: Connection, emulator: EmulatorHa
     assert [r for r in emulator.admin.requests() if "/api/data/" in r.get("path", "")] == []
 
 
+def _choice_column(typ: str) -> Any:
+    from connector.metadata import Attribute, TableMetadata
+    from connector.sync.coerce import Column
+
+    meta = TableMetadata("t", "ts", "tid", None, {"new_c": Attribute("new_c", typ)}, (), {}, {}, {})
+    options = [("Red", 1), ("Green", 2), ("Blue", 3), ("Teal", 4), ("TEAL", 5)]
+    return Column(meta, "new_c", options=options, multi=typ == "Virtual")
+
+
 def test_multi_select_takes_lists_or_separated_labels_and_sends_comma_separated_values() -> None:
     """The emulator has no multi-select column: the column's facts are given as the mapper reads them."""
-    from connector.metadata import Attribute, TableMetadata
-    from connector.sync.coerce import CoercionError, Column, coerce
+    from connector.sync.coerce import CoercionError, coerce
 
-    meta = TableMetadata("t", "ts", "tid", None, {"new_tags": Attribute("new_tags", "Virtual")}, (), {}, {}, {})
-    column = Column(meta, "new_tags", multi_options={"red": 1, "green": 2, "blue": 3})
-    unused: Any = None  # multi-select coercion reads no metadata
-    assert coerce(unused, column, "Red; green,,RED", "$") == "1,2"
-    assert coerce(unused, column, ["3", "Blue", 1], "$") == "3,1"
-    assert coerce(unused, column, "", "$") == ""
-    with pytest.raises(CoercionError, match="unknown option 'mauve' for 'new_tags'; valid labels: red, green, blue"):
-        coerce(unused, column, "red,mauve", "$")
+    column, unused = _choice_column("Virtual"), None  # choice coercion reads no metadata of its own
+    assert coerce(unused, column, "red; green,,RED", "$") == "1,2"  # type: ignore[arg-type]
+    assert coerce(unused, column, ["3", "Blue", 1], "$") == "3,1"  # type: ignore[arg-type]
+    assert coerce(unused, column, "", "$") == ""  # type: ignore[arg-type]
+    with pytest.raises(CoercionError, match="unknown label 'mauve' for 'new_c'; valid labels: Red, Green, Blue"):
+        coerce(unused, column, "red,mauve", "$")  # type: ignore[arg-type]
     with pytest.raises(CoercionError, match="give a list"):
-        coerce(unused, column, 7, "$")
+        coerce(unused, column, 7, "$")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("teal", "names options [4, 5]: give the value"),
+        ("9", "9 is not an option"),
+        (2.5, "not an option"),
+        (True, "not an option"),
+    ],
+)
+def test_a_choice_refuses_ambiguous_labels_and_values_that_are_not_options(value: Any, words: str) -> None:
+    from connector.sync.coerce import CoercionError
+
+    column = _choice_column("Picklist")
+    assert (column.option(" GREEN "), column.option(5), column.option("4"), column.option(3.0)) == (2, 5, 4, 3)
+    with pytest.raises(CoercionError, match=__import__("re").escape(words)):
+        column.option(value)
 
 
 def test_mapped_records_are_what_write_entities_takes(conn: Connection, emulator: EmulatorHandle) -> None:
