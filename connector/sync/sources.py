@@ -84,8 +84,8 @@ def _duckdb(spec: SourceSpec, policy: OperatorPolicy, base_dir: Path, batch_rows
     con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
     try:
         con.execute("SET enable_progress_bar = false")  # DuckDB would draw over our progress and into --json output
-        _prepare(con, spec, policy, base_dir)
         _fence(con, policy)
+        _prepare(con, spec, policy, base_dir)
         query = _query(spec)
         field = "sql" if spec.sql is not None else "table" if spec.table is not None else "path"
         if spec.sql is not None:
@@ -102,11 +102,11 @@ def _duckdb(spec: SourceSpec, policy: OperatorPolicy, base_dir: Path, batch_rows
 
 
 def _prepare(con: duckdb.DuckDBPyConnection, spec: SourceSpec, policy: OperatorPolicy, base_dir: Path) -> None:
-    """Attach the database read-only, or define the view ``source`` over the files (which the fence then guards)."""
+    """Attach the database read-only, or define the view ``source`` over the files; both behind the fence."""
     try:
         if spec.duckdb is not None:
             path = _anchor(spec.duckdb, base_dir)
-            policy.check_path(path, "source.duckdb")  # attached before the fence goes up: checked here as well
+            policy.check_path(path, "source.duckdb")  # the fence would refuse it too, with a less helpful message
             if not path.is_file():
                 raise _refused("duckdb", f"no DuckDB database at {preview(str(path))}: check the path")
             con.execute(f"ATTACH {_quote(str(path))} AS src (READ_ONLY)")

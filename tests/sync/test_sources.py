@@ -217,3 +217,12 @@ def test_memory_is_bounded_by_the_batch_not_the_source(tmp_path: Path) -> None:
     # DuckDB's own buffers grow towards a plateau (measured: 107 MB at 20,000 rows, 132 MB at 200,000, 262 MB at
     # 2,000,000, 281 MB at 4,000,000); the 200,000 rows held as dicts alone would add some 200 MB.
     assert large_rss <= small_rss * 1.5, (small_rss, large_rss)
+
+
+def test_hosted_files_outside_are_refused_by_duckdb_itself(fenced: tuple[Path, Path, OperatorPolicy]) -> None:
+    """A spec that did not come through load_definition (which checks paths first) still meets the fence."""
+    inside, outside, policy = fenced
+    with pytest.raises(InputError, match=r"\$\.source\.path: cannot open it: Permission Error"):
+        _all(SourceSpec(path=str(outside / "secret.csv")), inside, policy)
+    duckdb.connect(str(inside / "w.duckdb")).execute("CREATE TABLE t AS SELECT 1 AS a").close()
+    assert _all(SourceSpec(duckdb="w.duckdb", table="t"), inside, policy) == [[{"a": 1}]]
