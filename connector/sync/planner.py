@@ -11,10 +11,9 @@ non-key column.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from connector.addressing import key_value
 from connector.ids import new_id
@@ -22,32 +21,13 @@ from connector.odata import build_query_string, filter_column, format_literal
 
 if TYPE_CHECKING:
     from connector.connection import Connection
-    from connector.errors import InputProblem
     from connector.metadata import TableMetadata
+    from connector.sync.mapping import MappedRow
 
-__all__ = ["READ_ROWS", "Decision", "MappedRowLike", "MatchRule", "decide", "existing_rows", "row_hash"]
+__all__ = ["READ_ROWS", "Decision", "MatchRule", "decide", "existing_rows"]
 
 READ_ROWS = 40
 """Rows per existence read: 40 key predicates keep the URL well under Dataverse's limit (reference 1.2)."""
-
-
-class MappedRowLike(Protocol):
-    """What the planner reads of a mapped row (:class:`connector.sync.mapping.MappedRow`)."""
-
-    @property
-    def source_index(self) -> int: ...
-    @property
-    def match_key(self) -> str: ...
-    @property
-    def key(self) -> dict[str, Any] | None: ...
-    @property
-    def row_id(self) -> str | None: ...
-    @property
-    def fields(self) -> dict[str, Any]: ...
-    @property
-    def create_only(self) -> dict[str, Any]: ...
-    @property
-    def problems(self) -> list[InputProblem]: ...
 
 
 @dataclass(frozen=True)
@@ -63,19 +43,11 @@ class MatchRule:
 
 @dataclass
 class Decision:
-    row: MappedRowLike
+    row: MappedRow
     action: Literal["create", "update", "skipped", "failed"]
     id: str | None = None
     record: dict[str, Any] = field(default_factory=dict)  # the write_entities record
     message: str | None = None
-
-
-def row_hash(row: MappedRowLike, fingerprint: str) -> str:
-    """A stable hash of what would be written (fields and create-only fields) and of the mapping's fingerprint."""
-    import hashlib
-
-    text = json.dumps([row.fields, row.create_only, fingerprint], sort_keys=True, default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _norm(value: Any) -> Any:
@@ -87,7 +59,7 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _probe(row: MappedRowLike, rule: MatchRule) -> dict[str, Any] | None:
+def _probe(row: MappedRow, rule: MatchRule) -> dict[str, Any] | None:
     """The column values a row is looked up by; None when it has none (it is then planned as missing)."""
     if rule.kind == "id":
         return {"@id": row.row_id} if row.row_id else None
@@ -99,7 +71,7 @@ def _probe(row: MappedRowLike, rule: MatchRule) -> dict[str, Any] | None:
 
 
 def existing_rows(
-    connection: Connection, meta: TableMetadata, rows: Sequence[MappedRowLike], rule: MatchRule
+    connection: Connection, meta: TableMetadata, rows: Sequence[MappedRow], rule: MatchRule
 ) -> tuple[dict[str, list[str]], int]:
     """The ids of the rows in Dataverse matching each row (by match key), and the number of reads it took."""
     out: dict[str, list[str]] = {}
@@ -150,7 +122,7 @@ def _get_all(connection: Connection, meta: TableMetadata, filter_: str, select: 
 
 
 def decide(
-    row: MappedRowLike,
+    row: MappedRow,
     rule: MatchRule,
     table: str,
     found: Sequence[str],
