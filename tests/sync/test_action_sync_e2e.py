@@ -15,7 +15,7 @@ from tests.sync.conftest import accounts
 
 
 @pytest.fixture
-def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def inputs(tmp_path: Path) -> dict[str, Any]:
     with (tmp_path / "companies.csv").open("w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["num", "name"], ["B-1", "Alpha"], ["B-2", "Beta"]])
     return {

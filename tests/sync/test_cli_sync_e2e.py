@@ -19,7 +19,7 @@ from tests.sync.conftest import accounts, writes
 
 
 @pytest.fixture
-def files(tmp_path: Path, connection: Connection, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Path:
+def files(tmp_path: Path, connection: Connection, emulator: EmulatorHandle) -> Path:
     (tmp_path / "connection.json").write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
     definition = {
         "name": "accounts",
