@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
-from connector.sync.planner import Decision, MatchRule, decide, existing_rows
+from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
 if TYPE_CHECKING:
@@ -272,8 +272,11 @@ class _Run:
             if entry.outcome == "failed":
                 plan.problems.append({"source_index": entry.source_index, "message": entry.message})
         decisions, reads = self._decide(changed)
-        plan.reads += reads
+        missing, more = missing_lookups(self.connection, [d.row for d in decisions if d.action in ("create", "update")])
+        plan.reads += reads + more
         for d in decisions:
+            if d.row.source_index in missing:
+                d.action, d.message = "failed", "; ".join(missing[d.row.source_index])
             plan.add(d.action, d.row, d.message)
             if d.action == "failed":
                 plan.problems.append({"source_index": d.row.source_index, "message": d.message})
