@@ -133,9 +133,11 @@ def _query(spec: SourceSpec) -> str:
 
 
 def _fence(con: duckdb.DuckDBPyConnection, policy: OperatorPolicy) -> None:
-    """In ``hosted``: DuckDB may open only the operator's folders, and the setting cannot be changed back."""
+    """In ``hosted``: DuckDB may open only the operator's folders, spills nothing to disk (its default would be a
+    ``.tmp`` folder in the working directory), and the settings cannot be changed back."""
     if policy.preset != "hosted":
         return
+    con.execute("SET temp_directory = ''")
     folders = ", ".join(_quote(f"{folder}/") for folder in policy.allowed_paths)
     con.execute(f"SET allowed_directories = [{folders}]")
     con.execute("SET enable_external_access = false")
