@@ -26,10 +26,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import InputError, InputProblem, preview
+from connector.odata import quote_string
 from connector.policy import OperatorPolicy
 from connector.strict_json import StrictJsonError
 from connector.strict_json import loads as strict_loads
-from connector.sync.definition import SourceSpec, file_format
+from connector.sync.definition import SourceSpec, file_format, resolve_path
 
 __all__ = ["DUCKDB_CONFIG", "read_rows"]
 
@@ -76,10 +77,6 @@ def read_rows(
 
 
 # -- DuckDB ---------------------------------------------------------------------------------------------------------
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _duckdb(spec: SourceSpec, policy: OperatorPolicy, base_dir: Path, batch_rows: int) -> Iterator[Batch]:
     con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
     try:
@@ -105,23 +102,18 @@ def _prepare(con: duckdb.DuckDBPyConnection, spec: SourceSpec, policy: OperatorP
     """Attach the database read-only, or define the view ``source`` over the files; both behind the fence."""
     try:
         if spec.duckdb is not None:
-            path = _anchor(spec.duckdb, base_dir)
+            path = resolve_path(spec.duckdb, base_dir)
             policy.check_path(path, "source.duckdb")  # the fence would refuse it too, with a less helpful message
             if not path.is_file():
                 raise _refused("duckdb", f"no DuckDB database at {preview(str(path))}: check the path")
-            con.execute(f"ATTACH {_quote(str(path))} AS src (READ_ONLY)")
+            con.execute(f"ATTACH {quote_string(str(path))} AS src (READ_ONLY)")
             con.execute("USE src")
         elif spec.path is not None:
             fmt = spec.format or file_format(spec.path) or "csv"
-            reader = _READERS[fmt].format(path=_quote(str(_anchor(spec.path, base_dir))))
+            reader = _READERS[fmt].format(path=quote_string(str(resolve_path(spec.path, base_dir))))
             con.execute(f"CREATE VIEW source AS SELECT * FROM {reader}")
     except duckdb.Error as exc:
         raise _refused("duckdb" if spec.duckdb else "path", f"cannot open it: {_first_line(exc)}") from None
-
-
-def _anchor(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
 
 
 def _query(spec: SourceSpec) -> str:
@@ -133,10 +125,12 @@ def _query(spec: SourceSpec) -> str:
 
 
 def _fence(con: duckdb.DuckDBPyConnection, policy: OperatorPolicy) -> None:
-    """In ``hosted``: DuckDB may open only the operator's folders, and the setting cannot be changed back."""
+    """In ``hosted``: DuckDB may open only the operator's folders, spills nothing to disk (its default would be a
+    ``.tmp`` folder in the working directory), and the settings cannot be changed back."""
     if policy.preset != "hosted":
         return
-    folders = ", ".join(_quote(f"{folder}/") for folder in policy.allowed_paths)
+    con.execute("SET temp_directory = ''")
+    folders = ", ".join(quote_string(f"{folder}/") for folder in policy.allowed_paths)
     con.execute(f"SET allowed_directories = [{folders}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

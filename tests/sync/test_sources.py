@@ -153,6 +153,8 @@ def fenced(tmp_path: Path) -> tuple[Path, Path, OperatorPolicy]:
 def test_hosted_reads_inside_the_operators_folders(fenced: tuple[Path, Path, OperatorPolicy]) -> None:
     inside, _, policy = fenced
     assert len(_all(SourceSpec(path="ok.csv"), inside, policy)[0]) == 2
+    settings = "SELECT current_setting('temp_directory') AS t, current_setting('autoinstall_known_extensions') AS i"
+    assert _all(SourceSpec(sql=settings), inside, policy) == [[{"t": "", "i": False}]]
     assert len(_all(SourceSpec(sql=f"SELECT * FROM read_csv('{inside}/ok.csv')"), inside, policy)[0]) == 2
 
 
