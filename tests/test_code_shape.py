@@ -177,6 +177,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bulk_chunks",
             "fetchxml",
             "raw",
+            "polling",
             "metadata_reads",
             "metadata_writes",
             "metadata_checks",
