@@ -196,39 +196,46 @@ def _token_time(link: str) -> str | None:
 def _watermarked(
     config: PollConfig, state: Mapping[str, Any], connection: Connection, entity_set: str, primary_id: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    since = state.get("since")
+    first = "since" not in state
+    since = _newest_modifiedon(config, connection, entity_set) if first else state.get("since")
     seen: dict[str, str] = dict(state.get("seen") or {})
     rows = _rows_since(config, connection, entity_set, primary_id, _minus(since, config.overlap_seconds))
-    first = "since" not in state
+    known = set(state["ids"]) if state.get("ids") is not None else None
     events: list[dict[str, Any]] = []
-    known = set(state.get("ids") or ()) if state.get("ids") is not None else None
     for row in rows:
         rid, version = str(row[primary_id]), str(row.get("versionnumber"))
         if first or seen.get(rid) == version:
             continue
-        created = rid not in known if known is not None else _later_or_same(row.get("createdon"), since or "")
+        if known is not None:
+            created = rid not in known
+        else:  # not reported before and created inside the window; an empty table had no watermark: all rows are new
+            window = str(_minus(since, config.overlap_seconds))
+            created = since is None or (rid not in seen and _later_or_same(row.get("createdon"), window))
         body = {k: v for k, v in row.items() if not k.startswith("@")}
-        events.append(
-            {"key": f"{rid}:{version}", "change": "created" if created else "updated", "id": rid, "version": version}
-            | {"row": body}
-        )
-    newest = max([str(r.get("modifiedon")) for r in rows if r.get("modifiedon")] + ([since] if since else []))
-    floor = _minus(newest, config.overlap_seconds) if newest else None
+        change = "created" if created else "updated"
+        events.append({"key": f"{rid}:{version}", "change": change, "id": rid, "version": version, "row": body})
+    newest = max((str(r["modifiedon"]) for r in rows if r.get("modifiedon")), default=since)
+    floor = _minus(newest, config.overlap_seconds)
     seen = {
-        str(r[primary_id]): str(r.get("versionnumber"))
-        for r in rows
-        if floor is None or str(r.get("modifiedon")) >= floor
+        str(r[primary_id]): str(r.get("versionnumber")) for r in rows if floor and str(r.get("modifiedon")) >= floor
     }
-    new_state: dict[str, Any] = {"mode": "watermark", "since": newest or None, "seen": seen}
+    new_state: dict[str, Any] = {"mode": "watermark", "since": newest, "seen": seen}
     if config.track_deletes:
         ids = _all_ids(config, connection, entity_set, primary_id)
-        if known is not None and not first:
-            events += [
-                {"key": f"{rid}:deleted", "change": "deleted", "id": rid, "version": None}
-                for rid in sorted(known - ids)
-            ]
+        gone = sorted(known - ids) if known is not None and not first else []
+        events += [{"key": f"{rid}:deleted", "change": "deleted", "id": rid, "version": None} for rid in gone]
         new_state["ids"] = sorted(ids)
     return events, new_state
+
+
+def _newest_modifiedon(config: PollConfig, connection: Connection, entity_set: str) -> str | None:
+    """The starting watermark: the newest ``modifiedon`` (one row read), None for an empty table."""
+    path = f"{entity_set}?$select=modifiedon&$orderby=modifiedon desc&$top=1"
+    if config.filter:
+        path += "&$filter=" + quote(config.filter, safe="'(),: ")
+    body = connection.client.get_json(path.replace(" ", "%20")) or {}
+    values = body.get("value") or []
+    return str(values[0]["modifiedon"]) if values and values[0].get("modifiedon") else None
 
 
 def _rows_since(

@@ -111,6 +111,23 @@ def test_records_changed_watermark_without_id_set_reports_no_deletes(
     assert _changes(events) == [("created", kept)]
 
 
+def test_records_changed_watermark_from_an_empty_table(
+    runtime: Runtime, connect: Callable[[], Connection], api: httpx.Client, clock: FakeClock
+) -> None:
+    config = {"table": "lead", "columns": ["lastname"]}
+    events, state = runtime.poll_trigger("records_changed", config, None, connect())
+    assert events == [] and state["since"] is None
+    clock.advance(1)
+    one = create(api, "leads", {"lastname": "one"})
+    events, state = runtime.poll_trigger("records_changed", config, state, connect())
+    assert _changes(events) == [("created", one)] and state["since"] is not None
+    clock.advance(1)
+    assert api.patch(f"leads({one})", json={"lastname": "one, changed"}).status_code == 204
+    events, state = runtime.poll_trigger("records_changed", config, state, connect())
+    assert _changes(events) == [("updated", one)]
+    assert runtime.poll_trigger("records_changed", config, state, connect())[0] == []
+
+
 def test_records_changed_expired_token_is_reported_as_a_resync(
     runtime: Runtime, connect: Callable[[], Connection], api: httpx.Client, clock: FakeClock
 ) -> None:
