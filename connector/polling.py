@@ -80,8 +80,12 @@ def poll(
     config: PollConfig, state: Mapping[str, Any] | None, connection: Connection
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One poll: the changes since ``state`` (none on the first poll) and the state to store after handling them."""
+    stored = (state or {}).get("mode")
+    if stored and config.mode not in ("auto", stored):
+        message = f"the state was made in {stored} mode, the configuration asks for {config.mode}: drop the state"
+        raise InputError([InputProblem("$state.mode", message)], action_id="records_changed")
     meta = connection.metadata.table(config.table, path="$.table")
-    mode = (state or {}).get("mode") or _mode(config, connection, meta.logical_name)
+    mode = stored or _mode(config, connection, meta.logical_name)
     polled_at = _iso(connection.clock.time())
     if mode == "change_tracking":
         events, new_state = _tracked(config, state or {}, connection, meta.entity_set, meta.primary_id)
@@ -119,8 +123,8 @@ def _tracked(
     try:
         entries, next_link = _read_delta(connection, str(link))
     except DataverseApiError as exc:
-        if exc.code != EXPIRED_CODE and "expired" not in str(exc).lower():
-            raise
+        if exc.code != EXPIRED_CODE and not (exc.status_code == 400 and "expired" in str(exc).lower()):
+            raise  # the expiry error is a GUESS: its code, or a 400 that says "expired", is taken as one
         fresh = _tracking_start(config, connection, entity_set, primary_id)
         event = {"key": f"resync:{fresh['delta_link']}", "change": "resync", "id": None, "version": None}
         return [

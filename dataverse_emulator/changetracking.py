@@ -59,7 +59,7 @@ def set_enabled(t: Table, value: Any) -> None:
 
 
 def expiry_days(store: Store) -> int:
-    """The organization's change tracking retention (``POST /_emulator`` tests set it through the meta table)."""
+    """The organization's change tracking retention in days (tests set it with ``Store.meta_set(EXPIRY_KEY, ...)``)."""
     raw = store.meta_get(EXPIRY_KEY)
     return int(raw) if raw else DEFAULT_EXPIRY_DAYS
 

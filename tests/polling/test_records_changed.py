@@ -149,6 +149,11 @@ def test_records_changed_expired_token_is_reported_as_a_resync(
         ({"table": "account", "changes": ["moved"]}, None, "$.changes[0]"),
         ({"table": "account", "mode": "change_tracking", "filter": "name eq 'x'"}, None, "$.filter"),
         ({"table": "account"}, {"mode": "sideways"}, "$state.mode"),
+        (
+            {"table": "account", "mode": "watermark"},
+            {"mode": "change_tracking", "delta_link": "accounts"},
+            "$state.mode",
+        ),
     ],
 )
 def test_records_changed_refuses_bad_config_and_state_before_any_request(
