@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import ContractError
-from connector.hookspecs import ACTION_ARGNAMES, VALIDATOR_ARGNAMES, validator_hook
+from connector.hookspecs import ACTION_ARGNAMES, VALIDATOR_ARGNAMES, trigger_hook_names, validator_hook
 from connector.plugins import BUILTIN
 from connector.schema_links import link_problems
 
@@ -128,7 +128,9 @@ def _schema_problems(runtime: Runtime) -> list[Owned]:
         for sid in (info.input_schema, info.output_schema):
             referenced.append((info.provider, f"action {info.id!r}", sid))
     for trig in document.get("triggers", []):
-        for key in ("config_schema", "payload_schema"):
+        for key in ("config_schema", "payload_schema", "state_schema"):
+            if key == "state_schema" and key not in trig:
+                continue
             sid = manifest.schema_id(_provider(trig), trig.get(key, ""))
             referenced.append((_provider(trig), f"trigger {trig.get('id')!r}", sid))
     for source in document.get("data_sources", []):
@@ -201,11 +203,11 @@ def _implementation_problems(runtime: Runtime, action_id: str, caller: HookCalle
 
 
 def _trigger_hook_problems(runtime: Runtime) -> list[Owned]:
-    """Each trigger of the manifest has its three hooks, each with a spec and an implementation."""
+    """Each trigger of the manifest has the hooks of its type (three for a webhook, ``poll_<id>`` for polling), each
+    with a spec and an implementation."""
     found: list[Owned] = []
     for trig in runtime.manifest.document.get("triggers", []):
-        for prefix in ("handle", "subscribe", "unsubscribe"):
-            name = f"{prefix}_{trig.get('id')}"
+        for name in trigger_hook_names(str(trig.get("id")), str(trig.get("type"))):
             caller = getattr(runtime.pm.hook, name, None)
             if caller is None or caller.spec is None:
                 found.append((_provider(trig), f"trigger {trig.get('id')!r}: hook {name!r} has no hookspec"))
@@ -403,6 +405,11 @@ def _repo_checks(runtime: Runtime, root: Path, ledger: Iterable[dict[str, object
             info = runtime.manifest.actions[action_id]
             for p in runtime.store.validate(example, info.input_schema):
                 problems.append(f"README '### {action_id}' example fails the input schema: {p}")
+    for trig in runtime.manifest.document.get("triggers", []):
+        tid = trig.get("id")
+        polling_builtin = trig.get("type") == "polling" and _provider(trig) == BUILTIN
+        if polling_builtin and not re.search(rf"def test_{tid}(_\w+)?\(", test_sources):
+            problems.append(f"polling trigger {tid!r} has no test named test_{tid}_*")
     if ledger is not None:
         runs = list(ledger)
         for action_id in builtin_actions:

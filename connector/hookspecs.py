@@ -107,8 +107,19 @@ def make_action_specs(actions: Mapping[str, str], declared: Collection[str] = ()
     return type("ActionSpecs", (), namespace)
 
 
-def make_trigger_specs(trigger_id: str) -> type:
-    """Build the three hookspecs of one trigger, so every trigger (built-in or from a pack) has the same shape."""
+def trigger_hook_names(trigger_id: str, trigger_type: str = "webhook") -> tuple[str, ...]:
+    """The hooks a trigger of a type must have; one function so the specs, the runtime and the check agree."""
+    prefixes = ("poll",) if trigger_type == "polling" else ("handle", "subscribe", "unsubscribe")
+    return tuple(f"{prefix}_{trigger_id}" for prefix in prefixes)
+
+
+def make_trigger_specs(trigger_id: str, trigger_type: str = "webhook") -> type:
+    """Build the hookspecs of one trigger, so every trigger of a type (built-in or from a pack) has the same shape.
+
+    A ``webhook`` trigger has ``handle_<id>``, ``subscribe_<id>`` and ``unsubscribe_<id>``; a ``polling`` trigger has
+    ``poll_<id>(config, state, connection) -> (events, new_state)``: a pure step whose ``new_state`` the consumer stores
+    after handling ``events`` (``state`` is None on the first poll).
+    """
 
     def handle(self: Any, request: Any, config: Mapping[str, Any]) -> Any:
         """Verify, parse and normalise one delivery; pure function of the request."""
@@ -119,9 +130,13 @@ def make_trigger_specs(trigger_id: str) -> type:
     def unsubscribe(self: Any, subscription: Mapping[str, Any], connection: Connection) -> Any:
         """Remove what ``subscribe`` registered."""
 
+    def poll(self: Any, config: Mapping[str, Any], state: Mapping[str, Any] | None, connection: Connection) -> Any:
+        """The changes since ``state`` and the state to store after handling them: ``(events, new_state)``."""
+
+    functions: dict[str, Any] = {"handle": handle, "subscribe": subscribe, "unsubscribe": unsubscribe, "poll": poll}
     namespace: dict[str, Any] = {}
-    for prefix, fn in (("handle", handle), ("subscribe", subscribe), ("unsubscribe", unsubscribe)):
-        name = f"{prefix}_{trigger_id}"
+    for name in trigger_hook_names(trigger_id, trigger_type):
+        fn = functions[name.removesuffix(f"_{trigger_id}")]
         fn.__name__ = name
         fn.__qualname__ = f"TriggerSpecs_{trigger_id}.{name}"  # pluggy strips ``self`` only for qualified names
         namespace[name] = hookspec(firstresult=True)(fn)
@@ -130,3 +145,5 @@ def make_trigger_specs(trigger_id: str) -> type:
 
 #: The built-in ``webhook`` trigger: ``handle_webhook``, ``subscribe_webhook``, ``unsubscribe_webhook``.
 WebhookSpecs = make_trigger_specs("webhook")
+#: The built-in ``records_changed`` polling trigger: ``poll_records_changed``.
+RecordsChangedSpecs = make_trigger_specs("records_changed", "polling")

@@ -36,7 +36,7 @@ from typing import Any
 import pluggy
 
 from connector.errors import PluginError
-from connector.hookspecs import PROJECT, RuntimeSpecs, WebhookSpecs, make_action_specs
+from connector.hookspecs import PROJECT, RecordsChangedSpecs, RuntimeSpecs, WebhookSpecs, make_action_specs
 
 ENTRYPOINT_GROUP = "d365_connector"
 DISABLED_ENV = "D365_CONNECTOR_DISABLED_PLUGINS"
@@ -48,6 +48,7 @@ BUILTIN = "builtin"
 #: Built-in plugins, by module path; each module holds ``@hookimpl`` functions only.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "triggers.webhook",
+    "triggers.records_changed",
     "actions.users",
     "actions.entities",
     "actions.metadata",
@@ -147,6 +148,7 @@ def make_plugin_manager(packs: Sequence[Pack], actions: Mapping[str, str]) -> tu
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(RuntimeSpecs)
     pm.add_hookspecs(WebhookSpecs)
+    pm.add_hookspecs(RecordsChangedSpecs)
     for pack in packs:
         for specs in pack.hookspecs:
             pm.add_hookspecs(specs)

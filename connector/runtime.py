@@ -435,6 +435,28 @@ class Runtime:
         self._trigger_entry(trigger_id)
         return getattr(self.pm.hook, f"unsubscribe_{trigger_id}")(subscription=subscription, connection=connection)
 
+    def poll_trigger(
+        self, trigger_id: str, config: Any, state: Any, connection: Connection
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One poll of a ``polling`` trigger: config and stored state checked, ``poll_<id>`` called, its events and new
+        state checked against the trigger's schemas (a failure there is our bug, ``ContractError``)."""
+        validated, entry = self.trigger_config(trigger_id, config), self._trigger_entry(trigger_id)
+        provider = entry.get("provider", BUILTIN)
+        state_schema = self.manifest.schema_id(provider, entry.get("state_schema", ""))
+        if state is not None:
+            problems = self.store.validate(state, state_schema)
+            if problems:
+                raise InputError([InputProblem("$state" + p.path.removeprefix("$"), p.message) for p in problems])
+        hook = getattr(self.pm.hook, f"poll_{trigger_id}")
+        result = hook(config=types.MappingProxyType(validated), state=state, connection=connection)
+        events, new_state = result if result is not None else ((), None)  # no implementation: a contract problem
+        payload_schema = self.manifest.schema_id(provider, entry["payload_schema"])
+        problems = [p for e in events for p in self.store.validate(e, payload_schema)]
+        problems += self.store.validate(new_state, state_schema)
+        if problems:
+            raise ContractError([f"trigger {trigger_id!r} poll result {p}" for p in problems])
+        return list(events), dict(new_state or {})
+
     def _trigger_entry(self, trigger_id: str) -> dict[str, Any]:
         for entry in self.manifest.document.get("triggers", []):
             if entry.get("id") == trigger_id:

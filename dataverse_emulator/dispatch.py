@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import aggregate, errors, fetchxml, files, marketing, metadata, metadata_writes
+from . import aggregate, changetracking, errors, fetchxml, files, marketing, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete
@@ -227,6 +227,8 @@ class WebApi(RecordApi):
             return fetchxml.run(self, ctx, table, opts["fetchXml"])
         if "$apply" in opts and parent is None:
             return aggregate.run(self, ctx, table, opts)
+        if parent is None and changetracking.wanted(ctx, opts):
+            return changetracking.respond(self, request, ctx, table, opts)
         return super().list_records(request, ctx, table, parent, base_path)
 
     async def sub_resource(self, request: Request, ctx: Ctx, table: Table, key: str, segs: list[str]) -> Response:

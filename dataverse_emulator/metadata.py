@@ -15,7 +15,7 @@ from xml.sax.saxutils import quoteattr
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import cascade, errors
+from . import cascade, changetracking, errors
 from .model import Attribute, Key, Relationship, Table
 from .odata import (
     Call,
@@ -97,7 +97,7 @@ def entity_json(t: Table) -> dict[str, Any]:
             "IsPrivate": False,
             "IsManaged": True,
             "IsOptimisticConcurrencyEnabled": True,
-            "ChangeTrackingEnabled": False,
+            "ChangeTrackingEnabled": changetracking.enabled(t),
             "DisplayName": label(t.display_name, mid),
             "DisplayCollectionName": label(t.display_collection_name, mid),
             "Description": label("", mid),

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors, schema_deletes
+from . import changetracking, errors, schema_deletes
 from .odata import parse_filter, parse_select
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ async def entity_definitions_write(
     table = find_table(api, key)
     if not rest and method == "DELETE":
         schema_deletes.delete_table(emu, table)
+        return Response(status_code=204, headers=NO_CONTENT)
+    if not rest and method == "PUT":  # a table definition update; only ChangeTrackingEnabled is applied here
+        body = await api.body_json(request, "EntityDefinitions")
+        if "ChangeTrackingEnabled" in body:
+            changetracking.set_enabled(table, body["ChangeTrackingEnabled"])
         return Response(status_code=204, headers=NO_CONTENT)
     if rest and split_key(rest[0])[0] == "Attributes" and len(rest) == 1:
         sub = split_key(rest[0])[1]

@@ -263,6 +263,7 @@ class RecordReads:
                 "$skiptoken",
                 "$apply",
                 "$id",
+                "$deltatoken",
             ):
                 if k in ("$skip", "$search", "$format"):
                     raise errors.bad_request(f"The query parameter {k} is not supported.", "0x80060888")

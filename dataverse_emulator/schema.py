@@ -393,6 +393,7 @@ def do_create_table(emu: Emulator, body: dict[str, Any], save: bool = True) -> T
         "Description": read_label(body.get("Description"), f"{logical}/description"),
         "HasActivities": bool(body.get("HasActivities", False)),
         "HasNotes": bool(body.get("HasNotes", False)),
+        "ChangeTrackingEnabled": bool(body.get("ChangeTrackingEnabled", False)),
         "IsActivity": bool(body.get("IsActivity", False)),
     }
     t = new_table(emu, schema, ownership, extra, body.get("EntitySetName"))

@@ -90,6 +90,7 @@ class Store:
     def _create_schema(self) -> None:
         c = self.conn
         c.execute("CREATE TABLE IF NOT EXISTS _emulator_meta (k TEXT PRIMARY KEY, v TEXT)")
+        c.execute("CREATE TABLE IF NOT EXISTS _emulator_deleted (tbl TEXT, id TEXT, version INTEGER)")
         c.execute(
             "CREATE TABLE IF NOT EXISTS _emulator_keys (metadataid TEXT PRIMARY KEY, entity TEXT, schemaname TEXT,"
             " attributes TEXT, created REAL, failed INTEGER, displayname TEXT)"
@@ -198,9 +199,10 @@ class Store:
         self.conn.execute(f"UPDATE {q(table)} SET {sets} WHERE {q(t.primary_id)} = ?", [*changes.values(), rid])
 
     def delete(self, table: str, rid: str) -> None:
-        """Delete one row."""
+        """Delete one row, keeping its id with a fresh version for change tracking's delta reads."""
         t = self.tables[table]
         self.conn.execute(f"DELETE FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
+        self.conn.execute("INSERT INTO _emulator_deleted VALUES (?, ?, ?)", (table, rid, self.next_version()))
 
     def find_ids(self, table: str, values: dict[str, Any], exclude: str | None = None) -> list[str]:
         """Ids of rows whose columns equal ``values`` (used for alternate keys)."""
@@ -230,6 +232,7 @@ class Store:
             for t in self.tables:
                 self.conn.execute(f"DELETE FROM {q(t)}")
             self.conn.execute("DELETE FROM _emulator_keys")
+            self.conn.execute("DELETE FROM _emulator_deleted")
             self.keys.clear()
 
     # -- alternate keys ---------------------------------------------------------------------------------------------

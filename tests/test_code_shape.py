@@ -178,6 +178,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bulk_run",
             "fetchxml",
             "raw",
+            "polling",
             "metadata_reads",
             "metadata_writes",
             "metadata_checks",
@@ -195,7 +196,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "front doors",
-        ("", "cli", "cli_help", "cli_progress", "cli_inputs", "cli_webhook", "cli_sync", "demo", "webhook_server"),
+        (
+            "",
+            "cli",
+            "cli_help",
+            "cli_progress",
+            "cli_inputs",
+            "cli_sync",
+            "cli_trigger",
+            "cli_webhook",
+            "demo",
+            "webhook_server",
+        ),
     ),
 )
 MAX_MODULE_LINES = 600

@@ -201,7 +201,8 @@ def test_every_command_warns_about_a_broken_pack_and_still_runs(tmp_path: Path) 
 
 
 def test_packs_may_add_categories_and_trigger_types(tmp_path: Path) -> None:
-    """A ``sync`` category and a ``polling`` trigger, with the trigger's schemas in the pack's own folder."""
+    """A ``sync`` category and a ``streaming`` trigger type, with the trigger's schemas in the pack's own folder
+    (``polling`` is a known type since the ``records_changed`` trigger, with a contract of its own)."""
     entry = {**action_entry("echo_word"), "category": "sync"}
     schemas: dict[str, Any] = io_schemas("opener", "echo_word")
     for rel in ("triggers/changes.config.json", "triggers/changes.payload.json"):
@@ -216,8 +217,8 @@ def test_packs_may_add_categories_and_trigger_types(tmp_path: Path) -> None:
     trigger = {
         "id": "changes",
         "label": "Changes",
-        "description": "Polls for changed rows.",
-        "type": "polling",
+        "description": "Streams changed rows.",
+        "type": "streaming",
         "config_schema": "triggers/changes.config.json",
         "payload_schema": "triggers/changes.payload.json",
     }
@@ -251,11 +252,12 @@ def test_builtin_entries_keep_the_known_categories_and_trigger_types() -> None:
     runtime = Runtime(load_entrypoints=False, check=False)
     document = runtime.manifest.document
     document["actions"][0]["category"] = "sync"
-    document["triggers"][0]["type"] = "polling"
+    document["triggers"][0]["type"] = "streaming"
     problems = check_contract(runtime)
     first = document["actions"][0]["id"]
     assert any(p.startswith(f"built-in action {first!r}: category 'sync' is not one of ['records'") for p in problems)
-    assert any(p.startswith("built-in trigger 'webhook': type 'polling' is not one of ['webhook']") for p in problems)
+    expected = "built-in trigger 'webhook': type 'streaming' is not one of ['webhook', 'polling']"
+    assert any(p.startswith(expected) for p in problems)
 
 
 def test_the_manifest_schema_still_lists_the_known_values_for_builders() -> None:
@@ -269,7 +271,7 @@ def test_the_manifest_schema_still_lists_the_known_values_for_builders() -> None
         "users",
         "webhooks",
     ]
-    assert defs["trigger_type"]["anyOf"][0]["enum"] == ["webhook"]
+    assert defs["trigger_type"]["anyOf"][0]["enum"] == ["webhook", "polling"]
 
 
 def test_problems_blamed_on_no_loaded_pack_stop_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
