@@ -184,6 +184,8 @@ def counts_of(action_id: str, result: dict[str, Any] | None) -> dict[str, Any] |
         return None
     if action_id == "write_entities" and isinstance(result.get("summary"), dict):
         return dict(result["summary"])
+    if action_id == "sync_records" and isinstance(result.get("counts"), dict):
+        return dict(result["counts"])
     if action_id == "run_batch_operations":
         return {k: result.get(k) for k in ("total", "succeeded", "failed", "rolled_back", "not_run")}
     if action_id == "get_entities_metadata":

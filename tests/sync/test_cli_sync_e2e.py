@@ -104,3 +104,16 @@ def test_failed_rows_exit_5_and_bad_definitions_exit_2(files: Path) -> None:
     bad = d365(files, "sync", "run", str(files / "sync.json"), "--set", "mode=merge", "--json")
     assert bad.exit_code == 2
     assert "mode" in bad.stderr
+
+
+def test_run_sync_records_exits_5_when_rows_fail_like_d365_sync_run(files: Path) -> None:
+    """``d365 run sync_records`` decides its exit code on the run's counts, as ``write_entities`` does."""
+    write_csv(files, [("A-1", "x" * 200), ("A-2", "Fine")])
+    definition = json.loads((files / "sync.json").read_text(encoding="utf-8"))
+    inputs = {**definition, "source": {"path": str(files / "companies.csv")}, "state": "sqlite://"}
+    (files / "inputs.json").write_text(json.dumps(inputs), encoding="utf-8")
+    partial = d365(files, "run", "sync_records", "--input", str(files / "inputs.json"), "--json")
+    assert partial.exit_code == 5, partial.stderr
+    assert json.loads(partial.stdout)["counts"] == {"created": 1, "failed": 1}
+    allowed = d365(files, "run", "sync_records", "--input", str(files / "inputs.json"), "--json", "--allow-partial")
+    assert allowed.exit_code == 0, allowed.stderr
