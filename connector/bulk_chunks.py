@@ -90,6 +90,7 @@ class RowOutcome:
     id: str | None = None
     code: str | None = None
     message: str | None = None
+    request_id: str | None = None  # Dataverse's x-ms-service-request-id of the failed request: what support asks for
 
 
 NOT_SENT_MESSAGE = "not sent: the run was cancelled before this record was sent"
@@ -102,7 +103,8 @@ def not_sent(item: PlannedWrite) -> RowOutcome:
 
 def failed_outcome(item: PlannedWrite, exc: DataverseApiError) -> RowOutcome:
     """A failed record keeps its id only when the row exists (an update); an id generated here names no row."""
-    return RowOutcome("failed", None if item.generated else item.id, exc.code or type(exc).__name__, str(exc))
+    own = None if item.generated else item.id
+    return RowOutcome("failed", own, exc.code or type(exc).__name__, str(exc), getattr(exc, "request_id", None))
 
 
 class ChunkWriter:

@@ -52,12 +52,15 @@ class RecordResult:
     code: str | None = None
     message: str | None = None
     merged_into: int | None = None
+    request_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status, "id": self.id}
         if self.status in ("failed", "unknown", "not_sent"):
             out["code"] = self.code
             out["message"] = self.message
+            if self.request_id is not None:
+                out["request_id"] = self.request_id
         if self.merged_into is not None:
             out["merged_into"] = self.merged_into
         return out
@@ -243,7 +246,8 @@ def _chunk_outcomes(chunk: list[PlannedWrite], outcome: Outcome[dict[int, RowOut
         elif not outcome.finished:
             out[item.index] = RowOutcome("unknown", item.id, None, NO_ANSWER_MESSAGE)
         else:  # a bug or a failure outside the per-row handling: still one honest result per row
-            out[item.index] = RowOutcome("failed", own_id, getattr(err, "code", None) or type(err).__name__, str(err))
+            code = getattr(err, "code", None) or type(err).__name__
+            out[item.index] = RowOutcome("failed", own_id, code, str(err), getattr(err, "request_id", None))
     return out
 
 
@@ -260,11 +264,14 @@ def _tally(chunk: Chunk, done: Mapping[int, RowOutcome]) -> dict[str, int]:
 
 def _results(chunk: Chunk, done: Mapping[int, RowOutcome]) -> list[RecordResult]:
     """The chunk's results, each merged record with the outcome of the write it was merged into."""
-    results = [RecordResult(i, d.status, d.id, d.code, d.message) for i, d in done.items()]
+    results = [RecordResult(i, d.status, d.id, d.code, d.message, request_id=d.request_id) for i, d in done.items()]
     for item in chunk.items:
         d = done.get(item.index)
         if d is not None:
-            results += [RecordResult(e, d.status, d.id, d.code, d.message, merged_into=item.index) for e in item.merged]
+            results += [
+                RecordResult(e, d.status, d.id, d.code, d.message, merged_into=item.index, request_id=d.request_id)
+                for e in item.merged
+            ]
     return results
 
 

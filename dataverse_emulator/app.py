@@ -72,6 +72,7 @@ class Observe:
                 "status": None,
                 "error_code": None,
                 "retry_after": None,
+                "request_id": None,
                 "user": None,
             }
             scope.setdefault("state", {})["log_entry"] = entry
@@ -82,6 +83,8 @@ class Observe:
                 for k, v in message.get("headers", []):
                     if k.lower() == b"retry-after":
                         entry["retry_after"] = v.decode()
+                    elif k.lower() == b"x-ms-service-request-id":
+                        entry["request_id"] = v.decode()
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body") and entry:
                 self.ended(entry)  # the last byte is handed to the server: what the client waited for ends here

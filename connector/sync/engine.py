@@ -359,4 +359,5 @@ def _ledger_row(d: Decision, result: RecordResult) -> LedgerRow:
     if result.status == "not_sent":
         return LedgerRow(index, key, "not_sent", message=result.message)
     code = result.code or ("OutcomeUnknown" if result.status == "unknown" else None)
-    return LedgerRow(index, key, "failed", d.id if d.action == "update" else None, code=code, message=result.message)
+    own = d.id if d.action == "update" else None
+    return LedgerRow(index, key, "failed", own, code=code, message=result.message, request_id=result.request_id)

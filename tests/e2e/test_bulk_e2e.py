@@ -192,3 +192,24 @@ def test_write_entities_bad_input_exits_2_before_any_request(
         runtime.run_action("write_entities", {**bad, "chunk_size": 10}, connection)
     assert [p.path for p in caught.value.problems] == ["$.records[0].id"]
     assert all(r["method"] == "GET" and "EntityDefinitions" in r["path"] for r in web_api_requests(fresh_emulator))
+
+
+def test_write_entities_failed_record_carries_dataverse_request_id(
+    runtime: Runtime, connection: Connection, fresh_emulator: EmulatorHandle
+) -> None:
+    """A record Dataverse refused names the request that refused it (x-ms-service-request-id): support asks for it."""
+    existing = runtime.run_action("create_entity", {"table": "account", "fields": {"name": "Here"}}, connection)["id"]
+    missing = "00000000-0000-4000-8000-00000000dead"
+    out = runtime.run_action(
+        "write_entities",
+        {
+            "table": "account",
+            "mode": "update",
+            "records": [{"id": existing, "fields": {"name": "Still here"}}, {"id": missing, "fields": {"name": "x"}}],
+        },
+        connection,
+    )
+    ok, failed = out["results"]
+    assert ok["status"] == "updated" and failed["status"] == "failed"
+    served = {r.get("request_id") for r in fresh_emulator.admin.requests()}
+    assert failed["request_id"] in served
