@@ -24,7 +24,7 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
-from connector import cli_progress, cli_webhook
+from connector import cli_progress, cli_sync, cli_webhook
 from connector.cli_help import ActionCommand
 from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options, read_inputs
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
@@ -481,6 +481,7 @@ class _EmulatorGroup(click.Group):
 
 
 main.add_command(_EmulatorGroup("emulator", help="Serve the local Dataverse Web API emulator."))
+main.add_command(cli_sync.sync)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,6 +247,25 @@ class WriteEntities(ActionInputs):
     impersonate: str | None = None
 
 
+class SyncRecords(ActionInputs):
+    """A sync definition and how to run it; the definition's own model (:class:`connector.sync.definition.
+    SyncDefinition`, one layer up) types and checks the nested parts."""
+
+    name: str
+    source: dict[str, Any]
+    target: str
+    match: dict[str, Any]
+    mode: Literal["upsert", "insert", "update"] = "upsert"
+    mapping: list[dict[str, Any]]
+    batch_size: JsonInt = 100
+    parallelism: JsonInt | None = None
+    bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
+    bypass_custom_plugins: bool = False
+    state: str | None = None
+    full: bool = False
+    dry_run: bool = False
+
+
 class RunFetchXmlQuery(ActionInputs):
     fetch_xml: str
     table: str | None = None
@@ -379,6 +398,7 @@ INPUT_MODELS: dict[str, type[ActionInputs]] = {
     "disassociate_entities": DisassociateEntities,
     "run_batch_operations": RunBatchOperations,
     "write_entities": WriteEntities,
+    "sync_records": SyncRecords,
     "run_fetch_xml_query": RunFetchXmlQuery,
     "raw_request": RawRequest,
     "get_current_user": GetCurrentUser,

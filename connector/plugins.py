@@ -53,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.metadata",
     "actions.batch",
     "actions.bulk",
+    "actions.sync",
     "actions.fetchxml",
     "actions.raw",
 )

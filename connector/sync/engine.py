@@ -1,0 +1,351 @@
+"""One sync run: source rows mapped, compared with the state, planned, written in groups, every row ledgered.
+
+Why two passes over the source: "the last row by source order wins" for duplicate match keys cannot be decided while
+streaming (the winner may be the source's last row), and holding the source in memory is what the sync must not do.
+The first pass maps rows and keeps only each match key's last position; the second maps again and writes. Each group
+of ``batch_size x parallelism`` rows is one unit of the state store: its intents are committed before it is sent and
+its outcomes (ledger rows, confirmed hashes and ids) in one transaction after, so a crash anywhere leaves the state
+consistent and the next run resends exactly what was not confirmed, with the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
+from connector.progress import CancellationToken, Reporter, Tracker
+from connector.sync.planner import Decision, MappedRowLike, MatchRule, decide, existing_rows, row_hash
+from connector.sync.state import Intent, LedgerRow, StateStore
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+    from connector.metadata import TableMetadata
+    from connector.sync.definition import SyncDefinition
+
+__all__ = [
+    "EXIT_DONE",
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
+    "Plan",
+    "RowMapper",
+    "SyncJob",
+    "SyncResult",
+    "job_from_definition",
+    "run_sync",
+]
+
+log = logging.getLogger("connector.sync")
+EXIT_DONE = 0
+EXIT_PARTIAL = 5  # as ``d365 run``: the run completed but some rows did not land
+EXIT_INTERRUPTED = 130
+_FIRST_ROWS = 5
+Hook = Callable[[str], None]
+
+
+class RowMapper(Protocol):
+    """What the engine needs of :class:`connector.sync.mapping.Mapper`."""
+
+    def fingerprint(self) -> str: ...
+    def map_rows(self, rows: Sequence[Mapping[str, Any]], start_index: int) -> Sequence[MappedRowLike]: ...
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """The parts of a definition the engine acts on."""
+
+    name: str
+    table: str
+    rule: MatchRule
+    batch_size: int = DEFAULT_CHUNK_SIZE
+    parallelism: int = 4
+    bypass_business_logic: tuple[str, ...] = ()
+    bypass_custom_plugins: bool = False
+
+    @property
+    def group_rows(self) -> int:
+        return self.batch_size * max(1, self.parallelism)
+
+
+def job_from_definition(definition: SyncDefinition) -> SyncJob:
+    match = definition.match
+    rule = MatchRule(
+        kind=match.kind, mode=definition.mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp
+    )
+    return SyncJob(
+        name=definition.name,
+        table=definition.target,
+        rule=rule,
+        batch_size=definition.batch_size,
+        parallelism=definition.parallelism or 4,
+        bypass_business_logic=tuple(definition.bypass_business_logic),
+        bypass_custom_plugins=definition.bypass_custom_plugins,
+    )
+
+
+@dataclass
+class Plan:
+    """What a dry run would do: counts per action, the first rows of each, every problem by source row, the cost."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    first: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    reads: int = 0
+
+    def add(self, action: str, row: MappedRowLike, message: str | None = None) -> None:
+        self.counts[action] = self.counts.get(action, 0) + 1
+        first = self.first.setdefault(action, [])
+        if len(first) < _FIRST_ROWS:
+            first.append({"source_index": row.source_index, "match_key": row.match_key, "message": message})
+
+    def write_requests(self, batch_size: int) -> int:
+        return sum(-(-self.counts.get(a, 0) // batch_size) for a in ("create", "update"))
+
+    def to_dict(self, batch_size: int) -> dict[str, Any]:
+        writes = self.write_requests(batch_size)
+        return {
+            "counts": self.counts,
+            "first_rows": self.first,
+            "problems": self.problems,
+            "api_requests": {"reads": self.reads, "writes": writes, "total": self.reads + writes},
+            # GUESS: a bulk message counts as one API request but each of its rows as a Power Platform request
+            "power_platform_requests": self.reads + self.counts.get("create", 0) + self.counts.get("update", 0),
+        }
+
+
+@dataclass
+class SyncResult:
+    run: int | None
+    status: str  # done | cancelled | dry_run
+    counts: dict[str, int]
+    exit_code: int
+    plan: Plan | None = None
+    interrupted_runs: list[int] = field(default_factory=list)
+
+    def to_dict(self, batch_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": self.run, "status": self.status, "counts": self.counts}
+        out["exit_code"] = self.exit_code
+        if self.plan is not None:
+            out["plan"] = self.plan.to_dict(batch_size)
+        if self.interrupted_runs:
+            out["interrupted_runs"] = self.interrupted_runs
+        return out
+
+
+def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> Iterator[list[MappedRowLike]]:
+    """Mapped rows in groups of ``size``, in source order."""
+    index = 0
+    pending: list[MappedRowLike] = []
+    for batch in source:
+        for start in range(0, len(batch), size):
+            part = batch[start : start + size]
+            pending += mapper.map_rows(part, index)
+            index += len(part)
+            while len(pending) >= size:
+                yield pending[:size]
+                pending = pending[size:]
+    if pending:
+        yield pending
+
+
+def _last_positions(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for group in _groups(source, mapper, size):
+        for row in group:
+            if not row.problems:
+                last[row.match_key] = row.source_index
+    return last
+
+
+def run_sync(
+    connection: Connection,
+    job: SyncJob,
+    mapper: RowMapper,
+    source: Callable[[], Iterable[list[dict[str, Any]]]],
+    store: StateStore,
+    *,
+    full: bool = False,
+    dry_run: bool = False,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+    hook: Hook | None = None,
+) -> SyncResult:
+    """Run ``job`` once: ``source()`` is called twice (see the module docstring). ``hook`` (tests) is called with
+    ``before_send``, ``after_send`` and ``mid_commit`` for each group, to crash at deterministic points."""
+    meta = connection.metadata.table(job.table)
+    fingerprint = mapper.fingerprint()
+    last = _last_positions(source(), mapper, job.group_rows)
+    run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
+    if dry_run:
+        plan = Plan()
+        for group in _groups(source(), mapper, job.group_rows):
+            run.plan_group(group, last, plan)
+        return SyncResult(None, "dry_run", dict(plan.counts), EXIT_DONE, plan)
+    run.id, stale = store.start_run(job.rule.mode, full=full)
+    tracker = Tracker("sync", progress, total=None, clock=connection.governor.clock, throttle=connection.governor)
+    status = "done"
+    with tracker:
+        for group in _groups(source(), mapper, job.group_rows):
+            if cancel is not None and cancel.cancelled:
+                status = "cancelled"
+                counts = run.not_sent(group)
+            else:
+                counts = run.write_group(group, last)
+            tracker.advance(counts)
+    counts = store.ledger_counts(run.id)
+    interrupted = status == "cancelled" or (cancel is not None and cancel.cancelled)
+    bad = counts.get("failed", 0) + counts.get("not_sent", 0)
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_PARTIAL if bad else EXIT_DONE)
+    status = "cancelled" if interrupted else "done"
+    store.end_run(run.id, status, counts, code)
+    return SyncResult(run.id, status, counts, code, interrupted_runs=stale)
+
+
+class _Run:
+    """The per-group work of one run."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        job: SyncJob,
+        meta: TableMetadata,
+        store: StateStore,
+        fingerprint: str,
+        *,
+        full: bool,
+        hook: Hook | None,
+        cancel: CancellationToken | None,
+    ) -> None:
+        self.connection, self.job, self.meta, self.store = connection, job, meta, store
+        self.fingerprint, self.full, self.hook, self.cancel = fingerprint, full, hook, cancel
+        self.id = 0
+        self.chunk = 0
+        self.options = WriteOptions(
+            chunk_size=job.batch_size,
+            bypass_business_logic=job.bypass_business_logic,
+            bypass_custom_plugins=job.bypass_custom_plugins,
+        )
+
+    def _triage(
+        self, group: Sequence[MappedRowLike], last: Mapping[str, int]
+    ) -> tuple[list[LedgerRow], list[tuple[MappedRowLike, str]]]:
+        """Rows that need no write (problems, duplicates, unchanged) ledgered; the others with their hash."""
+        ledger: list[LedgerRow] = []
+        live = [r for r in group if not r.problems and last.get(r.match_key) == r.source_index]
+        states = self.store.row_states([r.match_key for r in live])
+        changed: list[tuple[MappedRowLike, str]] = []
+        for row in group:
+            if row.problems:
+                message = "; ".join(str(p) for p in row.problems)
+                ledger.append(LedgerRow(row.source_index, row.match_key, "failed", code="InputError", message=message))
+            elif last.get(row.match_key) != row.source_index:
+                ledger.append(
+                    LedgerRow(row.source_index, row.match_key, "duplicate_of", duplicate_of=last[row.match_key])
+                )
+            else:
+                digest = row_hash(row, self.fingerprint)
+                state = states.get(row.match_key)
+                if not self.full and state is not None and state.hash == digest:
+                    ledger.append(LedgerRow(row.source_index, row.match_key, "unchanged", state.dataverse_id))
+                else:
+                    changed.append((row, digest))
+        return ledger, changed
+
+    def _decide(self, changed: Sequence[tuple[MappedRowLike, str]]) -> tuple[list[Decision], int]:
+        rows = [r for r, _ in changed]
+        found, reads = existing_rows(self.connection, self.meta, rows, self.job.rule)
+        pending = self.store.pending_ids([r.match_key for r in rows])
+        table = self.meta.logical_name
+        decisions = [
+            decide(r, self.job.rule, table, found.get(r.match_key, []), pending.get(r.match_key)) for r in rows
+        ]
+        return decisions, reads
+
+    def plan_group(self, group: Sequence[MappedRowLike], last: Mapping[str, int], plan: Plan) -> None:
+        ledger, changed = self._triage(group, last)
+        by_index = {r.source_index: r for r in group}
+        for entry in ledger:
+            plan.add(entry.outcome, by_index[entry.source_index], entry.message)
+            if entry.outcome == "failed":
+                plan.problems.append({"source_index": entry.source_index, "message": entry.message})
+        decisions, reads = self._decide(changed)
+        plan.reads += reads
+        for d in decisions:
+            plan.add(d.action, d.row, d.message)
+            if d.action == "failed":
+                plan.problems.append({"source_index": d.row.source_index, "message": d.message})
+
+    def not_sent(self, group: Sequence[MappedRowLike]) -> dict[str, int]:
+        message = "not sent: the run was cancelled before this row was reached"
+        ledger = [LedgerRow(r.source_index, r.match_key, "not_sent", message=message) for r in group]
+        self.store.commit_outcomes(self.id, ledger, {})
+        return {"not_sent": len(ledger)}
+
+    def write_group(self, group: Sequence[MappedRowLike], last: Mapping[str, int]) -> dict[str, int]:
+        ledger, changed = self._triage(group, last)
+        hashes = {r.match_key: digest for r, digest in changed}
+        decisions, _ = self._decide(changed)
+        for d in decisions:
+            if d.action in ("skipped", "failed"):
+                ledger.append(LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, message=d.message))
+        writes = [d for d in decisions if d.action in ("create", "update")]
+        self.store.record_intents(
+            self.id,
+            self.chunk,
+            [
+                Intent(d.row.source_index, d.row.match_key, d.action, d.id if d.action == "create" else None)
+                for d in writes
+            ],
+        )
+        self.chunk += 1
+        self._point("before_send")
+        results = self._write(writes)
+        self._point("after_send")
+        confirmed: dict[str, tuple[str, str | None]] = {}
+        failed: list[str] = []
+        for d in writes:
+            entry = _ledger_row(d, results[d.row.source_index])
+            ledger.append(entry)
+            if entry.outcome in ("created", "updated"):
+                confirmed[d.row.match_key] = (hashes[d.row.match_key], entry.dataverse_id)
+            elif entry.outcome == "failed":
+                failed.append(d.row.match_key)
+        failed += [d.row.match_key for d in decisions if d.action in ("skipped", "failed")]
+        self.store.commit_outcomes(self.id, ledger, confirmed, failed, hook=self.hook)
+        counts: dict[str, int] = {}
+        for entry in ledger:
+            counts[entry.outcome] = counts.get(entry.outcome, 0) + 1
+        return counts
+
+    def _point(self, name: str) -> None:
+        if self.hook is not None:
+            self.hook(name)
+
+    def _write(self, writes: Sequence[Decision]) -> dict[int, RecordResult]:
+        """The one place rows are sent (``write_entities`` per mode; its streaming form replaces this when it lands)."""
+        out: dict[int, RecordResult] = {}
+        for mode, action in (("create", "create"), ("update", "update")):
+            part = [d for d in writes if d.action == action]
+            if not part:
+                continue
+            report = write_entities(
+                self.connection, self.job.table, mode, [d.record for d in part], self.options, cancel=self.cancel
+            )
+            for d, result in zip(part, report.results, strict=True):
+                out[d.row.source_index] = result
+        return out
+
+
+def _ledger_row(d: Decision, result: RecordResult) -> LedgerRow:
+    """A write's outcome in the ledger's words; an unknown outcome is ``failed`` and resent (same id) next run."""
+    index, key = d.row.source_index, d.row.match_key
+    if result.status in ("created", "already_present"):
+        return LedgerRow(index, key, "created", result.id or d.id)
+    if result.status == "updated":
+        return LedgerRow(index, key, "updated", result.id or d.id)
+    if result.status == "not_sent":
+        return LedgerRow(index, key, "not_sent", message=result.message)
+    code = result.code or ("OutcomeUnknown" if result.status == "unknown" else None)
+    return LedgerRow(index, key, "failed", d.id if d.action == "update" else None, code=code, message=result.message)

@@ -1,0 +1,195 @@
+"""What each mapped row becomes: unchanged, a create (with the id it will carry), an update by id, skipped or failed.
+
+Why every write is planned as a create with an id or an update by id, whatever the match (alternate key, GUID column,
+non-key column): the planner reads which rows exist first (one ``$filter`` read per few dozen rows), so every create
+carries a client-generated id that is committed as an intent before the chunk is sent. A resumed run reuses the id of
+an unconfirmed create: if the row landed unseen, the read finds it under that id and the resend is confirmed by
+``write_entities`` as ``already_present``; nothing is created twice, whatever the match. The same read answers the
+modes' questions (``insert`` skips existing rows, ``update`` reports missing ones) and refuses ambiguous matches on a
+non-key column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from connector.addressing import key_value
+from connector.ids import new_id
+from connector.odata import build_query_string, filter_column, format_literal
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+    from connector.errors import InputProblem
+    from connector.metadata import TableMetadata
+
+__all__ = ["READ_ROWS", "Decision", "MappedRowLike", "MatchRule", "decide", "existing_rows", "row_hash"]
+
+READ_ROWS = 40
+"""Rows per existence read: 40 key predicates keep the URL well under Dataverse's limit (reference 1.2)."""
+
+
+class MappedRowLike(Protocol):
+    """What the planner reads of a mapped row (:class:`connector.sync.mapping.MappedRow`)."""
+
+    @property
+    def source_index(self) -> int: ...
+    @property
+    def match_key(self) -> str: ...
+    @property
+    def key(self) -> dict[str, Any] | None: ...
+    @property
+    def row_id(self) -> str | None: ...
+    @property
+    def fields(self) -> dict[str, Any]: ...
+    @property
+    def create_only(self) -> dict[str, Any]: ...
+    @property
+    def problems(self) -> list[InputProblem]: ...
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """How rows are matched, from the definition's ``match`` and ``mode``."""
+
+    kind: Literal["key", "id", "column"]
+    mode: Literal["upsert", "insert", "update"] = "upsert"
+    id_insert: bool = False
+    column: str | None = None  # kind "column": the Dataverse column matched by query
+    stamp: str | None = None  # kind "column": the key column written so that later runs match by key
+
+
+@dataclass
+class Decision:
+    row: MappedRowLike
+    action: Literal["create", "update", "skipped", "failed"]
+    id: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # the write_entities record
+    message: str | None = None
+
+
+def row_hash(row: MappedRowLike, fingerprint: str) -> str:
+    """A stable hash of what would be written (fields and create-only fields) and of the mapping's fingerprint."""
+    import hashlib
+
+    text = json.dumps([row.fields, row.create_only, fingerprint], sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _norm(value: Any) -> Any:
+    """Values compared as Dataverse compares them: text case-insensitively, 1.0 as 1."""
+    if isinstance(value, str):
+        return value.casefold()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _probe(row: MappedRowLike, rule: MatchRule) -> dict[str, Any] | None:
+    """The column values a row is looked up by; None when it has none (it is then planned as missing)."""
+    if rule.kind == "id":
+        return {"@id": row.row_id} if row.row_id else None
+    if rule.kind == "column":
+        assert rule.column is not None
+        value = row.fields.get(rule.column, (row.key or {}).get(rule.column))
+        return None if value is None else {rule.column: value}
+    return dict(row.key) if row.key else None
+
+
+def existing_rows(
+    connection: Connection, meta: TableMetadata, rows: Sequence[MappedRowLike], rule: MatchRule
+) -> tuple[dict[str, list[str]], int]:
+    """The ids of the rows in Dataverse matching each row (by match key), and the number of reads it took."""
+    out: dict[str, list[str]] = {}
+    probes = [(row, p) for row in rows if (p := _probe(row, rule)) is not None]
+    reads = 0
+    for start in range(0, len(probes), READ_ROWS):
+        part = probes[start : start + READ_ROWS]
+        columns = sorted({c for _, p in part for c in p})
+        clauses = []
+        for _, p in part:
+            terms = [_term(connection, meta, c, v) for c, v in sorted(p.items())]
+            clauses.append("(" + " and ".join(terms) + ")")
+        select = [meta.primary_id, *(filter_column(c, meta.types[c]) for c in columns if c != "@id")]
+        found = _get_all(connection, meta, " or ".join(clauses), select)
+        reads += 1
+        for row, p in part:
+            wanted = {c: _norm(key_value(connection, meta, c, v) if c != "@id" else v) for c, v in p.items()}
+            out[row.match_key] = [
+                str(r[meta.primary_id])
+                for r in found
+                if all(_norm(_read_value(r, meta, c)) == v for c, v in wanted.items())
+            ]
+    return out, reads
+
+
+def _term(connection: Connection, meta: TableMetadata, column: str, value: Any) -> str:
+    if column == "@id":
+        return f"{meta.primary_id} eq {format_literal(value, 'Uniqueidentifier')}"
+    typ = meta.types[column]
+    return f"{filter_column(column, typ)} eq {format_literal(key_value(connection, meta, column, value), typ)}"
+
+
+def _read_value(row: Mapping[str, Any], meta: TableMetadata, column: str) -> Any:
+    if column == "@id":
+        return str(row.get(meta.primary_id, "")).lower()
+    return row.get(filter_column(column, meta.types[column]))
+
+
+def _get_all(connection: Connection, meta: TableMetadata, filter_: str, select: Sequence[str]) -> list[dict[str, Any]]:
+    query = build_query_string({"$select": ",".join(dict.fromkeys(select)), "$filter": filter_})
+    out: list[dict[str, Any]] = []
+    url: str | None = f"{meta.entity_set}?{query}"
+    while url:
+        body = connection.client.get_json(url, prefer=["odata.maxpagesize=5000"])
+        out += [r for r in body.get("value", []) if isinstance(r, dict)] if isinstance(body, dict) else []
+        url = body.get("@odata.nextLink") if isinstance(body, dict) else None
+    return out
+
+
+def decide(
+    row: MappedRowLike,
+    rule: MatchRule,
+    table: str,
+    found: Sequence[str],
+    pending_id: str | None,
+) -> Decision:
+    """One row's action from what the read found and the id an interrupted run intended for it."""
+    if _probe(row, rule) is None:
+        what = {"id": "no id", "column": f"no value for {rule.column}", "key": "no key value"}[rule.kind]
+        return Decision(row, "failed", message=f"{what}: the row cannot be matched")
+    if len(found) > 1:
+        return Decision(
+            row,
+            "failed",
+            message=f"ambiguous: {len(found)} rows of {table} match {row.match_key}; matching refused (give the rows "
+            "distinct values or match by an alternate key)",
+        )
+    key_fields = dict(row.key or {}) if rule.kind in ("key", "column") else {}
+    if found:
+        existing = found[0].lower()
+        if rule.mode == "insert" and existing != (pending_id or "").lower():
+            return Decision(row, "skipped", existing, message="the row exists; mode insert never updates")
+        # found under the id an interrupted run intended: that run created it; this one writes the current values
+        fields = dict(row.fields)
+        if rule.kind == "column":
+            fields.update(key_fields)  # the stamp: later runs match by key
+        else:
+            for column in key_fields:
+                fields.pop(column, None)
+        return Decision(row, "update", existing, {"id": existing, "fields": fields})
+    if rule.mode == "update":
+        return Decision(row, "skipped", message=f"no row of {table} matches; mode update never creates")
+    if rule.kind == "id" and not rule.id_insert:
+        return Decision(
+            row,
+            "skipped",
+            message=f"no row of {table} has id {row.row_id}; id_insert is false: ids are matched, "
+            "never created (set id_insert: true to create rows with these ids)",
+        )
+    new = (row.row_id if rule.kind == "id" else pending_id) or new_id()
+    return Decision(
+        row, "create", new.lower(), {"id": new.lower(), "fields": {**row.fields, **row.create_only, **key_fields}}
+    )

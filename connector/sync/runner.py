@@ -1,0 +1,83 @@
+"""A definition run end to end: its mapper checked, its source read (twice, see :mod:`connector.sync.engine`), its
+state store opened and closed. The one entry point of ``d365 sync run`` and the ``sync_records`` action."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from connector.errors import InputError, InputProblem
+from connector.inputs import SyncRecords
+from connector.policy import OperatorPolicy
+from connector.progress import CancellationToken, Reporter
+from connector.sync.definition import load_definition
+from connector.sync.engine import SyncResult, job_from_definition, run_sync
+from connector.sync.sources import read_rows
+from connector.sync.state import StateStore
+
+if TYPE_CHECKING:
+    from connector.connection import Connection
+    from connector.sync.definition import SyncDefinition
+
+__all__ = ["definition_of", "make_mapper", "run_definition", "sync_records_problems"]
+
+_RUN_ONLY = ("full", "dry_run")
+
+
+def definition_of(inputs: SyncRecords, policy: OperatorPolicy) -> SyncDefinition:
+    """The ``sync_records`` action's definition: its inputs but ``full`` and ``dry_run``, relative paths taken from
+    the working directory, the operator policy applied."""
+    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY}
+    return load_definition(data, policy=policy, base_dir=Path.cwd())
+
+
+def sync_records_problems(inputs: SyncRecords, connection: Connection) -> list[InputProblem]:
+    """Phase two of ``sync_records``: the definition's checks, then the mapping's against the table's metadata."""
+    try:
+        definition = definition_of(inputs, OperatorPolicy.from_env())
+    except InputError as exc:
+        return exc.problems
+    return list(make_mapper(definition, connection).problems())
+
+
+def make_mapper(definition: SyncDefinition, connection: Connection) -> Any:
+    """:class:`connector.sync.mapping.Mapper` (looked up per call, so tests can swap it)."""
+    return importlib.import_module("connector.sync.mapping").Mapper(definition, connection)
+
+
+def run_definition(
+    definition: SyncDefinition,
+    connection: Connection,
+    *,
+    policy: OperatorPolicy,
+    base_dir: Path,
+    stdin: Path | None = None,
+    full: bool = False,
+    dry_run: bool = False,
+    progress: Reporter | None = None,
+    cancel: CancellationToken | None = None,
+) -> SyncResult:
+    """Run ``definition`` once; mapping problems (unknown columns, a bad key) raise :class:`InputError` before any
+    row is read. ``stdin``: a file holding what standard input gave (it is read twice)."""
+    mapper = make_mapper(definition, connection)
+    problems: list[InputProblem] = list(mapper.problems())
+    if problems:
+        raise InputError(problems)
+
+    def source() -> Iterator[list[dict[str, Any]]]:
+        if stdin is None:
+            yield from read_rows(definition.source, policy=policy, base_dir=base_dir)
+            return
+        with stdin.open("rb") as handle:
+            yield from read_rows(definition.source, policy=policy, base_dir=base_dir, stdin=handle)
+
+    store = StateStore(str(definition.state), definition.name)
+    try:
+        job = job_from_definition(definition)
+        return run_sync(
+            connection, job, mapper, source, store, full=full, dry_run=dry_run, progress=progress, cancel=cancel
+        )
+    finally:
+        store.close()
