@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
 from connector.progress import CancellationToken, Reporter, Tracker
-from connector.sync.planner import Decision, MappedRowLike, MatchRule, decide, existing_rows, row_hash
+from connector.sync.mapping import MappedRow, row_hash
+from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
 if TYPE_CHECKING:
@@ -46,10 +47,10 @@ Hook = Callable[[str], None]
 
 
 class RowMapper(Protocol):
-    """What the engine needs of :class:`connector.sync.mapping.Mapper`."""
+    """What the engine needs of :class:`connector.sync.mapping.Mapper` (tests give it doubles)."""
 
     def fingerprint(self) -> str: ...
-    def map_rows(self, rows: Sequence[Mapping[str, Any]], start_index: int) -> Sequence[MappedRowLike]: ...
+    def map_rows(self, rows: Sequence[Mapping[str, Any]], start_index: int) -> Sequence[MappedRow]: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Plan:
     problems: list[dict[str, Any]] = field(default_factory=list)
     reads: int = 0
 
-    def add(self, action: str, row: MappedRowLike, message: str | None = None) -> None:
+    def add(self, action: str, row: MappedRow, message: str | None = None) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
         first = self.first.setdefault(action, [])
         if len(first) < _FIRST_ROWS:
@@ -134,10 +135,10 @@ class SyncResult:
         return out
 
 
-def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> Iterator[list[MappedRowLike]]:
+def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> Iterator[list[MappedRow]]:
     """Mapped rows in groups of ``size``, in source order."""
     index = 0
-    pending: list[MappedRowLike] = []
+    pending: list[MappedRow] = []
     for batch in source:
         for start in range(0, len(batch), size):
             part = batch[start : start + size]
@@ -229,13 +230,13 @@ class _Run:
         )
 
     def _triage(
-        self, group: Sequence[MappedRowLike], last: Mapping[str, int]
-    ) -> tuple[list[LedgerRow], list[tuple[MappedRowLike, str]]]:
+        self, group: Sequence[MappedRow], last: Mapping[str, int]
+    ) -> tuple[list[LedgerRow], list[tuple[MappedRow, str]]]:
         """Rows that need no write (problems, duplicates, unchanged) ledgered; the others with their hash."""
         ledger: list[LedgerRow] = []
         live = [r for r in group if not r.problems and last.get(r.match_key) == r.source_index]
         states = self.store.row_states([r.match_key for r in live])
-        changed: list[tuple[MappedRowLike, str]] = []
+        changed: list[tuple[MappedRow, str]] = []
         for row in group:
             if row.problems:
                 message = "; ".join(str(p) for p in row.problems)
@@ -253,7 +254,7 @@ class _Run:
                     changed.append((row, digest))
         return ledger, changed
 
-    def _decide(self, changed: Sequence[tuple[MappedRowLike, str]]) -> tuple[list[Decision], int]:
+    def _decide(self, changed: Sequence[tuple[MappedRow, str]]) -> tuple[list[Decision], int]:
         rows = [r for r, _ in changed]
         found, reads = existing_rows(self.connection, self.meta, rows, self.job.rule)
         pending = self.store.pending_ids([r.match_key for r in rows])
@@ -263,7 +264,7 @@ class _Run:
         ]
         return decisions, reads
 
-    def plan_group(self, group: Sequence[MappedRowLike], last: Mapping[str, int], plan: Plan) -> None:
+    def plan_group(self, group: Sequence[MappedRow], last: Mapping[str, int], plan: Plan) -> None:
         ledger, changed = self._triage(group, last)
         by_index = {r.source_index: r for r in group}
         for entry in ledger:
@@ -271,19 +272,22 @@ class _Run:
             if entry.outcome == "failed":
                 plan.problems.append({"source_index": entry.source_index, "message": entry.message})
         decisions, reads = self._decide(changed)
-        plan.reads += reads
+        missing, more = missing_lookups(self.connection, [d.row for d in decisions if d.action in ("create", "update")])
+        plan.reads += reads + more
         for d in decisions:
+            if d.row.source_index in missing:
+                d.action, d.message = "failed", "; ".join(missing[d.row.source_index])
             plan.add(d.action, d.row, d.message)
             if d.action == "failed":
                 plan.problems.append({"source_index": d.row.source_index, "message": d.message})
 
-    def not_sent(self, group: Sequence[MappedRowLike]) -> dict[str, int]:
+    def not_sent(self, group: Sequence[MappedRow]) -> dict[str, int]:
         message = "not sent: the run was cancelled before this row was reached"
         ledger = [LedgerRow(r.source_index, r.match_key, "not_sent", message=message) for r in group]
         self.store.commit_outcomes(self.id, ledger, {})
         return {"not_sent": len(ledger)}
 
-    def write_group(self, group: Sequence[MappedRowLike], last: Mapping[str, int]) -> dict[str, int]:
+    def write_group(self, group: Sequence[MappedRow], last: Mapping[str, int]) -> dict[str, int]:
         ledger, changed = self._triage(group, last)
         hashes = {r.match_key: digest for r, digest in changed}
         decisions, _ = self._decide(changed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from connector.addressing import key_value
 from connector.ids import new_id
@@ -22,32 +22,13 @@ from connector.odata import build_query_string, filter_column, format_literal
 
 if TYPE_CHECKING:
     from connector.connection import Connection
-    from connector.errors import InputProblem
     from connector.metadata import TableMetadata
+    from connector.sync.mapping import MappedRow
 
-__all__ = ["READ_ROWS", "Decision", "MappedRowLike", "MatchRule", "decide", "existing_rows", "row_hash"]
+__all__ = ["READ_ROWS", "Decision", "MatchRule", "decide", "existing_rows", "find_rows", "missing_lookups"]
 
 READ_ROWS = 40
 """Rows per existence read: 40 key predicates keep the URL well under Dataverse's limit (reference 1.2)."""
-
-
-class MappedRowLike(Protocol):
-    """What the planner reads of a mapped row (:class:`connector.sync.mapping.MappedRow`)."""
-
-    @property
-    def source_index(self) -> int: ...
-    @property
-    def match_key(self) -> str: ...
-    @property
-    def key(self) -> dict[str, Any] | None: ...
-    @property
-    def row_id(self) -> str | None: ...
-    @property
-    def fields(self) -> dict[str, Any]: ...
-    @property
-    def create_only(self) -> dict[str, Any]: ...
-    @property
-    def problems(self) -> list[InputProblem]: ...
 
 
 @dataclass(frozen=True)
@@ -63,19 +44,11 @@ class MatchRule:
 
 @dataclass
 class Decision:
-    row: MappedRowLike
+    row: MappedRow
     action: Literal["create", "update", "skipped", "failed"]
     id: str | None = None
     record: dict[str, Any] = field(default_factory=dict)  # the write_entities record
     message: str | None = None
-
-
-def row_hash(row: MappedRowLike, fingerprint: str) -> str:
-    """A stable hash of what would be written (fields and create-only fields) and of the mapping's fingerprint."""
-    import hashlib
-
-    text = json.dumps([row.fields, row.create_only, fingerprint], sort_keys=True, default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _norm(value: Any) -> Any:
@@ -87,7 +60,7 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _probe(row: MappedRowLike, rule: MatchRule) -> dict[str, Any] | None:
+def _probe(row: MappedRow, rule: MatchRule) -> dict[str, Any] | None:
     """The column values a row is looked up by; None when it has none (it is then planned as missing)."""
     if rule.kind == "id":
         return {"@id": row.row_id} if row.row_id else None
@@ -99,29 +72,63 @@ def _probe(row: MappedRowLike, rule: MatchRule) -> dict[str, Any] | None:
 
 
 def existing_rows(
-    connection: Connection, meta: TableMetadata, rows: Sequence[MappedRowLike], rule: MatchRule
+    connection: Connection, meta: TableMetadata, rows: Sequence[MappedRow], rule: MatchRule
 ) -> tuple[dict[str, list[str]], int]:
     """The ids of the rows in Dataverse matching each row (by match key), and the number of reads it took."""
-    out: dict[str, list[str]] = {}
-    probes = [(row, p) for row in rows if (p := _probe(row, rule)) is not None]
+    probed = [(row, p) for row in rows if (p := _probe(row, rule)) is not None]
+    found, reads = find_rows(connection, meta, [p for _, p in probed])
+    return {row.match_key: ids for (row, _), ids in zip(probed, found, strict=True)}, reads
+
+
+def find_rows(
+    connection: Connection, meta: TableMetadata, probes: Sequence[Mapping[str, Any]]
+) -> tuple[list[list[str]], int]:
+    """For each probe (column values; ``@id`` for the row's id), the ids of the rows holding them; reads taken."""
+    out: list[list[str]] = []
     reads = 0
     for start in range(0, len(probes), READ_ROWS):
         part = probes[start : start + READ_ROWS]
-        columns = sorted({c for _, p in part for c in p})
-        clauses = []
-        for _, p in part:
-            terms = [_term(connection, meta, c, v) for c, v in sorted(p.items())]
-            clauses.append("(" + " and ".join(terms) + ")")
+        columns = sorted({c for p in part for c in p})
+        clauses = ["(" + " and ".join(_term(connection, meta, c, v) for c, v in sorted(p.items())) + ")" for p in part]
         select = [meta.primary_id, *(filter_column(c, meta.types[c]) for c in columns if c != "@id")]
         found = _get_all(connection, meta, " or ".join(clauses), select)
         reads += 1
-        for row, p in part:
+        for p in part:
             wanted = {c: _norm(key_value(connection, meta, c, v) if c != "@id" else v) for c, v in p.items()}
-            out[row.match_key] = [
-                str(r[meta.primary_id])
-                for r in found
-                if all(_norm(_read_value(r, meta, c)) == v for c, v in wanted.items())
-            ]
+            out.append(
+                [
+                    str(r[meta.primary_id])
+                    for r in found
+                    if all(_norm(_read_value(r, meta, c)) == v for c, v in wanted.items())
+                ]
+            )
+    return out, reads
+
+
+def missing_lookups(connection: Connection, rows: Sequence[MappedRow]) -> tuple[dict[int, list[str]], int]:
+    """Lookups naming a related row that does not exist, by source index (a dry run's check; a real run's write
+    fails such a row by itself); and the reads it took, one per related table and few dozen values."""
+    wanted: dict[str, dict[str, tuple[dict[str, Any], list[tuple[int, str]]]]] = {}
+    for row in rows:
+        for column, value in {**row.fields, **row.create_only}.items():
+            if isinstance(value, Mapping) and isinstance(value.get("table"), str):
+                probe = {"@id": value["id"]} if value.get("id") else dict(value.get("key") or {})
+                if probe:
+                    text = json.dumps(probe, sort_keys=True, default=str).casefold()
+                    entry = wanted.setdefault(value["table"], {}).setdefault(text, (probe, []))
+                    entry[1].append((row.source_index, column))
+    out: dict[int, list[str]] = {}
+    reads = 0
+    for table, probes in wanted.items():
+        meta = connection.metadata.table(table)
+        items = list(probes.values())
+        found, n = find_rows(connection, meta, [p for p, _ in items])
+        reads += n
+        for (probe, users), ids in zip(items, found, strict=True):
+            if not ids:
+                shown = ", ".join(f"{c}={v!r}" for c, v in probe.items())
+                for index, column in users:
+                    out.setdefault(index, []).append(f"{column}: no {table} row with {shown}")
     return out, reads
 
 
@@ -150,7 +157,7 @@ def _get_all(connection: Connection, meta: TableMetadata, filter_: str, select: 
 
 
 def decide(
-    row: MappedRowLike,
+    row: MappedRow,
     rule: MatchRule,
     table: str,
     found: Sequence[str],

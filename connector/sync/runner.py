@@ -3,7 +3,6 @@ state store opened and closed. The one entry point of ``d365 sync run`` and the 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter
 from connector.sync.definition import load_definition
 from connector.sync.engine import SyncResult, job_from_definition, run_sync
+from connector.sync.mapping import Mapper
 from connector.sync.sources import read_rows
 from connector.sync.state import StateStore
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.sync.definition import SyncDefinition
 
-__all__ = ["definition_of", "make_mapper", "run_definition", "sync_records_problems"]
+__all__ = ["definition_of", "run_definition", "sync_records_problems"]
 
 _RUN_ONLY = ("full", "dry_run")
 
@@ -39,12 +39,7 @@ def sync_records_problems(inputs: SyncRecords, connection: Connection) -> list[I
         definition = definition_of(inputs, OperatorPolicy.from_env())
     except InputError as exc:
         return exc.problems
-    return list(make_mapper(definition, connection).problems())
-
-
-def make_mapper(definition: SyncDefinition, connection: Connection) -> Any:
-    """:class:`connector.sync.mapping.Mapper` (looked up per call, so tests can swap it)."""
-    return importlib.import_module("connector.sync.mapping").Mapper(definition, connection)
+    return list(Mapper(definition, connection).problems())
 
 
 def run_definition(
@@ -61,7 +56,7 @@ def run_definition(
 ) -> SyncResult:
     """Run ``definition`` once; mapping problems (unknown columns, a bad key) raise :class:`InputError` before any
     row is read. ``stdin``: a file holding what standard input gave (it is read twice)."""
-    mapper = make_mapper(definition, connection)
+    mapper = Mapper(definition, connection)
     problems: list[InputProblem] = list(mapper.problems())
     if problems:
         raise InputError(problems)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,9 @@ import pytest
 
 from connector.connection import Connection
 from connector.errors import InputProblem
+from connector.sync.mapping import MappedRow as Mapped
 from connector.sync.state import StateStore
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
-
-
-@dataclass(frozen=True)
-class Mapped:
-    source_index: int
-    match_key: str
-    key: dict[str, Any] | None
-    row_id: str | None
-    fields: dict[str, Any]
-    create_only: dict[str, Any] = field(default_factory=dict)
-    problems: list[InputProblem] = field(default_factory=list)
 
 
 class AccountMapper:

@@ -8,28 +8,21 @@ from typing import Any
 
 import pytest
 
-import connector.sync.runner as runner
 from connector.connection import Connection
 from connector.errors import InputError
 from connector.runtime import Runtime
-from tests.sync.conftest import AccountMapper, accounts
-
-
-class CheckedMapper(AccountMapper):
-    def problems(self) -> list[Any]:
-        return []
+from tests.sync.conftest import accounts
 
 
 @pytest.fixture
-def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(runner, "make_mapper", lambda definition, conn: CheckedMapper())
+def inputs(tmp_path: Path) -> dict[str, Any]:
     with (tmp_path / "companies.csv").open("w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["num", "name"], ["B-1", "Alpha"], ["B-2", "Beta"]])
     return {
         "name": "accounts",
         "source": {"path": str(tmp_path / "companies.csv")},
         "target": "account",
-        "match": {"key": "accountnumber"},
+        "match": {"key": ["accountnumber"]},
         "mapping": [{"source": "num", "target": "accountnumber"}, {"source": "name", "target": "name"}],
         "state": f"sqlite:///{tmp_path / 'accounts.sync.sqlite'}",
     }

@@ -1,8 +1,5 @@
-"""``d365 sync run/results/history`` against the emulator, with a CSV source read by the real reader.
-
-The mapper is the test double of tests/sync/conftest.py (the definition's mapping is checked by synca's Mapper, tested
-on its own); everything else is the command as a user runs it.
-"""
+"""``d365 sync run/results/history`` against the emulator, as a user runs them: a definition file, a CSV source read
+by the real reader, the real mapper checking the mapping against the emulator's metadata."""
 
 from __future__ import annotations
 
@@ -15,27 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import connector.sync.runner as runner
 from connector.cli import main
 from connector.connection import Connection
 from dataverse_emulator.testing import EmulatorHandle
-from tests.sync.conftest import AccountMapper, accounts, writes
-
-
-class CheckedMapper(AccountMapper):
-    def problems(self) -> list[Any]:
-        return []
+from tests.sync.conftest import accounts, writes
 
 
 @pytest.fixture
-def files(tmp_path: Path, connection: Connection, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(runner, "make_mapper", lambda definition, conn: CheckedMapper())
+def files(tmp_path: Path, connection: Connection, emulator: EmulatorHandle) -> Path:
     (tmp_path / "connection.json").write_text(json.dumps(emulator.connection_config()), encoding="utf-8")
     definition = {
         "name": "accounts",
         "source": {"path": "companies.csv"},
         "target": "account",
-        "match": {"key": "accountnumber"},
+        "match": {"key": ["accountnumber"]},
         "mapping": [{"source": "num", "target": "accountnumber"}, {"source": "name", "target": "name"}],
         "batch_size": 2,
     }
@@ -107,7 +97,7 @@ def test_run_dry_run_results_history(files: Path, connection: Connection, emulat
 
 
 def test_failed_rows_exit_5_and_bad_definitions_exit_2(files: Path) -> None:
-    write_csv(files, [("A-1", "x" * 60)])
+    write_csv(files, [("A-1", "x" * 200)])
     failed = d365(files, "sync", "run", str(files / "sync.json"), "--json")
     assert failed.exit_code == 5
     assert json.loads(failed.stdout)["counts"] == {"failed": 1}
