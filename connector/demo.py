@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -118,6 +120,98 @@ def webhook_demo(runtime: Runtime, connection: Any, emulator: Any) -> None:
             runtime.unsubscribe_trigger("webhook", subscription, connection)
 
 
+def _warehouse(path: Path) -> None:
+    """200 companies and 600 people, with three deliberate bad rows: an unknown industry label, a last name over
+    the column's 50 characters, and a person whose company number names no company."""
+    import duckdb
+
+    industries = ["Accounting", "Consulting", "Financial", "Insurance"]
+    with duckdb.connect(str(path)) as db:
+        db.execute("CREATE TABLE companies (number VARCHAR, name VARCHAR, industry VARCHAR)")
+        db.executemany(
+            "INSERT INTO companies VALUES (?, ?, ?)",
+            [[f"W-{i:04}", f"Company {i}", industries[i % 4]] for i in range(200)],
+        )
+        db.execute("UPDATE companies SET industry = 'Bakery' WHERE number = 'W-0007'")
+        db.execute("CREATE TABLE people (email VARCHAR, first VARCHAR, last VARCHAR, company VARCHAR)")
+        db.executemany(
+            "INSERT INTO people VALUES (?, ?, ?, ?)",
+            [[f"p{i}@example.com", f"First{i}", f"Last{i}", f"W-{i % 200:04}"] for i in range(600)],
+        )
+        db.execute("UPDATE people SET last = repeat('x', 60) WHERE email = 'p5@example.com'")
+        db.execute("UPDATE people SET company = 'W-9999' WHERE email = 'p9@example.com'")
+
+
+def sync_demo(connection: Any, folder: Path) -> None:
+    """Reverse-ETL: a DuckDB warehouse synced into accounts, then contacts (a lookup to accounts by account number);
+    some rows change and the next run sends only those; the ledger says what became of every row."""
+    from connector.policy import OperatorPolicy
+    from connector.sync.definition import load_definition
+    from connector.sync.runner import run_definition
+    from connector.sync.state import StateStore
+
+    policy = OperatorPolicy(preset="local")
+    _warehouse(folder / "warehouse.duckdb")
+    connection.client.request(
+        "POST",
+        "EntityDefinitions(LogicalName='contact')/Keys",
+        json={
+            "@odata.type": "Microsoft.Dynamics.CRM.EntityKeyMetadata",
+            "SchemaName": "demo_contactemail",
+            "DisplayName": {"LocalizedLabels": [{"Label": "Email", "LanguageCode": 1033}]},
+            "KeyAttributes": ["emailaddress1"],
+        },
+    )
+    connection.metadata.invalidate("contact")
+    accounts = {
+        "name": "accounts",
+        "source": {"duckdb": "warehouse.duckdb", "table": "companies"},
+        "target": "account",
+        "match": {"key": ["accountnumber"]},
+        "mapping": [
+            {"source": "number", "target": "accountnumber"},
+            {"source": "name", "target": "name"},
+            {"source": "industry", "target": "industrycode"},
+        ],
+    }
+    contacts = {
+        "name": "contacts",
+        "source": {"duckdb": "warehouse.duckdb", "table": "people"},
+        "target": "contact",
+        "match": {"key": ["emailaddress1"]},
+        "mapping": [
+            {"source": "email", "target": "emailaddress1"},
+            {"source": "first", "target": "firstname"},
+            {"source": "last", "target": "lastname"},
+            {"target": "parentcustomerid", "lookup": {"table": "account", "key": {"accountnumber": "company"}}},
+        ],
+    }
+
+    def run(data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        definition = load_definition(data, policy=policy, base_dir=folder)
+        return run_definition(definition, connection, policy=policy, base_dir=folder, **kw).to_dict()
+
+    step("sync accounts --dry-run (the plan; nothing written)", lambda: run(accounts, dry_run=True)["plan"]["counts"])
+    step("sync accounts: 200 companies (one unknown industry label)", lambda: run(accounts))
+    step("sync contacts: 600 people (a lookup to accounts; a too-long name, an unknown company)", lambda: run(contacts))
+    import duckdb
+
+    with duckdb.connect(str(folder / "warehouse.duckdb")) as db:
+        db.execute("UPDATE people SET first = first || ' Jr' WHERE email IN ('p1@example.com', 'p2@example.com')")
+        db.execute("UPDATE people SET last = 'Fixed' WHERE email = 'p5@example.com'")
+    step("sync contacts again: only the 3 changed rows are sent, the failed ones retried", lambda: run(contacts))
+    store = StateStore(f"sqlite:///{folder / 'contacts.sync.sqlite'}", "contacts")
+    try:
+        step(
+            "sync history contacts",
+            lambda: [{"run": r.id, "status": r.status, "counts": r.counts} for r in store.runs()],
+        )
+        failed = [e.to_dict() for e in store.ledger(store.runs()[-1].id) if e.outcome == "failed"]
+        step("sync results (the first run's failed rows)", lambda: failed)
+    finally:
+        store.close()
+
+
 def main() -> int:
     from dataverse_emulator.testing import running_emulator
 
@@ -133,6 +227,8 @@ def main() -> int:
             records_demo(runtime, connection)
             bulk_demo(runtime, connection)
             webhook_demo(runtime, connection, emulator)
+            with tempfile.TemporaryDirectory(prefix="d365-demo-") as folder:
+                sync_demo(connection, Path(folder))
         finally:
             runtime.close()
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
+from connector.errors import DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
@@ -290,10 +291,16 @@ class _Run:
     def write_group(self, group: Sequence[MappedRow], last: Mapping[str, int]) -> dict[str, int]:
         ledger, changed = self._triage(group, last)
         hashes = {r.match_key: digest for r, digest in changed}
-        decisions, _ = self._decide(changed)
+        try:
+            decisions, _ = self._decide(changed)
+        except DataverseApiError as exc:  # the read's retries spent: these rows fail, the next run retries them
+            message = f"not sent: reading which rows exist failed: {exc}"
+            code = exc.code or type(exc).__name__
+            decisions = [Decision(r, "failed", message=message, code=code) for r, _ in changed]
         for d in decisions:
             if d.action in ("skipped", "failed"):
-                ledger.append(LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, message=d.message))
+                entry = LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, code=d.code, message=d.message)
+                ledger.append(entry)
         writes = [d for d in decisions if d.action in ("create", "update")]
         self.store.record_intents(
             self.id,

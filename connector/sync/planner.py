@@ -49,6 +49,7 @@ class Decision:
     id: str | None = None
     record: dict[str, Any] = field(default_factory=dict)  # the write_entities record
     message: str | None = None
+    code: str | None = None
 
 
 def _norm(value: Any) -> Any:
