@@ -224,7 +224,7 @@ def _failed(state: str | None, run: int | None) -> list[Any]:
 
 
 def test_a_sync_under_throttling_and_5_percent_faults_lands_every_row_or_explains_it(tmp_path: Path) -> None:
-    n = 2500
+    n = 2000
     outcome = run_sync_chaos(n, folder=tmp_path)
     assert outcome.problems == [], outcome.problems[:10]
     assert outcome.faults["commit_then_drop"] > 0 and outcome.faults["drop"] > 0, outcome.faults
