@@ -17,6 +17,7 @@ ratio (target <= 1.2x). The model keeps Dataverse's rates (6,000 requests and 1,
 are real. Never part of the test suite.
 
     .venv/bin/python benchmarks/sync.py [--rows 100000] [--small 10000] [--batch 100] [--window-s 3] [--time-scale 1]
+        [--throttle dataverse|off] [--latency-ms 20]
 """
 
 from __future__ import annotations
@@ -144,14 +145,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="the definition's batch_size")
     parser.add_argument("--window-s", type=float, default=3.0, help="the model's window at Dataverse's rates")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--throttle", choices=["dataverse", "off"], default="dataverse", help="off: memory only, fast")
+    parser.add_argument("--latency-ms", type=int, default=LATENCY_MS)
     args = parser.parse_args()
     w, ts = args.window_s, args.time_scale
     max_requests, max_exec_s = round(6000 * w / 300), 1200 * w / 300
-    model = {"throttle": "dataverse", "latency_ms": LATENCY_MS, "window_s": w, "max_requests": max_requests}
+    model = {"throttle": args.throttle, "latency_ms": args.latency_ms, "window_s": w, "max_requests": max_requests}
     model |= {"max_exec_s": max_exec_s, "time_scale": ts}
     costs = Costs()
     reports = {}
-    print(f"emulator in its own process, latency {LATENCY_MS} ms; model: Dataverse's rates on a {w:g} s window")
+    print(f"emulator in its own process, latency {args.latency_ms} ms; model {args.throttle}: Dataverse's rates on a "
+          f"{w:g} s window")  # fmt: skip
     print(f"({max_requests} requests, {max_exec_s:g} s of execution, 52 concurrent), time scale {ts:g}")
     print(f"{'size':>8} {'sync':<12}{'rows/s':>9}{'written':>9}{'reads':>7}{'writes':>7}{'429s':>6}"
           f"{'ceiling':>9}{'share':>7}{'+reads':>10}{'share':>7}{'s':>7}{'CPU s':>7}")  # fmt: skip
@@ -172,8 +176,10 @@ def main() -> None:
                 with_reads = max(fastest, (reads + writes - 1) // max_requests * w / ts)
                 ceiling, run_ceiling = n / fastest, n / with_reads
                 rate = n / r["seconds"]
-                print(f"{n:>8,} {name:<12}{rate:>9,.0f}{written:>9,}{reads:>7}{writes:>7}{throttled:>6}"
-                      f"{ceiling:>9,.0f}{rate / ceiling:>7.0%}{run_ceiling:>10,.0f}{rate / run_ceiling:>7.0%}"
+                shares = f"{ceiling:>9,.0f}{rate / ceiling:>7.0%}{run_ceiling:>10,.0f}{rate / run_ceiling:>7.0%}"
+                if args.throttle == "off":
+                    shares = f"{'-':>9}{'-':>7}{'-':>10}{'-':>7}"  # no model, no ceiling
+                print(f"{n:>8,} {name:<12}{rate:>9,.0f}{written:>9,}{reads:>7}{writes:>7}{throttled:>6}{shares}"
                       f"{r['seconds']:>7.1f}{r['cpu_s']:>7.1f}")  # fmt: skip
                 if set(counts) - {"created", "updated", "unchanged"}:
                     print(f"    counts {counts}")
