@@ -389,27 +389,18 @@ def _repo_checks(runtime: Runtime, root: Path, ledger: Iterable[dict[str, object
     for action_id in builtin_actions:
         if not re.search(rf"def test_{action_id}(_\w+)?\(", test_sources):
             problems.append(f"action {action_id!r} has no test named test_{action_id}_*")
-        body = sections.get(action_id)
-        if body is None:
-            problems.append(f"action {action_id!r} has no '### {action_id}' section in README.md")
-            continue
-        blocks = re.findall(r"```json\n(.*?)```", body, flags=re.S)
-        if not blocks:
-            problems.append(f"README '### {action_id}' has no ```json example")
-        for block in blocks[:1]:
-            try:
-                example = json.loads(block)
-            except ValueError as exc:
-                problems.append(f"README '### {action_id}' example is not JSON: {exc}")
-                continue
-            info = runtime.manifest.actions[action_id]
-            for p in runtime.store.validate(example, info.input_schema):
-                problems.append(f"README '### {action_id}' example fails the input schema: {p}")
+        schema = runtime.manifest.actions[action_id].input_schema
+        problems += _readme_example(runtime, sections, f"action {action_id!r}", action_id, schema, "input schema")
     for trig in runtime.manifest.document.get("triggers", []):
         tid = trig.get("id")
         polling_builtin = trig.get("type") == "polling" and _provider(trig) == BUILTIN
         if polling_builtin and not re.search(rf"def test_{tid}(_\w+)?\(", test_sources):
             problems.append(f"polling trigger {tid!r} has no test named test_{tid}_*")
+        if polling_builtin:
+            schema = str(trig.get("config_schema"))
+            problems += _readme_example(
+                runtime, sections, f"polling trigger {tid!r}", str(tid), schema, "config schema"
+            )
     if ledger is not None:
         runs = list(ledger)
         for action_id in builtin_actions:
@@ -433,3 +424,21 @@ def _readme_sections(text: str) -> dict[str, str]:
         if level == "###":
             out[title.strip("`")] = body
     return out
+
+
+def _readme_example(
+    runtime: Runtime, sections: dict[str, str], what: str, title: str, schema: str, kind: str
+) -> list[str]:
+    """A ``### <title>`` README section whose first JSON example validates against ``schema``: people read the README
+    before the form, so its example must be one the runtime accepts."""
+    body = sections.get(title)
+    if body is None:
+        return [f"{what} has no '### {title}' section in README.md"]
+    blocks = re.findall(r"```json\n(.*?)```", body, flags=re.S)
+    if not blocks:
+        return [f"README '### {title}' has no ```json example"]
+    try:
+        example = json.loads(blocks[0])
+    except ValueError as exc:
+        return [f"README '### {title}' example is not JSON: {exc}"]
+    return [f"README '### {title}' example fails the {kind}: {p}" for p in runtime.store.validate(example, schema)]

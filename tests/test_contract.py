@@ -155,6 +155,7 @@ def test_repo_checks_need_tests_readme_and_runs(tmp_path: Path) -> None:
         p.startswith("README '### get_current_user' example fails the input schema: $.impersonate") for p in problems
     )
     assert "action 'get_current_user' was never refused with an input error in the suite" in problems
+    assert "polling trigger 'records_changed' has no '### records_changed' section in README.md" in problems
     assert (
         "action 'test_connection' never ran successfully through run_action against the emulator in the suite"
     ) in problems
@@ -281,3 +282,10 @@ def test_form_rules_read_through_refs_and_skip_choices_and_booleans() -> None:
     assert problems == ["$.rows[].n: has no examples"]
     by_ref = {"allOf": [{"title": "T", "description": "D.", "type": "string", "examples": ["x"]}], "minLength": 1}
     assert form_problems({"properties": {"t": by_ref}}) == []
+
+
+def test_repo_checks_want_a_polling_trigger_readme_example_that_fits_its_config(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "README.md").write_text('### records_changed\n\n```json\n{"columns": ["name"]}\n```\n', "utf-8")
+    problems = check_contract(Runtime(load_entrypoints=False), repo_checks=True, repo_root=tmp_path)
+    assert any(p.startswith("README '### records_changed' example fails the config schema") for p in problems)
