@@ -68,6 +68,23 @@ def test_upsert_by_key_then_an_incremental_run_sends_only_changed_rows(
     assert [r.id for r in store.runs()] == [third.run, second.run, first.run]
 
 
+def test_an_incremental_run_gathers_changed_rows_into_full_chunks(
+    connection: Connection, store: StateStore, emulator: EmulatorHandle
+) -> None:
+    """Few changed rows spread over many groups still fill chunks: 6 changed rows of 120, one in each group of 20, go
+    out as one write of 6 (batch_size 10), not one write per group that holds one."""
+    wide = SyncJob("accounts", "account", MatchRule(kind="key", mode="upsert"), batch_size=10, parallelism=2)
+    rows = people(120)
+    assert sync(connection, store, rows, wide).counts == {"created": 120}
+    changed = [dict(r, name=r["name"] + "?") if i % 20 == 7 else r for i, r in enumerate(rows)]
+    emulator.admin.clear_requests()
+    again = sync(connection, store, changed, wide)
+    assert again.counts == {"unchanged": 114, "updated": 6}
+    assert len(writes(emulator)) == 1  # one UpdateMultiple of 6 rows; group by group it was 6 requests
+    assert by_number(connection) == {r["num"]: r["name"] for r in changed}
+    assert sorted(ledger_once(store, again.run or 0, 120).values()).count("updated") == 6
+
+
 def test_full_resends_and_a_changed_mapping_resends_what_it_changes(
     connection: Connection, store: StateStore, emulator: EmulatorHandle
 ) -> None:
