@@ -2,8 +2,8 @@
 
 After it the table equals the source (no row twice), the completed run's ledger holds every source row exactly once,
 and no crashed run's ledger holds a row twice. The kill points are drawn from a seeded generator as ledger sizes of
-the running run (the worker is killed once its run has ledgered that many rows), so they fall mid-run, between or
-inside a group's send and commit, wherever the process happens to be.
+the running run (the worker is killed once it reports, on its progress output, that its run has ledgered that many
+rows), so they fall mid-run, between or inside a unit's send and commit, wherever the process happens to be.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from connector.connection import Connection
@@ -26,19 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 5000
 
 
-def ledgered(db: Path, after_run: int) -> tuple[int, int]:
-    """The newest run's id and its ledger rows so far (0 until a run newer than ``after_run`` started)."""
-    try:
-        c = sqlite3.connect(db, timeout=0.1)
-        try:
-            run = int(c.execute("SELECT coalesce(max(id), 0) FROM sync_runs").fetchone()[0])
-            if run <= after_run:
-                return run, 0
-            return run, int(c.execute("SELECT count(*) FROM sync_ledger WHERE run = ?", (run,)).fetchone()[0])
-        finally:
-            c.close()
-    except sqlite3.Error:  # not created yet, or locked by the writer for a moment
-        return after_run, 0
+def wait_until_ledgered(worker: subprocess.Popen[bytes], rows: int) -> bool:
+    """Read the worker's progress lines (stderr) until its run has ledgered ``rows``; False if it ended first."""
+    assert worker.stderr is not None
+    for line in iter(worker.stderr.readline, b""):
+        if line.startswith(b"{") and json.loads(line).get("done", 0) >= rows:
+            return True
+    return False
 
 
 def start(emulator: EmulatorHandle, url: str) -> subprocess.Popen[bytes]:
@@ -57,21 +49,12 @@ def all_accounts(connection: Connection) -> list[dict[str, str]]:
 
 
 def test_three_sigkills_then_a_resume(connection: Connection, emulator: EmulatorHandle, tmp_path: Path) -> None:
-    db = tmp_path / "state.sqlite"
-    url = f"sqlite:///{db}"
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
     rng = random.Random(18)
-    last_run = 0
     for kill in range(3):
         at = rng.randrange(200, 1800)
         worker = start(emulator, url)
-        deadline = time.monotonic() + 120
-        while worker.poll() is None and time.monotonic() < deadline:
-            run, n = ledgered(db, last_run)
-            if n >= at:
-                last_run = run
-                break
-            time.sleep(0.01)
-        assert worker.poll() is None, f"kill {kill}: the run ended before {at} rows: {worker.communicate()}"
+        assert wait_until_ledgered(worker, at), f"kill {kill}: the run ended before {at} rows: {worker.communicate()}"
         os.kill(worker.pid, signal.SIGKILL)
         worker.communicate()
     final = start(emulator, url)
