@@ -12,6 +12,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,20 @@ import httpx
 import uvicorn
 
 from .app import create_app
+
+
+class FakeClock:
+    """A clock a test sets: starts at a whole second of the real time (so datetimes look plausible) and moves only
+    by ``advance``, so token expiry, key activation and "the same second" are driven, never slept for."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class AdminClient:

@@ -3,27 +3,13 @@ injected clock (key activation and token expiry are driven by advancing it, neve
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from dataverse_emulator.testing import EmulatorHandle, running_emulator
-
-
-class FakeClock:
-    """A settable clock starting at the real time (so datetimes look plausible)."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from dataverse_emulator.testing import EmulatorHandle, FakeClock, running_emulator
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ are set by moving it, never by sleeping), reset before each test, a Runtime, and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -11,20 +10,7 @@ import pytest
 
 from connector.connection import Connection
 from connector.runtime import Runtime
-from dataverse_emulator.testing import EmulatorHandle, running_emulator
-
-
-class FakeClock:
-    """A settable clock starting at a whole second of the real time."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from dataverse_emulator.testing import EmulatorHandle, FakeClock, running_emulator
 
 
 @pytest.fixture(scope="module")
