@@ -192,7 +192,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sync", ("sync", "sync.*")),
     (
         "runtime",
-        ("hookspecs", "plugins", "manifest", "schema_links", "contract", "contract_cache", "context", "runtime"),
+        (
+            "hookspecs",
+            "plugins",
+            "manifest",
+            "schema_links",
+            "contract",
+            "contract_cache",
+            "context",
+            "runtime",
+            "runtime_triggers",
+        ),
     ),
     (
         "front doors",
