@@ -239,7 +239,7 @@ class WriteEntities(ActionInputs):
     table: str
     mode: Literal["create", "update", "upsert"]
     records: list[dict[str, Any]]
-    chunk_size: JsonInt = 100
+    chunk_size: JsonInt = 1000
     client_ids: bool = True
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
