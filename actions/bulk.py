@@ -3,6 +3,7 @@ calls), with phase-two validation of every record against cached metadata before
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,11 +14,18 @@ from connector.hookspecs import hookimpl
 from connector.inputs import WriteEntities
 from connector.progress import current
 
+#: The last clean phase two of this thread, with the inputs it judged: the runtime validates, then executes the same
+#: inputs at once, and the write reuses the verdict instead of checking every record again.
+_last_check = threading.local()
+
 
 @hookimpl
 def validate_write_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: columns, values, labels and keys of every record, addressing per mode."""
-    return bulk.write_entities_problems(WriteEntities.of(inputs), connection)
+    typed = WriteEntities.of(inputs)
+    checked = bulk.check_records(connection, typed.table, typed.mode, typed.records)
+    _last_check.done = None if checked.problems else (inputs, connection, checked)
+    return checked.problems
 
 
 @hookimpl
@@ -33,7 +41,17 @@ def write_entities(inputs: Mapping[str, Any], connection: Connection) -> dict[st
         impersonate=typed.impersonate,
     )
     control = current()  # the run's progress reporter and cancellation token (None outside a runtime run)
+    done, _last_check.done = getattr(_last_check, "done", None), None
+    checked = done[2] if done is not None and done[0] is inputs and done[1] is connection else None
+    records = checked.records if checked is not None else typed.records
     report = bulk.write_entities(
-        connection, typed.table, typed.mode, typed.records, options, progress=control.progress, cancel=control.cancel
+        connection,
+        typed.table,
+        typed.mode,
+        records,
+        options,
+        progress=control.progress,
+        cancel=control.cancel,
+        checked=checked,
     )
     return report.to_dict()

@@ -71,12 +71,14 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "MODES",
+    "CheckedRecords",
     "RecordResult",
     "StreamSummary",
     "WriteOptions",
     "WriteReport",
     "bulk_support",
     "bypass_headers",
+    "check_records",
     "records_problems",
     "write_entities",
     "write_entities_problems",
@@ -226,12 +228,34 @@ def records_problems(
     connection: Connection, table: str, mode: str, records: Sequence[Mapping[str, Any]]
 ) -> list[InputProblem]:
     """The same checks for rows given to the library (:func:`write_entities`) without the runtime in front."""
+    return check_records(connection, table, mode, records).problems
+
+
+@dataclass(frozen=True)
+class CheckedRecords:
+    """Phase two's verdict on one list of records: its problems, each record's body or refusal. Handed to
+    :func:`write_entities` with that same list, it spares the write a second pass (the runtime checks, then writes:
+    a third of the client's CPU on 20,000 records)."""
+
+    records: Sequence[Mapping[str, Any]]
+    table: str
+    mode: str
+    meta: TableMetadata | None
+    problems: list[InputProblem]
+    bodies: dict[int, dict[str, Any]]
+    refused: dict[int, RowOutcome]
+
+
+def check_records(
+    connection: Connection, table: str, mode: str, records: Sequence[Mapping[str, Any]]
+) -> CheckedRecords:
+    """Phase two of a write of ``records``, kept (see :class:`CheckedRecords`)."""
     p = Problems(connection, defer_values=True)  # a value that cannot be sent fails its record only: refused_records
     meta = p.table(table, "$.table")
     if meta is None:
-        return p.items
-    _checked_all(p, meta, mode, records)
-    return p.items
+        return CheckedRecords(records, table, mode, None, p.items, {}, {})
+    bodies, refused = _checked_all(p, meta, mode, records)
+    return CheckedRecords(records, table, mode, meta, p.items, bodies, refused)
 
 
 def _checked_all(
@@ -366,6 +390,7 @@ def write_entities(
     *,
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
+    checked: CheckedRecords | None = None,
 ) -> WriteReport:
     """Write ``records`` (each ``{"fields": ..., "id"?: GUID, "key"?: {...}}``) to ``table``; never raises for a row.
 
@@ -376,14 +401,21 @@ def write_entities(
     grace period, a read made right after (bounded by the token's ``confirm_s``) reports the rows it finds created.
 
     The whole list is checked and its duplicates merged before anything is sent; then it is written as
-    :func:`write_entities_stream` writes a stream.
+    :func:`write_entities_stream` writes a stream. ``checked``, :func:`check_records`' verdict on this same list,
+    spares the second check.
     """
     options = _checked_options(mode, options)
-    meta = connection.metadata.table(table)
-    p = Problems(connection, defer_values=True)
-    bodies, refused = _checked_all(p, meta, mode, records)
-    if p.items:
-        raise InputError(p.items)
+    same = checked is not None and checked.records is records and (checked.table, checked.mode) == (table, mode)
+    if checked is not None and same and checked.meta is not None:
+        meta, bodies, refused = checked.meta, checked.bodies, checked.refused
+        if checked.problems:
+            raise InputError(checked.problems)
+    else:
+        meta = connection.metadata.table(table)
+        p = Problems(connection, defer_values=True)
+        bodies, refused = _checked_all(p, meta, mode, records)
+        if p.items:
+            raise InputError(p.items)
     merger = Merger(mode, options)
     for i, body in bodies.items():
         merger.add(_planned(connection, meta, mode, records[i], i, body, options))

@@ -160,7 +160,10 @@ def _number(value: float | None) -> str:
 def check_key_url(p: Problems, meta: TableMetadata, literals: Mapping[str, str], path: str) -> bool:
     """A key is sent in a URL (``set(k='v')``, or ``$filter`` for values a key predicate cannot carry): one too long
     for Dataverse's URL limit is refused here with the reason, not as an httpx error in the middle of a run."""
-    written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
+    # a character percent-encodes to at most 12 (4 UTF-8 bytes): most keys are judged without encoding them
+    written = sum(len(column) + 12 * len(literal) + 12 for column, literal in literals.items())
+    if len(p.connection.api_url) + len(meta.entity_set) + written + len(meta.primary_id) + 64 > MAX_URL:
+        written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
     return check_url(
         p,
         meta,

@@ -322,3 +322,25 @@ def test_update_records_naming_one_row_by_id_and_by_key_are_merged(fake: FakeDat
         "name": "by key",
         "numberofemployees": 3,
     }
+
+
+def test_through_the_runtime_each_record_is_checked_once(
+    runtime: Runtime, fake: FakeDataverse, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phase two's verdict (validate hook) is handed to the write (execute hook): 20,000 records are not checked
+    twice. A library call checks its records itself, and a verdict on another list is not reused."""
+    BulkServer(fake)
+    checked: list[int] = []
+    real = bulk._checked_all
+
+    def counting(p: Any, meta: Any, mode: str, records: Any) -> Any:
+        checked.append(len(records))
+        return real(p, meta, mode, records)
+
+    monkeypatch.setattr(bulk, "_checked_all", counting)
+    records = [{"fields": {"name": f"n{i}"}} for i in range(4)]
+    out = runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": records}, conn)
+    assert (out["summary"]["created"], checked) == (4, [4])
+    verdict = bulk.check_records(conn, "account", "create", records[:2])
+    write_entities(conn, "account", "create", records[2:], checked=verdict)
+    assert checked == [4, 2, 2]  # the verdict was on other records: the write checked its own
