@@ -3,22 +3,23 @@
 
 (a) one ``upsert_entity`` per record, one after another (what a workflow loop over rows does);
 (b) ``run_batch_operations`` of 1,000 upserts per call, one call after another;
-(c) ``write_entities`` (UpsertMultiple chunks of 100 in parallel through the governor), with client-generated ids
-    (the default) and without them (c'), so the design note can weigh both.
+(c) ``write_entities`` (UpsertMultiple chunks of 1,000, its default, in parallel through the governor), with
+    client-generated ids (the default) and without them (c'), so the design note can weigh both.
 
 First, with the model off, what the emulator itself serves (UpsertMultiple chunks posted raw from 8 threads) and
 what ``write_entities`` reaches there: the model's ceilings must stay below the former, or the benchmark would measure
 this machine instead of the model. Then, per path: rate, the model's ceiling for that path and run size
 (``execution.fastest_run_s``: the sliding window lets one window's worth through at once, then one per window; each
-request lasts its cost; at most 52 at a time), the share reached, 429s seen, and the client's own CPU seconds per
-10,000 records (``time.process_time`` of this process; the emulator runs in a child). The model keeps Dataverse's
-rates (6,000 requests and 1,200 s of execution per 300 s) on a ``--window-s`` window so a run of seconds spans many
-windows; ``--time-scale`` divides the window and each request's duration (by default chosen after the model-off
-measurement so the fastest ceiling is half of what the emulator served, at most 1). Each scenario writes new keys (every
-record a create) and starts after a full window has passed. Waits are real. Never part of the test suite.
+request lasts its cost plus the emulated latency; at most ``x-ms-dop-hint`` at a time, since a client that honours the
+hint keeps no more in flight and the limit of 52 is above it), the share reached, 429s seen, and the client's own
+CPU seconds per 10,000 records (``time.process_time`` of this process; the emulator runs in a child). The model keeps
+Dataverse's rates (6,000 requests and 1,200 s of execution per 300 s) on a ``--window-s`` window so a run of seconds
+spans many windows; ``--time-scale`` divides the window and each request's duration (by default chosen after the
+model-off measurement so the fastest ceiling is half of what the emulator served, at most 1). Each scenario writes new
+keys (every record a create) and starts after a full window has passed. Waits are real. Never part of the test suite.
 
     .venv/bin/python benchmarks/bulk_write.py [--single N] [--records 20000] [--batch 1000] [--batch-calls 2]
-        [--chunk 100] [--window-s 3] [--time-scale X] [--bulk-record-cost-ratio 0.2]
+        [--chunk 1000] [--window-s 3] [--time-scale X] [--bulk-record-cost-ratio 0.2] [--dop-hint 4]
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20000, help="records for (c) and the model-off runs")
     parser.add_argument("--batch", type=int, default=1000, help="operations per run_batch_operations call")
     parser.add_argument("--batch-calls", type=int, default=2, help="run_batch_operations calls for (b)")
-    parser.add_argument("--chunk", type=int, default=100, help="write_entities chunk size")
+    parser.add_argument("--chunk", type=int, default=1000, help="write_entities chunk size")
+    parser.add_argument("--dop-hint", type=int, default=4, help="the emulator's x-ms-dop-hint (its default: 4)")
     parser.add_argument("--window-s", type=float, default=3.0, help="the model's window at Dataverse's rates")
     parser.add_argument(
         "--time-scale",
@@ -192,7 +194,8 @@ def main() -> None:
         [off] = run_scenarios(emu, [off_run], 0)
 
     # the model's ceilings scale with the time scale; the client shares this machine with the emulator: half of it
-    sustained = sustained_rate(costs, "bulk", args.chunk, w, max_requests, max_exec_s, 52)
+    dop = min(52, args.dop_hint)  # what a client honouring the hint keeps in flight
+    sustained = sustained_rate(costs, "bulk", args.chunk, w, max_requests, max_exec_s, dop)
     ts = args.time_scale or min(1.0, float(f"{0.5 * capacity / sustained:.2g}"))
     n_single = args.single or max(100, round(15 * max_requests / w * ts))
     model = {
@@ -203,6 +206,7 @@ def main() -> None:
         "max_exec_s": max_exec_s,
         "time_scale": ts,
         "bulk_record_cost_ratio": args.bulk_record_cost_ratio,
+        "dop_hint": args.dop_hint,
     }
     nb = args.batch * args.batch_calls
     with served(**model) as emu:
@@ -220,11 +224,13 @@ def main() -> None:
         runs = run_scenarios(emu, scenarios, w / ts + 0.5)
 
     def ceiling(r: Run) -> float:
-        fastest = fastest_run_s(costs, r.kind, r.records, r.per_request, w, max_requests, max_exec_s, 52)
+        trip = LATENCY_MS / 1000 * ts  # on Dataverse's clock, like the costs
+        fastest = fastest_run_s(costs, r.kind, r.records, r.per_request, w, max_requests, max_exec_s, dop, trip)
         return r.records / (fastest / ts)
 
     print(f"emulator in its own process, latency {LATENCY_MS} ms; model: Dataverse's rates on a {w:g} s window")
-    print(f"({max_requests} requests, {max_exec_s:g} s of execution, 52 concurrent), time scale {ts:g}, a request")
+    print(f"({max_requests} requests, {max_exec_s:g} s of execution, 52 concurrent; x-ms-dop-hint {args.dop_hint}, so "
+          f"ceilings at {dop} in flight), time scale {ts:g}, a request")  # fmt: skip
     print(f"costs {costs.operation_s * 1000:g} ms, a $batch the sum of its operations, a bulk record "
           f"{costs.bulk_record_ratio:g} of an operation (GUESS)")  # fmt: skip
     print(f"model off: the emulator serves {capacity:,.0f} rows/s (raw UpsertMultiple x {args.chunk}, 8 threads); "

@@ -87,14 +87,17 @@ def fastest_run_s(
     max_requests: int,
     max_exec_s: float,
     concurrency: int,
+    round_trip_s: float = 0.0,
 ) -> float:
     """A lower bound (Dataverse's clock) on the time ``n`` records take through ``kind``: the sliding window lets the
-    first requests through at once, then one window's worth per window; each request lasts its cost and at most
-    ``concurrency`` run at a time. A benchmark divides by ``--time-scale`` and calls ``n`` / that its ceiling."""
+    first requests through at once, then one window's worth per window; each request lasts its cost (plus
+    ``round_trip_s`` of network) and at most ``concurrency`` run at a time. For the ceiling a client can reach,
+    ``concurrency`` is what it may keep in flight: the least of the limit (52) and the ``x-ms-dop-hint`` it honours.
+    A benchmark divides by ``--time-scale`` and calls ``n`` / that its ceiling."""
     records = 1 if kind == "single" else per_request
     n_req = math.ceil(n / records)
     cost = costs.of(kind, records)
-    by_concurrency = math.ceil(n_req / concurrency) * cost
+    by_concurrency = math.ceil(n_req / concurrency) * (cost + round_trip_s)
     by_requests = (n_req - 1) // max_requests * window_s + cost
     per_window = max(1, math.ceil(max_exec_s / cost))  # admitted while the window's total is under the budget
     by_exec = (n_req - 1) // per_window * window_s + cost

@@ -81,6 +81,17 @@ def test_fastest_run_lets_one_window_through_then_one_per_window() -> None:
     assert fastest_run_s(costs, "bulk", 20_000, 20_000, **limits) == pytest.approx(0.0072 * 4001)
 
 
+def test_the_ceiling_is_what_a_client_honouring_the_dop_hint_reaches() -> None:
+    """BEHAVIOURS ``exec-ceiling-dop-hint``: at most the hint in flight, each request its cost plus its round trip."""
+    costs, cost = Costs(), 0.0072 * 201  # one chunk of 1,000
+    limits = {"window_s": 300.0, "max_requests": 6000, "max_exec_s": 1200.0}
+    # 20 chunks, 4 in flight (the emulator's default hint): 5 rounds
+    hinted = fastest_run_s(costs, "bulk", 20_000, 1000, **limits, concurrency=4, round_trip_s=0.02)
+    assert hinted == pytest.approx(5 * (cost + 0.02))
+    # at the limit of 52 all 20 run at once: one chunk's time, which no client honouring a hint of 4 reaches
+    assert fastest_run_s(costs, "bulk", 20_000, 1000, **limits, concurrency=52) == pytest.approx(cost)
+
+
 def test_a_bulk_chunk_of_100_costs_and_takes_what_the_model_says(modelled: EmulatorHandle) -> None:
     with client(modelled) as api:
         r = api.post("accounts/Microsoft.Dynamics.CRM.CreateMultiple", json=targets(100))
