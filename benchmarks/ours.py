@@ -4,7 +4,8 @@ peak memory are the library's alone).
 
     .venv/bin/python benchmarks/ours.py RUN --connection FILE --prefix P --n N
 
-Runs: ``upsert`` (``write_entities``, mode upsert by the ``accountnumber`` key), ``loop`` (``upsert_entity`` per
+Runs: ``upsert`` (``write_entities``, mode upsert by the ``accountnumber`` key), ``create`` (``write_entities``, mode
+create, the same rows as new ones), ``loop`` (``upsert_entity`` per
 record), ``fetch`` (``query_entities`` with ``fetch_all``, pages of 5,000) and ``mixed`` (``run_batch_operations``
 with ``continue_on_error``; failures named by their input index).
 """
@@ -39,6 +40,13 @@ def run(name: str, runtime: Runtime, conn: Connection, args: argparse.Namespace)
         inputs = {"table": "account", "mode": "upsert", "records": records(args.prefix, args.n)}
         out = runtime.run_action("write_entities", inputs, conn)
         return {"confirmed": out["summary"]["created"] + out["summary"]["updated"], "summary": out["summary"]}
+    if name == "create":  # new rows with the same fields as the peers' creates
+        rows = [
+            {"fields": {"accountnumber": r["key"]["accountnumber"], **r["fields"]}}
+            for r in records(args.prefix, args.n)
+        ]
+        out = runtime.run_action("write_entities", {"table": "account", "mode": "create", "records": rows}, conn)
+        return {"confirmed": out["summary"]["created"], "summary": out["summary"]}
     if name == "loop":
         for r in records(args.prefix, args.n):
             runtime.run_action("upsert_entity", {"table": "account", **r}, conn)

@@ -4,9 +4,10 @@ the project venv), so it imports nothing from this repository:
     .venv-peers/bin/python benchmarks/peers/driver.py RUN --connection FILE --prefix P --n N [--chunk C]
 
 Runs: ``sdk-upsert`` (Microsoft's ``PowerPlatform-Dataverse-Client``: ``records.upsert`` with the whole list, or in
-calls of ``--chunk``), ``dvapi-upsert`` (``dataverse-api``: ``entity.upsert(mode="batch")``, its ``$batch`` of 500),
-``sdk-fetch`` / ``dvapi-fetch`` (every account row, pages of 5,000) and ``sdk-mixed`` (the mixed batch of
-``compare.mixed_operations``, sent with ``continue_on_error``). The rows are the ones ``compare.py`` gives our client:
+calls of ``--chunk``), ``sdk-create`` (its ``records.create`` with a list, likewise), ``dvapi-upsert``
+(``dataverse-api``: ``entity.upsert(mode="batch")``, its ``$batch`` of 500), ``sdk-fetch`` / ``dvapi-fetch`` (every
+account row, pages of 5,000) and ``sdk-mixed`` (the mixed batch of ``compare.mixed_operations``, sent with
+``continue_on_error``). The rows are the ones ``compare.py`` gives our client:
 ``accountnumber`` ``{prefix}-{i:06d}``, ``name`` ``{prefix} {i}``. TLS trust comes from ``REQUESTS_CA_BUNDLE``. A
 library that raises mid-run is reported with the error and the rows it had confirmed, not retried: what a user of the
 library would get.
@@ -94,6 +95,16 @@ def sdk_upsert(client: Any, prefix: str, n: int, chunk: int) -> dict[str, Any]:
     return {"confirmed": done}
 
 
+def sdk_create(client: Any, prefix: str, n: int, chunk: int) -> dict[str, Any]:
+    """``records.create`` with a list: one ``CreateMultiple`` of the whole list (or calls of ``--chunk``)."""
+    data = [{"accountnumber": k, "name": v} for k, v in rows(prefix, n)]
+    step = chunk or n
+    done = 0
+    for start in range(0, n, step):
+        done += len(client.records.create("account", data[start : start + step]))
+    return {"confirmed": done}
+
+
 def dvapi_upsert(entity: Any, prefix: str, n: int) -> dict[str, Any]:
     data = [{"accountnumber": k, "name": v} for k, v in rows(prefix, n)]
     responses = entity.upsert(data, mode="batch", altkey_name="bench_accountnumber")
@@ -149,6 +160,8 @@ def main() -> None:
     try:
         if args.run == "sdk-upsert":
             out |= sdk_upsert(sdk_client(base, connection), args.prefix, args.n, args.chunk)
+        elif args.run == "sdk-create":
+            out |= sdk_create(sdk_client(base, connection), args.prefix, args.n, args.chunk)
         elif args.run == "dvapi-upsert":
             out |= dvapi_upsert(dvapi_entity(base, connection), args.prefix, args.n)
         elif args.run == "sdk-fetch":
