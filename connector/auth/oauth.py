@@ -9,11 +9,11 @@ do about it; throttled and failing answers are resent under the connection's ret
 from __future__ import annotations
 
 import ssl
+import threading
 import warnings
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
 import httpx
 
 from connector.auth.base import AADSTS_CODE, CachingProvider, TokenAnswer
@@ -22,10 +22,22 @@ from connector.errors import AuthenticationError, ConnectorError, TransientAnswe
 from connector.secret import Secret
 from connector.transport import USER_AGENT, RetryPolicy
 
-with warnings.catch_warnings():
-    # Authlib 1.9 prefers the httpx2 fork and warns when it falls back to httpx, which this project uses on purpose.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated", category=DeprecationWarning)
+if TYPE_CHECKING:
     from authlib.integrations.httpx_client import OAuth2Client
+
+
+def _oauth2_client_class() -> Any:
+    """authlib, imported when a token is first asked of the endpoint: a run whose token comes from the token store
+    never pays its import (about a fifth of ``d365 run``'s start-up)."""
+    import authlib.deprecate  # noqa: F401  # imported first: it installs an "always" filter that would beat ours below
+
+    with warnings.catch_warnings():
+        # Authlib 1.9 prefers the httpx2 fork and warns when it falls back to httpx, which this project uses on purpose.
+        warnings.filterwarnings("ignore", message="The httpx module is deprecated", category=DeprecationWarning)
+        from authlib.integrations.httpx_client import OAuth2Client
+
+    return OAuth2Client
+
 
 __all__ = ["AuthlibProvider", "token_endpoint_error"]
 
@@ -117,17 +129,29 @@ class AuthlibProvider(CachingProvider):
         kwargs: dict[str, Any] = {"verify": verify, "timeout": timeout_s, "headers": {"User-Agent": USER_AGENT}}
         if transport is not None:
             kwargs["transport"] = transport
-        self._oauth = OAuth2Client(
-            client_id=client_id,
-            scope=" ".join(scopes),
-            token_endpoint=token_url,
-            leeway=0,
+        self._oauth_options: dict[str, Any] = {
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "token_endpoint": token_url,
+            "leeway": 0,
             **oauth_options,
             **kwargs,
-        )
-        # Runs before authlib parses the body, so a refusal keeps its error_codes (authlib would keep only the text).
-        self._oauth.register_compliance_hook("access_token_response", self._check_response)
-        self._oauth.register_compliance_hook("refresh_token_response", self._check_response)
+        }
+        self._oauth_client: OAuth2Client | None = None
+        self._oauth_lock = threading.Lock()
+
+    @property
+    def _oauth(self) -> OAuth2Client:
+        """authlib's client, built at its first use (see :func:`_oauth2_client_class`)."""
+        with self._oauth_lock:
+            if self._oauth_client is None:
+                client = _oauth2_client_class()(**self._oauth_options)
+                # Runs before authlib parses the body, so a refusal keeps its error_codes (authlib would keep only the
+                # text).
+                client.register_compliance_hook("access_token_response", self._check_response)
+                client.register_compliance_hook("refresh_token_response", self._check_response)
+                self._oauth_client = client
+            return self._oauth_client
 
     def _check_response(self, response: httpx.Response) -> httpx.Response:
         self._raise_if_transient(response)
@@ -136,7 +160,8 @@ class AuthlibProvider(CachingProvider):
         return response
 
     def close(self) -> None:
-        self._oauth.close()
+        if self._oauth_client is not None:
+            self._oauth_client.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run an authlib token call under the retry policy, mapping odd answers to connector errors."""
