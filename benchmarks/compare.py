@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: a check that all runs")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
-    parser.add_argument("--scenarios", default="1234")
+    parser.add_argument("--scenarios", default="1b234", help="which to run: 1, b (1b), 2, 3, 4")
     args = parser.parse_args()
     n, fetch_n, mixed_n = (2000, 10_000, 200) if args.quick else (20_000, 100_000, 1000)
     reps = args.reps or (1 if args.quick else 2)
@@ -261,7 +261,7 @@ def main() -> None:
             lines += [f"## 1. {n:,} upserts by alternate key, model off, latency {latency} ms", ""]
             write_table(res, upserts[0].name, lines, model=False)
             lines.append("")
-    if "1" in args.scenarios:
+    if "b" in args.scenarios:
         creates = [
             Contender("ours: write_entities create", bench.ours_cmd("create")),
             Contender("Microsoft SDK: records.create, whole list", bench.peer_cmd("sdk-create")),
