@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
-from connector.errors import DataverseApiError
+from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
@@ -185,12 +185,36 @@ def run_sync(
         plan = Plan()
         for group in _groups(source(), mapper, job.group_rows):
             run.plan_group(group, last, plan)
-        return SyncResult(None, "dry_run", dict(plan.counts), EXIT_DONE, plan)
+        code = EXIT_PARTIAL if plan.counts.get("failed") else EXIT_DONE  # as the real run would end
+        return SyncResult(None, "dry_run", dict(plan.counts), code, plan)
     run.id, stale = store.start_run(job.rule.mode, full=full)
-    tracker = Tracker("sync", progress, total=None, clock=connection.governor.clock, throttle=connection.governor)
+    try:
+        status = _send_all(run, source, mapper, last, progress)
+    except Exception as exc:  # the run stops here: closed failed now, not left running for the next run to find
+        _close_failed(store, run.id, exc)
+        raise
+    counts = store.ledger_counts(run.id)
+    interrupted = status == "cancelled" or (cancel is not None and cancel.cancelled)
+    bad = counts.get("failed", 0) + counts.get("not_sent", 0)
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_PARTIAL if bad else EXIT_DONE)
+    status = "cancelled" if interrupted else "done"
+    store.end_run(run.id, status, counts, code)
+    return SyncResult(run.id, status, counts, code, interrupted_runs=stale)
+
+
+def _send_all(
+    run: _Run,
+    source: Callable[[], Iterable[list[dict[str, Any]]]],
+    mapper: RowMapper,
+    last: Mapping[str, int],
+    progress: Reporter | None,
+) -> str:
+    """The second pass: every group triaged, gathered into units, written and ledgered; ``done`` or ``cancelled``."""
+    governor, cancel = run.connection.governor, run.cancel
+    tracker = Tracker("sync", progress, total=None, clock=governor.clock, throttle=governor)
     status = "done"
     with tracker:
-        for group in _groups(source(), mapper, job.group_rows):
+        for group in _groups(source(), mapper, run.job.group_rows):
             if cancel is not None and cancel.cancelled:
                 status = "cancelled"
                 tracker.advance(run.flush(sent=False))
@@ -200,13 +224,18 @@ def run_sync(
             if run.full_unit():
                 tracker.advance(run.flush())
         tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
-    counts = store.ledger_counts(run.id)
-    interrupted = status == "cancelled" or (cancel is not None and cancel.cancelled)
-    bad = counts.get("failed", 0) + counts.get("not_sent", 0)
-    code = EXIT_INTERRUPTED if interrupted else (EXIT_PARTIAL if bad else EXIT_DONE)
-    status = "cancelled" if interrupted else "done"
-    store.end_run(run.id, status, counts, code)
-    return SyncResult(run.id, status, counts, code, interrupted_runs=stale)
+    return status
+
+
+def _close_failed(store: StateStore, run: int, exc: Exception) -> None:
+    """Close ``run`` ``failed`` with ``exc`` (its exit code when it is a connector error); a store that fails too
+    (the database gone) leaves it ``running``, and the next run closes it ``interrupted``."""
+    code = exc.exit_code if isinstance(exc, ConnectorError) else 1
+    text = exc.message if isinstance(exc, ConnectorError) else str(exc)
+    try:
+        store.end_run(run, "failed", store.ledger_counts(run), code, error=f"{type(exc).__name__}: {text}"[:2000])
+    except Exception:
+        log.exception("sync run %d could not be closed failed", run)
 
 
 class _Run:
