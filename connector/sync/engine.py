@@ -6,7 +6,8 @@ The first pass maps rows and keeps only each match key's last position; the seco
 triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50 groups
 scanned), so an incremental run fills its chunks. A unit is what the state store commits: its intents before it is
 sent, its outcomes (ledger rows, confirmed hashes and ids) in one transaction after, so a crash anywhere leaves the
-state consistent and the next run resends exactly what was not confirmed, with the same ids.
+state consistent and the next run resends exactly what was not confirmed, with the same ids. ``parallelism`` is also
+the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
 """
 
 from __future__ import annotations
@@ -181,15 +182,18 @@ def run_sync(
     fingerprint = mapper.fingerprint()
     last = _last_positions(source(), mapper, job.group_rows)
     run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
+    cap = connection.governor.capped(job.parallelism)  # the run's requests in flight: at most its parallelism
     if dry_run:
         plan = Plan()
-        for group in _groups(source(), mapper, job.group_rows):
-            run.plan_group(group, last, plan)
+        with cap:
+            for group in _groups(source(), mapper, job.group_rows):
+                run.plan_group(group, last, plan)
         code = EXIT_PARTIAL if plan.counts.get("failed") else EXIT_DONE  # as the real run would end
         return SyncResult(None, "dry_run", dict(plan.counts), code, plan)
     run.id, stale = store.start_run(job.rule.mode, full=full)
     try:
-        status = _send_all(run, source, mapper, last, progress)
+        with cap:
+            status = _send_all(run, source, mapper, last, progress)
     except Exception as exc:  # the run stops here: closed failed now, not left running for the next run to find
         _close_failed(store, run.id, exc)
         raise
