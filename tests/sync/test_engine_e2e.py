@@ -218,3 +218,19 @@ def test_an_error_mid_run_closes_the_run_failed_at_once(connection: Connection, 
     again = sync(connection, store, rows, j)
     assert again.interrupted_runs == [] and again.exit_code == 0
     assert again.counts == {"unchanged": 4, "created": 8}
+
+
+def test_existence_reads_are_in_reads_packed_to_the_url(
+    connection: Connection, store: StateStore, emulator: EmulatorHandle
+) -> None:
+    """600 rows in groups of 400: one ``In`` read per group finds which rows exist (it was one read per 40 rows)."""
+    sync(connection, store, people(5))  # five rows exist; the 600-row run updates them and creates the rest
+    emulator.admin.clear_requests()
+    rows = people(600, "!")
+    j = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=100, parallelism=4)
+    result = sync(connection, store, rows, j)
+    assert result.counts == {"updated": 5, "created": 595}
+    gets = [r for r in emulator.admin.requests() if r["method"] == "GET" and "/api/data/" in r["path"]]
+    existence = [r for r in gets if "PropertyName='accountnumber'" in (r.get("query") or r["path"])]
+    assert len(existence) == 2, [r.get("query") or r["path"] for r in gets]
+    assert by_number(connection) == {r["num"]: r["name"] for r in rows}
