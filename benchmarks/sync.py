@@ -8,6 +8,10 @@ store, exactly as ``connector.sync.runner.run_definition`` runs them for ``d365 
 of companies (account number, name, employees, e-mail) matched by the ``accountnumber`` alternate key; every row of
 the first sync is a create; the incremental sync changes the name of 1% of the rows, spread over the file.
 
+Then ``write_entities_stream`` upserts the first sync's rows by the same key (under another prefix, so every row is a
+create), in the same process after the syncs' memory is noted: the first sync's rate as a share of it. The sync's
+``parallelism`` is the connection's ``max_parallelism`` (8), the requests in flight ``write_entities`` has.
+
 Printed per size and sync: rows/s (source rows over wall seconds), the rows written, the requests the emulator logged
 (reads, writes, 429s), the model's ceiling for the rows written through bulk messages of ``--batch`` records
 (``execution.fastest_run_s``) and the share reached, the same ceiling with the run's reads counted against the
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from served import served
 
+from connector.bulk import write_entities_stream
 from connector.connection import Connection
+from connector.governor import DEFAULT_MAX_PARALLELISM
 from connector.policy import OperatorPolicy
 from connector.sync.definition import load_definition
 from connector.sync.runner import run_definition
@@ -82,6 +89,7 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
             {"source": "email", "target": "emailaddress1"},
         ],
         "batch_size": batch,
+        "parallelism": DEFAULT_MAX_PARALLELISM,  # the requests in flight write_entities has on this connection
     }
     policy = OperatorPolicy.from_env()
     definition = load_definition(data, policy=policy, base_dir=folder)
@@ -99,15 +107,31 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
                 "cpu_s": time.process_time() - cpu,
                 "counts": result.counts,
             }
-            if name == "first":
-                print("READY", flush=True)  # the parent notes the requests of the first sync
-                sys.stdin.readline()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print("READY", flush=True)  # the parent notes the requests of this sync
+            sys.stdin.readline()
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the syncs' alone
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = write_entities_stream(conn, "account", "upsert", _records(f"W{prefix}", n), on_chunk=lambda _: None)
+        out["write_entities"] = {
+            "seconds": time.perf_counter() - wall,
+            "cpu_s": time.process_time() - cpu,
+            "counts": {k: v for k, v in summary.counts.items() if k in ("created", "updated") and v},
+        }
     return out
 
 
-def run_size(emu: Any, folder: Path, prefix: str, n: int, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The child for ``n`` rows; returns its report and, per sync, the requests the emulator logged."""
+def _records(prefix: str, n: int) -> Iterator[dict[str, Any]]:
+    """The first sync's rows as ``write_entities`` records (upsert by the same key), under another prefix."""
+    for i in range(n):
+        fields = {"name": f"Company {i}", "numberofemployees": i % 5000, "emailaddress1": f"c{i}@example.com"}
+        yield {"key": {"accountnumber": f"{prefix}-{i:07d}"}, "fields": fields}
+
+
+def run_size(
+    emu: Any, folder: Path, prefix: str, n: int, batch: int, pause_s: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The child for ``n`` rows; returns its report and, per phase, the requests the emulator logged. Each phase
+    starts ``pause_s`` after the last (the previous requests leave the model's window)."""
     emu.admin.clear_requests()
     args = [sys.executable, __file__, "--child", str(emu.connection_file), str(folder), prefix, str(n), str(batch)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -117,6 +141,7 @@ def run_size(emu: Any, folder: Path, prefix: str, n: int, batch: int) -> tuple[d
         if line.startswith("READY"):
             logs.append(emu.admin.requests())
             emu.admin.clear_requests()
+            time.sleep(pause_s)
             proc.stdin.write("\n")
             proc.stdin.flush()
         elif line.startswith("{"):
@@ -164,9 +189,9 @@ def main() -> None:
             conn.client.request("POST", "EntityDefinitions(LogicalName='account')/Keys", json=KEY)
         for n, prefix in ((args.small, "S"), (args.rows, "L")):
             time.sleep(w / ts + 0.5)  # the previous requests leave the window
-            report, logs = run_size(emu, Path(tmp), prefix, n, args.batch)
+            report, logs = run_size(emu, Path(tmp), prefix, n, args.batch, w / ts + 0.5)
             reports[n] = report
-            for name, log in zip(("first", "incremental"), logs, strict=True):
+            for name, log in zip(("first", "incremental", "write_entities"), logs, strict=True):
                 r = report[name]
                 counts = r["counts"]
                 written = counts.get("created", 0) + counts.get("updated", 0)
@@ -183,6 +208,8 @@ def main() -> None:
                       f"{r['seconds']:>7.1f}{r['cpu_s']:>7.1f}")  # fmt: skip
                 if set(counts) - {"created", "updated", "unchanged"}:
                     print(f"    counts {counts}")
+            first, plain = report["first"]["seconds"], report["write_entities"]["seconds"]
+            print(f"{'':>9}first sync / write_entities upsert of the same rows: {plain / first:.0%} of its rate")
     small, large = reports[args.small]["peak_rss_mb"], reports[args.rows]["peak_rss_mb"]
     print(f"peak RSS of the sync process: {small:,.0f} MB at {args.small:,} rows, {large:,.0f} MB at {args.rows:,} "
           f"rows: {large / small:.2f}x (target <= 1.2x)")  # fmt: skip
