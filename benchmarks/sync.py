@@ -2,15 +2,14 @@
 peak memory at two sizes, on the emulator (its own process) with ``--latency-ms 20`` and the calibrated throttle model
 on (``dataverse_emulator/execution.py``, as ``benchmarks/bulk_write.py``).
 
-Each size runs in a child process of its own (this script with ``--child``), so its peak resident set (``ru_maxrss``)
-is the sync's alone: the definition, the Parquet reader, the mapper, the planner, the engine and the SQLite state
-store, exactly as ``connector.sync.runner.run_definition`` runs them for ``d365 sync run``. The source is a Parquet file
-of companies (account number, name, employees, e-mail) matched by the ``accountnumber`` alternate key; every row of
-the first sync is a create; the incremental sync changes the name of 1% of the rows, spread over the file.
-
-Then ``write_entities_stream`` upserts the first sync's rows by the same key (under another prefix, so every row is a
-create), in the same process after the syncs' memory is noted: the first sync's rate as a share of it. The sync's
-``parallelism`` is the connection's ``max_parallelism`` (8), the requests in flight ``write_entities`` has.
+Each size runs in a child process of its own (this script with ``--child``; the parent writes its source files), so its
+peak resident set (``ru_maxrss``) is the sync's alone: the definition, the Parquet reader, the mapper, the planner, the
+engine and the SQLite state store, exactly as ``connector.sync.runner.run_definition`` runs them for ``d365 sync run``.
+The source is a Parquet file of companies (account number, name, employees, e-mail) matched by the ``accountnumber``
+alternate key; every row of the first sync is a create; the incremental sync changes the name of 1% of the rows, spread
+over the file. Then ``write_entities_stream`` upserts the first sync's rows by the same key (under another prefix, so
+every row is a create), in the same process after the syncs' memory is noted: the first sync's rate as a share of it.
+The sync's ``parallelism`` is the connection's ``max_parallelism`` (8), the requests in flight ``write_entities`` has.
 
 Printed per size and sync: rows/s (source rows over wall seconds), the rows written, the requests the emulator logged
 (reads, writes, 429s), the model's ceiling for the rows written through bulk messages of ``--batch`` records
@@ -74,9 +73,9 @@ def write_source(path: Path, prefix: str, n: int, changed_every: int = 0) -> Non
 
 
 def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> dict[str, Any]:
-    """One size: a first full sync, then 1% changed and an incremental sync; timings, counts and the peak RSS."""
+    """One size: a first full sync, then (the parent having changed 1% of the rows) an incremental sync; timings,
+    counts and the peak RSS. The parent writes the source files, so building them is not in this process's peak."""
     source = folder / f"{prefix}.parquet"
-    write_source(source, prefix, n)
     data = {
         "name": f"bench-{prefix}",
         "source": {"path": str(source)},
@@ -97,9 +96,7 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
     out: dict[str, Any] = {}
     with Connection.from_config(config) as conn:
         conn.metadata.table("account")  # the metadata read is the same for every run: not timed
-        for name, changed_every in (("first", 0), ("incremental", 100)):
-            if changed_every:
-                write_source(source, prefix, n, changed_every)
+        for name in ("first", "incremental"):
             wall, cpu = time.perf_counter(), time.process_time()
             result = run_definition(definition, conn, policy=policy, base_dir=folder)
             out[name] = {
@@ -107,7 +104,7 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
                 "cpu_s": time.process_time() - cpu,
                 "counts": result.counts,
             }
-            print("READY", flush=True)  # the parent notes the requests of this sync
+            print("READY", flush=True)  # the parent notes the requests of this sync (and changes the source)
             sys.stdin.readline()
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the syncs' alone
         wall, cpu = time.perf_counter(), time.process_time()
@@ -133,6 +130,8 @@ def run_size(
     """The child for ``n`` rows; returns its report and, per phase, the requests the emulator logged. Each phase
     starts ``pause_s`` after the last (the previous requests leave the model's window)."""
     emu.admin.clear_requests()
+    source = folder / f"{prefix}.parquet"
+    write_source(source, prefix, n)
     args = [sys.executable, __file__, "--child", str(emu.connection_file), str(folder), prefix, str(n), str(batch)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
@@ -141,6 +140,8 @@ def run_size(
         if line.startswith("READY"):
             logs.append(emu.admin.requests())
             emu.admin.clear_requests()
+            if len(logs) == 1:
+                write_source(source, prefix, n, changed_every=100)  # 1% of the rows renamed
             time.sleep(pause_s)
             proc.stdin.write("\n")
             proc.stdin.flush()
