@@ -13,6 +13,7 @@ the run's cap on requests in flight (``Governor.capped``, within the connection'
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -218,16 +219,21 @@ def _send_all(
     tracker = Tracker("sync", progress, total=None, clock=governor.clock, throttle=governor)
     status = "done"
     with tracker:
-        for group in _groups(source(), mapper, run.job.group_rows):
-            if cancel is not None and cancel.cancelled:
-                status = "cancelled"
-                tracker.advance(run.flush(sent=False))
-                tracker.advance(run.not_sent(group))
-                continue
-            run.take(group, last)
-            if run.full_unit():
-                tracker.advance(run.flush())
-        tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
+        try:
+            for group in _groups(source(), mapper, run.job.group_rows):
+                if cancel is not None and cancel.cancelled:
+                    status = "cancelled"
+                    tracker.advance(run.flush(sent=False))
+                    tracker.advance(run.not_sent(group))
+                    continue
+                run.take(group, last)
+                if run.full_unit():
+                    tracker.advance(run.flush())
+            tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
+            tracker.advance(run.in_flight.wait())
+        except BaseException:
+            run.in_flight.settle()  # the unit in flight ends before the run is closed; the first error is the run's
+            raise
     return status
 
 
@@ -264,6 +270,9 @@ class _Run:
         self.ledger: list[LedgerRow] = []  # rows triaged but not yet committed: a unit gathers changed rows first
         self.changed: list[tuple[MappedRow, str]] = []
         self.scanned = 0
+        self.in_flight = _InFlight()
+        url = store.engine.url  # an in-memory SQLite store is one database per thread: its units are not overlapped
+        self.pipelined = not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
         self.options = WriteOptions(
             chunk_size=job.batch_size,
             bypass_business_logic=job.bypass_business_logic,
@@ -352,11 +361,13 @@ class _Run:
             ledger += [LedgerRow(r.source_index, r.match_key, "not_sent", message=message) for r, _ in changed]
             self.store.commit_outcomes(self.id, ledger, {})
             return _count(ledger)
-        return self.write_unit(ledger, changed)
+        unit = self.prepare(ledger, changed)
+        if not self.pipelined:
+            return self.send(unit)
+        return self.in_flight.start(lambda: self.send(unit))
 
-    def write_unit(self, ledger: list[LedgerRow], changed: Sequence[tuple[MappedRow, str]]) -> dict[str, int]:
-        """Decide the unit's rows, commit their intents, then send them; each chunk is ledgered as it is confirmed.
-        The rows that need no write are committed with the first chunk (or alone, when nothing is sent)."""
+    def prepare(self, ledger: list[LedgerRow], changed: Sequence[tuple[MappedRow, str]]) -> _Unit:
+        """Decide the unit's rows (the existence reads) and commit their intents: what :meth:`send` sends."""
         hashes = {r.match_key: digest for r, digest in changed}
         try:
             decisions, _ = self._decide(changed)
@@ -380,8 +391,14 @@ class _Run:
             ],
         )
         self.chunk += 1
+        return _Unit(writes, hashes, held)
+
+    def send(self, unit: _Unit) -> dict[str, int]:
+        """Send a prepared unit; each chunk is ledgered as it is confirmed, and the rows that need no write are
+        committed with the first chunk (or alone, when nothing is sent)."""
         self._point("before_send")
         counts: dict[str, int] = {}
+        writes, hashes, held = unit.writes, unit.hashes, unit.held
         for action in ("create", "update"):
             part = [d for d in writes if d.action == action]
             if part:
@@ -419,6 +436,55 @@ class _Run:
         write_entities_stream(
             self.connection, self.job.table, action, records, self.options, on_chunk=on_chunk, cancel=self.cancel
         )
+
+
+@dataclass
+class _Unit:
+    writes: list[Decision]
+    hashes: dict[str, str]
+    held: _Held
+
+
+class _InFlight:
+    """At most one unit written on a thread of its own while the calling thread prepares the next (maps, triages,
+    reads which rows exist, commits its intents), so the run's requests do not stop between units. Units are
+    independent: a match key lives in one unit of a run, and its intents are committed before it is sent."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.counts: dict[str, int] = {}
+        self.error: BaseException | None = None
+
+    def start(self, send: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """Wait for the unit in flight (its counts returned, its error raised), then send the next."""
+        done = self.wait()
+
+        def run() -> None:
+            try:
+                self.counts = send()
+            except BaseException as exc:  # raised on the calling thread by wait(), a crash (tests) included
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="d365-sync-unit", daemon=True)
+        self.thread.start()
+        return done
+
+    def wait(self) -> dict[str, int]:
+        if self.thread is None:
+            return {}
+        self.thread.join()
+        self.thread = None
+        counts, error, self.counts, self.error = self.counts, self.error, {}, None
+        if error is not None:
+            raise error
+        return counts
+
+    def settle(self) -> None:
+        """Wait for the unit in flight, its error dropped (the caller is raising its own)."""
+        try:
+            self.wait()
+        except BaseException:
+            log.debug("a sync unit failed while the run was stopping", exc_info=True)
 
 
 @dataclass
