@@ -4,10 +4,11 @@ Why two passes over the source: "the last row by source order wins" for duplicat
 streaming (the winner may be the source's last row), and holding the source in memory is what the sync must not do.
 The first pass maps rows and keeps only each match key's last position; the second maps again and writes. Rows are
 triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50 groups
-scanned), so an incremental run fills its chunks. A unit is what the state store commits: its intents before it is
-sent, its outcomes (ledger rows, confirmed hashes and ids) in one transaction after, so a crash anywhere leaves the
-state consistent and the next run resends exactly what was not confirmed, with the same ids. ``parallelism`` is also
-the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
+scanned), so an incremental run fills its chunks. A unit's intents are committed before it is sent; it is sent
+through the streaming writer, and each chunk's outcomes (ledger rows, confirmed hashes and ids) are committed in one
+transaction as the chunk is decided, so a crash anywhere leaves the state consistent and the next run resends exactly
+what was not confirmed, with the same ids. One unit is sent on a thread while the next is prepared. ``parallelism``
+is also the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def run_sync(
     hook: Hook | None = None,
 ) -> SyncResult:
     """Run ``job`` once: ``source()`` is called twice (see the module docstring). ``hook`` (tests) is called with
-    ``before_send``, ``after_send`` and ``mid_commit`` for each group, to crash at deterministic points."""
+    ``before_send`` for each unit, ``after_send`` and ``mid_commit`` for each chunk, to crash at deterministic
+    points."""
     meta = connection.metadata.table(job.table)
     fingerprint = mapper.fingerprint()
     last = _last_positions(source(), mapper, job.group_rows)
