@@ -14,8 +14,8 @@ is also the run's cap on requests in flight (``Governor.capped``, within the con
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -233,9 +233,8 @@ def _send_all(
                     tracker.advance(run.flush())
             tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
             tracker.advance(run.in_flight.wait())
-        except BaseException:
-            run.in_flight.settle()  # the unit in flight ends before the run is closed; the first error is the run's
-            raise
+        finally:
+            run.in_flight.close()  # the unit in flight ends before the run is closed; the first error is the run's
     return status
 
 
@@ -450,43 +449,47 @@ class _Unit:
 class _InFlight:
     """At most one unit written on a thread of its own while the calling thread prepares the next (maps, triages,
     reads which rows exist, commits its intents), so the run's requests do not stop between units. Units are
-    independent: a match key lives in one unit of a run, and its intents are committed before it is sent."""
+    independent: a match key lives in one unit of a run, and its intents are committed before it is sent. One thread
+    for the whole run (a thread per unit grew the process's memory by its allocator's per-thread arenas)."""
 
     def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-        self.counts: dict[str, int] = {}
-        self.error: BaseException | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.future: Future[tuple[dict[str, int], BaseException | None]] | None = None
 
     def start(self, send: Callable[[], dict[str, int]]) -> dict[str, int]:
         """Wait for the unit in flight (its counts returned, its error raised), then send the next."""
         done = self.wait()
-
-        def run() -> None:
-            try:
-                self.counts = send()
-            except BaseException as exc:  # raised on the calling thread by wait(), a crash (tests) included
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, name="d365-sync-unit", daemon=True)
-        self.thread.start()
+        self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="d365-sync-unit")
+        self.future = self.pool.submit(_caught, send)
         return done
 
     def wait(self) -> dict[str, int]:
-        if self.thread is None:
+        """The counts of the unit in flight once it is done; its error (a crash in tests included) raised here."""
+        future, self.future = self.future, None
+        if future is None:
             return {}
-        self.thread.join()
-        self.thread = None
-        counts, error, self.counts, self.error = self.counts, self.error, {}, None
+        counts, error = future.result()
         if error is not None:
             raise error
         return counts
 
-    def settle(self) -> None:
-        """Wait for the unit in flight, its error dropped (the caller is raising its own)."""
+    def close(self) -> None:
+        """Wait for the unit in flight, its error dropped (the caller is raising its own or is done)."""
         try:
             self.wait()
         except BaseException:
             log.debug("a sync unit failed while the run was stopping", exc_info=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+def _caught(send: Callable[[], dict[str, int]]) -> tuple[dict[str, int], BaseException | None]:
+    """``send()``'s counts, or its error as a value: a BaseException (a crash in tests) must reach the caller too."""
+    try:
+        return send(), None
+    except BaseException as exc:
+        return {}, exc
 
 
 @dataclass
