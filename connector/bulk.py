@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from connector.addressing import key_value
 from connector.body import build_body
 from connector.bulk_chunks import NOT_SENT_MESSAGE, ChunkWriter, PlannedWrite, RowOutcome
+from connector.bulk_remove import REMOVE_MODES, removal_problems, remove_entities
 from connector.bulk_run import Chunk, Merger, RecordResult, StreamSummary, run_chunks, sorted_results
 from connector.errors import (
     DataverseApiError,
@@ -71,6 +72,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "MODES",
+    "REMOVE_MODES",
     "RecordResult",
     "StreamSummary",
     "WriteOptions",
@@ -84,6 +86,7 @@ __all__ = [
 ]
 
 MODES = ("create", "update", "upsert")
+"""The modes that write fields; ``delete`` and ``deactivate`` (:mod:`connector.bulk_remove`) remove rows."""
 DEFAULT_CHUNK_SIZE = 100
 """Rows per bulk request: the low end of Microsoft's 100-1,000 for standard tables and the figure for elastic tables
 (reference 7.3); small chunks also keep the cost of isolating a bad row low (one bisection level per doubling)."""
@@ -153,6 +156,8 @@ class WriteReport:
     def summary(self) -> dict[str, int]:
         counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0}
         counts |= {"already_present": 0, "merged": 0}
+        if self.mode in REMOVE_MODES:
+            counts |= {"deleted" if self.mode == "delete" else "deactivated": 0, "absent": 0}
         if self.cancelled:
             counts["not_sent"] = 0
         for r in self.results:
@@ -227,7 +232,10 @@ def records_problems(
     meta = p.table(table, "$.table")
     if meta is None:
         return p.items
-    _checked_all(p, meta, mode, records)
+    if mode in REMOVE_MODES:
+        removal_problems(p, meta, mode, records)
+    else:
+        _checked_all(p, meta, mode, records)
     return p.items
 
 
@@ -345,10 +353,10 @@ def _unbound_lookup(value: Any) -> bool:
 
 
 # -- the writers ----------------------------------------------------------------------------------------------------
-def _checked_options(mode: str, options: WriteOptions | None) -> WriteOptions:
+def _checked_options(mode: str, options: WriteOptions | None, modes: Sequence[str] = MODES) -> WriteOptions:
     options = options or WriteOptions()
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in modes:
+        raise InputError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
     if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
         raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
     return options
@@ -373,10 +381,25 @@ def write_entities(
     grace period, a read made right after (bounded by the token's ``confirm_s``) reports the rows it finds created.
 
     The whole list is checked and its duplicates merged before anything is sent; then it is written as
-    :func:`write_entities_stream` writes a stream.
+    :func:`write_entities_stream` writes a stream. Modes ``delete`` and ``deactivate`` remove the rows the records
+    name (``{"id": GUID}`` or ``{"key": {...}}``), see :mod:`connector.bulk_remove`.
     """
-    options = _checked_options(mode, options)
+    options = _checked_options(mode, options, (*MODES, *REMOVE_MODES))
     meta = connection.metadata.table(table)
+    if mode in REMOVE_MODES:
+        done = remove_entities(
+            connection, meta, mode, records, options, lambda m: _supports(connection, meta, m), progress, cancel
+        )
+        return WriteReport(
+            meta.logical_name,
+            mode,
+            done.route,
+            done.results,
+            done.chunks,
+            done.split_requests,
+            done.pre_reads,
+            done.cancelled,
+        )
     p = Problems(connection, defer_values=True)
     bodies, refused = _checked_all(p, meta, mode, records)
     if p.items:

@@ -237,7 +237,7 @@ class WriteEntities(ActionInputs):
     checked_per_item = frozenset({"records"})  # a bad record fails by itself: connector.bulk.refused_records
 
     table: str
-    mode: Literal["create", "update", "upsert"]
+    mode: Literal["create", "update", "upsert", "delete", "deactivate"]
     records: list[dict[str, Any]]
     chunk_size: JsonInt = 100
     client_ids: bool = True

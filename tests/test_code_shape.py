@@ -176,6 +176,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bulk",
             "bulk_chunks",
             "bulk_run",
+            "bulk_remove",
             "fetchxml",
             "raw",
             "polling",
