@@ -21,6 +21,7 @@ from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write
 from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
+from connector.sync.mirror import MirrorSpec, RemovalRun, SourceKeys, check_cap, execute_removal, plan_removal
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
@@ -67,6 +68,7 @@ class SyncJob:
     parallelism: int = 4
     bypass_business_logic: tuple[str, ...] = ()
     bypass_custom_plugins: bool = False
+    mirror: MirrorSpec | None = None  # mode mirror: the rows that left the source are removed (connector.sync.mirror)
 
     @property
     def group_rows(self) -> int:
@@ -97,6 +99,7 @@ class Plan:
     first: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     reads: int = 0
+    removal: dict[str, Any] | None = None  # mode mirror: what would be removed, and what Dataverse would cascade
 
     def add(self, action: str, row: MappedRow, message: str | None = None) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
@@ -116,7 +119,7 @@ class Plan:
             "api_requests": {"reads": self.reads, "writes": writes, "total": self.reads + writes},
             # GUESS: a bulk message counts as one API request but each of its rows as a Power Platform request
             "power_platform_requests": self.reads + self.counts.get("create", 0) + self.counts.get("update", 0),
-        }
+        } | ({"removal": self.removal} if self.removal is not None else {})
 
 
 @dataclass
@@ -154,10 +157,14 @@ def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int
         yield pending
 
 
-def _last_positions(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> dict[str, int]:
+def _last_positions(
+    source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int, seen: SourceKeys | None = None
+) -> dict[str, int]:
     last: dict[str, int] = {}
     for group in _groups(source, mapper, size):
         for row in group:
+            if seen is not None:
+                seen.add(row)
             if not row.problems:
                 last[row.match_key] = row.source_index
     return last
@@ -175,12 +182,16 @@ def run_sync(
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
     hook: Hook | None = None,
+    force: bool = False,
 ) -> SyncResult:
     """Run ``job`` once: ``source()`` is called twice (see the module docstring). ``hook`` (tests) is called with
-    ``before_send``, ``after_send`` and ``mid_commit`` for each group, to crash at deterministic points."""
+    ``before_send``, ``after_send`` and ``mid_commit`` for each group (``before_remove``/``after_remove`` for each
+    chunk of a mirror's removals), to crash at deterministic points. ``force``: a mirror over its cap removes anyway."""
     meta = connection.metadata.table(job.table)
     fingerprint = mapper.fingerprint()
-    last = _last_positions(source(), mapper, job.group_rows)
+    seen = SourceKeys() if job.mirror is not None else None
+    last = _last_positions(source(), mapper, job.group_rows, seen)
+    removal = plan_removal(connection, meta, job.mirror, store, seen) if job.mirror and seen else None
     run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
     cap = connection.governor.capped(job.parallelism)  # the run's requests in flight: at most its parallelism
     if dry_run:
@@ -188,12 +199,23 @@ def run_sync(
         with cap:
             for group in _groups(source(), mapper, job.group_rows):
                 run.plan_group(group, last, plan)
+        if removal is not None and job.mirror is not None:
+            plan.removal, plan.reads = removal.to_dict(job.mirror), plan.reads + removal.reads
+            _add(plan.counts, removal.counts())
         code = EXIT_PARTIAL if plan.counts.get("failed") else EXIT_DONE  # as the real run would end
         return SyncResult(None, "dry_run", dict(plan.counts), code, plan)
-    run.id, stale = store.start_run(job.rule.mode, full=full)
+    if removal is not None and job.mirror is not None:
+        check_cap(removal, job.mirror, force=force)  # before anything is written
+    run.id, stale = store.start_run("mirror" if job.mirror else job.rule.mode, full=full)
     try:
         with cap:
             status = _send_all(run, source, mapper, last, progress)
+            if removal is not None and job.mirror is not None and status == "done":
+                first = seen.rows if seen else 0
+                where = RemovalRun(
+                    connection, job.table, store, run.id, first, run.options, job.group_rows, hook, cancel
+                )
+                execute_removal(removal, job.mirror, where)
     except Exception as exc:  # the run stops here: closed failed now, not left running for the next run to find
         _close_failed(store, run.id, exc)
         raise
