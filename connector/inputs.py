@@ -255,14 +255,17 @@ class SyncRecords(ActionInputs):
     source: dict[str, Any]
     target: str
     match: dict[str, Any]
-    mode: Literal["upsert", "insert", "update"] = "upsert"
+    mode: Literal["upsert", "insert", "update", "mirror"] = "upsert"
     mapping: list[dict[str, Any]]
     batch_size: JsonInt = 100
     parallelism: JsonInt | None = None
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
+    delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
+    max_delete_fraction: float = 0.2
     state: str | None = None
     full: bool = False
+    force: bool = False
     dry_run: bool = False
 
 

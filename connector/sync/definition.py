@@ -196,13 +196,24 @@ class SyncDefinition(_Strict):
     source: SourceSpec
     target: str
     match: MatchSpec
-    mode: Literal["upsert", "insert", "update"] = "upsert"
+    mode: Literal["upsert", "insert", "update", "mirror"] = "upsert"
     mapping: list[MappingEntry]
     batch_size: int = 100
     parallelism: int | None = None
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
+    # mode mirror (connector.sync.mirror)
+    delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
+    max_delete_fraction: float = 0.2
     state: str | None = None
+
+    @model_validator(mode="after")
+    def _mirror_fields(self) -> Self:
+        defaults = {"delete": "auto", "max_delete_fraction": 0.2}  # as the schema's defaults, which forms fill in
+        for name, default in defaults.items():
+            if getattr(self, name) != default and self.mode != "mirror":
+                raise _Refusal(name, f"{name} belongs with mode mirror (mode is {self.mode})")
+        return self
 
     @model_validator(mode="after")
     def _targets_once(self) -> Self:

@@ -21,7 +21,15 @@ from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write
 from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
-from connector.sync.mirror import MirrorSpec, RemovalRun, SourceKeys, check_cap, execute_removal, plan_removal
+from connector.sync.mirror import (
+    MirrorSpec,
+    RemovalRun,
+    SourceKeys,
+    check_cap,
+    execute_removal,
+    mirror_spec,
+    plan_removal,
+)
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
@@ -77,9 +85,8 @@ class SyncJob:
 
 def job_from_definition(definition: SyncDefinition) -> SyncJob:
     match = definition.match
-    rule = MatchRule(
-        kind=match.kind, mode=definition.mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp
-    )
+    mode = "upsert" if definition.mode == "mirror" else definition.mode
+    rule = MatchRule(kind=match.kind, mode=mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp)
     return SyncJob(
         name=definition.name,
         table=definition.target,
@@ -88,6 +95,7 @@ def job_from_definition(definition: SyncDefinition) -> SyncJob:
         parallelism=definition.parallelism or 4,
         bypass_business_logic=tuple(definition.bypass_business_logic),
         bypass_custom_plugins=definition.bypass_custom_plugins,
+        mirror=mirror_spec(definition),
     )
 
 

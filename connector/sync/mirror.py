@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.metadata import TableMetadata
     from connector.progress import CancellationToken
+    from connector.sync.definition import SyncDefinition
     from connector.sync.mapping import MappedRow
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "SourceKeys",
     "check_cap",
     "execute_removal",
+    "mirror_spec",
     "parental_children",
     "plan_removal",
 ]
@@ -64,6 +66,18 @@ class MirrorSpec:
     delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
     max_delete_fraction: float = 0.2
     clear_columns: tuple[str, ...] = ()
+
+
+def mirror_spec(definition: SyncDefinition) -> MirrorSpec | None:
+    """The definition's mirror, when its mode is mirror; ``clear`` empties the mapped columns but the match's own
+    (the key columns, the matched column and its stamp stay, so the row can be matched again; the table's alternate
+    key columns are left out too, when the removal runs)."""
+    if definition.mode != "mirror":
+        return None
+    match = definition.match
+    kept = {c for c in (match.column, match.stamp) if c} | set(match.key if isinstance(match.key, list) else [])
+    columns = tuple(e.target for e in definition.mapping if not e.create_only and e.target not in kept)
+    return MirrorSpec(definition.delete, definition.max_delete_fraction, columns)
 
 
 @dataclass
@@ -279,7 +293,9 @@ def _remove_chunk(
         return {"not_sent": len(unsent)}
     records: list[Mapping[str, Any]]
     if action == "clear":
-        records = [{"id": d.id, "fields": dict.fromkeys(spec.clear_columns)} for d in part]
+        keys = where.connection.metadata.table(where.table).key_columns()
+        fields = {c: None for c in spec.clear_columns if c not in keys}
+        records = [{"id": d.id, "fields": fields} for d in part]
     else:
         records = [{"id": d.id} for d in part]
     report = write_entities(where.connection, where.table, _MODE[action], records, where.options, cancel=where.cancel)

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 __all__ = ["definition_of", "run_definition", "sync_records_problems"]
 
-_RUN_ONLY = ("full", "dry_run")
+_RUN_ONLY = ("full", "dry_run", "force")
 
 
 def definition_of(inputs: SyncRecords, policy: OperatorPolicy) -> SyncDefinition:
-    """The ``sync_records`` action's definition: its inputs but ``full`` and ``dry_run``, relative paths taken from
-    the working directory, the operator policy applied."""
+    """The ``sync_records`` action's definition: its inputs but ``full``, ``dry_run`` and ``force``, relative paths
+    taken from the working directory, the operator policy applied."""
     data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY}
     return load_definition(data, policy=policy, base_dir=Path.cwd())
 
@@ -53,6 +53,7 @@ def run_definition(
     dry_run: bool = False,
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
+    force: bool = False,
 ) -> SyncResult:
     """Run ``definition`` once; mapping problems (unknown columns, a bad key) raise :class:`InputError` before any
     row is read. ``stdin``: a file holding what standard input gave (it is read twice)."""
@@ -72,7 +73,16 @@ def run_definition(
     try:
         job = job_from_definition(definition)
         return run_sync(
-            connection, job, mapper, source, store, full=full, dry_run=dry_run, progress=progress, cancel=cancel
+            connection,
+            job,
+            mapper,
+            source,
+            store,
+            full=full,
+            dry_run=dry_run,
+            progress=progress,
+            cancel=cancel,
+            force=force,
         )
     finally:
         store.close()

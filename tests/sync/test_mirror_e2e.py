@@ -118,9 +118,7 @@ def test_auto_deactivates_what_a_delete_would_cascade_and_the_dry_run_lists_it(
     assert contacts(connection) == {"child of 3"}
 
 
-def test_rows_created_by_hand_and_their_children_are_never_touched(
-    connection: Connection, store: StateStore
-) -> None:
+def test_rows_created_by_hand_and_their_children_are_never_touched(connection: Connection, store: StateStore) -> None:
     rows = people(3)
     mirror(connection, store, rows, mirror_job())
     hand = connection.client.request("POST", "accounts", json={"name": "By hand", "accountnumber": "H-1"})
