@@ -263,6 +263,7 @@ class SyncRecords(ActionInputs):
     bypass_custom_plugins: bool = False
     delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
     max_delete_fraction: float = 0.2
+    destination_filter: dict[str, Any] | None = None
     state: str | None = None
     full: bool = False
     force: bool = False

@@ -26,6 +26,7 @@ from connector.strict_json import loads as strict_loads
 
 __all__ = [
     "SCHEMA",
+    "DestinationSpec",
     "LookupSpec",
     "MappingEntry",
     "MatchSpec",
@@ -189,6 +190,20 @@ class MappingEntry(_Strict):
         return self
 
 
+class DestinationSpec(_Strict):
+    """Which existing rows the sync may update or remove: structured ``where`` or OData ``filter`` text (one)."""
+
+    where: list[dict[str, Any]] | None = None
+    filter: str | None = None
+    allow_creates: bool = True
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.where is None) == (self.filter is None):
+            raise _Refusal("", "give either where (conditions as query_entities takes them) or filter (OData text)")
+        return self
+
+
 class SyncDefinition(_Strict):
     """The typed definition; :func:`load_definition` is how one is read (schema, cross-field rules, policy)."""
 
@@ -205,6 +220,7 @@ class SyncDefinition(_Strict):
     # mode mirror (connector.sync.mirror)
     delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
     max_delete_fraction: float = 0.2
+    destination_filter: DestinationSpec | None = None
     state: str | None = None
 
     @model_validator(mode="after")

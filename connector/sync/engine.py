@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities_stream
 from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
+from connector.sync.destination import DestinationFilter, compile_filter, destination_of, gate, inside
 from connector.sync.mapping import MappedRow, row_hash
 from connector.sync.mirror import (
     MirrorSpec,
@@ -77,6 +78,7 @@ class SyncJob:
     bypass_business_logic: tuple[str, ...] = ()
     bypass_custom_plugins: bool = False
     mirror: MirrorSpec | None = None  # mode mirror: the rows that left the source are removed (connector.sync.mirror)
+    destination: DestinationFilter | None = None  # which existing rows may be written (connector.sync.destination)
 
     @property
     def group_rows(self) -> int:
@@ -96,6 +98,7 @@ def job_from_definition(definition: SyncDefinition) -> SyncJob:
         bypass_business_logic=tuple(definition.bypass_business_logic),
         bypass_custom_plugins=definition.bypass_custom_plugins,
         mirror=mirror_spec(definition),
+        destination=destination_of(definition),
     )
 
 
@@ -199,8 +202,14 @@ def run_sync(
     fingerprint = mapper.fingerprint()
     seen = SourceKeys() if job.mirror is not None else None
     last = _last_positions(source(), mapper, job.group_rows, seen)
-    removal = plan_removal(connection, meta, job.mirror, store, seen) if job.mirror and seen else None
     run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
+    if job.destination is not None:
+        run.filter_text = compile_filter(connection, meta, job.destination)
+    removal = None
+    if job.mirror is not None and seen is not None:
+        filtered = run.filter_text
+        keep = (lambda ids: inside(connection, meta, filtered, ids)) if filtered is not None else None
+        removal = plan_removal(connection, meta, job.mirror, store, seen, keep)
     cap = connection.governor.capped(job.parallelism)  # the run's requests in flight: at most its parallelism
     if dry_run:
         plan = Plan()
@@ -294,6 +303,7 @@ class _Run:
         self.ledger: list[LedgerRow] = []  # rows triaged but not yet committed: a unit gathers changed rows first
         self.changed: list[tuple[MappedRow, str]] = []
         self.scanned = 0
+        self.filter_text: str | None = None  # the destination filter, compiled
         self.options = WriteOptions(
             chunk_size=job.batch_size,
             bypass_business_logic=job.bypass_business_logic,
@@ -333,6 +343,8 @@ class _Run:
         decisions = [
             decide(r, self.job.rule, table, found.get(r.match_key, []), pending.get(r.match_key)) for r in rows
         ]
+        if self.job.destination is not None and self.filter_text is not None:
+            reads += gate(self.connection, self.meta, self.job.destination, self.filter_text, decisions)
         return decisions, reads
 
     def plan_group(self, group: Sequence[MappedRow], last: Mapping[str, int], plan: Plan) -> None:
@@ -396,7 +408,7 @@ class _Run:
             decisions = [Decision(r, "failed", message=message, code=code) for r, _ in changed]
         held = _Held(ledger, [])
         for d in decisions:
-            if d.action in ("skipped", "failed"):
+            if d.action in ("skipped", "failed", "skipped_by_filter"):
                 entry = LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, code=d.code, message=d.message)
                 held.ledger.append(entry)
                 held.failed.append(d.row.match_key)
