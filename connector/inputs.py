@@ -264,6 +264,7 @@ class SyncRecords(ActionInputs):
     delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
     max_delete_fraction: float = 0.2
     destination_filter: dict[str, Any] | None = None
+    audience: dict[str, Any] | None = None
     state: str | None = None
     full: bool = False
     force: bool = False

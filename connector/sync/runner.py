@@ -11,6 +11,7 @@ from connector.errors import InputError, InputProblem
 from connector.inputs import SyncRecords
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter
+from connector.sync.audience import audience_of, run_audience
 from connector.sync.definition import load_definition
 from connector.sync.engine import SyncResult, job_from_definition, run_sync
 from connector.sync.mapping import Mapper
@@ -72,6 +73,21 @@ def run_definition(
     store = StateStore(str(definition.state), definition.name)
     try:
         job = job_from_definition(definition)
+        audience = audience_of(definition)
+        if audience is not None:
+            return run_audience(
+                connection,
+                job,
+                mapper,
+                source,
+                store,
+                audience,
+                full=full,
+                dry_run=dry_run,
+                progress=progress,
+                cancel=cancel,
+                force=force,
+            )
         return run_sync(
             connection,
             job,
