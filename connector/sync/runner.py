@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["definition_of", "run_definition", "sync_records_problems"]
 
 _RUN_ONLY = ("full", "dry_run", "force")
+_OBJECTS = ("destination_filter", "audience")  # absent, not null, when not given
 
 
 def definition_of(inputs: SyncRecords, policy: OperatorPolicy) -> SyncDefinition:
     """The ``sync_records`` action's definition: its inputs but ``full``, ``dry_run`` and ``force``, relative paths
     taken from the working directory, the operator policy applied."""
-    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY}
+    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY and not (v is None and k in _OBJECTS)}
     return load_definition(data, policy=policy, base_dir=Path.cwd())
 
 
