@@ -42,5 +42,6 @@ def sync_records(inputs: Mapping[str, Any], connection: Connection) -> dict[str,
         dry_run=typed.dry_run,
         progress=control.progress,
         cancel=control.cancel,
+        force=typed.force,
     )
     return result.to_dict(job_from_definition(definition).batch_size)

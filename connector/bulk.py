@@ -41,8 +41,6 @@ means exactly what the same row means to ``create_entity``.
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,15 +49,16 @@ from typing import TYPE_CHECKING, Any
 from connector.addressing import key_value
 from connector.body import build_body
 from connector.bulk_chunks import NOT_SENT_MESSAGE, ChunkWriter, PlannedWrite, RowOutcome
+from connector.bulk_remove import REMOVE_MODES, removal_problems, remove_entities
 from connector.bulk_run import Chunk, Merger, RecordResult, StreamSummary, run_chunks, sorted_results
+from connector.bulk_support import bulk_support, supports
 from connector.errors import (
-    DataverseApiError,
     InputError,
     InputProblem,
 )
 from connector.inputs import WriteEntities
 from connector.metadata import TableMetadata
-from connector.odata import build_query_string, key_is_url_safe
+from connector.odata import key_is_url_safe
 from connector.problems import Problems, check_key
 from connector.progress import CancellationToken, Reporter, Tracker
 
@@ -71,6 +70,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "MODES",
+    "REMOVE_MODES",
     "CheckedRecords",
     "RecordResult",
     "StreamSummary",
@@ -86,6 +86,7 @@ __all__ = [
 ]
 
 MODES = ("create", "update", "upsert")
+"""The modes that write fields; ``delete`` and ``deactivate`` (:mod:`connector.bulk_remove`) remove rows."""
 DEFAULT_CHUNK_SIZE = 1000
 """Rows per bulk request: the high end of Microsoft's 100-1,000 for standard tables (reference 7.3; pass 100 for an
 elastic table). Fewer requests is what the service protection limits reward: an upsert chunk is two requests (the
@@ -97,8 +98,6 @@ MAX_CHUNK_SIZE = 1000
 BYPASS_BUSINESS_LOGIC = ("CustomSync", "CustomAsync")
 
 log = logging.getLogger("connector.bulk")
-_support_lock = threading.Lock()
-_support: weakref.WeakKeyDictionary[Connection, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
 
 
 def bypass_headers(
@@ -158,6 +157,8 @@ class WriteReport:
     def summary(self) -> dict[str, int]:
         counts = {"total": len(self.results), "created": 0, "updated": 0, "failed": 0, "unknown": 0}
         counts |= {"already_present": 0, "merged": 0}
+        if self.mode in REMOVE_MODES:
+            counts |= {"deleted" if self.mode == "delete" else "deactivated": 0, "absent": 0}
         if self.cancelled:
             counts["not_sent"] = 0
         for r in self.results:
@@ -179,43 +180,6 @@ class WriteReport:
             "summary": self.summary(),
             "results": [r.to_dict() for r in self.results],
         }
-
-
-# -- support probe --------------------------------------------------------------------------------------------------
-def bulk_support(connection: Connection, meta: TableMetadata) -> frozenset[str]:
-    """The bulk messages the table supports (``CreateMultiple``, ``UpdateMultiple`` and, when both, ``UpsertMultiple``),
-    read once per table and connection from ``sdkmessagefilters`` (reference 7.2: UpsertMultiple has no rows)."""
-    with _support_lock:
-        cached = _support.get(connection, {}).get(meta.logical_name)
-    if cached is not None:
-        return cached
-    filter_ = (
-        "(sdkmessageid/name eq 'CreateMultiple' or sdkmessageid/name eq 'UpdateMultiple') and "
-        f"primaryobjecttypecode eq '{meta.logical_name}'"
-    )
-    query = build_query_string(
-        {"$select": "sdkmessagefilterid", "$filter": filter_, "$expand": "sdkmessageid($select=name)"}
-    )
-    body = connection.client.get_json(f"sdkmessagefilters?{query}")
-    rows = body.get("value", []) if isinstance(body, dict) else []
-    names = {str((row.get("sdkmessageid") or {}).get("name")) for row in rows if isinstance(row, dict)}
-    found: set[str] = {n for n in ("CreateMultiple", "UpdateMultiple") if n in names}
-    if len(found) == 2:
-        found.add("UpsertMultiple")
-    result = frozenset(found)
-    with _support_lock:
-        _support.setdefault(connection, {})[meta.logical_name] = result
-    return result
-
-
-def _supports(connection: Connection, meta: TableMetadata, message: str) -> bool:
-    """Whether to send ``message``; a probe that cannot be read (retries spent) takes the ``$batch`` route, which
-    every table supports, rather than ending the run without a result per record. Not cached: the next run asks."""
-    try:
-        return message in bulk_support(connection, meta)
-    except DataverseApiError as exc:
-        log.warning("the bulk-message probe for %s failed (%s); writing through $batch", meta.logical_name, exc)
-        return False
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
@@ -254,6 +218,9 @@ def check_records(
     meta = p.table(table, "$.table")
     if meta is None:
         return CheckedRecords(records, table, mode, None, p.items, {}, {})
+    if mode in REMOVE_MODES:
+        removal_problems(p, meta, mode, records)
+        return CheckedRecords(records, table, mode, meta, p.items, {}, {})
     bodies, refused = _checked_all(p, meta, mode, records)
     return CheckedRecords(records, table, mode, meta, p.items, bodies, refused)
 
@@ -372,10 +339,10 @@ def _unbound_lookup(value: Any) -> bool:
 
 
 # -- the writers ----------------------------------------------------------------------------------------------------
-def _checked_options(mode: str, options: WriteOptions | None) -> WriteOptions:
+def _checked_options(mode: str, options: WriteOptions | None, modes: Sequence[str] = MODES) -> WriteOptions:
     options = options or WriteOptions()
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in modes:
+        raise InputError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
     if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
         raise InputError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
     return options
@@ -402,9 +369,25 @@ def write_entities(
 
     The whole list is checked and its duplicates merged before anything is sent; then it is written as
     :func:`write_entities_stream` writes a stream. ``checked``, :func:`check_records`' verdict on this same list,
-    spares the second check.
+    spares the second check. Modes ``delete`` and ``deactivate`` remove the rows the records name (``{"id": GUID}`` or
+    ``{"key": {...}}``), see :mod:`connector.bulk_remove`.
     """
-    options = _checked_options(mode, options)
+    options = _checked_options(mode, options, (*MODES, *REMOVE_MODES))
+    if mode in REMOVE_MODES:
+        meta = connection.metadata.table(table)
+        done = remove_entities(
+            connection, meta, mode, records, options, lambda m: supports(connection, meta, m), progress, cancel
+        )
+        return WriteReport(
+            meta.logical_name,
+            mode,
+            done.route,
+            done.results,
+            done.chunks,
+            done.split_requests,
+            done.pre_reads,
+            done.cancelled,
+        )
     same = checked is not None and checked.records is records and (checked.table, checked.mode) == (table, mode)
     if checked is not None and same and checked.meta is not None:
         meta, bodies, refused = checked.meta, checked.bodies, checked.refused
@@ -454,7 +437,7 @@ class _Run:
     ) -> None:
         message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
         self.connection, self.meta, self.mode, self.cancel = connection, meta, mode, cancel
-        self.use_bulk = any_items and _supports(connection, meta, message)
+        self.use_bulk = any_items and supports(connection, meta, message)
         self.writer = ChunkWriter(connection, meta, mode, options, options.headers(), self.use_bulk, cancel=cancel)
 
     def run(

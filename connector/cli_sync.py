@@ -67,6 +67,7 @@ def sync() -> None:
     help="Map and check every row, print the plan and its cost; write nothing (exit 5: rows would fail).",
 )
 @click.option("--full", is_flag=True, help="Resend every row, not only new and changed ones.")
+@click.option("--force", is_flag=True, help="Mode mirror: remove the rows that left even above max_delete_fraction.")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help="Override a definition field.")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 @click.option("--progress", "progress_mode", type=click.Choice(cli_progress.MODES), default="auto", show_default=True)
@@ -75,6 +76,7 @@ def sync_run(
     connection_file: str | None,
     dry_run: bool,
     full: bool,
+    force: bool,
     pairs: tuple[str, ...],
     as_json: bool,
     progress_mode: str,
@@ -102,6 +104,7 @@ def sync_run(
                         dry_run=dry_run,
                         progress=reporter,
                         cancel=token,
+                        force=force,
                     )
             finally:
                 runtime.close()

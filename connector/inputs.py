@@ -237,7 +237,7 @@ class WriteEntities(ActionInputs):
     checked_per_item = frozenset({"records"})  # a bad record fails by itself: connector.bulk.refused_records
 
     table: str
-    mode: Literal["create", "update", "upsert"]
+    mode: Literal["create", "update", "upsert", "delete", "deactivate"]
     records: list[dict[str, Any]]
     chunk_size: JsonInt = 1000
     client_ids: bool = True
@@ -255,14 +255,19 @@ class SyncRecords(ActionInputs):
     source: dict[str, Any]
     target: str
     match: dict[str, Any]
-    mode: Literal["upsert", "insert", "update"] = "upsert"
+    mode: Literal["upsert", "insert", "update", "mirror"] = "upsert"
     mapping: list[dict[str, Any]]
     batch_size: JsonInt = 100
     parallelism: JsonInt | None = None
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
+    delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
+    max_delete_fraction: float = 0.2
+    destination_filter: dict[str, Any] | None = None
+    audience: dict[str, Any] | None = None
     state: str | None = None
     full: bool = False
+    force: bool = False
     dry_run: bool = False
 
 

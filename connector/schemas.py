@@ -482,11 +482,17 @@ def plain_record(record: Any) -> bool:
     return "key" not in record or _plain_key(record["key"])
 
 
-#: Arrays whose items :meth:`SchemaStore.validate` checks with a predicate first: (schema id, property, predicate).
-#: When every item passes, jsonschema sees the inputs with an empty array (the other properties are still its to
-#: judge); when one does not, jsonschema judges the whole input, so its messages and paths are unchanged.
-PLAIN_ITEMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    SCHEMA_BASE + "actions/write_entities.input.json": ("records", plain_record),
+#: Arrays whose items :meth:`SchemaStore.validate` checks with a predicate first: (property, predicate, and the
+#: inputs the predicate speaks for). When every item passes, jsonschema sees the inputs with an empty array (the other
+#: properties are still its to judge); when one does not, jsonschema judges the whole input, so its messages and
+#: paths are unchanged. ``plain_record`` speaks only for the modes that write fields: a removal's records must carry
+#: none, which the schema says and the predicate does not.
+PLAIN_ITEMS: dict[str, tuple[str, Callable[[Any], bool], Callable[[dict[str, Any]], bool]]] = {
+    SCHEMA_BASE + "actions/write_entities.input.json": (
+        "records",
+        plain_record,
+        lambda inputs: inputs.get("mode") in ("create", "update", "upsert"),
+    ),
 }
 
 
@@ -494,9 +500,9 @@ def _without_plain_items(instance: Any, schema_id: str) -> Any:
     found = PLAIN_ITEMS.get(schema_id)
     if found is None or type(instance) is not dict:
         return instance
-    name, plain = found
+    name, plain, applies = found
     items = instance.get(name)
-    if type(items) is not list or not all(map(plain, items)):
+    if not applies(instance) or type(items) is not list or not all(map(plain, items)):
         return instance
     return {**instance, name: []}
 

@@ -176,6 +176,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bulk",
             "bulk_chunks",
             "bulk_run",
+            "bulk_remove",
+            "bulk_support",
             "fetchxml",
             "raw",
             "polling",

@@ -26,6 +26,8 @@ from connector.strict_json import loads as strict_loads
 
 __all__ = [
     "SCHEMA",
+    "AudienceModel",
+    "DestinationSpec",
     "LookupSpec",
     "MappingEntry",
     "MatchSpec",
@@ -189,6 +191,39 @@ class MappingEntry(_Strict):
         return self
 
 
+class DestinationSpec(_Strict):
+    """Which existing rows the sync may update or remove: structured ``where`` or OData ``filter`` text (one)."""
+
+    where: list[dict[str, Any]] | None = None
+    filter: str | None = None
+    allow_creates: bool = True
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.where is None) == (self.filter is None):
+            raise _Refusal("", "give either where (conditions as query_entities takes them) or filter (OData text)")
+        return self
+
+
+class AudienceModel(_Strict):
+    """A segment kept in step with a marketing list (``list``) or a membership column (``column``): one of the two."""
+
+    mode: Literal["add", "remove", "mirror", "upsert"]
+    list: str | None = None
+    column: str | None = None
+    value: str | int | bool | None = None
+    out_value: str | int | bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.list is None) == (self.column is None):
+            raise _Refusal("", "give either list (a marketing list's id or name) or column (a boolean or choice)")
+        for name in ("value", "out_value"):
+            if getattr(self, name) is not None and self.column is None:
+                raise _Refusal(name, f"{name} belongs with column")
+        return self
+
+
 class SyncDefinition(_Strict):
     """The typed definition; :func:`load_definition` is how one is read (schema, cross-field rules, policy)."""
 
@@ -196,13 +231,31 @@ class SyncDefinition(_Strict):
     source: SourceSpec
     target: str
     match: MatchSpec
-    mode: Literal["upsert", "insert", "update"] = "upsert"
+    mode: Literal["upsert", "insert", "update", "mirror"] = "upsert"
     mapping: list[MappingEntry]
     batch_size: int = 100
     parallelism: int | None = None
     bypass_business_logic: list[Literal["CustomSync", "CustomAsync"]] = []
     bypass_custom_plugins: bool = False
+    # mode mirror (connector.sync.mirror)
+    delete: Literal["auto", "remove", "deactivate", "clear"] = "auto"
+    max_delete_fraction: float = 0.2
+    destination_filter: DestinationSpec | None = None
+    audience: AudienceModel | None = None
     state: str | None = None
+
+    @model_validator(mode="after")
+    def _mirror_fields(self) -> Self:
+        audience_mirror = self.audience is not None and self.audience.mode == "mirror"
+        if self.delete != "auto" and self.mode != "mirror":  # the schema's default, which forms fill in, passes
+            raise _Refusal("delete", f"delete belongs with mode mirror (mode is {self.mode})")
+        if self.max_delete_fraction != 0.2 and self.mode != "mirror" and not audience_mirror:
+            raise _Refusal(
+                "max_delete_fraction", "max_delete_fraction belongs with mode mirror or audience mode mirror"
+            )
+        if self.audience is not None and self.mode == "mirror":
+            raise _Refusal("audience", "an audience keeps membership: use audience.mode mirror, with mode upsert")
+        return self
 
     @model_validator(mode="after")
     def _targets_once(self) -> Self:

@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities_stream
 from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
+from connector.sync.destination import DestinationFilter, compile_filter, destination_of, gate, inside
 from connector.sync.mapping import MappedRow, row_hash
+from connector.sync.mirror import (
+    MirrorSpec,
+    RemovalRun,
+    SourceKeys,
+    check_cap,
+    execute_removal,
+    mirror_spec,
+    plan_removal,
+)
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
@@ -69,6 +79,8 @@ class SyncJob:
     parallelism: int = 4
     bypass_business_logic: tuple[str, ...] = ()
     bypass_custom_plugins: bool = False
+    mirror: MirrorSpec | None = None  # mode mirror: the rows that left the source are removed (connector.sync.mirror)
+    destination: DestinationFilter | None = None  # which existing rows may be written (connector.sync.destination)
 
     @property
     def group_rows(self) -> int:
@@ -77,9 +89,8 @@ class SyncJob:
 
 def job_from_definition(definition: SyncDefinition) -> SyncJob:
     match = definition.match
-    rule = MatchRule(
-        kind=match.kind, mode=definition.mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp
-    )
+    mode = "upsert" if definition.mode == "mirror" else definition.mode
+    rule = MatchRule(kind=match.kind, mode=mode, id_insert=match.id_insert, column=match.column, stamp=match.stamp)
     return SyncJob(
         name=definition.name,
         table=definition.target,
@@ -88,6 +99,8 @@ def job_from_definition(definition: SyncDefinition) -> SyncJob:
         parallelism=definition.parallelism or 4,
         bypass_business_logic=tuple(definition.bypass_business_logic),
         bypass_custom_plugins=definition.bypass_custom_plugins,
+        mirror=mirror_spec(definition),
+        destination=destination_of(definition),
     )
 
 
@@ -99,6 +112,7 @@ class Plan:
     first: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     reads: int = 0
+    removal: dict[str, Any] | None = None  # mode mirror: what would be removed, and what Dataverse would cascade
 
     def add(self, action: str, row: MappedRow, message: str | None = None) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
@@ -118,7 +132,7 @@ class Plan:
             "api_requests": {"reads": self.reads, "writes": writes, "total": self.reads + writes},
             # GUESS: a bulk message counts as one API request but each of its rows as a Power Platform request
             "power_platform_requests": self.reads + self.counts.get("create", 0) + self.counts.get("update", 0),
-        }
+        } | ({"removal": self.removal} if self.removal is not None else {})
 
 
 @dataclass
@@ -156,10 +170,14 @@ def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int
         yield pending
 
 
-def _last_positions(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int) -> dict[str, int]:
+def _last_positions(
+    source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int, seen: SourceKeys | None = None
+) -> dict[str, int]:
     last: dict[str, int] = {}
     for group in _groups(source, mapper, size):
         for row in group:
+            if seen is not None:
+                seen.add(row)
             if not row.problems:
                 last[row.match_key] = row.source_index
     return last
@@ -177,26 +195,47 @@ def run_sync(
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
     hook: Hook | None = None,
+    force: bool = False,
 ) -> SyncResult:
     """Run ``job`` once: ``source()`` is called twice (see the module docstring). ``hook`` (tests) is called with
-    ``before_send`` for each unit, ``after_send`` and ``mid_commit`` for each chunk, to crash at deterministic
-    points."""
+    ``before_send`` for each unit, ``after_send`` and ``mid_commit`` for each chunk (``before_remove``/``after_remove``
+    for each chunk of a mirror's removals), to crash at deterministic points. ``force``: a mirror over its cap removes
+    anyway."""
     meta = connection.metadata.table(job.table)
     fingerprint = mapper.fingerprint()
-    last = _last_positions(source(), mapper, job.group_rows)
+    seen = SourceKeys() if job.mirror is not None else None
+    last = _last_positions(source(), mapper, job.group_rows, seen)
     run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
+    if job.destination is not None:
+        run.filter_text = compile_filter(connection, meta, job.destination)
+    removal = None
+    if job.mirror is not None and seen is not None:
+        filtered = run.filter_text
+        keep = (lambda ids: inside(connection, meta, filtered, ids)) if filtered is not None else None
+        removal = plan_removal(connection, meta, job.mirror, store, seen, keep)
     cap = connection.governor.capped(job.parallelism)  # the run's requests in flight: at most its parallelism
     if dry_run:
         plan = Plan()
         with cap:
             for group in _groups(source(), mapper, job.group_rows):
                 run.plan_group(group, last, plan)
+        if removal is not None and job.mirror is not None:
+            plan.removal, plan.reads = removal.to_dict(job.mirror), plan.reads + removal.reads
+            _add(plan.counts, removal.counts())
         code = EXIT_PARTIAL if plan.counts.get("failed") else EXIT_DONE  # as the real run would end
         return SyncResult(None, "dry_run", dict(plan.counts), code, plan)
-    run.id, stale = store.start_run(job.rule.mode, full=full)
+    if removal is not None and job.mirror is not None:
+        check_cap(removal, job.mirror, force=force)  # before anything is written
+    run.id, stale = store.start_run("mirror" if job.mirror else job.rule.mode, full=full)
     try:
         with cap:
             status = _send_all(run, source, mapper, last, progress)
+            if removal is not None and job.mirror is not None and status == "done":
+                first = seen.rows if seen else 0
+                where = RemovalRun(
+                    connection, job.table, store, run.id, first, run.options, job.group_rows, hook, cancel
+                )
+                execute_removal(removal, job.mirror, where)
     except Exception as exc:  # the run stops here: closed failed now, not left running for the next run to find
         _close_failed(store, run.id, exc)
         raise
@@ -274,6 +313,7 @@ class _Run:
         self.in_flight = _InFlight()
         url = store.engine.url  # an in-memory SQLite store is one database per thread: its units are not overlapped
         self.pipelined = not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
+        self.filter_text: str | None = None  # the destination filter, compiled
         self.options = WriteOptions(
             chunk_size=job.batch_size,
             bypass_business_logic=job.bypass_business_logic,
@@ -313,6 +353,8 @@ class _Run:
         decisions = [
             decide(r, self.job.rule, table, found.get(r.match_key, []), pending.get(r.match_key)) for r in rows
         ]
+        if self.job.destination is not None and self.filter_text is not None:
+            reads += gate(self.connection, self.meta, self.job.destination, self.filter_text, decisions)
         return decisions, reads
 
     def plan_group(self, group: Sequence[MappedRow], last: Mapping[str, int], plan: Plan) -> None:
@@ -378,7 +420,7 @@ class _Run:
             decisions = [Decision(r, "failed", message=message, code=code) for r, _ in changed]
         held = _Held(ledger, [])
         for d in decisions:
-            if d.action in ("skipped", "failed"):
+            if d.action in ("skipped", "failed", "skipped_by_filter"):
                 entry = LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, code=d.code, message=d.message)
                 held.ledger.append(entry)
                 held.failed.append(d.row.match_key)

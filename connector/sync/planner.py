@@ -43,7 +43,7 @@ class MatchRule:
 @dataclass
 class Decision:
     row: MappedRow
-    action: Literal["create", "update", "skipped", "failed"]
+    action: Literal["create", "update", "skipped", "failed", "skipped_by_filter"]
     id: str | None = None
     record: dict[str, Any] = field(default_factory=dict)  # the write_entities record
     message: str | None = None

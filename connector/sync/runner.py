@@ -11,6 +11,7 @@ from connector.errors import InputError, InputProblem
 from connector.inputs import SyncRecords
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken, Reporter
+from connector.sync.audience import audience_of, run_audience
 from connector.sync.definition import load_definition
 from connector.sync.engine import SyncResult, job_from_definition, run_sync
 from connector.sync.mapping import Mapper
@@ -23,13 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = ["definition_of", "run_definition", "sync_records_problems"]
 
-_RUN_ONLY = ("full", "dry_run")
+_RUN_ONLY = ("full", "dry_run", "force")
+_OBJECTS = ("destination_filter", "audience")  # absent, not null, when not given
 
 
 def definition_of(inputs: SyncRecords, policy: OperatorPolicy) -> SyncDefinition:
-    """The ``sync_records`` action's definition: its inputs but ``full`` and ``dry_run``, relative paths taken from
-    the working directory, the operator policy applied."""
-    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY}
+    """The ``sync_records`` action's definition: its inputs but ``full``, ``dry_run`` and ``force``, relative paths
+    taken from the working directory, the operator policy applied."""
+    data = {k: v for k, v in inputs.model_dump().items() if k not in _RUN_ONLY and not (v is None and k in _OBJECTS)}
     return load_definition(data, policy=policy, base_dir=Path.cwd())
 
 
@@ -53,6 +55,7 @@ def run_definition(
     dry_run: bool = False,
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
+    force: bool = False,
 ) -> SyncResult:
     """Run ``definition`` once; mapping problems (unknown columns, a bad key) raise :class:`InputError` before any
     row is read. ``stdin``: a file holding what standard input gave (it is read twice)."""
@@ -71,8 +74,32 @@ def run_definition(
     store = StateStore(str(definition.state), definition.name)
     try:
         job = job_from_definition(definition)
+        audience = audience_of(definition)
+        if audience is not None:
+            return run_audience(
+                connection,
+                job,
+                mapper,
+                source,
+                store,
+                audience,
+                full=full,
+                dry_run=dry_run,
+                progress=progress,
+                cancel=cancel,
+                force=force,
+            )
         return run_sync(
-            connection, job, mapper, source, store, full=full, dry_run=dry_run, progress=progress, cancel=cancel
+            connection,
+            job,
+            mapper,
+            source,
+            store,
+            full=full,
+            dry_run=dry_run,
+            progress=progress,
+            cancel=cancel,
+            force=force,
         )
     finally:
         store.close()

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 __all__ = [
     "OUTCOMES",
+    "REMOVAL_OUTCOMES",
     "SCHEMA_VERSION",
     "Intent",
     "LedgerRow",
@@ -34,6 +35,8 @@ __all__ = [
 SCHEMA_VERSION = 2
 """2 added ``sync_runs.error`` (a version 1 store gains the column on open)."""
 OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed", "duplicate_of", "not_sent")
+REMOVAL_OUTCOMES = ("removed", "deactivated", "cleared", "skipped_by_filter")
+"""A mirror's outcomes (:mod:`connector.sync.mirror`): ledgered after the source rows, one per row it left."""
 _IN_CHUNK = 500  # match keys per IN (...) query: well under SQLite's bound-parameter limit
 
 _md = sa.MetaData()
@@ -81,7 +84,7 @@ _ledger = sa.Table(
     sa.Column("run", sa.Integer, primary_key=True),
     sa.Column("source_index", sa.Integer, primary_key=True),
     sa.Column("match_key", sa.Text),
-    sa.Column("outcome", sa.String(14), nullable=False),
+    sa.Column("outcome", sa.String(24), nullable=False),  # skipped_by_filter: 17
     sa.Column("dataverse_id", sa.String(36)),
     sa.Column("duplicate_of", sa.Integer),
     sa.Column("code", sa.String(40)),
@@ -376,6 +379,31 @@ class StateStore:
                 sa.select(_ledger.c.outcome, sa.func.count()).where(_ledger.c.run == run).group_by(_ledger.c.outcome)
             )
             return {outcome: int(n) for outcome, n in db.execute(query)}
+
+    # -- a mirror's scope -----------------------------------------------------------------------------------------
+    def tracked_rows(self) -> Iterator[tuple[str, str]]:
+        """``(match key, Dataverse id)`` of every row this sync created or matched and still follows: a mirror's
+        scope. Read in one pass; the caller keeps only the rows that left the source."""
+        with self.engine.connect() as db:
+            query = sa.select(_rows.c.match_key, _rows.c.dataverse_id).where(
+                _rows.c.sync == self.sync, _rows.c.dataverse_id.is_not(None)
+            )
+            for key, id_ in db.execute(query):
+                yield str(key), str(id_)
+
+    def commit_removals(self, run: int, ledger: Sequence[LedgerRow], done_keys: Sequence[str]) -> None:
+        """One transaction: the removals' ledger rows, the rows removed (deleted, deactivated, cleared) no longer
+        followed, and their pending intents confirmed; a failed removal stays followed, so the next run retries it."""
+        with self.engine.begin() as db:
+            if ledger:
+                db.execute(_ledger.insert(), [{"run": run, **row.to_dict()} for row in ledger])
+            for part in _chunks(list(done_keys)):
+                db.execute(_rows.delete().where(_rows.c.sync == self.sync, _rows.c.match_key.in_(part)))
+                db.execute(
+                    _intents.update()
+                    .where(_intents.c.sync == self.sync, _intents.c.state == "pending", _intents.c.match_key.in_(part))
+                    .values(state="confirmed")
+                )
 
     def pending_intents(self, run: int | None = None) -> list[Intent]:
         with self.engine.connect() as db:

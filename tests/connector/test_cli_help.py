@@ -56,7 +56,9 @@ def test_run_help_finds_the_action_after_options_too(runner: CliRunner) -> None:
     result = runner.invoke(cli.main, ["run", "--set", "table=account", "write_entities", "-h"])
     assert result.exit_code == 0, result.output
     assert "Inputs of write_entities (Write rows in bulk):" in result.stdout
-    assert 'Mode: "create" or "update" or "upsert", required' in " ".join(result.stdout.split())
+    assert 'Mode: "create" or "update" or "upsert" or "delete" or "deactivate", required' in " ".join(
+        result.stdout.split()
+    )
 
 
 @pytest.mark.parametrize("action_id", ACTION_IDS)
