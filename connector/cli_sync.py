@@ -24,7 +24,7 @@ from rich.table import Table
 
 from connector import cli_progress
 from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options
-from connector.cli_sync_more import FollowFlags, follow_options, run_follow, written_back
+from connector.cli_sync_more import FollowFlags, follow_options, run_all_command, run_follow, written_back
 from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.sync.engine import SyncResult, job_from_definition
@@ -57,6 +57,9 @@ def _store(definition: Any) -> StateStore:
 @click.group("sync")
 def sync() -> None:
     """Reverse-ETL: warehouse rows into a Dataverse table, with state, a ledger and resume."""
+
+
+sync.add_command(run_all_command)
 
 
 @sync.command("run")

@@ -11,14 +11,15 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from connector import cli_progress
-from connector.cli_inputs import cli_policy, load_connection_file
+from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file
 from connector.clock import SystemClock
-from connector.errors import InputError, InputProblem
+from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.sync.state import StateStore
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from connector.sync.definition import SyncDefinition
     from connector.sync.writeback import WriteBack
 
-__all__ = ["FollowFlags", "follow_options", "run_follow", "written_back"]
+__all__ = ["FollowFlags", "follow_options", "run_all_command", "run_follow", "written_back"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -138,9 +139,73 @@ def written_back(definition: SyncDefinition, target: WriteBack, run: int) -> Non
     click.echo(json.dumps({"written_back": n, "table": target.table, "file": str(target.path)}), err=True)
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, option: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = text[:-1], text[-1:].lower()
     if unit not in units or not number.isdigit() or int(number) == 0:
-        raise InputError([InputProblem("--every", f"{text!r} is not a duration: write 30s, 15m, 2h or 1d")])
+        raise InputError([InputProblem(option, f"{text!r} is not a duration: write 30s, 15m, 2h or 1d")])
     return int(number) * units[unit]
+
+
+def _emit(line: dict[str, Any]) -> None:
+    click.echo(json.dumps(line, separators=(",", ":")))
+    sys.stdout.flush()
+
+
+@click.command("run-all")
+@click.argument("folder", metavar="DIR")
+@click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
+@click.option("--full", is_flag=True, help="Resend every row of every definition.")
+@click.option("--every", metavar="DURATION", help="Repeat every 30s, 15m, 2h or 1d until SIGTERM or Ctrl-C.")
+@click.option(
+    "--state", "state_url", help="The scheduler's store (its lock); default sqlite:///DIR/run-all.sync.sqlite."
+)
+@click.option("--lease", "lease_for", default="10m", show_default=True, help="How long the lock holds unrenewed.")
+def run_all_command(
+    folder: str, connection_file: str | None, full: bool, every: str | None, state_url: str | None, lease_for: str
+) -> None:
+    """Run every definition in DIR (*.sync.yaml, *.sync.yml, *.sync.json) in dependency order, cycles in two passes,
+    on one connection; one JSON line per run on stdout. Two schedulers on one store cannot both run."""
+    from connector.sync.definition import check_url_policy
+    from connector.sync.lease import Lease
+    from connector.sync.runall import load_folder, plan_steps, run_steps, schedule
+
+    token = CancellationToken(grace_s=cli_progress.GRACE_S)
+    policy = cli_policy()
+    base = Path(folder).expanduser().resolve()
+    clock = SystemClock()
+    try:
+        with cli_progress.interruptions(token):
+            every_s = None if every is None else _duration(every, "--every")
+            ttl_s = _duration(lease_for, "--lease")
+            found = load_folder(base, policy)
+            url = state_url or f"sqlite:///{base / 'run-all.sync.sqlite'}"
+            check_url_policy(url, policy, "--state")
+            runtime, connection = _runtime_connection(connection_file)
+            lock = Lease(url, "run-all", ttl_s=ttl_s, clock=clock)
+            try:
+                steps = plan_steps(found, lambda table: _logical(connection, table))
+
+                def one_round() -> int:
+                    return run_steps(steps, connection, policy=policy, full=full, before_each=lock.renew, report=_emit)
+
+                code = schedule(one_round, lock, clock=clock, every_s=every_s, stop=lambda: token.cancelled)
+            finally:
+                lock.close()
+                runtime.close()
+    except ConnectorError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("sync: run-all interrupted; an unfinished run is resumed by the next round", err=True)
+        sys.exit(cli_progress.EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+def _logical(connection: Any, table: str) -> str:
+    """A table's logical name (a definition may name its entity set); an unknown table as written (its mapping
+    check reports it)."""
+    try:
+        return str(connection.metadata.table(table).logical_name)
+    except ConnectorError:
+        return table.lower()
