@@ -41,6 +41,7 @@ __all__ = [
     "created_ids",
     "failed_outcome",
     "not_sent",
+    "read_parts",
     "row_identity",
 ]
 
@@ -157,7 +158,7 @@ class ChunkWriter:
     def _read(self, column: str, typ: str, values: Sequence[Any], select: Sequence[str]) -> list[dict[str, Any]]:
         """Rows whose ``column`` is one of ``values``, through ``In`` reads of at most :data:`READ_VALUES` values."""
         rows: list[dict[str, Any]] = []
-        for part in _read_parts([quote_string(str(v)) for v in values]):
+        for part in read_parts([quote_string(str(v)) for v in values]):
             filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{','.join(part)}])"
             rows += self._get(filter_, select)
         return rows
@@ -540,7 +541,7 @@ class ChunkWriter:
         return RowOutcome("updated" if item.exists else "created", created)
 
 
-def _read_parts(literals: Sequence[str]) -> list[list[str]]:
+def read_parts(literals: Sequence[str]) -> list[list[str]]:
     """Literals grouped into reads of at most :data:`READ_CHARS` URL-encoded characters and
     :data:`MAX_READ_VALUES` values (one value alone may exceed it: the URL limit still holds it)."""
     parts: list[list[str]] = []

@@ -2,8 +2,9 @@
 
 Same conventions as ``d365 run``: the result is JSON on stdout (compact with ``--json``), the summary table and the
 progress go to stderr, and the exit code says how it went (0 done, 2 bad input, 3 connection, 4 Dataverse, 5 some rows
-did not land, 130 interrupted). The first Ctrl-C stops sending after the groups in flight and ledgers the rest
-``not_sent``; state and ledger stay consistent, and the next run resends what was not confirmed.
+did not land, or in a dry run would fail, 130 interrupted). The first Ctrl-C stops sending after the groups in flight
+and ledgers the rest ``not_sent``; state and ledger stay consistent, and the next run resends what was not confirmed.
+An error that stops a run closes it ``failed`` with the error (``d365 sync history``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ sync.add_command(run_all_command)
 @sync.command("run")
 @click.argument("definition_file", metavar="DEF")
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
-@click.option("--dry-run", is_flag=True, help="Map and check every row, print the plan and its cost; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Map and check every row, print the plan and its cost; write nothing (exit 5: rows would fail).",
+)
 @click.option("--full", is_flag=True, help="Resend every row, not only new and changed ones.")
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help="Override a definition field.")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")

@@ -92,6 +92,7 @@ class Governor:
         self._not_before = float("-inf")
         self._dop_hint: int | None = None
         self._answered = False
+        self._caps: list[int] = []  # the runs' own caps (:meth:`capped`), the lowest applies
         self._throttle_listeners: list[Callable[[float], None]] = []
 
     @property
@@ -134,7 +135,23 @@ class Governor:
     def _limit(self) -> int:
         if not self._answered:
             return 1
-        return min(self._max, self._dop_hint) if self._dop_hint else self._max
+        limit = min(self._max, self._dop_hint) if self._dop_hint else self._max
+        return min(limit, *self._caps) if self._caps else limit
+
+    @contextmanager
+    def capped(self, requests: int) -> Iterator[None]:
+        """At most ``requests`` in flight on this connection while the block runs (a run's own request cap, e.g. a
+        sync's ``parallelism``); never raises the limit above ``max_parallelism`` or the server's hint."""
+        if requests < 1:
+            raise ValueError("a cap must be at least 1 request")
+        with self._cond:
+            self._caps.append(requests)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._caps.remove(requests)
+                self._cond.notify_all()
 
     # -- throttling -----------------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ The first pass maps rows and keeps only each match key's last position; the seco
 triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50 groups
 scanned), so an incremental run fills its chunks. A unit is what the state store commits: its intents before it is
 sent, its outcomes (ledger rows, confirmed hashes and ids) in one transaction after, so a crash anywhere leaves the
-state consistent and the next run resends exactly what was not confirmed, with the same ids.
+state consistent and the next run resends exactly what was not confirmed, with the same ids. ``parallelism`` is also
+the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities
-from connector.errors import DataverseApiError
+from connector.bulk import DEFAULT_CHUNK_SIZE, RecordResult, WriteOptions, write_entities_stream
+from connector.errors import ConnectorError, DataverseApiError
 from connector.progress import CancellationToken, Reporter, Tracker
 from connector.sync.mapping import MappedRow, row_hash
 from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
@@ -181,16 +182,43 @@ def run_sync(
     fingerprint = mapper.fingerprint()
     last = _last_positions(source(), mapper, job.group_rows)
     run = _Run(connection, job, meta, store, fingerprint, full=full, hook=hook, cancel=cancel)
+    cap = connection.governor.capped(job.parallelism)  # the run's requests in flight: at most its parallelism
     if dry_run:
         plan = Plan()
-        for group in _groups(source(), mapper, job.group_rows):
-            run.plan_group(group, last, plan)
-        return SyncResult(None, "dry_run", dict(plan.counts), EXIT_DONE, plan)
+        with cap:
+            for group in _groups(source(), mapper, job.group_rows):
+                run.plan_group(group, last, plan)
+        code = EXIT_PARTIAL if plan.counts.get("failed") else EXIT_DONE  # as the real run would end
+        return SyncResult(None, "dry_run", dict(plan.counts), code, plan)
     run.id, stale = store.start_run(job.rule.mode, full=full)
-    tracker = Tracker("sync", progress, total=None, clock=connection.governor.clock, throttle=connection.governor)
+    try:
+        with cap:
+            status = _send_all(run, source, mapper, last, progress)
+    except Exception as exc:  # the run stops here: closed failed now, not left running for the next run to find
+        _close_failed(store, run.id, exc)
+        raise
+    counts = store.ledger_counts(run.id)
+    interrupted = status == "cancelled" or (cancel is not None and cancel.cancelled)
+    bad = counts.get("failed", 0) + counts.get("not_sent", 0)
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_PARTIAL if bad else EXIT_DONE)
+    status = "cancelled" if interrupted else "done"
+    store.end_run(run.id, status, counts, code)
+    return SyncResult(run.id, status, counts, code, interrupted_runs=stale)
+
+
+def _send_all(
+    run: _Run,
+    source: Callable[[], Iterable[list[dict[str, Any]]]],
+    mapper: RowMapper,
+    last: Mapping[str, int],
+    progress: Reporter | None,
+) -> str:
+    """The second pass: every group triaged, gathered into units, written and ledgered; ``done`` or ``cancelled``."""
+    governor, cancel = run.connection.governor, run.cancel
+    tracker = Tracker("sync", progress, total=None, clock=governor.clock, throttle=governor)
     status = "done"
     with tracker:
-        for group in _groups(source(), mapper, job.group_rows):
+        for group in _groups(source(), mapper, run.job.group_rows):
             if cancel is not None and cancel.cancelled:
                 status = "cancelled"
                 tracker.advance(run.flush(sent=False))
@@ -200,13 +228,18 @@ def run_sync(
             if run.full_unit():
                 tracker.advance(run.flush())
         tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
-    counts = store.ledger_counts(run.id)
-    interrupted = status == "cancelled" or (cancel is not None and cancel.cancelled)
-    bad = counts.get("failed", 0) + counts.get("not_sent", 0)
-    code = EXIT_INTERRUPTED if interrupted else (EXIT_PARTIAL if bad else EXIT_DONE)
-    status = "cancelled" if interrupted else "done"
-    store.end_run(run.id, status, counts, code)
-    return SyncResult(run.id, status, counts, code, interrupted_runs=stale)
+    return status
+
+
+def _close_failed(store: StateStore, run: int, exc: Exception) -> None:
+    """Close ``run`` ``failed`` with ``exc`` (its exit code when it is a connector error); a store that fails too
+    (the database gone) leaves it ``running``, and the next run closes it ``interrupted``."""
+    code = exc.exit_code if isinstance(exc, ConnectorError) else 1
+    text = exc.message if isinstance(exc, ConnectorError) else str(exc)
+    try:
+        store.end_run(run, "failed", store.ledger_counts(run), code, error=f"{type(exc).__name__}: {text}"[:2000])
+    except Exception:
+        log.exception("sync run %d could not be closed failed", run)
 
 
 class _Run:
@@ -322,6 +355,8 @@ class _Run:
         return self.write_unit(ledger, changed)
 
     def write_unit(self, ledger: list[LedgerRow], changed: Sequence[tuple[MappedRow, str]]) -> dict[str, int]:
+        """Decide the unit's rows, commit their intents, then send them; each chunk is ledgered as it is confirmed.
+        The rows that need no write are committed with the first chunk (or alone, when nothing is sent)."""
         hashes = {r.match_key: digest for r, digest in changed}
         try:
             decisions, _ = self._decide(changed)
@@ -329,10 +364,12 @@ class _Run:
             message = f"not sent: reading which rows exist failed: {exc}"
             code = exc.code or type(exc).__name__
             decisions = [Decision(r, "failed", message=message, code=code) for r, _ in changed]
+        held = _Held(ledger, [])
         for d in decisions:
             if d.action in ("skipped", "failed"):
                 entry = LedgerRow(d.row.source_index, d.row.match_key, d.action, d.id, code=d.code, message=d.message)
-                ledger.append(entry)
+                held.ledger.append(entry)
+                held.failed.append(d.row.match_key)
         writes = [d for d in decisions if d.action in ("create", "update")]
         self.store.record_intents(
             self.id,
@@ -344,38 +381,62 @@ class _Run:
         )
         self.chunk += 1
         self._point("before_send")
-        results = self._write(writes)
-        self._point("after_send")
-        confirmed: dict[str, tuple[str, str | None]] = {}
-        failed: list[str] = []
-        for d in writes:
-            entry = _ledger_row(d, results[d.row.source_index])
-            ledger.append(entry)
-            if entry.outcome in ("created", "updated"):
-                confirmed[d.row.match_key] = (hashes[d.row.match_key], entry.dataverse_id)
-            elif entry.outcome == "failed":
-                failed.append(d.row.match_key)
-        failed += [d.row.match_key for d in decisions if d.action in ("skipped", "failed")]
-        self.store.commit_outcomes(self.id, ledger, confirmed, failed, hook=self.hook)
-        return _count(ledger)
+        counts: dict[str, int] = {}
+        for action in ("create", "update"):
+            part = [d for d in writes if d.action == action]
+            if part:
+                self._write(action, part, hashes, held, counts)
+        if held.ledger or held.failed:
+            self.store.commit_outcomes(self.id, held.ledger, {}, held.failed)
+            _add(counts, _count(held.ledger))
+        return counts
 
     def _point(self, name: str) -> None:
         if self.hook is not None:
             self.hook(name)
 
-    def _write(self, writes: Sequence[Decision]) -> dict[int, RecordResult]:
-        """The one place rows are sent (``write_entities`` per mode; its streaming form replaces this when it lands)."""
-        out: dict[int, RecordResult] = {}
-        for mode, action in (("create", "create"), ("update", "update")):
-            part = [d for d in writes if d.action == action]
-            if not part:
-                continue
-            report = write_entities(
-                self.connection, self.job.table, mode, [d.record for d in part], self.options, cancel=self.cancel
-            )
-            for d, result in zip(part, report.results, strict=True):
-                out[d.row.source_index] = result
-        return out
+    def _write(
+        self, action: str, part: Sequence[Decision], hashes: Mapping[str, str], held: _Held, counts: dict[str, int]
+    ) -> None:
+        """The one place rows are sent: the streaming writer, each chunk's outcomes (ledger rows, confirmed hashes and
+        ids) committed in one transaction as the chunk is decided, with what ``held`` still holds."""
+
+        def on_chunk(results: list[RecordResult]) -> None:
+            ledger, confirmed, failed = held.take()
+            for result in results:
+                d = part[result.index]
+                entry = _ledger_row(d, result)
+                ledger.append(entry)
+                if entry.outcome in ("created", "updated"):
+                    confirmed[d.row.match_key] = (hashes[d.row.match_key], entry.dataverse_id)
+                elif entry.outcome == "failed":
+                    failed.append(d.row.match_key)
+            self._point("after_send")
+            self.store.commit_outcomes(self.id, ledger, confirmed, failed, hook=self.hook)
+            _add(counts, _count(ledger))
+
+        records = (d.record for d in part)
+        write_entities_stream(
+            self.connection, self.job.table, action, records, self.options, on_chunk=on_chunk, cancel=self.cancel
+        )
+
+
+@dataclass
+class _Held:
+    """Ledger rows and failed keys waiting for the unit's next commit."""
+
+    ledger: list[LedgerRow]
+    failed: list[str]
+
+    def take(self) -> tuple[list[LedgerRow], dict[str, tuple[str, str | None]], list[str]]:
+        ledger, failed = self.ledger, self.failed
+        self.ledger, self.failed = [], []
+        return ledger, {}, failed
+
+
+def _add(counts: dict[str, int], more: Mapping[str, int]) -> None:
+    for outcome, n in more.items():
+        counts[outcome] = counts.get(outcome, 0) + n
 
 
 def _count(ledger: Iterable[LedgerRow]) -> dict[str, int]:

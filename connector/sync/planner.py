@@ -1,12 +1,12 @@
 """What each mapped row becomes: unchanged, a create (with the id it will carry), an update by id, skipped or failed.
 
 Why every write is planned as a create with an id or an update by id, whatever the match (alternate key, GUID column,
-non-key column): the planner reads which rows exist first (one ``$filter`` read per few dozen rows), so every create
-carries a client-generated id that is committed as an intent before the chunk is sent. A resumed run reuses the id of
-an unconfirmed create: if the row landed unseen, the read finds it under that id and the resend is confirmed by
-``write_entities`` as ``already_present``; nothing is created twice, whatever the match. The same read answers the
-modes' questions (``insert`` skips existing rows, ``update`` reports missing ones) and refuses ambiguous matches on a
-non-key column.
+non-key column): the planner reads which rows exist first (``In`` reads packed to the URL's size, in parallel), so
+every create carries a client-generated id that is committed as an intent before the chunk is sent. A resumed run
+reuses the id of an unconfirmed create: if the row landed unseen, the read finds it under that id and the resend is
+confirmed by ``write_entities`` as ``already_present``; nothing is created twice, whatever the match. The same read
+answers the modes' questions (``insert`` skips existing rows, ``update`` reports missing ones) and refuses ambiguous
+matches on a non-key column.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from connector.addressing import key_value
+from connector.bulk_chunks import read_parts
 from connector.ids import new_id
-from connector.odata import build_query_string, filter_column, format_literal
+from connector.odata import build_query_string, filter_column, format_literal, quote_string
 
 if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.metadata import TableMetadata
     from connector.sync.mapping import MappedRow
 
-__all__ = ["READ_ROWS", "Decision", "MatchRule", "decide", "existing_rows", "find_rows", "missing_lookups"]
-
-READ_ROWS = 40
-"""Rows per existence read: 40 key predicates keep the URL well under Dataverse's limit (reference 1.2)."""
+__all__ = ["Decision", "MatchRule", "decide", "existing_rows", "find_rows", "missing_lookups"]
 
 
 @dataclass(frozen=True)
@@ -84,26 +82,63 @@ def existing_rows(
 def find_rows(
     connection: Connection, meta: TableMetadata, probes: Sequence[Mapping[str, Any]]
 ) -> tuple[list[list[str]], int]:
-    """For each probe (column values; ``@id`` for the row's id), the ids of the rows holding them; reads taken."""
-    out: list[list[str]] = []
-    reads = 0
-    for start in range(0, len(probes), READ_ROWS):
-        part = probes[start : start + READ_ROWS]
-        columns = sorted({c for p in part for c in p})
-        clauses = ["(" + " and ".join(_term(connection, meta, c, v) for c, v in sorted(p.items())) + ")" for p in part]
+    """For each probe (column values; ``@id`` for the row's id), the ids of the rows holding them; reads taken.
+
+    Why ``In`` reads packed to the URL's size, run in parallel: one ``$filter`` per 40 rows, one after the other, left a
+    first sync waiting on its reads. Probes on one column become ``In`` reads of as many values as
+    :func:`connector.bulk_chunks.read_parts` packs into a URL (the bulk writer's pre-reads do the same); probes on
+    several columns become ``or`` of ``and`` clauses packed the same way. The reads run on the governor's threads
+    (within the run's cap); memory stays bounded by the caller's group of probes.
+    """
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, probe in enumerate(probes):
+        groups.setdefault(tuple(sorted(probe)), []).append(i)
+    reads: list[tuple[tuple[str, ...], str, list[str]]] = []
+    for columns, indices in groups.items():
         select = [meta.primary_id, *(filter_column(c, meta.types[c]) for c in columns if c != "@id")]
-        found = _get_all(connection, meta, " or ".join(clauses), select)
-        reads += 1
-        for p in part:
-            wanted = {c: _norm(key_value(connection, meta, c, v) if c != "@id" else v) for c, v in p.items()}
-            out.append(
-                [
-                    str(r[meta.primary_id])
-                    for r in found
-                    if all(_norm(_read_value(r, meta, c)) == v for c, v in wanted.items())
-                ]
-            )
-    return out, reads
+        reads += [(columns, f, select) for f in _filters(connection, meta, columns, [probes[i] for i in indices])]
+
+    def read(item: tuple[tuple[str, ...], str, list[str]]) -> list[dict[str, Any]]:
+        return _get_all(connection, meta, item[1], item[2])
+
+    answers = [read(reads[0])] if len(reads) == 1 else [o.result() for o in connection.governor.map(read, reads)]
+    index: dict[tuple[str, ...], dict[tuple[Any, ...], list[str]]] = {}
+    for (columns, _, _), rows in zip(reads, answers, strict=True):
+        found = index.setdefault(columns, {})
+        for r in rows:
+            ids = found.setdefault(tuple(_norm(_read_value(r, meta, c)) for c in columns), [])
+            if str(r[meta.primary_id]) not in ids:  # a row two reads returned (values equal but for case) counts once
+                ids.append(str(r[meta.primary_id]))
+    out = []
+    for probe in probes:
+        columns = tuple(sorted(probe))
+        wanted = tuple(_norm(_typed(connection, meta, c, probe[c])) for c in columns)
+        out.append(list(index.get(columns, {}).get(wanted, [])))
+    return out, len(reads)
+
+
+_IN_TYPES = frozenset({"String", "Memo", "Uniqueidentifier", "Integer", "BigInt", "Picklist", "Lookup"})
+"""Column types whose values an ``In`` read takes as text (the others, dates and decimals, are compared with ``eq``)."""
+
+
+def _filters(
+    connection: Connection, meta: TableMetadata, columns: tuple[str, ...], probes: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The ``$filter`` of each read finding ``probes`` (all on ``columns``), packed to the URL's size."""
+    if len(columns) == 1 and (columns[0] == "@id" or meta.types[columns[0]] in _IN_TYPES):
+        (column,) = columns
+        prop = meta.primary_id if column == "@id" else filter_column(column, meta.types[column])
+        literals = dict.fromkeys(quote_string(str(_typed(connection, meta, column, p[column]))) for p in probes)
+        parts = read_parts(list(literals))
+        return [f"Microsoft.Dynamics.CRM.In(PropertyName='{prop}',PropertyValues=[{','.join(x)}])" for x in parts]
+    clauses = dict.fromkeys(
+        "(" + " and ".join(_term(connection, meta, c, v) for c, v in sorted(p.items())) + ")" for p in probes
+    )
+    return [" or ".join(part) for part in read_parts(list(clauses))]
+
+
+def _typed(connection: Connection, meta: TableMetadata, column: str, value: Any) -> Any:
+    return value if column == "@id" else key_value(connection, meta, column, value)
 
 
 def missing_lookups(connection: Connection, rows: Sequence[MappedRow]) -> tuple[dict[int, list[str]], int]:

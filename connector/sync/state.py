@@ -31,7 +31,8 @@ __all__ = [
     "StateStore",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``sync_runs.error`` (a version 1 store gains the column on open)."""
 OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed", "duplicate_of", "not_sent")
 _IN_CHUNK = 500  # match keys per IN (...) query: well under SQLite's bound-parameter limit
 
@@ -48,9 +49,10 @@ _runs = sa.Table(
     sa.Column("ended", sa.String(40)),
     sa.Column("mode", sa.String(20), nullable=False),
     sa.Column("full", sa.Boolean, nullable=False, default=False),
-    sa.Column("status", sa.String(20), nullable=False),  # running | done | cancelled | interrupted
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | cancelled | interrupted | failed
     sa.Column("counts", sa.Text),
     sa.Column("exit_status", sa.Integer),
+    sa.Column("error", sa.Text),  # a failed run: the error that stopped it
 )
 _rows = sa.Table(
     "sync_rows",
@@ -99,6 +101,7 @@ class RunRecord:
     status: str
     counts: dict[str, int]
     exit_status: int | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,9 @@ class StateStore:
             found = db.execute(sa.select(_meta.c.value).where(_meta.c.name == "version")).scalar_one_or_none()
             if found is None:
                 db.execute(_meta.insert().values(name="version", value=str(SCHEMA_VERSION)))
+            elif found == "1":  # the only change since: a column, added in place
+                db.execute(sa.text("ALTER TABLE sync_runs ADD COLUMN error TEXT"))
+                db.execute(_meta.update().where(_meta.c.name == "version").values(value=str(SCHEMA_VERSION)))
             elif found != str(SCHEMA_VERSION):
                 raise RuntimeError(
                     f"the sync state store has schema version {found}; this connector reads version {SCHEMA_VERSION}: "
@@ -190,13 +196,13 @@ class StateStore:
             run_id = int(key[0])
         return run_id, stale
 
-    def end_run(self, run: int, status: str, counts: Mapping[str, int], exit_status: int) -> None:
+    def end_run(
+        self, run: int, status: str, counts: Mapping[str, int], exit_status: int, *, error: str | None = None
+    ) -> None:
+        """Close ``run``; ``error`` (status ``failed``): what stopped it, kept for ``d365 sync history``."""
+        values = {"status": status, "ended": _now(), "counts": json.dumps(dict(counts)), "exit_status": exit_status}
         with self.engine.begin() as db:
-            db.execute(
-                _runs.update()
-                .where(_runs.c.id == run)
-                .values(status=status, ended=_now(), counts=json.dumps(dict(counts)), exit_status=exit_status)
-            )
+            db.execute(_runs.update().where(_runs.c.id == run).values(**values, error=error))
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
         with self.engine.connect() as db:
@@ -214,6 +220,7 @@ class StateStore:
                     status=r["status"],
                     counts=json.loads(r["counts"]) if r["counts"] else self.ledger_counts(r["id"]),
                     exit_status=r["exit_status"],
+                    error=r["error"],
                 )
                 for r in rows
             ]

@@ -101,6 +101,9 @@ def test_failed_rows_exit_5_and_bad_definitions_exit_2(files: Path) -> None:
     failed = d365(files, "sync", "run", str(files / "sync.json"), "--json")
     assert failed.exit_code == 5
     assert json.loads(failed.stdout)["counts"] == {"failed": 1}
+    dry = d365(files, "sync", "run", str(files / "sync.json"), "--dry-run", "--json")
+    assert dry.exit_code == 5, "a dry run whose rows would fail ends as the run would"
+    assert json.loads(dry.stdout)["exit_code"] == 5 and json.loads(dry.stdout)["counts"] == {"failed": 1}
     bad = d365(files, "sync", "run", str(files / "sync.json"), "--set", "mode=merge", "--json")
     assert bad.exit_code == 2
     assert "mode" in bad.stderr

@@ -59,7 +59,7 @@ def test_a_sync_under_throttling_and_faults_explains_every_row(tmp_path: Path) -
                 },
             )
             store = StateStore(f"sqlite:///{tmp_path / 's.sqlite'}", "accounts")
-            job = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=100, parallelism=4)
+            job = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=25, parallelism=4)
             rows = [{"num": f"X-{i:05}", "name": f"Company {i}"} for i in range(N)]
             for attempt in range(2):  # a first load, then 10% of the rows changed
                 if attempt:

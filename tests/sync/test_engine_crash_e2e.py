@@ -1,9 +1,9 @@
 """Crashes at deterministic points of a run, then a resume: the table equals the source, no row is created twice,
 and every source row is in the ledger exactly once for the resumed run (at most once for the crashed one).
 
-The points: before a group is sent (intents committed), while it is sent (the rows land, the answer is never seen:
-``write_entities`` raises after writing), after the answer before the ledger commit, and in the middle of the commit
-(after the ledger insert, before the row state: the transaction rolls back).
+The points: before a group is sent (intents committed), while it is sent (the rows land, the answers are never seen:
+the streaming writer raises after writing), after a chunk's answer before its ledger commit, and in the middle of the
+commit (after the ledger insert, before the row state: the transaction rolls back).
 """
 
 from __future__ import annotations
@@ -53,17 +53,17 @@ def test_resume_after_a_crash(
     job = SyncJob("accounts", "account", MatchRule(kind="key", mode=mode), batch_size=2, parallelism=2)  # type: ignore[arg-type]
     hook = None
     if point == "sent":
-        real = engine.write_entities
+        real = engine.write_entities_stream
         calls = Counter[str]()
 
         def dies_after_writing(*args: Any, **kwargs: Any) -> Any:
-            report = real(*args, **kwargs)
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == 3:  # the rows land, their answers are never seen
+                real(*args, **{**kwargs, "on_chunk": lambda results: None})
                 raise Crash("sent")
-            return report
+            return real(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "write_entities", dies_after_writing)
+        monkeypatch.setattr(engine, "write_entities_stream", dies_after_writing)
     else:
         hook = crash_at(point, 3)
     with pytest.raises(Crash):
@@ -93,7 +93,7 @@ def test_ctrl_c_stops_between_groups_with_every_row_ledgered(connection: Connect
 
     def ctrl_c(point: str) -> None:
         seen[point] += 1
-        if point == "after_send" and seen[point] == 2:
+        if point == "after_send" and seen[point] == 4:  # after a chunk: the second group's second chunk
             token.cancel("SIGINT")
 
     result = run_sync(connection, job, AccountMapper(), source(rows), store, hook=ctrl_c, cancel=token)

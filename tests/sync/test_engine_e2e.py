@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from connector.connection import Connection
+from connector.errors import DataverseApiError
 from connector.sync.engine import SyncJob, SyncResult, run_sync
+from connector.sync.mapping import MappedRow as Mapped
 from connector.sync.planner import MatchRule
 from connector.sync.state import StateStore
 from dataverse_emulator.testing import EmulatorHandle
@@ -175,6 +179,8 @@ def test_a_dry_run_plans_and_writes_nothing(
     emulator.admin.clear_requests()
     rows = [*people(3, "~"), {"num": "A-007", "name": "y" * 51}, {"num": "A-002", "name": "dup"}]
     result = sync(connection, store, rows, dry_run=True)
+    assert result.exit_code == 5  # a row would fail: the dry run ends as the run would
+    assert sync(connection, store, people(2), dry_run=True).exit_code == 0
     assert writes(emulator) == []
     assert result.run is None and store.runs()[0].status == "done"
     plan = result.to_dict(1)["plan"]
@@ -182,3 +188,49 @@ def test_a_dry_run_plans_and_writes_nothing(
     assert plan["problems"][0]["source_index"] == 3
     assert plan["api_requests"]["writes"] == 3
     assert json.dumps(plan)  # printable as it is
+
+
+class FailingMapper(AccountMapper):
+    """Maps the first pass, then fails in the second (a metadata read that fails mid-run stands for any error
+    outside the existence reads)."""
+
+    def __init__(self, fail_after: int) -> None:
+        super().__init__()
+        self.calls, self.fail_after = 0, fail_after
+
+    def map_rows(self, rows: Sequence[Mapping[str, Any]], start_index: int) -> list[Mapped]:
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise DataverseApiError("reading the metadata of contact failed", status_code=500, code="0x80040216")
+        return super().map_rows(rows, start_index)
+
+
+def test_an_error_mid_run_closes_the_run_failed_at_once(connection: Connection, store: StateStore) -> None:
+    rows = people(12)
+    j = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=2, parallelism=2)
+    mapper = FailingMapper(fail_after=len(rows) // 4 + 1)  # the first pass, then the second pass's first group
+    with pytest.raises(DataverseApiError):
+        run_sync(connection, j, mapper, source(rows, batch=4), store)
+    run = store.runs()[0]
+    assert (run.status, run.exit_status) == ("failed", DataverseApiError.exit_code)
+    assert run.error is not None and "reading the metadata of contact failed" in run.error
+    assert run.ended is not None and sum(run.counts.values()) == 4  # the group ledgered before the error
+    again = sync(connection, store, rows, j)
+    assert again.interrupted_runs == [] and again.exit_code == 0
+    assert again.counts == {"unchanged": 4, "created": 8}
+
+
+def test_existence_reads_are_in_reads_packed_to_the_url(
+    connection: Connection, store: StateStore, emulator: EmulatorHandle
+) -> None:
+    """600 rows in groups of 400: one ``In`` read per group finds which rows exist (it was one read per 40 rows)."""
+    sync(connection, store, people(5))  # five rows exist; the 600-row run updates them and creates the rest
+    emulator.admin.clear_requests()
+    rows = people(600, "!")
+    j = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=100, parallelism=4)
+    result = sync(connection, store, rows, j)
+    assert result.counts == {"updated": 5, "created": 595}
+    gets = [r for r in emulator.admin.requests() if r["method"] == "GET" and "/api/data/" in r["path"]]
+    existence = [r for r in gets if "PropertyName='accountnumber'" in (r.get("query") or r["path"])]
+    assert len(existence) == 2, [r.get("query") or r["path"] for r in gets]
+    assert by_number(connection) == {r["num"]: r["name"] for r in rows}

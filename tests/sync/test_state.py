@@ -77,3 +77,27 @@ def test_another_schema_version_is_refused(tmp_path: Path) -> None:
         db.execute(sa.text("UPDATE sync_schema SET value = '99' WHERE name = 'version'"))
     with pytest.raises(RuntimeError, match="schema version 99"):
         StateStore(url, "a")
+
+
+def test_a_version_1_store_gains_the_error_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:  # version 1's runs table, as it was created
+        db.execute(sa.text("CREATE TABLE sync_schema (name VARCHAR(64) PRIMARY KEY, value VARCHAR(64))"))
+        db.execute(sa.text("INSERT INTO sync_schema VALUES ('version', '1')"))
+        db.execute(
+            sa.text(
+                "CREATE TABLE sync_runs (id INTEGER PRIMARY KEY AUTOINCREMENT, sync VARCHAR(200) NOT NULL, "
+                "started VARCHAR(40) NOT NULL, ended VARCHAR(40), mode VARCHAR(20) NOT NULL, full BOOLEAN NOT NULL, "
+                "status VARCHAR(20) NOT NULL, counts TEXT, exit_status INTEGER)"
+            )
+        )
+        db.execute(
+            sa.text("INSERT INTO sync_runs (sync, started, mode, full, status) VALUES ('a', 't', 'upsert', 0, 'done')")
+        )
+    store = StateStore(url, "a")
+    run, _ = store.start_run("upsert", full=False)
+    store.end_run(run, "failed", {}, 4, error="DataverseApiError: boom")
+    assert [(r.status, r.error) for r in store.runs()] == [("failed", "DataverseApiError: boom"), ("done", None)]
+    store.close()
+    StateStore(url, "a").close()  # opened again: version 2 now
