@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from connector.cli import main
+from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.policy import OperatorPolicy
 from connector.sync.definition import load_definition
+from connector.sync.follow import Follower, follow, tail
 from connector.sync.state import StateStore
 from connector.sync.writeback import COLUMNS, write_back_target
 from dataverse_emulator.testing import EmulatorHandle
@@ -126,3 +128,29 @@ def test_hosted_writes_back_only_under_the_allowed_folders(tmp_path: Path) -> No
     with pytest.raises(Exception, match="outside the folders") as caught:
         write_back_target(definition, "results", policy=hosted, base_dir=tmp_path)
     assert caught.value.exit_code == 3  # type: ignore[attr-defined]
+
+
+def test_follow_writes_back_each_micro_batch(tmp_path: Path, connection: Connection) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"num": f"M-{i}", "name": f"N {i}"}) + "\n" for i in range(3)), "utf-8")
+    data = {
+        "name": "accounts",
+        "source": {"path": "events.jsonl"},
+        "target": "account",
+        "match": {"key": ["accountnumber"]},
+        "mapping": [{"source": "num", "target": "accountnumber"}, {"source": "name", "target": "name"}],
+    }
+    definition = load_definition(data, policy=OperatorPolicy(preset="local"), base_dir=tmp_path)
+    target = write_back_target(definition, "results", policy=OperatorPolicy(preset="local"), base_dir=tmp_path)
+    store = StateStore(str(definition.state), definition.name)
+    try:
+        follower = Follower(
+            definition, connection, store, path=events, after_run=lambda r: target.write(r.run, store.ledger(r.run))
+        )
+        clock = FakeClock()
+        lines = tail(events, follower.start(), clock=clock, poll_s=1, until_eof=True, stop=lambda: False)
+        follow(lines, follower.flush, clock=clock, max_rows=2, max_wait_s=60, stop=lambda: False)
+    finally:
+        store.close()
+    assert [r.run for r in follower.runs] == [1, 2]
+    assert written(tmp_path / "accounts.writeback.duckdb", "results") == ledgers(tmp_path, [1, 2])
