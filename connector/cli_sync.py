@@ -90,6 +90,8 @@ def sync_run(
 ) -> None:
     """Run the sync DEF once: only new and changed rows are sent; every source row ends in the run's ledger.
     With --follow, sync JSON lines as they arrive (standard input, or the definition's file tailed)."""
+    if dry_run and (follow.enabled or write_back):
+        raise click.UsageError("--dry-run writes nothing: it goes without --follow and --write-back")
     token = CancellationToken(grace_s=cli_progress.GRACE_S)
     base_dir = Path(definition_file).expanduser().resolve().parent
     try:
@@ -99,7 +101,7 @@ def sync_run(
                 definition, write_back, policy=cli_policy(), base_dir=base_dir
             )  # fmt: skip
             if follow.enabled:
-                sys.exit(run_follow(definition, connection_file, follow, target, token))
+                sys.exit(run_follow(definition, connection_file, follow, target, token, full=full))
             config, connection_dir = load_connection_file(connection_file)
             from connector.runtime import default_runtime
 

@@ -82,6 +82,8 @@ def run_follow(
     flags: FollowFlags,
     target: WriteBack | None,
     token: CancellationToken,
+    *,
+    full: bool = False,
 ) -> int:
     """A follow session until EOF, SIGTERM or Ctrl-C: one JSON line per micro-batch on stdout; the exit code."""
     from connector.sync.follow import Follower, follow, follow_path, stdin_events, tail
@@ -100,7 +102,7 @@ def run_follow(
             click.echo(json.dumps(line, separators=(",", ":")))
             sys.stdout.flush()
 
-        follower = Follower(definition, connection, store, path=path, after_run=after, report=report)
+        follower = Follower(definition, connection, store, path=path, after_run=after, report=report, full=full)
 
         def stop() -> bool:
             return token.cancelled

@@ -238,6 +238,7 @@ class Follower:
         after_run: Callable[[SyncResult], None] | None = None,
         report: Callable[[dict[str, Any]], None] | None = None,
         hook: Callable[[str], None] | None = None,
+        full: bool = False,
     ) -> None:
         self.mapper = Mapper(definition, connection)
         problems = self.mapper.problems()
@@ -245,7 +246,7 @@ class Follower:
             raise InputError(list(problems))
         self.connection, self.store, self.path = connection, store, path
         self.job = job_from_definition(definition)
-        self.after_run, self.report, self.hook = after_run, report, hook
+        self.after_run, self.report, self.hook, self.full = after_run, report, hook, full
         self.exit_code = EXIT_DONE
         self.runs: list[SyncResult] = []
 
@@ -271,7 +272,7 @@ class Follower:
         result: SyncResult | None = None
         if batch.rows:
             rows = batch.rows
-            result = run_sync(self.connection, self.job, self.mapper, lambda: [rows], self.store)
+            result = run_sync(self.connection, self.job, self.mapper, lambda: [rows], self.store, full=self.full)
             self.runs.append(result)
             self.exit_code = max(self.exit_code, result.exit_code)
             if self.after_run is not None:

@@ -58,9 +58,9 @@ def write_back_target(definition: SyncDefinition, table: str, *, policy: Operato
     if source.duckdb is not None:
         if source.table is not None and source.table.rpartition(".")[2].lower() == table.lower():
             raise _refused(f"{table!r} is the sync's source table: name another table for the results")
-        path = Path(source.duckdb)
+        path = Path(source.duckdb).resolve()
     else:
-        path = base_dir / f"{definition.name}.writeback.duckdb"
+        path = (base_dir / f"{definition.name}.writeback.duckdb").resolve()
     policy.check_path(path, "--write-back")
     return WriteBack(path, table, definition.name)
 

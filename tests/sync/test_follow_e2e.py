@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from connector import cli_progress
+from connector.cli import main
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import InputError
@@ -211,3 +213,13 @@ def test_sigterm_stops_reading_and_flushes_what_was_read(tmp_path: Path, connect
         store.close()
     assert read == [0, 1] and [len(b.rows) for b in flushed] == [2]
     assert sorted(r["accountnumber"] for r in accounts(connection)) == ["S-0", "S-1"]
+
+
+def test_dry_run_goes_without_follow_and_write_back(tmp_path: Path) -> None:
+    data = definition(tmp_path, {"stdin": True}).model_dump(exclude_none=True)
+    (tmp_path / "follow.json").write_text(json.dumps({**data, "state": None}), encoding="utf-8")
+    for extra in (["--follow"], ["--write-back", "results"]):
+        done = CliRunner().invoke(main, ["sync", "run", str(tmp_path / "follow.json"), "--dry-run", *extra])
+        assert done.exit_code == 2 and "--dry-run writes nothing" in done.output
+    lonely = CliRunner().invoke(main, ["sync", "run", str(tmp_path / "follow.json"), "--until-eof"])
+    assert lonely.exit_code == 2 and "go with --follow" in lonely.output
