@@ -111,16 +111,17 @@ def follow(
     max_wait_s: float,
     stop: Stop,
 ) -> None:
-    """Feed ``events`` (None: nothing arrived for a while) into micro-batches and ``flush`` each when due, when
-    ``stop()`` turns true (SIGTERM, Ctrl-C) and when the events end (EOF)."""
+    """Feed ``events`` (None: nothing arrived for a while) into micro-batches and ``flush`` each when due, and what is
+    left when the events end (EOF) or ``stop()`` turns true (SIGTERM, Ctrl-C). A source told to stop gives the lines
+    it already read, then ends; an idle tick after ``stop()`` ends the loop for a source that does not end itself."""
     batcher = Batcher(max_rows, max_wait_s)
     for event in events:
+        if event is None and stop():
+            break
         if event is not None:
             batcher.add(event, clock.monotonic())
-        if batcher.batch and (batcher.due(clock.monotonic()) or stop()):
+        if batcher.batch and batcher.due(clock.monotonic()):
             flush(batcher.take())
-        if stop():
-            break
     if batcher.batch:
         flush(batcher.take())
 

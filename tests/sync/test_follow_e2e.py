@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from connector.errors import InputError
 from connector.policy import OperatorPolicy
 from connector.progress import CancellationToken
 from connector.sync.definition import SyncDefinition, load_definition
-from connector.sync.follow import Batch, Event, Follower, follow, follow_path, saved_offset, tail
+from connector.sync.follow import Batch, Event, Follower, follow, follow_path, saved_offset, stdin_events, tail
 from connector.sync.state import StateStore
 from dataverse_emulator.testing import EmulatorHandle
 from tests.sync.conftest import accounts, writes
@@ -223,3 +224,35 @@ def test_dry_run_goes_without_follow_and_write_back(tmp_path: Path) -> None:
         assert done.exit_code == 2 and "--dry-run writes nothing" in done.output
     lonely = CliRunner().invoke(main, ["sync", "run", str(tmp_path / "follow.json"), "--until-eof"])
     assert lonely.exit_code == 2 and "go with --follow" in lonely.output
+
+
+class OpenPipe:
+    """Lines, then a pipe that stays open (its writer alive); ``read_all`` is set once every line was taken."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.read_all = threading.Event()
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.lines
+        self.read_all.set()
+        self.closed.wait(30)
+
+
+def test_a_stopped_pipe_still_gives_the_lines_it_read() -> None:
+    pipe = OpenPipe([line(f"P-{i}", "x").encode() for i in range(3)])
+    flushed: list[list[str]] = []
+    try:
+        events = stdin_events(pipe, poll_s=0.05, stop=pipe.read_all.is_set)  # type: ignore[arg-type]
+        follow(
+            events,
+            lambda b: flushed.append([r["num"] for r in b.rows]),
+            clock=FakeClock(),
+            max_rows=100,
+            max_wait_s=60,
+            stop=pipe.read_all.is_set,
+        )
+    finally:
+        pipe.closed.set()
+    assert flushed == [["P-0", "P-1", "P-2"]]
