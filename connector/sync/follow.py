@@ -197,14 +197,15 @@ def follow_path(definition: SyncDefinition) -> Path | None:
             InputProblem(
                 "$.source",
                 "--follow reads JSON lines: give source {stdin: true} (a pipe) or {path: events.jsonl} (one file, "
-                "tailed; no glob, no sql)",
+                "tailed; no glob, not compressed, no sql)",
             )
         ]
     )
 
 
 def _no_glob(path: str) -> bool:
-    return not any(ch in path for ch in "*?[")
+    """One plain file: a glob has no single end to tail, and a compressed file cannot be read by the line."""
+    return not any(ch in path for ch in "*?[") and not path.lower().endswith(".gz")
 
 
 def saved_offset(store: StateStore, path: Path) -> int:

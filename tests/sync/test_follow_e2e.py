@@ -81,7 +81,7 @@ def test_micro_batches_by_size_and_by_time_with_a_fake_clock() -> None:
 def test_follow_refuses_sources_it_cannot_follow(tmp_path: Path) -> None:
     assert follow_path(definition(tmp_path, {"stdin": True})) is None
     assert follow_path(definition(tmp_path, {"path": "events.jsonl"})) == tmp_path / "events.jsonl"
-    for source in ({"path": "events.csv"}, {"path": "*.jsonl"}, {"duckdb": "w.duckdb", "table": "t"}):
+    for source in ({"path": "e.csv"}, {"path": "*.jsonl"}, {"path": "e.jsonl.gz"}, {"duckdb": "w.db", "table": "t"}):
         with pytest.raises(InputError) as caught:
             follow_path(definition(tmp_path, source))
         assert caught.value.problems[0].path == "$.source"
