@@ -185,10 +185,19 @@ def run_all_command(
             check_url_policy(url, policy, "--state")
             runtime, connection = _runtime_connection(connection_file)
             lock = Lease(url, "run-all", ttl_s=ttl_s, clock=clock)
+            done_rounds: list[int] = []
             try:
-                steps = plan_steps(found, lambda table: _logical(connection, table))
 
                 def one_round() -> int:
+                    """The folder read again each round: a definition edited between rounds is picked up, and one
+                    broken meanwhile fails its round (reported), not the scheduler."""
+                    try:
+                        now_found = found if not done_rounds else load_folder(base, policy)
+                    except ConnectorError as exc:
+                        _emit({"error": exc.to_dict(), "exit_code": exc.exit_code})
+                        return exc.exit_code
+                    done_rounds.append(1)
+                    steps = plan_steps(now_found, lambda table: _logical(connection, table))
                     return run_steps(steps, connection, policy=policy, full=full, before_each=lock.renew, report=_emit)
 
                 code = schedule(one_round, lock, clock=clock, every_s=every_s, stop=lambda: token.cancelled)
