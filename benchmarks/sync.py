@@ -2,11 +2,14 @@
 peak memory at two sizes, on the emulator (its own process) with ``--latency-ms 20`` and the calibrated throttle model
 on (``dataverse_emulator/execution.py``, as ``benchmarks/bulk_write.py``).
 
-Each size runs in a child process of its own (this script with ``--child``), so its peak resident set (``ru_maxrss``)
-is the sync's alone: the definition, the Parquet reader, the mapper, the planner, the engine and the SQLite state
-store, exactly as ``connector.sync.runner.run_definition`` runs them for ``d365 sync run``. The source is a Parquet file
-of companies (account number, name, employees, e-mail) matched by the ``accountnumber`` alternate key; every row of
-the first sync is a create; the incremental sync changes the name of 1% of the rows, spread over the file.
+Each size runs in a child process of its own (this script with ``--child``; the parent writes its source files), so its
+peak resident set (``ru_maxrss``) is the sync's alone: the definition, the Parquet reader, the mapper, the planner, the
+engine and the SQLite state store, exactly as ``connector.sync.runner.run_definition`` runs them for ``d365 sync run``.
+The source is a Parquet file of companies (account number, name, employees, e-mail) matched by the ``accountnumber``
+alternate key; every row of the first sync is a create; the incremental sync changes the name of 1% of the rows, spread
+over the file. Then ``write_entities_stream`` upserts the first sync's rows by the same key (under another prefix, so
+every row is a create), in the same process after the syncs' memory is noted: the first sync's rate as a share of it.
+The sync's ``parallelism`` is the connection's ``max_parallelism`` (8), the requests in flight ``write_entities`` has.
 
 Printed per size and sync: rows/s (source rows over wall seconds), the rows written, the requests the emulator logged
 (reads, writes, 429s), the model's ceiling for the rows written through bulk messages of ``--batch`` records
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from served import served
 
+from connector.bulk import write_entities_stream
 from connector.connection import Connection
+from connector.governor import DEFAULT_MAX_PARALLELISM
 from connector.policy import OperatorPolicy
 from connector.sync.definition import load_definition
 from connector.sync.runner import run_definition
@@ -67,9 +73,9 @@ def write_source(path: Path, prefix: str, n: int, changed_every: int = 0) -> Non
 
 
 def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> dict[str, Any]:
-    """One size: a first full sync, then 1% changed and an incremental sync; timings, counts and the peak RSS."""
+    """One size: a first full sync, then (the parent having changed 1% of the rows) an incremental sync; timings,
+    counts and the peak RSS. The parent writes the source files, so building them is not in this process's peak."""
     source = folder / f"{prefix}.parquet"
-    write_source(source, prefix, n)
     data = {
         "name": f"bench-{prefix}",
         "source": {"path": str(source)},
@@ -82,6 +88,7 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
             {"source": "email", "target": "emailaddress1"},
         ],
         "batch_size": batch,
+        "parallelism": DEFAULT_MAX_PARALLELISM,  # the requests in flight write_entities has on this connection
     }
     policy = OperatorPolicy.from_env()
     definition = load_definition(data, policy=policy, base_dir=folder)
@@ -89,9 +96,7 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
     out: dict[str, Any] = {}
     with Connection.from_config(config) as conn:
         conn.metadata.table("account")  # the metadata read is the same for every run: not timed
-        for name, changed_every in (("first", 0), ("incremental", 100)):
-            if changed_every:
-                write_source(source, prefix, n, changed_every)
+        for name in ("first", "incremental"):
             wall, cpu = time.perf_counter(), time.process_time()
             result = run_definition(definition, conn, policy=policy, base_dir=folder)
             out[name] = {
@@ -99,16 +104,34 @@ def child(config_path: Path, folder: Path, prefix: str, n: int, batch: int) -> d
                 "cpu_s": time.process_time() - cpu,
                 "counts": result.counts,
             }
-            if name == "first":
-                print("READY", flush=True)  # the parent notes the requests of the first sync
-                sys.stdin.readline()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print("READY", flush=True)  # the parent notes the requests of this sync (and changes the source)
+            sys.stdin.readline()
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the syncs' alone
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = write_entities_stream(conn, "account", "upsert", _records(f"W{prefix}", n), on_chunk=lambda _: None)
+        out["write_entities"] = {
+            "seconds": time.perf_counter() - wall,
+            "cpu_s": time.process_time() - cpu,
+            "counts": {k: v for k, v in summary.counts.items() if k in ("created", "updated") and v},
+        }
     return out
 
 
-def run_size(emu: Any, folder: Path, prefix: str, n: int, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The child for ``n`` rows; returns its report and, per sync, the requests the emulator logged."""
+def _records(prefix: str, n: int) -> Iterator[dict[str, Any]]:
+    """The first sync's rows as ``write_entities`` records (upsert by the same key), under another prefix."""
+    for i in range(n):
+        fields = {"name": f"Company {i}", "numberofemployees": i % 5000, "emailaddress1": f"c{i}@example.com"}
+        yield {"key": {"accountnumber": f"{prefix}-{i:07d}"}, "fields": fields}
+
+
+def run_size(
+    emu: Any, folder: Path, prefix: str, n: int, batch: int, pause_s: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The child for ``n`` rows; returns its report and, per phase, the requests the emulator logged. Each phase
+    starts ``pause_s`` after the last (the previous requests leave the model's window)."""
     emu.admin.clear_requests()
+    source = folder / f"{prefix}.parquet"
+    write_source(source, prefix, n)
     args = [sys.executable, __file__, "--child", str(emu.connection_file), str(folder), prefix, str(n), str(batch)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
@@ -117,6 +140,9 @@ def run_size(emu: Any, folder: Path, prefix: str, n: int, batch: int) -> tuple[d
         if line.startswith("READY"):
             logs.append(emu.admin.requests())
             emu.admin.clear_requests()
+            if len(logs) == 1:
+                write_source(source, prefix, n, changed_every=100)  # 1% of the rows renamed
+            time.sleep(pause_s)
             proc.stdin.write("\n")
             proc.stdin.flush()
         elif line.startswith("{"):
@@ -164,9 +190,9 @@ def main() -> None:
             conn.client.request("POST", "EntityDefinitions(LogicalName='account')/Keys", json=KEY)
         for n, prefix in ((args.small, "S"), (args.rows, "L")):
             time.sleep(w / ts + 0.5)  # the previous requests leave the window
-            report, logs = run_size(emu, Path(tmp), prefix, n, args.batch)
+            report, logs = run_size(emu, Path(tmp), prefix, n, args.batch, w / ts + 0.5)
             reports[n] = report
-            for name, log in zip(("first", "incremental"), logs, strict=True):
+            for name, log in zip(("first", "incremental", "write_entities"), logs, strict=True):
                 r = report[name]
                 counts = r["counts"]
                 written = counts.get("created", 0) + counts.get("updated", 0)
@@ -183,6 +209,8 @@ def main() -> None:
                       f"{r['seconds']:>7.1f}{r['cpu_s']:>7.1f}")  # fmt: skip
                 if set(counts) - {"created", "updated", "unchanged"}:
                     print(f"    counts {counts}")
+            first, plain = report["first"]["seconds"], report["write_entities"]["seconds"]
+            print(f"{'':>9}first sync / write_entities upsert of the same rows: {plain / first:.0%} of its rate")
     small, large = reports[args.small]["peak_rss_mb"], reports[args.rows]["peak_rss_mb"]
     print(f"peak RSS of the sync process: {small:,.0f} MB at {args.small:,} rows, {large:,.0f} MB at {args.rows:,} "
           f"rows: {large / small:.2f}x (target <= 1.2x)")  # fmt: skip

@@ -4,16 +4,18 @@ Why two passes over the source: "the last row by source order wins" for duplicat
 streaming (the winner may be the source's last row), and holding the source in memory is what the sync must not do.
 The first pass maps rows and keeps only each match key's last position; the second maps again and writes. Rows are
 triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50 groups
-scanned), so an incremental run fills its chunks. A unit is what the state store commits: its intents before it is
-sent, its outcomes (ledger rows, confirmed hashes and ids) in one transaction after, so a crash anywhere leaves the
-state consistent and the next run resends exactly what was not confirmed, with the same ids. ``parallelism`` is also
-the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
+scanned), so an incremental run fills its chunks. A unit's intents are committed before it is sent; it is sent
+through the streaming writer, and each chunk's outcomes (ledger rows, confirmed hashes and ids) are committed in one
+transaction as the chunk is decided, so a crash anywhere leaves the state consistent and the next run resends exactly
+what was not confirmed, with the same ids. One unit is sent on a thread while the next is prepared. ``parallelism``
+is also the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -177,7 +179,8 @@ def run_sync(
     hook: Hook | None = None,
 ) -> SyncResult:
     """Run ``job`` once: ``source()`` is called twice (see the module docstring). ``hook`` (tests) is called with
-    ``before_send``, ``after_send`` and ``mid_commit`` for each group, to crash at deterministic points."""
+    ``before_send`` for each unit, ``after_send`` and ``mid_commit`` for each chunk, to crash at deterministic
+    points."""
     meta = connection.metadata.table(job.table)
     fingerprint = mapper.fingerprint()
     last = _last_positions(source(), mapper, job.group_rows)
@@ -218,16 +221,20 @@ def _send_all(
     tracker = Tracker("sync", progress, total=None, clock=governor.clock, throttle=governor)
     status = "done"
     with tracker:
-        for group in _groups(source(), mapper, run.job.group_rows):
-            if cancel is not None and cancel.cancelled:
-                status = "cancelled"
-                tracker.advance(run.flush(sent=False))
-                tracker.advance(run.not_sent(group))
-                continue
-            run.take(group, last)
-            if run.full_unit():
-                tracker.advance(run.flush())
-        tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
+        try:
+            for group in _groups(source(), mapper, run.job.group_rows):
+                if cancel is not None and cancel.cancelled:
+                    status = "cancelled"
+                    tracker.advance(run.flush(sent=False))
+                    tracker.advance(run.not_sent(group))
+                    continue
+                run.take(group, last)
+                if run.full_unit():
+                    tracker.advance(run.flush())
+            tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
+            tracker.advance(run.in_flight.wait())
+        finally:
+            run.in_flight.close()  # the unit in flight ends before the run is closed; the first error is the run's
     return status
 
 
@@ -264,6 +271,9 @@ class _Run:
         self.ledger: list[LedgerRow] = []  # rows triaged but not yet committed: a unit gathers changed rows first
         self.changed: list[tuple[MappedRow, str]] = []
         self.scanned = 0
+        self.in_flight = _InFlight()
+        url = store.engine.url  # an in-memory SQLite store is one database per thread: its units are not overlapped
+        self.pipelined = not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
         self.options = WriteOptions(
             chunk_size=job.batch_size,
             bypass_business_logic=job.bypass_business_logic,
@@ -352,11 +362,13 @@ class _Run:
             ledger += [LedgerRow(r.source_index, r.match_key, "not_sent", message=message) for r, _ in changed]
             self.store.commit_outcomes(self.id, ledger, {})
             return _count(ledger)
-        return self.write_unit(ledger, changed)
+        unit = self.prepare(ledger, changed)
+        if not self.pipelined:
+            return self.send(unit)
+        return self.in_flight.start(lambda: self.send(unit))
 
-    def write_unit(self, ledger: list[LedgerRow], changed: Sequence[tuple[MappedRow, str]]) -> dict[str, int]:
-        """Decide the unit's rows, commit their intents, then send them; each chunk is ledgered as it is confirmed.
-        The rows that need no write are committed with the first chunk (or alone, when nothing is sent)."""
+    def prepare(self, ledger: list[LedgerRow], changed: Sequence[tuple[MappedRow, str]]) -> _Unit:
+        """Decide the unit's rows (the existence reads) and commit their intents: what :meth:`send` sends."""
         hashes = {r.match_key: digest for r, digest in changed}
         try:
             decisions, _ = self._decide(changed)
@@ -380,8 +392,14 @@ class _Run:
             ],
         )
         self.chunk += 1
+        return _Unit(writes, hashes, held)
+
+    def send(self, unit: _Unit) -> dict[str, int]:
+        """Send a prepared unit; each chunk is ledgered as it is confirmed, and the rows that need no write are
+        committed with the first chunk (or alone, when nothing is sent)."""
         self._point("before_send")
         counts: dict[str, int] = {}
+        writes, hashes, held = unit.writes, unit.hashes, unit.held
         for action in ("create", "update"):
             part = [d for d in writes if d.action == action]
             if part:
@@ -419,6 +437,59 @@ class _Run:
         write_entities_stream(
             self.connection, self.job.table, action, records, self.options, on_chunk=on_chunk, cancel=self.cancel
         )
+
+
+@dataclass
+class _Unit:
+    writes: list[Decision]
+    hashes: dict[str, str]
+    held: _Held
+
+
+class _InFlight:
+    """At most one unit written on a thread of its own while the calling thread prepares the next (maps, triages,
+    reads which rows exist, commits its intents), so the run's requests do not stop between units. Units are
+    independent: a match key lives in one unit of a run, and its intents are committed before it is sent. One thread
+    for the whole run (a thread per unit grew the process's memory by its allocator's per-thread arenas)."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.future: Future[tuple[dict[str, int], BaseException | None]] | None = None
+
+    def start(self, send: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """Wait for the unit in flight (its counts returned, its error raised), then send the next."""
+        done = self.wait()
+        self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="d365-sync-unit")
+        self.future = self.pool.submit(_caught, send)
+        return done
+
+    def wait(self) -> dict[str, int]:
+        """The counts of the unit in flight once it is done; its error (a crash in tests included) raised here."""
+        future, self.future = self.future, None
+        if future is None:
+            return {}
+        counts, error = future.result()
+        if error is not None:
+            raise error
+        return counts
+
+    def close(self) -> None:
+        """Wait for the unit in flight, its error dropped (the caller is raising its own or is done)."""
+        try:
+            self.wait()
+        except BaseException:
+            log.debug("a sync unit failed while the run was stopping", exc_info=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+def _caught(send: Callable[[], dict[str, int]]) -> tuple[dict[str, int], BaseException | None]:
+    """``send()``'s counts, or its error as a value: a BaseException (a crash in tests) must reach the caller too."""
+    try:
+        return send(), None
+    except BaseException as exc:
+        return {}, exc
 
 
 @dataclass

@@ -151,12 +151,25 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _IN_CHUNK]
 
 
+def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
+    """Why WAL with ``synchronous=NORMAL``: a run commits several times per group, and SQLite's default journal
+    syncs the disk at each (about 10 ms here, a fifth of a first sync's time). In WAL mode a commit is durable
+    through a crash or ``kill -9`` of the process (what resume relies on); only a power cut may lose the last
+    commits, which a resumed run reads back from Dataverse by key or id like any unconfirmed group."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class StateStore:
     """One sync's state in a SQLAlchemy database (schema created on first use, its version checked after)."""
 
     def __init__(self, url: str, sync: str, *, engine: Engine | None = None) -> None:
         self.sync = sync
         self.engine = engine or sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_wal)
         self._ensure_schema()
 
     def close(self) -> None:

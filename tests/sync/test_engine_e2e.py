@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -234,3 +235,30 @@ def test_existence_reads_are_in_reads_packed_to_the_url(
     existence = [r for r in gets if "PropertyName='accountnumber'" in (r.get("query") or r["path"])]
     assert len(existence) == 2, [r.get("query") or r["path"] for r in gets]
     assert by_number(connection) == {r["num"]: r["name"] for r in rows}
+
+
+def test_the_next_group_is_prepared_while_one_is_sent(
+    connection: Connection, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a group is sent, the next one's rows are read and its intents committed, so the run's requests do not
+    stop between groups: the first group's send waits here until the second group's intents are committed."""
+    second_intents = threading.Event()
+    real = store.record_intents
+    calls: list[int] = []
+
+    def record_intents(run: int, chunk: int, intents: Any) -> None:
+        real(run, chunk, intents)
+        calls.append(chunk)
+        if len(calls) == 2:
+            second_intents.set()
+
+    monkeypatch.setattr(store, "record_intents", record_intents)
+    overlapped: list[bool] = []
+
+    def hook(point: str) -> None:
+        if point == "before_send" and not overlapped:
+            overlapped.append(second_intents.wait(timeout=10))
+
+    j = SyncJob("accounts", "account", MatchRule(kind="key"), batch_size=2, parallelism=2)
+    result = run_sync(connection, j, AccountMapper(), source(people(12)), store, hook=hook)
+    assert overlapped == [True] and result.counts == {"created": 12}
