@@ -25,11 +25,13 @@ from rich.table import Table
 
 from connector import cli_progress
 from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options
+from connector.cli_sync_more import FollowFlags, follow_options, run_all_command, run_follow, written_back
 from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.sync.engine import SyncResult, job_from_definition
 from connector.sync.runner import run_definition
 from connector.sync.state import StateStore
+from connector.sync.writeback import write_back_target
 
 __all__ = ["sync"]
 
@@ -58,6 +60,9 @@ def sync() -> None:
     """Reverse-ETL: warehouse rows into a Dataverse table, with state, a ledger and resume."""
 
 
+sync.add_command(run_all_command)
+
+
 @sync.command("run")
 @click.argument("definition_file", metavar="DEF")
 @click.option("--connection", "connection_file", envvar=CONNECTION_ENV, help=f"Connection file (or {CONNECTION_ENV}).")
@@ -71,6 +76,8 @@ def sync() -> None:
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help="Override a definition field.")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 @click.option("--progress", "progress_mode", type=click.Choice(cli_progress.MODES), default="auto", show_default=True)
+@click.option("--write-back", "write_back", metavar="TABLE", help="Write each row's outcome and id into TABLE.")
+@follow_options
 def sync_run(
     definition_file: str,
     connection_file: str | None,
@@ -80,20 +87,30 @@ def sync_run(
     pairs: tuple[str, ...],
     as_json: bool,
     progress_mode: str,
+    write_back: str | None,
+    follow: FollowFlags,
 ) -> None:
-    """Run the sync DEF once: only new and changed rows are sent; every source row ends in the run's ledger."""
+    """Run the sync DEF once: only new and changed rows are sent; every source row ends in the run's ledger.
+    With --follow, sync JSON lines as they arrive (standard input, or the definition's file tailed)."""
+    if dry_run and (follow.enabled or write_back):
+        raise click.UsageError("--dry-run writes nothing: it goes without --follow and --write-back")
     token = CancellationToken(grace_s=cli_progress.GRACE_S)
+    base_dir = Path(definition_file).expanduser().resolve().parent
     try:
         with cli_progress.interruptions(token):
             definition = _load(definition_file, pairs)
-            config, base_dir = load_connection_file(connection_file)
+            target = None if write_back is None else write_back_target(
+                definition, write_back, policy=cli_policy(), base_dir=base_dir
+            )  # fmt: skip
+            if follow.enabled:
+                sys.exit(run_follow(definition, connection_file, follow, target, token, full=full))
+            config, connection_dir = load_connection_file(connection_file)
             from connector.runtime import default_runtime
 
             runtime = default_runtime()
-            connection = runtime.connection(config, base_dir=base_dir, policy=cli_policy())
+            connection = runtime.connection(config, base_dir=connection_dir, policy=cli_policy())
             try:
                 with cli_progress.display(progress_mode, token) as reporter, _spooled(definition) as stdin:
-                    base_dir = Path(definition_file).expanduser().resolve().parent
                     result = run_definition(
                         definition,
                         connection,
@@ -108,6 +125,8 @@ def sync_run(
                     )
             finally:
                 runtime.close()
+            if target is not None and result.run is not None:
+                written_back(definition, target, result.run)
     except ConnectorError as exc:
         _fail(exc, as_json)
     except KeyboardInterrupt:

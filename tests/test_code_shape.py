@@ -215,6 +215,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cli_progress",
             "cli_inputs",
             "cli_sync",
+            "cli_sync_more",
             "cli_trigger",
             "cli_webhook",
             "demo",
