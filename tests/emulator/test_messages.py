@@ -108,7 +108,9 @@ def test_qualify_lead_creates_account_contact_opportunity(api: httpx.Client) -> 
         "#Microsoft.Dynamics.CRM.contact",
         "#Microsoft.Dynamics.CRM.opportunity",
     ]
-    account_id, contact_id, opp_id = (v[k] for v, k in zip(out["value"], ("accountid", "contactid", "opportunityid")))
+    account_id, contact_id, opp_id = (
+        v[k] for v, k in zip(out["value"], ("accountid", "contactid", "opportunityid"), strict=True)
+    )
     assert api.get(f"accounts({account_id})").json()["name"] == "Analytical Engines"
     contact = api.get(f"contacts({contact_id})").json()
     assert contact["_parentcustomerid_value"] == account_id and contact["_originatingleadid_value"] == lid
