@@ -161,9 +161,6 @@ class WebApi(RecordApi):
             return Response(csdl, media_type="application/xml")
         if head in ("WhoAmI", "RetrieveVersion") and method != "GET":
             raise errors.no_resource(f"{ctx.api}/{segs[0]}")
-        unbound = messages.find(self, head, None, False) if len(segs) == 1 else None
-        if unbound is not None:
-            return await messages.invoke(self, request, ctx, unbound, key, None)
         if head in marketing.UNBOUND and len(segs) == 1:
             return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
@@ -174,8 +171,11 @@ class WebApi(RecordApi):
                 return await metadata_writes.entity_definitions_write(self, request, ctx, key, rest)
             return await metadata.entity_definitions(self, request, ctx, key, rest)
         table = self.emu.by_set.get(head)
-        if table is None:
-            raise errors.segment_not_found(head)
+        if table is None:  # an unbound action or function (looked up only here: custom APIs are rows)
+            unbound = messages.find(self, head, None, False) if len(segs) == 1 else None
+            if unbound is None:
+                raise errors.segment_not_found(head)
+            return await messages.invoke(self, request, ctx, unbound, key, None)
         op = seg_key(segs[1][len(BULK_NS) :]) if len(segs) == 2 and segs[1].startswith(BULK_NS) else None
         msg = messages.find(self, op[0], table, key is None) if op else None
         if msg is not None and op is not None:
