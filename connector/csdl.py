@@ -11,6 +11,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+# defusedxml ships no type stubs (types-defusedxml is not in the lock); its calls return ElementTree elements
+import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
+from defusedxml import DefusedXmlException
+
 __all__ = ["Catalog", "Operation", "Parameter", "element_type", "is_collection", "parse"]
 
 _EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
@@ -97,10 +101,11 @@ def _operation(node: ET.Element, kind: str) -> Operation:
 def parse(text: str | bytes) -> Catalog:
     """Actions, functions and complex types of a CSDL document; anything else is skipped.
 
-    ``ValueError`` for a document that is not XML (the caller says where it came from)."""
+    ``ValueError`` for a document that is not XML, or that declares a DTD or entities (an answer is untrusted: no
+    entity expansion); the caller says where it came from."""
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
+        root: ET.Element = SafeET.fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ET.ParseError, DefusedXmlException) as exc:
         raise ValueError(f"the $metadata document is not XML: {exc}") from None
     operations: dict[str, list[Operation]] = {}
     complex_types: dict[str, tuple[Parameter, ...]] = {}

@@ -59,6 +59,9 @@ def test_invoke_action_catalogue_keeps_operations_complex_and_enum_types() -> No
 def test_invoke_action_catalogue_refuses_a_document_that_is_not_xml() -> None:
     with pytest.raises(ValueError, match="not XML"):
         csdl.parse("<html><body>oops")
+    bomb = '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;&a;</x>'
+    with pytest.raises(ValueError, match="not XML"):
+        csdl.parse(bomb)
 
 
 def test_invoke_function_catalogue_is_read_once_per_ttl_and_again_when_invalidated(cloud: Any) -> None:
