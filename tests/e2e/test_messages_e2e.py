@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from connector.connection import Connection
 from connector.errors import InputError
@@ -271,6 +272,10 @@ def test_invoke_function_messages_and_message_schema_data_sources(runtime: Runti
     lead = [o["value"] for o in runtime.data_source("messages", {"table": "lead", "kind": "action"}, connection)]
     assert lead == ["QualifyLead"]
     [schema] = runtime.data_source("message_schema", {"name": "sample_ApplyDiscount"}, connection)
+    Draft202012Validator.check_schema(schema)
+    good = {"Amount": 5, "Percent": 1, "Customer": {"table": "account", "key": {"accountnumber": "A-1"}}}
+    assert Draft202012Validator(schema).is_valid(good)
+    assert not Draft202012Validator(schema).is_valid({"Amount": 5})
     assert schema["required"] == ["Amount", "Percent"]
     assert schema["properties"]["Codes"]["type"] == "array"
     assert schema["properties"]["Customer"]["properties"]["table"]["const"] == "account"
