@@ -283,3 +283,36 @@ def test_invoke_function_messages_and_message_schema_data_sources(runtime: Runti
     assert set(qualify["required"]) == {"CreateAccount", "CreateContact", "CreateOpportunity", "Status"}
     with pytest.raises(InputError):
         runtime.data_source("message_schema", {"name": "QualifyLead"}, connection)
+
+
+def _custom_api(runtime: Runtime, connection: Connection, name: str, binding: int, function: bool) -> None:
+    fields = {"uniquename": name, "name": name, "bindingtype": binding, "isfunction": function}
+    if binding:
+        fields["boundentitylogicalname"] = "account"
+    made = runtime.run_action("create_entity", {"table": "customapi", "fields": fields}, connection)
+    link = {"table": "customapi", "id": made["id"]}
+    param = {"uniquename": "Label", "name": "Label", "type": 10, "isoptional": False, "customapiid": link}
+    runtime.run_action("create_entity", {"table": "customapirequestparameter", "fields": param}, connection)
+    prop = {"uniquename": "Echo", "name": "Echo", "type": 10, "customapiid": link}
+    runtime.run_action("create_entity", {"table": "customapiresponseproperty", "fields": prop}, connection)
+
+
+def test_invoke_function_bound_to_a_collection_and_to_a_row(
+    runtime: Runtime, connection: Connection, fresh_emulator: EmulatorHandle
+) -> None:
+    _custom_api(runtime, connection, "new_CountThem", 2, True)
+    _custom_api(runtime, connection, "new_Describe", 1, True)
+    account = runtime.run_action("create_entity", {"table": "account", "fields": {"name": "Row"}}, connection)["id"]
+    fresh_emulator.admin.clear_requests()
+    out = runtime.run_action(
+        "invoke_function", {"name": "new_CountThem", "table": "accounts", "parameters": {"Label": "a b"}}, connection
+    )
+    assert out == {"name": "new_CountThem", "return_type": "mscrm.new_CountThemResponse", "result": {"Echo": None}}
+    inputs = {"name": "new_Describe", "table": "account", "id": account, "parameters": {"Label": "x"}}
+    assert runtime.run_action("invoke_function", inputs, connection)["result"] == {"Echo": None}
+    paths = [r["path"] for r in web_api_requests(fresh_emulator) if "new_" in r["path"]]
+    assert paths[0].startswith("/api/data/v9.2/accounts/Microsoft.Dynamics.CRM.new_CountThem(Label=@p1)")
+    assert paths[1].startswith(f"/api/data/v9.2/accounts({account})/Microsoft.Dynamics.CRM.new_Describe(Label=@p1)")
+    with pytest.raises(InputError) as info:  # bound to the collection: no row
+        runtime.run_action("invoke_function", {**inputs, "name": "new_CountThem"}, connection)
+    assert [p.path for p in info.value.problems] == ["$.table"]
