@@ -331,7 +331,10 @@ def invoke(connection: Connection, inputs: InvokeAction, kind: str) -> dict[str,
         response = client.request("POST", path, json=params, impersonate=inputs.impersonate)
     else:
         response = client.request(
-            "GET", _function_url(path, params, sets), impersonate=inputs.impersonate, idempotent=True
+            "GET",
+            _function_url(path, op, params, sets, connection.metadata.operations().enum_types),
+            impersonate=inputs.impersonate,
+            idempotent=True,
         )
     body = response.json() if response.status_code != 204 and response.content else None
     if op.returns is not None and isinstance(body, dict) and not _returns_object(connection, op.returns):
@@ -345,20 +348,33 @@ def _bound_path(connection: Connection, op: Operation, meta: TableMetadata, inpu
     return f"{address(connection, meta, inputs.id, inputs.key, inputs.impersonate)}/{NS}{op.name}"
 
 
-def _function_url(path: str, params: Mapping[str, Any], sets: Mapping[str, str]) -> str:
+def _function_url(
+    path: str, op: Operation, params: Mapping[str, Any], sets: Mapping[str, str], enums: Mapping[str, Any]
+) -> str:
     """``F(A=@p1,B=@p2)?@p1=…``: every parameter as an alias, so no value needs escaping inside the path."""
+    types = {p.name: p.type for p in op.params}
     names = [name for name, value in params.items() if value is not None]
     if not names:
         return f"{path}()"
-    aliases = {f"@p{i}": _literal(params[name], sets) for i, name in enumerate(names, 1)}
+    aliases = {f"@p{i}": _literal(types[name], params[name], sets, enums) for i, name in enumerate(names, 1)}
     inner = ",".join(f"{name}=@p{i}" for i, name in enumerate(names, 1))
     return f"{path}({inner})?{build_query_string(aliases)}"
 
 
-def _literal(value: Any, sets: Mapping[str, str]) -> str:
-    """A parameter alias value: strings quoted (``''`` for a quote), an entity reference as the docs write it
-    (``{'@odata.id':'accounts(…)'}``), everything else JSON."""
-    if isinstance(value, str):
+#: Primitive types whose URL literal is written bare (OData ABNF: ``guidValue``, ``dateTimeOffsetValue``, ...).
+_BARE = ("Edm.Guid", "Edm.DateTimeOffset", "Edm.Date", "Edm.TimeOfDay", "Edm.Duration")
+
+
+def _literal(typ: str, value: Any, sets: Mapping[str, str], enums: Mapping[str, Any]) -> str:
+    """A parameter alias value by its type: strings quoted (``''`` for a quote), GUIDs and dates bare, an enum member
+    as ``Microsoft.Dynamics.CRM.Type'Member'``, an entity reference as the docs write it
+    (``{'@odata.id':'accounts(…)'}``), everything else (numbers, booleans, collections, objects) JSON."""
+    name = element_type(typ)
+    if isinstance(value, str) and not is_collection(typ):
+        if typ in _BARE:
+            return value
+        if name in enums:
+            return f"{NS}{name}'" + value.replace("'", "''") + "'"
         return "'" + value.replace("'", "''") + "'"
     if isinstance(value, Mapping) and "@odata.type" in value and len(value) == 2:
         table = str(value["@odata.type"]).removeprefix(NS)

@@ -208,14 +208,25 @@ def csdl_parts(api: RecordApi) -> tuple[list[str], list[str]]:
 # -- parameters ------------------------------------------------------------------------------------------------------
 
 _SINGLE_ODATA_ID = re.compile(r"^\{\s*'@odata\.id'\s*:\s*'((?:[^']|'')*)'\s*\}$")
+#: bare literals (OData ABNF): a GUID, a date or date-time; an enum member ``Namespace.Type'Member'``
+_BARE = re.compile(
+    r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$|^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$"
+)
+_ENUM = re.compile(r"^[A-Za-z_][\w.]*'((?:[^']|'')*)'$")
 
 
 def alias_value(text: str) -> Any:
-    """A function parameter literal: JSON, or the docs' single-quoted forms (``'text'``, ``{'@odata.id':'x(1)'}``)."""
+    """A function parameter literal: JSON, the docs' single-quoted forms (``'text'``, ``{'@odata.id':'x(1)'}``), a
+    bare GUID or date, or an enum member (its name)."""
     text = text.strip()
     m = _SINGLE_ODATA_ID.match(text)
     if m:
         return {"@odata.id": m.group(1).replace("''", "'")}
+    if _BARE.match(text):
+        return text
+    enum = _ENUM.match(text)
+    if enum:
+        return enum.group(1).replace("''", "'")
     if len(text) >= 2 and text[0] == text[-1] == "'":
         return text[1:-1].replace("''", "'")
     try:

@@ -92,3 +92,65 @@ def test_invoke_function_catalogue_not_xml_is_an_api_error(cloud: Any) -> None:
     cloud.api_queue.append(httpx.Response(200, text="{}", headers={"Content-Type": "application/json"}))
     with pytest.raises(FatalApiError, match=r"\$metadata"):
         cloud.connect().metadata.operations()
+
+
+TYPED = CSDL.replace(
+    "<EntityContainer",
+    """<Function Name="new_Typed">
+  <Parameter Name="When" Type="Edm.DateTimeOffset" />
+  <Parameter Name="Day" Type="Edm.Date" />
+  <Parameter Name="Small" Type="Edm.Int16" />
+  <Parameter Name="Access" Type="mscrm.EndpointAccessType" />
+  <Parameter Name="Box" Type="mscrm.RetrieveVersionResponse" />
+  <Parameter Name="Ids" Type="Collection(Edm.Guid)" />
+  <Parameter Name="Text" Type="Edm.String" Nullable="false" />
+  <ReturnType Type="Edm.String" />
+</Function>
+<EntityContainer""",
+)
+GOOD = {
+    "When": "2026-12-05T10:00:00Z",
+    "Day": "2026-12-05",
+    "Small": 7,
+    "Access": "Internet",
+    "Box": {"Version": "9.2"},
+    "Ids": ["5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"],
+    "Text": "it's",
+}
+
+
+def test_invoke_function_primitives_enums_complex_types_and_collections(cloud: Any) -> None:
+    from connector import messages
+    from connector.inputs import InvokeFunction
+
+    cloud.api_queue += [
+        httpx.Response(200, text=TYPED, headers={"Content-Type": "application/xml"}),
+        httpx.Response(200, json={"@odata.context": "x/$metadata#Edm.String", "value": "done"}),
+    ]
+    connection = cloud.connect()
+    bad = {"When": "tomorrow", "Day": 5, "Small": 40000, "Access": "Intranet", "Box": {"Nope": 1}, "Ids": ["x"]}
+    problems = messages.invoke_function_problems(InvokeFunction(name="new_Typed", parameters=bad), connection)
+    assert sorted(p.path for p in problems) == [
+        "$.parameters.Access",
+        "$.parameters.Box.Nope",
+        "$.parameters.Day",
+        "$.parameters.Ids[0]",
+        "$.parameters.Small",
+        "$.parameters.Text",
+        "$.parameters.When",
+    ]
+    assert messages.invoke_function_problems(InvokeFunction(name="new_Typed", parameters=GOOD), connection) == []
+    out = messages.run(connection, InvokeFunction(name="new_Typed", parameters=GOOD))
+    assert out == {"name": "new_Typed", "return_type": "Edm.String", "result": "done"}
+    sent = next(r for r in cloud.api_requests if "new_Typed" in r.url.path)
+    assert sent.url.path.endswith("/new_Typed(When=@p1,Day=@p2,Small=@p3,Access=@p4,Box=@p5,Ids=@p6,Text=@p7)")
+    aliases = dict(sent.url.params)
+    assert aliases == {
+        "@p1": "2026-12-05T10:00:00Z",
+        "@p2": "2026-12-05",
+        "@p3": "7",
+        "@p4": "Microsoft.Dynamics.CRM.EndpointAccessType'Internet'",
+        "@p5": '{"Version":"9.2"}',
+        "@p6": '["5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"]',
+        "@p7": "'it''s'",
+    }

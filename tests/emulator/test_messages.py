@@ -195,3 +195,25 @@ def test_sample_custom_api_computes(api: httpx.Client) -> None:
     assert (out["Total"], out["CodeCount"], out["CustomerName"]) == (170.0, 2, "Contoso")
     refused = api.post("sample_ApplyDiscount", json={"Amount": 1, "Percent": 101})
     assert error_of(refused)[:2] == (400, "0x80040265")
+
+
+def test_function_aliases_take_bare_guids_dates_and_enum_members(api: httpx.Client) -> None:
+    cid = created_id(api.post("customapis", json={"uniquename": "new_Look", "name": "new_Look", "isfunction": True}))
+    for name, typ in (("Id", 12), ("When", 1)):
+        api.post(
+            "customapirequestparameters",
+            json={
+                "uniquename": name,
+                "name": name,
+                "type": typ,
+                "isoptional": True,
+                "customapiid@odata.bind": f"customapis({cid})",
+            },
+        )
+    guid = "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
+    ok = api.get("new_Look(Id=@i,When=@w)", params={"@i": guid, "@w": "2026-12-05T10:00:00Z"})
+    assert ok.status_code == 204, ok.text  # no response properties: nothing to answer
+    enum = api.get("new_Look(Id=@i)", params={"@i": "Microsoft.Dynamics.CRM.EndpointAccessType'Default'"})
+    assert enum.status_code == 204
+    bad = api.get("new_Look(Id=@i)", params={"@i": "not a literal"})
+    assert error_of(bad)[:2] == (400, "0x0")
