@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.sync",
     "actions.fetchxml",
     "actions.raw",
+    "actions.messages",
 )
 
 
