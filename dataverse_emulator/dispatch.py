@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import aggregate, changetracking, errors, fetchxml, files, marketing, metadata, metadata_writes
+from . import aggregate, changetracking, errors, fetchxml, files, marketing, merge, metadata, metadata_writes
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete
@@ -165,6 +165,8 @@ class WebApi(RecordApi):
                     "Version": VERSION,
                 }
             )
+        if head == "Merge" and len(segs) == 1 and method == "POST":
+            return await merge.merge(self, request, ctx)
         if head in marketing.UNBOUND and len(segs) == 1:
             return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
