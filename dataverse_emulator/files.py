@@ -213,7 +213,6 @@ def _download(
     headers = {
         "OData-Version": "4.0",
         "x-ms-file-size": str(len(data)),
-        "x-ms-file-name": name,
         "mimetype": mime,
         "Access-Control-Expose-Headers": "x-ms-file-size; x-ms-file-name; mimetype",
     }
@@ -226,5 +225,13 @@ def _download(
         end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
         headers["x-ms-chunk-size"] = str(CHUNK_SIZE)
         headers["Access-Control-Expose-Headers"] = "x-ms-file-size; x-ms-file-name; x-ms-chunk-size; mimetype"
-        return Response(data[start : end + 1], status_code=206, media_type="application/octet-stream", headers=headers)
-    return Response(data, status_code=200, media_type="application/octet-stream", headers=headers)
+        part = data[start : end + 1]
+        return _named(Response(part, status_code=206, media_type="application/octet-stream", headers=headers), name)
+    return _named(Response(data, status_code=200, media_type="application/octet-stream", headers=headers), name)
+
+
+def _named(response: Response, name: str) -> Response:
+    """``x-ms-file-name`` as UTF-8 bytes: a name the upload's query parameter carried may be any text, and a header
+    holds bytes (how Dataverse encodes a non-ASCII name here is a GUESS; ASCII names are as documented)."""
+    response.raw_headers.append((b"x-ms-file-name", name.encode("utf-8")))
+    return response
