@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
+import httpx
+
 from connector.addressing import address, not_found
 from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
 from connector.inputs import DownloadFile, UploadFile
@@ -196,9 +198,6 @@ class _Source:
                 left -= len(chunk)
                 yield chunk
 
-    def read(self, start: int, length: int) -> bytes:
-        return b"".join(self.blocks(start, length))
-
 
 def _header_name(name: str) -> dict[str, str]:
     """``x-ms-file-name`` as a header only when ASCII: the docs say the header cannot carry other names (the query
@@ -280,10 +279,11 @@ def _upload_chunks(
         client.request(
             "PATCH",
             location,
-            content=source.read(sent, length),
+            content=lambda start=sent, length=length: source.blocks(start, length),
             headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"bytes {sent}-{max(last, sent)}/{source.size}",
+                "Content-Length": str(length),
                 **_header_name(name),
             },
             impersonate=inputs.impersonate,
@@ -365,58 +365,54 @@ def _download(
     tracker: Tracker,
     cancel: CancellationToken | None,
 ) -> _Received:
+    """One ranged GET per block, each answer streamed to ``handle``; a 200 is the whole file (ranges ignored)."""
     got = _Received()
     params = {"size": "full"} if inputs.full_size else None
-    total: int | None = None
     block = DEFAULT_CHUNK
-    while total is None or got.size < total:
+    while True:
         if cancel is not None and cancel.cancelled:
             raise InputError([InputProblem("$", f"cancelled after {got.size:,} bytes; nothing saved")])
-        rng = f"bytes={got.size}-{got.size + block - 1}"
+        before = got.size
+        headers = {"Range": f"bytes={before}-{before + block - 1}"}
         try:
             response = connection.client.request(
-                "GET", path, params=params, headers={"Range": rng}, impersonate=inputs.impersonate
+                "GET", path, params=params, headers=headers, impersonate=inputs.impersonate, stream=True
             )
         except FatalApiError as exc:
-            if (exc.code or "").lower() != _NO_CHUNKS or got.size:
+            if (exc.code or "").lower() != _NO_CHUNKS or before:
                 raise
-            return _download_whole(connection, inputs, path, params, handle, tracker)
-        got.requests += 1
-        if response.status_code == 204:  # an empty image column
-            return got
-        _describe(got, response.headers)
-        total = _int(response.headers.get("x-ms-file-size"), len(response.content) + got.size)
-        block = _chunk_size(response.headers.get("x-ms-chunk-size") or str(block))
-        if response.status_code == 200:  # the whole file, ranges not honoured
+            response = connection.client.request(
+                "GET", path, params=params, impersonate=inputs.impersonate, stream=True
+            )
+        if response.status_code == 200 and before:  # ranges honoured so far, then not: start again from byte 0
             got.size = 0
             handle.seek(0)
             handle.truncate()
-        _keep(handle, response.content, got, tracker, inputs)
-        if not response.content and got.size < total:
-            raise FatalApiError(f"Dataverse sent no bytes at offset {got.size:,} of {total:,}")
-    return got
-
-
-def _download_whole(
-    connection: Connection,
-    inputs: DownloadFile,
-    path: str,
-    params: dict[str, str] | None,
-    handle: BinaryIO,
-    tracker: Tracker,
-) -> _Received:
-    got = _Received()
-    response = connection.client.request("GET", path, params=params, impersonate=inputs.impersonate, stream=True)
-    try:
-        got.requests = 1
-        if response.status_code == 204:
+        _receive(response, handle, got, tracker, inputs)
+        if response.status_code != 206:  # 200: the whole file; 204: an empty image column
             return got
+        total = _int(response.headers.get("x-ms-file-size"), None)
+        received, asked = got.size - before, block
+        block = _chunk_size(response.headers.get("x-ms-chunk-size") or str(block))
+        if (total is not None and got.size >= total) or (total is None and received < asked):
+            return got
+        if not received:
+            raise FatalApiError(f"Dataverse sent no bytes at offset {got.size:,} of {total:,}")
+
+
+def _receive(
+    response: httpx.Response, handle: BinaryIO, got: _Received, tracker: Tracker, inputs: DownloadFile
+) -> None:
+    """Stream one answer's body into ``handle`` (1 MB at a time, never held whole), then close it."""
+    try:
+        got.requests += 1
+        if response.status_code == 204:
+            return
         _describe(got, response.headers)
-        for block in response.iter_bytes(1024 * 1024):
-            _keep(handle, block, got, tracker, inputs)
+        for piece in response.iter_bytes(1024 * 1024):
+            _keep(handle, piece, got, tracker, inputs)
     finally:
         response.close()
-    return got
 
 
 def _describe(got: _Received, headers: Any) -> None:
@@ -434,7 +430,7 @@ def _keep(handle: BinaryIO, data: bytes, got: _Received, tracker: Tracker, input
     tracker.advance({"bytes": len(data)})
 
 
-def _int(text: str | None, default: int) -> int:
+def _int(text: str | None, default: int | None) -> int | None:
     try:
         return int(text) if text is not None else default
     except ValueError:
