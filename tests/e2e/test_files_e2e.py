@@ -252,3 +252,28 @@ def test_create_attribute_file_and_image_short_forms(
     assert doc["@odata.type"] == "#Microsoft.Dynamics.CRM.FileAttributeMetadata" and doc["MaxSizeInKB"] == 20480
     assert logo["@odata.type"] == "#Microsoft.Dynamics.CRM.ImageAttributeMetadata"
     assert (logo["MaxSizeInKB"], logo["CanStoreFullImage"]) == (10240, True)
+
+
+def test_upload_file_to_an_image_column_and_download_file_full_size(
+    runtime: Runtime, connection: Connection, fresh_emulator: EmulatorHandle
+) -> None:
+    short = {"type": "image", "schema_name": f"new_Logo{next(_COLUMNS)}", "label": "Logo", "store_full_image": True}
+    column = runtime.run_action("create_attribute", {"table": "account", "attribute": short}, connection)[
+        "logical_name"
+    ]
+    row = account(runtime, connection)
+    empty = runtime.run_action("download_file", {"table": "account", "id": row, "column": column}, connection)
+    assert (empty["size"], empty["file_name"], empty["content_base64"]) == (0, None, "")  # 204: no image yet
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    content = base64.b64encode(png).decode()
+    runtime.run_action(
+        "upload_file",
+        {"table": "account", "id": row, "column": column, "content_base64": content, "file_name": "logo.png"},
+        connection,
+    )
+    fresh_emulator.admin.clear_requests()
+    down = runtime.run_action(
+        "download_file", {"table": "account", "id": row, "column": column, "full_size": True}, connection
+    )
+    assert base64.b64decode(down["content_base64"]) == png and down["mime_type"] == "image/png"
+    assert all(r["query"] == "size=full" for r in file_requests(fresh_emulator, column))
