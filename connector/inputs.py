@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from connector.errors import ContractError, InputError, InputProblem, preview
 from connector.strict_json import StrictJsonError, check_value
@@ -41,6 +41,8 @@ __all__ = [
     "GetEntitiesMetadata",
     "GetEntity",
     "GetEntityMetadata",
+    "InvokeAction",
+    "InvokeFunction",
     "JsonInt",
     "ListAlternateKeys",
     "ListAttributes",
@@ -344,6 +346,22 @@ class RawRequest(ActionInputs):
     impersonate: str | None = None
 
 
+class InvokeAction(ActionInputs):
+    """Any action by name: unbound (no ``table``), bound to a table's collection (``table``) or to a row (``table``
+    with ``id`` or ``key``); ``parameters`` by the names ``$metadata`` gives them."""
+
+    name: str
+    table: str | None = None
+    id: str | None = None
+    key: dict[str, Any] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    impersonate: str | None = None
+
+
+class InvokeFunction(InvokeAction):
+    """Any function by name, addressed as :class:`InvokeAction`; its parameters travel in the URL."""
+
+
 class GetCurrentUser(ActionInputs):
     impersonate: str | None = None
 
@@ -455,6 +473,8 @@ INPUT_MODELS: dict[str, type[ActionInputs]] = {
     "sync_records": SyncRecords,
     "run_fetch_xml_query": RunFetchXmlQuery,
     "raw_request": RawRequest,
+    "invoke_action": InvokeAction,
+    "invoke_function": InvokeFunction,
     "get_current_user": GetCurrentUser,
     "test_connection": TestConnection,
     "list_entities": ListEntities,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from connector import csdl
 from connector.clock import Clock, SystemClock
 from connector.errors import FatalApiError, InputError, InputProblem, NotFoundError
 from connector.odata import quote_string
@@ -170,6 +171,7 @@ class MetadataCache:
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
         self._strong: set[str] = set()
+        self._catalog: tuple[float, csdl.Catalog] | None = None
         self._lock = threading.RLock()
 
     # -- invalidation ---------------------------------------------------------------------------------------------
@@ -187,6 +189,8 @@ class MetadataCache:
             for name in names:
                 self._entries.pop(name, None)
                 self._strong.add(name)
+            if not table:  # a new custom API or table changes $metadata too
+                self._catalog = None
 
     # -- reads ----------------------------------------------------------------------------------------------------
     def table(self, name: str, *, refresh: bool = False, path: str = "$.table") -> TableMetadata:
@@ -207,6 +211,24 @@ class MetadataCache:
             self._aliases[lowered] = fetched.logical_name
             self._strong.discard(fetched.logical_name)
         return fetched
+
+    def operations(self, *, refresh: bool = False) -> csdl.Catalog:
+        """The actions, functions and complex types of ``$metadata``, read once per ``ttl_s`` (the document is large:
+        megabytes on a real organization) or again when ``refresh`` (a message the catalogue does not know yet)."""
+        with self._lock:
+            known = self._catalog
+            if known is not None and not refresh and self._clock.monotonic() - known[0] < self._ttl_s:
+                return known[1]
+        response = self._client().request("GET", "$metadata", headers={"Accept": "application/xml"})
+        try:
+            catalog = csdl.parse(response.content)
+        except ValueError as exc:
+            raise FatalApiError(
+                f"Dataverse answered GET $metadata with {exc}", status_code=response.status_code
+            ) from None
+        with self._lock:
+            self._catalog = (self._clock.monotonic(), catalog)
+        return catalog
 
     def choice_value(self, table: str, column: str, label: str) -> int:
         """The integer value of a choice label (case-insensitive); ``ValueError`` lists the valid labels."""

@@ -59,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.raw",
     "actions.files",
     "actions.records_ops",
+    "actions.messages",
 )
 
 

@@ -14,6 +14,7 @@ from .context import fmt_dt_now
 from .dispatch import WebApi
 from .emulator import Emulator
 from .errors import DataverseError
+from .message_handlers import ensure_sample_api
 from .records import (
     computed,
     convert,
@@ -123,5 +124,6 @@ def bootstrap(emu: Emulator) -> None:
     """The rows every organization starts with: webhook and message catalogue rows, then the principals."""
     emu.webhooks.ensure_rows()
     ensure_message_rows(emu.store, emu.tables)
+    ensure_sample_api(emu.store, emu.system_user)
     currency.ensure_base_currency(emu.store, fmt_dt_now(emu.clock))
     emu.ensure_principal_rows()

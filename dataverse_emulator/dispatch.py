@@ -14,11 +14,23 @@ from urllib.parse import unquote
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import aggregate, changetracking, errors, fetchxml, files, marketing, merge, metadata, metadata_writes
+from . import (
+    aggregate,
+    changetracking,
+    errors,
+    fetchxml,
+    files,
+    marketing,
+    merge,  # noqa: F401  (registers Merge)
+    message_handlers,  # noqa: F401  (registers the system messages)
+    messages,
+    metadata,
+    metadata_writes,
+)
 from .batch import handle as run_batch
 from .bulk import NS as BULK_NS
 from .bulk import bound_action, bulk_delete
-from .context import API_RE, MAX_PAGE, VERSION, Ctx, parse_prefer, seg_key, split_path
+from .context import API_RE, MAX_PAGE, Ctx, parse_prefer, seg_key, split_path
 from .errors import DataverseError, error_response
 from .identity import org_of
 from .model import Relationship, Table
@@ -144,29 +156,12 @@ class WebApi(RecordApi):
         if head == "BulkDelete" and len(segs) == 1 and method == "POST":
             return await bulk_delete(self, request, ctx)
         if head == "$metadata":
-            csdl = metadata.csdl(self.tables, self.rels, getattr(self.emu, "many_to_many", []))
-            return Response(csdl, media_type="application/xml")
-        if head in ("WhoAmI", "RetrieveVersion") and len(segs) == 1 and (key is None or key == ""):
-            if method != "GET":
-                raise errors.no_resource(f"{ctx.api}/{segs[0]}")
-            if head == "WhoAmI":
-                return self.json(
-                    {
-                        "@odata.context": f"{ctx.api}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
-                        "BusinessUnitId": ctx.user["businessunitid"],
-                        "UserId": ctx.user["systemuserid"],
-                        "OrganizationId": self.emu.organization_id,
-                    },
-                    headers={"x-ms-dop-hint": "4"},
-                )
-            return self.json(
-                {
-                    "@odata.context": f"{ctx.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse",
-                    "Version": VERSION,
-                }
+            csdl = metadata.csdl(
+                self.tables, self.rels, getattr(self.emu, "many_to_many", []), messages.csdl_parts(self)
             )
-        if head == "Merge" and len(segs) == 1 and method == "POST":
-            return await merge.merge(self, request, ctx)
+            return Response(csdl, media_type="application/xml")
+        if head in ("WhoAmI", "RetrieveVersion") and method != "GET":
+            raise errors.no_resource(f"{ctx.api}/{segs[0]}")
         if head in marketing.UNBOUND and len(segs) == 1:
             return await marketing.UNBOUND[head](self, request, ctx)
         if head in metadata_writes.ROUTES:
@@ -177,8 +172,16 @@ class WebApi(RecordApi):
                 return await metadata_writes.entity_definitions_write(self, request, ctx, key, rest)
             return await metadata.entity_definitions(self, request, ctx, key, rest)
         table = self.emu.by_set.get(head)
-        if table is None:
-            raise errors.segment_not_found(head)
+        if table is None:  # an unbound action or function (looked up only here: custom APIs are rows)
+            unbound = messages.find(self, head, None, False) if len(segs) == 1 else None
+            if unbound is None:
+                raise errors.segment_not_found(head)
+            return await messages.invoke(self, request, ctx, unbound, key, None)
+        op = seg_key(segs[1][len(BULK_NS) :]) if len(segs) == 2 and segs[1].startswith(BULK_NS) else None
+        msg = messages.find(self, op[0], table, key is None) if op else None
+        if msg is not None and op is not None:
+            rid, row = self.load(table, key) if key is not None else (None, None)
+            return await messages.invoke(self, request, ctx, msg, op[1], messages.Bound(table, rid, row))
         if key is None and len(segs) == 2 and segs[1].startswith(BULK_NS):
             return await bound_action(self, request, ctx, table, segs[1][len(BULK_NS) :])
         if key is None:

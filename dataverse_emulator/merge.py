@@ -4,19 +4,21 @@ Documented (webapi/merge-entity-using-web-api.md, use-web-api-actions.md): ``POS
 ``Subordinate`` (both typed with ``@odata.type``), optional ``UpdateContent`` and ``PerformParentingChecks``; only
 account, contact, lead and incident can be merged; "Merging will move any data from the Subordinate record to the
 Target and then deactivate the Subordinate record"; ``UpdateContent`` is not used for incident; the answer is
-``204 No Content``. Which child rows move follows each relationship's ``CascadeConfiguration.Merge`` (Cascade moves
-them, NoCascade leaves them; the cascade configuration reference). The subordinate's inactive state and status, the
-parenting check's refusal and every error code and wording here are GUESSES where noted.
+``204 No Content``. Registered in the message registry (:mod:`.messages`), so ``$metadata`` lists it as documented
+and the registry checks its parameters. Which child rows move follows each relationship's
+``CascadeConfiguration.Merge`` (Cascade moves them, NoCascade leaves them; the cascade configuration reference).
+The subordinate's inactive state and status, the parenting check's refusal and every error code and wording here
+are GUESSES where noted.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
 from . import cascade, errors
+from .messages import ACTION, Bound, Message, Param, register
 from .storage import q, type_col
 from .webhooks import notify
 
@@ -59,9 +61,8 @@ def _typed_row(api: RecordApi, value: Any, name: str) -> tuple[Table, str, dict[
     return table, rid, row
 
 
-async def merge(api: RecordApi, request: Request, ctx: Ctx) -> Response:
+async def merge(api: RecordApi, ctx: Ctx, bound: Bound | None, body: dict[str, Any], msg: Message) -> Response:
     """``POST Merge``: update the target, move the subordinate's children, deactivate the subordinate."""
-    body = await api.body_json(request, "Merge")
     table, target_id, target = _typed_row(api, body.get("Target"), "Target")
     sub_table, sub_id, sub = _typed_row(api, body.get("Subordinate"), "Subordinate")
     if sub_table is not table:
@@ -69,7 +70,7 @@ async def merge(api: RecordApi, request: Request, ctx: Ctx) -> Response:
     if sub_id == target_id:
         raise errors.bad_request("The Target and the Subordinate are the same record.", "0x80040203")  # GUESS
     if not isinstance(body.get("PerformParentingChecks"), bool):
-        raise errors.bad_request("The parameter 'PerformParentingChecks' is required.", "0x80040203")
+        raise errors.bad_request("The parameter 'PerformParentingChecks' must be true or false.", "0x80040203")
     parent = PARENT[table.logical_name]
     if body["PerformParentingChecks"] and parent in table.attributes and target.get(parent) != sub.get(parent):
         raise errors.bad_request("The parent of the two records is different.", "0x8004020b")  # GUESS
@@ -103,3 +104,19 @@ def _move_children(api: RecordApi, table: Table, sub_id: str, target_id: str) ->
             f"UPDATE {q(rel.referencing_entity)} SET {q(col)} = ? WHERE {q(col)} = ? AND {q(type_col(col))} = ?",
             (target_id, sub_id, table.logical_name),
         )
+
+
+#: As ``$metadata`` lists it (use-web-api-actions.md, "Unbound actions").
+register(
+    Message(
+        "Merge",
+        ACTION,
+        (
+            Param("Target", "mscrm.crmbaseentity", nullable=False),
+            Param("Subordinate", "mscrm.crmbaseentity", nullable=False),
+            Param("UpdateContent", "mscrm.crmbaseentity"),
+            Param("PerformParentingChecks", "Edm.Boolean", nullable=False),
+        ),
+        handler=merge,
+    )
+)

@@ -535,9 +535,15 @@ async def _keys(
     )
 
 
-def csdl(tables: dict[str, Table], rels: list[Relationship], many_to_many: list[dict[str, Any]] | None = None) -> str:
+def csdl(
+    tables: dict[str, Table],
+    rels: list[Relationship],
+    many_to_many: list[dict[str, Any]] | None = None,
+    operations: tuple[list[str], list[str]] = ([], []),
+) -> str:
     """A minimal CSDL: entity types with keys, properties and navigation properties (N:N ones included, a
-    collection on each side), plus the container."""
+    collection on each side), the ``operations`` (actions, functions, their complex types; their imports go in the
+    container), plus the container."""
     edm = {
         "String": "Edm.String",
         "Memo": "Edm.String",
@@ -582,11 +588,13 @@ def csdl(tables: dict[str, Table], rels: list[Relationship], many_to_many: list[
                 )
         parts += many_to_many_navs(t, many_to_many or [])
         parts.append("</EntityType>")
+    parts += operations[0]
     parts.append('<EntityContainer Name="System">')
     for t in tables.values():
         parts.append(
             f'<EntitySet Name={quoteattr(t.entity_set)} EntityType="Microsoft.Dynamics.CRM.{t.logical_name}" />'
         )
+    parts += operations[1]
     parts.append("</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>")
     return "".join(parts)
 

@@ -210,6 +210,18 @@ DEC = "Decimal"
 DBL = "Double"
 UID = "Uniqueidentifier"
 
+
+def _rollup(name: str, typ: str) -> list[tuple[str, str, dict[str, object]]]:
+    """A system rollup column (SourceType 2) with its ``_date`` and ``_state`` companions, all read-only: the
+    values change by the rollup job or ``CalculateRollupField`` (define-rollup-fields, GUESS for the flags)."""
+    ro: dict[str, object] = {"valid_for_create": False, "valid_for_update": False}
+    return [
+        (name, typ, {**ro, "extra": {"SourceType": 2}}),
+        (f"{name}_date", DT, {**ro, "extra": {"AttributeOf": name}}),
+        (f"{name}_state", I, {**ro, "extra": {"AttributeOf": name}}),
+    ]
+
+
 _OWNED_TABLES = ("account", "contact", "lead", "opportunity", "incident", "list")
 
 _SPECS: dict[str, dict[str, object]] = {
@@ -242,6 +254,8 @@ _SPECS: dict[str, dict[str, object]] = {
             ("primarycontactid", "Lookup", {"targets": ("contact",)}),
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
             ("originatingleadid", "Lookup", {"targets": ("lead",)}),
+            *_rollup("opendeals", I),
+            *_rollup("openrevenue", MNY),
         ],
         "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
     },
@@ -323,6 +337,8 @@ _SPECS: dict[str, dict[str, object]] = {
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
             ("parentcontactid", "Lookup", {"targets": ("contact",)}),
             ("originatingleadid", "Lookup", {"targets": ("lead",)}),
+            ("actualvalue", MNY, {}),
+            ("actualclosedate", DT, {"date_only": True}),
         ],
         "state": (
             {0: "Open", 1: "Won", 2: "Lost"},
@@ -505,6 +521,11 @@ from .activities import ACTIVITY_RELATIONSHIPS, ACTIVITY_STATUS_STATE, ACTIVITY_
 from .labels import display_name  # noqa: E402
 
 _SPECS.update(ACTIVITY_TABLES)
+from .message_tables import MESSAGE_RELATIONSHIPS, MESSAGE_STATUS_STATE, MESSAGE_TABLES  # noqa: E402
+
+_SPECS.update(MESSAGE_TABLES)
+_KNOWN_RELATIONSHIPS.update(MESSAGE_RELATIONSHIPS)
+STATUS_STATE.update(MESSAGE_STATUS_STATE)
 _KNOWN_RELATIONSHIPS.update(ACTIVITY_RELATIONSHIPS)
 STATUS_STATE.update(ACTIVITY_STATUS_STATE)
 

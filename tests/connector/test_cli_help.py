@@ -245,6 +245,8 @@ def test_completion_of_commands(runner: CliRunner) -> None:
         "columns",
         "fields_schema",
         "key_schema",
+        "message_schema",
+        "messages",
         "records",
         "tables",
     ]

@@ -193,3 +193,18 @@ def test_merge_entities_refuses_bad_input_before_sending(
         runtime.run_action("merge_entities", {"table": table, "id": target, **inputs}, connection)
     assert field in str(caught.value)
     assert [r for r in web_api_requests(fresh_emulator) if r["method"] != "GET"] == []
+
+
+def test_merge_entities_and_invoke_action_reach_the_same_csdl_listed_merge(
+    runtime: Runtime, connection: Connection, fresh_emulator: EmulatorHandle
+) -> None:
+    target = create(runtime, connection, "account", name="Contoso")
+    duplicate = create(runtime, connection, "account", name="Contoso Ltd")
+    parameters = {
+        "Target": {"table": "account", "id": target},
+        "Subordinate": {"table": "account", "id": duplicate},
+        "PerformParentingChecks": False,
+    }
+    out = runtime.run_action("invoke_action", {"name": "Merge", "parameters": parameters}, connection)
+    assert out == {"name": "Merge", "return_type": None, "result": None}
+    assert read(runtime, connection, "account", duplicate, "statecode")["statecode"] == 1

@@ -85,3 +85,14 @@ def test_merge_refuses_a_table_merge_does_not_support(api: httpx.Client) -> None
     b = created_id(api.post("opportunities", json={"name": "B"}))
     body = {"Target": typed("opportunity", a), "Subordinate": typed("opportunity", b), "PerformParentingChecks": False}
     assert error_of(api.post("Merge", json=body))[:2] == (400, "0x80040203")
+
+
+def test_merge_is_listed_in_the_csdl_as_documented(api: httpx.Client) -> None:
+    csdl = api.get("$metadata").text
+    action = csdl.split('<Action Name="Merge" IsBound="false">', 1)[1].split("</Action>", 1)[0]
+    assert '<Parameter Name="Target" Type="mscrm.crmbaseentity" Nullable="false" />' in action
+    assert '<Parameter Name="Subordinate" Type="mscrm.crmbaseentity" Nullable="false" />' in action
+    assert '<Parameter Name="UpdateContent" Type="mscrm.crmbaseentity" />' in action
+    assert '<Parameter Name="PerformParentingChecks" Type="Edm.Boolean" Nullable="false" />' in action
+    assert "<ReturnType" not in action
+    assert '<ActionImport Name="Merge" Action="Microsoft.Dynamics.CRM.Merge" />' in csdl
