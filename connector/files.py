@@ -217,7 +217,8 @@ def upload_file(
     meta = connection.metadata.table(inputs.table)
     source = _Source(inputs)
     name = _file_name(inputs) or "file"
-    chunked = inputs.chunked or source.size >= SINGLE_REQUEST_LIMIT or not name.isascii()
+    # an empty file has no block to send: it always goes in one request
+    chunked = source.size > 0 and (inputs.chunked or source.size >= SINGLE_REQUEST_LIMIT or not name.isascii())
     row = address(connection, meta, inputs.id, inputs.key, inputs.impersonate)
     path = f"{row}/{inputs.column}"
     governor = connection.governor
@@ -227,7 +228,7 @@ def upload_file(
     try:
         with tracker:
             if chunked:
-                requests = _upload_chunks(connection, inputs, path, name, source, tracker, cancel)
+                requests, sent = _upload_chunks(connection, inputs, path, name, source, tracker, cancel)
             else:
                 headers = {
                     "Content-Type": "application/octet-stream",
@@ -242,11 +243,12 @@ def upload_file(
                     impersonate=inputs.impersonate,
                 )
                 tracker.advance({"bytes": source.size})
-                requests = 1
+                requests, sent = 1, source.size
     except NotFoundError as exc:
         raise not_found(meta, id=inputs.id, key=inputs.key, cause=exc) from None
-    out = {"table": meta.logical_name, "id": _row_id(connection, meta, row, inputs), "column": inputs.column}
-    return out | {"file_name": name, "size": source.size, "chunked": chunked, "chunks": requests}
+    out: dict[str, Any] = {"table": meta.logical_name, "id": _row_id(connection, meta, row, inputs)}
+    out |= {"column": inputs.column, "file_name": name, "size": sent, "chunked": chunked, "chunks": requests}
+    return out | ({"cancelled": True} if sent < source.size else {})
 
 
 def _upload_chunks(
@@ -257,8 +259,9 @@ def _upload_chunks(
     source: _Source,
     tracker: Tracker,
     cancel: CancellationToken | None,
-) -> int:
-    """The documented chunked session: open it, then one PATCH per block to its ``Location``."""
+) -> tuple[int, int]:
+    """The documented chunked session: open it, then one PATCH per block to its ``Location``; the requests and bytes
+    sent (fewer than the file's when cancelled: Dataverse commits a session only with its last block)."""
     client = connection.client
     opened = client.request(
         "PATCH",
@@ -271,9 +274,9 @@ def _upload_chunks(
         raise FatalApiError("Dataverse opened a chunked upload without a Location to send the blocks to")
     size = _chunk_size(opened.headers.get("x-ms-chunk-size"))
     sent = requests = 0
-    while sent < source.size or requests == 0:
+    while sent < source.size:
         if cancel is not None and cancel.cancelled:
-            raise InputError([InputProblem("$", f"cancelled after {sent:,} of {source.size:,} bytes; nothing stored")])
+            break
         length = min(size, source.size - sent)
         last = sent + length - 1
         client.request(
@@ -282,7 +285,7 @@ def _upload_chunks(
             content=lambda start=sent, length=length: source.blocks(start, length),
             headers={
                 "Content-Type": "application/octet-stream",
-                "Content-Range": f"bytes {sent}-{max(last, sent)}/{source.size}",
+                "Content-Range": f"bytes {sent}-{last}/{source.size}",
                 "Content-Length": str(length),
                 **_header_name(name),
             },
@@ -291,7 +294,7 @@ def _upload_chunks(
         sent += length
         requests += 1
         tracker.advance({"bytes": length})
-    return requests
+    return requests, sent
 
 
 def _chunk_size(header: str | None) -> int:
@@ -319,6 +322,7 @@ class _Received:
     mime: str | None = None
     size: int = 0
     requests: int = 0
+    cancelled: bool = False
 
 
 def download_file(
@@ -346,11 +350,13 @@ def download_file(
                 code=exc.code,
                 request_id=exc.request_id,
             ) from None
-        inline = finish()
+        inline = None if got.cancelled else finish()  # a cancelled download leaves no file behind
     out: dict[str, Any] = {"table": meta.logical_name, "id": _row_id(connection, meta, row, inputs)}
     out |= {"column": inputs.column, "file_name": got.name, "mime_type": got.mime, "size": got.size}
     out["chunks"] = got.requests
-    if target is not None:
+    if got.cancelled:
+        out["cancelled"] = True
+    elif target is not None:
         out["saved_to"] = str(target)
     else:
         out["content_base64"] = base64.b64encode(inline or b"").decode("ascii")
@@ -371,7 +377,8 @@ def _download(
     block = DEFAULT_CHUNK
     while True:
         if cancel is not None and cancel.cancelled:
-            raise InputError([InputProblem("$", f"cancelled after {got.size:,} bytes; nothing saved")])
+            got.cancelled = True
+            return got
         before = got.size
         headers = {"Range": f"bytes={before}-{before + block - 1}"}
         try:

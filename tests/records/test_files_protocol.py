@@ -189,3 +189,46 @@ def test_upload_file_inline_base64_too_big_for_the_column_is_refused(
             fake.connect(),
         )
     assert file_requests(fake) == []
+
+
+def test_upload_file_and_download_file_cancelled_mid_way_store_and_save_nothing(
+    monkeypatch: pytest.MonkeyPatch, runtime: Runtime, tmp_path: Path
+) -> None:
+    from connector.progress import CancellationToken, Progress
+
+    with_column(monkeypatch)
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"y" * 2500)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-ms-transfer-mode") == "chunked":
+            location = f"{API}/accounts({ROW})/new_doc?sessiontoken=abc"
+            return httpx.Response(200, headers={"Location": location, "x-ms-chunk-size": "1000"})
+        return httpx.Response(206)
+
+    token = CancellationToken()
+
+    def cancel_after_first_block(event: Progress) -> None:
+        if event.event == "advance":
+            token.cancel()
+
+    fake = FileDataverse(answer)
+    up = runtime.run_action(
+        "upload_file",
+        {"table": "account", "id": ROW, "column": "new_doc", "file_path": str(source), "chunked": True},
+        fake.connect(),
+        progress=cancel_after_first_block,
+        cancel=token,
+    )
+    assert (up["cancelled"], up["size"], up["chunks"]) == (True, 1000, 1) and len(file_requests(fake)) == 2
+    monkeypatch.setattr(files, "DEFAULT_CHUNK", 2)
+    token = CancellationToken()
+    down = runtime.run_action(
+        "download_file",
+        {"table": "account", "id": ROW, "column": "new_doc", "save_to": str(tmp_path / "back.bin")},
+        FileDataverse(ranged(b"0123456789")).connect(),
+        progress=cancel_after_first_block,
+        cancel=token,
+    )
+    assert down["cancelled"] is True and "saved_to" not in down and down["size"] < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
