@@ -277,3 +277,39 @@ def test_upload_file_to_an_image_column_and_download_file_full_size(
     )
     assert base64.b64decode(down["content_base64"]) == png and down["mime_type"] == "image/png"
     assert all(r["query"] == "size=full" for r in file_requests(fresh_emulator, column))
+
+
+def test_upload_file_and_download_file_through_the_cli_stream_from_and_to_disk_with_progress(
+    runtime: Runtime,
+    connection: Connection,
+    connection_file: Path,
+    fresh_emulator: EmulatorHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from connector import cli
+
+    monkeypatch.setattr(cli, "_runtime", lambda: runtime)
+    column = file_column(runtime, connection)
+    row = account(runtime, connection)
+    source = tmp_path / "nine.bin"
+    digest = write_random(source, 9 * MB)
+
+    def d365(action: str, *sets: str) -> Any:
+        argv = ["run", action, "--connection", str(connection_file), "--progress=json"]
+        argv += [a for s in ("table=account", f"id={row}", f"column={column}", *sets) for a in ("--set", s)]
+        return CliRunner().invoke(cli.main, argv)
+
+    up = d365("upload_file", f"file_path={source}", "chunked:=true")
+    assert up.exit_code == 0, up.output
+    assert json.loads(up.stdout)["chunks"] == 3
+    lines = [json.loads(line) for line in up.stderr.splitlines()]
+    assert [line["event"] for line in lines] == ["start", "advance", "advance", "advance", "end"]
+    assert [line["done"] for line in lines[1:4]] == [4 * MB, 8 * MB, 9 * MB] and lines[0]["total"] == 9 * MB
+    down = d365("download_file", f"save_to={tmp_path / 'back.bin'}")
+    assert down.exit_code == 0, down.output
+    assert sha256(tmp_path / "back.bin") == digest
