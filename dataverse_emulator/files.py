@@ -208,11 +208,13 @@ def _download(
         # single community source: an empty file column answers 404 0x80040217 (reference 15.9)
         raise errors.DataverseError(404, "0x80040217", f"No file attachment found for attribute: {attr.name}.")
     _ensure_table(api)
-    rec = api.store.conn.execute("SELECT name, mimetype, data FROM _emulator_files WHERE fileid = ?", (fid,)).fetchone()
-    name, mime, data = rec
+    conn = api.store.conn
+    name, mime, size = conn.execute(
+        "SELECT name, mimetype, length(data) FROM _emulator_files WHERE fileid = ?", (fid,)
+    ).fetchone()
     headers = {
         "OData-Version": "4.0",
-        "x-ms-file-size": str(len(data)),
+        "x-ms-file-size": str(size),
         "mimetype": mime,
         "Access-Control-Expose-Headers": "x-ms-file-size; x-ms-file-name; mimetype",
     }
@@ -222,11 +224,15 @@ def _download(
         if not m:
             raise errors.bad_request("The Range header is not valid.", "0x80090001")
         start = int(m.group(1))
-        end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+        end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
         headers["x-ms-chunk-size"] = str(CHUNK_SIZE)
         headers["Access-Control-Expose-Headers"] = "x-ms-file-size; x-ms-file-name; x-ms-chunk-size; mimetype"
-        part = data[start : end + 1]
+        # only the range is read from the row (substr counts from 1), not the whole file per block
+        part = conn.execute(
+            "SELECT substr(data, ?, ?) FROM _emulator_files WHERE fileid = ?", (start + 1, max(end - start + 1, 0), fid)
+        ).fetchone()[0]
         return _named(Response(part, status_code=206, media_type="application/octet-stream", headers=headers), name)
+    data = conn.execute("SELECT data FROM _emulator_files WHERE fileid = ?", (fid,)).fetchone()[0]
     return _named(Response(data, status_code=200, media_type="application/octet-stream", headers=headers), name)
 
 
