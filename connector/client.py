@@ -118,21 +118,28 @@ class _Trace:
     maybe_applied: bool = False  # an earlier send may have reached Dataverse and been applied
 
 
+#: Raw bytes to send, or a function that opens them afresh as an iterator of blocks for each send (a file read from
+#: disk while it is sent: a retry starts again from the first block, and nothing holds the whole file).
+Content = bytes | Callable[[], Iterable[bytes]]
+
+
 @dataclass(frozen=True)
 class _Body:
-    """What a request sends besides JSON (raw bytes, or a multipart form), its timeout, and errors it keeps."""
+    """What a request sends besides JSON (raw bytes, or a multipart form), its timeout, errors it keeps, and whether
+    the answer is read as a stream (a file download written to disk block by block)."""
 
-    content: bytes | None = None
+    content: Content | None = None
     files: Sequence[tuple[str, tuple[str, bytes, str]]] | None = None
     data: Mapping[str, str] | None = None
     timeout_s: float | None = None
     keep_response: Callable[[httpx.Response], bool] | None = None
+    stream: bool = False
 
     def send_kwargs(self) -> dict[str, Any]:
         """The ``httpx`` keyword arguments for what is set."""
         kwargs: dict[str, Any] = {}
         if self.content is not None:
-            kwargs["content"] = self.content
+            kwargs["content"] = self.content if isinstance(self.content, bytes) else self.content()
         if self.files is not None:
             kwargs["files"] = list(self.files)
         if self.data is not None:
@@ -294,11 +301,12 @@ class DataverseClient:
         prefer: Sequence[str] = (),
         impersonate: str | Mapping[str, str] | None = None,
         idempotent: bool | None = None,
-        content: bytes | None = None,
+        content: Content | None = None,
         files: Sequence[tuple[str, tuple[str, bytes, str]]] | None = None,
         data: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         keep_response: Callable[[httpx.Response], bool] | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send one request and return its successful response, or raise the typed error.
 
@@ -308,7 +316,9 @@ class DataverseClient:
         ``data`` (a multipart form) replace ``json``; ``timeout_s`` overrides the connection's timeout for this
         request. ``keep_response(response)`` returning true hands an error answer back instead of raising, for
         answers whose body reports the errors itself (a ``$batch`` stopped at its first failure answers with that
-        failure's status and a multipart body); throttling and 401 are handled first as for any request.
+        failure's status and a multipart body); throttling and 401 are handled first as for any request. ``content``
+        may be a function returning an iterator of blocks (called once per send; give ``Content-Length`` in
+        ``headers``); ``stream`` returns a successful answer unread, for the caller to iterate and close.
         """
         return self._send(
             method,
@@ -320,7 +330,7 @@ class DataverseClient:
             impersonate=impersonate,
             idempotent=idempotent,
             trace=_Trace(),
-            body=_Body(content, files, data, timeout_s, keep_response),
+            body=_Body(content, files, data, timeout_s, keep_response, stream),
         )
 
     def _send(
@@ -411,7 +421,9 @@ class DataverseClient:
             )
             sent_at = self._clock.monotonic()
             try:
-                response = self._http.send(request)
+                response = self._http.send(request, stream=body.stream)
+                if body.stream and response.status_code >= 400:
+                    response.read()  # an error answer is small and read like any other
             except httpx.HTTPError as exc:
                 return token, exc
         elapsed_ms = (self._clock.monotonic() - sent_at) * 1000

@@ -27,12 +27,14 @@ __all__ = [
     "GUID",
     "INPUT_MODELS",
     "ActionInputs",
+    "AssignEntity",
     "AssociateEntities",
     "CreateAlternateKey",
     "CreateAttribute",
     "CreateEntity",
     "DeleteEntity",
     "DisassociateEntities",
+    "DownloadFile",
     "Expand",
     "GetAttribute",
     "GetCurrentUser",
@@ -46,15 +48,19 @@ __all__ = [
     "ListAttributes",
     "ListEntities",
     "ListEntityTypes",
+    "MergeEntities",
+    "OtherRow",
     "QueryAttributes",
     "QueryEntities",
     "RawRequest",
     "RelatedRow",
     "RunBatchOperations",
     "RunFetchXmlQuery",
+    "SetState",
     "TestConnection",
     "UpdateAttribute",
     "UpdateEntity",
+    "UploadFile",
     "UpsertEntity",
     "WriteEntities",
     "json_integer",
@@ -225,6 +231,49 @@ class AssociateEntities(_Addressed):
 class DisassociateEntities(_Addressed):
     navigation: str
     related: RelatedRow | None = None
+
+
+# -- file and image columns, state, owner, merge -------------------------------------------------------------------
+class UploadFile(_Addressed):
+    column: str
+    file_path: str | None = None
+    content_base64: str | None = None
+    file_name: str | None = None
+    chunked: bool = False
+
+
+class DownloadFile(_Addressed):
+    column: str
+    save_to: str | None = None
+    overwrite: bool = False
+    full_size: bool = False
+
+
+class SetState(_Addressed):
+    state: JsonInt | str
+    status: JsonInt | str | None = None
+
+
+class AssignEntity(_Addressed):
+    owner: RelatedRow
+
+
+class OtherRow(_Strict):
+    """Another row of the action's own table, by id or alternate key (the subordinate of a merge)."""
+
+    id: str | None = None
+    key: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _by_id_or_key(self) -> Self:
+        _one_of_id_or_key(self.id, self.key, "$.subordinate")
+        return self
+
+
+class MergeEntities(_Addressed):
+    subordinate: OtherRow
+    update_content: dict[str, Any] | None = None
+    perform_parenting_checks: bool = False
 
 
 # -- batch, bulk, FetchXML, raw, users ---------------------------------------------------------------------------------
@@ -419,6 +468,11 @@ INPUT_MODELS: dict[str, type[ActionInputs]] = {
     "query_entities": QueryEntities,
     "associate_entities": AssociateEntities,
     "disassociate_entities": DisassociateEntities,
+    "upload_file": UploadFile,
+    "download_file": DownloadFile,
+    "set_state": SetState,
+    "assign_entity": AssignEntity,
+    "merge_entities": MergeEntities,
     "run_batch_operations": RunBatchOperations,
     "write_entities": WriteEntities,
     "sync_records": SyncRecords,

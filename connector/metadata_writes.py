@@ -64,6 +64,8 @@ ATTRIBUTE_TYPES: dict[str, tuple[str, str, str]] = {
     "datetime": ("DateTimeAttributeMetadata", "DateTime", "DateTimeType"),
     "picklist": ("PicklistAttributeMetadata", "Picklist", "PicklistType"),
     "lookup": ("LookupAttributeMetadata", "Lookup", "LookupType"),
+    "file": ("FileAttributeMetadata", "Virtual", "FileType"),
+    "image": ("ImageAttributeMetadata", "Virtual", "ImageType"),
 }
 _REQUIRED = {"none": "None", "recommended": "Recommended", "required": "ApplicationRequired"}
 #: A new lookup's relationship: deleting the target row clears the lookup; nothing else cascades.
@@ -177,6 +179,12 @@ def _type_properties(kind: str, short: Mapping[str, Any], language: int) -> dict
             "OptionSetType": "Picklist",
             "Options": _options(short.get("options") or ()),
         }
+    elif kind in ("file", "image"):
+        # Dataverse's defaults: 32 MB for files, 10 MB for images (file-column-data.md, image-column-data.md)
+        body["MaxSizeInKB"] = int(short.get("max_size_kb", 32768 if kind == "file" else 10240))
+        if kind == "image":
+            body["CanStoreFullImage"] = bool(short.get("store_full_image", False))
+            body["IsPrimaryImage"] = False
     return body
 
 

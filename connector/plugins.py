@@ -57,6 +57,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "actions.sync",
     "actions.fetchxml",
     "actions.raw",
+    "actions.files",
+    "actions.records_ops",
     "actions.messages",
 )
 

@@ -21,6 +21,7 @@ from . import (
     fetchxml,
     files,
     marketing,
+    merge,  # noqa: F401  (registers Merge)
     message_handlers,  # noqa: F401  (registers the system messages)
     messages,
     metadata,

@@ -40,6 +40,8 @@ KEYS = (
     ("contact", "new_email_key", ["emailaddress1"]),
 )
 FIXED_ACCOUNTS = (("A-1001", "Contoso Ltd"), ("A-1002", "Fabrikam Inc"))
+#: The team the README's ``assign_entity`` example gives a row to (a fixed id, as a reader copies it).
+SALES_TEAM = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 _FIRST = [
     "Ada",
@@ -277,6 +279,12 @@ def _rows(emu: Emulator, gen: _Gen) -> None:
             "new_bankaccount",
             {"new_name": f"Operating account {i + 1}", "new_code": f"BA-{i + 1:04d}", "new_region": region},
         )
+    # last, so the generated rows above stay what they were before it existed
+    out.add(
+        "team",
+        {"teamid": SALES_TEAM, "name": "Sales", "teamtype": 0},
+        {"businessunitid": ("businessunit", emu.root_bu)},
+    )
     out.insert()
 
 

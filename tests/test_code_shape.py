@@ -172,6 +172,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "records",
             "associations",
+            "files",
+            "record_ops",
             "paging",
             "batch",
             "bulk",

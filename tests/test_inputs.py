@@ -113,10 +113,35 @@ def test_models_never_coerce_and_refuse_unknown_properties() -> None:
 
 def test_every_validated_action_has_one_check_of_its_typed_inputs(runtime: Runtime) -> None:
     """Phase two has one shape: ``<module>.<action>_problems(inputs: <its model>, connection)``, found by name."""
-    from connector import associations, batch, bulk, fetchxml, messages, metadata_checks, paging, raw, records
+    from connector import (
+        associations,
+        batch,
+        bulk,
+        fetchxml,
+        files,
+        messages,
+        metadata_checks,
+        paging,
+        raw,
+        record_ops,
+        records,
+    )
     from connector.sync import runner
 
-    modules = (associations, batch, bulk, fetchxml, messages, metadata_checks, paging, raw, records, runner)
+    modules = (
+        associations,
+        batch,
+        bulk,
+        fetchxml,
+        files,
+        messages,
+        metadata_checks,
+        paging,
+        raw,
+        record_ops,
+        records,
+        runner,
+    )
     validated = [a for a in runtime.manifest.actions if getattr(runtime.pm.hook, f"validate_{a}").get_hookimpls()]
     assert len(validated) > 20
     for action_id in validated:

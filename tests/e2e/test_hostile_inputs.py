@@ -165,6 +165,8 @@ def addressed(action_id: str, key: dict[str, Any]) -> dict[str, Any]:
         inputs["navigation"] = "contact_customer_accounts"
     if action_id == "associate_entities":
         inputs["related"] = {"table": "contact", "id": "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"}
+    if action_id == "assign_entity":
+        inputs["owner"] = {"table": "team", "id": "5f8e2a1c-3b4d-4e6f-8a9b-0c1d2e3f4a5b"}
     return inputs
 
 
