@@ -81,3 +81,10 @@ def test_triggers_and_openapi_are_served(client: httpx.Client) -> None:
     assert "/actions/write_entities" in document["paths"]
     body = document["paths"]["/actions/create_entity"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["properties"]["inputs"]["required"] == ["table", "fields"]
+
+
+def test_unknown_routes_and_methods_answer_problems(client: httpx.Client) -> None:
+    missing = client.get("/no/such/route", headers=BEARER)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    wrong = client.patch("/actions", headers=BEARER)
+    assert wrong.status_code == 405 and wrong.json()["status"] == 405
