@@ -35,7 +35,7 @@ from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken, Reporter
 from connector.runtime import Runtime
 from connector.serve_auth import ASGIApp, AuthGate, Receive, Scope, Send
-from connector.serve_connections import Connections, recording
+from connector.serve_connections import Connections
 from connector.serve_jobs import Jobs
 from connector.serve_openapi import openapi_document
 from connector.serve_problems import problem, problem_of, problem_response
@@ -183,7 +183,7 @@ def _routes(state: ServeState) -> list[Route | Mount]:
         served = connections.get(_text(body, "connection"))
 
         def call() -> dict[str, Any]:
-            with recording() as exchange:
+            with served.exchanges.recording() as exchange:
                 output = runtime.run_action(action_id, inputs, served.connection)
             return {"output": output, "exchange": exchange}
 
