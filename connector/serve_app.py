@@ -384,7 +384,7 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
     return problem_response(problem(status, "not found" if status == 404 else "refused", str(detail)))
 
 
-_EXCEPTION_HANDLERS: dict[Any, Any] = {404: _http_problem, 405: _http_problem}
+_EXCEPTION_HANDLERS: dict[Any, Any] = {404: _http_problem, 405: _http_problem, Exception: _http_problem}
 
 
 def _playground(folder: Path) -> Route | Mount:
