@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from click.shell_completion import CompletionItem
 
-from connector import cli_progress, cli_sync, cli_trigger, cli_webhook
+from connector import cli_progress, cli_serve, cli_sync, cli_trigger, cli_webhook
 from connector.cli_help import ActionCommand
 from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_file, parse_set_options, read_inputs
 from connector.cli_progress import EXIT_INTERRUPTED, EXIT_PARTIAL, INTERRUPTIBLE
@@ -486,6 +486,7 @@ class _EmulatorGroup(click.Group):
 
 main.add_command(_EmulatorGroup("emulator", help="Serve the local Dataverse Web API emulator."))
 main.add_command(cli_sync.sync)
+main.add_command(cli_serve.serve)
 main.add_command(cli_trigger.trigger)
 
 
