@@ -87,10 +87,11 @@ def _action_operations(runtime: Runtime) -> dict[str, Any]:
     return paths
 
 
-def _fixed_operations() -> dict[str, Any]:
+def _fixed_operations(runtime: Runtime) -> dict[str, Any]:
     any_object: dict[str, Any] = {"type": "object"}
     job = {"$ref": "#/components/schemas/Job"}
     name = _path_param("name", "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    sources = sorted(str(d["name"]) for d in runtime.manifest.document.get("data_sources", []))
     return {
         "/healthz": {"get": {"operationId": "healthz", "security": [], "responses": {"200": _json(any_object)}}},
         "/actions": {"get": {"operationId": "list_actions", "responses": {"200": _json(any_object)}}},
@@ -98,7 +99,7 @@ def _fixed_operations() -> dict[str, Any]:
         "/data-sources/{id}": {
             "post": {
                 "operationId": "data_source",
-                "parameters": [_path_param("id")],
+                "parameters": [{**_path_param("id"), "schema": {"enum": sources}}],
                 "requestBody": _body({"$ref": "#/components/schemas/DataSourceRequest"}),
                 "responses": {"200": _json(any_object), **_problems("401", "403", "404", "409", "422", "502")},
             }
@@ -231,6 +232,6 @@ def openapi_document(runtime: Runtime) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**_fixed_operations(), **_action_operations(runtime)},
+        "paths": {**_fixed_operations(runtime), **_action_operations(runtime)},
         "components": _COMPONENTS,
     }

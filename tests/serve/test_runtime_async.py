@@ -29,6 +29,9 @@ class Counting(httpx.BaseTransport):
         self.token_requests = 0
         self.overlap = threading.Event()
 
+    def close(self) -> None:
+        self._inner.close()
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/oauth2/v2.0/token"):
             with self._lock:
@@ -62,6 +65,9 @@ def test_concurrent_runs_share_one_governor_and_one_token(
     connection = Connection.from_config(config, transport=counting)
 
     async def main() -> list[dict[str, object]]:
+        counting.overlap.set()  # the first answer opens the governor's window (one request until it comes)
+        await async_runtime.arun_action("get_current_user", {}, connection)
+        counting.overlap.clear()
         runs = [async_runtime.arun_action("get_current_user", {}, connection) for _ in range(8)]
         return list(await asyncio.gather(*runs))
 
