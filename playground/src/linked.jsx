@@ -5,7 +5,7 @@
 import { useEffect, useState } from 'react';
 import { getDefaultRegistry } from '@rjsf/core';
 import { dataSource } from './api.js';
-import { linkParams } from './pointers.js';
+import { formSchema, linkParams } from './pointers.js';
 
 const BaseSchemaField = getDefaultRegistry().fields.SchemaField;
 const SCHEMA_SOURCES = new Set(['fields_schema', 'key_schema']);
@@ -54,7 +54,7 @@ function linkedSchema(schema, link, items, formData) {
   if (SCHEMA_SOURCES.has(link.source)) {
     const { $schema: _s, $id: _i, ...generated } = items[0] || {};
     if (!renderable(generated)) return plain;
-    return { ...generated, title: plain.title ?? generated.title, description: generated.description ?? plain.description };
+    return { ...formSchema(generated), title: plain.title ?? generated.title, description: generated.description ?? plain.description };
   }
   const list = choices(items, formData);
   if (list.length === 0) return plain;

@@ -6,7 +6,7 @@ import Form from '@rjsf/core';
 import Ajv2020 from 'ajv/dist/2020.js';
 import { customizeValidator } from '@rjsf/validator-ajv8';
 import { api, forgetDataSources } from './api.js';
-import { errorTree } from './pointers.js';
+import { errorTree, formSchema } from './pointers.js';
 import { LinkedSchemaField } from './linked.jsx';
 import { Connections, Events, Jobs } from './panels.jsx';
 import './app.css';
@@ -102,9 +102,10 @@ function ActionForm({ action, connection, onJob }) {
     setCopied(null);
   }, [action.id]);
   const context = useMemo(() => ({ formData, connection }), [formData, connection]);
+  const schema = useMemo(() => formSchema(action.input_schema), [action]);
   const extraErrors = error && error.problem ? errorTree(error.problem.errors) : undefined;
 
-  const submit = async ({ formData: inputs }) => {
+  const execute = async (inputs) => {
     setBusy(true);
     setError(null);
     setResult(null);
@@ -125,13 +126,25 @@ function ActionForm({ action, connection, onJob }) {
     setCopied(text);
     if (navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
   };
-  const load = () => {
+  // Pasted inputs: loaded into the form, or run as they are (thousands of write_entities records are not for a form).
+  const parsed = () => {
     try {
-      setFormData(JSON.parse(jsonText));
-      setError(null);
+      return JSON.parse(jsonText);
     } catch (failure) {
       setError({ message: `Inputs JSON: ${failure.message}` });
+      return undefined;
     }
+  };
+  const load = () => {
+    const inputs = parsed();
+    if (inputs !== undefined) {
+      setFormData(inputs);
+      setError(null);
+    }
+  };
+  const runJson = () => {
+    const inputs = parsed();
+    if (inputs !== undefined) execute(inputs);
   };
 
   return (
@@ -142,13 +155,13 @@ function ActionForm({ action, connection, onJob }) {
         {!connection && <p className="link-error">Choose a connection first.</p>}
         <Form
           key={action.id}
-          schema={action.input_schema}
+          schema={schema}
           validator={validator}
           fields={FIELDS}
           formData={formData}
           formContext={context}
           onChange={(event) => setFormData(event.formData)}
-          onSubmit={submit}
+          onSubmit={({ formData: inputs }) => execute(inputs)}
           noValidate
           noHtml5Validate
           showErrorList={false}
@@ -179,6 +192,9 @@ function ActionForm({ action, connection, onJob }) {
           />
           <button type="button" className="load-json" onClick={load}>
             Load into the form
+          </button>{' '}
+          <button type="button" className="run-json" onClick={runJson} disabled={busy || !connection}>
+            {action.long_running ? 'Start job from JSON' : 'Run from JSON'}
           </button>
         </details>
         <Problem error={error} />

@@ -42,3 +42,24 @@ export function errorTree(errors, prefix = '/inputs') {
   }
   return tree;
 }
+
+// A oneOf/anyOf whose branches only say which properties are required ("by id" or "by alternate key") has nothing
+// to render, yet rjsf shows it as an option switch that resets the inputs on every change. The form leaves it out
+// (the branch titles join the description); the server still enforces it and its error names the property.
+const CONSTRAINT_ONLY = new Set(['title', 'description', 'required', 'not', '$comment']);
+
+export function formSchema(schema) {
+  if (Array.isArray(schema)) return schema.map(formSchema);
+  if (schema === null || typeof schema !== 'object') return schema;
+  const out = {};
+  for (const [key, value] of Object.entries(schema)) out[key] = key === 'const' || key === 'default' || key === 'examples' ? value : formSchema(value);
+  for (const keyword of ['oneOf', 'anyOf']) {
+    const branches = out[keyword];
+    if (Array.isArray(branches) && branches.length && branches.every((b) => b && typeof b === 'object' && Object.keys(b).every((k) => CONSTRAINT_ONLY.has(k)))) {
+      delete out[keyword];
+      const rule = branches.map((b) => b.title || (b.required || []).join(', ')).join(keyword === 'oneOf' ? ' or ' : ', ');
+      out.description = [out.description, `Give one: ${rule}.`].filter(Boolean).join(' ');
+    }
+  }
+  return out;
+}

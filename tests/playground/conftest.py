@@ -34,7 +34,7 @@ UNSUPPORTED = ".unsupported-field"  # rjsf's UnsupportedField marker (its "Unsup
 
 
 def ensure_chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (the machines run as root); never a Playwright download."""
+    """Debian's chromium, installed with apt-get when missing (machines run as root); never a Playwright download."""
     if not Path(CHROMIUM).exists():
         apt = shutil.which("apt-get")
         assert apt, f"{CHROMIUM} is missing and apt-get is not available to install it"
@@ -158,4 +158,5 @@ def playground(browser: Any, serve: str, shots: Path) -> Iterator[Playground]:
         yield view
         assert errors == [], f"the page threw: {errors}"
     finally:
+        page.screenshot(path=str(shots / "last.png"), full_page=True)  # where a failed step stopped
         context.close()
