@@ -82,7 +82,12 @@ function LinkedField(props) {
   else if (state.error) note = `${link.source}: ${state.error}`;
   else if (state.items && state.items.length === 0) note = `${link.source}: nothing to choose from.`;
   return (
-    <div className={`linked linked-${link.source}`} data-source={link.source} data-path={fieldPathId.path.join('/')}>
+    <div
+      className={`linked linked-${link.source}`}
+      data-source={link.source}
+      data-path={fieldPathId.path.join('/')}
+      data-state={state.waiting ? 'waiting' : state.loading ? 'loading' : state.error ? 'error' : 'ready'}
+    >
       {picker && params && (
         <input
           type="search"

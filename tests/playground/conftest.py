@@ -10,12 +10,14 @@ folder (one per step, kept as the test's artefact); ``PLAYGROUND_SCREENSHOTS=DIR
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,12 @@ UNSUPPORTED = ".unsupported-field"  # rjsf's UnsupportedField marker (its "Unsup
 
 def ensure_chromium() -> str:
     """Debian's chromium, installed with apt-get when missing (machines run as root); never a Playwright download."""
+    with open(Path(tempfile.gettempdir()) / "d365-playground-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one apt-get at a time across xdist workers
+        return _install_chromium()
+
+
+def _install_chromium() -> str:
     if not Path(CHROMIUM).exists():
         apt = shutil.which("apt-get")
         assert apt, f"{CHROMIUM} is missing and apt-get is not available to install it"
