@@ -8,9 +8,11 @@ user. The connection files named on the command line go through the same policy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ def run_server(state: Any, host: str, port: int) -> None:
     import uvicorn
 
     from connector.serve_app import create_app
+    from connector.webhook_server import DEFAULT_MAX_CONNECTIONS, KEEP_ALIVE_S, MAX_HEAD_BYTES
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -115,9 +118,28 @@ def run_server(state: Any, host: str, port: int) -> None:
     sock.listen(128)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"d365 serve: http://{shown}:{sock.getsockname()[1]}/ (sign in at /login)", err=True)
+
+    class _Server(uvicorn.Server):
+        """Stops on SIGINT/SIGTERM after the lifespan's shutdown (jobs cancelled), then exits 0 instead of dying
+        of the re-raised signal."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
     # the access log stays off: the sign-in callback's query holds an authorization code, a webhook's its key
-    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        limit_concurrency=DEFAULT_MAX_CONNECTIONS,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+    )
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -395,6 +395,12 @@ class AuthorizationCodeSettings(_AppSettings):
     redirect_port: JsonInt = 0
     token_store: LocalPath = None
     refresh_token: OptionalSecret = None
+    # a confidential client (a platform's hosted sign-in) proves itself with a secret or a certificate
+    client_secret: OptionalSecret = None
+    certificate_file: InputFile = None
+    private_key_file: InputFile = None
+    pfx_file: InputFile = None
+    private_key_password: OptionalSecret = None
 
     DEFAULT_SCOPES = ("{org}/user_impersonation", "offline_access")  # offline_access: a refresh token comes back
 
@@ -416,6 +422,11 @@ class AuthorizationCodeSettings(_AppSettings):
             redirect_port=self.redirect_port,
             token_store=self.token_store,
             refresh_token=self.refresh_token,
+            client_secret=self.client_secret,
+            certificate_file=self.certificate_file,
+            private_key_file=self.private_key_file,
+            pfx_file=self.pfx_file,
+            private_key_password=self.private_key_password,
         )
 
 

@@ -161,7 +161,7 @@ def _action_entry(runtime: Runtime, action_id: str) -> dict[str, Any]:
 
 
 def _routes(state: ServeState) -> list[Route | Mount]:
-    runtime, connections, jobs = state.runtime, state.connections, state.jobs
+    runtime, connections = state.runtime, state.connections
 
     async def actions(request: Request) -> Response:
         listed = await asyncio.to_thread(lambda: [_action_entry(runtime, a) for a in sorted(runtime.manifest.actions)])
@@ -188,6 +188,19 @@ def _routes(state: ServeState) -> list[Route | Mount]:
             return {"output": output, "exchange": exchange}
 
         return JSONResponse(await asyncio.to_thread(call))
+
+    return [
+        Route("/actions", actions),
+        Route("/actions/{id}", action, methods=["GET"]),
+        Route("/actions/{id}", run, methods=["POST"]),
+        *_job_routes(state),
+        *_connection_routes(state),
+        *_trigger_routes(state),
+    ]
+
+
+def _job_routes(state: ServeState) -> list[Route]:
+    runtime, connections, jobs = state.runtime, state.connections, state.jobs
 
     @_handled()
     async def start_job(request: Request) -> Response:
@@ -238,17 +251,12 @@ def _routes(state: ServeState) -> list[Route | Mount]:
         return JSONResponse({"items": items})
 
     return [
-        Route("/actions", actions),
-        Route("/actions/{id}", action, methods=["GET"]),
-        Route("/actions/{id}", run, methods=["POST"]),
         Route("/jobs", list_jobs, methods=["GET"]),
         Route("/jobs", start_job, methods=["POST"]),
         Route("/jobs/{id}", get_job, methods=["GET"]),
         Route("/jobs/{id}", cancel_job, methods=["DELETE"]),
         Route("/data-sources", data_sources),
         Route("/data-sources/{id}", data_source, methods=["POST"]),
-        *_connection_routes(state),
-        *_trigger_routes(state),
     ]
 
 

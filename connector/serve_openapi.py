@@ -22,6 +22,7 @@ _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _ERRORS = {
     "401": "No bearer token and no signed-in session",
     "403": "A cookie-authenticated write without the CSRF token",
+    "400": "A sign-in answer that matches no sign-in started here",
     "404": "Not found",
     "409": "The connection is not signed in yet",
     "422": "Invalid input (each problem with its JSON Pointer) or an unknown connection",

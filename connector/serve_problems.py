@@ -10,7 +10,8 @@ error                      status why
 =========================  =====  ====================================================================
 InputError                 422    the inputs are wrong; ``errors`` lists each problem with its pointer
 ConnectionConfigError      422    a posted connection is wrong or refused by the operator policy
-AuthenticationError        502    the identity platform refused (``auth_code``); 409 when no sign-in yet
+AuthenticationError        502    the identity platform refused (``auth_code``); 409 not signed in yet,
+                                  400 a sign-in answer matching no sign-in started (``StateMismatch``)
 DataverseApiError          502    Dataverse answered with an error (``dataverse_code``, ``status_code``)
 WebhookError               its own status (401, 413, ...)
 ContractError, anything    500    our bug
@@ -37,6 +38,8 @@ __all__ = ["PROBLEM_TYPE", "pointer", "problem", "problem_of", "problem_response
 
 PROBLEM_TYPE = "application/problem+json"
 _BASE = "https://d365-connector.dev/problems/"
+#: Sign-in failures that are the caller's to fix, not the identity platform's refusals (502).
+_AUTH_STATUS = {"LoginRequired": 409, "StateMismatch": 400}
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
@@ -64,7 +67,7 @@ def problem_of(exc: BaseException, root: str = "/inputs") -> dict[str, Any]:
         errors = [{"path": pointer(p.path, root), "message": p.message} for p in exc.problems]
         return problem(422, "invalid input", exc.message, "input", errors=errors)
     if isinstance(exc, AuthenticationError):
-        status = 409 if exc.code == "LoginRequired" else 502
+        status = _AUTH_STATUS.get(exc.code or "", 502)
         return problem(status, "sign-in refused", exc.message, "auth", auth_code=exc.code)
     if isinstance(exc, ConnectionConfigError):
         errors = [{"path": "/" + exc.field, "message": exc.message}] if exc.field else []

@@ -127,6 +127,14 @@ def _authorization_code(
     on_token: OnToken | None = None,
 ) -> TokenProvider:
     assert config.authorize_url is not None  # resolved by parse_config for this kind
+    certificate = None
+    if config.certificate_file or config.pfx_file:  # a confidential client with a certificate
+        certificate = load_client_certificate(
+            certificate_file=config.certificate_file,
+            private_key_file=config.private_key_file,
+            pfx_file=config.pfx_file,
+            password=config.private_key_password,
+        )
     return AuthorizationCodeProvider(
         token_url=config.token_url,
         authorize_url=config.authorize_url,
@@ -141,6 +149,8 @@ def _authorization_code(
         verify=verify,
         timeout_s=config.timeout_s,
         retry=retry,
+        client_secret=config.client_secret.reveal() if config.client_secret else None,
+        certificate=certificate,
     )
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+from joserfc.jwk import RSAKey
 
+from connector.auth.certificate import ASSERTION_TYPE, ClientCertificate, sign_client_assertion
 from connector.auth.oauth import AuthlibProvider
 from connector.clock import Clock
 from connector.errors import AuthenticationError, ConnectionConfigError, preview
@@ -48,9 +50,12 @@ class LoginRequest:
 class AuthorizationCodeProvider(AuthlibProvider):
     """Delegated access as a signed-in user: authorization code with PKCE (S256), then rotating refresh tokens.
 
-    The first refresh token comes from :meth:`begin_login` / :meth:`finish_login` (``d365 connection login``), from
-    the ``refresh_token`` field, or from the ``token_store`` file. Every refresh returns a new refresh token, which is
-    saved to the token store and passed to ``on_token``: the identity platform may stop accepting older ones.
+    The first refresh token comes from :meth:`begin_login` / :meth:`finish_login` (``d365 connection login``, or a
+    platform's hosted sign-in such as ``d365 serve``), from the ``refresh_token`` field, or from the ``token_store``
+    file. A public client relies on PKCE alone; a confidential client (``client_secret`` or ``certificate``) also
+    authenticates every token call, with PKCE kept as Microsoft recommends. Every refresh returns a new refresh
+    token, which is saved to the token store and passed to ``on_token``: the identity platform may stop accepting
+    older ones.
     """
 
     def __init__(
@@ -69,7 +74,17 @@ class AuthorizationCodeProvider(AuthlibProvider):
         verify: ssl.SSLContext | bool = True,
         timeout_s: float = 30.0,
         retry: RetryPolicy | None = None,
+        client_secret: str | None = None,
+        certificate: ClientCertificate | None = None,
     ) -> None:
+        if client_secret is not None and certificate is not None:
+            raise ConnectionConfigError("give client_secret or a certificate, not both", field="client_secret")
+        # a public client: PKCE alone protects the code; a confidential one also proves itself on every token call
+        client_auth: dict[str, Any] = (
+            {"token_endpoint_auth_method": "client_secret_post", "client_secret": client_secret}
+            if client_secret is not None
+            else {"token_endpoint_auth_method": "none"}
+        )
         super().__init__(
             token_url=token_url,
             client_id=client_id,
@@ -80,9 +95,11 @@ class AuthorizationCodeProvider(AuthlibProvider):
             verify=verify,
             timeout_s=timeout_s,
             retry=retry,
-            token_endpoint_auth_method="none",  # a public client: PKCE, not a secret, protects the code
-            code_challenge_method="S256",  # without it authlib silently skips PKCE
+            code_challenge_method="S256",  # without it authlib silently skips PKCE (kept for confidential clients too)
+            **client_auth,
         )
+        self._certificate = certificate
+        self._key = RSAKey.import_key(certificate.private_key) if certificate is not None else None
         self._authorize_url = authorize_url
         self._store = token_store
         self._on_token = on_token
@@ -108,8 +125,17 @@ class AuthorizationCodeProvider(AuthlibProvider):
             )
         return self._refresh_token
 
+    def _assertion(self) -> dict[str, str]:
+        """The signed client assertion a certificate-authenticated confidential client adds to each token call."""
+        if self._certificate is None or self._key is None:
+            return {}
+        signed = sign_client_assertion(self._certificate, self._key, self._client_id, self._token_url, self._clock)
+        return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": signed}
+
     def _request_token(self) -> dict[str, Any]:
-        raw = self._call(self._oauth.refresh_token, self._token_url, refresh_token=self._current_refresh_token())
+        raw = self._call(
+            self._oauth.refresh_token, self._token_url, refresh_token=self._current_refresh_token(), **self._assertion()
+        )
         self._rotate(raw)
         return raw
 
@@ -167,6 +193,7 @@ class AuthorizationCodeProvider(AuthlibProvider):
                 code=params["code"],
                 redirect_uri=request.redirect_uri,
                 code_verifier=request.code_verifier,
+                **self._assertion(),
             )
             if not raw.get("refresh_token"):
                 raise AuthenticationError(

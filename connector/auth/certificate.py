@@ -27,6 +27,7 @@ __all__ = [
     "CertificateProvider",
     "ClientCertificate",
     "load_client_certificate",
+    "sign_client_assertion",
     "x5t_thumbprint",
 ]
 
@@ -139,6 +140,25 @@ def _read_file(path: Path, field_name: str) -> bytes:
         ) from None
 
 
+def sign_client_assertion(
+    certificate: ClientCertificate, key: RSAKey, client_id: str, token_url: str, clock: Clock
+) -> str:
+    """A new client assertion for ``token_url``, signed with the certificate's key; shared by every grant a
+    certificate authenticates (client credentials, and a confidential client's authorization code and refresh)."""
+    now = int(clock.time())
+    claims = {
+        "aud": token_url,
+        "iss": client_id,
+        "sub": client_id,
+        "jti": str(uuid.uuid4()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ASSERTION_LIFETIME_S,
+    }
+    header = {"alg": "RS256", "typ": "JWT", "x5t": certificate.x5t}
+    return str(jose_jwt.encode(header, claims, key))
+
+
 class CertificateProvider(AuthlibProvider):
     """Client credentials with a certificate: each token request carries a freshly signed client assertion.
 
@@ -180,18 +200,7 @@ class CertificateProvider(AuthlibProvider):
 
     def client_assertion(self) -> str:
         """A new signed client assertion for the token URL."""
-        now = int(self._clock.time())
-        claims = {
-            "aud": self._token_url,
-            "iss": self._client_id,
-            "sub": self._client_id,
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "nbf": now,
-            "exp": now + ASSERTION_LIFETIME_S,
-        }
-        header = {"alg": "RS256", "typ": "JWT", "x5t": self._certificate.x5t}
-        return str(jose_jwt.encode(header, claims, self._key))
+        return sign_client_assertion(self._certificate, self._key, self._client_id, self._token_url, self._clock)
 
     def _request_token(self) -> dict[str, Any]:
         return self._call(
