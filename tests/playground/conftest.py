@@ -54,8 +54,10 @@ def _install_chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module, not per session: Playwright's sync API keeps an asyncio loop running on this thread while it is
+    started, so tests that call ``asyncio.run`` after ours on the same xdist worker need it stopped."""
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
