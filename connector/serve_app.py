@@ -35,7 +35,7 @@ from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken, Reporter
 from connector.runtime import Runtime
 from connector.serve_auth import ASGIApp, AuthGate, Receive, Scope, Send
-from connector.serve_connections import Connections, recording
+from connector.serve_connections import Connections
 from connector.serve_jobs import Jobs
 from connector.serve_openapi import openapi_document
 from connector.serve_problems import problem, problem_of, problem_response
@@ -183,7 +183,7 @@ def _routes(state: ServeState) -> list[Route | Mount]:
         served = connections.get(_text(body, "connection"))
 
         def call() -> dict[str, Any]:
-            with recording() as exchange:
+            with served.exchanges.recording() as exchange:
                 output = runtime.run_action(action_id, inputs, served.connection)
             return {"output": output, "exchange": exchange}
 
@@ -375,6 +375,18 @@ def _page_headers(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+async def _http_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method) as problem details, like every other error."""
+    from starlette.exceptions import HTTPException
+
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "the server failed; see its log"
+    return problem_response(problem(status, "not found" if status == 404 else "refused", str(detail)))
+
+
+_EXCEPTION_HANDLERS: dict[Any, Any] = {404: _http_problem, 405: _http_problem, Exception: _http_problem}
+
+
 def _playground(folder: Path) -> Route | Mount:
     """The built page, or a 404 that says how to build it (h20b's ``make assets``) when the folder is missing."""
     if folder.is_dir():
@@ -417,5 +429,5 @@ def create_app(state: ServeState, *, playground_dir: Path = PLAYGROUND_DIR) -> A
         *_routes(state),
         _playground(playground_dir),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
     return state.gate.middleware(_webhooks(state, _page_headers(app)))

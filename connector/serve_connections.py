@@ -43,7 +43,6 @@ __all__ = [
     "FileTokenStores",
     "RefreshTokenStore",
     "Served",
-    "recording",
 ]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -89,17 +88,23 @@ class FileTokenStores:
 class Exchanges(httpx.BaseTransport):
     """A transport that notes each request's method, URL, status and time for the run that made it.
 
-    The run's list is a context variable, so concurrent runs on one connection each see their own requests; requests
-    a connection sends from its worker threads (parallel chunks of a bulk write) are not in any list.
+    The run's list is a context variable of the thread that runs it. Requests the connection sends from its worker
+    threads (the parallel chunks of a bulk write) carry no context: they are noted for the run only while it is the
+    connection's one run in progress, and left out rather than misattributed when several overlap.
     """
 
     def __init__(self, inner: httpx.BaseTransport) -> None:
         self._inner = inner
+        self._runs: list[list[dict[str, Any]]] = []
+        self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         started = time.perf_counter()
         response = self._inner.handle_request(request)
         found = _exchanges.get()
+        if found is None:
+            with self._lock:
+                found = self._runs[0] if len(self._runs) == 1 else None
         if found is not None:
             url = str(request.url.copy_with(query=None))
             found.append(
@@ -112,19 +117,22 @@ class Exchanges(httpx.BaseTransport):
             )
         return response
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[dict[str, Any]]]:
+        """``with transport.recording() as exchanges:`` collects the summary of the requests made inside."""
+        found: list[dict[str, Any]] = []
+        reset = _exchanges.set(found)
+        with self._lock:
+            self._runs.append(found)
+        try:
+            yield found
+        finally:
+            _exchanges.reset(reset)
+            with self._lock:
+                self._runs.remove(found)
+
     def close(self) -> None:
         self._inner.close()
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[list[dict[str, Any]]]:
-    """``with recording() as exchanges:`` collects the exchange summary of the requests made inside."""
-    found: list[dict[str, Any]] = []
-    reset = _exchanges.set(found)
-    try:
-        yield found
-    finally:
-        _exchanges.reset(reset)
 
 
 @dataclass
@@ -134,6 +142,7 @@ class Served:
     name: str
     connection: Connection
     connected: bool
+    exchanges: Exchanges
 
     def to_dict(self) -> dict[str, Any]:
         config = self.connection.config
@@ -192,7 +201,7 @@ class Connections:
         transport = Exchanges(self._transport or httpx.HTTPTransport(verify=_verify(config.ca_file)))
         connection = Connection(config, transport=transport, on_token=lambda token: self._rotated(name, token))
         connected = config.kind != "authorization_code" or bool(stored or config.refresh_token or config.token_store)
-        served = Served(name, connection, connected)
+        served = Served(name, connection, connected, transport)
         with self._lock:
             old = self._served.pop(name, None)
             self._served[name] = served

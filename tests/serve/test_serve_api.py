@@ -81,3 +81,18 @@ def test_triggers_and_openapi_are_served(client: httpx.Client) -> None:
     assert "/actions/write_entities" in document["paths"]
     body = document["paths"]["/actions/create_entity"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["properties"]["inputs"]["required"] == ["table", "fields"]
+
+
+def test_unknown_routes_and_methods_answer_problems(client: httpx.Client) -> None:
+    missing = client.get("/no/such/route", headers=BEARER)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    wrong = client.patch("/actions", headers=BEARER)
+    assert wrong.status_code == 405 and wrong.json()["status"] == 405
+
+
+def test_a_bulk_write_lists_the_chunks_its_workers_sent(client: httpx.Client) -> None:
+    records = [{"fields": {"name": f"Row {n}"}} for n in range(30)]
+    answer = run(client, "write_entities", {"table": "account", "mode": "create", "records": records, "chunk_size": 10})
+    assert answer.status_code == 200, answer.text
+    chunks = [e for e in answer.json()["exchange"] if e["url"].endswith("CreateMultiple")]
+    assert [e["status"] for e in chunks] == [200, 200, 200]
