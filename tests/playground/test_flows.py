@@ -20,6 +20,12 @@ def run(api: httpx.Client, action: str, inputs: dict[str, Any]) -> Any:
     return answer.json()["output"]
 
 
+def pick(page: Any, element_id: str, label: str | list[str]) -> None:
+    """A data-source dropdown is a text input until its source answers: wait for the select, then choose."""
+    page.wait_for_selector(f"select#{element_id}")
+    page.select_option(f"select#{element_id}", label=label)
+
+
 def output(playground: Playground) -> Any:
     playground.page.wait_for_selector("#result pre.output")
     return json.loads(playground.page.inner_text("#result pre.output"))
@@ -44,7 +50,7 @@ def test_connect_signs_in_through_the_hosted_flow(playground: Playground, api: h
 def test_create_an_account_through_the_form(playground: Playground, api: httpx.Client) -> None:
     page = playground.page
     playground.choose("create_entity")
-    page.select_option("#inputs_table", label="Account (account)")
+    pick(page, "inputs_table", label="Account (account)")
     page.fill("#inputs_fields_name", "Contoso from the playground")  # the fields schema of account, swapped in
     page.fill("#inputs_fields_accountnumber", "PG-1")
     playground.shot("create-account-form")
@@ -68,14 +74,15 @@ def test_upsert_a_contact_by_alternate_key_with_a_record_picker(playground: Play
     fabrikam = run(api, "create_entity", {"table": "account", "fields": {"name": "Fabrikam Picked"}})["id"]
     page = playground.page
     playground.choose("upsert_entity")
-    page.select_option("#inputs_table", label="Contact (contact)")
+    pick(page, "inputs_table", label="Contact (contact)")
     page.fill("#inputs_key_emailaddress1", "ada@example.com")
     page.fill("#inputs_fields_lastname", "Lovelace")
-    page.select_option("#inputs_fields_parentcustomerid_table", label="account")
-    page.fill(".linked-records input.record-search", "Fabrikam")
-    page.select_option("#inputs_fields_parentcustomerid_id", label="Fabrikam Picked")
+    pick(page, "inputs_fields_parentcustomerid_table", label="account")
+    page.fill(".linked-records input.record-search", "Fabrikam")  # asks the records source again, by name
+    page.wait_for_selector(".linked-records[data-state=ready] select#inputs_fields_parentcustomerid_id")
+    pick(page, "inputs_fields_parentcustomerid_id", label="Fabrikam Picked")
     page.check("#inputs_return_record")
-    page.select_option("#inputs_select", label=["Last Name (lastname)", "Email (emailaddress1)"])
+    pick(page, "inputs_select", label=["Last Name (lastname)", "Email (emailaddress1)"])
     playground.shot("upsert-contact-form")
     page.click("#action button.run")
     written = output(playground)
@@ -89,7 +96,7 @@ def test_upsert_a_contact_by_alternate_key_with_a_record_picker(playground: Play
 def test_a_validation_error_shows_next_to_its_field(playground: Playground) -> None:
     page = playground.page
     playground.choose("create_entity")
-    page.select_option("#inputs_table", label="Account (account)")
+    pick(page, "inputs_table", label="Account (account)")
     page.fill("#inputs_fields_name", "x" * 200)  # account.name holds at most 160 characters
     page.click("#action button.run")
     error = page.locator("#inputs_fields_name").locator("xpath=ancestor::div[contains(@class,'form-group')][1]")

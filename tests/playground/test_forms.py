@@ -23,6 +23,7 @@ def test_every_action_form_renders(playground: Playground, api: Any) -> None:
         assert page.locator(UNSUPPORTED).count() == 0, f"{action_id}: rjsf shows an unsupported field"
         assert page.locator("#action button.run").count() == 1
         if page.locator("select#inputs_table").count():
+            page.wait_for_selector("select#inputs_table")  # a text input until the tables source answers
             page.select_option("select#inputs_table", label="Contact (contact)")
             page.wait_for_function(SETTLED)
             assert page.locator(UNSUPPORTED).count() == 0, f"{action_id}: rjsf shows an unsupported field for contact"
