@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest lock fidelity-venv clean
+.PHONY: demo test lint typecheck pytest lock fidelity-venv clean assets
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/python -m connector.demo
+	@echo 'Playground against the emulator: run `$(BIN)/d365 emulator serve --sample-data --connection-out emu.json` in one terminal,'
+	@echo 'then `$(BIN)/d365 serve --connection emu=emu.json` in another, and open http://127.0.0.1:8365/login with the token it prints.'
+
+# The playground page (connector/playground/, committed and shipped in the wheel) from playground/'s lock file.
+assets:
+	cd playground && npm ci --no-audit --no-fund && node build.mjs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

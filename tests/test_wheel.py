@@ -93,3 +93,12 @@ def test_wheel_emulator_serves_get_current_user(wheel_env: Path, tmp_path: Path)
         finally:
             server.terminate()
             server.communicate(timeout=30)
+
+
+def test_wheel_ships_the_playground_bundle(wheel_env: Path, tmp_path: Path) -> None:
+    """d365 serve's page comes from package data: the built files, as committed, with no Node at install time."""
+    code = "import connector, pathlib; print(pathlib.Path(connector.__file__).parent / 'playground')"
+    where = Path(run(wheel_env, "python", "-c", code, cwd=tmp_path).stdout.strip())
+    assert "site-packages" in str(where)
+    for name in ("index.html", "app.js", "app.css"):
+        assert (where / name).read_bytes() == (ROOT / "connector" / "playground" / name).read_bytes(), name
