@@ -1,14 +1,14 @@
 // Inputs linked to a data source by the schema's x-d365-options annotation (manifest.schema.json#/$defs/options_link):
 // rjsf's own SchemaField renders them, with the schema the source gives. An options source (tables, columns,
 // records) turns the input into a dropdown (a multi-select for an array such as select); a schema source
-// (fields_schema, key_schema) swaps in the schema generated from the table's metadata, one widget per column type.
+// (fields_schema, key_schema, message_schema) swaps in the schema generated from the table's metadata, one widget per column type.
 import { useEffect, useState } from 'react';
 import { getDefaultRegistry } from '@rjsf/core';
 import { dataSource } from './api.js';
 import { formSchema, linkParams } from './pointers.js';
 
 const BaseSchemaField = getDefaultRegistry().fields.SchemaField;
-const SCHEMA_SOURCES = new Set(['fields_schema', 'key_schema']);
+const SCHEMA_SOURCES = new Set(['fields_schema', 'key_schema', 'message_schema']);
 
 function useItems(connection, source, params) {
   const key = connection && params ? JSON.stringify([connection, source, params]) : null;
@@ -86,6 +86,7 @@ function LinkedField(props) {
       className={`linked linked-${link.source}`}
       data-source={link.source}
       data-path={fieldPathId.path.join('/')}
+      data-params={Object.keys(link.params || {}).sort().join(',')}
       data-state={state.waiting ? 'waiting' : state.loading ? 'loading' : state.error ? 'error' : 'ready'}
     >
       {picker && params && (

@@ -7,9 +7,11 @@ from typing import Any
 
 from tests.playground.conftest import UNSUPPORTED, Playground
 
-# every data source the form asked for has answered, and no top-level input still waits for the table
+# every data source the form asked for has answered, and no top-level input that needs only the table still waits
+# (a message's parameters wait for its name too)
 SETTLED = """() => !document.querySelector('.linked[data-state=loading]')
-    && ![...document.querySelectorAll('.linked[data-state=waiting]')].some(e => !e.dataset.path.includes('/'))"""
+    && ![...document.querySelectorAll('.linked[data-state=waiting]')]
+        .some(e => !e.dataset.path.includes('/') && e.dataset.params === 'table')"""
 
 
 def test_every_action_form_renders(playground: Playground, api: Any) -> None:
@@ -31,3 +33,18 @@ def test_every_action_form_renders(playground: Playground, api: Any) -> None:
     assert linked >= 10  # the actions with a table input were seen with their table's schemas too
     playground.choose("create_entity")
     playground.shot("create-entity-form")
+
+
+def test_a_message_form_takes_its_parameters_from_metadata(playground: Playground) -> None:
+    """invoke_action with a bound message chosen: its parameters become a form from the message_schema source."""
+    page = playground.page
+    playground.choose("invoke_action")
+    page.wait_for_selector("select#inputs_table")
+    page.select_option("select#inputs_table", label="Lead (lead)")
+    page.wait_for_selector("select#inputs_name")
+    page.select_option("select#inputs_name", label="QualifyLead (action, bound to a lead row)")
+    page.wait_for_selector(".linked-message_schema[data-state=ready]")
+    page.wait_for_function(SETTLED)
+    assert page.locator(UNSUPPORTED).count() == 0
+    assert page.locator("#inputs_parameters_CreateAccount").count() == 1
+    playground.shot("invoke-action-qualifylead")
