@@ -269,3 +269,27 @@ def test_completion_is_empty_when_the_runtime_cannot_start(monkeypatch: pytest.M
 
     monkeypatch.setattr(cli, "_runtime", broken)
     assert completions(["run"], "get_") == []
+
+
+@pytest.mark.parametrize("name", sorted(cli._Main.LAZY))
+def test_a_lazy_command_lists_the_help_its_own_docstring_starts_with(name: str) -> None:
+    command = cli.main.get_command(click_context(), name)
+    assert command is not None and command.help is not None
+    assert command.help.startswith(cli._Main.LAZY[name][1].rstrip("."))
+
+
+def test_d365_help_imports_neither_sync_nor_serve() -> None:
+    code = (
+        "import sys; from click.testing import CliRunner; from connector import cli; "
+        "r = CliRunner().invoke(cli.main, ['--help']); assert r.exit_code == 0 and 'sync' in r.output, r.output; "
+        "print(sorted(m for m in sys.modules if m.startswith(('connector.sync', 'connector.cli_s', 'sqlalchemy', "
+        "'duckdb', 'starlette'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def click_context() -> Any:
+    import click
+
+    return click.Context(cli.main)
