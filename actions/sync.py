@@ -17,19 +17,22 @@ from connector.hookspecs import hookimpl
 from connector.inputs import SyncRecords
 from connector.policy import OperatorPolicy
 from connector.progress import current
-from connector.sync import runner
-from connector.sync.engine import job_from_definition
 
 
 @hookimpl
 def validate_sync_records(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: the definition's own checks (match, mapping entries, the operator policy), then the mapping's."""
+    from connector.sync import runner  # SQLAlchemy, DuckDB and Arrow load when a sync runs, not with every action
+
     return runner.sync_records_problems(SyncRecords.of(inputs), connection)
 
 
 @hookimpl
 def sync_records(inputs: Mapping[str, Any], connection: Connection) -> dict[str, Any]:
     """Run the sync once: new and changed rows sent, every source row ledgered; the counts and the run's id."""
+    from connector.sync import runner
+    from connector.sync.engine import job_from_definition
+
     typed = SyncRecords.of(inputs)
     definition = runner.definition_of(typed, OperatorPolicy.from_env())
     control = current()

@@ -25,6 +25,9 @@ from served import served
 
 PYTHON = sys.executable
 D365 = [PYTHON, "-m", "connector.cli"]
+NEUTRAL = tempfile.gettempdir()
+"""Where the commands run: ``python -m`` puts the working directory first on ``sys.path``, which in a checkout would
+shadow the tree given by ``--against``."""
 
 
 def median_s(commands: list[tuple[list[str], dict[str, str]]], runs: int) -> list[float]:
@@ -33,7 +36,9 @@ def median_s(commands: list[tuple[list[str], dict[str, str]]], runs: int) -> lis
     for _ in range(runs):
         for i, (command, env) in enumerate(commands):
             start = time.perf_counter()
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+            subprocess.run(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False, cwd=NEUTRAL
+            )
             times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
@@ -44,13 +49,23 @@ def exported(ref: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="d365-startup-"))
     archive = subprocess.run(["git", "-C", str(root), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    # the editable install's import finder maps ``connector`` to this checkout ahead of PYTHONPATH: drop it, so the
+    # exported tree's code is the code measured (sitecustomize runs after the .pth files that install the finder)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+    )
     return folder
 
 
 def top_imports(command: list[str], n: int, env: dict[str, str]) -> list[tuple[int, str]]:
     """The ``n`` imports with the largest cumulative time (microseconds), outermost names only once."""
     done = subprocess.run(
-        [command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True, env=env, check=False
+        [command[0], "-X", "importtime", *command[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=NEUTRAL,
     )
     rows = []
     for line in done.stderr.splitlines():
