@@ -1,4 +1,4 @@
-"""A worker that takes ``N`` shared places and holds them until killed: ``python -m tests.scale.holder URL SCOPE N LEASE_S``.
+"""A worker that takes N shared places and holds them until killed: ``python -m tests.scale.holder URL SCOPE N S``.
 
 Prints ``held`` once the places are taken, so the test kills it while it holds them.
 """
