@@ -28,6 +28,7 @@ from connector.cli_inputs import CONNECTION_ENV, cli_policy, load_connection_fil
 from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.sync.engine import SyncResult, job_from_definition
+from connector.sync.partition import DEFAULT_LEASE_S, Partition, create_lease_table, partition_names
 from connector.sync.runner import run_definition
 from connector.sync.state import StateStore
 
@@ -70,6 +71,8 @@ def sync() -> None:
 @click.option("--set", "pairs", multiple=True, metavar="KEY=TEXT|KEY:=JSON", help="Override a definition field.")
 @click.option("--json", "as_json", is_flag=True, help="Compact JSON output, and errors as JSON on stderr.")
 @click.option("--progress", "progress_mode", type=click.Choice(cli_progress.MODES), default="auto", show_default=True)
+@click.option("--partition", "partition_text", metavar="K/N", help="Only the rows whose match key hashes to K of N.")
+@click.option("--lease-s", default=DEFAULT_LEASE_S, show_default=True, help="Partition lease: a killed worker's hold.")
 def sync_run(
     definition_file: str,
     connection_file: str | None,
@@ -78,11 +81,14 @@ def sync_run(
     pairs: tuple[str, ...],
     as_json: bool,
     progress_mode: str,
+    partition_text: str | None,
+    lease_s: float,
 ) -> None:
     """Run the sync DEF once: only new and changed rows are sent; every source row ends in the run's ledger."""
     token = CancellationToken(grace_s=cli_progress.GRACE_S)
     try:
         with cli_progress.interruptions(token):
+            partition = Partition.parse(partition_text) if partition_text is not None else None
             definition = _load(definition_file, pairs)
             config, base_dir = load_connection_file(connection_file)
             from connector.runtime import default_runtime
@@ -102,6 +108,8 @@ def sync_run(
                         dry_run=dry_run,
                         progress=reporter,
                         cancel=token,
+                        partition=partition,
+                        lease_s=lease_s,
                     )
             finally:
                 runtime.close()
@@ -251,3 +259,25 @@ def sync_history(definition_file: str, as_json: bool) -> None:
             "" if r.exit_status is None else str(r.exit_status),
         )
     console.print(table)
+
+
+@sync.command("status")
+@click.argument("definition_file", metavar="DEF")
+def sync_status(definition_file: str) -> None:
+    """Every partition's last run (and the unpartitioned sync's), as JSON lines: its state name, status and counts."""
+    try:
+        definition = _load(definition_file)
+    except ConnectorError as exc:
+        _fail(exc, False)
+    store = _store(definition)
+    try:
+        create_lease_table(store.engine)  # so partition workers started next find the whole schema in place
+        names = [definition.name, *partition_names(store.engine, definition.name)]
+        for name in names:
+            runs = StateStore(str(definition.state), name, engine=store.engine).runs(limit=1)
+            if runs:
+                last = runs[0]
+                line = {"sync": name, "run": last.id, "status": last.status, "counts": last.counts}
+                click.echo(json.dumps(line | {"ended": last.ended}, separators=(",", ":")))
+    finally:
+        store.close()
