@@ -42,15 +42,18 @@ DEFAULT_LEASE_S = 10.0
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
-# KEYS: leases, pause, stats. ARGV: lease id, limit, lease ms. Returns {1, 0} (taken), {0, ms} (paused ms more) or
-# {0, -1} (every place taken).
+# KEYS: leases, pause, stats, limit. ARGV: lease id, limit (0: this process has no answer yet, use the one the others
+# stored, else 1), lease ms. Returns {1, 0} (taken), {0, ms} (paused ms more) or {0, -1} (every place taken).
 _ACQUIRE = (
     _NOW
     + """
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pause > now then return {0, pause - now} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return {0, -1} end
+local limit = tonumber(ARGV[2])
+if limit > 0 then redis.call('SET', KEYS[4], limit, 'PX', 3600000)
+else limit = tonumber(redis.call('GET', KEYS[4]) or '1') end
+if redis.call('ZCARD', KEYS[1]) >= limit then return {0, -1} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[3], 'requests', 1)
@@ -117,7 +120,7 @@ class SharedGovernor(Governor):
             raise ValueError("lease_s must be positive")
         self._redis: Any = redis.Redis.from_url(redis_url)
         prefix = f"d365:governor:{{{scope}}}"  # one hash tag: a Redis Cluster keeps the three keys on one node
-        self._keys = (f"{prefix}:leases", f"{prefix}:pause", f"{prefix}:stats")
+        self._keys = (f"{prefix}:leases", f"{prefix}:pause", f"{prefix}:stats", f"{prefix}:limit")
         self._lease_ms = max(1, int(lease_s * 1000))
         self._poll_s = poll_s
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -136,7 +139,7 @@ class SharedGovernor(Governor):
     def throttle(self, seconds: float, *, reason: str = "429") -> None:
         """Pause this process (as the in-process governor does) and every other process of the same user."""
         super().throttle(seconds, reason=reason)
-        self._pause(keys=self._keys[1:], args=[max(0, int(seconds * 1000))])
+        self._pause(keys=self._keys[1:3], args=[max(0, int(seconds * 1000))])
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -153,7 +156,7 @@ class SharedGovernor(Governor):
     def _take(self) -> str:
         lease = uuid.uuid4().hex
         while True:
-            taken, wait_ms = self._acquire(keys=self._keys, args=[lease, self.limit, self._lease_ms])
+            taken, wait_ms = self._acquire(keys=self._keys, args=[lease, self._shared_limit(), self._lease_ms])
             if int(taken):
                 with self._held_lock:
                     self._held.add(lease)
@@ -161,6 +164,15 @@ class SharedGovernor(Governor):
                 return lease
             wait = int(wait_ms)
             self._clock.sleep(wait / 1000 if wait > 0 else self._poll_s)
+
+    def _shared_limit(self) -> int:
+        """The server's limit for this user (``min(max_parallelism, x-ms-dop-hint)``), or 0 before this process has
+        an answer: it then follows the limit the others learnt rather than blocking on one place while they hold
+        theirs. A run's own cap (:meth:`capped`) is this process's business, kept by the local slot."""
+        with self._cond:
+            if not self._answered:
+                return 0
+            return min(self._max, self._dop_hint) if self._dop_hint else self._max
 
     def _start_heartbeat(self) -> None:
         with self._held_lock:

@@ -55,6 +55,19 @@ def test_the_limit_is_shared_by_every_governor_of_the_user(redis_url: str) -> No
         assert c.stats() == {"requests": 3, "throttled": 0, "leases": 1}
 
 
+def test_a_process_with_no_answer_yet_follows_the_limit_the_others_learnt(redis_url: str) -> None:
+    scope = uuid.uuid4().hex
+    clock = RecordingClock()
+    a, fresh = governor(redis_url, scope, clock), SharedGovernor(redis_url=redis_url, scope=scope, clock=clock)
+    with a.slot(), fresh.slot():  # a learnt the hint 2: fresh takes the second place, not waiting for a to finish
+        assert fresh.stats()["leases"] == 2
+        with pytest.raises(WouldWait), a.slot():
+            pass  # pragma: no cover - the user's two places are taken
+    lone = SharedGovernor(redis_url=redis_url, scope=uuid.uuid4().hex, clock=clock, max_parallelism=8)
+    with lone.slot():  # nobody learnt a limit for this user: one place until an answer
+        assert lone.stats()["leases"] == 1
+
+
 def test_a_429_in_one_process_pauses_the_others(redis_url: str) -> None:
     scope = uuid.uuid4().hex
     a, clock = governor(redis_url, scope), RecordingClock()
