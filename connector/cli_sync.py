@@ -29,6 +29,7 @@ from connector.cli_sync_more import FollowFlags, follow_options, run_all_command
 from connector.errors import ConnectorError, InputError, InputProblem
 from connector.progress import CancellationToken
 from connector.sync.engine import SyncResult, job_from_definition
+from connector.sync.partition import DEFAULT_LEASE_S, Partition, create_lease_table, partition_names
 from connector.sync.runner import run_definition
 from connector.sync.state import StateStore
 from connector.sync.writeback import write_back_target
@@ -78,6 +79,8 @@ sync.add_command(run_all_command)
 @click.option("--progress", "progress_mode", type=click.Choice(cli_progress.MODES), default="auto", show_default=True)
 @click.option("--write-back", "write_back", metavar="TABLE", help="Write each row's outcome and id into TABLE.")
 @follow_options
+@click.option("--partition", "partition_text", metavar="K/N", help="Only the rows whose match key hashes to K of N.")
+@click.option("--lease-s", default=DEFAULT_LEASE_S, show_default=True, help="Partition lease: a killed worker's hold.")
 def sync_run(
     definition_file: str,
     connection_file: str | None,
@@ -89,6 +92,8 @@ def sync_run(
     progress_mode: str,
     write_back: str | None,
     follow: FollowFlags,
+    partition_text: str | None,
+    lease_s: float,
 ) -> None:
     """Run the sync DEF once: only new and changed rows are sent; every source row ends in the run's ledger.
     With --follow, sync JSON lines as they arrive (standard input, or the definition's file tailed)."""
@@ -98,6 +103,7 @@ def sync_run(
     base_dir = Path(definition_file).expanduser().resolve().parent
     try:
         with cli_progress.interruptions(token):
+            partition = Partition.parse(partition_text) if partition_text is not None else None
             definition = _load(definition_file, pairs)
             target = None if write_back is None else write_back_target(
                 definition, write_back, policy=cli_policy(), base_dir=base_dir
@@ -122,6 +128,8 @@ def sync_run(
                         progress=reporter,
                         cancel=token,
                         force=force,
+                        partition=partition,
+                        lease_s=lease_s,
                     )
             finally:
                 runtime.close()
@@ -273,3 +281,25 @@ def sync_history(definition_file: str, as_json: bool) -> None:
             "" if r.exit_status is None else str(r.exit_status),
         )
     console.print(table)
+
+
+@sync.command("status")
+@click.argument("definition_file", metavar="DEF")
+def sync_status(definition_file: str) -> None:
+    """Every partition's last run (and the unpartitioned sync's), as JSON lines: its state name, status and counts."""
+    try:
+        definition = _load(definition_file)
+    except ConnectorError as exc:
+        _fail(exc, False)
+    store = _store(definition)
+    try:
+        create_lease_table(store.engine)  # so partition workers started next find the whole schema in place
+        names = [definition.name, *partition_names(store.engine, definition.name)]
+        for name in names:
+            runs = StateStore(str(definition.state), name, engine=store.engine).runs(limit=1)
+            if runs:
+                last = runs[0]
+                line = {"sync": name, "run": last.id, "status": last.status, "counts": last.counts}
+                click.echo(json.dumps(line | {"ended": last.ended}, separators=(",", ":")))
+    finally:
+        store.close()

@@ -73,9 +73,15 @@ class Connection:
         self._provider: TokenProvider = make_token_provider(
             config, transport=transport, clock=self._clock, verify=self._verify, on_token=on_token, retry=retry
         )
-        from connector.governor import Governor
+        from connector.governor_shared import governor_for
 
-        self._governor = Governor(clock=self._clock, max_parallelism=config.max_parallelism, policy=retry)
+        self._governor = governor_for(
+            organization_url=config.organization_url,
+            user=config.client_id,
+            clock=self._clock,
+            max_parallelism=config.max_parallelism,
+            policy=retry,
+        )
         self._client: DataverseClient | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -224,6 +230,7 @@ class Connection:
             if self._client is not None:
                 self._client.close()
             self._provider.close()
+            self._governor.close()
 
     def __enter__(self) -> Connection:
         return self

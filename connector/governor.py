@@ -153,6 +153,9 @@ class Governor:
                 self._caps.remove(requests)
                 self._cond.notify_all()
 
+    def close(self) -> None:
+        """Let go of what the governor holds outside the process (nothing here; see the shared governor)."""
+
     # -- throttling -----------------------------------------------------------------------------------------------
 
     def throttle(self, seconds: float, *, reason: str = "429") -> None:

@@ -165,7 +165,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "progress",
         ),
     ),
-    ("transport", ("transport", "api_errors", "governor", "client", "token_store", "auth", "auth.*")),
+    (
+        "transport",
+        ("transport", "api_errors", "governor", "governor_shared", "client", "token_store", "auth", "auth.*"),
+    ),
     ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body", "written")),
     (
         "operations",

@@ -4,6 +4,7 @@ state store opened and closed. The one entry point of ``d365 sync run`` and the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from connector.sync.audience import audience_of, run_audience
 from connector.sync.definition import load_definition
 from connector.sync.engine import SyncResult, job_from_definition, run_sync
 from connector.sync.mapping import Mapper
+from connector.sync.partition import DEFAULT_LEASE_S, Partition, held_lease, partition_rows
 from connector.sync.sources import read_rows
 from connector.sync.state import StateStore
 
@@ -56,50 +58,45 @@ def run_definition(
     progress: Reporter | None = None,
     cancel: CancellationToken | None = None,
     force: bool = False,
+    partition: Partition | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> SyncResult:
     """Run ``definition`` once; mapping problems (unknown columns, a bad key) raise :class:`InputError` before any
-    row is read. ``stdin``: a file holding what standard input gave (it is read twice)."""
+    row is read. ``stdin``: a file holding what standard input gave (it is read twice). ``partition``: only its rows,
+    its own state, under its lease (:mod:`connector.sync.partition`)."""
     mapper = Mapper(definition, connection)
     problems: list[InputProblem] = list(mapper.problems())
     if problems:
         raise InputError(problems)
 
-    def source() -> Iterator[list[dict[str, Any]]]:
+    def whole() -> Iterator[list[dict[str, Any]]]:
         if stdin is None:
             yield from read_rows(definition.source, policy=policy, base_dir=base_dir)
             return
         with stdin.open("rb") as handle:
             yield from read_rows(definition.source, policy=policy, base_dir=base_dir, stdin=handle)
 
-    store = StateStore(str(definition.state), definition.name)
+    def source() -> Iterator[list[dict[str, Any]]]:
+        if partition is None:
+            return whole()
+        return partition_rows(whole(), lambda rows, at: [m.match_key for m in mapper.map_rows(rows, at)], partition)
+
+    name = definition.name if partition is None else partition.state_name(definition.name)
+    store = StateStore(str(definition.state), name)
     try:
         job = job_from_definition(definition)
         audience = audience_of(definition)
         if audience is not None:
+            if partition is not None:
+                raise InputError("an audience sync runs whole: --partition is for row syncs")
             return run_audience(
-                connection,
-                job,
-                mapper,
-                source,
-                store,
-                audience,
-                full=full,
-                dry_run=dry_run,
-                progress=progress,
-                cancel=cancel,
-                force=force,
-            )
-        return run_sync(
-            connection,
-            job,
-            mapper,
-            source,
-            store,
-            full=full,
-            dry_run=dry_run,
-            progress=progress,
-            cancel=cancel,
-            force=force,
-        )
+                connection, job, mapper, source, store, audience,
+                full=full, dry_run=dry_run, progress=progress, cancel=cancel, force=force,
+            )  # fmt: skip
+        with held_lease(store.engine, name, lease_s) if partition is not None and not dry_run else nullcontext():
+            return run_sync(
+                connection, job, mapper, source, store,
+                full=full, dry_run=dry_run, progress=progress, cancel=cancel, force=force,
+            )  # fmt: skip
     finally:
         store.close()
