@@ -164,3 +164,28 @@ def test_the_definition_takes_a_list_or_a_column(tmp_path: Path) -> None:
     assert audience_of(load_definition(mirrored, policy=local, base_dir=tmp_path)) == AudienceSpec(
         "mirror", list="L", max_delete_fraction=0.5
     )
+
+
+def test_a_choice_column_audience_takes_labels_and_mirrors(connection: Connection, store: StateStore) -> None:
+    """A choice membership column: members get ``value``, departed members ``out_value``, both given as labels."""
+    seed(connection, 4)
+    preferred = connection.metadata.choice_value("account", "accountcategorycode", "Preferred Customer")
+    standard = connection.metadata.choice_value("account", "accountcategorycode", "Standard")
+    choice = AudienceSpec(
+        "mirror",
+        column="accountcategorycode",
+        value="Preferred Customer",
+        out_value="Standard",
+        max_delete_fraction=0.5,
+    )
+
+    def codes() -> dict[str, Any]:
+        rows = connection.client.get_json("accounts?$select=accountnumber,accountcategorycode")["value"]
+        return {r["accountnumber"]: r["accountcategorycode"] for r in rows}
+
+    first = run_audience(connection, JOB, AccountMapper(), source(people(3)), store, choice)
+    assert first.counts == {"added": 3}
+    assert codes() == {"A-000": preferred, "A-001": preferred, "A-002": preferred, "A-003": None}
+    second = run_audience(connection, JOB, AccountMapper(), source(people(2)), store, choice)
+    assert second.counts == {"unchanged": 2, "removed": 1}
+    assert codes() == {"A-000": preferred, "A-001": preferred, "A-002": standard, "A-003": None}
