@@ -78,6 +78,22 @@ def worker(folder: Path, partition: str) -> subprocess.Popen[str]:
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_lease_expiry(state: sa.Engine, name: str) -> None:
+    """Until the database's own clock passes the partition lease's expiry: the lease is judged on that clock, so the
+    test asks it rather than sleeping a fixed time on this process's."""
+    query = sa.text(
+        "SELECT expires - EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) FROM sync_partition_leases WHERE sync = :name"
+    )
+    deadline = time.monotonic() + 10 * LEASE_S
+    while time.monotonic() < deadline:
+        with state.connect() as db:
+            left = db.execute(query, {"name": name}).scalar()
+        if left is None or left < 0:
+            return
+        time.sleep(min(float(left), 0.5))
+    raise AssertionError(f"the lease of {name} did not expire within {10 * LEASE_S} s")
+
+
 def ledgered(state: sa.Engine, name: str) -> tuple[str | None, int]:
     """The status of the partition's last run and how many rows its ledger holds."""
     with state.connect() as db:
@@ -131,7 +147,7 @@ def check_kill_and_resume(
         assert workers[k].returncode == 0, err
         assert json.loads(out)["counts"] == {"created": sizes[k]}
 
-    time.sleep(LEASE_S)  # the killed worker's lease runs out (it was renewed last before the kill)
+    wait_for_lease_expiry(state, "accounts#0/4")  # the killed worker's lease runs out on the database's clock
     resumed = worker(folder, "0/4")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
