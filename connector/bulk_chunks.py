@@ -453,6 +453,38 @@ class ChunkWriter:
         return done
 
     # -- $batch fallback --------------------------------------------------------------------------------------------
+
+    def send_batch(
+        self,
+        items: list[PlannedWrite],
+        operations: list[BatchOperation],
+        *,
+        idempotent: bool,
+        lost: Callable[[list[PlannedWrite], DataverseApiError], dict[int, RowOutcome]],
+    ) -> list[Any] | dict[int, RowOutcome]:
+        """One continue-on-error ``$batch`` of ``operations`` (one per item, in order): the answers, or every item's
+        outcome when the batch failed as a whole (``lost`` decides the items of a batch whose answer was lost)."""
+        content_type, payload = encode_batch(operations)
+        try:
+            response = self.client.request(
+                "POST",
+                "$batch",
+                content=payload,
+                headers={"Content-Type": content_type},
+                prefer=["odata.continue-on-error"],
+                impersonate=self.options.impersonate,
+                idempotent=idempotent,
+                keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
+            )
+            return list(decode_batch_response(response.headers.get("Content-Type", ""), response.content))
+        except (OutcomeUnknownError, RetriableApiError) as exc:
+            return lost(items, exc)
+        except DataverseApiError as exc:
+            return {item.index: failed_outcome(item, exc) for item in items}
+        except MultipartError as exc:
+            error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
+            return {item.index: failed_outcome(item, error) for item in items}
+
     def _batch(self, items: list[PlannedWrite]) -> dict[int, RowOutcome]:
         """Tables without the bulk messages: the chunk as one ``$batch`` with ``Prefer: odata.continue-on-error``.
 
@@ -482,26 +514,9 @@ class ChunkWriter:
             headers += list(self.headers.items())
             operations.append(BatchOperation(method, url, tuple(headers), json.dumps(body).encode()))
         retry_safe = self.mode != "create" or all(item.id is not None for item in items)  # a PATCH-like write is safe
-        content_type, payload = encode_batch(operations)
-        try:
-            response = self.client.request(
-                "POST",
-                "$batch",
-                content=payload,
-                headers={"Content-Type": content_type},
-                prefer=["odata.continue-on-error"],
-                impersonate=self.options.impersonate,
-                idempotent=retry_safe,
-                keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
-            )
-            answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-        except (OutcomeUnknownError, RetriableApiError) as exc:
-            return self._verify(items, exc)
-        except DataverseApiError as exc:
-            return {item.index: failed_outcome(item, exc) for item in items}
-        except MultipartError as exc:
-            error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
-            return {item.index: failed_outcome(item, error) for item in items}
+        answers = self.send_batch(items, operations, idempotent=retry_safe, lost=self._verify)
+        if isinstance(answers, dict):
+            return answers
         done: dict[int, RowOutcome] = {}
         duplicates: list[PlannedWrite] = []
         for n, item in enumerate(items):

@@ -26,19 +26,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from connector.bulk_chunks import NOT_FOUND, ChunkWriter, PlannedWrite, RowOutcome, failed_outcome
+from connector.bulk_chunks import NOT_FOUND, ChunkWriter, PlannedWrite, RowOutcome
 from connector.bulk_run import Chunk, Merger, RecordResult, RunStats, run_chunks, sorted_results
 from connector.errors import (
     DataverseApiError,
-    FatalApiError,
     InputError,
     InputProblem,
-    MultipartError,
-    OutcomeUnknownError,
-    RetriableApiError,
 )
 from connector.metadata import TableMetadata
-from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
+from connector.multipart import BatchOperation, OperationResponse
 from connector.odata import quote_string
 from connector.problems import Problems, check_guid, check_key
 from connector.progress import CancellationToken, Reporter, Tracker
@@ -158,26 +154,10 @@ class RemovalWriter(ChunkWriter):
             BatchOperation("DELETE", f"{api_path}/{self.meta.entity_set}({item.id})", tuple(self.headers.items()))
             for item in items
         ]
-        content_type, payload = encode_batch(operations)
-        try:
-            response = self.client.request(
-                "POST",
-                "$batch",
-                content=payload,
-                headers={"Content-Type": content_type},
-                prefer=["odata.continue-on-error"],
-                impersonate=self.options.impersonate,
-                idempotent=True,  # deleting twice removes nothing more: the second answer is a 404
-                keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
-            )
-            answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-        except (OutcomeUnknownError, RetriableApiError) as exc:
-            return self._deleted_or_unknown(items, exc)
-        except DataverseApiError as exc:
-            return {item.index: failed_outcome(item, exc) for item in items}
-        except MultipartError as exc:
-            error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
-            return {item.index: failed_outcome(item, error) for item in items}
+        # deleting twice removes nothing more: the second answer is a 404, so a lost batch may be sent again
+        answers = self.send_batch(items, operations, idempotent=True, lost=self._deleted_or_unknown)
+        if isinstance(answers, dict):
+            return answers
         done: dict[int, RowOutcome] = {}
         for n, item in enumerate(items):
             answer = answers[n] if n < len(answers) else None
