@@ -159,23 +159,32 @@ def test_every_repeats_rounds_with_a_fake_clock_and_holds_the_lease(tmp_path: Pa
 
 def test_two_schedulers_racing_on_one_store_only_one_runs(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    Lease(
+        url, "schema", ttl_s=600, clock=FakeClock(), holder="setup"
+    ).close()  # the race is for the lock, not the schema
+    errors: list[BaseException] = []
     for attempt in range(5):
         name = f"race-{attempt}"
-        barrier = threading.Barrier(2)
+        barrier = threading.Barrier(2, timeout=60)  # a thread that failed before the barrier must not hang the other
         won: list[str] = []
 
         def race(holder: str, name: str = name, barrier: threading.Barrier = barrier, won: list[str] = won) -> None:
-            lease = Lease(url, name, ttl_s=600, clock=FakeClock(), holder=holder)
-            barrier.wait()
-            if lease.acquire():
-                won.append(holder)
-            lease.close()
+            try:
+                lease = Lease(url, name, ttl_s=600, clock=FakeClock(), holder=holder)
+                barrier.wait()
+                if lease.acquire():
+                    won.append(holder)
+                lease.close()
+            except BaseException as exc:  # reported by the test, not lost in the thread
+                errors.append(exc)
+                barrier.abort()
 
         threads = [threading.Thread(target=race, args=(h,)) for h in ("one", "two")]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert errors == [], errors
         assert len(won) == 1, (attempt, won)
 
 
