@@ -21,12 +21,13 @@ from tests.conftest import ROOT, assert_no_secrets
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(ROOT)],
-        check=True,
         capture_output=True,
+        text=True,
         cwd=work,
     )
+    assert built.returncode == 0, f"the wheel did not build:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}"
     wheel = next((work / "dist").glob("d365_connector-*.whl"))
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
