@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,12 +18,32 @@ import pytest
 
 from tests.conftest import ROOT, assert_no_secrets
 
+SOURCE_IGNORED = (
+    ".git",
+    ".venv*",
+    ".lock-venv",
+    "node_modules",
+    "build",
+    "dist",
+    "*.egg-info",
+    "_data",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "artifacts",
+)
+
 
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
+    # Each xdist worker builds from its own copy: setuptools writes build/ inside the source tree, and two workers
+    # building the same checkout at once delete each other's files (a CI run failed with "Directory not empty"
+    # and, on the other worker, a wheel missing schemas/sync.schema.json).
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*SOURCE_IGNORED))
     built = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source)],
         capture_output=True,
         text=True,
         cwd=work,
