@@ -18,20 +18,9 @@ import pytest
 
 from tests.conftest import ROOT, assert_no_secrets
 
-SOURCE_IGNORED = (
-    ".git",
-    ".venv*",
-    ".lock-venv",
-    "node_modules",
-    "build",
-    "dist",
-    "*.egg-info",
-    "_data",
-    "__pycache__",
-    ".*_cache",
-    ".hypothesis",
-    "artifacts",
-)
+WHEEL_SOURCES = ("connector", "actions", "triggers", "dataverse_emulator", "schemas")
+WHEEL_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "manifest.json", "requirements.lock")
+NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "_data", "*.egg-info")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,10 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # building the same checkout at once delete each other's files (a CI run failed with "Directory not empty"
     # and, on the other worker, a wheel missing schemas/sync.schema.json).
     source = work / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*SOURCE_IGNORED))
+    for name in WHEEL_SOURCES:
+        shutil.copytree(ROOT / name, source / name, ignore=NOT_SHIPPED)
+    for name in WHEEL_FILES:
+        shutil.copy2(ROOT / name, source / name)
     built = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source)],
         capture_output=True,
