@@ -82,13 +82,16 @@ async def merge(api: RecordApi, ctx: Ctx, bound: Bound | None, body: dict[str, A
             await notify(api, ctx, "Update", table, target_id, content, target)
     _move_children(api, table, sub_id, target_id)
     state, status = INACTIVE[table.logical_name]
-    changes: dict[str, Any] = {"statecode": state, "statuscode": status}
-    if "merged" in table.attributes:
-        changes["merged"] = True
-    if "masterid" in table.attributes:
-        changes["masterid"] = target_id
     fresh = api.store.get(table.logical_name, sub_id) or sub
-    api.do_update(ctx, table, sub_id, fresh, changes)
+    api.do_update(ctx, table, sub_id, fresh, {"statecode": state, "statuscode": status})
+    # Read-only to callers (the entity references), so written by the platform itself rather than as an update.
+    system: dict[str, Any] = {}
+    if "merged" in table.attributes:
+        system["merged"] = True
+    if "masterid" in table.attributes:
+        system["masterid"], system[type_col("masterid")] = target_id, table.logical_name
+    if system:
+        api.store.update(table.logical_name, sub_id, system)
     return Response(status_code=204, headers={"OData-Version": "4.0"})
 
 

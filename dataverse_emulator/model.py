@@ -224,6 +224,14 @@ def _rollup(name: str, typ: str) -> list[tuple[str, str, dict[str, object]]]:
 
 _OWNED_TABLES = ("account", "contact", "lead", "opportunity", "incident", "list")
 
+
+def _merge_columns(table: str) -> list[tuple[str, str, dict[str, object]]]:
+    """``masterid`` and ``merged``, which Merge sets on the subordinate: read-only, as the account, contact and lead
+    entity references list them ("Shows the master account that the account was merged with")."""
+    ro: dict[str, object] = {"valid_for_create": False, "valid_for_update": False}
+    return [("masterid", "Lookup", {**ro, "targets": (table,)}), ("merged", B, dict(ro))]
+
+
 _SPECS: dict[str, dict[str, object]] = {
     "account": {
         "schema": "Account",
@@ -254,6 +262,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("primarycontactid", "Lookup", {"targets": ("contact",)}),
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
             ("originatingleadid", "Lookup", {"targets": ("lead",)}),
+            *_merge_columns("account"),
             *_rollup("opendeals", I),
             *_rollup("openrevenue", MNY),
         ],
@@ -283,6 +292,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("gendercode", PL, {"options": {1: "Male", 2: "Female"}}),
             ("parentcustomerid", "Customer", {"targets": ("account", "contact")}),
             ("originatingleadid", "Lookup", {"targets": ("lead",)}),
+            *_merge_columns("contact"),
         ],
         "state": (ACTIVE_INACTIVE_STATE, ACTIVE_INACTIVE_STATUS),
     },
@@ -306,6 +316,7 @@ _SPECS: dict[str, dict[str, object]] = {
             ("parentaccountid", "Lookup", {"targets": ("account",)}),
             ("parentcontactid", "Lookup", {"targets": ("contact",)}),
             ("customerid", "Customer", {"targets": ("account", "contact")}),
+            *_merge_columns("lead"),
         ],
         "state": (
             {0: "Open", 1: "Qualified", 2: "Disqualified"},
@@ -468,6 +479,9 @@ _SPECS: dict[str, dict[str, object]] = {
 _KNOWN_RELATIONSHIPS = {
     ("account", "primarycontactid", "contact"): ("account_primary_contact", "account_primary_contact"),
     ("account", "parentaccountid", "account"): ("account_parent_account", "account_parent_account"),
+    ("account", "masterid", "account"): ("account_master_account", "account_master_account"),
+    ("contact", "masterid", "contact"): ("contact_master_contact", "contact_master_contact"),
+    ("lead", "masterid", "lead"): ("lead_master_lead", "lead_master_lead"),
     ("contact", "parentcustomerid", "account"): ("contact_customer_accounts", "contact_customer_accounts"),
     ("contact", "parentcustomerid", "contact"): ("contact_customer_contacts", "contact_customer_contacts"),
     ("opportunity", "customerid", "account"): ("opportunity_customer_accounts", "opportunity_customer_accounts"),

@@ -212,6 +212,8 @@ class RecordApi(RecordReads):
             if row.get("statecode") is None:
                 row["statecode"] = 0
             self.fix_status(table, row, row)
+        if "merged" in table.attributes:
+            row["merged"] = False  # the entity references' DefaultValue; only Merge sets it true
         currency.apply(self.store, table, row)
         self.check_alt_keys(table, row, rid)
         self.store.insert(table.logical_name, row)

@@ -30,8 +30,11 @@ def test_merge_as_documented_moves_children_and_deactivates_the_subordinate(api:
     answer = api.post("Merge", json=body)
     assert answer.status_code == 204 and answer.content == b""
     assert api.get(f"accounts({target})?$select=accountnumber").json()["accountnumber"] == "1234"
-    merged = api.get(f"accounts({sub})?$select=statecode,statuscode").json()
+    merged = api.get(f"accounts({sub})?$select=statecode,statuscode,merged,_masterid_value").json()
     assert (merged["statecode"], merged["statuscode"]) == (1, 2)
+    assert (merged["merged"], merged["_masterid_value"]) == (True, target)
+    kept = api.get(f"accounts({target})?$select=merged,_masterid_value").json()
+    assert (kept["merged"], kept["_masterid_value"]) == (False, None)
     assert api.get(f"contacts({child})?$select=_parentcustomerid_value").json()["_parentcustomerid_value"] == target
 
 
@@ -96,3 +99,12 @@ def test_merge_is_listed_in_the_csdl_as_documented(api: httpx.Client) -> None:
     assert '<Parameter Name="PerformParentingChecks" Type="Edm.Boolean" Nullable="false" />' in action
     assert "<ReturnType" not in action
     assert '<ActionImport Name="Merge" Action="Microsoft.Dynamics.CRM.Merge" />' in csdl
+
+
+@pytest.mark.parametrize("table", ["account", "contact", "lead"])
+def test_merge_columns_are_read_only_to_callers(api: httpx.Client, table: str) -> None:
+    """The entity references list ``masterid`` and ``merged`` as read-only: only Merge sets them."""
+    meta = api.get(f"EntityDefinitions(LogicalName='{table}')/Attributes(LogicalName='merged')").json()
+    assert (meta["IsValidForCreate"], meta["IsValidForUpdate"]) == (False, False)
+    master = api.get(f"EntityDefinitions(LogicalName='{table}')/Attributes(LogicalName='masterid')").json()
+    assert master["AttributeType"] == "Lookup" and master["IsValidForUpdate"] is False
