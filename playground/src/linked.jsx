@@ -72,7 +72,7 @@ function LinkedField(props) {
   const context = registry.formContext;
   const [search, setSearch] = useState('');
   const picker = link.source === 'records';
-  const params = linkParams(link, fieldPathId.path, context.formData);
+  const params = linkParams(link, fieldPathId.path, context.formData, context.required && context.required[link.source]);
   const asked = params && picker && search ? { ...params, search } : params;
   const state = useItems(context.connection, link.source, asked);
   const schema = linkedSchema(props.schema, link, state.items, formData);

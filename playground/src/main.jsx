@@ -88,7 +88,7 @@ function Result({ result }) {
   );
 }
 
-function ActionForm({ action, connection, onJob }) {
+function ActionForm({ action, connection, required, onJob }) {
   const [formData, setFormData] = useState({});
   const [error, setError] = useState(null);
   const [result, setResult] = useState(null);
@@ -101,7 +101,7 @@ function ActionForm({ action, connection, onJob }) {
     setResult(null);
     setCopied(null);
   }, [action.id]);
-  const context = useMemo(() => ({ formData, connection }), [formData, connection]);
+  const context = useMemo(() => ({ formData, connection, required }), [formData, connection, required]);
   const schema = useMemo(() => formSchema(action.input_schema), [action]);
   const extraErrors = error && error.problem ? errorTree(error.problem.errors) : undefined;
 
@@ -207,6 +207,7 @@ function ActionForm({ action, connection, onJob }) {
 function App() {
   const [signedIn, setSignedIn] = useState(null);
   const [actions, setActions] = useState([]);
+  const [required, setRequired] = useState(undefined);
   const [connections, setConnections] = useState([]);
   const [connection, setConnection] = useState(null);
   const [actionId, setActionId] = useState(null);
@@ -226,6 +227,10 @@ function App() {
         const listed = (await api('GET', '/actions')).actions;
         setActions(listed);
         setActionId(listed.length ? listed[0].id : null);
+        // Which parameters each data source requires: a linked input waits only for those (an unbound message
+        // names no table, and its parameters still have a form).
+        const sources = (await api('GET', '/data-sources')).data_sources;
+        setRequired(Object.fromEntries(sources.map((d) => [d.id, (d.params_schema && d.params_schema.required) || []])));
         await loadConnections();
         setSignedIn(true);
       } catch (failure) {
@@ -284,6 +289,7 @@ function App() {
           <ActionForm
             action={action}
             connection={connection}
+            required={required}
             onJob={(job) => setJobs((old) => [job, ...old])}
           />
         )}

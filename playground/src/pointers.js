@@ -18,13 +18,17 @@ export function getIn(data, path) {
   return here;
 }
 
-// The source's parameters for one instance, or null while one of them is still empty in the form.
-export function linkParams(link, path, formData) {
+// The source's parameters for one instance, or null while one it requires is still empty in the form. required
+// lists the source's required parameters (its params schema); unknown, every linked parameter is waited for.
+export function linkParams(link, path, formData, required) {
   const params = { ...(link.fixed || {}) };
   for (const [name, pointer] of Object.entries(link.params || {})) {
     const at = resolveRelative(pointer, path);
     const value = at && getIn(formData, at);
-    if (value === undefined || value === null || value === '') return null;
+    if (value === undefined || value === null || value === '') {
+      if (!required || required.includes(name)) return null;
+      continue;
+    }
     params[name] = value;
   }
   return params;

@@ -48,3 +48,19 @@ def test_a_message_form_takes_its_parameters_from_metadata(playground: Playgroun
     assert page.locator(UNSUPPORTED).count() == 0
     assert page.locator("#inputs_parameters_CreateAccount").count() == 1
     playground.shot("invoke-action-qualifylead")
+
+
+def test_an_unbound_message_form_needs_no_table(playground: Playground) -> None:
+    """invoke_action with no table: the message list offers unbound messages and, once one is picked, its parameters
+    form appears (the table is an optional parameter of the messages and message_schema sources)."""
+    page = playground.page
+    playground.choose("invoke_action")
+    page.wait_for_selector("select#inputs_name")
+    label = page.locator("select#inputs_name option", has_text="WinOpportunity").first.inner_text()
+    page.select_option("select#inputs_name", label=label)
+    page.wait_for_selector(".linked-message_schema[data-state=ready]")
+    page.wait_for_function("() => !document.querySelector('.linked[data-state=loading]')")  # the table stays empty
+    assert page.locator(UNSUPPORTED).count() == 0
+    assert page.locator("#inputs_parameters_Status").count() == 1
+    assert page.locator("[id^=inputs_parameters_OpportunityClose]").count() >= 1
+    playground.shot("invoke-action-unbound")
