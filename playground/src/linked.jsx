@@ -9,6 +9,7 @@ import { formSchema, linkParams } from './pointers.js';
 
 const BaseSchemaField = getDefaultRegistry().fields.SchemaField;
 const SCHEMA_SOURCES = new Set(['fields_schema', 'key_schema', 'message_schema']);
+const PAGE_SIZE = 50;
 
 function useItems(connection, source, params) {
   const key = connection && params ? JSON.stringify([connection, source, params]) : null;
@@ -71,9 +72,11 @@ function LinkedField(props) {
   const { link, registry, fieldPathId, formData } = props;
   const context = registry.formContext;
   const [search, setSearch] = useState('');
+  const [page, setPage] = useState(1);
   const picker = link.source === 'records';
   const params = linkParams(link, fieldPathId.path, context.formData, context.required && context.required[link.source]);
-  const asked = params && picker && search ? { ...params, search } : params;
+  // The records source answers a page of PAGE_SIZE rows by primary name; the picker pages through them.
+  const asked = params && picker ? { ...params, ...(search ? { search } : {}), page, page_size: PAGE_SIZE } : params;
   const state = useItems(context.connection, link.source, asked);
   const schema = linkedSchema(props.schema, link, state.items, formData);
   let note = null;
@@ -96,8 +99,27 @@ function LinkedField(props) {
           placeholder={`Search ${params.table} by name`}
           aria-label={`Search ${params.table} records`}
           value={search}
-          onChange={(event) => setSearch(event.target.value)}
+          onChange={(event) => {
+            setSearch(event.target.value);
+            setPage(1);
+          }}
         />
+      )}
+      {picker && params && (page > 1 || (state.items && state.items.length === PAGE_SIZE)) && (
+        <div className="record-pages">
+          <button type="button" className="page-previous" disabled={page === 1} onClick={() => setPage(page - 1)}>
+            Previous
+          </button>
+          <span className="page-number">Page {page}</span>
+          <button
+            type="button"
+            className="page-next"
+            disabled={!state.items || state.items.length < PAGE_SIZE}
+            onClick={() => setPage(page + 1)}
+          >
+            Next
+          </button>
+        </div>
       )}
       <BaseSchemaField {...props} schema={schema} />
       {note && <p className={state.error ? 'link-note link-error' : 'link-note'}>{note}</p>}

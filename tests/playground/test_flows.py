@@ -93,6 +93,32 @@ def test_upsert_a_contact_by_alternate_key_with_a_record_picker(playground: Play
     playground.shot("upsert-contact-done")
 
 
+def test_the_record_picker_pages_through_more_than_one_page(playground: Playground, api: httpx.Client) -> None:
+    names = [f"Paged {i:02d}" for i in range(55)]
+    written = run(api, "write_entities", {"table": "account", "mode": "create",
+                                          "records": [{"fields": {"name": n}} for n in names]})  # fmt: skip
+    assert written["summary"]["created"] == 55
+    page = playground.page
+    playground.choose("upsert_entity")
+    pick(page, "inputs_table", label="Contact (contact)")
+    pick(page, "inputs_fields_parentcustomerid_table", label="account")
+    page.fill(".linked-records input.record-search", "Paged")
+    select = ".linked-records[data-state=ready] select#inputs_fields_parentcustomerid_id"
+    page.wait_for_selector(select)
+    first = page.locator(f"{select} option").all_inner_texts()
+    assert [o for o in first if o.startswith("Paged")] == names[:50]  # one page of 50, by primary name
+    page.click(".linked-records button.page-next")
+    page.wait_for_selector(".linked-records .page-number:has-text('Page 2')")
+    page.wait_for_selector(select)
+    page.wait_for_function("() => document.querySelectorAll('#inputs_fields_parentcustomerid_id option').length < 50")
+    assert [o for o in page.locator(f"{select} option").all_inner_texts() if o.startswith("Paged")] == names[50:]
+    assert page.locator(".linked-records button.page-next").is_disabled()
+    pick(page, "inputs_fields_parentcustomerid_id", label="Paged 54")
+    playground.shot("record-picker-page-2")
+    page.click(".linked-records button.page-previous")
+    page.wait_for_selector(".linked-records .page-number:has-text('Page 1')")
+
+
 def test_a_validation_error_shows_next_to_its_field(playground: Playground) -> None:
     page = playground.page
     playground.choose("create_entity")
