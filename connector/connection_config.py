@@ -31,13 +31,14 @@ from pydantic_core import ErrorDetails
 
 from connector import schemas
 from connector.connection_fields import (
-    MAX_IDENTITIES,
     STRICT,
     CertificateIdentity,
+    CertificatePool,
     ClientSecretIdentity,
     InputFile,
     LocalPath,
     OptionalSecret,
+    Pool,
     SecretSetting,
 )
 from connector.errors import ConnectionConfigError, InputProblem, preview
@@ -316,15 +317,12 @@ def _pooled(
     return config.model_copy(update={"additional_identities": pool}) if pool else config
 
 
-_POOL_FIELD = Field(default=None, max_length=MAX_IDENTITIES - 1)
-
-
 class ClientCredentialsSettings(_AppSettings):
     """An app registration with a client secret (``schemas/connections/client_credentials.json``)."""
 
     kind: Literal["client_credentials"]
     client_secret: SecretSetting
-    additional_identities: list[ClientSecretIdentity] | None = _POOL_FIELD
+    additional_identities: Pool = None
 
     def to_config(self) -> ConnectionConfig:
         config = ConnectionConfig(**self._common(), client_secret=self.client_secret)
@@ -339,7 +337,7 @@ class CertificateSettings(_AppSettings):
     private_key_file: InputFile = None
     pfx_file: InputFile = None
     private_key_password: OptionalSecret = None
-    additional_identities: list[CertificateIdentity] | None = _POOL_FIELD
+    additional_identities: CertificatePool = None
 
     def to_config(self) -> ConnectionConfig:
         config = ConnectionConfig(

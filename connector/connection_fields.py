@@ -15,7 +15,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 from connector.errors import ConnectionConfigError
 from connector.policy import OperatorPolicy
@@ -25,10 +35,12 @@ __all__ = [
     "MAX_IDENTITIES",
     "STRICT",
     "CertificateIdentity",
+    "CertificatePool",
     "ClientSecretIdentity",
     "InputFile",
     "LocalPath",
     "OptionalSecret",
+    "Pool",
     "SecretSetting",
 ]
 
@@ -129,3 +141,28 @@ class CertificateIdentity(BaseModel):
             "pfx_file": self.pfx_file,
             "private_key_password": self.private_key_password,
         }
+
+
+def _each_identity(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate the pool; a problem a validator raises (a secret's variable refused by the operator policy, a missing
+    certificate file) names only ``client_secret`` or ``pfx_file``, so it is told again with the identity's index."""
+    try:
+        return handler(value)
+    except ConnectionConfigError as exc:
+        for index, item in enumerate(value):
+            try:
+                handler([item])
+            except ConnectionConfigError as one:
+                raise ConnectionConfigError(
+                    f"additional_identities[{index}].{one.message}", field="additional_identities"
+                ) from None
+            except ValidationError:
+                continue
+        raise exc from None
+
+
+_POOL = (Field(default=None, max_length=MAX_IDENTITIES - 1), WrapValidator(_each_identity))
+Pool = Annotated[list[ClientSecretIdentity] | None, *_POOL]
+"""The ``additional_identities`` of a ``client_credentials`` connection."""
+CertificatePool = Annotated[list[CertificateIdentity] | None, *_POOL]
+"""The ``additional_identities`` of a ``certificate`` connection."""
