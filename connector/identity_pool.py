@@ -7,7 +7,8 @@ shared on Redis per (organization, application user): :func:`connector.governor_
 
 :class:`PoolGovernor` is the connection's governor: each send takes a place from an identity that is not paused and
 has a free place (the least loaded, round robin among ties), and a 429 pauses that identity only; when every identity
-is paused the send waits for the earliest to clear. Its parallelism is the sum of the identities', so the bulk
+is paused the send waits for the earliest to clear (with the shared governor, a pause another process set in Redis
+is learnt by the first send of this process that meets it, and the next sends go to the other users). Its parallelism is the sum of the identities', so the bulk
 writers (:meth:`~connector.governor.Governor.stream`) keep every identity busy. :class:`PoolTokens` is the
 connection's token provider: the token of the identity the calling thread's send was placed on.
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from connector.clock import Clock
 from connector.governor import Governor
+from connector.governor_shared import SharedGovernor
 from connector.transport import RetryPolicy
 
 if TYPE_CHECKING:
@@ -36,6 +38,12 @@ if TYPE_CHECKING:
     from connector.secret import Secret
 
 __all__ = ["Identity", "PoolGovernor", "PoolTokens"]
+
+
+def _clear_at(governor: Governor) -> float:
+    """When an identity's governor lets a send leave: after its own pause, and for a shared governor also after the
+    pause of another process that one of this process's sends met in Redis."""
+    return governor.paused_until if isinstance(governor, SharedGovernor) else governor.not_before
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class PoolGovernor(Governor):
     @property
     def not_before(self) -> float:
         """The instant the first identity clears (a request can leave through it)."""
-        return min(m.governor.not_before for m in self._members)
+        return min(_clear_at(m.governor) for m in self._members)
 
     @property
     def dop_hint(self) -> int | None:
@@ -141,7 +149,7 @@ class PoolGovernor(Governor):
         while True:
             with self._cond:
                 now = self._clock.monotonic()
-                clear = [i for i, m in enumerate(self._members) if m.governor.not_before <= now]
+                clear = [i for i, m in enumerate(self._members) if _clear_at(m.governor) <= now]
                 free = [i for i in clear if self._busy[i] < self._members[i].governor.limit]
                 if free and self._in_flight < self._limit():
                     index = min(free, key=lambda i: (self._busy[i], (i - self._next) % count))

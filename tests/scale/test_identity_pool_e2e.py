@@ -10,6 +10,7 @@ window does not move.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 import pytest
 
 from connector import RetryPolicy
-from connector.clock import FakeClock
+from connector.clock import FakeClock, SystemClock
 from connector.connection import Connection
 from connector.governor_shared import SharedGovernor
-from connector.identity_pool import PoolGovernor
+from connector.identity_pool import Identity, PoolGovernor
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
 
 LIMIT, LOAD = 40, 120  # requests per user per window; requests sent, three times one user's ceiling
@@ -89,3 +90,44 @@ def test_each_identity_of_a_pool_has_its_own_shared_budget_on_redis(
         before = [g.stats()["requests"] for g in members if isinstance(g, SharedGovernor)]
     assert before == [3, 3]  # one Redis budget per application user, each counted apart
     assert sum(admitted(emu).values()) == 6
+
+
+class WouldWait(Exception):
+    """Raised where a governor would sleep, so the test sees which identity a send waited on without waiting."""
+
+
+class RefusingClock(SystemClock):
+    def sleep(self, seconds: float) -> None:
+        raise WouldWait
+
+
+class NoTokens:
+    def token(self) -> str:
+        return "unused"
+
+    def force_refresh(self, rejected: object = None) -> str:
+        return "unused"
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_pause_another_process_set_on_redis_steers_the_pool_to_its_other_user(redis_url: str) -> None:
+    scopes = uuid.uuid4().hex, uuid.uuid4().hex
+    clock = RefusingClock()
+    members = [SharedGovernor(redis_url=redis_url, scope=scope, clock=clock, max_parallelism=4) for scope in scopes]
+    other_process = SharedGovernor(redis_url=redis_url, scope=scopes[0], clock=SystemClock())
+    pool = PoolGovernor([Identity(f"user-{n}", NoTokens(), g) for n, g in enumerate(members)], clock=clock)
+    try:
+        other_process.throttle(30.0)  # a 429 in another process paused user 0 for everyone, in Redis
+        with pytest.raises(WouldWait), pool.slot():
+            pass  # pragma: no cover - this process had not heard of the pause: its send meets it in Redis
+        for _ in range(3):
+            with pool.slot():  # user 0's pause is known now: every send leaves through user 1 without waiting
+                pass
+        assert pool.sends == {"user-0": 1, "user-1": 3}
+        assert members[0].paused_until > clock.monotonic() + 25
+        assert members[0].not_before == float("-inf")  # its own 429s are still only its own
+    finally:
+        for governor in (*members, other_process):
+            governor.close()
