@@ -8,9 +8,10 @@ shared on Redis per (organization, application user): :func:`connector.governor_
 :class:`PoolGovernor` is the connection's governor: each send takes a place from an identity that is not paused and
 has a free place (the least loaded, round robin among ties), and a 429 pauses that identity only; when every identity
 is paused the send waits for the earliest to clear (with the shared governor, a pause another process set in Redis
-is learnt by the first send of this process that meets it, and the next sends go to the other users). Its parallelism is the sum of the identities', so the bulk
-writers (:meth:`~connector.governor.Governor.stream`) keep every identity busy. :class:`PoolTokens` is the
-connection's token provider: the token of the identity the calling thread's send was placed on.
+is learnt by the first send of this process that meets it, and the next sends go to the other users). Its parallelism
+is the sum of the identities', so the bulk writers (:meth:`~connector.governor.Governor.stream`) keep every identity
+busy. :class:`PoolTokens` is the connection's token provider: the token of the identity the calling thread's send was
+placed on.
 
 The two agree through the sending thread, with no change to the client: the client takes a slot, reads the token,
 reads the answer's headers and reports a throttle on one thread, between that slot and its next one, and the pool
