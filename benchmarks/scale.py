@@ -1,5 +1,7 @@
 """Scale-out, printed not asserted: four worker processes through one application user with and without the shared
-governor (total time and 429s the emulator counted), then a 4-partition sync with its state in PostgreSQL.
+governor (total time and 429s the emulator counted), one worker through an identity pool of 1 and of 2 application
+users (rows/s and 429s: the limits are per user, so a second user raises the ceiling), then a 4-partition sync with
+its state in PostgreSQL.
 
 The emulator runs in its own process (``served.py``) with the service protection model on at the dop hint's
 concurrency (``--max-concurrency 4 --dop-hint 4``, ``--time-scale`` dividing Retry-After and the window) and
@@ -7,7 +9,7 @@ concurrency (``--max-concurrency 4 --dop-hint 4``, ``--time-scale`` dividing Ret
 (``tests/services.py``). Each worker is ``python -m tests.scale.writer`` (creates through ``Governor.map``); each
 partition is ``d365 sync run --partition K/4``. Waits are real. Never part of the test suite.
 
-    .venv/bin/python benchmarks/scale.py [--rows 20000] [--sync-rows 200000] [--time-scale 10]
+    .venv/bin/python benchmarks/scale.py [--rows 20000] [--pool-rows 10000] [--sync-rows 200000] [--time-scale 10]
 """
 
 from __future__ import annotations
@@ -55,6 +57,25 @@ def writers(emu: Served, rows: int, env: dict[str, str], prefix: str) -> tuple[f
     return time.perf_counter() - started, throttled(emu), sum(r["failed"] for r in results)
 
 
+def pooled(emu: Served, rows: int, env: dict[str, str]) -> list[tuple[str, float, int, int]]:
+    """(scenario, seconds, 429s, rows not created) of one writer process through a pool of 1, then 2, application
+    users: the second user is one more app registration the emulator adds (``POST /_emulator/apps``)."""
+    second = emu.admin.add_app()
+    results = []
+    for users, identities in ((1, []), (2, [second])):
+        config = {**emu.config, **({"additional_identities": identities} if identities else {})}
+        conn_file = emu.connection_file.with_name(f"pool-{users}.json")
+        conn_file.write_text(json.dumps(config), encoding="utf-8")
+        emu.admin.clear_requests()
+        started = time.perf_counter()
+        args = [sys.executable, "-m", "tests.scale.writer", str(conn_file), f"pool{users}", str(rows)]
+        out = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
+        seconds = time.perf_counter() - started
+        label = f"1 process, pool of {users} application user{'s' if users > 1 else ''}"
+        results.append((label, seconds, throttled(emu), int(json.loads(out)["failed"])))
+    return results
+
+
 def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]) -> float:
     folder = Path(tempfile.mkdtemp(prefix="d365-scale-"))
     with (folder / "companies.csv").open("w", encoding="utf-8", newline="") as f:
@@ -91,6 +112,7 @@ def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000, help="rows per writer process (4 processes)")
+    parser.add_argument("--pool-rows", type=int, default=10_000, help="rows of the identity pool scenarios")
     parser.add_argument("--sync-rows", type=int, default=200_000, help="rows of the 4-partition sync")
     parser.add_argument("--time-scale", type=float, default=10.0)
     args = parser.parse_args()
@@ -111,6 +133,9 @@ def main() -> None:
             seconds, t429, failed = writers(emu, args.rows, run_env, "in" if run_env is env else "sh")
             rate = 4 * args.rows / seconds
             print(f"{name:<40}{seconds:>9.1f}{rate:>9.0f}{t429:>7}{failed:>13}", flush=True)
+    with served(latency_ms=20, **options) as emu:
+        for name, seconds, t429, failed in pooled(emu, args.pool_rows, env):
+            print(f"{name:<40}{seconds:>9.1f}{args.pool_rows / seconds:>9.0f}{t429:>7}{failed:>13}", flush=True)
     with postgres_server() as pg_url, served(latency_ms=20) as emu:
         from connector.connection import Connection
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from connector.auth import OnToken, TokenProvider
     from connector.client import DataverseClient
     from connector.governor import Governor
+    from connector.identity_pool import Identity
     from connector.metadata import MetadataCache
     from connector.transport import RetryPolicy
 
@@ -64,27 +65,39 @@ class Connection:
         retry: RetryPolicy | None = None,
         on_token: OnToken | None = None,
     ) -> None:
-        from connector.auth import make_token_provider
-
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._transport = transport
         self._verify = _ssl_context(config.ca_file)
-        self._provider: TokenProvider = make_token_provider(
-            config, transport=transport, clock=self._clock, verify=self._verify, on_token=on_token, retry=retry
-        )
-        from connector.governor_shared import governor_for
+        identities = [self._identity(each, retry, on_token) for each in config.identities()]
+        self._provider: TokenProvider = identities[0].tokens
+        self._governor: Governor = identities[0].governor
+        if len(identities) > 1:  # an identity pool: see connector.identity_pool
+            from connector.identity_pool import PoolGovernor, PoolTokens
 
-        self._governor = governor_for(
+            pool = PoolGovernor(identities, clock=self._clock, policy=retry)
+            self._governor, self._provider = pool, PoolTokens(pool)
+        self._client: DataverseClient | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _identity(self, config: ConnectionConfig, retry: RetryPolicy | None, on_token: OnToken | None) -> Identity:
+        """One application user's token provider and governor (shared on Redis per user when the operator says so)."""
+        from connector.auth import make_token_provider
+        from connector.governor_shared import governor_for
+        from connector.identity_pool import Identity
+
+        tokens = make_token_provider(
+            config, transport=self._transport, clock=self._clock, verify=self._verify, on_token=on_token, retry=retry
+        )
+        governor = governor_for(
             organization_url=config.organization_url,
             user=config.client_id,
             clock=self._clock,
             max_parallelism=config.max_parallelism,
             policy=retry,
         )
-        self._client: DataverseClient | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        return Identity(config.client_id, tokens, governor)
 
     @classmethod
     def from_config(

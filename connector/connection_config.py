@@ -21,30 +21,31 @@ import json
 import logging
 import re
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    WithJsonSchema,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from connector import schemas
+from connector.connection_fields import (
+    STRICT,
+    CertificateIdentity,
+    CertificatePool,
+    ClientSecretIdentity,
+    InputFile,
+    LocalPath,
+    OptionalSecret,
+    Pool,
+    SecretSetting,
+)
 from connector.errors import ConnectionConfigError, InputProblem, preview
 from connector.governor import DEFAULT_MAX_PARALLELISM
 from connector.inputs import JsonInt
 from connector.policy import CHINA_AUTHORITY, PUBLIC_AUTHORITY, US_GOV_AUTHORITY, OperatorPolicy, is_loopback
-from connector.secret import Secret, resolve_secret
+from connector.secret import Secret
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -83,12 +84,6 @@ _VERSION = re.compile(r"^v?(\d+\.\d+)$")
 # Fields whose value may be given inline, as {"env": NAME} or as {"file": PATH}, one per kind that has a secret;
 # resolution and masking are the same for all.
 SECRET_FIELDS = ("client_secret", "refresh_token", "private_key_password", "identity_header")
-
-# Strict: nothing is coerced. Built on first use, not at import: every `d365` command imports this module, few read a
-# connection.
-_STRICT = ConfigDict(strict=True, frozen=True, extra="forbid", defer_build=True)
-
-_FILE_HINTS = {"ca_file": ": give the path of a PEM bundle of certificate authorities"}
 
 
 def default_authority_host(organization_host: str) -> str | None:
@@ -197,53 +192,7 @@ def _environment_root(url: str, api_version: str | None, allow_insecure_loopback
     return f"{scheme}://{netloc}", api_version or url_version or DEFAULT_API_VERSION
 
 
-# --- field validators: one setting each, run by pydantic while the model is built --------------------------------
-
-
-def _base_dir(info: ValidationInfo) -> Path | None:
-    base = (info.context or {}).get("base_dir")
-    return None if base is None else Path(base)
-
-
-def _policy(info: ValidationInfo) -> OperatorPolicy:
-    policy = (info.context or {}).get("policy")
-    return policy if isinstance(policy, OperatorPolicy) else OperatorPolicy.from_env()
-
-
-def _local_path(value: Any, info: ValidationInfo) -> Any:
-    """A path setting, relative to the connection file's folder (the one the platform or ``from_file`` passes)."""
-    if not isinstance(value, str):
-        return value  # the strict Path check reports the type
-    path = Path(value).expanduser()
-    base_dir = _base_dir(info)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    _policy(info).check_path(path, str(info.field_name))
-    return path
-
-
-def _input_file(value: Any, info: ValidationInfo) -> Any:
-    """A file the connector reads: refused now when missing, rather than at the first token request."""
-    path = _local_path(value, info)
-    if isinstance(path, Path) and not path.is_file():
-        name = str(info.field_name)
-        raise ConnectionConfigError(
-            f"{name} {path} does not exist{_FILE_HINTS.get(name, '')} "
-            "(relative paths start at the connection file's folder)",
-            field=name,
-        )
-    return path
-
-
-def _secret(value: Any, info: ValidationInfo) -> Any:
-    """Check an ``{"env"}`` or ``{"file"}`` reference against the operator policy before reading it."""
-    name, base_dir = str(info.field_name), _base_dir(info)
-    if isinstance(value, Mapping) and isinstance(value.get("env"), str):
-        _policy(info).check_env(value["env"], name)
-    if isinstance(value, Mapping) and isinstance(value.get("file"), str):
-        path = Path(value["file"]).expanduser()
-        _policy(info).check_path(path if path.is_absolute() or base_dir is None else base_dir / path, name)
-    return None if value is None else resolve_secret(value, name, base_dir)
+# --- field validators of the settings that span no other ----------------------------------------------------------
 
 
 def _api_version(value: str | None) -> str | None:
@@ -261,21 +210,13 @@ def _identity_endpoint(value: str | None) -> str | None:
     return value.strip() if value else None
 
 
-# What a secret setting accepts, in JSON Schema terms: the value, or an {"env"} / {"file"} object.
-_SECRET_JSON = WithJsonSchema({"type": ["string", "object"], "writeOnly": True})
-SecretSetting = Annotated[Secret, BeforeValidator(_secret), _SECRET_JSON]
-OptionalSecret = Annotated[Secret | None, BeforeValidator(_secret), _SECRET_JSON]
-InputFile = Annotated[Path | None, BeforeValidator(_input_file)]
-LocalPath = Annotated[Path | None, BeforeValidator(_local_path)]
-
-
 # --- the models: what each kind's configuration says ---------------------------------------------------------------
 
 
 class _Settings(BaseModel):
     """The settings every kind shares."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     kind: str
     organization_url: str
@@ -358,14 +299,34 @@ def _authority_for(netloc: str) -> str:
     return authority
 
 
+def _pooled(
+    config: ConnectionConfig, identities: Sequence[ClientSecretIdentity | CertificateIdentity]
+) -> ConnectionConfig:
+    """``config`` with one configuration per additional identity (its own sign-in, everything else shared); an
+    application user named twice is refused, since the pool's point is one budget per user."""
+    seen = {config.client_id.lower()}
+    for index, identity in enumerate(identities):
+        if identity.client_id.lower() in seen:
+            raise ConnectionConfigError(
+                f"additional_identities[{index}].client_id repeats an application user of this connection: each "
+                "identity must be a different app registration (one service protection budget each)",
+                field="additional_identities",
+            )
+        seen.add(identity.client_id.lower())
+    pool = tuple(config.model_copy(update=identity.settings()) for identity in identities)
+    return config.model_copy(update={"additional_identities": pool}) if pool else config
+
+
 class ClientCredentialsSettings(_AppSettings):
     """An app registration with a client secret (``schemas/connections/client_credentials.json``)."""
 
     kind: Literal["client_credentials"]
     client_secret: SecretSetting
+    additional_identities: Pool = None
 
     def to_config(self) -> ConnectionConfig:
-        return ConnectionConfig(**self._common(), client_secret=self.client_secret)
+        config = ConnectionConfig(**self._common(), client_secret=self.client_secret)
+        return _pooled(config, self.additional_identities or [])
 
 
 class CertificateSettings(_AppSettings):
@@ -376,15 +337,17 @@ class CertificateSettings(_AppSettings):
     private_key_file: InputFile = None
     pfx_file: InputFile = None
     private_key_password: OptionalSecret = None
+    additional_identities: CertificatePool = None
 
     def to_config(self) -> ConnectionConfig:
-        return ConnectionConfig(
+        config = ConnectionConfig(
             **self._common(),
             certificate_file=self.certificate_file,
             private_key_file=self.private_key_file,
             pfx_file=self.pfx_file,
             private_key_password=self.private_key_password,
         )
+        return _pooled(config, self.additional_identities or [])
 
 
 class AuthorizationCodeSettings(_AppSettings):
@@ -472,7 +435,7 @@ class ConnectionConfig(BaseModel):
     ``tenant_id`` and ``authority_host`` when not given); ``scopes`` has ``{org}`` replaced.
     """
 
-    model_config = _STRICT
+    model_config = STRICT
 
     kind: str
     organization_url: str
@@ -502,6 +465,12 @@ class ConnectionConfig(BaseModel):
     identity_endpoint: str | None = None
     identity_style: str | None = None
     identity_header: Secret | None = Field(default=None, repr=False)
+    # client_credentials and certificate: one configuration per more application user, sign-in settings their own
+    additional_identities: tuple[ConnectionConfig, ...] = Field(default=(), repr=False)
+
+    def identities(self) -> tuple[ConnectionConfig, ...]:
+        """One configuration per application user of the connection, its own first: more than one is a pool."""
+        return (self, *self.additional_identities)
 
     @property
     def api_url(self) -> str:
@@ -521,6 +490,7 @@ class ConnectionConfig(BaseModel):
         for name in SECRET_FIELDS:
             value = getattr(self, name, None)
             data[name] = value.reveal() if isinstance(value, Secret) else None
+        data["additional_identities"] = [identity.fingerprint() for identity in self.additional_identities]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(b"d365-connector/connection/v1\0" + text.encode()).hexdigest()
 

@@ -131,10 +131,19 @@ class SharedGovernor(Governor):
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
+        self._shared_until = float("-inf")
 
     @property
     def lease_s(self) -> float:
         return self._lease_ms / 1000
+
+    @property
+    def paused_until(self) -> float:
+        """When this user's pause ends as this process last learnt it, on its monotonic clock: its own 429s, and the
+        pause of another process that a send of this one met in Redis (an identity pool then steers its next sends
+        to its other users instead of queueing them behind this one)."""
+        with self._cond:
+            return max(self._not_before, self._shared_until)
 
     def throttle(self, seconds: float, *, reason: str = "429") -> None:
         """Pause this process (as the in-process governor does) and every other process of the same user."""
@@ -163,6 +172,9 @@ class SharedGovernor(Governor):
                 self._start_heartbeat()
                 return lease
             wait = int(wait_ms)
+            if wait > 0:
+                with self._cond:
+                    self._shared_until = max(self._shared_until, self._clock.monotonic() + wait / 1000)
             self._clock.sleep(wait / 1000 if wait > 0 else self._poll_s)
 
     def _shared_limit(self) -> int:

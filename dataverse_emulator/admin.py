@@ -114,6 +114,12 @@ class Admin:
                 return JSONResponse({"error": str(e)}, 400)
         return JSONResponse({"now": clock(), "offset_s": clock.offset})
 
+    async def add_app(self, request: Request) -> Response:
+        """``POST /_emulator/apps``: one more app registration (client secret) with its own application user and
+        service protection budget; answers ``{"client_id", "client_secret"}``."""
+        app = self.emu.add_application_user()
+        return JSONResponse({"client_id": app.client_id, "client_secret": app.secret})
+
     async def clear_log(self, request: Request) -> Response:
         """``DELETE /_emulator/requests``: empty the request log only."""
         self.emu.log.clear()

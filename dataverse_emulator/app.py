@@ -175,6 +175,7 @@ def create_app(
             Route("/_emulator/reset", adm.reset, methods=["POST"]),
             Route("/_emulator/metadata/seed", adm.seed_metadata, methods=["POST"]),
             Route("/_emulator/clock", adm.clock, methods=["GET", "POST"]),
+            Route("/_emulator/apps", adm.add_app, methods=["POST"]),
         ]
         routes += emu.webhooks.admin_routes()
     app = EmulatorApp(routes=routes)

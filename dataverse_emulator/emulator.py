@@ -52,6 +52,7 @@ class Emulator:
         )
         self.organization_id = str(uuid.UUID(int=stable.getrandbits(128), version=4))
         self.webhooks = Webhooks(self)
+        self.pooled_apps: list[App] = []  # more application users (admin: POST /_emulator/apps)
         self._setup_principals(stable)
         self.log: deque[dict[str, Any]] = deque(maxlen=100000)
         self.in_flight = 0
@@ -107,6 +108,7 @@ class Emulator:
             )
         users: list[tuple[str, str, str | None, str | None]] = [(self.system_user, "SYSTEM", None, None)]
         users += [(a.object_id, f"# {kind} app", a.client_id, a.object_id) for kind, a in self.apps_by_kind.items()]
+        users += [(a.object_id, f"# pooled app {n}", a.client_id, a.object_id) for n, a in enumerate(self.pooled_apps)]
         users.append((self.identity.user_oid, "Emulator Test User", None, self.identity.user_oid))
         for uid, name, appid, oid in users:
             if not s.exists("systemuser", uid):
@@ -127,6 +129,16 @@ class Emulator:
                         "versionnumber": s.next_version(),
                     },
                 )
+
+    def add_application_user(self) -> App:
+        """One more app registration with a client secret, bound to its own application user: Dataverse keeps the
+        service protection limits per user, so it has a budget of its own (an identity pool's second member)."""
+        idp = self.identity
+        app = App(idp.guid(), idp.guid(), "client_credentials", secret=idp.secret())
+        idp.apps[app.client_id] = app
+        self.pooled_apps.append(app)
+        self.ensure_principal_rows()
+        return app
 
     def ensure_user(self, app: App | None, oid: str) -> None:
         """Called by the token endpoint; every app and the test user already have systemuser rows."""

@@ -85,6 +85,13 @@ class AdminClient:
         r.raise_for_status()
         return float(r.json()["now"])
 
+    def add_app(self) -> dict[str, str]:
+        """One more application user with its own service protection budget: ``{"client_id", "client_secret"}``, an
+        identity for a pool's ``additional_identities``."""
+        r = self._client.post("/_emulator/apps")
+        r.raise_for_status()
+        return {"client_id": str(r.json()["client_id"]), "client_secret": str(r.json()["client_secret"])}
+
     def reset(self) -> None:
         """Drop all rows, keys and the log."""
         self._client.post("/_emulator/reset").raise_for_status()

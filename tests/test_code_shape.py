@@ -169,6 +169,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "transport",
         ("transport", "api_errors", "governor", "governor_shared", "client", "token_store", "auth", "auth.*"),
     ),
+    ("sign-in", ("connection_fields", "identity_pool")),  # under the kernel: what a connection signs in as
     ("kernel", ("metadata", "connection_config", "connection", "problems", "addressing", "body", "written")),
     (
         "operations",

@@ -78,11 +78,15 @@ def test_a_secret_put_into_a_connection_is_never_returned(client: httpx.Client, 
         "client_id": "00000000-0000-0000-0000-00000000abcd",
         "client_secret": SENTINELS["client_secret"],
         "allow_insecure_loopback": True,
+        # an identity pool: the second application user's secret is as write-only as the first's
+        "additional_identities": [
+            {"client_id": "00000000-0000-0000-0000-00000000abce", "client_secret": SENTINELS["client_secret"] + "-2"}
+        ],
     }
     put = client.put("/connections/leaky", json=leaky, headers=BEARER)
     assert put.status_code == 200, put.text
     user = {**leaky, "kind": "authorization_code", "refresh_token": SENTINELS["refresh_token"]}
-    del user["client_secret"]
+    del user["client_secret"], user["additional_identities"]
     user["authorize_url"] = user["token_url"].replace("/token", "/authorize")
     assert client.put("/connections/user", json=user, headers=BEARER).status_code == 200
     answers = [put.text]
@@ -110,6 +114,14 @@ def test_a_secret_put_into_a_connection_is_never_returned(client: httpx.Client, 
         ({"token_url": "https://login.evil.example/t/oauth2/v2.0/token"}, "/token_url"),
         ({"client_secret": {"file": "/etc/hostname"}}, "/client_secret"),
         ({"client_secret": {"env": "HOME"}}, "/client_secret"),
+        (
+            {
+                "additional_identities": [
+                    {"client_id": "00000000-0000-0000-0000-00000000abce", "client_secret": {"env": "HOME"}}
+                ]
+            },
+            "/additional_identities",
+        ),
         ({"ca_file": "/etc/ssl/certs/ca-certificates.crt"}, "/ca_file"),
     ],
 )
