@@ -236,6 +236,15 @@ class Connection:
         """The current access token, fetched or refreshed as needed; never log it."""
         return self._provider.token()
 
+    def pool_members(self) -> list[Connection]:
+        """One connection per application user of an identity pool (none without a pool), sharing this one's transport
+        and clock: for checks that must reach every user, such as ``test_connection``. The caller closes them."""
+        configs = self._config.identities()
+        if len(configs) == 1:
+            return []
+        alone = [c.model_copy(update={"additional_identities": ()}) for c in configs]
+        return [Connection(c, transport=self._transport, clock=self._clock) for c in alone]
+
     def close(self) -> None:
         """Close the HTTP connections; the Connection cannot be used afterwards."""
         with self._lock:

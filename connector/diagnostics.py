@@ -238,8 +238,41 @@ def diagnose(error: ConnectorError, connection: Connection, stage: str = "whoami
 def test_connection(connection: Connection, inputs: TestConnection | None = None) -> dict[str, Any]:
     """Fetch a token, check its audience, call WhoAmI; report each step, and on failure the diagnosis and fix.
 
+    An identity pool is tested user by user: a pooled request may leave through any of them, so one user with a
+    revoked secret fails the test, named, with its own checks (suffixed with its client id) and ``identities``.
     The action takes no inputs; ``inputs`` is there so every action's library function has one shape.
     """
+    members = connection.pool_members()
+    if not members:
+        return _test_one(connection)
+    start = connection.clock.monotonic()
+    try:
+        results = [(m.config.client_id, _test_one(m)) for m in members]
+    finally:
+        for member in members:
+            member.close()
+    result = dict(results[0][1])
+    result["checks"] = [
+        {**check, "name": check["name"] if i == 0 else f"{check['name']} ({client_id})"}
+        for i, (client_id, one) in enumerate(results)
+        for check in one["checks"]
+    ]
+    result["identities"] = [
+        {"client_id": client_id, **{k: one[k] for k in ("ok", "user_id", "diagnosis", "fix")}}
+        for client_id, one in results
+    ]
+    failed = [(client_id, one) for client_id, one in results if not one["ok"]]
+    result["ok"] = not failed
+    if failed:
+        client_id, one = failed[0]
+        result["diagnosis"] = f"Application user {client_id} of the pool: {one['diagnosis']}"
+        result["fix"] = one["fix"]
+    result["elapsed_ms"] = round((connection.clock.monotonic() - start) * 1000)
+    return result
+
+
+def _test_one(connection: Connection) -> dict[str, Any]:
+    """The test of one application user (the whole test of a connection without a pool)."""
     clock = connection.clock
     start = clock.monotonic()
     checks: list[dict[str, Any]] = []

@@ -20,6 +20,7 @@ import pytest
 from connector import RetryPolicy
 from connector.clock import FakeClock, SystemClock
 from connector.connection import Connection
+from connector.diagnostics import test_connection
 from connector.governor_shared import SharedGovernor
 from connector.identity_pool import Identity, PoolGovernor
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
@@ -131,3 +132,22 @@ def test_a_pause_another_process_set_on_redis_steers_the_pool_to_its_other_user(
     finally:
         for governor in (*members, other_process):
             governor.close()
+
+
+def test_test_connection_checks_every_user_of_a_pool(emu: EmulatorHandle) -> None:
+    """A pooled request may leave through any user, so test_connection tries each, and names the one that fails."""
+    second = emu.admin.add_app()
+    with connect({**emu.connection_config(), "additional_identities": [second]}) as conn:
+        good = test_connection(conn)
+    assert good["ok"] is True
+    assert [i["client_id"] for i in good["identities"]] == [emu.connection_config()["client_id"], second["client_id"]]
+    assert all(i["ok"] for i in good["identities"]) and len({i["user_id"] for i in good["identities"]}) == 2
+    assert f"whoami ({second['client_id']})" in [c["name"] for c in good["checks"]]
+
+    revoked = {**second, "client_secret": "not-the-secret"}
+    with connect({**emu.connection_config(), "additional_identities": [revoked]}) as conn:
+        bad = test_connection(conn)
+    assert bad["ok"] is False
+    assert [i["ok"] for i in bad["identities"]] == [True, False]
+    assert bad["diagnosis"].startswith(f"Application user {second['client_id']} of the pool: ")
+    assert bad["fix"] and "not-the-secret" not in str(bad)
