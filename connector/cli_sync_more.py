@@ -114,7 +114,7 @@ def run_follow(
             events = tail(path, start, clock=clock, poll_s=flags.poll_s, until_eof=flags.until_eof, stop=stop)
         try:
             follow(events, follower.flush, clock=clock, max_rows=flags.flush_rows, max_wait_s=flags.flush_seconds,
-                   stop=stop)  # fmt: skip
+                   stop=stop, pending=follower.pending)  # fmt: skip
         except KeyboardInterrupt:
             click.echo("sync: follow interrupted; an unfinished batch is resumed by the next start", err=True)
             return cli_progress.EXIT_INTERRUPTED

@@ -13,10 +13,18 @@ process dies are lost (at-most-once); SIGTERM and Ctrl-C stop reading, flush wha
 
 Events for one match key within a batch are merged as a source's duplicates are: the last wins and is written, the
 earlier ones are ledgered ``duplicate_of`` it.
+
+Retries: a consumed event is never read again, so a row Dataverse refused (a throttle that outlasted the retries, a
+lost answer, a lookup whose parent row arrives in a later event) would be lost to the stream. Such rows are carried
+into the next ``RETRY_BATCHES`` batches, after that batch's own events (a parent event in it is written first) and
+dropped when a newer event for the same key arrives (the newer one wins). They are kept in the state store
+(``sync_follow_retries``) before the offset moves, so a restart carries them on. A row refused before sending (its
+mapping, code ``InputError``) is not retried: it would be refused again.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +48,18 @@ if TYPE_CHECKING:
     from connector.connection import Connection
     from connector.sync.definition import SyncDefinition
 
-__all__ = ["Batch", "Batcher", "Event", "Follower", "follow", "follow_path", "saved_offset", "stdin_events", "tail"]
+__all__ = [
+    "RETRY_BATCHES",
+    "Batch",
+    "Batcher",
+    "Event",
+    "Follower",
+    "follow",
+    "follow_path",
+    "saved_offset",
+    "stdin_events",
+    "tail",
+]
 
 Row = dict[str, Any]
 Stop = Callable[[], bool]
@@ -54,6 +73,16 @@ _offsets = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False),  # bytes of the file consumed and committed
     sa.Column("updated", sa.String(40), nullable=False),
 )
+_retries = sa.Table(
+    "sync_follow_retries",
+    _md,
+    sa.Column("sync", sa.String(200), primary_key=True),
+    sa.Column("match_key", sa.Text, primary_key=True),
+    sa.Column("row", sa.Text, nullable=False),  # the source row as JSON
+    sa.Column("attempts", sa.Integer, nullable=False),  # batches that tried it
+)
+#: Later batches a failed row is carried into before it is given up (reported ``gave_up``).
+RETRY_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -110,20 +139,33 @@ def follow(
     max_rows: int,
     max_wait_s: float,
     stop: Stop,
+    pending: Callable[[], bool] | None = None,
 ) -> None:
     """Feed ``events`` (None: nothing arrived for a while) into micro-batches and ``flush`` each when due, and what is
     left when the events end (EOF) or ``stop()`` turns true (SIGTERM, Ctrl-C). A source told to stop gives the lines
-    it already read, then ends; an idle tick after ``stop()`` ends the loop for a source that does not end itself."""
+    it already read, then ends; an idle tick after ``stop()`` ends the loop for a source that does not end itself.
+
+    ``pending()`` says rows are waiting for a retry: a quiet stream then flushes an empty batch ``max_wait_s`` after
+    the last flush, and once more at the end, so they are tried without waiting for the next event."""
     batcher = Batcher(max_rows, max_wait_s)
+    last_flush = clock.monotonic()
+
+    def take(batch: Batch) -> None:
+        nonlocal last_flush
+        flush(batch)
+        last_flush = clock.monotonic()
+
     for event in events:
         if event is None and stop():
             break
         if event is not None:
             batcher.add(event, clock.monotonic())
         if batcher.batch and batcher.due(clock.monotonic()):
-            flush(batcher.take())
-    if batcher.batch:
-        flush(batcher.take())
+            take(batcher.take())
+        elif event is None and pending is not None and pending() and clock.monotonic() - last_flush >= max_wait_s:
+            take(Batch())
+    if batcher.batch or (pending is not None and pending()):
+        take(batcher.take())
 
 
 def _event(line: bytes, number: int, offset: int | None) -> Event:
@@ -249,8 +291,19 @@ class Follower:
         self.connection, self.store, self.path = connection, store, path
         self.job = job_from_definition(definition)
         self.after_run, self.report, self.hook, self.full = after_run, report, hook, full
-        self.exit_code = EXIT_DONE
+        self._exit_code = EXIT_DONE
         self.runs: list[SyncResult] = []
+        self.carried: dict[str, tuple[Row, int]] = _load_retries(store)  # match key -> (row, retry batches so far)
+        self.gave_up: list[dict[str, Any]] = []
+
+    @property
+    def exit_code(self) -> int:
+        """Partial while a failed row is still carried or was given up: it is not in Dataverse."""
+        return max(self._exit_code, EXIT_PARTIAL if self.carried or self.gave_up else EXIT_DONE)
+
+    def pending(self) -> bool:
+        """Whether rows wait for a retry (``follow`` then flushes a quiet stream on time)."""
+        return bool(self.carried)
 
     def start(self) -> int:
         """Where the tailed file is resumed: the checkpoint, refused when the file is now shorter (replaced)."""
@@ -272,23 +325,86 @@ class Follower:
 
     def flush(self, batch: Batch) -> None:
         result: SyncResult | None = None
-        if batch.rows:
-            rows = batch.rows
+        retried = self._still_carried(batch.rows)
+        rows = batch.rows + [row for _, row, _ in retried]
+        gave_up_before = len(self.gave_up)
+        if rows:
             result = run_sync(self.connection, self.job, self.mapper, lambda: [rows], self.store, full=self.full)
             self.runs.append(result)
-            self.exit_code = max(self.exit_code, result.exit_code)
+            carried_now = self._carry_failures(result, rows, len(batch.rows), retried)
+            counts = result.counts
+            only_carried = counts.get("not_sent", 0) == 0 and counts.get("failed", 0) == carried_now
+            self._exit_code = max(self._exit_code, EXIT_DONE if only_carried else result.exit_code)
             if self.after_run is not None:
                 self.after_run(result)
         if batch.rejected:
-            self.exit_code = max(self.exit_code, EXIT_PARTIAL)
+            self._exit_code = max(self._exit_code, EXIT_PARTIAL)
+        _save_retries(self.store, self.carried)  # before the offset moves past the events they came from
         if self.hook is not None:
             self.hook("before_checkpoint")
         if batch.offset is not None and self.path is not None:
             _save_offset(self.store, self.path, batch.offset)
         if self.report is not None:
             line: dict[str, Any] = {"events": len(batch.rows), **(result.to_dict() if result else {})}
+            if retried:
+                line["retried"] = len(retried)
+            if self.carried:
+                line["carried"] = len(self.carried)
+            if len(self.gave_up) > gave_up_before:
+                line["gave_up"] = self.gave_up[gave_up_before:]
             if batch.rejected:
                 line["rejected_lines"] = batch.rejected
             if batch.offset is not None:
                 line["offset"] = batch.offset
             self.report(line)
+
+    def _still_carried(self, rows: list[Row]) -> list[tuple[str, Row, int]]:
+        """The carried rows to try with this batch: all of them but those a newer event in it replaces."""
+        if not self.carried:
+            return []
+        newer = {mapped.match_key for mapped in self.mapper.map_rows(rows, 0)} if rows else set()
+        for key in newer & self.carried.keys():
+            del self.carried[key]
+        return [(key, row, tries) for key, (row, tries) in self.carried.items()]
+
+    def _carry_failures(
+        self, result: SyncResult, rows: list[Row], first_retry: int, retried: list[tuple[str, Row, int]]
+    ) -> int:
+        """Carry this run's rows Dataverse refused into the next batches; give up after ``RETRY_BATCHES``. Returns
+        how many of this run's failures are carried on (they do not make the session partial yet)."""
+        tries_of = {first_retry + i: tries + 1 for i, (_, _, tries) in enumerate(retried)}
+        self.carried = {}
+        if result.run is None or not result.counts.get("failed"):
+            return 0
+        carried = 0
+        for entry in self.store.ledger(result.run):
+            if entry.outcome != "failed" or entry.match_key is None or entry.code in (None, "InputError"):
+                continue
+            tries = tries_of.get(entry.source_index, 0)
+            if tries >= RETRY_BATCHES:
+                self.gave_up.append({"match_key": entry.match_key, "code": entry.code, "batches": tries + 1})
+                continue
+            self.carried[entry.match_key] = (rows[entry.source_index], tries)
+            carried += 1
+        return carried
+
+
+def _load_retries(store: StateStore) -> dict[str, tuple[Row, int]]:
+    """The rows an earlier session left carried, so a restart tries them on."""
+    _md.create_all(store.engine)
+    with store.engine.connect() as db:
+        found = db.execute(sa.select(_retries).where(_retries.c.sync == store.sync)).mappings()
+        return {r["match_key"]: (strict_loads(r["row"]), int(r["attempts"])) for r in found}
+
+
+def _save_retries(store: StateStore, carried: dict[str, tuple[Row, int]]) -> None:
+    with store.engine.begin() as db:
+        db.execute(_retries.delete().where(_retries.c.sync == store.sync))
+        if carried:
+            db.execute(
+                _retries.insert(),
+                [
+                    {"sync": store.sync, "match_key": key, "row": json.dumps(row), "attempts": tries}
+                    for key, (row, tries) in carried.items()
+                ],
+            )
