@@ -1,15 +1,19 @@
 """Scale-out, printed not asserted: four worker processes through one application user with and without the shared
-governor (total time and 429s the emulator counted), one worker through an identity pool of 1 and of 2 application
-users (rows/s and 429s: the limits are per user, so a second user raises the ceiling), then a 4-partition sync with
+governor (total time and 429s the emulator counted), one worker (one POST a row) through an identity pool of 1 and of 2
+application users (rows/s and 429s: the limits are per user, so a second user raises the ceiling), then a 4-partition
+sync with
 its state in PostgreSQL.
 
 The emulator runs in its own process (``served.py``) with the service protection model on at the dop hint's
 concurrency (``--max-concurrency 4 --dop-hint 4``, ``--time-scale`` dividing Retry-After and the window) and
 ``--latency-ms 20``; Redis and PostgreSQL are started from Debian's packages as the tests start them
-(``tests/services.py``). Each worker is ``python -m tests.scale.writer`` (creates through ``Governor.map``); each
-partition is ``d365 sync run --partition K/4``. Waits are real. Never part of the test suite.
+(``tests/services.py``). Each worker is ``python -m tests.scale.writer`` (the bulk writer: CreateMultiple chunks of
+``--chunk`` rows through the governor; ``--chunk 0``: one POST per row); each partition is ``d365 sync run
+--partition K/4`` (the sync's streaming bulk writer), all four started at once on an empty PostgreSQL database. Waits
+are real. Never part of the test suite.
 
-    .venv/bin/python benchmarks/scale.py [--rows 20000] [--pool-rows 10000] [--sync-rows 200000] [--time-scale 10]
+    .venv/bin/python benchmarks/scale.py [--rows 20000] [--chunk 1000] [--pool-rows 10000] [--sync-rows 200000]
+        [--time-scale 10]
 """
 
 from __future__ import annotations
@@ -44,13 +48,15 @@ def throttled(emu: Served) -> int:
     return sum(1 for r in emu.admin.requests() if r.get("status") == 429)
 
 
-def writers(emu: Served, rows: int, env: dict[str, str], prefix: str) -> tuple[float, int, int]:
+def writers(emu: Served, rows: int, chunk: int, env: dict[str, str], prefix: str) -> tuple[float, int, int]:
     """(seconds, 429s, rows not created) of four writer processes of ``rows`` each."""
     emu.admin.clear_requests()
     started = time.perf_counter()
     args = [sys.executable, "-m", "tests.scale.writer", str(emu.connection_file)]
     procs = [
-        subprocess.Popen([*args, f"{prefix}{k}", str(rows)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*args, f"{prefix}{k}", str(rows), str(chunk)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+        )
         for k in range(4)
     ]
     results = [json.loads(p.communicate()[0]) for p in procs]
@@ -76,7 +82,8 @@ def pooled(emu: Served, rows: int, env: dict[str, str]) -> list[tuple[str, float
     return results
 
 
-def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]) -> float:
+def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]) -> tuple[float, int]:
+    """(seconds, rows created) of four partition workers started together."""
     folder = Path(tempfile.mkdtemp(prefix="d365-scale-"))
     with (folder / "companies.csv").open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
@@ -92,7 +99,6 @@ def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]
     }
     (folder / "sync.json").write_text(json.dumps(definition), encoding="utf-8")
     env = {**env, "D365_CONNECTION": str(emu.connection_file)}
-    subprocess.run([D365, "sync", "status", str(folder / "sync.json")], env=env, check=True, capture_output=True)
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -104,14 +110,14 @@ def partitioned_sync(emu: Served, rows: int, state_url: str, env: dict[str, str]
         )
         for k in range(4)
     ]
-    for p in procs:
-        p.communicate()
-    return time.perf_counter() - started
+    created = sum(json.loads(p.communicate()[0] or "{}").get("counts", {}).get("created", 0) for p in procs)
+    return time.perf_counter() - started, created
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000, help="rows per writer process (4 processes)")
+    parser.add_argument("--chunk", type=int, default=1000, help="the writers' CreateMultiple chunk (0: one POST a row)")
     parser.add_argument("--pool-rows", type=int, default=10_000, help="rows of the identity pool scenarios")
     parser.add_argument("--sync-rows", type=int, default=200_000, help="rows of the 4-partition sync")
     parser.add_argument("--time-scale", type=float, default=10.0)
@@ -130,7 +136,7 @@ def main() -> None:
                 },
             ),
         ):
-            seconds, t429, failed = writers(emu, args.rows, run_env, "in" if run_env is env else "sh")
+            seconds, t429, failed = writers(emu, args.rows, args.chunk, run_env, "in" if run_env is env else "sh")
             rate = 4 * args.rows / seconds
             print(f"{name:<40}{seconds:>9.1f}{rate:>9.0f}{t429:>7}{failed:>13}", flush=True)
     with served(latency_ms=20, **options) as emu:
@@ -141,9 +147,10 @@ def main() -> None:
 
         with Connection.from_config(emu.config, base_dir=emu.connection_file.parent) as conn:
             conn.client.request("POST", "EntityDefinitions(LogicalName='account')/Keys", json=KEY)
-        seconds = partitioned_sync(emu, args.sync_rows, pg_url, env)
+        seconds, created = partitioned_sync(emu, args.sync_rows, pg_url, env)
         rate = args.sync_rows / seconds
-        print(f"{'4-partition sync, PostgreSQL state':<40}{seconds:>9.1f}{rate:>9.0f}{'-':>7}{'-':>13}")
+        missing = args.sync_rows - created
+        print(f"{'4-partition sync, PostgreSQL state':<40}{seconds:>9.1f}{rate:>9.0f}{'-':>7}{missing:>13}")
 
 
 if __name__ == "__main__":

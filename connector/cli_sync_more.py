@@ -182,7 +182,7 @@ def run_all_command(
             ttl_s = _duration(lease_for, "--lease")
             found = load_folder(base, policy)
             url = state_url or f"sqlite:///{base / 'run-all.sync.sqlite'}"
-            check_url_policy(url, policy, "--state")
+            check_url_policy(url, policy, "--state", state=True)
             runtime, connection = _runtime_connection(connection_file)
             lock = Lease(url, "run-all", ttl_s=ttl_s, clock=clock)
             done_rounds: list[int] = []

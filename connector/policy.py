@@ -6,7 +6,8 @@ send the runner's secrets anywhere. The policy is read from the runner's environ
 comes in two presets: ``local`` (the CLI's default: the person is the operator, files and variables are free) and
 ``hosted`` (the library's and the runtime's default: files only under listed directories, variables only with listed
 prefixes). In both, tokens are asked only of Microsoft's identity hosts, operator-listed hosts, or loopback when the
-organization itself is on loopback (the emulator).
+organization itself is on loopback (the emulator). A sync's state store outside a SQLite file (PostgreSQL, for workers
+on several machines) is a place rows and credentials go: in ``hosted`` only databases the operator lists.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ class OperatorPolicy:
     allowed_authorities: frozenset[str] = frozenset()
     allowed_paths: tuple[Path, ...] = ()
     allowed_env_prefixes: tuple[str, ...] = ()
+    allowed_state_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, default: Preset = "hosted", environ: Mapping[str, str] | None = None) -> OperatorPolicy:
         """The policy the operator set: ``D365_POLICY``, ``D365_ALLOWED_AUTHORITIES`` (comma-separated hosts),
-        ``D365_ALLOWED_PATHS`` (``:``-separated folders), ``D365_ALLOWED_ENV_PREFIXES`` (comma-separated)."""
+        ``D365_ALLOWED_PATHS`` (``:``-separated folders), ``D365_ALLOWED_ENV_PREFIXES`` (comma-separated),
+        ``D365_ALLOWED_STATE_URLS`` (comma-separated SQLAlchemy URLs, credentials left out)."""
         env = os.environ if environ is None else environ
         preset = env.get("D365_POLICY", "").strip().lower() or default
         if preset not in ("local", "hosted"):
@@ -79,6 +82,7 @@ class OperatorPolicy:
             allowed_authorities=frozenset(h.lower() for h in _split(env.get("D365_ALLOWED_AUTHORITIES"), ",")),
             allowed_paths=tuple(Path(p).expanduser().resolve() for p in _split(env.get("D365_ALLOWED_PATHS"), ":")),
             allowed_env_prefixes=_split(env.get("D365_ALLOWED_ENV_PREFIXES"), ","),
+            allowed_state_urls=_split(env.get("D365_ALLOWED_STATE_URLS"), ","),
         )
 
     # -- URLs: checked on the raw settings, before any secret is read ------------------------------------------
@@ -146,3 +150,57 @@ class OperatorPolicy:
             "D365_ALLOWED_ENV_PREFIXES=PREFIX_ (or D365_POLICY=local where the person running it is the operator)",
             field=name,
         )
+
+    # -- databases: a state store the operator listed ------------------------------------------------------------
+    def allows_state_url(self, url: str) -> bool:
+        """Whether ``url`` is a database the operator listed in ``D365_ALLOWED_STATE_URLS``.
+
+        Compared part by part as SQLAlchemy parses it (the parse the driver connects with), never as text, so
+        ``postgresql://allowed.host@evil.host/db`` (a user name, then another host), another port, database or query
+        (libpq's ``?host=`` would redirect the connection) is refused. A listed entry names the backend, host, port
+        (the backend's default when left out), database and query; a driver (``+psycopg``) or user name only when it
+        names one. Passwords are not compared: they come from the definition or the operator's libpq environment."""
+        target = _database_target(url)
+        return target is not None and any(
+            _entry_matches(entry, target) for entry in map(_database_target, self.allowed_state_urls) if entry
+        )
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
+
+
+@dataclass(frozen=True)
+class _Target:
+    backend: str
+    driver: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    username: str | None
+    query: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _database_target(url: str) -> _Target | None:
+    """What a SQLAlchemy URL connects to, credentials left out; None when it does not parse."""
+    from sqlalchemy.engine import make_url  # lazy: SQLAlchemy's import is not free and most policies never need it
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url.strip())
+    except (ArgumentError, ValueError):
+        return None
+    backend, _, driver = parsed.drivername.partition("+")
+    host = parsed.host.lower().rstrip(".") if parsed.host else None
+    query = tuple(sorted((k, v if isinstance(v, tuple) else (v,)) for k, v in parsed.query.items()))
+    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS.get(backend)
+    return _Target(backend, driver or None, host, port, parsed.database, parsed.username, query)
+
+
+def _entry_matches(entry: _Target, target: _Target) -> bool:
+    return (
+        entry.backend == target.backend
+        and entry.driver in (None, target.driver)
+        and entry.username in (None, target.username)
+        and (entry.host, entry.port, entry.database, entry.query)
+        == (target.host, target.port, target.database, target.query)
+    )

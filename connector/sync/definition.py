@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -242,7 +242,7 @@ class SyncDefinition(_Strict):
     max_delete_fraction: float = 0.2
     destination_filter: DestinationSpec | None = None
     audience: AudienceModel | None = None
-    state: str | None = None
+    state: str | None = Field(default=None, repr=False)  # a database URL may hold a password
 
     @model_validator(mode="after")
     def _mirror_fields(self) -> Self:
@@ -389,7 +389,7 @@ def check_policy(definition: SyncDefinition, policy: OperatorPolicy) -> None:
         policy.check_path(Path(spec.duckdb), "source.duckdb")
     if spec.url is not None:
         check_url_policy(spec.url, policy, "source.url")
-    check_url_policy(definition.state or "", policy, "state")
+    check_url_policy(definition.state or "", policy, "state", state=True)
 
 
 def _glob_split(path: str) -> tuple[str, str]:
@@ -401,17 +401,24 @@ def _glob_split(path: str) -> tuple[str, str]:
     return folder, path[len(folder) :]
 
 
-def check_url_policy(url: str, policy: OperatorPolicy, name: str) -> None:
-    """In ``hosted``, a SQLAlchemy URL must be a SQLite file under the allowed folders."""
-    if policy.preset == "local":
+def check_url_policy(url: str, policy: OperatorPolicy, name: str, *, state: bool = False) -> None:
+    """In ``hosted``, a SQLAlchemy URL must be a SQLite file under the allowed folders or, for a ``state`` store, a
+    database the operator listed in D365_ALLOWED_STATE_URLS (never a source: the listing is for state)."""
+    if policy.preset == "local" or (state and policy.allows_state_url(url)):
         return
     parsed = make_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        listed = (
+            " or a database the operator lists in D365_ALLOWED_STATE_URLS=dialect://host:port/database (no "
+            "credentials; this one is not listed)"
+            if state
+            else ""
+        )
         raise ConnectionConfigError(
             f"{name} names a {parsed.get_backend_name()} database that is not a SQLite file: a hosted connector "
-            "reads and writes only SQLite files under D365_ALLOWED_PATHS (D365_POLICY=local where the person "
-            "running it is the operator)",
+            f"reads and writes only SQLite files under D365_ALLOWED_PATHS{listed} (D365_POLICY=local where the "
+            "person running it is the operator)",
             field=name,
         )
     policy.check_path(Path(database), name)

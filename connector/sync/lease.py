@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from connector.clock import Clock
 from connector.errors import ConnectorError
+from connector.sync.state import create_schema
 
 __all__ = ["Lease", "LeaseInfo", "ScheduleLocked"]
 
@@ -57,7 +58,7 @@ class Lease:
         self.name, self.ttl_s, self.clock = name, ttl_s, clock
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = sa.create_engine(url, future=True)
-        _md.create_all(self.engine)
+        create_schema(self.engine, _md)  # safe when schedulers start together on a fresh store
 
     def close(self) -> None:
         self.engine.dispose()

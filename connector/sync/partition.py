@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.errors import InputError, InputProblem
+from connector.sync.state import create_schema
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -128,9 +129,8 @@ def _take(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:
 
 
 def create_lease_table(engine: Engine) -> None:
-    """Create the lease table when missing (workers starting together on an empty PostgreSQL may race to create
-    it: create the store first, e.g. with one ``d365 sync status``)."""
-    _md.create_all(engine)
+    """Create the lease table when missing (safe when workers start together on an empty store)."""
+    create_schema(engine, _md)
 
 
 @contextmanager

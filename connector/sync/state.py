@@ -11,8 +11,10 @@ Outcomes of the ledger: ``created``, ``updated``, ``unchanged``, ``skipped``, ``
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +32,7 @@ __all__ = [
     "RowState",
     "RunRecord",
     "StateStore",
+    "create_schema",
 ]
 
 SCHEMA_VERSION = 2
@@ -38,6 +41,8 @@ OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed", "duplicate_o
 REMOVAL_OUTCOMES = ("removed", "deactivated", "cleared", "skipped_by_filter")
 """A mirror's outcomes (:mod:`connector.sync.mirror`): ledgered after the source rows, one per row it left."""
 _IN_CHUNK = 500  # match keys per IN (...) query: well under SQLite's bound-parameter limit
+_WAL_ATTEMPTS = 20  # switches to WAL tried while other connections write the fresh file
+_SCHEMA_LOCK = 0x64333635  # the PostgreSQL advisory lock key this connector's schema creation takes ("d365")
 
 _md = sa.MetaData()
 _meta = sa.Table(
@@ -158,11 +163,67 @@ def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
     """Why WAL with ``synchronous=NORMAL``: a run commits several times per group, and SQLite's default journal
     syncs the disk at each (about 10 ms here, a fifth of a first sync's time). In WAL mode a commit is durable
     through a crash or ``kill -9`` of the process (what resume relies on); only a power cut may lose the last
-    commits, which a resumed run reads back from Dataverse by key or id like any unconfirmed group."""
+    commits, which a resumed run reads back from Dataverse by key or id like any unconfirmed group.
+
+    The switch to WAL (once per file: the mode is kept in it) fails at once, without SQLite's busy wait, while another
+    connection writes, as when workers start together on a fresh file: then it waits for that writer by taking and
+    dropping the write lock (which does wait) and tries again."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("ROLLBACK")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def create_schema(engine: Engine, metadata: sa.MetaData, then: Callable[[SAConnection], None] | None = None) -> None:
+    """Create ``metadata``'s missing tables, then run ``then`` in the same transaction; safe when several workers or
+    schedulers start at once on an empty store.
+
+    Why: ``create_all`` looks, then creates, so processes starting together all see no table and all but one fail
+    (PostgreSQL: a duplicate ``pg_type`` row; SQLite: "table ... already exists"). Each takes a lock first: PostgreSQL
+    a transaction-level advisory lock (its DDL is transactional, so the next holder finds the tables and creates
+    nothing), SQLite the write lock with ``BEGIN IMMEDIATE`` (the others wait for it, up to the busy timeout)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            db = conn.execution_options(isolation_level="AUTOCOMMIT")  # the driver's own BEGIN would come too late
+            db.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                metadata.create_all(db)
+                if then is not None:
+                    then(db)
+            except BaseException:
+                with contextlib.suppress(sa.exc.OperationalError):  # SQLite may have rolled back already
+                    db.exec_driver_sql("ROLLBACK")
+                raise
+            db.exec_driver_sql("COMMIT")
+            return
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
+            if then is not None:
+                then(conn)
+
+
+def _check_version(db: SAConnection) -> None:
+    found = db.execute(sa.select(_meta.c.value).where(_meta.c.name == "version")).scalar_one_or_none()
+    if found is None:
+        db.execute(_meta.insert().values(name="version", value=str(SCHEMA_VERSION)))
+    elif found == "1":  # the only change since: a column, added in place
+        db.execute(sa.text("ALTER TABLE sync_runs ADD COLUMN error TEXT"))
+        db.execute(_meta.update().where(_meta.c.name == "version").values(value=str(SCHEMA_VERSION)))
+    elif found != str(SCHEMA_VERSION):
+        raise RuntimeError(
+            f"the sync state store has schema version {found}; this connector reads version {SCHEMA_VERSION}: "
+            "use a matching connector version or point state to a new URL"
+        )
 
 
 class StateStore:
@@ -179,19 +240,7 @@ class StateStore:
         self.engine.dispose()
 
     def _ensure_schema(self) -> None:
-        _md.create_all(self.engine)
-        with self.engine.begin() as db:
-            found = db.execute(sa.select(_meta.c.value).where(_meta.c.name == "version")).scalar_one_or_none()
-            if found is None:
-                db.execute(_meta.insert().values(name="version", value=str(SCHEMA_VERSION)))
-            elif found == "1":  # the only change since: a column, added in place
-                db.execute(sa.text("ALTER TABLE sync_runs ADD COLUMN error TEXT"))
-                db.execute(_meta.update().where(_meta.c.name == "version").values(value=str(SCHEMA_VERSION)))
-            elif found != str(SCHEMA_VERSION):
-                raise RuntimeError(
-                    f"the sync state store has schema version {found}; this connector reads version {SCHEMA_VERSION}: "
-                    "use a matching connector version or point state to a new URL"
-                )
+        create_schema(self.engine, _md, _check_version)
 
     # -- runs -----------------------------------------------------------------------------------------------------
     def start_run(self, mode: str, *, full: bool) -> tuple[int, list[int]]:

@@ -23,7 +23,8 @@ from connector.sync.partition import Partition, partition_of
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
 from tests.sync.conftest import accounts
 
-ROWS, LEASE_S = 1200, 10.0  # the lease outlasts a worker's start on a loaded machine
+ROWS, LEASE_S = 1200, 30.0  # a killed worker's lease has 20-30 s left (renewed every third), which the refused
+# worker's start must not outlast on a loaded machine: 10 s (6.7-10 s left) did once, at load 10 on 2 cores
 D365 = str(Path(sys.executable).parent / "d365")
 
 
