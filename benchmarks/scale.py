@@ -1,8 +1,7 @@
 """Scale-out, printed not asserted: four worker processes through one application user with and without the shared
 governor (total time and 429s the emulator counted), one worker (one POST a row) through an identity pool of 1 and of 2
 application users (rows/s and 429s: the limits are per user, so a second user raises the ceiling), then a 4-partition
-sync with
-its state in PostgreSQL.
+sync with its state in PostgreSQL.
 
 The emulator runs in its own process (``served.py``) with the service protection model on at the dop hint's
 concurrency (``--max-concurrency 4 --dop-hint 4``, ``--time-scale`` dividing Retry-After and the window) and
