@@ -286,11 +286,34 @@ class Mapper:
             raise InputError(self.problems() or [InputProblem("$.target", "the target table is unknown")])
         return [self._map_row(row, start_index + offset) for offset, row in enumerate(rows)]
 
+    def match_keys(self, rows: Sequence[Mapping[str, Any]], start_index: int) -> list[str]:
+        """Each row's match key alone, equal to :meth:`map_rows`' ``match_key``: a partition worker reads every
+        source row to keep a fraction, so it maps only the entries that feed the match, not every column."""
+        if self.meta is None or self._problems:
+            raise InputError(self.problems() or [InputProblem("$.target", "the target table is unknown")])
+        match = self.definition.match
+        wanted = set(self.key_columns) if match.column is None else {match.column}
+        entries = [] if match.id is not None else [e for e in self.definition.mapping if e.target in wanted]
+        keys = []
+        for offset, row in enumerate(rows):
+            index, problems = start_index + offset, list[InputProblem]()
+            fields, create_only = self._fields(row, index, entries, problems)
+            keys.append(self._match(row, fields, create_only, index, problems)[2])
+        return keys
+
     def _map_row(self, row: Mapping[str, Any], index: int) -> MappedRow:
         problems: list[InputProblem] = []
+        fields, create_only = self._fields(row, index, self.definition.mapping, problems)
+        key, row_id, match_key = self._match(row, fields, create_only, index, problems)
+        return MappedRow(index, match_key, key, row_id, fields, create_only, problems)
+
+    def _fields(
+        self, row: Mapping[str, Any], index: int, entries: Sequence[MappingEntry], problems: list[InputProblem]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The values of ``entries`` for one row: (fields, create-only fields); coercion problems appended."""
         fields: dict[str, Any] = {}
         create_only: dict[str, Any] = {}
-        for entry in self.definition.mapping:
+        for entry in entries:
             where = f"$[{index}].{entry.target}"
             try:
                 present, value = self._value(entry, row, where)
@@ -299,8 +322,7 @@ class Mapper:
                 continue
             if present:
                 (create_only if entry.create_only else fields)[entry.target] = value
-        key, row_id, match_key = self._match(row, fields, create_only, index, problems)
-        return MappedRow(index, match_key, key, row_id, fields, create_only, problems)
+        return fields, create_only
 
     def _value(self, entry: MappingEntry, row: Mapping[str, Any], where: str) -> tuple[bool, Any]:
         """``(present, value)``: a null source is left out (``keep``) or sent as null (``clear``)."""

@@ -79,7 +79,7 @@ def run_definition(
     def source() -> Iterator[list[dict[str, Any]]]:
         if partition is None:
             return whole()
-        return partition_rows(whole(), lambda rows, at: [m.match_key for m in mapper.map_rows(rows, at)], partition)
+        return partition_rows(whole(), mapper.match_keys, partition)
 
     name = definition.name if partition is None else partition.state_name(definition.name)
     store = StateStore(str(definition.state), name)

@@ -289,6 +289,35 @@ def test_match_by_id_and_by_column(conn: Connection) -> None:
     assert sourced.key == {"emailaddress1": "b@example.com"}
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"match": {"id": "crm_id", "id_insert": True}},
+        {"match": {"column": "emailaddress1", "stamp": "accountnumber"}},
+        {"match": {"column": "emailaddress1", "source": "mail"}},
+    ],
+    ids=["key", "id", "column", "column-source"],
+)
+def test_match_keys_alone_equal_the_mapped_rows_match_keys(conn: Connection, changes: dict[str, Any]) -> None:
+    """What a partition worker computes for every source row, without mapping the other columns."""
+    mapping = [
+        *ACCOUNT,
+        {"source": "email", "target": "emailaddress1"},
+        {"source": "size", "target": "numberofemployees"},
+    ]
+    rows = [
+        {"number": 7, "company": "C", "email": "a@example.com", "mail": "m@example.com", "crm_id": GUID, "size": 5},
+        {"number": None, "company": "D", "email": None, "mail": None, "crm_id": "x", "size": "many"},
+        {"number": "B-2", "company": "E", "email": "b@example.com", "mail": "n@example.com", "crm_id": GUID.upper(),
+         "size": None},
+    ]  # fmt: skip
+    mapper = Mapper(definition(mapping, **changes), conn)
+    assert mapper.problems() == []
+    assert mapper.match_keys(rows, 10) == [m.match_key for m in mapper.map_rows(rows, 10)]
+    assert len(set(mapper.match_keys(rows, 0))) >= 2
+
+
 # -- identity ---------------------------------------------------------------------------------------------------------
 def test_fingerprint_and_row_hash_change_only_with_what_is_sent(conn: Connection) -> None:
     base = Mapper(definition(ACCOUNT), conn)
