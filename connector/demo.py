@@ -224,6 +224,11 @@ def main() -> int:
         try:
             step("test_connection", lambda: runtime.run_action("test_connection", {}, connection))
             step("get_current_user", lambda: runtime.run_action("get_current_user", {}, connection))
+            pool = runtime.connection({**config, "additional_identities": [emulator.admin.add_app()]})
+            step(
+                "test_connection through an identity pool of 2 application users",
+                lambda: runtime.run_action("test_connection", {}, pool)["identities"],
+            )
             records_demo(runtime, connection)
             bulk_demo(runtime, connection)
             webhook_demo(runtime, connection, emulator)
