@@ -19,7 +19,7 @@ from connector.body import build_body
 from connector.bulk_chunks import PlannedWrite, row_identity
 from connector.bulk_run import Merger
 from connector.metadata import TableMetadata
-from connector.odata import key_is_url_safe
+from connector.odata import CHOICE_TYPES, key_is_url_safe
 
 if TYPE_CHECKING:
     from connector.bulk import WriteOptions
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ListPlan", "planned"]
 
+_NONE: Mapping[str, Any] = {}
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 """Types no lookup is given as: checked by identity first, since ``isinstance(v, Mapping)`` costs a microsecond."""
 
@@ -89,26 +90,27 @@ class ListPlan:
         self.later: dict[int, list[int]] = {}  # the first record of a row -> the later records merged into it
         self.eager: dict[int, PlannedWrite] = {}  # records planned in this pass (their lookups needed a read)
         first: dict[tuple[Any, ...], int] = {}
-        for i in bodies:
+        pid, attributes = meta.primary_id, meta.attributes
+        for i in bodies:  # a hot loop (every record of the list, before the first request): kept lean
             record = records[i]
-            if _has_unbound_lookup(record.get("fields") or {}):
+            fields = record.get("fields") or _NONE
+            if _has_unbound_lookup(fields):
                 self.eager[i] = planned(connection, meta, mode, record, i, bodies[i], options)
-            ident = self._identity(record)
+            given = record.get("id") or fields.get(pid)
+            key = record.get("key") if not given else None
+            if given:  # the row a record names, as planned() and Merger will see it (ids lowered, keys typed)
+                ident: tuple[Any, ...] | None = ("id", str(given).lower())
+            elif not key:
+                ident = None
+            elif any(attributes[c].type in CHOICE_TYPES for c in key):  # a choice label becomes its value first
+                ident = row_identity(None, {c: key_value(connection, meta, c, v) for c, v in key.items()})
+            else:
+                ident = row_identity(None, key)
             at = first.setdefault(ident, i) if ident is not None else i
             if at == i:
                 self.order.append(i)
             else:
                 self.later.setdefault(at, []).append(i)
-
-    def _identity(self, record: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The row a record names, as :func:`planned` and :class:`Merger` will see it (ids lowered, keys typed)."""
-        given = record.get("id") or (record.get("fields") or {}).get(self.meta.primary_id)
-        if given:
-            return row_identity(str(given), None)
-        key = record.get("key")
-        if not key:
-            return None
-        return row_identity(None, {c: key_value(self.connection, self.meta, c, v) for c, v in key.items()})
 
     def parts(self) -> Iterator[list[PlannedWrite]]:
         """The writes, ``chunk_size`` at a time, each part planned when it is taken."""
