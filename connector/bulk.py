@@ -40,15 +40,16 @@ means exactly what the same row means to ``create_entity``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from connector.addressing import key_value
 from connector.body import build_body
-from connector.bulk_chunks import NOT_SENT_MESSAGE, ChunkWriter, PlannedWrite, RowOutcome
+from connector.bulk_chunks import NOT_SENT_MESSAGE, ChunkWriter, RowOutcome
+from connector.bulk_plan import ListPlan, planned
 from connector.bulk_remove import REMOVE_MODES, removal_problems, remove_entities
 from connector.bulk_run import Chunk, Merger, RecordResult, StreamSummary, run_chunks, sorted_results
 from connector.bulk_support import bulk_support, supports
@@ -58,7 +59,6 @@ from connector.errors import (
 )
 from connector.inputs import WriteEntities
 from connector.metadata import TableMetadata
-from connector.odata import key_is_url_safe
 from connector.problems import Problems, check_key
 from connector.progress import CancellationToken, Reporter, Tracker
 
@@ -302,42 +302,6 @@ def refused_records(
     return _checked_all(Problems(connection, defer_values=True), meta, mode, records)[1]
 
 
-# -- planning -------------------------------------------------------------------------------------------------------
-def _planned(
-    connection: Connection,
-    meta: TableMetadata,
-    mode: str,
-    record: Mapping[str, Any],
-    i: int,
-    body: dict[str, Any],
-    options: WriteOptions,
-) -> PlannedWrite:
-    """A checked record as a write: its key values typed, a lookup by a key that cannot be a URL found by a read (the
-    checked body left it unbound), the caller's id."""
-    fields = record.get("fields") or {}
-    given = record.get("id") or fields.get(meta.primary_id)
-    key = dict(record["key"]) if record.get("key") and given is None else None
-    if any(_unbound_lookup(v) for v in fields.values()):
-        fields = {
-            c: v for c, v in fields.items() if c != meta.primary_id and not (mode == "upsert" and c in (key or {}))
-        }
-        path = f"$.records[{i}].fields"
-        body = build_body(connection, meta, fields, path, for_create=mode != "update", impersonate=options.impersonate)
-    if key:
-        key = {c: key_value(connection, meta, c, v) for c, v in key.items()}
-    return PlannedWrite(index=i, body=body, id=str(given).lower() if given else None, key=key)
-
-
-def _unbound_lookup(value: Any) -> bool:
-    """A lookup given by an alternate key whose values cannot be written in a URL: only a read finds its GUID."""
-    return (
-        isinstance(value, Mapping)
-        and value.get("id") is None
-        and bool(value.get("key"))
-        and (not key_is_url_safe(value["key"]) if isinstance(value["key"], Mapping) else False)
-    )
-
-
 # -- the writers ----------------------------------------------------------------------------------------------------
 def _checked_options(mode: str, options: WriteOptions | None, modes: Sequence[str] = MODES) -> WriteOptions:
     options = options or WriteOptions()
@@ -399,16 +363,14 @@ def write_entities(
         bodies, refused = _checked_all(p, meta, mode, records)
         if p.items:
             raise InputError(p.items)
-    merger = Merger(mode, options)
-    for i, body in bodies.items():
-        merger.add(_planned(connection, meta, mode, records[i], i, body, options))
-    items = merger.take()
-    run = _Run(connection, meta, mode, options, bool(items), cancel)
-    size = options.chunk_size
+    plan = ListPlan(connection, meta, mode, records, bodies, options)
+    run = _Run(connection, meta, mode, options, bool(plan.order), cancel)
     first = Chunk([], dict(refused), send=False)
+    chunks: Iterable[Chunk] = itertools.chain([first], (Chunk(part) for part in plan.parts()))
     if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
-        items, first.items = run.writer.resolve_keys(items, first.decided)
-    chunks = [first] + [Chunk(items[i : i + size]) for i in range(0, len(items), size)]
+        items, first.items = run.writer.resolve_keys([x for part in plan.parts() for x in part], first.decided)
+        size = options.chunk_size
+        chunks = [first] + [Chunk(items[i : i + size]) for i in range(0, len(items), size)]
     collected: list[RecordResult] = []
     summary = run.run(chunks, collected.extend, progress, total=len(records))
     return WriteReport(
@@ -558,7 +520,7 @@ class _StreamChunks:
         if values:
             chunk.decided[i] = _refusal(record, values)
             return None
-        return merger.add(_planned(self.connection, self.meta, self.mode, record, i, body, self.options))
+        return merger.add(planned(self.connection, self.meta, self.mode, record, i, body, self.options))
 
     def _wait(self, earlier: Chunk) -> None:
         """Wait until a chunk in flight carrying the same row is written (or the run is cancelled)."""

@@ -68,6 +68,9 @@ def row_identity(item_id: str | None, key: Mapping[str, Any] | None) -> tuple[An
     if item_id is not None:
         return ("id", str(item_id).lower())
     if key:
+        if len(key) == 1:  # the common case, without sorting (a few microseconds a record on 20,000)
+            ((column, value),) = key.items()
+            return ("key", ((column, value.casefold() if isinstance(value, str) else value),))
         return ("key", tuple(sorted((c, _norm(v)) for c, v in key.items())))
     return None
 
@@ -139,8 +142,9 @@ class ChunkWriter:
             setattr(self, name, getattr(self, name) + n)
 
     # -- one chunk --------------------------------------------------------------------------------------------------
-    def chunk(self, items: list[PlannedWrite]) -> dict[int, RowOutcome]:
-        """Prepare (pre-reads) and write one chunk; one result per item."""
+    def chunk(self, items: list[PlannedWrite], may_write: Callable[[], bool] | None = None) -> dict[int, RowOutcome]:
+        """Prepare (pre-reads) and write one chunk; one result per item. ``may_write`` is asked right before the write
+        is sent: False (the run was cancelled meanwhile) leaves the chunk's writes ``not_sent``."""
         done: dict[int, RowOutcome] = {}
         if self.mode == "create":
             ready = self._drop_existing_ids(items, done)
@@ -150,6 +154,8 @@ class ChunkWriter:
             ready = self._pre_read(items)
         if not ready:
             return done
+        if may_write is not None and not may_write():
+            return {**done, **{item.index: not_sent(item) for item in ready}}
         send: Callable[[list[PlannedWrite]], dict[int, RowOutcome]] = self._bulk if self.use_bulk else self._batch
         done.update(send(ready))
         return done

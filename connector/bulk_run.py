@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connector.bulk_chunks import ChunkWriter, PlannedWrite, RowOutcome, not_sent, row_identity
+from connector.governor import Outcome
 from connector.ids import new_id
 
 if TYPE_CHECKING:
     from connector.bulk import WriteOptions
-    from connector.governor import Outcome
     from connector.progress import CancellationToken, Tracker
 
 __all__ = [
@@ -78,6 +78,7 @@ class Chunk:
     send: bool = True  # False: every item is decided already (delivered at once, with what it merged)
     resolve: bool = False  # update by key: resolve this chunk's keys to GUIDs before writing
     done: threading.Event = field(default_factory=threading.Event)
+    written: bool | None = None  # its write was let go (True) or held back by a cancel (False); only reads before
 
 
 @dataclass
@@ -156,6 +157,7 @@ def run_chunks(
     ``not_sent`` (delivered too), the chunks in flight are waited for unless the token is aborted or its grace period
     ends (their rows are then ``unknown``, or ``created`` when a read right after finds them)."""
     stats = RunStats()
+    gate = threading.Lock()  # a chunk's write is let go, or refused after a cancel, never both: see may_write
 
     def deliver(chunk: Chunk, outcomes: Mapping[int, RowOutcome]) -> None:
         decided = {**chunk.decided, **outcomes}
@@ -165,14 +167,21 @@ def run_chunks(
         on_chunk(_results(chunk, decided))
 
     def write(chunk: Chunk) -> dict[int, RowOutcome]:
+        def may_write() -> bool:
+            with gate:
+                chunk.written = not (cancel is not None and cancel.cancelled)
+                return chunk.written
+
         try:
             done: dict[int, RowOutcome] = {}
             items = writer.resolve_keys(chunk.items, done)[0] if chunk.resolve else chunk.items
-            return {**done, **writer.chunk(items)}
+            return {**done, **writer.chunk(items, may_write)}
         finally:
             chunk.done.set()
 
     def finished(chunk: Chunk, outcome: Outcome[dict[int, RowOutcome]]) -> None:
+        if chunk.written is False:  # held back by a cancel: not a chunk sent
+            stats.chunks -= 1
         deliver(chunk, _chunk_outcomes(chunk.items, outcome))
 
     def sendable(source: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -184,7 +193,10 @@ def run_chunks(
                 deliver(chunk, {})
 
     source = iter(chunks)
-    left = writer.connection.governor.stream(write, sendable(source), cancel=cancel, on_outcome=finished)
+    governor = writer.connection.governor
+    left = governor.stream(write, sendable(source), cancel=cancel, on_outcome=finished)
+    with gate:  # a chunk stopped before its write was let go never sends it: its rows are not_sent, not unknown
+        left = [(c, o if c.written is True else Outcome(o.index, started=False, finished=False)) for c, o in left]
     lost_outcomes: dict[int, RowOutcome] = {}
     lost = [chunk for chunk, outcome in left if outcome.started]
     if lost and cancel is not None and not cancel.aborted:

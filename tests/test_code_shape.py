@@ -182,6 +182,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "batch",
             "bulk",
             "bulk_chunks",
+            "bulk_plan",
             "bulk_run",
             "bulk_remove",
             "bulk_support",

@@ -40,6 +40,7 @@ class BulkServer:
         self.rows: dict[str, dict[str, Any]] = {}
         self.drop_next_commit = False
         self.before_write: list[Any] = []  # callables run before the next bulk message (another writer's work)
+        self.before_read: list[Any] = []  # callables run before the next read of rows (a pre-read)
         fake.respond = self.respond
 
     def seed(self, accountnumber: str, name: str = "old") -> str:
@@ -61,6 +62,8 @@ class BulkServer:
             names = ["CreateMultiple", "UpdateMultiple"] if self.supported else []
             return httpx.Response(200, json={"value": [{"sdkmessageid": {"name": n}} for n in names]})
         if request.method == "GET" and path == "accounts":
+            while self.before_read:
+                self.before_read.pop()()
             return httpx.Response(200, json={"value": self.read(request.url.params["$filter"])})
         if path.startswith("accounts/Microsoft.Dynamics.CRM."):
             return self.bulk(path.rsplit(".", 1)[1], json.loads(request.content)["Targets"])

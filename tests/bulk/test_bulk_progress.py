@@ -85,6 +85,49 @@ def test_an_abort_reports_the_chunk_in_flight_unknown_with_its_ids(
     assert all(r["id"] for r in out["results"][:2])  # client ids: a read can confirm them later
 
 
+def _upsert(n: int, chunk_size: int) -> dict[str, Any]:
+    records = [{"key": {"accountnumber": f"A-{i}"}, "fields": {"name": f"n{i}"}} for i in range(n)]
+    return {"table": "account", "mode": "upsert", "records": records, "chunk_size": chunk_size}
+
+
+def test_a_cancel_during_a_pre_read_sends_no_write_and_reports_the_chunk_not_sent(
+    runtime: Runtime, fake: FakeDataverse, serial: Connection
+) -> None:
+    """The chunk had only read when the cancel came: its write is not let go, so its rows are ``not_sent`` (certain),
+    not ``unknown``, and nothing is written."""
+    server = BulkServer(fake)
+    token = CancellationToken()
+    server.before_read.append(lambda: token.cancel("SIGINT"))  # lands while the first chunk's pre-read is in flight
+    out = runtime.run_action("write_entities", _upsert(6, 2), serial, cancel=token)
+    assert [r["status"] for r in out["results"]] == ["not_sent"] * 6
+    assert out["summary"]["chunks"] == 0 and server.writes == [] and server.rows == {}
+    assert len(server.reads) == 1 and all(r["id"] is None for r in out["results"])
+
+
+def test_an_abort_during_a_pre_read_reports_the_chunk_not_sent_and_its_write_never_leaves(
+    runtime: Runtime, fake: FakeDataverse, serial: Connection
+) -> None:
+    """An abort stops waiting for the chunk at once; the chunk, finishing its read afterwards, finds the run
+    cancelled and does not write: reporting it ``not_sent`` is the truth, not a guess."""
+    server = BulkServer(fake)
+    token = CancellationToken()
+    release = threading.Event()
+
+    def abort_and_hang() -> None:
+        token.abort("SIGINT")
+        assert release.wait(WAIT_S)
+
+    server.before_read.append(abort_and_hang)
+    try:
+        out = runtime.run_action("write_entities", _upsert(4, 2), serial, cancel=token)
+    finally:
+        release.set()
+    for worker in [t for t in threading.enumerate() if t.name.startswith("d365-governor")]:
+        worker.join(WAIT_S)  # the chunk's thread ends its work, unobserved
+    assert [r["status"] for r in out["results"]] == ["not_sent"] * 4
+    assert server.writes == [] and server.rows == {}
+
+
 def test_a_passed_deadline_sends_nothing(runtime: Runtime, fake: FakeDataverse, conn: Connection) -> None:
     server = BulkServer(fake)
     token = CancellationToken(deadline_s=60, clock=conn.governor.clock)

@@ -246,3 +246,33 @@ def test_short_keys_are_pre_read_many_to_a_request_and_guids_250_at_most(fake: F
     assert keyed.pre_reads == 1 and keyed.summary()["created"] == 600
     assert ided.pre_reads == 3 and ided.summary()["created"] == 600
     assert all(len(str(r.url)) < 16_384 for r in server.reads)
+
+
+def test_a_list_is_planned_chunk_by_chunk_as_the_run_takes_them_with_its_duplicates_merged_across_chunks(
+    fake: FakeDataverse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write leaves before the whole list is planned (at most a window of chunks is), and a record whose
+    row an earlier record names, several chunks later, is still merged into that earlier record's write."""
+    import connector.bulk_plan as bulk_plan
+    from connector.bulk import write_entities
+
+    server = BulkServer(fake)
+    plan = bulk_plan.planned
+    calls = [0]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_plan, "planned", counting)
+    at_first_write: list[int] = []
+    server.before_write.append(lambda: at_first_write.append(calls[0]))
+    records = [{"key": {"accountnumber": f"L-{i}"}, "fields": {"name": f"n{i}"}} for i in range(200)]
+    records[150] = {"key": {"accountnumber": "l-3"}, "fields": {"name": "later"}}  # the row of record 3, any case
+    with fake.connect(max_parallelism=2) as conn:  # a window of 2 x 2 chunks
+        report = write_entities(conn, "account", "upsert", records, WriteOptions(chunk_size=10))
+    assert at_first_write and at_first_write[0] <= 4 * 10 + 1 < 200  # 4 chunks, and record 150 planned with 3
+    assert calls[0] == 200 and report.summary()["created"] == 200 and report.summary()["merged"] == 1
+    assert report.results[3].merged_into == 150 and report.results[150].status == "created"
+    assert [r["name"] for r in server.rows.values() if r["accountnumber"].lower() == "l-3"] == ["later"]
+    assert len(server.writes) == 20  # the merged row went with the first chunk: 199 rows in 20 chunks of 10

@@ -62,6 +62,32 @@ def test_client_json_body_prefer_and_params(cloud: Any) -> None:
     assert request.content == b'{"name":"Contoso"}'
 
 
+def test_client_json_body_is_encoded_once_before_the_slot_and_resent_as_is(cloud: Any, monkeypatch: Any) -> None:
+    """A bulk chunk's body costs milliseconds to encode: it is encoded once, outside the governor's slot (no request
+    slot waits on the CPU), and a resend after a 429 sends the very same bytes."""
+    import connector.client as client_module
+
+    client = cloud.connect().client
+    encode = client_module.json_bytes
+    slots: list[int] = []  # requests in flight on the connection when the body was encoded
+    encoded: list[int] = []
+
+    def counting(value: Any) -> bytes:
+        slots.append(client.governor.in_flight)
+        encoded.append(1)
+        return encode(value)
+
+    monkeypatch.setattr(client_module, "json_bytes", counting)
+    cloud.api_queue += [_throttled("1"), httpx.Response(204)]
+    client.request("PATCH", "/accounts(1)", json={"name": "Contoso", "n": 1.5, "é": "ü"})
+    first, second = cloud.api_requests[-2:]
+    assert first.content == second.content == '{"name":"Contoso","n":1.5,"é":"ü"}'.encode()
+    assert encoded == [1] and slots == [0]
+    with pytest.raises(ValueError, match="JSON compliant"):
+        client.request("PATCH", "/accounts(1)", json={"n": float("nan")})
+    assert len(cloud.api_requests) == 2  # refused before anything was sent
+
+
 @pytest.mark.parametrize(
     ("impersonate", "header"),
     [
