@@ -2,13 +2,14 @@
 
 Why two passes over the source: "the last row by source order wins" for duplicate match keys cannot be decided while
 streaming (the winner may be the source's last row), and holding the source in memory is what the sync must not do.
-The first pass maps rows and keeps only each match key's last position; the second maps again and writes. Rows are
-triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50 groups
-scanned), so an incremental run fills its chunks. A unit's intents are committed before it is sent; it is sent
-through the streaming writer, and each chunk's outcomes (ledger rows, confirmed hashes and ids) are committed in one
-transaction as the chunk is decided, so a crash anywhere leaves the state consistent and the next run resends exactly
-what was not confirmed, with the same ids. One unit is sent on a thread while the next is prepared. ``parallelism``
-is also the run's cap on requests in flight (``Governor.capped``, within the connection's own limit).
+The first pass maps rows and keeps only the last position of each key rows share; the second maps again and writes.
+Rows are triaged in groups of ``batch_size x parallelism`` and gathered into units of that many changed rows (or 50
+groups scanned), so an incremental run fills its chunks; the rows needing no write are committed a group at a time.
+A unit's intents are committed before it is sent; it is sent through the streaming writer, and each chunk's outcomes
+(ledger rows, confirmed hashes and ids) are committed in one transaction as the chunk is decided, so a crash
+anywhere leaves the state consistent and the next run resends exactly what was not confirmed, with the same ids. One
+unit is sent on a thread while the next is prepared. ``parallelism`` is also the run's cap on requests in flight
+(``Governor.capped``, within the connection's own limit).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from connector.sync.mirror import (
     mirror_spec,
     plan_removal,
 )
-from connector.sync.planner import Decision, MatchRule, decide, existing_rows, missing_lookups
+from connector.sync.planner import Decision, LastRows, MatchRule, decide, existing_rows, missing_lookups
 from connector.sync.state import Intent, LedgerRow, StateStore
 
 if TYPE_CHECKING:
@@ -173,14 +174,22 @@ def _groups(source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int
 def _last_positions(
     source: Iterable[list[dict[str, Any]]], mapper: RowMapper, size: int, seen: SourceKeys | None = None
 ) -> dict[str, int]:
-    last: dict[str, int] = {}
-    for group in _groups(source, mapper, size):
-        for row in group:
+    """The last source position of each match key that more than one row carries; any other key is its own last."""
+    last = LastRows()
+    try:
+        for group in _groups(source, mapper, size):
             if seen is not None:
-                seen.add(row)
-            if not row.problems:
-                last[row.match_key] = row.source_index
-    return last
+                for row in group:
+                    seen.add(row)
+            last.add(group)
+        return last.duplicated()
+    finally:
+        last.close()
+
+
+def _wins(row: MappedRow, last: Mapping[str, int]) -> bool:
+    """Whether ``row`` is its match key's last row in the source (``last`` holds the duplicated keys only)."""
+    return last.get(row.match_key, row.source_index) == row.source_index
 
 
 def run_sync(
@@ -267,7 +276,7 @@ def _send_all(
                     tracker.advance(run.flush(sent=False))
                     tracker.advance(run.not_sent(group))
                     continue
-                run.take(group, last)
+                tracker.advance(run.take(group, last))
                 if run.full_unit():
                     tracker.advance(run.flush())
             tracker.advance(run.flush(sent=not (cancel is not None and cancel.cancelled)))
@@ -325,14 +334,14 @@ class _Run:
     ) -> tuple[list[LedgerRow], list[tuple[MappedRow, str]]]:
         """Rows that need no write (problems, duplicates, unchanged) ledgered; the others with their hash."""
         ledger: list[LedgerRow] = []
-        live = [r for r in group if not r.problems and last.get(r.match_key) == r.source_index]
+        live = [r for r in group if not r.problems and _wins(r, last)]
         states = self.store.row_states([r.match_key for r in live])
         changed: list[tuple[MappedRow, str]] = []
         for row in group:
             if row.problems:
                 message = "; ".join(str(p) for p in row.problems)
                 ledger.append(LedgerRow(row.source_index, row.match_key, "failed", code="InputError", message=message))
-            elif last.get(row.match_key) != row.source_index:
+            elif not _wins(row, last):
                 ledger.append(
                     LedgerRow(row.source_index, row.match_key, "duplicate_of", duplicate_of=last[row.match_key])
                 )
@@ -380,15 +389,21 @@ class _Run:
         self.store.commit_outcomes(self.id, ledger, {})
         return {"not_sent": len(ledger)}
 
-    def take(self, group: Sequence[MappedRow], last: Mapping[str, int]) -> None:
+    def take(self, group: Sequence[MappedRow], last: Mapping[str, int]) -> dict[str, int]:
         """Triage a group into the unit being gathered. Why gather: an incremental run changes few rows per group, and
         writing each group's few rows alone sent chunks of 4 where 100 fit (1,000 changed rows of 100,000 took 250
-        writes); a unit is written once it holds a group's worth of changed rows, or has scanned 50 groups (bounded
-        memory: only triaged rows are held, never the source)."""
+        writes); a unit is written once it holds a group's worth of changed rows, or has scanned 50 groups. The rows
+        that need no write are committed once a group's worth of them is held (their counts returned): held for the
+        unit, they grew the run's memory with its size (40,000 ledger rows in an incremental run's unit)."""
         ledger, changed = self._triage(group, last)
         self.ledger += ledger
         self.changed += changed
         self.scanned += len(group)
+        if len(self.ledger) < self.job.group_rows:
+            return {}
+        ledger, self.ledger = self.ledger, []
+        self.store.commit_outcomes(self.id, ledger, {})
+        return _count(ledger)
 
     def full_unit(self) -> bool:
         return len(self.changed) >= self.job.group_rows or self.scanned >= 50 * self.job.group_rows
