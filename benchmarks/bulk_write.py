@@ -25,12 +25,9 @@ keys (every record a create) and starts after a full window has passed. Waits ar
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,49 +147,6 @@ def raw_capacity(emu: Served, n: int, chunk: int, threads: int = 8) -> float:
     return n / (time.perf_counter() - started)
 
 
-def ideal_run_s(
-    costs: Costs,
-    kind: str,
-    n: int,
-    per_request: int,
-    window_s: float,
-    max_requests: int,
-    max_exec_s: float,
-    concurrency: int,
-    round_trip_s: float,
-) -> float:
-    """The time (Dataverse's clock) an ideal client takes for ``n`` records through ``kind``: no work of its own, never
-    refused (it sends as soon as one of ``concurrency`` places is free and the window admits the request), each
-    request lasting its cost plus ``round_trip_s``, under the emulator's own admission rule (``throttle.Throttle``:
-    at most ``max_requests`` in the sliding window, and none while the window's charged execution time reaches
-    ``max_exec_s``; a request is charged one operation when admitted and the rest when it finishes).
-
-    Why not ``execution.fastest_run_s`` alone: its closed form charges a request's whole cost at admission, so for
-    requests longer than the window's budget share it waits for a next window the emulator does not impose (20 chunks
-    of 1,000 at 4 in flight: 7.45 s there, 7.30 s here); a ceiling below what a client can reach flatters the client.
-    The ceiling is the faster of the two."""
-    records = 1 if kind == "single" else per_request
-    cost, first = costs.of(kind, records), costs.operation_s
-    places = [0.0] * concurrency  # when each place is free again
-    sent: deque[tuple[float, float]] = deque()  # (admitted, finished) of the requests in the window
-    end = 0.0
-    for _ in range(math.ceil(n / records)):
-        now = heapq.heappop(places)
-        while True:
-            while sent and sent[0][0] <= now - window_s:
-                sent.popleft()
-            charged = sum(cost if done <= now else first for _, done in sent)
-            if len(sent) < max_requests and charged < max_exec_s:
-                break
-            now = math.nextafter(sent[0][0] + window_s, math.inf)  # the next change that can admit it: the oldest
-            # request leaves the window (just after: the window's edge, rounded, must not keep it in)
-        done = now + cost + round_trip_s
-        sent.append((now, done))
-        heapq.heappush(places, done)
-        end = max(end, done)
-    return end
-
-
 #: (name, the model's request kind, records, records per request, the run on a fresh connection)
 Scenario = tuple[str, str, int, int, Callable[[Connection], None]]
 
@@ -272,11 +226,7 @@ def main() -> None:
     def ceiling(r: Run) -> float:
         trip = LATENCY_MS / 1000 * ts  # on Dataverse's clock, like the costs
         limits = (w, max_requests, max_exec_s, dop, trip)
-        fastest = min(
-            fastest_run_s(costs, r.kind, r.records, r.per_request, *limits),
-            ideal_run_s(costs, r.kind, r.records, r.per_request, *limits),
-        )
-        return r.records / (fastest / ts)
+        return r.records / (fastest_run_s(costs, r.kind, r.records, r.per_request, *limits) / ts)
 
     print(f"emulator in its own process, latency {LATENCY_MS} ms; model: Dataverse's rates on a {w:g} s window")
     print(f"({max_requests} requests, {max_exec_s:g} s of execution, 52 concurrent; x-ms-dop-hint {args.dop_hint}, so "

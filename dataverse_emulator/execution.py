@@ -26,7 +26,9 @@ Sources (BEHAVIOURS.md rows ``throttle-*`` and ``exec-*``):
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 
 OPERATION_S = 0.0072
@@ -93,7 +95,13 @@ def fastest_run_s(
     first requests through at once, then one window's worth per window; each request lasts its cost (plus
     ``round_trip_s`` of network) and at most ``concurrency`` run at a time. For the ceiling a client can reach,
     ``concurrency`` is what it may keep in flight: the least of the limit (52) and the ``x-ms-dop-hint`` it honours.
-    A benchmark divides by ``--time-scale`` and calls ``n`` / that its ceiling."""
+    A benchmark divides by ``--time-scale`` and calls ``n`` / that its ceiling.
+
+    The closed form charges a request's whole cost when it is admitted, so a request longer than the window's share of
+    the budget waits for a next window the emulator does not impose (it charges one operation at admission and the
+    rest when the request finishes): 20 chunks of 1,000 at 4 in flight took 7.45 s there against 7.30 s for a perfect
+    client. A bound above what a client reaches flatters the client, so the answer is the faster of the closed form
+    and :func:`_simulated_run_s`."""
     records = 1 if kind == "single" else per_request
     n_req = math.ceil(n / records)
     cost = costs.of(kind, records)
@@ -101,4 +109,43 @@ def fastest_run_s(
     by_requests = (n_req - 1) // max_requests * window_s + cost
     per_window = max(1, math.ceil(max_exec_s / cost))  # admitted while the window's total is under the budget
     by_exec = (n_req - 1) // per_window * window_s + cost
-    return max(by_concurrency, by_requests, by_exec)
+    closed = max(by_concurrency, by_requests, by_exec)
+    limits = (window_s, max_requests, max_exec_s, concurrency, round_trip_s)
+    return min(closed, _simulated_run_s(costs, kind, n, per_request, *limits))
+
+
+def _simulated_run_s(
+    costs: Costs,
+    kind: str,
+    n: int,
+    per_request: int,
+    window_s: float,
+    max_requests: int,
+    max_exec_s: float,
+    concurrency: int,
+    round_trip_s: float,
+) -> float:
+    """A perfect client under :class:`~dataverse_emulator.throttle.Throttle`'s own admission rule: it sends as soon as
+    one of ``concurrency`` places is free and the window admits the request (fewer than ``max_requests`` in it, and
+    its charged execution time under ``max_exec_s``, a request charged one operation when admitted and the rest when
+    it finishes); each request lasts its cost plus ``round_trip_s``."""
+    records = 1 if kind == "single" else per_request
+    cost, first = costs.of(kind, records), costs.operation_s
+    places = [0.0] * concurrency  # when each place is free again
+    sent: deque[tuple[float, float]] = deque()  # (admitted, finished) of the requests in the window
+    end = 0.0
+    for _ in range(math.ceil(n / records)):
+        now = heapq.heappop(places)
+        while True:
+            while sent and sent[0][0] <= now - window_s:
+                sent.popleft()
+            charged = sum(cost if done <= now else first for _, done in sent)
+            if len(sent) < max_requests and charged < max_exec_s:
+                break
+            now = math.nextafter(sent[0][0] + window_s, math.inf)  # the next change that can admit it: the oldest
+            # request leaves the window (just after: the window's edge, rounded, must not keep it in)
+        done = now + cost + round_trip_s
+        sent.append((now, done))
+        heapq.heappush(places, done)
+        end = max(end, done)
+    return end

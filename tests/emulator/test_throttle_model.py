@@ -92,6 +92,20 @@ def test_the_ceiling_is_what_a_client_honouring_the_dop_hint_reaches() -> None:
     assert fastest_run_s(costs, "bulk", 20_000, 1000, **limits, concurrency=52) == pytest.approx(cost)
 
 
+def test_the_ceiling_follows_the_emulators_own_admission_rule() -> None:
+    """The emulator charges a request one operation when it is admitted and the rest when it finishes, so chunks
+    longer than the window's share of the budget need not wait for the next window, as a whole-cost-at-admission
+    closed form would make them: the bound is what a perfect client reaches under the emulator's rule."""
+    costs, cost = Costs(), 0.0072 * 201  # one chunk of 1,000
+    limits = {"window_s": 3.0, "max_requests": 60, "max_exec_s": 12.0, "concurrency": 4, "round_trip_s": 0.02}
+    # 4 chunks in flight charge one operation each at admission: every round is admitted at once, 5 rounds in all
+    assert fastest_run_s(costs, "bulk", 20_000, 1000, **limits) == pytest.approx(5 * (cost + 0.02))
+    # a budget of 5 whole chunks per window: the closed form holds the sixth for the next window, the emulator admits
+    # all six at once (each is charged one operation until it finishes)
+    tight = {**limits, "max_exec_s": 5 * cost, "concurrency": 52}
+    assert fastest_run_s(costs, "bulk", 6000, 1000, **tight) == pytest.approx(cost + 0.02)
+
+
 def test_a_bulk_chunk_of_100_costs_and_takes_what_the_model_says(modelled: EmulatorHandle) -> None:
     with client(modelled) as api:
         r = api.post("accounts/Microsoft.Dynamics.CRM.CreateMultiple", json=targets(100))
