@@ -294,6 +294,7 @@ class Follower:
         self._exit_code = EXIT_DONE
         self.runs: list[SyncResult] = []
         self.carried: dict[str, tuple[Row, int]] = _load_retries(store)  # match key -> (row, retry batches so far)
+        self._stored = bool(self.carried)  # whether the store holds carried rows (else an empty list needs no write)
         self.gave_up: list[dict[str, Any]] = []
 
     @property
@@ -339,7 +340,9 @@ class Follower:
                 self.after_run(result)
         if batch.rejected:
             self._exit_code = max(self._exit_code, EXIT_PARTIAL)
-        _save_retries(self.store, self.carried)  # before the offset moves past the events they came from
+        if self.carried or self._stored:  # before the offset moves past the events they came from
+            _save_retries(self.store, self.carried)
+            self._stored = bool(self.carried)
         if self.hook is not None:
             self.hook("before_checkpoint")
         if batch.offset is not None and self.path is not None:
@@ -362,7 +365,7 @@ class Follower:
         """The carried rows to try with this batch: all of them but those a newer event in it replaces."""
         if not self.carried:
             return []
-        newer = {mapped.match_key for mapped in self.mapper.map_rows(rows, 0)} if rows else set()
+        newer = set(self.mapper.match_keys(rows, 0)) if rows else set()
         for key in newer & self.carried.keys():
             del self.carried[key]
         return [(key, row, tries) for key, (row, tries) in self.carried.items()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -65,17 +66,23 @@ def test_a_cancel_during_a_write_sends_no_further_chunk_and_reports_every_record
     assert all(r["id"] is None and r["message"].startswith("not sent") for r in out["results"][2:])
 
 
+def _aborts_and_hangs(token: CancellationToken, release: threading.Event) -> Callable[[], None]:
+    """A server hook: the caller aborts while the request is in flight, and the request hangs until ``release``."""
+
+    def abort_and_hang() -> None:
+        token.abort("SIGINT")
+        assert release.wait(WAIT_S)
+
+    return abort_and_hang
+
+
 def test_an_abort_reports_the_chunk_in_flight_unknown_with_its_ids(
     runtime: Runtime, fake: FakeDataverse, serial: Connection
 ) -> None:
     server = BulkServer(fake)
     token = CancellationToken()
     release = threading.Event()
-
-    def abort_and_hang() -> None:
-        token.abort("SIGINT")
-        assert release.wait(WAIT_S)
-
+    abort_and_hang = _aborts_and_hangs(token, release)
     server.before_write.append(abort_and_hang)
     try:
         out = runtime.run_action("write_entities", _create(6, 2), serial, cancel=token)
@@ -112,11 +119,7 @@ def test_an_abort_during_a_pre_read_reports_the_chunk_not_sent_and_its_write_nev
     server = BulkServer(fake)
     token = CancellationToken()
     release = threading.Event()
-
-    def abort_and_hang() -> None:
-        token.abort("SIGINT")
-        assert release.wait(WAIT_S)
-
+    abort_and_hang = _aborts_and_hangs(token, release)
     server.before_read.append(abort_and_hang)
     try:
         out = runtime.run_action("write_entities", _upsert(4, 2), serial, cancel=token)
