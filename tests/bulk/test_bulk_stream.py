@@ -232,20 +232,21 @@ def test_a_streamed_update_by_key_resolves_each_chunks_keys(fake: FakeDataverse)
     assert summary.pre_reads == 3  # one key read per chunk
 
 
-def test_short_keys_are_pre_read_many_to_a_request_and_guids_250_at_most(fake: FakeDataverse) -> None:
-    """The pre-read's URL is bounded by its encoded length: 600 short account numbers in one read, 600 GUIDs in
-    three (the URL limit, not a count, decides)."""
+def test_short_keys_are_pre_read_a_thousand_to_a_request_and_guids_in_two(fake: FakeDataverse) -> None:
+    """The pre-read's URL is bounded by its encoded length: 1,000 short account numbers in one read, 1,000 GUIDs in
+    two (the URL limit, not a count, decides), every URL inside Dataverse's 32 KB."""
     from connector.bulk import write_entities
 
     server = BulkServer(fake)
-    by_key = [{"key": {"accountnumber": f"A{i:05d}"}, "fields": {"name": f"n{i}"}} for i in range(600)]
-    by_id = [{"id": f"00000000-0000-4000-8000-{i:012d}", "fields": {"name": f"n{i}"}} for i in range(600)]
+    by_key = [{"key": {"accountnumber": f"A{i:05d}"}, "fields": {"name": f"n{i}"}} for i in range(1000)]
+    by_id = [{"id": f"00000000-0000-4000-8000-{i:012d}", "fields": {"name": f"n{i}"}} for i in range(1000)]
     with fake.connect() as conn:
-        keyed = write_entities(conn, "account", "upsert", by_key, WriteOptions(chunk_size=600))
-        ided = write_entities(conn, "account", "upsert", by_id, WriteOptions(chunk_size=600))
-    assert keyed.pre_reads == 1 and keyed.summary()["created"] == 600
-    assert ided.pre_reads == 3 and ided.summary()["created"] == 600
-    assert all(len(str(r.url)) < 16_384 for r in server.reads)
+        keyed = write_entities(conn, "account", "upsert", by_key, WriteOptions(chunk_size=1000))
+        ided = write_entities(conn, "account", "upsert", by_id, WriteOptions(chunk_size=1000))
+    assert keyed.pre_reads == 1 and keyed.summary()["created"] == 1000
+    assert ided.pre_reads == 2 and ided.summary()["created"] == 1000
+    assert all(len(str(r.url)) < 32_768 for r in server.reads)
+    assert max(len(str(r.url)) for r in server.reads) > 16_384  # the room up to the limit is used
 
 
 def test_a_list_is_planned_chunk_by_chunk_as_the_run_takes_them_with_its_duplicates_merged_across_chunks(
