@@ -76,19 +76,19 @@ class WebApi(RecordApi):
             return error_response(errors.no_resource(str(request.url)))
         api = f"{org}/api/data/{m.group(1)}"
         try:
-            ctx = self.authenticate(request, api, org)
             raw_path = request.scope.get("raw_path", b"").decode("latin-1")
             sub = raw_path.split("/api/data/", 1)[1].split("/", 1)
             rest = unquote(sub[1]) if len(sub) > 1 else ""
-            if request.method == "GET":
-                resp = await self.dispatch(request, ctx, split_path(rest))
-            else:
-                # read the body first: once cached, dispatch has no suspension point, so no other request can run
-                # inside this transaction on the shared connection; any refusal rolls every write back, and
-                # asynchronous webhook steps start only after the commit
-                await request.body()
-                with self.emu.webhooks.deferred(), self.store.transaction():
+            if request.method != "GET":
+                await request.body()  # read before taking the store: a slow sender holds up nobody
+            async with self.emu.store_turn():  # no other request runs inside this one's transaction (Emulator.db_lock)
+                ctx = self.authenticate(request, api, org)
+                if request.method == "GET":
                     resp = await self.dispatch(request, ctx, split_path(rest))
+                else:
+                    # any refusal rolls every write back, and asynchronous webhook steps start after the commit
+                    with self.emu.webhooks.deferred(), self.store.transaction():
+                        resp = await self.dispatch(request, ctx, split_path(rest))
             if ctx.applied and "preference-applied" not in resp.headers:
                 resp.headers["Preference-Applied"] = ",".join(ctx.applied)
             resp.headers["OData-Version"] = "4.0"

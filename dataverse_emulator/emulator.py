@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from .context import fmt_dt_now
@@ -15,6 +18,9 @@ from .model import Table, build_tables
 from .storage import Store
 from .throttle import Clock
 from .webhooks import Webhooks
+
+#: the store lock the running task holds: a ``$batch`` replays its operations through the same handler, inside its turn
+_HELD: ContextVar[asyncio.Lock | None] = ContextVar("d365_emulator_store_turn", default=None)
 
 
 class Emulator:
@@ -57,6 +63,24 @@ class Emulator:
         self.log: deque[dict[str, Any]] = deque(maxlen=100000)
         self.in_flight = 0
         self.user_cache: dict[str, dict[str, Any]] = {}
+        # One Web API handler at a time touches the store: they share one SQLite connection, so a second handler
+        # running while the first waits would run inside the first one's transaction. Handlers used to be atomic for
+        # the event loop instead, which held every other request (its admission, its clock, a held answer due to
+        # leave) for as long as a bulk write of 1,000 rows took; with the lock, a long handler may let the loop run.
+        self.db_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def store_turn(self) -> AsyncIterator[None]:
+        """Hold :attr:`db_lock` for one Web API request (re-entered by the operations of a ``$batch`` it runs)."""
+        if _HELD.get() is self.db_lock:
+            yield
+            return
+        async with self.db_lock:
+            token = _HELD.set(self.db_lock)
+            try:
+                yield
+            finally:
+                _HELD.reset(token)
 
     # -- principals -------------------------------------------------------------------------------------------------
 
