@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,8 +24,11 @@ from starlette.routing import Route
 from connector.connection import Connection
 from connector.errors import FatalApiError
 from connector.runtime import Runtime
+from dataverse_emulator.app import create_app
 from dataverse_emulator.testing import running_emulator, serve_asgi
 from tests.conftest import SENTINELS
+
+BASE = "http://emulator.test"
 
 
 class Gate:
@@ -75,3 +79,34 @@ def test_a_read_during_a_write_waits_for_its_end_and_never_sees_a_rolled_back_ro
         log = [r for r in emu.admin.requests() if r["path"].endswith("/contacts")]
         posted, got = next(r for r in log if r["method"] == "POST"), next(r for r in log if r["method"] == "GET")
         assert got["wall_start"] < posted["wall_end"] <= got["wall_end"], "the read arrived during the write"
+
+
+def test_a_long_batch_lets_a_request_arriving_meanwhile_be_taken_in_before_it_ends() -> None:
+    """In one event loop, a ``$batch`` of 200 reads and a WhoAmI sent right after it: the WhoAmI is admitted (its
+    log entry starts) while the batch still runs, then waits for the store. A batch that never let the loop run would
+    finish before the second request was even looked at."""
+    app = create_app(admin=True)
+    emu = app.state.emulator
+    client_app = emu.apps_by_kind["client_credentials"]
+    bearer = {"Authorization": f"Bearer {emu.identity.issue(BASE, client_app, client_app.object_id, None)}"}
+    ops = "".join(
+        "--batch_x\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        "GET /api/data/v9.2/accounts?$top=1 HTTP/1.1\r\n\r\n"
+        for _ in range(200)
+    )
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
+            batch = c.post(
+                "/api/data/v9.2/$batch",
+                content=ops + "--batch_x--\r\n",
+                headers={**bearer, "Content-Type": "multipart/mixed; boundary=batch_x"},
+            )
+            answers = await asyncio.gather(batch, c.get("/api/data/v9.2/WhoAmI", headers=bearer))
+            assert [a.status_code for a in answers] == [200, 200]
+
+    asyncio.run(scenario())
+    batch_entry, who = list(emu.log)
+    assert batch_entry["path"].endswith("$batch") and who["path"].endswith("WhoAmI")
+    assert who["wall_start"] < batch_entry["wall_end"] <= who["wall_end"]
