@@ -476,12 +476,13 @@ _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 def _copied(value: Any) -> Any:
     """``copy.deepcopy`` at a fraction of its cost for JSON (a quarter of a second per 20,000 records): dicts and
-    lists copied, JSON scalars shared (immutable), anything else deep-copied."""
+    lists copied, JSON scalars shared (immutable), anything else deep-copied. A scalar is shared without a call of
+    its own: most values of a bulk write's records are scalars."""
     kind = type(value)
     if kind is dict:
-        return {k: _copied(v) for k, v in value.items()}
+        return {k: v if type(v) in _IMMUTABLE else _copied(v) for k, v in value.items()}
     if kind is list:
-        return [_copied(v) for v in value]
+        return [v if type(v) in _IMMUTABLE else _copied(v) for v in value]
     return value if kind in _IMMUTABLE else copy.deepcopy(value)
 
 
