@@ -4,6 +4,7 @@ request is sent."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,6 +15,7 @@ from connector import bulk
 from connector.connection import Connection
 from connector.errors import InputError
 from connector.runtime import Runtime
+from tests.framework.packs import make_pack
 from tests.records.conftest import FakeDataverse, table_body
 
 MAX_LENGTH = 20
@@ -111,3 +113,29 @@ def test_a_key_created_after_the_metadata_was_read_is_found_for_every_record(
     verdict = bulk.check_records(keyed_conn, "account", "upsert", records)
     assert (verdict.problems, sorted(verdict.bodies)) == ([], [0, 1, 2])
     assert len([r for r in keyed.metadata_reads if "Consistency" in r.headers]) == 1  # one fresh read, not one each
+
+
+def test_records_reach_the_builtin_hooks_as_given_and_a_packs_hook_a_copy(
+    runtime: Runtime, keyed_conn: Connection, tmp_path: Path
+) -> None:
+    """The runtime copies the inputs so no hook changes the caller's data; the records of a bulk write, seen by the
+    built-in hooks alone (which never change them), are handed on as given. Once a pack's hook sees them, they are
+    copied again: its change to a record stays out of the caller's list."""
+    records = good(3)
+    inputs = {"table": "account", "mode": "upsert", "records": records, "bypass_business_logic": ["CustomSync"]}
+    frozen = runtime.check_inputs("write_entities", inputs, keyed_conn)
+    assert frozen["records"] is records
+    assert (
+        frozen["bypass_business_logic"] == ["CustomSync"]
+        and frozen["bypass_business_logic"] is not inputs["bypass_business_logic"]
+    )
+    code = """
+    @hookimpl(wrapper=True)
+    def validate_inputs(action_id, inputs, connection):
+        inputs["records"][0]["fields"]["name"] = "changed by a pack"
+        return (yield)
+    """
+    meddler = Runtime(load_entrypoints=False, extra_packs=[make_pack(tmp_path, name="meddler", code=code)])
+    frozen = meddler.check_inputs("write_entities", inputs, keyed_conn)
+    assert frozen["records"] is not records and frozen["records"][0]["fields"]["name"] == "changed by a pack"
+    assert records == good(3)
