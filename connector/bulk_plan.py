@@ -58,6 +58,8 @@ def planned(
 
 
 def _has_unbound_lookup(fields: Mapping[str, Any]) -> bool:
+    if _SCALARS.issuperset(map(type, fields.values())):  # most records: asked without a Python frame per value
+        return False
     return any(type(v) not in _SCALARS and _unbound_lookup(v) for v in fields.values())
 
 

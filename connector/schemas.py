@@ -453,7 +453,8 @@ def _plain_name(name: Any) -> bool:
 
 
 def _plain_names(values: dict[Any, Any], types: frozenset[type]) -> bool:
-    return all(type(v) in types and _plain_name(k) for k, v in values.items())
+    """Every name plain and every value of ``types``, asked through ``map`` (no Python frame per value)."""
+    return types.issuperset(map(type, values.values())) and all(map(_plain_name, values))
 
 
 def _plain_key(key: Any) -> bool:
@@ -479,11 +480,11 @@ def plain_record(record: Any) -> bool:
     if type(record) is not dict or not record.keys() <= _RECORD_KEYS:
         return False
     fields, row = record.get("fields"), record.get("id")
-    if type(fields) is not dict:
+    if type(fields) is not dict or not all(map(_plain_name, fields)):
         return False
-    for k, v in fields.items():
-        if not ((type(v) in _COLUMN_VALUE_TYPES or _plain_lookup(v)) and _plain_name(k)):
-            return False
+    scalars = _COLUMN_VALUE_TYPES.issuperset(map(type, fields.values()))
+    if not scalars and not all(type(v) in _COLUMN_VALUE_TYPES or _plain_lookup(v) for v in fields.values()):
+        return False
     if "id" in record and not (type(row) is str and _GUID.fullmatch(row)):
         return False
     return "key" not in record or _plain_key(record["key"])
