@@ -23,9 +23,9 @@ _last_check = threading.local()
 def validate_write_entities(inputs: Mapping[str, Any], connection: Connection) -> list[InputProblem]:
     """Phase two: columns, values, labels and keys of every record, addressing per mode.
 
-    Records the schema let through (a list of objects) are checked as the runtime's own copy holds them: typing them
-    would copy every record once more, and on 20,000 records the garbage collector's passes over those copies cost
-    more than the checks themselves.
+    Records the schema let through (a list of objects) are checked as the runtime hands them on: typing them would
+    copy every record once more, and on 20,000 records the garbage collector's passes over those copies cost more
+    than the checks themselves.
     """
     records = inputs.get("records")
     plain = type(records) is list and all(type(r) is dict for r in records)
