@@ -156,7 +156,6 @@ class Runtime(TriggerPaths):
         self.pm, refused = make_plugin_manager(self.packs, descriptions)
         self.manifest.problems += [(name, p) for name, found in refused.items() for p in found]
         self.pm.register(_Dispatcher(self.pm, self.manifest.overrides), name=_DISPATCH)
-        self._shared: dict[str, frozenset[str]] = {}  # see _shared_inputs: rebuilt with the plugin manager
 
     def _leave_out(self, broken: BrokenPacks) -> None:
         """Record and warn about each broken pack (stderr when logging is not configured), or fail fast if strict."""
@@ -280,17 +279,16 @@ class Runtime(TriggerPaths):
 
     def _shared_inputs(self, action_id: str) -> frozenset[str]:
         """The inputs :meth:`check_inputs` need not copy: those judged item by item, when no pack's hook (a wrapper,
-        an extra validator, an override) is among the implementations that see the action's inputs."""
-        known = self._shared.get(action_id)
-        if known is None:
-            model = INPUT_MODELS.get(action_id)
-            hooks = ("validate_inputs", "execute_action", validator_hook(action_id), action_id)
-            callers = [getattr(self.pm.hook, hook, None) for hook in hooks]
-            names = [impl.plugin_name for caller in callers if caller is not None for impl in caller.get_hookimpls()]
-            builtin = all(name in DEFAULT_PLUGINS or name == _DISPATCH for name in names)
-            known = model.checked_per_item if model is not None and builtin else frozenset()
-            self._shared[action_id] = known
-        return known
+        an extra validator, an override) is among the implementations that see the action's inputs. Asked on each
+        call (a few microseconds): a plugin may be registered at any time."""
+        model = INPUT_MODELS.get(action_id)
+        if model is None or not model.checked_per_item:
+            return frozenset()
+        hooks = ("validate_inputs", "execute_action", validator_hook(action_id), action_id)
+        callers = [getattr(self.pm.hook, hook, None) for hook in hooks]
+        names = [impl.plugin_name for caller in callers if caller is not None for impl in caller.get_hookimpls()]
+        builtin = all(name in DEFAULT_PLUGINS or name == _DISPATCH for name in names)
+        return model.checked_per_item if builtin else frozenset()
 
     def run_action(
         self,

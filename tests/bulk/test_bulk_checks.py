@@ -14,6 +14,7 @@ import pytest
 from connector import bulk
 from connector.connection import Connection
 from connector.errors import InputError
+from connector.hookspecs import hookimpl
 from connector.runtime import Runtime
 from tests.framework.packs import make_pack
 from tests.records.conftest import FakeDataverse, table_body
@@ -139,3 +140,17 @@ def test_records_reach_the_builtin_hooks_as_given_and_a_packs_hook_a_copy(
     frozen = meddler.check_inputs("write_entities", inputs, keyed_conn)
     assert frozen["records"] is not records and frozen["records"][0]["fields"]["name"] == "changed by a pack"
     assert records == good(3)
+
+    class Late:
+        """A hook registered after the runtime was built: its inputs are copied all the same."""
+
+        @hookimpl(wrapper=True)
+        def validate_inputs(self, action_id: str, inputs: Any, connection: Any) -> Any:
+            inputs["records"][1]["fields"]["name"] = "changed late"
+            return (yield)
+
+    late = Runtime(load_entrypoints=False)
+    assert late.check_inputs("write_entities", inputs, keyed_conn)["records"] is records
+    late.pm.register(Late(), name="late")
+    frozen = late.check_inputs("write_entities", inputs, keyed_conn)
+    assert frozen["records"][1]["fields"]["name"] == "changed late" and records == good(3)
