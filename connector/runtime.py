@@ -67,6 +67,7 @@ log = logging.getLogger("connector.runtime")
 RUN_LEDGER_ENV = "D365_RUN_LEDGER"
 #: When set to a true value, outputs are validated against their schemas (a mismatch is our bug: ContractError).
 DEBUG_ENV = "D365_DEBUG"
+#: The plugin name of the built-in dispatcher (see :class:`_Dispatcher`).
 _DISPATCH = "connector.runtime.dispatch"
 #: Actions whose records :meth:`Runtime.stream_records` yields from a library generator, one page in memory at a time.
 STREAMING_ACTIONS = ("query_entities", "run_fetch_xml_query")
@@ -266,7 +267,7 @@ class Runtime(TriggerPaths):
         Returns a read-only copy of the validated inputs, so no hook can change what the next one sees, nor the
         caller's data. An input judged item by item (``write_entities`` records) is handed on as given when only
         built-in hooks see it: they never change their inputs, and a copy of 20,000 records, with the garbage
-        collector's passes over it, costs a sixth of the client's work before the first request.
+        collector's passes over it, cost about 40 ms of the 270 the client spent before its first request.
         """
         checked = self.check_schema(action_id, inputs)
         shared = self._shared_inputs(action_id)
