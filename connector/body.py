@@ -100,14 +100,16 @@ def build_body(
 
 
 def plain_value(connection: Connection, meta: TableMetadata, column: str, typ: str, value: Any) -> Any:
+    if typ in STRING_TYPES:  # first: most columns a bulk write sets are text
+        if not isinstance(value, str):
+            raise LiteralError(f"{column!r} is a text column: give a string")
+        return value
     if typ in CHOICE_TYPES:
         if isinstance(value, str):
             return connection.metadata.choice_value(meta.logical_name, column, value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise LiteralError(f"{column!r} is a choice column: give its integer value or its label")
         return value
-    if typ in STRING_TYPES and not isinstance(value, str):
-        raise LiteralError(f"{column!r} is a text column: give a string")
     if typ in NUMERIC_TYPES and (isinstance(value, bool) or not isinstance(value, (int, float))):
         kind = {"Integer": "whole-number", "BigInt": "whole-number", "Money": "currency"}.get(typ, typ.lower())
         raise LiteralError(f"{column!r} is a {kind} column: give a number, not text")

@@ -250,6 +250,8 @@ def _checked(
     """A record's problems of structure (added to ``p``), its body and the problems of its values (taken from ``p``)."""
     before = len(p.values)
     body = _record_problems(p, meta, mode, record, path)
+    if len(p.values) == before:  # most records
+        return body, []
     values = p.values[before:]
     del p.values[before:]
     return body, values
@@ -259,7 +261,7 @@ def _record_problems(
     p: Problems, meta: TableMetadata, mode: str, record: Mapping[str, Any], path: str
 ) -> dict[str, Any]:
     id_, key = record.get("id"), record.get("key")
-    fields = dict(record.get("fields") or {})
+    fields = record.get("fields") or {}
     if id_ is not None and key:
         p.add(f"{path}.key", "give either id or key, not both")
     if mode == "create" and key:
@@ -276,10 +278,9 @@ def _record_problems(
                         f"{column!r} is a key column addressed by key with another value; an upsert cannot change "
                         "the key: remove it from fields",
                     )
-    fields.pop(meta.primary_id, None)
-    if mode == "upsert":
-        for column in key or {}:
-            fields.pop(column, None)
+    addressed = key if mode == "upsert" and key else {}  # an upsert's key columns are sent as the key
+    if meta.primary_id in fields or not fields.keys().isdisjoint(addressed):  # most records carry neither
+        fields = {c: v for c, v in fields.items() if c != meta.primary_id and c not in addressed}
     return build_body(
         p.connection, meta, fields, f"{path}.fields", for_create=mode != "update", problems=p, resolve=False
     )

@@ -58,6 +58,8 @@ def planned(
 
 
 def _has_unbound_lookup(fields: Mapping[str, Any]) -> bool:
+    if _SCALARS.issuperset(map(type, fields.values())):  # most records: asked without a Python frame per value
+        return False
     return any(type(v) not in _SCALARS and _unbound_lookup(v) for v in fields.values())
 
 
@@ -90,6 +92,7 @@ class ListPlan:
         self.later: dict[int, list[int]] = {}  # the first record of a row -> the later records merged into it
         self.eager: dict[int, PlannedWrite] = {}  # records planned in this pass (their lookups needed a read)
         first: dict[tuple[Any, ...], int] = {}
+        choice_keys: dict[tuple[str, ...], bool] = {}  # key columns -> whether one is a choice (asked once per set)
         pid, attributes = meta.primary_id, meta.attributes
         for i in bodies:  # a hot loop (every record of the list, before the first request): kept lean
             record = records[i]
@@ -102,9 +105,13 @@ class ListPlan:
                 ident: tuple[Any, ...] | None = ("id", str(given).lower())
             elif not key:
                 ident = None
-            elif any(attributes[c].type in CHOICE_TYPES for c in key):  # a choice label becomes its value first
-                ident = row_identity(None, {c: key_value(connection, meta, c, v) for c, v in key.items()})
             else:
+                columns = tuple(key)
+                choice = choice_keys.get(columns)
+                if choice is None:
+                    choice = choice_keys[columns] = any(attributes[c].type in CHOICE_TYPES for c in columns)
+                if choice:  # a choice label becomes its value first
+                    key = {c: key_value(connection, meta, c, v) for c, v in key.items()}
                 ident = row_identity(None, key)
             at = first.setdefault(ident, i) if ident is not None else i
             if at == i:

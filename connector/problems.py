@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from connector.addressing import key_literal
 from connector.errors import InputError, InputProblem, LiteralError, preview
 from connector.inputs import GUID, Expand
-from connector.metadata import ColumnLimits, TableMetadata
+from connector.metadata import AlternateKey, ColumnLimits, TableMetadata
 from connector.odata import NUMERIC_TYPES, STRING_TYPES
 from connector.strict_json import StrictJsonError
 from connector.strict_json import check_value as check_json
@@ -55,8 +56,16 @@ class Problems:
         self.items: list[InputProblem] = []
         self.values: list[InputProblem] = []
         self.defer_values = defer_values
-        self._refreshed: set[str] = set()
+        self._refreshed: dict[str, TableMetadata] = {}
         self._limits: dict[tuple[str, str], ColumnLimits] = {}
+        #: (table, key columns) -> (the metadata asked with, the metadata the key was found in): keys that passed
+        #: :func:`check_key`'s structural checks in this validation, so a bulk write judges each column set once.
+        self.keys: dict[tuple[str, tuple[str, ...]], tuple[TableMetadata, TableMetadata]] = {}
+
+    @cached_property
+    def api_url_length(self) -> int:
+        """The Web API root's length, which every URL check adds (the root is built anew on each ask)."""
+        return len(self.connection.api_url)
 
     def add(self, path: str, message: str) -> None:
         self.items.append(InputProblem(path, message))
@@ -80,11 +89,12 @@ class Problems:
         return known
 
     def fresh(self, meta: TableMetadata) -> TableMetadata:
-        """Re-read a table once per validation, after a miss, before reporting the miss."""
-        if meta.logical_name in self._refreshed:
-            return meta
-        self._refreshed.add(meta.logical_name)
-        return self.connection.metadata.table(meta.logical_name, refresh=True)
+        """Re-read a table once per validation, after a miss, before reporting the miss; a later miss of the same
+        validation is judged against that fresh read."""
+        known = self._refreshed.get(meta.logical_name)
+        if known is None:
+            known = self._refreshed[meta.logical_name] = self.connection.metadata.table(meta.logical_name, refresh=True)
+        return known
 
 
 #: Dataverse refuses a request URL longer than 32,768 characters (64 KB only for a GET inside ``$batch``).
@@ -94,11 +104,19 @@ MAX_URL = 32768
 _WHOLE_RANGES = {"Integer": (-(2**31), 2**31 - 1), "BigInt": (-(2**63), 2**63 - 1)}
 
 
+_ALWAYS_SENDABLE = frozenset({int, bool, type(None)})
+
+
 def check_sendable(p: Problems, value: Any, path: str) -> bool:
     """False (and a refusal) for what no JSON body carries: ``NaN``/``Infinity``, lone surrogates, extreme depth.
 
-    The typed inputs refuse these already; rows handed to the library (``write_entities`` records) reach here.
+    The typed inputs refuse these already; rows handed to the library (``write_entities`` records) reach here. The
+    common scalars are judged here without the walk (a bulk write checks every value of every record): ASCII text
+    holds no surrogate, and whole numbers, yes/no and null are always sendable.
     """
+    kind = type(value)
+    if (kind is str and value.isascii()) or kind in _ALWAYS_SENDABLE or (kind is float and math.isfinite(value)):
+        return True
     try:
         check_json(value, path=path)
     except StrictJsonError as exc:
@@ -161,9 +179,12 @@ def check_key_url(p: Problems, meta: TableMetadata, literals: Mapping[str, str],
     """A key is sent in a URL (``set(k='v')``, or ``$filter`` for values a key predicate cannot carry): one too long
     for Dataverse's URL limit is refused here with the reason, not as an httpx error in the middle of a run."""
     # a character percent-encodes to at most 12 (4 UTF-8 bytes): most keys are judged without encoding them
-    written = sum(len(column) + 12 * len(literal) + 12 for column, literal in literals.items())
-    if len(p.connection.api_url) + len(meta.entity_set) + written + len(meta.primary_id) + 64 > MAX_URL:
-        written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
+    written = 0
+    for column, literal in literals.items():  # a loop, not sum(): this runs for every record of a bulk write
+        written += len(column) + 12 * len(literal) + 12
+    if p.api_url_length + len(meta.entity_set) + written + len(meta.primary_id) + 64 <= MAX_URL:
+        return True  # what check_url would answer for this bound
+    written = sum(len(column) + len(quote(literal, safe="")) + 12 for column, literal in literals.items())
     return check_url(
         p,
         meta,
@@ -177,7 +198,7 @@ def check_key_url(p: Problems, meta: TableMetadata, literals: Mapping[str, str],
 def check_url(p: Problems, meta: TableMetadata, written: int, path: str, what: str, fix: str) -> bool:
     """Refuse (with the reason and ``fix``) a request whose URL, ``written`` characters after the table's entity set
     (percent-encoded), would pass Dataverse's limit: httpx would otherwise fail it with "URL too long" mid-run."""
-    length = len(p.connection.api_url) + len(meta.entity_set) + written + 64  # 64: separators and $select/$top
+    length = p.api_url_length + len(meta.entity_set) + written + 64  # 64: separators and $select/$top
     if length <= MAX_URL:
         return True
     p.refuse(path, f"{what} of about {length:,} characters and Dataverse accepts {MAX_URL:,}; {fix}")
@@ -200,7 +221,42 @@ def check_key(
     p: Problems, meta: TableMetadata, key: Mapping[str, Any], path: str
 ) -> tuple[TableMetadata, dict[str, str] | None]:
     """Problems of an alternate key (unknown columns, columns outside every key, no key of exactly these columns,
-    an index not yet active, values of the wrong type); the key's OData literals when it has none, else None."""
+    an index not yet active, values of the wrong type); the key's OData literals when it has none, else None.
+
+    Which key the columns form, and whether it is active, depends on the columns alone: a bulk write asks it once per
+    column set (a key that passed is remembered by ``p``; one that failed is judged again, so each record's problems
+    name that record), and only the values are checked record by record.
+    """
+    columns = tuple(key)
+    known = p.keys.get((meta.logical_name, columns))
+    if known is not None and known[0] is meta:
+        meta = known[1]
+    else:
+        given = meta
+        meta, found = _key_structure(p, meta, key, path)
+        if found is None:
+            return meta, None
+        p.keys[meta.logical_name, columns] = (given, meta)
+    ok = True
+    literals: dict[str, str] = {}
+    for column, value in key.items():
+        here = f"{path}.{column}"
+        if not (check_sendable(p, value, here) and check_limits(p, meta, column, value, here)):
+            ok = False
+            continue
+        try:
+            literals[column] = key_literal(p.connection, meta, column, value)
+        except (LiteralError, ValueError) as exc:
+            p.add(here, str(exc))
+            ok = False
+    ok = ok and check_key_url(p, meta, literals, path)
+    return meta, literals if ok else None
+
+
+def _key_structure(
+    p: Problems, meta: TableMetadata, key: Mapping[str, Any], path: str
+) -> tuple[TableMetadata, AlternateKey | None]:
+    """The active alternate key made of exactly ``key``'s columns, or None with the problems added to ``p``."""
     columns = frozenset(key)
     if meta.key_for(columns) is None or any(c not in meta.attributes for c in columns):
         meta = p.fresh(meta)
@@ -232,19 +288,7 @@ def check_key(
             "EntityKeyIndexStatus is Active",
         )
         return meta, None
-    literals: dict[str, str] = {}
-    for column, value in key.items():
-        here = f"{path}.{column}"
-        if not (check_sendable(p, value, here) and check_limits(p, meta, column, value, here)):
-            ok = False
-            continue
-        try:
-            literals[column] = key_literal(p.connection, meta, column, value)
-        except (LiteralError, ValueError) as exc:
-            p.add(here, str(exc))
-            ok = False
-    ok = ok and check_key_url(p, meta, literals, path)
-    return meta, literals if ok else None
+    return meta, found
 
 
 def check_select(p: Problems, meta: TableMetadata, select: Sequence[str], path: str) -> TableMetadata:

@@ -115,7 +115,35 @@ def _check_text(text: str, where: str) -> None:
 
 def check_depth(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "$") -> None:
     """Only the depth of :func:`check_value`: for values whose other problems are judged later, item by item (a
-    ``write_entities`` record with ``NaN`` fails alone), but whose depth would overflow a recursive reader first."""
+    ``write_entities`` record with ``NaN`` fails alone), but whose depth would overflow a recursive reader first.
+
+    Every input of a bulk write passes here, so the walk goes level by level over containers alone and builds no
+    path; a value found too deep is walked again, path by path, for the path the refusal names. So is a level
+    larger than any JSON document holds: a Python value that refers to itself twice doubles each level, and the
+    walk path by path refuses it at ``max_depth``.
+    """
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    for _ in range(max_depth):
+        if not level:
+            return
+        if len(level) > _MAX_LEVEL:
+            break
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, _CONTAINERS)
+        ]
+    if level:
+        _walk_depth(value, max_depth, path)
+
+
+_CONTAINERS = (dict, list, tuple)
+_MAX_LEVEL = 1 << 18
+
+
+def _walk_depth(value: Any, max_depth: int, path: str) -> None:
+    """:func:`check_depth` depth first, building each path: the first container at ``max_depth`` is refused."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         node, where, depth = stack.pop()
