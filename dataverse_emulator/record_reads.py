@@ -61,6 +61,15 @@ class RecordReads:
 
     def resolve_key(self, table: Table, key: str) -> tuple[str | None, dict[str, Any] | None]:
         """(id, alternate-key values) for a key predicate; id is None when an alternate key matches no row."""
+        rid, values = self.parse_key(table, key)
+        if values is None:
+            return rid, None
+        ids = self.store.find_ids(table.logical_name, values)
+        return (ids[0] if ids else None), values
+
+    def parse_key(self, table: Table, key: str) -> tuple[str | None, dict[str, Any] | None]:
+        """(id, None) for a key predicate naming the id, (None, column values) for an Active alternate key (not yet
+        looked up: a bulk message looks all of its targets up at once), or the error ``resolve_key`` gives."""
         if GUID_RE.match(key):
             return key.lower(), None
         parsed = parse_key_predicate(key)
@@ -84,8 +93,7 @@ class RecordReads:
         match = [k for k in self.store.active_keys(table.logical_name) if set(k.attributes) == set(values)]
         if not match:
             raise errors.bad_key(table.logical_name)
-        ids = self.store.find_ids(table.logical_name, values)
-        return (ids[0] if ids else None), values
+        return None, values
 
     def load(self, table: Table, key: str) -> tuple[str, dict[str, Any]]:
         """Row for a key predicate, or the documented 404 (0x80040217 by id, 0x80060891 by alternate key)."""

@@ -83,6 +83,9 @@ class Store:
         self.conn.create_function("dv_match", 2, _dv_match, deterministic=True)
         self.keys: dict[str, list[Key]] = {}
         self._activated: set[str] = set()
+        #: SQL text by (statement kind, table, columns): a bulk message writes thousands of rows with the same few
+        #: statements, and quoting every column name again for each row cost more than SQLite's own work
+        self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._create_schema()
 
     # -- schema -----------------------------------------------------------------------------------------------------
@@ -133,11 +136,15 @@ class Store:
             self.conn.execute("COMMIT")
 
     def next_version(self) -> int:
-        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``."""
-        row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k='version'").fetchone()
-        n = int(row[0]) + 1 if row else 1000
-        self.conn.execute("INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES ('version', ?)", (str(n),))
-        return n
+        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``. One statement per call:
+        every written row takes one."""
+        row = self.conn.execute(
+            "UPDATE _emulator_meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k='version' RETURNING v"
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        self.conn.execute("INSERT INTO _emulator_meta (k, v) VALUES ('version', '1000')")
+        return 1000
 
     def meta_get(self, k: str) -> str | None:
         """A value from the emulator's own key/value table."""
@@ -150,10 +157,18 @@ class Store:
 
     # -- rows -------------------------------------------------------------------------------------------------------
 
+    def _by_id(self, kind: str, table: str) -> str:
+        """``SELECT * ... WHERE <primary id> = ?`` (kind ``*``) or ``SELECT 1 ...`` (kind ``1``), cached."""
+        pk = self.tables[table].primary_id  # part of the cache key: a table can be deleted and created again
+        sql = self._sql.get((kind, table, (pk,)))
+        if sql is None:
+            sql = f"SELECT {kind} FROM {q(table)} WHERE {q(pk)} = ?"
+            self._sql[(kind, table, (pk,))] = sql
+        return sql
+
     def get(self, table: str, rid: str) -> dict[str, Any] | None:
         """One row by primary key, as a dict of SQL columns, or None."""
-        t = self.tables[table]
-        cur = self.conn.execute(f"SELECT * FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
+        cur = self.conn.execute(self._by_id("*", table), (rid,))
         row = cur.fetchone()
         if row is None:
             return None
@@ -161,14 +176,16 @@ class Store:
 
     def exists(self, table: str, rid: str) -> bool:
         """Whether a row with this primary key exists."""
-        t = self.tables[table]
-        return self.conn.execute(f"SELECT 1 FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,)).fetchone() is not None
+        return self.conn.execute(self._by_id("1", table), (rid,)).fetchone() is not None
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         """Insert one row (a dict of SQL columns)."""
-        cols = list(row)
-        sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
-        self.conn.execute(sql, [row[c] for c in cols])
+        cols = tuple(row)
+        sql = self._sql.get(("insert", table, cols))
+        if sql is None:
+            sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+            self._sql[("insert", table, cols)] = sql
+        self.conn.execute(sql, list(row.values()))
 
     def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Bulk insert for the admin seed: one transaction, executemany per column set."""
@@ -206,14 +223,37 @@ class Store:
 
     def find_ids(self, table: str, values: dict[str, Any], exclude: str | None = None) -> list[str]:
         """Ids of rows whose columns equal ``values`` (used for alternate keys)."""
-        t = self.tables[table]
-        conds = [f"{q(c)} IS ?" for c in values]
-        params = list(values.values())
-        if exclude:
-            conds.append(f"{q(t.primary_id)} <> ?")
-            params.append(exclude)
-        sql = f"SELECT {q(t.primary_id)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+        pk = self.tables[table].primary_id
+        cache_key = ("find_ex" if exclude else "find", table, (pk, *values))
+        sql = self._sql.get(cache_key)
+        if sql is None:
+            conds = [f"{q(c)} IS ?" for c in values] + ([f"{q(pk)} <> ?"] if exclude else [])
+            sql = f"SELECT {q(pk)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+            self._sql[cache_key] = sql
+        params = [*values.values(), exclude] if exclude else list(values.values())
         return [r[0] for r in self.conn.execute(sql, params)]
+
+    def find_first_ids(self, table: str, lookups: list[dict[str, Any]]) -> list[str | None]:
+        """For each lookup, what ``find_ids(table, values)[0]`` answers (or None), in a few statements instead of one
+        per lookup: the lookups join the table as a ``VALUES`` list, each compared with ``IS`` as ``find_ids`` does, so
+        the column's collation and affinity apply alike and its index serves each row."""
+        out: list[str | None] = [None] * len(lookups)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, values in enumerate(lookups):
+            groups.setdefault(tuple(values), []).append(i)
+        pk = q(self.tables[table].primary_id)
+        for cols, indexes in groups.items():
+            on = " AND ".join(f"t.{q(c)} IS v.column{n + 2}" for n, c in enumerate(cols))
+            row_sql = f"({', '.join('?' * (len(cols) + 1))})"
+            for start in range(0, len(indexes), 500):
+                part = indexes[start : start + 500]
+                params = [p for i in part for p in (i, *lookups[i].values())]
+                rows = ", ".join([row_sql] * len(part))
+                sql = f"SELECT v.column1, t.{pk} FROM (VALUES {rows}) AS v JOIN {q(table)} AS t ON {on}"
+                for i, rid in self.conn.execute(sql, params):
+                    if out[i] is None:
+                        out[i] = rid
+        return out
 
     def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         """Run a SELECT and return rows as dicts."""
