@@ -14,6 +14,7 @@ available where both other messages are.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -141,39 +142,55 @@ async def bound_action(api: RecordApi, request: Request, ctx: Ctx, table: Table,
         )
     targets = _targets(await api.body_json(request, table.entity_set), table)
     count_records(request, len(targets))  # the execution-time model; a request too long fails before writing
-    # asked once: with no step on the table, notify would find none for any target (and nothing here awaits, so no
-    # other request can register one meanwhile)
+    # asked once: with no step on the table, notify would find none for any target, and nothing awaits, so no other
+    # request can register one (or move an owner to another business unit) meanwhile
     steps = api.emu.webhooks.registered(table.logical_name)
-    if action == "CreateMultiple":
-        ids = []
-        for t in targets:
-            body = _body(t)
-            rid, _ = api.do_create(ctx, table, body)
-            if steps:
-                await notify(api, ctx, "Create", table, rid, body, None)
-            ids.append(rid)
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#{NS}CreateMultipleResponse", "Ids": ids})
-    if action == "UpdateMultiple":
-        seen: set[str] = set()
-        for t in targets:
-            if "@odata.id" in t:
-                # "Using alternate keys with Web API and UpdateMultiple is not supported" (bulk-operations.md)
-                raise _invalid_argument("UpdateMultiple does not support alternate keys over the Web API.")
-            rid = t.get(table.primary_id)
-            if not rid:
-                raise _invalid_argument("Entity Id must be specified for Update")
-            rid = str(rid).lower()
-            if rid in seen:  # duplicates: the first is applied, the rest ignored (documented)
-                continue
-            seen.add(rid)
-            row = api.store.get(table.logical_name, rid)
-            if row is None:
-                raise errors.not_found(table.logical_name, rid)
-            body = _body(t)
-            api.do_update(ctx, table, rid, row, body)
-            if steps:
-                await notify(api, ctx, "Update", table, rid, body, row)
-        return Response(status_code=204, headers={"OData-Version": "4.0"})
+    write = {"CreateMultiple": _create_multiple, "UpdateMultiple": _update_multiple}.get(action, _upsert_multiple)
+    with contextlib.nullcontext() if steps else api.owner_units_read_once(table):
+        return await write(api, ctx, table, targets, steps)
+
+
+async def _create_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
+    ids = []
+    for t in targets:
+        body = _body(t)
+        rid, _ = api.do_create(ctx, table, body)
+        if steps:
+            await notify(api, ctx, "Create", table, rid, body, None)
+        ids.append(rid)
+    return api.json({"@odata.context": f"{ctx.api}/$metadata#{NS}CreateMultipleResponse", "Ids": ids})
+
+
+async def _update_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
+    seen: set[str] = set()
+    for t in targets:
+        if "@odata.id" in t:
+            # "Using alternate keys with Web API and UpdateMultiple is not supported" (bulk-operations.md)
+            raise _invalid_argument("UpdateMultiple does not support alternate keys over the Web API.")
+        rid = t.get(table.primary_id)
+        if not rid:
+            raise _invalid_argument("Entity Id must be specified for Update")
+        rid = str(rid).lower()
+        if rid in seen:  # duplicates: the first is applied, the rest ignored (documented)
+            continue
+        seen.add(rid)
+        row = api.store.get(table.logical_name, rid)
+        if row is None:
+            raise errors.not_found(table.logical_name, rid)
+        body = _body(t)
+        api.do_update(ctx, table, rid, row, body)
+        if steps:
+            await notify(api, ctx, "Update", table, rid, body, row)
+    return Response(status_code=204, headers={"OData-Version": "4.0"})
+
+
+async def _upsert_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
     for t, rid, alt in _upsert_targets(api, table, targets):
         body = _body(t)
         row = api.store.get(table.logical_name, rid) if rid else None

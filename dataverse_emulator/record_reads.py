@@ -49,6 +49,8 @@ class RecordReads:
         self.tables = emu.tables
         self.rels = emu.rels
         self._deep_children: list[tuple[Relationship, list[dict[str, Any]]]] = []
+        #: (owner type, owner id) -> business unit while a bulk message runs (``owner_units_read_once``), else None
+        self._owner_units: dict[tuple[Any, Any], Any] | None = None
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class RecordReads:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         values: dict[str, Any] = {}
         for lit in parsed.values():
-            if isinstance(lit.value, str) and KEY_RESERVED & set(lit.value):
+            if isinstance(lit.value, str) and not KEY_RESERVED.isdisjoint(lit.value):
                 # documented as unsupported in key predicates; the exact failure is not documented (GUESS)
                 raise errors.bad_request("Bad Request - Error in query syntax.")
         for name, lit in parsed.items():

@@ -86,6 +86,9 @@ class Store:
         #: SQL text by (statement kind, table, columns): a bulk message writes thousands of rows with the same few
         #: statements, and quoting every column name again for each row cost more than SQLite's own work
         self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        #: the row-version counter while a transaction runs, written back before anything can see or keep it
+        #: (``flush_version``): a bulk message takes a version per row, and one statement per row cost the most
+        self._version: int | None = None
         self._create_schema()
 
     # -- schema -----------------------------------------------------------------------------------------------------
@@ -130,14 +133,35 @@ class Store:
             self.conn.execute("BEGIN")
             try:
                 yield
+                self.flush_version()
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._version = None
                 raise
             self.conn.execute("COMMIT")
 
+    def savepoint(self, name: str) -> None:
+        """``SAVEPOINT name``, with the row-version counter written first so that rolling back to it restores it."""
+        self.flush_version()
+        self.conn.execute(f"SAVEPOINT {name}")
+
+    def release(self, name: str, rollback: bool) -> None:
+        """End a savepoint: ``ROLLBACK TO`` it (the counter reverts with it) when asked, then ``RELEASE``."""
+        if rollback:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self._version = None
+        self.flush_version()
+        self.conn.execute(f"RELEASE {name}")
+
     def next_version(self) -> int:
-        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``. One statement per call:
-        every written row takes one."""
+        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``. Inside a transaction the
+        counter is kept in memory and written back at its end (every written row takes a version)."""
+        if self.conn.in_transaction:
+            if self._version is None:
+                row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k='version'").fetchone()
+                self._version = int(row[0]) if row else 999
+            self._version += 1
+            return self._version
         row = self.conn.execute(
             "UPDATE _emulator_meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k='version' RETURNING v"
         ).fetchone()
@@ -146,8 +170,18 @@ class Store:
         self.conn.execute("INSERT INTO _emulator_meta (k, v) VALUES ('version', '1000')")
         return 1000
 
+    def flush_version(self) -> None:
+        """Write the in-memory row-version counter back (before a commit, a savepoint, or a read of it)."""
+        if self._version is not None:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES ('version', ?)", (str(self._version),)
+            )
+            self._version = None
+
     def meta_get(self, k: str) -> str | None:
         """A value from the emulator's own key/value table."""
+        if k == "version":
+            self.flush_version()
         row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
 
@@ -201,9 +235,11 @@ class Store:
                 for cols, values in groups.items():
                     sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
                     self.conn.executemany(sql, values)
+                self.flush_version()
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._version = None
                 raise
         return n
 
