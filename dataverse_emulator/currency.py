@@ -47,10 +47,13 @@ def apply(store: Store, table: Table, changes: dict[str, Any], current: dict[str
     if "exchangerate" not in table.attributes or lookup is None or not lookup.is_lookup:
         return  # no money here, or the currency table itself
     attrs = table.attributes
-    if "transactioncurrencyid" not in changes and not any(
-        (a := attrs.get(c)) is not None and a.type == "Money" and not a.extra.get("AttributeOf") for c in changes
-    ):
-        return  # the changes name fewer columns than the table has: look at those
+    if "transactioncurrencyid" not in changes:
+        for c in changes:  # the changes name fewer columns than the table has: look at those
+            a = attrs.get(c)
+            if a is not None and a.type == "Money" and not a.extra.get("AttributeOf"):
+                break
+        else:
+            return
     money = {a.name: a for a in attrs.values() if a.type == "Money" and not a.extra.get("AttributeOf")}
     merged = {**(current or {}), **changes}
     cur = merged.get("transactioncurrencyid")
