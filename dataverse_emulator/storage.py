@@ -61,6 +61,19 @@ def _dv_match(pattern: str | None, value: str | None) -> int | None:
     return 1 if _compiled(pattern).fullmatch(value) else 0
 
 
+def _build_statement(kind: str, table: str, cols: tuple[str, ...]) -> str:
+    """SQL text for ``Store._statement``: ``cols`` end with the primary id except for an insert."""
+    if kind == "insert":
+        return f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+    *named, pk = cols
+    if kind in ("*", "1"):
+        return f"SELECT {kind} FROM {q(table)} WHERE {q(pk)} = ?"
+    if kind == "update":
+        return f"UPDATE {q(table)} SET {', '.join(f'{q(c)} = ?' for c in named)} WHERE {q(pk)} = ?"
+    conds = [f"{q(c)} IS ?" for c in named] + ([f"{q(pk)} <> ?"] if kind == "find_except" else [])
+    return f"SELECT {q(pk)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+
+
 class Store:
     """The emulator's data: rows in SQLite, alternate keys and a global row-version counter."""
 
@@ -191,14 +204,21 @@ class Store:
 
     # -- rows -------------------------------------------------------------------------------------------------------
 
-    def _by_id(self, kind: str, table: str) -> str:
-        """``SELECT * ... WHERE <primary id> = ?`` (kind ``*``) or ``SELECT 1 ...`` (kind ``1``), cached."""
-        pk = self.tables[table].primary_id  # part of the cache key: a table can be deleted and created again
-        sql = self._sql.get((kind, table, (pk,)))
+    def _statement(self, kind: str, table: str, cols: tuple[str, ...]) -> str:
+        """The SQL text of a ``kind`` statement on ``table`` naming ``cols`` (its primary id last, where it has one:
+        a table can be deleted and created again), built once. The cache is emptied when it grows large (each set
+        of columns a client sends is a key)."""
+        key = (kind, table, cols)
+        sql = self._sql.get(key)
         if sql is None:
-            sql = f"SELECT {kind} FROM {q(table)} WHERE {q(pk)} = ?"
-            self._sql[(kind, table, (pk,))] = sql
+            if len(self._sql) >= 4096:
+                self._sql.clear()
+            sql = self._sql[key] = _build_statement(kind, table, cols)
         return sql
+
+    def _by_id(self, kind: str, table: str) -> str:
+        """``SELECT * ... WHERE <primary id> = ?`` (kind ``*``) or ``SELECT 1 ...`` (kind ``1``)."""
+        return self._statement(kind, table, (self.tables[table].primary_id,))
 
     def get(self, table: str, rid: str) -> dict[str, Any] | None:
         """One row by primary key, as a dict of SQL columns, or None."""
@@ -214,12 +234,7 @@ class Store:
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         """Insert one row (a dict of SQL columns)."""
-        cols = tuple(row)
-        sql = self._sql.get(("insert", table, cols))
-        if sql is None:
-            sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
-            self._sql[("insert", table, cols)] = sql
-        self.conn.execute(sql, list(row.values()))
+        self.conn.execute(self._statement("insert", table, tuple(row)), list(row.values()))
 
     def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Bulk insert for the admin seed: one transaction, executemany per column set."""
@@ -247,9 +262,8 @@ class Store:
         """Update columns of one row."""
         if not changes:
             return
-        t = self.tables[table]
-        sets = ", ".join(f"{q(c)} = ?" for c in changes)
-        self.conn.execute(f"UPDATE {q(table)} SET {sets} WHERE {q(t.primary_id)} = ?", [*changes.values(), rid])
+        sql = self._statement("update", table, (*changes, self.tables[table].primary_id))
+        self.conn.execute(sql, [*changes.values(), rid])
 
     def delete(self, table: str, rid: str) -> None:
         """Delete one row, keeping its id with a fresh version for change tracking's delta reads."""
@@ -259,13 +273,7 @@ class Store:
 
     def find_ids(self, table: str, values: dict[str, Any], exclude: str | None = None) -> list[str]:
         """Ids of rows whose columns equal ``values`` (used for alternate keys)."""
-        pk = self.tables[table].primary_id
-        cache_key = ("find_ex" if exclude else "find", table, (pk, *values))
-        sql = self._sql.get(cache_key)
-        if sql is None:
-            conds = [f"{q(c)} IS ?" for c in values] + ([f"{q(pk)} <> ?"] if exclude else [])
-            sql = f"SELECT {q(pk)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
-            self._sql[cache_key] = sql
+        sql = self._statement("find_except" if exclude else "find", table, (*values, self.tables[table].primary_id))
         params = [*values.values(), exclude] if exclude else list(values.values())
         return [r[0] for r in self.conn.execute(sql, params)]
 
