@@ -313,17 +313,15 @@ class Runner:
     def _savepoint(self) -> str:
         self.savepoints += 1
         name = f"dv_batch_{self.savepoints}"
-        self.api.store.conn.execute(f"SAVEPOINT {name}")
+        self.api.store.savepoint(name)
         self.marks[name] = self.api.emu.webhooks.mark()
         return name
 
     def _release(self, name: str, rollback: bool) -> None:
         """End a savepoint; a rolled-back one also drops the asynchronous webhook deliveries it queued."""
-        conn = self.api.store.conn
+        self.api.store.release(name, rollback)
         if rollback:
-            conn.execute(f"ROLLBACK TO {name}")
             self.api.emu.webhooks.discard_since(self.marks[name])
-        conn.execute(f"RELEASE {name}")
 
     # -- framing --------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ available where both other messages are.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -141,61 +142,108 @@ async def bound_action(api: RecordApi, request: Request, ctx: Ctx, table: Table,
         )
     targets = _targets(await api.body_json(request, table.entity_set), table)
     count_records(request, len(targets))  # the execution-time model; a request too long fails before writing
-    if action == "CreateMultiple":
-        ids = []
-        for t in targets:
-            body = _body(t)
-            rid, _ = api.do_create(ctx, table, body)
+    # asked once: with no step on the table, notify would find none for any target, and nothing awaits, so no other
+    # request can register one (or move an owner to another business unit) meanwhile
+    steps = api.emu.webhooks.registered(table.logical_name)
+    write = {"CreateMultiple": _create_multiple, "UpdateMultiple": _update_multiple}.get(action, _upsert_multiple)
+    with contextlib.nullcontext() if steps else api.owner_units_read_once(table):
+        return await write(api, ctx, table, targets, steps)
+
+
+async def _create_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
+    ids = []
+    for t in targets:
+        body = _body(t)
+        rid, _ = api.do_create(ctx, table, body)
+        if steps:
             await notify(api, ctx, "Create", table, rid, body, None)
-            ids.append(rid)
-        return api.json({"@odata.context": f"{ctx.api}/$metadata#{NS}CreateMultipleResponse", "Ids": ids})
-    if action == "UpdateMultiple":
-        seen: set[str] = set()
-        for t in targets:
-            if "@odata.id" in t:
-                # "Using alternate keys with Web API and UpdateMultiple is not supported" (bulk-operations.md)
-                raise _invalid_argument("UpdateMultiple does not support alternate keys over the Web API.")
-            rid = t.get(table.primary_id)
-            if not rid:
-                raise _invalid_argument("Entity Id must be specified for Update")
-            rid = str(rid).lower()
-            if rid in seen:  # duplicates: the first is applied, the rest ignored (documented)
-                continue
-            seen.add(rid)
-            row = api.store.get(table.logical_name, rid)
-            if row is None:
-                raise errors.not_found(table.logical_name, rid)
-            body = _body(t)
-            api.do_update(ctx, table, rid, row, body)
-            await notify(api, ctx, "Update", table, rid, body, row)
-        return Response(status_code=204, headers={"OData-Version": "4.0"})
-    # UpsertMultiple: targets keyed by @odata.id (alternate key or id) or by the primary key column; duplicates are
-    # refused before anything is written (documented: an error, unlike UpdateMultiple)
-    resolved: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
-    keys: set[Any] = set()
+        ids.append(rid)
+    return api.json({"@odata.context": f"{ctx.api}/$metadata#{NS}CreateMultipleResponse", "Ids": ids})
+
+
+async def _update_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
+    seen: set[str] = set()
     for t in targets:
         if "@odata.id" in t:
-            rid, alt = api.resolve_key(table, _key_of_odata_id(api, table, t["@odata.id"]))
-        elif t.get(table.primary_id):
-            rid, alt = str(t[table.primary_id]).lower(), None
+            # "Using alternate keys with Web API and UpdateMultiple is not supported" (bulk-operations.md)
+            raise _invalid_argument("UpdateMultiple does not support alternate keys over the Web API.")
+        rid = t.get(table.primary_id)
+        if not rid:
+            raise _invalid_argument("Entity Id must be specified for Update")
+        rid = str(rid).lower()
+        if rid in seen:  # duplicates: the first is applied, the rest ignored (documented)
+            continue
+        seen.add(rid)
+        row = api.store.get(table.logical_name, rid)
+        if row is None:
+            raise errors.not_found(table.logical_name, rid)
+        body = _body(t)
+        api.do_update(ctx, table, rid, row, body)
+        if steps:
+            await notify(api, ctx, "Update", table, rid, body, row)
+    return Response(status_code=204, headers={"OData-Version": "4.0"})
+
+
+async def _upsert_multiple(
+    api: RecordApi, ctx: Ctx, table: Table, targets: list[dict[str, Any]], steps: bool
+) -> Response:
+    for t, rid, alt in _upsert_targets(api, table, targets):
+        body = _body(t)
+        row = api.store.get(table.logical_name, rid) if rid else None
+        if row is None:
+            new_id, _ = api.do_create(ctx, table, body, rid=rid if alt is None else None, key_values=alt)
+            if steps:
+                await notify(api, ctx, "Create", table, new_id, body, None)
         else:
-            raise _invalid_argument("Entity Id must be specified for Upsert")
+            api.do_update(ctx, table, str(rid), row, body, strip=list(alt) if alt else None)
+            if steps:
+                await notify(api, ctx, "Update", table, str(rid), body, row)
+    return Response(status_code=204, headers={"OData-Version": "4.0"})
+
+
+def _upsert_targets(
+    api: RecordApi, table: Table, targets: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], str | None, dict[str, Any] | None]]:
+    """UpsertMultiple's targets as (target, id or None, alternate-key values or None), keyed by ``@odata.id``
+    (alternate key or id) or by the primary key column; duplicates are refused before anything is written
+    (documented: an error, unlike UpdateMultiple).
+
+    The alternate keys are looked up in one statement, not one per target. The answer stays the one a target-by-target
+    loop gives: parsing stops at the first bad target, and its error is raised only when no earlier target is a
+    duplicate (a duplicate's identity needs the looked-up id)."""
+    parsed: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
+    failure: Exception | None = None
+    for t in targets:
+        try:
+            if "@odata.id" in t:
+                rid, alt = api.parse_key(table, _key_of_odata_id(api, table, t["@odata.id"]))
+            elif t.get(table.primary_id):
+                rid, alt = str(t[table.primary_id]).lower(), None
+            else:
+                raise _invalid_argument("Entity Id must be specified for Upsert")
+        except Exception as e:  # re-raised below, after the duplicate check of the targets before it
+            failure = e
+            break
+        parsed.append((t, rid, alt))
+    found = iter(api.store.find_first_ids(table.logical_name, [alt for _, _, alt in parsed if alt is not None]))
+    resolved: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
+    keys: set[Any] = set()
+    for t, rid, alt in parsed:
+        if alt is not None:
+            rid = next(found)
         values = tuple(sorted((k, str(v).lower() if isinstance(v, str) else v) for k, v in (alt or {}).items()))
         ident = ("id", rid) if rid else ("key", values)
         if ident in keys:
             raise _invalid_argument("Duplicate key values were found in the Targets of UpsertMultiple.")
         keys.add(ident)
         resolved.append((t, rid, alt))
-    for t, rid, alt in resolved:
-        body = _body(t)
-        row = api.store.get(table.logical_name, rid) if rid else None
-        if row is None:
-            new_id, _ = api.do_create(ctx, table, body, rid=rid if alt is None else None, key_values=alt)
-            await notify(api, ctx, "Create", table, new_id, body, None)
-        else:
-            api.do_update(ctx, table, str(rid), row, body, strip=list(alt) if alt else None)
-            await notify(api, ctx, "Update", table, str(rid), body, row)
-    return Response(status_code=204, headers={"OData-Version": "4.0"})
+    if failure is not None:
+        raise failure
+    return resolved
 
 
 def _condition_values(cond: dict[str, Any]) -> list[Any]:

@@ -3,6 +3,8 @@ and never on the dispatcher."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -91,8 +93,18 @@ class Ctx:
         self.applied: list[str] = []
 
 
-def fmt_dt_now(clock: Callable[[], float]) -> str:
-    """Now on the injected clock, in the canonical storage form."""
-    import datetime as dt
+_LAST_SECOND: list[tuple[int, str]] = [(0, fmt_dt(dt.datetime.fromtimestamp(0, dt.UTC)))]
 
-    return fmt_dt(dt.datetime.fromtimestamp(clock(), dt.UTC))
+
+def fmt_dt_now(clock: Callable[[], float]) -> str:
+    """Now on the injected clock, in the canonical storage form (second precision). A bulk message stamps thousands
+    of rows within one second: the text of the last second is kept, away from the second's edges where rounding to
+    microseconds could carry into the next one."""
+    now = clock()
+    second = math.floor(now)
+    if 0.001 < now - second < 0.999:
+        last = _LAST_SECOND[0]
+        if last[0] != second:
+            last = _LAST_SECOND[0] = (second, fmt_dt(dt.datetime.fromtimestamp(second, dt.UTC)))
+        return last[1]
+    return fmt_dt(dt.datetime.fromtimestamp(now, dt.UTC))

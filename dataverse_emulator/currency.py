@@ -46,9 +46,15 @@ def apply(store: Store, table: Table, changes: dict[str, Any], current: dict[str
     lookup = table.attributes.get("transactioncurrencyid")
     if "exchangerate" not in table.attributes or lookup is None or not lookup.is_lookup:
         return  # no money here, or the currency table itself
-    money = {a.name: a for a in table.attributes.values() if a.type == "Money" and not a.extra.get("AttributeOf")}
-    if not any(m in changes for m in money) and "transactioncurrencyid" not in changes:
-        return
+    attrs = table.attributes
+    if "transactioncurrencyid" not in changes:
+        for c in changes:  # the changes name fewer columns than the table has: look at those
+            a = attrs.get(c)
+            if a is not None and a.type == "Money" and not a.extra.get("AttributeOf"):
+                break
+        else:
+            return
+    money = {a.name: a for a in attrs.values() if a.type == "Money" and not a.extra.get("AttributeOf")}
     merged = {**(current or {}), **changes}
     cur = merged.get("transactioncurrencyid")
     if cur is None and any(merged.get(m) is not None for m in money):

@@ -214,9 +214,17 @@ def _parse_top(value: str) -> int:
     return int(value)
 
 
+_SIMPLE_KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)='([^']*)'")
+
+
 def parse_key_predicate(text: str) -> uuid.UUID | dict[str, Literal]:
     """Parse the inside of ``entityset(...)``: a bare GUID, or ``col=value`` pairs (strings quoted with doubling,
     integers, decimals, GUIDs, booleans, dates). Parameter aliases are refused (documented)."""
+    simple = _SIMPLE_KEY_RE.fullmatch(text)
+    if simple is not None and simple.group(1) not in ("true", "false", "null"):
+        # what the tokens below give for one name and a quoted string without quotes inside, without the lexer: a
+        # bulk message keyed by one alternate-key column parses one such predicate per target
+        return {simple.group(1): Literal(simple.group(2), "Edm.String")}
     bad = ODataSyntaxError("Bad Request - Error in query syntax.", 0)
     try:
         tokens = tokenize(text)

@@ -49,6 +49,8 @@ class RecordReads:
         self.tables = emu.tables
         self.rels = emu.rels
         self._deep_children: list[tuple[Relationship, list[dict[str, Any]]]] = []
+        #: (owner type, owner id) -> business unit while a bulk message runs (``owner_units_read_once``), else None
+        self._owner_units: dict[tuple[Any, Any], Any] | None = None
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
@@ -61,6 +63,15 @@ class RecordReads:
 
     def resolve_key(self, table: Table, key: str) -> tuple[str | None, dict[str, Any] | None]:
         """(id, alternate-key values) for a key predicate; id is None when an alternate key matches no row."""
+        rid, values = self.parse_key(table, key)
+        if values is None:
+            return rid, None
+        ids = self.store.find_ids(table.logical_name, values)
+        return (ids[0] if ids else None), values
+
+    def parse_key(self, table: Table, key: str) -> tuple[str | None, dict[str, Any] | None]:
+        """(id, None) for a key predicate naming the id, (None, column values) for an Active alternate key (not yet
+        looked up: a bulk message looks all of its targets up at once), or the error ``resolve_key`` gives."""
         if GUID_RE.match(key):
             return key.lower(), None
         parsed = parse_key_predicate(key)
@@ -72,7 +83,7 @@ class RecordReads:
         comp = Compiler(self.tables, self.rels, self.emu.clock)
         values: dict[str, Any] = {}
         for lit in parsed.values():
-            if isinstance(lit.value, str) and KEY_RESERVED & set(lit.value):
+            if isinstance(lit.value, str) and not KEY_RESERVED.isdisjoint(lit.value):
                 # documented as unsupported in key predicates; the exact failure is not documented (GUESS)
                 raise errors.bad_request("Bad Request - Error in query syntax.")
         for name, lit in parsed.items():
@@ -84,8 +95,7 @@ class RecordReads:
         match = [k for k in self.store.active_keys(table.logical_name) if set(k.attributes) == set(values)]
         if not match:
             raise errors.bad_key(table.logical_name)
-        ids = self.store.find_ids(table.logical_name, values)
-        return (ids[0] if ids else None), values
+        return None, values
 
     def load(self, table: Table, key: str) -> tuple[str, dict[str, Any]]:
         """Row for a key predicate, or the documented 404 (0x80040217 by id, 0x80060891 by alternate key)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -246,11 +248,31 @@ class RecordApi(RecordReads):
         owner, kind = row.get("ownerid"), row.get("ownerid__type")
         row["owninguser"], row["owninguser__type"] = (owner, "systemuser") if kind == "systemuser" else (None, None)
         row["owningteam"], row["owningteam__type"] = (owner, "team") if kind == "team" else (None, None)
-        bu = self.store.scalar(
-            f"SELECT businessunitid FROM {q(kind or 'systemuser')} WHERE {q((kind or 'systemuser') + 'id')} = ?",
-            [owner],
-        )
+        memo = self._owner_units
+        if memo is not None and (kind, owner) in memo:
+            bu = memo[(kind, owner)]
+        else:
+            bu = self.store.scalar(
+                f"SELECT businessunitid FROM {q(kind or 'systemuser')} WHERE {q((kind or 'systemuser') + 'id')} = ?",
+                [owner],
+            )
+            if memo is not None:
+                memo[(kind, owner)] = bu
         row["owningbusinessunit"], row["owningbusinessunit__type"] = bu, "businessunit"
+
+    @contextlib.contextmanager
+    def owner_units_read_once(self, table: Table) -> Iterator[None]:
+        """Within the block, each owner's business unit is read once. A bulk message's target loop asks for it only
+        when it does not yield to another request (no webhook step to await) and writes no user, team or business unit
+        (its targets' table is none of them; deep inserts create rows, they never move an existing owner)."""
+        if table.logical_name in ("systemuser", "team", "businessunit") or self._owner_units is not None:
+            yield
+            return
+        self._owner_units = {}
+        try:
+            yield
+        finally:
+            self._owner_units = None
 
     def apply_deferred(self, deferred: list[tuple[Relationship, list[str]]], rid: str, table: Table) -> None:
         """Apply collection-valued binds once the parent row exists."""

@@ -61,6 +61,19 @@ def _dv_match(pattern: str | None, value: str | None) -> int | None:
     return 1 if _compiled(pattern).fullmatch(value) else 0
 
 
+def _build_statement(kind: str, table: str, cols: tuple[str, ...]) -> str:
+    """SQL text for ``Store._statement``: ``cols`` end with the primary id except for an insert."""
+    if kind == "insert":
+        return f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+    *named, pk = cols
+    if kind in ("*", "1"):
+        return f"SELECT {kind} FROM {q(table)} WHERE {q(pk)} = ?"
+    if kind == "update":
+        return f"UPDATE {q(table)} SET {', '.join(f'{q(c)} = ?' for c in named)} WHERE {q(pk)} = ?"
+    conds = [f"{q(c)} IS ?" for c in named] + ([f"{q(pk)} <> ?"] if kind == "find_except" else [])
+    return f"SELECT {q(pk)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+
+
 class Store:
     """The emulator's data: rows in SQLite, alternate keys and a global row-version counter."""
 
@@ -83,6 +96,12 @@ class Store:
         self.conn.create_function("dv_match", 2, _dv_match, deterministic=True)
         self.keys: dict[str, list[Key]] = {}
         self._activated: set[str] = set()
+        #: SQL text by (statement kind, table, columns): a bulk message writes thousands of rows with the same few
+        #: statements, and quoting every column name again for each row cost more than SQLite's own work
+        self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        #: the row-version counter while a transaction runs, written back before anything can see or keep it
+        #: (``flush_version``): a bulk message takes a version per row, and one statement per row cost the most
+        self._version: int | None = None
         self._create_schema()
 
     # -- schema -----------------------------------------------------------------------------------------------------
@@ -127,20 +146,55 @@ class Store:
             self.conn.execute("BEGIN")
             try:
                 yield
+                self.flush_version()
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._version = None
                 raise
             self.conn.execute("COMMIT")
 
+    def savepoint(self, name: str) -> None:
+        """``SAVEPOINT name``, with the row-version counter written first so that rolling back to it restores it."""
+        self.flush_version()
+        self.conn.execute(f"SAVEPOINT {name}")
+
+    def release(self, name: str, rollback: bool) -> None:
+        """End a savepoint: ``ROLLBACK TO`` it (the counter reverts with it) when asked, then ``RELEASE``."""
+        if rollback:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self._version = None
+        self.flush_version()
+        self.conn.execute(f"RELEASE {name}")
+
     def next_version(self) -> int:
-        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``."""
-        row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k='version'").fetchone()
-        n = int(row[0]) + 1 if row else 1000
-        self.conn.execute("INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES ('version', ?)", (str(n),))
-        return n
+        """Dataverse row versions are one counter per organization; ETags are ``W/"<n>"``. Inside a transaction the
+        counter is kept in memory and written back at its end (every written row takes a version)."""
+        if self.conn.in_transaction:
+            if self._version is None:
+                row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k='version'").fetchone()
+                self._version = int(row[0]) if row else 999
+            self._version += 1
+            return self._version
+        row = self.conn.execute(
+            "UPDATE _emulator_meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k='version' RETURNING v"
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        self.conn.execute("INSERT INTO _emulator_meta (k, v) VALUES ('version', '1000')")
+        return 1000
+
+    def flush_version(self) -> None:
+        """Write the in-memory row-version counter back (before a commit, a savepoint, or a read of it)."""
+        if self._version is not None:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO _emulator_meta (k, v) VALUES ('version', ?)", (str(self._version),)
+            )
+            self._version = None
 
     def meta_get(self, k: str) -> str | None:
         """A value from the emulator's own key/value table."""
+        if k == "version":
+            self.flush_version()
         row = self.conn.execute("SELECT v FROM _emulator_meta WHERE k=?", (k,)).fetchone()
         return row[0] if row else None
 
@@ -150,10 +204,25 @@ class Store:
 
     # -- rows -------------------------------------------------------------------------------------------------------
 
+    def _statement(self, kind: str, table: str, cols: tuple[str, ...]) -> str:
+        """The SQL text of a ``kind`` statement on ``table`` naming ``cols`` (its primary id last, where it has one:
+        a table can be deleted and created again), built once. The cache is emptied when it grows large (each set
+        of columns a client sends is a key)."""
+        key = (kind, table, cols)
+        sql = self._sql.get(key)
+        if sql is None:
+            if len(self._sql) >= 4096:
+                self._sql.clear()
+            sql = self._sql[key] = _build_statement(kind, table, cols)
+        return sql
+
+    def _by_id(self, kind: str, table: str) -> str:
+        """``SELECT * ... WHERE <primary id> = ?`` (kind ``*``) or ``SELECT 1 ...`` (kind ``1``)."""
+        return self._statement(kind, table, (self.tables[table].primary_id,))
+
     def get(self, table: str, rid: str) -> dict[str, Any] | None:
         """One row by primary key, as a dict of SQL columns, or None."""
-        t = self.tables[table]
-        cur = self.conn.execute(f"SELECT * FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,))
+        cur = self.conn.execute(self._by_id("*", table), (rid,))
         row = cur.fetchone()
         if row is None:
             return None
@@ -161,14 +230,11 @@ class Store:
 
     def exists(self, table: str, rid: str) -> bool:
         """Whether a row with this primary key exists."""
-        t = self.tables[table]
-        return self.conn.execute(f"SELECT 1 FROM {q(table)} WHERE {q(t.primary_id)} = ?", (rid,)).fetchone() is not None
+        return self.conn.execute(self._by_id("1", table), (rid,)).fetchone() is not None
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         """Insert one row (a dict of SQL columns)."""
-        cols = list(row)
-        sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
-        self.conn.execute(sql, [row[c] for c in cols])
+        self.conn.execute(self._statement("insert", table, tuple(row)), list(row.values()))
 
     def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Bulk insert for the admin seed: one transaction, executemany per column set."""
@@ -184,9 +250,11 @@ class Store:
                 for cols, values in groups.items():
                     sql = f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({', '.join('?' * len(cols))})"
                     self.conn.executemany(sql, values)
+                self.flush_version()
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._version = None
                 raise
         return n
 
@@ -194,9 +262,8 @@ class Store:
         """Update columns of one row."""
         if not changes:
             return
-        t = self.tables[table]
-        sets = ", ".join(f"{q(c)} = ?" for c in changes)
-        self.conn.execute(f"UPDATE {q(table)} SET {sets} WHERE {q(t.primary_id)} = ?", [*changes.values(), rid])
+        sql = self._statement("update", table, (*changes, self.tables[table].primary_id))
+        self.conn.execute(sql, [*changes.values(), rid])
 
     def delete(self, table: str, rid: str) -> None:
         """Delete one row, keeping its id with a fresh version for change tracking's delta reads."""
@@ -206,14 +273,31 @@ class Store:
 
     def find_ids(self, table: str, values: dict[str, Any], exclude: str | None = None) -> list[str]:
         """Ids of rows whose columns equal ``values`` (used for alternate keys)."""
-        t = self.tables[table]
-        conds = [f"{q(c)} IS ?" for c in values]
-        params = list(values.values())
-        if exclude:
-            conds.append(f"{q(t.primary_id)} <> ?")
-            params.append(exclude)
-        sql = f"SELECT {q(t.primary_id)} FROM {q(table)} WHERE {' AND '.join(conds)} LIMIT 2"
+        sql = self._statement("find_except" if exclude else "find", table, (*values, self.tables[table].primary_id))
+        params = [*values.values(), exclude] if exclude else list(values.values())
         return [r[0] for r in self.conn.execute(sql, params)]
+
+    def find_first_ids(self, table: str, lookups: list[dict[str, Any]]) -> list[str | None]:
+        """For each lookup, what ``find_ids(table, values)[0]`` answers (or None), in a few statements instead of one
+        per lookup: the lookups join the table as a ``VALUES`` list, each compared with ``IS`` as ``find_ids`` does, so
+        the column's collation and affinity apply alike and its index serves each row."""
+        out: list[str | None] = [None] * len(lookups)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, values in enumerate(lookups):
+            groups.setdefault(tuple(values), []).append(i)
+        pk = q(self.tables[table].primary_id)
+        for cols, indexes in groups.items():
+            on = " AND ".join(f"t.{q(c)} IS v.column{n + 2}" for n, c in enumerate(cols))
+            row_sql = f"({', '.join('?' * (len(cols) + 1))})"
+            for start in range(0, len(indexes), 500):
+                part = indexes[start : start + 500]
+                params = [p for i in part for p in (i, *lookups[i].values())]
+                rows = ", ".join([row_sql] * len(part))
+                sql = f"SELECT v.column1, t.{pk} FROM (VALUES {rows}) AS v JOIN {q(table)} AS t ON {on}"
+                for i, rid in self.conn.execute(sql, params):
+                    if out[i] is None:
+                        out[i] = rid
+        return out
 
     def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         """Run a SELECT and return rows as dicts."""

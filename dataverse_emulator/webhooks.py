@@ -50,6 +50,8 @@ MESSAGES = ("Create", "Update", "Delete", "Assign", "SetState")
 FILTER_TABLES = ("account", "contact", "lead", "opportunity", "incident")
 _PLATFORM_COLUMNS = ("modifiedon", "modifiedby", "modifiedonbehalfby", "versionnumber")
 _STATE_COLUMNS = ("statecode", "statuscode")
+#: The tables ``steps_for`` reads: a write to one of them may change which steps match.
+_REGISTRATION_TABLES = frozenset({"sdkmessageprocessingstep", "sdkmessagefilter", "sdkmessage", "serviceendpoint"})
 
 Delivery = tuple[str, dict[str, str], bytes]
 #: Asynchronous deliveries waiting for the current write to commit (None outside a write).
@@ -130,6 +132,21 @@ class Webhooks:
                 "ORDER BY s.rank, s.sdkmessageprocessingstepid",
                 [message, table],
             )
+        )
+
+    def registered(self, table: str) -> bool:
+        """Whether any webhook step is registered on ``table`` (any message): a bulk message asks once per request
+        and skips the per-record ``notify`` when none is, since ``steps_for`` would find nothing for any of them."""
+        if table in _REGISTRATION_TABLES:
+            return True  # writing a registration can register a step that matches the rest of the request
+        return (
+            self.emu.store.scalar(
+                "SELECT 1 FROM sdkmessageprocessingstep s "
+                "JOIN sdkmessagefilter f ON f.sdkmessagefilterid = s.sdkmessagefilterid "
+                "WHERE f.primaryobjecttypecode = ? LIMIT 1",
+                [table],
+            )
+            is not None
         )
 
     # -- entry point called by the Web API after a write -------------------------------------------------------------

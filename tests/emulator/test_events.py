@@ -20,7 +20,7 @@ from starlette.routing import Route
 from connector.connection import Connection
 from connector.runtime import Runtime
 from connector.webhook_delivery import WebhookRequest
-from dataverse_emulator.testing import EmulatorHandle, serve_asgi
+from dataverse_emulator.testing import EmulatorHandle, FakeClock, serve_asgi
 from tests.conftest import SENTINELS
 
 from .test_batch import batch_body, changeset, op, parse, send
@@ -173,6 +173,36 @@ def test_bulk_messages_raise_the_single_write_steps(
     assert by_message[2] == ("Update", ids[0])
     assert sorted(by_message[3:5]) == sorted([("Update", ids[1]), ("Create", new_id)])
     assert by_message[5] == ("Delete", ids[0])
+
+
+def test_upsert_multiple_by_alternate_key_raises_one_step_per_record_and_none_for_another_tables_step(
+    api: httpx.Client, emulator: EmulatorHandle, hooks: Any, receiver: Receiver, clock: FakeClock
+) -> None:
+    key = {"SchemaName": "ev_accountnumber", "KeyAttributes": ["accountnumber"]}
+    assert api.post("EntityDefinitions(LogicalName='account')/Keys", json=key).status_code in (200, 201, 204)
+    clock.advance(5)
+    hooks("contact", "Create", "Update")
+    t = "Microsoft.Dynamics.CRM.account"
+    api.post(
+        "accounts/Microsoft.Dynamics.CRM.CreateMultiple",
+        json={"Targets": [{"@odata.type": t, "name": "ev-0", "accountnumber": "EV0"}]},
+    ).raise_for_status()
+    assert delivered(emulator) == []  # a step on contact is none of account's
+    hooks("account", "Create", "Update")
+    api.post(
+        "accounts/Microsoft.Dynamics.CRM.UpsertMultiple",
+        json={
+            "Targets": [
+                {"@odata.type": t, "@odata.id": "accounts(accountnumber='EV0')", "name": "ev-0b"},
+                {"@odata.type": t, "@odata.id": "accounts(accountnumber='EV1')", "name": "ev-1"},
+                {"@odata.type": t, "@odata.id": "accounts(accountnumber='EV2')", "name": "ev-2"},
+            ]
+        },
+    ).raise_for_status()
+    assert sorted(delivered(emulator)) == [("Create", "account"), ("Create", "account"), ("Update", "account")]
+    got = sorted((e["message"], e["record_id"]) for e in events(receiver))
+    ids = {r["accountnumber"]: r["accountid"] for r in api.get("accounts?$select=accountnumber").json()["value"]}
+    assert got == sorted([("Update", ids["EV0"]), ("Create", ids["EV1"]), ("Create", ids["EV2"])])
 
 
 # -- Assign and SetState ----------------------------------------------------------------------------------------------

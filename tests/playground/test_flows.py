@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from dataverse_emulator import dispatch
 from tests.playground.conftest import WEBHOOK_KEY, Playground
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "webhooks" / "payloads"
@@ -149,7 +153,31 @@ def test_a_fetchxml_query_runs(playground: Playground, api: httpx.Client) -> Non
     playground.shot("fetchxml-result")
 
 
-def test_a_5000_row_job_shows_its_progress(playground: Playground, api: httpx.Client) -> None:
+def test_a_5000_row_job_shows_its_progress(
+    playground: Playground, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the emulator (in this process) answers the first bulk chunk and holds the others until the page has shown some
+    # progress, so the page's poll sees a value between 0 and 5,000 however fast the emulator writes
+    release = threading.Event()
+    answered = 0
+    bound_action = dispatch.bound_action
+
+    async def held(*args: Any) -> Any:
+        nonlocal answered
+        if answered:
+            await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        answered += 1
+        return await bound_action(*args)
+
+    monkeypatch.setattr(dispatch, "bound_action", held)
+    try:
+        _run_the_5000_row_job(playground, release)
+    finally:
+        release.set()
+    assert answered > 1  # more than one bulk chunk, all but the first held
+
+
+def _run_the_5000_row_job(playground: Playground, release: threading.Event) -> None:
     page = playground.page
     playground.choose("write_entities")
     records = [{"fields": {"name": f"Bulk {n}"}} for n in range(ROWS)]
@@ -164,6 +192,7 @@ def test_a_5000_row_job_shows_its_progress(playground: Playground, api: httpx.Cl
     job = page.locator("#jobs li.job").first
     page.wait_for_function("() => window.seen.some(v => v > 0 && v < 5000)", timeout=120_000)
     playground.shot("job-running")
+    release.set()
     job.locator(".status-succeeded").wait_for(timeout=180_000)
     seen = page.evaluate("window.seen")
     assert seen == sorted(seen) and seen[-1] == ROWS and len(set(seen)) > 2, seen
