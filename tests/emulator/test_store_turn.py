@@ -9,10 +9,13 @@ read in, so the order is forced without sleeping.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -81,32 +84,54 @@ def test_a_read_during_a_write_waits_for_its_end_and_never_sees_a_rolled_back_ro
         assert got["wall_start"] < posted["wall_end"] <= got["wall_end"], "the read arrived during the write"
 
 
-def test_a_long_batch_lets_a_request_arriving_meanwhile_be_taken_in_before_it_ends() -> None:
-    """In one event loop, a ``$batch`` of 200 reads and a WhoAmI sent right after it: the WhoAmI is admitted (its
-    log entry starts) while the batch still runs, then waits for the store. A batch that never let the loop run would
-    finish before the second request was even looked at."""
-    app = create_app(admin=True)
+def bearer_for(app: Any) -> dict[str, str]:
     emu = app.state.emulator
     client_app = emu.apps_by_kind["client_credentials"]
-    bearer = {"Authorization": f"Bearer {emu.identity.issue(BASE, client_app, client_app.object_id, None)}"}
+    return {"Authorization": f"Bearer {emu.identity.issue(BASE, client_app, client_app.object_id, None)}"}
+
+
+def long_request_then_whoami(app: Any, path: str, content: bytes, content_type: str) -> tuple[dict[str, Any], ...]:
+    """In one event loop, a long request and a WhoAmI sent right after it; their request log entries."""
+    bearer = bearer_for(app)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+            long = c.post(path, content=content, headers={**bearer, "Content-Type": content_type})
+            answers = await asyncio.gather(long, c.get("/api/data/v9.2/WhoAmI", headers=bearer))
+            assert [a.status_code for a in answers][1] == 200 and answers[0].status_code < 300, answers[0].text
+
+    asyncio.run(scenario())
+    return tuple(app.state.emulator.log)
+
+
+def test_a_long_batch_lets_a_request_arriving_meanwhile_be_taken_in_before_it_ends() -> None:
+    """A ``$batch`` of 200 reads and a WhoAmI sent right after it: the WhoAmI is admitted (its log entry starts) while
+    the batch still runs, then waits for the store. A batch that never let the loop run would finish before the
+    second request was even looked at."""
     ops = "".join(
         "--batch_x\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
         "GET /api/data/v9.2/accounts?$top=1 HTTP/1.1\r\n\r\n"
         for _ in range(200)
     )
+    body = (ops + "--batch_x--\r\n").encode()
+    long, who = long_request_then_whoami(
+        create_app(admin=True), "/api/data/v9.2/$batch", body, "multipart/mixed; boundary=batch_x"
+    )
+    assert long["path"].endswith("$batch") and who["path"].endswith("WhoAmI")
+    assert who["wall_start"] < long["wall_end"] <= who["wall_end"]
 
-    async def scenario() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
-            batch = c.post(
-                "/api/data/v9.2/$batch",
-                content=ops + "--batch_x--\r\n",
-                headers={**bearer, "Content-Type": "multipart/mixed; boundary=batch_x"},
-            )
-            answers = await asyncio.gather(batch, c.get("/api/data/v9.2/WhoAmI", headers=bearer))
-            assert [a.status_code for a in answers] == [200, 200]
 
-    asyncio.run(scenario())
-    batch_entry, who = list(emu.log)
-    assert batch_entry["path"].endswith("$batch") and who["path"].endswith("WhoAmI")
-    assert who["wall_start"] < batch_entry["wall_end"] <= who["wall_end"]
+@pytest.mark.parametrize("message", ["CreateMultiple", "UpsertMultiple"])
+def test_a_bulk_message_lets_a_request_arriving_meanwhile_be_taken_in_before_it_ends(message: str) -> None:
+    """The same for a bulk message of 500 accounts: it writes them in slices, letting the loop run in between, so
+    the WhoAmI's clock starts on arrival instead of after the whole write."""
+    targets = [
+        {"@odata.type": "Microsoft.Dynamics.CRM.account", "accountid": str(uuid.UUID(int=i + 1)), "name": f"a{i}"}
+        for i in range(500)
+    ]
+    path = f"/api/data/v9.2/accounts/Microsoft.Dynamics.CRM.{message}"
+    app = create_app(admin=True)
+    long, who = long_request_then_whoami(app, path, json.dumps({"Targets": targets}).encode(), "application/json")
+    assert long["path"].endswith(message) and who["path"].endswith("WhoAmI")
+    assert who["wall_start"] < long["wall_end"] <= who["wall_end"]
+    assert len(app.state.emulator.store.query("SELECT accountid FROM account WHERE name LIKE 'a%'", [])) == 500
