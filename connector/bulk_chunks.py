@@ -36,6 +36,7 @@ __all__ = [
     "NOT_SENT_MESSAGE",
     "READ_VALUES",
     "ChunkWriter",
+    "Found",
     "PlannedWrite",
     "RowOutcome",
     "created_ids",
@@ -46,15 +47,13 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+Found = tuple[set[str], dict[tuple[Any, ...], str]]
 READ_VALUES = 250
 """GUIDs per ``In`` read (and key pairs per ``or`` read): 250 keep the URL under 16 KB, well inside the URL limit
 (reference 1.2)."""
 READ_CHARS = 24_000
-"""The URL-encoded values one ``In`` read carries: about 530 GUIDs, or up to 1,000 short key values, so a chunk of
-1,000 rows by an alternate key such as an account number is pre-read with one request, and by id with two. Each read
-holds a request place under the ``x-ms-dop-hint`` while the writes wait, so fewer reads is throughput (issue 17: two
-reads a chunk cost 4 points of the model's ceiling). 24,000 leaves 8,000 characters of the 32 KB URL limit (reference
-1.2) for the address, ``$select`` and the filter's own text."""
+"""URL-encoded values per ``In`` read (about 530 GUIDs, up to 1,000 short keys): each read holds a request place the
+writes wait for, and 24,000 leaves 8,000 of the 32 KB URL limit (reference 1.2) for the address and the rest."""
 MAX_READ_VALUES = 1000
 NOT_FOUND = "0x80040217"
 _NS = "Microsoft.Dynamics.CRM."
@@ -145,16 +144,18 @@ class ChunkWriter:
             setattr(self, name, getattr(self, name) + n)
 
     # -- one chunk --------------------------------------------------------------------------------------------------
-    def chunk(self, items: list[PlannedWrite], may_write: Callable[[], bool] | None = None) -> dict[int, RowOutcome]:
-        """Prepare (pre-reads) and write one chunk; one result per item. ``may_write`` is asked right before the write
-        is sent: False (the run was cancelled meanwhile) leaves the chunk's writes ``not_sent``."""
+    def chunk(
+        self, items: list[PlannedWrite], may_write: Callable[[], bool] | None = None, known: Found | None = None
+    ) -> dict[int, RowOutcome]:
+        """Prepare (pre-reads, or ``known``: see :meth:`pre_read`) and write one chunk; one result per item.
+        ``may_write`` is asked right before the write: False (the run was cancelled) leaves its writes ``not_sent``."""
         done: dict[int, RowOutcome] = {}
         if self.mode == "create":
             ready = self._drop_existing_ids(items, done)
         elif self.mode == "update":
             ready = items  # keys were resolved before chunking (resolve_keys)
         else:
-            ready = self._pre_read(items)
+            ready = self.pre_read(items, known)
         if not ready:
             return done
         if may_write is not None and not may_write():
@@ -300,16 +301,18 @@ class ChunkWriter:
             ready.append(item)
         return ready, decided
 
-    def _pre_read(self, items: list[PlannedWrite]) -> list[PlannedWrite]:
-        """Upsert: which rows exist already (UpsertMultiple answers 204 without per-record results, reference 15.3).
-
-        Rows found by key are then addressed by their GUID; rows to create get a new client id (with the key columns
-        in the body), so every result carries its id and a resend after a lost answer updates instead of duplicating.
-        """
+    def lookup(self, items: Sequence[PlannedWrite]) -> Found:
+        """The reads of an upsert's pre-read: the ids that exist, and the GUIDs of the keys found."""
         by_id = [item.id for item in items if item.id is not None]
-        existing = self._existing_ids(by_id) if by_id else set()
         keyed = [item for item in items if item.id is None]
-        found = self._find_keys(keyed) if keyed else {}
+        return self._existing_ids(by_id) if by_id else set(), self._find_keys(keyed) if keyed else {}
+
+    def pre_read(self, items: list[PlannedWrite], known: Found | None = None) -> list[PlannedWrite]:
+        """Upsert: which rows exist already (UpsertMultiple answers 204 without per-record results, reference 15.3),
+        read here unless ``known`` (another chunk's :meth:`lookup` read them). Rows found by key are then addressed by
+        their GUID; rows to create get a new client id (with the key columns in the body), so every result carries
+        its id and a resend after a lost answer updates instead of duplicating."""
+        existing, found = known if known is not None else self.lookup(items)
         for item in items:
             if item.id is not None:
                 item.exists = item.id in existing

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from connector.bulk_chunks import NOT_FOUND, ChunkWriter, PlannedWrite, RowOutcome, not_sent
+from connector.bulk_chunks import NOT_FOUND, ChunkWriter, Found, PlannedWrite, RowOutcome, not_sent
 from connector.bulk_run import Chunk, Merger, RecordResult, RunStats, run_chunks, sorted_results
 from connector.errors import (
     DataverseApiError,
@@ -143,9 +143,11 @@ class RemovalWriter(ChunkWriter):
     """A :class:`ChunkWriter` whose ``delete`` chunks go out as a ``$batch`` of DELETEs; ``deactivate`` chunks are
     the parent's updates (mode ``update`` underneath)."""
 
-    def chunk(self, items: list[PlannedWrite], may_write: Callable[[], bool] | None = None) -> dict[int, RowOutcome]:
+    def chunk(
+        self, items: list[PlannedWrite], may_write: Callable[[], bool] | None = None, known: Found | None = None
+    ) -> dict[int, RowOutcome]:
         if self.mode != "delete":
-            return super().chunk(items, may_write)
+            return super().chunk(items, may_write, known)
         if items and may_write is not None and not may_write():
             return {item.index: not_sent(item) for item in items}
         return self._delete_batch(items) if items else {}

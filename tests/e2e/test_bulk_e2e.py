@@ -116,7 +116,8 @@ def test_write_entities_upserts_5000_with_3_bad_rows(
     pre_reads = [r for r in log if r["method"] == "GET" and r["path"].endswith("/accounts")]
     probes = [r for r in log if "sdkmessagefilters" in r["path"]]
     metadata = [r for r in log if "EntityDefinitions" in r["path"]]
-    assert len(probes) == 1 and len(pre_reads) == 50 == out["summary"]["pre_reads"]
+    # one pre-read serves at most two chunks of 100 (ReadAhead); chunks waiting for a place are read along
+    assert len(probes) == 1 and 25 <= len(pre_reads) < 50 and len(pre_reads) == out["summary"]["pre_reads"]
     bound = 50 + len(pre_reads) + 2 * len(bad) * math.ceil(math.log2(100)) + len(probes) + len(metadata)
     assert len(log) <= bound, (len(log), bound)
     assert len(writes) == 50 + out["summary"]["split_requests"]
