@@ -275,4 +275,15 @@ def test_connection_ca_file_becomes_ssl_context(cloud: Any) -> None:
     conn = cloud.connect(ca_file=certifi.where())
     assert isinstance(conn._verify, ssl.SSLContext)
     assert conn._verify.verify_mode == ssl.CERT_REQUIRED
-    assert cloud.connect()._verify is True
+    default = cloud.connect()._verify
+    assert isinstance(default, ssl.SSLContext) and default.verify_mode == ssl.CERT_REQUIRED
+    assert cloud.connect()._verify is default  # the system trust is loaded once per process, not per connection
+
+
+def test_the_default_trust_follows_ssl_cert_file(cloud: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    default = cloud.connect()._verify
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    own = cloud.connect()._verify
+    assert isinstance(own, ssl.SSLContext) and own is not default
