@@ -44,6 +44,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -364,8 +365,9 @@ def write_entities(
         bodies, refused = _checked_all(p, meta, mode, records)
         if p.items:
             raise InputError(p.items)
+    route = _probe_meanwhile(connection, meta, mode) if bodies else None
     plan = ListPlan(connection, meta, mode, records, bodies, options)
-    run = _Run(connection, meta, mode, options, bool(plan.order), cancel)
+    run = _Run(connection, meta, mode, options, bool(plan.order), cancel, route)
     first = Chunk([], dict(refused), send=False)
     chunks: Iterable[Chunk] = itertools.chain([first], (Chunk(part) for part in plan.parts()))
     if mode == "update":  # keys become GUIDs first, so two records naming one row are merged like duplicates
@@ -386,6 +388,19 @@ def write_entities(
     )
 
 
+_MESSAGES = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}
+
+
+def _probe_meanwhile(connection: Connection, meta: TableMetadata, mode: str) -> Callable[[], bool]:
+    """Start the bulk-message probe (one request on a table's first write) on a thread while the list is planned;
+    the callable waits for its answer. On a cold connection the two were 30 and 50 ms one after the other."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d365-probe")
+    try:
+        return pool.submit(supports, connection, meta, _MESSAGES[mode]).result
+    finally:
+        pool.shutdown(wait=False)
+
+
 class _Run:
     """One run of the writer, list or stream: the route (probed once), the chunk writer, the counts."""
 
@@ -397,10 +412,12 @@ class _Run:
         options: WriteOptions,
         any_items: bool,
         cancel: CancellationToken | None,
+        route: Callable[[], bool] | None = None,
     ) -> None:
-        message = {"create": "CreateMultiple", "update": "UpdateMultiple", "upsert": "UpsertMultiple"}[mode]
+        """``route``: the answer of a bulk-message probe already under way (:func:`_probe_meanwhile`)."""
         self.connection, self.meta, self.mode, self.cancel = connection, meta, mode, cancel
-        self.use_bulk = any_items and supports(connection, meta, message)
+        probe = route or (lambda: supports(connection, meta, _MESSAGES[mode]))
+        self.use_bulk = any_items and probe()
         self.writer = ChunkWriter(connection, meta, mode, options, options.headers(), self.use_bulk, cancel=cancel)
 
     def run(
