@@ -14,10 +14,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from connector.addressing import predicate
 from connector.body import key_body
+from connector.bulk_reads import READ_VALUES, read_parts, read_rows
 from connector.client import DUPLICATE_RECORD
 from connector.errors import DataverseApiError, FatalApiError, MultipartError, OutcomeUnknownError, RetriableApiError
 from connector.governor import Outcome
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOT_SENT_MESSAGE",
-    "READ_VALUES",
     "ChunkWriter",
     "Found",
     "PlannedWrite",
@@ -42,19 +42,11 @@ __all__ = [
     "created_ids",
     "failed_outcome",
     "not_sent",
-    "read_parts",
     "row_identity",
 ]
 
 R = TypeVar("R")
 Found = tuple[set[str], dict[tuple[Any, ...], str]]
-READ_VALUES = 250
-"""GUIDs per ``In`` read (and key pairs per ``or`` read): 250 keep the URL under 16 KB, well inside the URL limit
-(reference 1.2)."""
-READ_CHARS = 24_000
-"""URL-encoded values per ``In`` read (about 530 GUIDs, up to 1,000 short keys): each read holds a request place the
-writes wait for, and 24,000 leaves 8,000 of the 32 KB URL limit (reference 1.2) for the address and the rest."""
-MAX_READ_VALUES = 1000
 NOT_FOUND = "0x80040217"
 _NS = "Microsoft.Dynamics.CRM."
 _DUPLICATE_CODES = frozenset({DUPLICATE_RECORD, "0x80060892"})  # duplicate primary key; duplicate alternate key
@@ -165,31 +157,31 @@ class ChunkWriter:
         return done
 
     # -- reads ------------------------------------------------------------------------------------------------------
-    def _read(self, column: str, typ: str, values: Sequence[Any], select: Sequence[str]) -> list[dict[str, Any]]:
-        """Rows whose ``column`` is one of ``values``, through ``In`` reads of at most :data:`READ_VALUES` values."""
-        rows: list[dict[str, Any]] = []
-        for part in read_parts([quote_string(str(v)) for v in values]):
-            filter_ = f"{_NS}In(PropertyName='{filter_column(column, typ)}',PropertyValues=[{','.join(part)}])"
-            rows += self._get(filter_, select)
-        return rows
-
-    def _get(self, filter_: str, select: Sequence[str]) -> list[dict[str, Any]]:
-        query = build_query_string({"$select": ",".join(dict.fromkeys(select)), "$filter": filter_})
+    def _fetch(self, urls: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """The rows of each read, all sent as one request (:func:`connector.bulk_reads.read_rows`)."""
+        if not urls:
+            return []
         self._count("pre_reads")
-        out: list[dict[str, Any]] = []
-        url: str | None = f"{self.meta.entity_set}?{query}"
-        while url:
-            body = self.client.get_json(url, prefer=["odata.maxpagesize=5000"], impersonate=self.options.impersonate)
-            out += [r for r in body.get("value", []) if isinstance(r, dict)] if isinstance(body, dict) else []
-            url = body.get("@odata.nextLink") if isinstance(body, dict) else None
-        return out
+        return read_rows(self.client, urls, self.options.impersonate)
+
+    def _url(self, filter_: str, select: Sequence[str]) -> str:
+        query = build_query_string({"$select": ",".join(dict.fromkeys(select)), "$filter": filter_})
+        return f"{self.meta.entity_set}?{query}"
+
+    def _in_urls(self, column: str, typ: str, values: Sequence[Any], select: Sequence[str]) -> list[str]:
+        """The ``In`` reads of the rows whose ``column`` is one of ``values`` (:func:`read_parts` packs them)."""
+        name = filter_column(column, typ)
+        return [
+            self._url(f"{_NS}In(PropertyName='{name}',PropertyValues=[{','.join(part)}])", select)
+            for part in read_parts([quote_string(str(v)) for v in values])
+        ]
 
     def _existing_ids(self, ids: Sequence[str]) -> set[str]:
         return set(self._rows_by_id(ids, [self.meta.primary_id]))
 
     def _rows_by_id(self, ids: Sequence[str], select: Sequence[str]) -> dict[str, dict[str, Any]]:
         pid = self.meta.primary_id
-        rows = self._read(pid, "Uniqueidentifier", list(ids), select)
+        rows = [r for part in self._fetch(self._in_urls(pid, "Uniqueidentifier", list(ids), select)) for r in part]
         return {str(r[pid]).lower(): r for r in rows if r.get(pid)}
 
     def _select(self, items: Sequence[PlannedWrite]) -> list[str]:
@@ -198,33 +190,47 @@ class ChunkWriter:
 
     def _find_keys(self, items: Sequence[PlannedWrite]) -> dict[tuple[Any, ...], str]:
         """GUIDs of the rows with these keys: ``In`` over a one-column key, ``or`` of ``and`` for a composite key."""
+        groups = self._key_reads(items)
+        return self._keys_found(groups, self._fetch([url for _, urls in groups for url in urls]))
+
+    def _key_reads(self, items: Sequence[PlannedWrite]) -> list[tuple[dict[str, str], list[str]]]:
+        """Per set of key columns: each column's filter name, and the reads of its rows."""
         meta, pid = self.meta, self.meta.primary_id
-        found: dict[tuple[Any, ...], str] = {}
         by_columns: dict[tuple[str, ...], list[PlannedWrite]] = {}
         for item in items:
             assert item.key is not None
             by_columns.setdefault(tuple(sorted(item.key)), []).append(item)
+        out = []
         for columns, group in by_columns.items():
             props = {c: filter_column(c, meta.attributes[c].type) for c in columns}
             select = [pid, *props.values()]
             if len(columns) == 1:
                 (column,) = columns
                 values = list(dict.fromkeys(item.key[column] for item in group if item.key is not None))
-                rows = self._read(column, meta.attributes[column].type, values, select)
-            else:
-                rows = []
-                for start in range(0, len(group), READ_VALUES // 2):
-                    clauses = []
-                    for item in group[start : start + READ_VALUES // 2]:
-                        assert item.key is not None
-                        parts = [
-                            f"{props[c]} eq {format_literal(item.key[c], meta.attributes[c].type)}" for c in columns
-                        ]
-                        clauses.append("(" + " and ".join(parts) + ")")
-                    rows += self._get(" or ".join(clauses), select)
-            for row in rows:
-                ident = ("key", tuple(sorted((c, _norm(row.get(props[c]))) for c in columns)))
-                found[ident] = str(row[pid]).lower()
+                out.append((props, self._in_urls(column, meta.attributes[column].type, values, select)))
+                continue
+            urls = []
+            for start in range(0, len(group), READ_VALUES // 2):
+                clauses = []
+                for item in group[start : start + READ_VALUES // 2]:
+                    assert item.key is not None
+                    parts = [f"{props[c]} eq {format_literal(item.key[c], meta.attributes[c].type)}" for c in columns]
+                    clauses.append("(" + " and ".join(parts) + ")")
+                urls.append(self._url(" or ".join(clauses), select))
+            out.append((props, urls))
+        return out
+
+    def _keys_found(
+        self, groups: list[tuple[dict[str, str], list[str]]], answers: list[list[dict[str, Any]]]
+    ) -> dict[tuple[Any, ...], str]:
+        """The GUID of each key the reads of :meth:`_key_reads` found (``answers``: their rows, in order)."""
+        found: dict[tuple[Any, ...], str] = {}
+        rows_of = iter(answers)
+        for props, urls in groups:
+            for _ in urls:
+                for row in next(rows_of):
+                    ident = ("key", tuple(sorted((c, _norm(row.get(p))) for c, p in props.items())))
+                    found[ident] = str(row[self.meta.primary_id]).lower()
         return found
 
     def _drop_existing_ids(self, items: list[PlannedWrite], done: dict[int, RowOutcome]) -> list[PlannedWrite]:
@@ -302,10 +308,14 @@ class ChunkWriter:
         return ready, decided
 
     def lookup(self, items: Sequence[PlannedWrite]) -> Found:
-        """The reads of an upsert's pre-read: the ids that exist, and the GUIDs of the keys found."""
-        by_id = [item.id for item in items if item.id is not None]
-        keyed = [item for item in items if item.id is None]
-        return self._existing_ids(by_id) if by_id else set(), self._find_keys(keyed) if keyed else {}
+        """An upsert's pre-read, one request: the ids that exist, and the GUIDs of the keys found."""
+        pid = self.meta.primary_id
+        ids = [item.id for item in items if item.id is not None]
+        by_id = self._in_urls(pid, "Uniqueidentifier", ids, [pid]) if ids else []
+        groups = self._key_reads([item for item in items if item.id is None])
+        answers = self._fetch([*by_id, *(url for _, urls in groups for url in urls)])
+        existing = {str(r[pid]).lower() for rows in answers[: len(by_id)] for r in rows if r.get(pid)}
+        return existing, self._keys_found(groups, answers[len(by_id) :])
 
     def pre_read(self, items: list[PlannedWrite], known: Found | None = None) -> list[PlannedWrite]:
         """Upsert: which rows exist already (UpsertMultiple answers 204 without per-record results, reference 15.3),
@@ -566,21 +576,6 @@ class ChunkWriter:
             return RowOutcome("updated", item.id)
         created = item.id or entity_id(answer.header("OData-EntityId"))
         return RowOutcome("updated" if item.exists else "created", created)
-
-
-def read_parts(literals: Sequence[str]) -> list[list[str]]:
-    """Literals grouped into reads of at most :data:`READ_CHARS` URL-encoded characters and
-    :data:`MAX_READ_VALUES` values (one value alone may exceed it: the URL limit still holds it)."""
-    parts: list[list[str]] = []
-    size = READ_CHARS
-    for literal in literals:
-        length = len(quote(literal, safe="")) + 3  # and the encoded comma
-        if size + length > READ_CHARS or len(parts[-1]) >= MAX_READ_VALUES:
-            parts.append([])
-            size = 0
-        parts[-1].append(literal)
-        size += length
-    return parts
 
 
 def _run(index: int, fn: Callable[[list[PlannedWrite]], R], items: list[PlannedWrite]) -> Outcome[R]:

@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connector.bulk_chunks import ChunkWriter, Found, PlannedWrite, RowOutcome, not_sent, read_parts, row_identity
+from connector.bulk_chunks import ChunkWriter, Found, PlannedWrite, RowOutcome, not_sent, row_identity
 from connector.governor import Outcome
 from connector.ids import new_id
-from connector.odata import quote_string
 
 if TYPE_CHECKING:
     from connector.bulk import WriteOptions
@@ -92,23 +91,9 @@ class SharedRead:
     found: Found | None = None
 
 
-def pre_read_requests(items: Sequence[PlannedWrite]) -> int | None:
-    """The ``In`` reads an upsert chunk's pre-read takes (by id, by a one-column key); None with a composite key,
-    whose ``or`` reads are not shared."""
-    ids = [quote_string(str(item.id)) for item in items if item.id is not None]
-    by_column: dict[str, dict[str, None]] = {}
-    for item in items:
-        if item.id is None:
-            if item.key is None or len(item.key) != 1:
-                return None
-            ((column, value),) = item.key.items()
-            by_column.setdefault(column, {})[quote_string(str(value))] = None
-    return len(read_parts(ids)) + sum(len(read_parts(list(values))) for values in by_column.values())
-
-
 class ReadAhead:
-    """Upsert chunks taken from the stream and not yet begun; a chunk about to pre-read takes the rows of the first
-    of them no other chunk took along, when the same number of requests reads both (about 1,000 short keys a URL).
+    """Upsert chunks taken from the stream and not yet begun; a chunk about to pre-read takes along the rows of the
+    first of them no other chunk took along, and reads both in one request (:mod:`connector.bulk_reads`).
 
     Why: each pre-read holds one of the request places ``x-ms-dop-hint`` allows while the writes wait for it, so
     halving them is throughput (issue 17), and it halves the requests counted against the 6,000 per 5 minutes. The
@@ -134,9 +119,6 @@ class ReadAhead:
             self.waiting.pop(id(chunk), None)
             nxt = next((c for c in self.waiting.values() if c.shared is None), None)
             if chunk.shared is not None or nxt is None:
-                return None
-            alone = pre_read_requests(chunk.items)
-            if not alone or pre_read_requests([*chunk.items, *nxt.items]) != alone:
                 return None
             nxt.shared = SharedRead()
             return nxt

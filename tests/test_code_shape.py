@@ -182,6 +182,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "batch",
             "bulk",
             "bulk_chunks",
+            "bulk_reads",
             "bulk_plan",
             "bulk_run",
             "bulk_remove",

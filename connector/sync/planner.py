@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from connector.addressing import key_value
-from connector.bulk_chunks import read_parts
+from connector.bulk_reads import read_parts
 from connector.ids import new_id
 from connector.odata import build_query_string, filter_column, format_literal, quote_string
 
@@ -87,7 +87,7 @@ def find_rows(
 
     Why ``In`` reads packed to the URL's size, run in parallel: one ``$filter`` per 40 rows, one after the other, left a
     first sync waiting on its reads. Probes on one column become ``In`` reads of as many values as
-    :func:`connector.bulk_chunks.read_parts` packs into a URL (the bulk writer's pre-reads do the same); probes on
+    :func:`connector.bulk_reads.read_parts` packs into a URL (the bulk writer's pre-reads do the same); probes on
     several columns become ``or`` of ``and`` clauses packed the same way. The reads run on the governor's threads
     (within the run's cap); memory stays bounded by the caller's group of probes.
     """

@@ -23,7 +23,7 @@ from connector.bulk import WriteOptions, write_entities
 from connector.clock import FakeClock
 from connector.connection import Connection
 from connector.errors import InputError
-from connector.multipart import OperationResponse, encode_batch_response
+from connector.multipart import BatchOperation, OperationResponse, decode_batch, encode_batch_response
 from connector.runtime import Runtime
 from tests.bulk.conftest import FakeDataverse
 
@@ -41,6 +41,7 @@ class BulkServer:
         self.drop_next_commit = False
         self.before_write: list[Any] = []  # callables run before the next bulk message (another writer's work)
         self.before_read: list[Any] = []  # callables run before the next read of rows (a pre-read)
+        self.batched_reads: list[str] = []  # the URLs of reads sent together in a $batch
         fake.respond = self.respond
 
     def seed(self, accountnumber: str, name: str = "old") -> str:
@@ -118,6 +119,9 @@ class BulkServer:
         return next((i for i, r in rows.items() if r.get("accountnumber", "").lower() == match.group(1).lower()), None)
 
     def batch(self, request: httpx.Request) -> httpx.Response:
+        operations = decode_batch(request.headers["Content-Type"], request.content)
+        if all(isinstance(op, BatchOperation) and op.method == "GET" for op in operations):  # the writer's reads
+            return self.batch_of_reads([op.url for op in operations if isinstance(op, BatchOperation)])
         answers = []
         for part in re.findall(rb"\r\n(POST|PATCH) \S+ HTTP/1.1\r\n.*?\r\n\r\n(\{.*?\})\r\n--", request.content, re.S):
             body = json.loads(part[1])
@@ -127,6 +131,19 @@ class BulkServer:
             self.rows[body["accountid"]] = body
             entity = (("OData-EntityId", f"{API}/accounts({body['accountid']})"),)
             answers.append(OperationResponse(204, "No Content", headers=entity))
+        content_type, payload = encode_batch_response(answers)
+        return httpx.Response(200, headers={"Content-Type": content_type}, content=payload)
+
+    def batch_of_reads(self, urls: list[str]) -> httpx.Response:
+        """Reads sent together as one ``$batch``: each answered as the same GET alone would be."""
+        while self.before_read:
+            self.before_read.pop()()
+        self.batched_reads += urls
+        answers = []
+        for url in urls:
+            filter_ = httpx.URL(url).params["$filter"]
+            body = json.dumps({"value": self.read(filter_)}).encode()
+            answers.append(OperationResponse(200, "OK", (("Content-Type", "application/json"),), body))
         content_type, payload = encode_batch_response(answers)
         return httpx.Response(200, headers={"Content-Type": content_type}, content=payload)
 

@@ -1,4 +1,4 @@
-"""An upsert chunk's pre-read takes the next waiting chunk's rows along when one request reads both (``ReadAhead``).
+"""An upsert chunk's pre-read takes the next waiting chunk's rows along, one request for both (``ReadAhead``).
 
 The pairing is decided on the chunks alone, so these tests drive :class:`connector.bulk_run.ReadAhead` directly with a
 writer that records its reads; the end-to-end tests (``tests/e2e/test_bulk_e2e.py``) check the outcomes of runs that
@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 
 from connector.bulk_chunks import ChunkWriter, Found, PlannedWrite
-from connector.bulk_run import Chunk, ReadAhead, pre_read_requests
+from connector.bulk_run import Chunk, ReadAhead
 
 
 def by_key(start: int, n: int, column: str = "accountnumber") -> list[PlannedWrite]:
@@ -62,19 +62,9 @@ def test_a_chunk_begun_out_of_order_takes_the_first_chunk_nobody_took_along() ->
     assert ahead.begin(chunks[1]) is None and ahead.begin(chunks[3]) is None
 
 
-@pytest.mark.parametrize(
-    ("mode", "first", "second"),
-    [
-        ("update", by_key(0, 10), by_key(10, 10)),  # only an upsert pre-reads like this
-        ("upsert", by_id(0, 400), by_id(400, 400)),  # 800 GUIDs take two reads, 400 one: no gain
-        ("upsert", by_key(0, 10), [PlannedWrite(10, {}, key={"a": 1, "b": 2})]),  # composite keys: or reads
-    ],
-)
-def test_no_chunk_is_taken_along_when_reading_both_costs_more_requests(
-    mode: str, first: list[PlannedWrite], second: list[PlannedWrite]
-) -> None:
-    ahead = ReadAhead(mode)
-    a, b = Chunk(first), Chunk(second)
+def test_only_an_upsert_takes_a_chunk_along() -> None:
+    ahead = ReadAhead("update")  # an update resolves its keys before chunking: no pre-read to share
+    a, b = Chunk(by_key(0, 10)), Chunk(by_key(10, 10))
     ahead.taken(a)
     ahead.taken(b)
     assert ahead.begin(a) is None and b.shared is None
@@ -89,11 +79,3 @@ def test_a_failed_shared_read_leaves_the_other_chunk_to_read_for_itself() -> Non
         ahead.known(first, first.items, cast(ChunkWriter, Reads(fail=True)))
     assert second.shared is not None and second.shared.over.is_set() and second.shared.found is None
     assert ahead.known(second, second.items, cast(ChunkWriter, Reads())) is None  # None: it reads its own rows
-
-
-def test_the_requests_a_pre_read_takes() -> None:
-    assert pre_read_requests(by_key(0, 1000)) == 1
-    assert pre_read_requests(by_id(0, 1000)) == 2
-    assert pre_read_requests([*by_key(0, 10), *by_key(10, 10, "name")]) == 2  # one read per key column
-    assert pre_read_requests([PlannedWrite(0, {}, key={"a": 1, "b": 2})]) is None
-    assert pre_read_requests([]) == 0
