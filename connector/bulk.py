@@ -16,8 +16,9 @@ closes those gaps:
   (``already_present``) instead of failing them with "duplicate key";
 * a failed chunk is **split in halves** until each bad row stands alone (at most ``2·⌈log2(chunk)⌉`` extra requests per
   bad row); the good rows land;
-* **upsert** pre-reads which keys exist (one ``In`` read per chunk) to say created vs updated, and **update** by
-  alternate key resolves keys to GUIDs the same way, since UpdateMultiple over the Web API takes no alternate keys;
+* **upsert** pre-reads which keys exist (``In`` reads, one request for two chunks: :mod:`connector.bulk_reads`,
+  :class:`connector.bulk_run.ReadAhead`) to say created vs updated, and **update** by alternate key resolves keys to
+  GUIDs the same way, since UpdateMultiple over the Web API takes no alternate keys;
 * **duplicate** ids or keys within one run are merged before sending (later fields win) and reported with
   ``merged_into``: UpsertMultiple refuses duplicates and UpdateMultiple silently applies only the first;
 * creates carry **client-generated, time-ordered ids** by default (:func:`connector.ids.new_id`), which makes a resend
