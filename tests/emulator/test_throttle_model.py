@@ -5,14 +5,19 @@ limit. Costs and ratios are pinned; no wall-clock time is measured."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from dataverse_emulator import throttle as throttle_module
 from dataverse_emulator.execution import Costs, fastest_run_s, request_kind, sustained_rate
 from dataverse_emulator.testing import EmulatorHandle, running_emulator
+from dataverse_emulator.throttle import Throttle, limits_for
 
 from .conftest import FakeClock
 
@@ -165,3 +170,51 @@ def test_message_size_limit_applies_only_when_a_step_is_registered(modelled: Emu
         bypass = {"MSCRM.BypassCustomPluginExecution": "true"}
         assert api.post("accounts/Microsoft.Dynamics.CRM.CreateMultiple", json=big, headers=bypass).status_code == 200
         assert api.post("accounts/Microsoft.Dynamics.CRM.CreateMultiple", json=targets(5)).status_code == 200
+
+
+def _bulk_body(n: int) -> bytes:
+    targets = [{"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"a{i}"} for i in range(n)]
+    return json.dumps({"Targets": targets}).encode()
+
+
+def _run_midway(body_parts: list[bytes], elapsed_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], Any]:
+    """``throttle._midway`` on a body sent in ``body_parts``, ``elapsed_s`` after the request started: the waits it
+    asked for (recorded, never slept) and the messages its replay hands the handler."""
+    th = Throttle("dataverse", limits_for("dataverse"), time.time, time_scale=2.0, dop_hint=4)
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(throttle_module.asyncio, "sleep", no_sleep)
+    messages = [
+        {"type": "http.request", "body": p, "more_body": i < len(body_parts) - 1} for i, p in enumerate(body_parts)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def scenario() -> list[Any]:
+        replay = await throttle_module._midway(th, receive, time.perf_counter() - elapsed_s)
+        return [await replay(), await replay()]
+
+    return waits, asyncio.run(scenario())
+
+
+def test_a_bulk_message_runs_midway_through_its_execution_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 targets cost 7.2 ms x 201 = 1.447 s, 0.7236 s at time scale 2: the handler starts at half of it, the time
+    already spent counted, and gets the whole body, sent in two parts, back in one."""
+    body = _bulk_body(1000)
+    waits, (first, second) = _run_midway([body[:500], body[500:]], 0.1, monkeypatch)
+    assert len(waits) == 1 and waits[0] == pytest.approx(Costs().of("bulk", 1000) / 2 / 2 - 0.1, abs=0.01)
+    assert first == {"type": "http.request", "body": body, "more_body": False}
+    assert second == {"type": "http.disconnect"}
+
+
+def test_a_bulk_body_that_is_not_targets_or_a_client_gone_runs_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits, (first, _) = _run_midway([b"{not json"], 0.0, monkeypatch)
+    assert waits == [] and first["body"] == b"{not json"  # the handler answers the error
+    waits, (first, _) = _run_midway([_bulk_body(10)], 10.0, monkeypatch)
+    assert waits == []  # half of its time has passed already
+    waits, (first, second) = _run_midway([], 0.0, monkeypatch)
+    assert waits == [] and first == second == {"type": "http.disconnect"}
