@@ -364,3 +364,20 @@ def test_through_the_runtime_each_record_is_checked_once(
     verdict = bulk.check_records(conn, "account", "create", records[:2])
     write_entities(conn, "account", "create", records[2:], checked=verdict)
     assert checked == [4, 2, 2]  # the verdict was on other records: the write checked its own
+
+
+def test_a_list_write_keeps_the_live_heap_out_of_full_collections_while_it_runs(fake: FakeDataverse) -> None:
+    """The objects alive when the write starts (the caller's records among them) are frozen while it runs, so the
+    collector's full passes do not walk them with every thread stopped, and handed back when it ends."""
+    import gc
+
+    server = BulkServer(fake)
+    records = [{"key": {"accountnumber": f"F-{i}"}, "fields": {"name": f"n{i}"}} for i in range(50)]
+    seen: list[int] = []
+    server.before_write.append(lambda: seen.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    with fake.connect() as conn:
+        report = write_entities(conn, "account", "upsert", records)
+    assert report.summary()["created"] == 50
+    assert seen and seen[0] > before  # the records (and everything alive then) were frozen during the write
+    assert gc.get_freeze_count() == before
