@@ -19,6 +19,7 @@ import httpx
 from connector.api_errors import error_from_response
 from connector.errors import FatalApiError, MultipartError
 from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
+from connector.paging import iter_pages
 
 if TYPE_CHECKING:
     from connector.client import DataverseClient
@@ -32,7 +33,7 @@ READ_CHARS = 24_000
 limit (reference 1.2) for the address, ``$select`` and the filter's own text."""
 MAX_READ_VALUES = 1000
 """Values per ``In`` read: SQL Server takes at most 2,100 parameters a statement, and Dataverse adds its own."""
-PAGE = "odata.maxpagesize=5000"
+PAGE_SIZE = 5000
 
 
 def read_parts(literals: Sequence[str]) -> list[list[str]]:
@@ -56,7 +57,8 @@ def read_rows(client: DataverseClient, urls: Sequence[str], impersonate: str | N
     if len(urls) == 1:
         return [_pages(client, urls[0], impersonate)]
     api_path = urlsplit(client.api_url).path.rstrip("/")
-    operations = [BatchOperation("GET", f"{api_path}/{url}", (("Prefer", PAGE),)) for url in urls]
+    prefer = (("Prefer", f"odata.maxpagesize={PAGE_SIZE}"),)
+    operations = [BatchOperation("GET", f"{api_path}/{url}", prefer) for url in urls]
     content_type, payload = encode_batch(operations)
     response = client.request(
         "POST",
@@ -85,13 +87,8 @@ def read_rows(client: DataverseClient, urls: Sequence[str], impersonate: str | N
 
 
 def _pages(client: DataverseClient, url: str, impersonate: str | None) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    next_url: str | None = url
-    while next_url:
-        body = client.get_json(next_url, prefer=[PAGE], impersonate=impersonate)
-        rows += _values(body)
-        next_url = body.get("@odata.nextLink") if isinstance(body, dict) else None
-    return rows
+    pages = iter_pages(client, url, page_size=PAGE_SIZE, impersonate=impersonate)
+    return [r for page in pages for r in page.records if isinstance(r, dict)]
 
 
 def _values(body: Any) -> list[dict[str, Any]]:
@@ -103,7 +100,5 @@ def _failed(client: DataverseClient, url: str, answer: Any) -> Exception:
     if not isinstance(answer, OperationResponse):
         return FatalApiError("Dataverse answered a read of the $batch with a change set")
     request = httpx.Request("GET", f"{client.api_url}/{url}")
-    headers = list(answer.headers)
-    return error_from_response(
-        httpx.Response(answer.status, headers=headers, content=answer.body, request=request), method="GET"
-    )
+    response = httpx.Response(answer.status, headers=list(answer.headers), content=answer.body, request=request)
+    return error_from_response(response, method="GET")
