@@ -38,6 +38,10 @@ __all__ = [
 
 log = logging.getLogger("connector.bulk")
 
+READ_AHEAD_CHUNKS = 2
+"""Waiting chunks read ahead in one request: two keep the pre-reads at about half the writes in number, and a read of
+two chunks of 1,000 is two ``In`` reads in one ``$batch``."""
+
 NO_ANSWER_MESSAGE = "sent, but the run stopped waiting for the answer (aborted); read the row to know its outcome"
 
 
@@ -79,64 +83,105 @@ class Chunk:
     resolve: bool = False  # update by key: resolve this chunk's keys to GUIDs before writing
     done: threading.Event = field(default_factory=threading.Event)
     written: bool | None = None  # its write was let go (True) or held back by a cancel (False); only reads before
-    shared: SharedRead | None = None  # an upsert chunk begun before this one pre-reads this one's rows with its own
+    shared: SharedRead | None = None  # its pre-read, done ahead while the chunks before it write (ReadAhead)
 
 
 @dataclass
 class SharedRead:
-    """A pre-read another chunk does for this one: ``over`` once it is, with what it found (None: it failed, so this
-    chunk reads for itself)."""
+    """A pre-read done ahead for this chunk (:class:`ReadAhead`): ``over`` once it is, with what it found (None: it
+    failed, so this chunk reads for itself)."""
 
     over: threading.Event = field(default_factory=threading.Event)
     found: Found | None = None
 
 
 class ReadAhead:
-    """Upsert chunks taken from the stream and not yet begun; a chunk about to pre-read takes along the rows of the
-    first of them no other chunk took along, and reads both in one request (:mod:`connector.bulk_reads`).
+    """Upsert chunks taken from the stream and not yet begun, pre-read while the chunks before them write.
 
-    Why: each pre-read holds one of the request places ``x-ms-dop-hint`` allows while the writes wait for it, so
-    halving them is throughput (issue 17), and it halves the requests counted against the 6,000 per 5 minutes. The
-    rows found stay as true as a chunk's own read: a chunk is only taken from the stream once no chunk in flight
+    Why: a chunk's pre-read (a round trip and the server's read) held its write place idle, at every turn of the
+    chunks in flight, and ``x-ms-dop-hint`` bounds those places: issue 17 measured it as most of the share missing
+    from the ceiling. So one reader beside the write places reads the chunks waiting for a place,
+    :data:`READ_AHEAD_CHUNKS` to a request (:mod:`connector.bulk_reads`), and a chunk that begins finds its rows read.
+    The writes keep to the hint; at most one read runs beside them. It cannot carry the run past the model's ceiling:
+    the execution-time budget (1,200 s per 5 minutes) allows four seconds of execution a second, what four writes in
+    flight spend, and a read costs one operation. Pairing keeps the requests counted against the 6,000 per 5 minutes
+    at about half the writes. A chunk the reader has not reached (the first ones, a failed read) reads for itself.
+
+    The rows found stay as true as a chunk's own read: a chunk is only taken from the stream once no chunk in flight
     carries its rows (``connector.bulk._StreamChunks``), a row created meanwhile by another writer meets the
     duplicate-key path any pre-read can meet, and what the read found is applied on the chunk's own thread."""
 
-    def __init__(self, mode: str) -> None:
-        self.on = mode == "upsert"
+    def __init__(self, writer: ChunkWriter, cancel: CancellationToken | None = None) -> None:
+        self.on = writer.mode == "upsert"
+        self.writer, self.cancel = writer, cancel
         self.lock = threading.Lock()
         self.waiting: dict[int, Chunk] = {}
+        self.reader: threading.Thread | None = None
+        self.ended = self.closed = False
 
     def taken(self, chunk: Chunk) -> None:
         if self.on:
             with self.lock:
                 self.waiting[id(chunk)] = chunk
 
-    def begin(self, chunk: Chunk) -> Chunk | None:
-        """``chunk`` begins: the next chunk whose rows its pre-read takes along, if any (marked as taken along)."""
+    def end(self) -> None:
+        """The stream has no more chunks: a last chunk waiting alone is worth reading ahead too."""
+        self.ended = True
+        self._kick()
+
+    def known(self, chunk: Chunk, items: list[PlannedWrite]) -> Found | None:
+        """What ``chunk``'s pre-read found: read ahead (waited for if still running), else read now; None when the
+        mode pre-reads nothing. Then the reader is asked to read the chunks waiting behind it."""
         if not self.on:
             return None
         with self.lock:
             self.waiting.pop(id(chunk), None)
-            nxt = next((c for c in self.waiting.values() if c.shared is None), None)
-            if chunk.shared is not None or nxt is None:
-                return None
-            nxt.shared = SharedRead()
-            return nxt
-
-    def known(self, chunk: Chunk, items: list[PlannedWrite], writer: ChunkWriter) -> Found | None:
-        """What ``chunk``'s pre-read needs when another chunk read it (waited for) or it reads for two; None: its own
-        pre-read reads it."""
-        along = self.begin(chunk)
+        found = None
         if chunk.shared is not None:
             chunk.shared.over.wait()
-            return chunk.shared.found
-        if along is None or along.shared is None:
-            return None
+            found = chunk.shared.found
         try:
-            along.shared.found = writer.lookup([*items, *along.items])
+            return found if found is not None else self.writer.lookup(items)
+        finally:  # after its own read, so the first chunks' reads do not queue behind the reader's
+            self._kick()
+
+    def _kick(self) -> None:
+        """Start the reader on the waiting chunks nobody reads yet, if it is idle and there are enough of them."""
+        with self.lock:
+            idle = self.reader is None or not self.reader.is_alive()
+            if not idle or self.closed or (self.cancel is not None and self.cancel.cancelled):
+                return
+            fresh = [c for c in self.waiting.values() if c.shared is None][:READ_AHEAD_CHUNKS]
+            if not fresh or (len(fresh) < READ_AHEAD_CHUNKS and not self.ended):
+                return
+            for c in fresh:
+                c.shared = SharedRead()
+            self.reader = threading.Thread(target=self._read, args=(fresh,), name="d365-read-ahead", daemon=True)
+            self.reader.start()
+
+    def _read(self, chunks: list[Chunk]) -> None:
+        found: Found | None = None
+        try:
+            with self.writer.connection.governor.beside():
+                found = self.writer.lookup([item for c in chunks for item in c.items])
+        except Exception as exc:  # each chunk reads for itself, and meets the error there if it lasts
+            log.debug("read ahead of %d chunks failed: %s", len(chunks), type(exc).__name__)
         finally:
-            along.shared.over.set()
-        return along.shared.found
+            for c in chunks:
+                assert c.shared is not None
+                c.shared.found = found
+                c.shared.over.set()
+        with self.lock:
+            self.reader = None
+        self._kick()  # chunks taken while it read
+
+    def close(self) -> None:
+        """No more reads; the one running is waited for unless the run was aborted (it only fills a chunk's read)."""
+        with self.lock:
+            self.closed = True
+            reader = self.reader
+        if reader is not None and not (self.cancel is not None and self.cancel.aborted):
+            reader.join()
 
 
 @dataclass
@@ -215,7 +260,7 @@ def run_chunks(
     ``not_sent`` (delivered too), the chunks in flight are waited for unless the token is aborted or its grace period
     ends (their rows are then ``unknown``, or ``created`` when a read right after finds them)."""
     stats = RunStats()
-    ahead = ReadAhead(writer.mode)
+    ahead = ReadAhead(writer, cancel)
     gate = threading.Lock()  # a chunk's write is let go, or refused after a cancel, never both: see may_write
 
     def deliver(chunk: Chunk, outcomes: Mapping[int, RowOutcome]) -> None:
@@ -234,7 +279,7 @@ def run_chunks(
         try:
             done: dict[int, RowOutcome] = {}
             items = writer.resolve_keys(chunk.items, done)[0] if chunk.resolve else chunk.items
-            return {**done, **writer.chunk(items, may_write, ahead.known(chunk, items, writer))}
+            return {**done, **writer.chunk(items, may_write, ahead.known(chunk, items))}
         finally:
             chunk.done.set()
 
@@ -251,10 +296,14 @@ def run_chunks(
                 yield chunk
             else:  # nothing to send: delivered at once, on this thread
                 deliver(chunk, {})
+        ahead.end()
 
     source = iter(chunks)
     governor = writer.connection.governor
-    left = governor.stream(write, sendable(source), cancel=cancel, on_outcome=finished)
+    try:
+        left = governor.stream(write, sendable(source), cancel=cancel, on_outcome=finished)
+    finally:
+        ahead.close()
     with gate:  # a chunk stopped before its write was let go never sends it: its rows are not_sent, not unknown
         left = [(c, o if c.written is True else Outcome(o.index, started=False, finished=False)) for c, o in left]
     lost_outcomes: dict[int, RowOutcome] = {}

@@ -11,7 +11,11 @@ storms (``peers.md`` pain points 1 and 2). The governor therefore keeps:
   every response; until the first response arrives only one request is sent, so a bulk run starts by asking the
   server rather than by opening ``max_parallelism`` connections at once (Microsoft: "let the server tell you");
 * the connection's :class:`~connector.transport.RetryPolicy` (caps and backoff), which every request's
-  :class:`~connector.transport.RetryBudget` follows.
+  :class:`~connector.transport.RetryBudget` follows;
+* **one place beside the limit** (:meth:`Governor.beside`) for a bulk upsert's reads ahead: a read of the chunks
+  waiting for a place while the writes hold every place the hint allows. A read costs one operation of execution time,
+  so it cannot carry a run past the execution-time limit the writes already meet; it honours ``Retry-After`` like any
+  send, and a run's own cap (:meth:`Governor.capped`) leaves no room beside it.
 
 The client (:class:`connector.client.DataverseClient`) takes a slot for every send and reports throttling here;
 :meth:`Governor.map` runs bulk work at the allowed parallelism. Time and sleeping go through a
@@ -26,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -44,6 +49,8 @@ DEFAULT_MAX_PARALLELISM = 8
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_BESIDE: ContextVar[bool] = ContextVar("d365_governor_beside", default=False)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Governor:
         self._policy = policy or RetryPolicy()
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._beside = 0  # of which in the place beside the limit (:meth:`beside`)
         self._peak = 0
         self._not_before = float("-inf")
         self._dop_hint: int | None = None
@@ -214,16 +222,32 @@ class Governor:
                 self._cond.notify_all()
 
     @contextmanager
+    def beside(self) -> Iterator[None]:
+        """The sends of this block (on this thread) take the one place beside the limit, once the server has answered
+        and while no run caps the connection (else an ordinary place): see the module's docstring."""
+        token = _BESIDE.set(True)
+        try:
+            yield
+        finally:
+            _BESIDE.reset(token)
+
+    def _beside_place(self) -> bool:
+        return _BESIDE.get() and self._answered and not self._caps
+
+    @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one of the allowed in-flight places for one send, once the connection is not throttled."""
         while True:
             self.wait_until_clear()
             with self._cond:
-                while self._in_flight >= self._limit():
+                beside = self._beside_place()
+                while (self._beside >= 1) if beside else (self._in_flight - self._beside >= self._limit()):
                     self._cond.wait()
+                    beside = self._beside_place()
                 if self._clock.monotonic() < self._not_before:
                     continue  # throttled by another thread while this one waited for a place
                 self._in_flight += 1
+                self._beside += beside
                 self._peak = max(self._peak, self._in_flight)
                 break
         try:
@@ -231,6 +255,7 @@ class Governor:
         finally:
             with self._cond:
                 self._in_flight -= 1
+                self._beside -= beside
                 self._cond.notify_all()
 
     # -- bulk work --------------------------------------------------------------------------------------------------

@@ -1,81 +1,139 @@
-"""An upsert chunk's pre-read takes the next waiting chunk's rows along, one request for both (``ReadAhead``).
+"""Upsert chunks waiting for a place are pre-read while the chunks before them write, two to a request, by one reader
+beside the write places (``ReadAhead``).
 
-The pairing is decided on the chunks alone, so these tests drive :class:`connector.bulk_run.ReadAhead` directly with a
-writer that records its reads; the end-to-end tests (``tests/e2e/test_bulk_e2e.py``) check the outcomes of runs that
-pair chunks against the rows read back.
+Which chunks are read ahead, and when, is decided on the chunks alone, so these tests drive
+:class:`connector.bulk_run.ReadAhead` directly with a writer that records its reads (waiting on the chunks' own events,
+never on time); the end-to-end tests (``tests/e2e/test_bulk_e2e.py``) check the outcomes of runs that read ahead
+against the rows read back, and the requests in flight in the server's log.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
 from connector.bulk_chunks import ChunkWriter, Found, PlannedWrite
 from connector.bulk_run import Chunk, ReadAhead
+from connector.progress import CancellationToken
 
 
-def by_key(start: int, n: int, column: str = "accountnumber") -> list[PlannedWrite]:
-    return [PlannedWrite(i, {"name": f"n{i}"}, key={column: f"A{i:06d}"}) for i in range(start, start + n)]
-
-
-def by_id(start: int, n: int) -> list[PlannedWrite]:
-    return [PlannedWrite(i, {"name": f"n{i}"}, id=f"00000000-0000-4000-8000-{i:012d}") for i in range(start, start + n)]
+def by_key(start: int, n: int) -> list[PlannedWrite]:
+    return [PlannedWrite(i, {"name": f"n{i}"}, key={"accountnumber": f"A{i:06d}"}) for i in range(start, start + n)]
 
 
 class Reads:
-    """A writer's ``lookup``: records the indexes each read covered, answers what ``found`` says (or fails)."""
+    """A writer's ``lookup``: records the indexes each read covered (and whether it was sent in the governor's place
+    beside the limit), answers a found set naming its first index, or fails while ``fail`` is set; ``gate`` holds a
+    read until the test lets it go."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, mode: str = "upsert", fail: bool = False) -> None:
+        self.mode = mode
+        self.connection = SimpleNamespace(governor=SimpleNamespace(beside=self.beside))
+        self.in_beside = threading.local()
+        self.beside_reads: list[list[int]] = []
         self.calls: list[list[int]] = []
         self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def beside(self) -> Iterator[None]:
+        self.in_beside.on = True
+        try:
+            yield
+        finally:
+            self.in_beside.on = False
 
     def lookup(self, items: list[PlannedWrite]) -> Found:
-        self.calls.append([item.index for item in items])
+        self.gate.wait(30)
+        with self.lock:
+            self.calls.append([item.index for item in items])
+            if getattr(self.in_beside, "on", False):
+                self.beside_reads.append(self.calls[-1])
         if self.fail:
             raise RuntimeError("the read failed")
-        return {items[0].id} if items[0].id else set(), {}
+        return {f"read-{items[0].index}"}, {}
 
 
-def test_a_chunk_takes_the_first_waiting_chunk_along_and_that_one_reads_nothing() -> None:
-    ahead = ReadAhead("upsert")
-    first, second, third = Chunk(by_key(0, 500)), Chunk(by_key(500, 500)), Chunk(by_key(1000, 500))
-    for chunk in (first, second, third):
-        ahead.taken(chunk)
-    reads = Reads()
-    writer = cast(ChunkWriter, reads)
-    assert ahead.known(first, first.items, writer) is not None
-    assert reads.calls == [list(range(1000))]  # one read for both chunks
-    assert second.shared is not None and second.shared.over.is_set()
-    assert ahead.known(second, second.items, writer) == second.shared.found  # nothing read again
-    assert ahead.known(third, third.items, writer) is None  # nobody waits: its own pre-read reads it
-    assert reads.calls == [list(range(1000))]
-
-
-def test_a_chunk_begun_out_of_order_takes_the_first_chunk_nobody_took_along() -> None:
-    ahead = ReadAhead("upsert")
-    chunks = [Chunk(by_key(k * 100, 100)) for k in range(4)]
+def setup(n: int, reads: Reads, cancel: CancellationToken | None = None) -> tuple[ReadAhead, list[Chunk]]:
+    ahead = ReadAhead(cast(ChunkWriter, reads), cancel)
+    chunks = [Chunk(by_key(k * 100, 100)) for k in range(n)]
     for chunk in chunks:
         ahead.taken(chunk)
-    assert ahead.begin(chunks[0]) is chunks[1]
-    assert ahead.begin(chunks[2]) is chunks[3]  # the second is taken along already
-    assert ahead.begin(chunks[1]) is None and ahead.begin(chunks[3]) is None
+    return ahead, chunks
 
 
-def test_only_an_upsert_takes_a_chunk_along() -> None:
-    ahead = ReadAhead("update")  # an update resolves its keys before chunking: no pre-read to share
-    a, b = Chunk(by_key(0, 10)), Chunk(by_key(10, 10))
-    ahead.taken(a)
-    ahead.taken(b)
-    assert ahead.begin(a) is None and b.shared is None
+def read_ahead(chunk: Chunk) -> Found | None:
+    assert chunk.shared is not None, "not read ahead"
+    assert chunk.shared.over.wait(30)
+    return chunk.shared.found
 
 
-def test_a_failed_shared_read_leaves_the_other_chunk_to_read_for_itself() -> None:
-    ahead = ReadAhead("upsert")
-    first, second = Chunk(by_key(0, 10)), Chunk(by_key(10, 10))
-    ahead.taken(first)
-    ahead.taken(second)
-    with pytest.raises(RuntimeError):
-        ahead.known(first, first.items, cast(ChunkWriter, Reads(fail=True)))
-    assert second.shared is not None and second.shared.over.is_set() and second.shared.found is None
-    assert ahead.known(second, second.items, cast(ChunkWriter, Reads())) is None  # None: it reads its own rows
+def test_a_chunk_reads_itself_then_the_reader_reads_the_next_two_waiting_in_one_request() -> None:
+    reads = Reads()
+    ahead, (first, second, third, fourth) = setup(4, reads)
+    assert ahead.known(first, first.items) == ({"read-0"}, {})
+    assert read_ahead(second) == ({"read-100"}, {}) and read_ahead(third) == ({"read-100"}, {})
+    assert reads.calls[:2] == [list(range(100)), list(range(100, 300))]
+    assert reads.beside_reads == [list(range(100, 300))]  # the chunk's own read takes a place of the limit
+    assert ahead.known(second, second.items) == ({"read-100"}, {})  # nothing read again
+    ahead.close()
+    assert fourth.shared is None  # alone, and the stream may go on: it waits for a partner or for its own turn
+    assert len(reads.calls) == 2
+
+
+def test_a_chunk_alone_at_the_end_of_the_stream_is_read_ahead_too() -> None:
+    reads = Reads()
+    ahead, (first, second) = setup(2, reads)
+    ahead.known(first, first.items)
+    assert second.shared is None
+    ahead.end()
+    assert read_ahead(second) == ({"read-100"}, {})
+    ahead.close()
+
+
+def test_a_chunk_whose_read_is_still_running_waits_for_it_and_does_not_read_again() -> None:
+    reads = Reads()
+    ahead, chunks = setup(3, reads)
+    ahead.known(chunks[0], chunks[0].items)
+    reads.gate.clear()  # the next read (the reader's) is held
+    ahead.end()  # nothing new: the reader is already on chunks 1 and 2, or done with them
+    got: list[Found | None] = []
+    waiter = threading.Thread(target=lambda: got.append(ahead.known(chunks[1], chunks[1].items)))
+    waiter.start()
+    reads.gate.set()
+    waiter.join(30)
+    assert got == [read_ahead(chunks[1])] and [c[0] for c in reads.calls] == [0, 100]
+    ahead.close()
+
+
+def test_a_failed_read_ahead_leaves_each_chunk_to_read_for_itself() -> None:
+    reads = Reads()
+    ahead, (first, second, third) = setup(3, reads)
+    reads.fail = True
+    with pytest.raises(RuntimeError):  # the chunk's own read fails in its own thread, as it would alone
+        ahead.known(first, first.items)
+    assert read_ahead(second) is None and read_ahead(third) is None  # the reader's read failed too
+    reads.fail = False
+    ahead.close()
+    assert ahead.known(second, second.items) == ({"read-100"}, {})  # read now, for itself alone
+    assert reads.calls[-1] == list(range(100, 200))
+
+
+def test_nothing_is_read_ahead_after_a_cancel_or_for_another_mode() -> None:
+    cancel = CancellationToken()
+    reads = Reads()
+    ahead, (first, second, third) = setup(3, reads, cancel)
+    cancel.cancel()
+    ahead.known(first, first.items)
+    ahead.end()
+    assert second.shared is None and third.shared is None and reads.calls == [list(range(100))]
+    update = Reads(mode="update")  # an update resolves its keys before chunking: no pre-read at all
+    ahead, (a, _) = setup(2, update)
+    assert ahead.known(a, a.items) is None and update.calls == []

@@ -7,9 +7,12 @@ decides exactly when the 7 seconds have passed and can check that nothing left b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
+import uuid
 from typing import Any
 
 import httpx
@@ -168,6 +171,41 @@ def test_first_request_goes_alone_until_the_server_answers(clock: FakeClock) -> 
     assert governor.limit == 3
     governor.observe({"x-ms-dop-hint": "junk"})
     assert governor.limit == 3
+
+
+def test_one_place_beside_the_limit_for_reads_ahead_and_none_under_a_runs_cap(clock: FakeClock) -> None:
+    governor = Governor(clock=clock, max_parallelism=8)
+    governor.observe({"x-ms-dop-hint": "2"})
+    inside = threading.Semaphore(0)
+    leave = threading.Event()
+
+    def read_ahead() -> None:
+        with governor.beside(), governor.slot():
+            inside.release()
+            assert leave.wait(WAIT_S)
+
+    with contextlib.ExitStack() as writes:
+        for _ in range(2):
+            writes.enter_context(governor.slot())  # the writes hold every place the hint allows
+        first = threading.Thread(target=read_ahead)
+        first.start()
+        assert inside.acquire(timeout=WAIT_S) and governor.in_flight == 3  # a read ahead still gets one, beside them
+        second = threading.Thread(target=read_ahead)
+        second.start()
+        assert not inside.acquire(timeout=0.2)  # a second read ahead waits for the place beside
+        leave.set()
+        assert inside.acquire(timeout=WAIT_S)  # and takes it once the first lets it go
+        for thread in (first, second):
+            thread.join(WAIT_S)
+        leave.clear()
+        with governor.capped(2):  # a run's own cap leaves no room beside: a read ahead needs an ordinary place
+            third = threading.Thread(target=read_ahead)
+            third.start()
+            assert not inside.acquire(timeout=0.2) and governor.in_flight == 2
+    assert inside.acquire(timeout=WAIT_S)  # the writes let their places go
+    leave.set()
+    third.join(WAIT_S)
+    assert governor.in_flight == 0
 
 
 def test_coded_500_is_fatal_and_not_retried(cloud: Any, clock: FakeClock) -> None:
@@ -354,6 +392,24 @@ def test_ids_are_time_ordered_and_strictly_increasing() -> None:
     assert frozen == sorted(frozen)
     assert all(id_time_ms(i) is not None for i in ids)
     assert id_time_ms("6f9619ff-8b86-d011-b42d-00c04fc964ff") is None
+
+
+def test_ids_are_canonical_version_7_guids_and_a_forked_child_draws_its_own_random_bits() -> None:
+    for value in [new_id() for _ in range(600)]:  # more than one 4 KB pool of random bytes
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids' random parts, then gone
+        os.close(reader)
+        os.write(writer, json.dumps([new_id(lambda: 5_000)[19:] for _ in range(4)]).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    ours = [new_id(lambda: 5_000)[19:] for _ in range(4)]
+    assert not set(ours) & set(child)  # same millisecond, same pool position: still not the same bits
 
 
 def test_create_many_uses_client_ids_by_default_and_loses_nothing(cloud: Any, clock: FakeClock) -> None:
