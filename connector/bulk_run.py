@@ -127,11 +127,11 @@ class ReadAhead:
     def end(self) -> None:
         """The stream has no more chunks: a last chunk waiting alone is worth reading ahead too."""
         self.ended = True
-        self._kick()
+        self.kick()
 
     def known(self, chunk: Chunk, items: list[PlannedWrite]) -> Found | None:
         """What ``chunk``'s pre-read found: read ahead (waited for if still running), else read now; None when the
-        mode pre-reads nothing. Then the reader is asked to read the chunks waiting behind it."""
+        mode pre-reads nothing."""
         if not self.on:
             return None
         with self.lock:
@@ -142,11 +142,15 @@ class ReadAhead:
             found = chunk.shared.found
         try:
             return found if found is not None else self.writer.lookup(items)
-        finally:  # after its own read, so the first chunks' reads do not queue behind the reader's
-            self._kick()
+        except BaseException:
+            self.kick()  # the chunk fails; the chunks behind it are still read ahead
+            raise
 
-    def _kick(self) -> None:
-        """Start the reader on the waiting chunks nobody reads yet, if it is idle and there are enough of them."""
+    def kick(self) -> None:
+        """Start the reader on the waiting chunks nobody reads yet, if it is idle and there are enough of them.
+
+        Called as a chunk's write is let go (and when a read ends): on a cold run the first chunks' reads, and the
+        CPU that applies them, then go before the reader's."""
         with self.lock:
             idle = self.reader is None or not self.reader.is_alive()
             if not idle or self.closed or (self.cancel is not None and self.cancel.cancelled):
@@ -173,7 +177,7 @@ class ReadAhead:
                 c.shared.over.set()
         with self.lock:
             self.reader = None
-        self._kick()  # chunks taken while it read
+        self.kick()  # chunks taken while it read
 
     def close(self) -> None:
         """No more reads; the one running is waited for unless the run was aborted (it only fills a chunk's read)."""
@@ -274,7 +278,8 @@ def run_chunks(
         def may_write() -> bool:
             with gate:
                 chunk.written = not (cancel is not None and cancel.cancelled)
-                return chunk.written
+            ahead.kick()  # this chunk's rows are ready: the chunks behind it may be read now
+            return chunk.written
 
         try:
             done: dict[int, RowOutcome] = {}

@@ -179,7 +179,8 @@ def test_write_entities_upsert_reports_created_and_updated_and_merges_duplicates
     # one In read and one UpsertMultiple per chunk; rows to create carry a client id and their key columns
     assert [r.method for r in server.writes] == ["POST", "POST"]
     assert all(r.headers["MSCRM.BypassCustomPluginExecution"] == "true" for r in server.writes)
-    first = json.loads(server.writes[0].content)["Targets"]
+    chunks = [json.loads(w.content)["Targets"] for w in server.writes]  # the two chunks write side by side
+    first = next(c for c in chunks if c[0].get("accountnumber") == "A-0")
     assert [t.get("accountnumber") for t in first] == ["A-0", "a-1", None]  # merged record: the later key wins
     assert first[1]["name"] == "n1" and first[1]["numberofemployees"] == 555
     assert {r["accountnumber"]: r["name"] for r in server.rows.values()}["A-2"] == "n2"

@@ -79,6 +79,8 @@ def test_a_chunk_reads_itself_then_the_reader_reads_the_next_two_waiting_in_one_
     reads = Reads()
     ahead, (first, second, third, fourth) = setup(4, reads)
     assert ahead.known(first, first.items) == ({"read-0"}, {})
+    assert second.shared is None  # nothing read ahead until the first chunk's write is let go
+    ahead.kick()
     assert read_ahead(second) == ({"read-100"}, {}) and read_ahead(third) == ({"read-100"}, {})
     assert reads.calls[:2] == [list(range(100)), list(range(100, 300))]
     assert reads.beside_reads == [list(range(100, 300))]  # the chunk's own read takes a place of the limit
@@ -92,6 +94,7 @@ def test_a_chunk_alone_at_the_end_of_the_stream_is_read_ahead_too() -> None:
     reads = Reads()
     ahead, (first, second) = setup(2, reads)
     ahead.known(first, first.items)
+    ahead.kick()
     assert second.shared is None
     ahead.end()
     assert read_ahead(second) == ({"read-100"}, {})
@@ -102,6 +105,7 @@ def test_a_chunk_whose_read_is_still_running_waits_for_it_and_does_not_read_agai
     reads = Reads()
     ahead, chunks = setup(3, reads)
     ahead.known(chunks[0], chunks[0].items)
+    ahead.kick()
     reads.gate.clear()  # the next read (the reader's) is held
     ahead.end()  # nothing new: the reader is already on chunks 1 and 2, or done with them
     got: list[Found | None] = []
@@ -132,6 +136,7 @@ def test_nothing_is_read_ahead_after_a_cancel_or_for_another_mode() -> None:
     ahead, (first, second, third) = setup(3, reads, cancel)
     cancel.cancel()
     ahead.known(first, first.items)
+    ahead.kick()
     ahead.end()
     assert second.shared is None and third.shared is None and reads.calls == [list(range(100))]
     update = Reads(mode="update")  # an update resolves its keys before chunking: no pre-read at all
