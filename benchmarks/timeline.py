@@ -27,7 +27,7 @@ from connector.runtime import Runtime
 
 
 def kind(entry: dict[str, Any]) -> str:
-    path = entry["path"].rsplit("/", 1)[-1]
+    path = str(entry["path"]).rsplit("/", 1)[-1]
     if entry["method"] == "GET":
         return f"GET {path.split('(')[0]}"
     return path
@@ -77,7 +77,10 @@ def main() -> None:
         log = [e for e in emu.admin.requests() if e.get("wall_end") is not None]
     assert out["summary"]["created"] == args.records, out["summary"]
     log.sort(key=lambda e: e["wall_start"])
-    ms = lambda t: (t - t0) * 1000  # noqa: E731
+
+    def ms(t: float) -> float:
+        return (t - t0) * 1000
+
     if not args.quiet:
         print(f"{'start':>8}{'end':>8}{'ms':>7}  {'in flight':>9}  request")
         for e in log:
@@ -90,8 +93,10 @@ def main() -> None:
     for lane in lanes(writes, args.dop_hint, t0):
         gaps += [ms(b["wall_start"]) - ms(a["wall_end"]) for a, b in itertools.pairwise(lane)]
     tail = total - max(ms(e["wall_end"]) for e in writes)
-    reads = [e for e in log if e["method"] == "GET" or e["path"].endswith("$batch")]
-    print(f"{args.records:,} upserts in {total:,.0f} ms: {len(writes)} writes, {len(reads)} reads, {len(log)} requests")
+    setup = [e for e in log if "EntityDefinitions" in e["path"] or "sdkmessagefilters" in e["path"]]
+    reads = sum(1 for e in log if "/api/data/" in e["path"]) - len(writes) - len(setup)
+    print(f"{args.records:,} upserts in {total:,.0f} ms: {len(writes)} writes, {reads} pre-reads, {len(setup)} "
+          f"metadata and probe reads")  # fmt: skip
     print(f"before the first write {first:,.0f} ms; after the last answer {tail:,.0f} ms")
     print(f"gaps between writes on one place: {len(gaps)}, total {sum(gaps):,.0f} ms over {args.dop_hint} places, "
           f"largest {max(gaps, default=0):,.0f} ms, mean {sum(gaps) / max(1, len(gaps)):,.1f} ms")  # fmt: skip
