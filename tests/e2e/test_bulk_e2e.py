@@ -125,6 +125,29 @@ def test_write_entities_upserts_5000_with_3_bad_rows(
     print(f"5,000 upserts in {elapsed:.1f} s, {len(log)} requests (bound {bound})")
 
 
+def test_chunks_waiting_for_a_place_are_read_ahead_while_the_hints_writes_run(runtime: Runtime) -> None:
+    """Under the calibrated model (a chunk of 200 writes for about 0.3 s) with a hint of 2, the rows of the chunks
+    waiting for a place are read in the one place beside the hint's: the server sees a pre-read arrive while two
+    writes are in flight, never a third write, and fewer pre-reads than chunks."""
+    with running_emulator(throttle="dataverse", dop_hint=2, latency_ms=2) as emulator:
+        with Connection.from_config(emulator.connection_config()) as connection:
+            records = [{"id": f"00000000-0000-4000-8000-{i:012d}", "fields": {"name": f"r{i}"}} for i in range(1600)]
+            emulator.admin.clear_requests()
+            out = runtime.run_action(
+                "write_entities",
+                {"table": "account", "mode": "upsert", "records": records, "chunk_size": 200},
+                connection,
+            )
+        log = web_api_requests(emulator)
+    assert out["summary"]["created"] == 1600 and out["summary"]["chunks"] == 8
+    writes = [r for r in log if r["path"].endswith("UpsertMultiple")]
+    reads = [r for r in log if r["method"] == "GET" and r["path"].endswith("/accounts")]
+    assert peak_in_flight(writes) == 2 and max(r["in_flight_at_start"] for r in log) <= 3
+    beside = [r for r in reads if sum(w["wall_start"] <= r["wall_start"] < w["wall_end"] for w in writes) == 2]
+    assert beside, [(r["wall_start"], r["in_flight_at_start"]) for r in reads]
+    assert len(reads) == out["summary"]["pre_reads"] < 8
+
+
 def test_write_entities_creates_5000_exactly_once_under_strict_throttling_and_faults() -> None:
     clock = FakeClock(start=time.time())
     with running_emulator(
