@@ -161,7 +161,12 @@ class ReadAhead:
             for c in fresh:
                 c.shared = SharedRead()
             self.reader = threading.Thread(target=self._read, args=(fresh,), name="d365-read-ahead", daemon=True)
-            self.reader.start()
+            try:
+                self.reader.start()
+            except RuntimeError:  # no thread to be had: the chunks read for themselves when they begin
+                for c in fresh:
+                    c.shared = None
+                self.reader = None
 
     def _read(self, chunks: list[Chunk]) -> None:
         found: Found | None = None
@@ -180,11 +185,13 @@ class ReadAhead:
         self.kick()  # chunks taken while it read
 
     def close(self) -> None:
-        """No more reads; the one running is waited for unless the run was aborted (it only fills a chunk's read)."""
+        """No more reads. The one running is waited for at the end of a run (it is then about over: every chunk it
+        read for has begun), never after a cancel: the chunks it read for will not begin, and it may sit out a
+        ``Retry-After``. It only fills in a chunk's read, so it is let go to end on its own."""
         with self.lock:
             self.closed = True
             reader = self.reader
-        if reader is not None and not (self.cancel is not None and self.cancel.aborted):
+        if reader is not None and not (self.cancel is not None and self.cancel.cancelled):
             reader.join()
 
 

@@ -15,7 +15,9 @@ storms (``peers.md`` pain points 1 and 2). The governor therefore keeps:
 * **one place beside the limit** (:meth:`Governor.beside`) for a bulk upsert's reads ahead: a read of the chunks
   waiting for a place while the writes hold every place the hint allows. A read costs one operation of execution time,
   so it cannot carry a run past the execution-time limit the writes already meet; it honours ``Retry-After`` like any
-  send, and a run's own cap (:meth:`Governor.capped`) leaves no room beside it.
+  send, and a run's own cap (:meth:`Governor.capped`) leaves no room beside it. The shared governor
+  (:mod:`connector.governor_shared`) and an identity pool (:mod:`connector.identity_pool`) have no place beside:
+  there such a read waits for an ordinary place, as every read did before.
 
 The client (:class:`connector.client.DataverseClient`) takes a slot for every send and reports throttling here;
 :meth:`Governor.map` runs bulk work at the allowed parallelism. Time and sleeping go through a
@@ -234,6 +236,15 @@ class Governor:
     def _beside_place(self) -> bool:
         return _BESIDE.get() and self._answered and not self._caps
 
+    def _full(self, beside: bool) -> bool:
+        """No place of the kind asked for is free. Under a run's cap every request counts, a read beside that began
+        before the cap included: a cap is never exceeded."""
+        if beside:
+            return self._beside >= 1
+        if self._caps and self._in_flight >= min(self._caps):
+            return True
+        return self._in_flight - self._beside >= self._limit()
+
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one of the allowed in-flight places for one send, once the connection is not throttled."""
@@ -241,7 +252,7 @@ class Governor:
             self.wait_until_clear()
             with self._cond:
                 beside = self._beside_place()
-                while (self._beside >= 1) if beside else (self._in_flight - self._beside >= self._limit()):
+                while self._full(beside):
                     self._cond.wait()
                     beside = self._beside_place()
                 if self._clock.monotonic() < self._not_before:

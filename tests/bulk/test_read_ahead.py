@@ -101,20 +101,70 @@ def test_a_chunk_alone_at_the_end_of_the_stream_is_read_ahead_too() -> None:
     ahead.close()
 
 
+class Watched(threading.Event):
+    """An event that tells when a thread starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
+
+
 def test_a_chunk_whose_read_is_still_running_waits_for_it_and_does_not_read_again() -> None:
     reads = Reads()
     ahead, chunks = setup(3, reads)
     ahead.known(chunks[0], chunks[0].items)
+    reads.gate.clear()  # the reader's read is held
     ahead.kick()
-    reads.gate.clear()  # the next read (the reader's) is held
-    ahead.end()  # nothing new: the reader is already on chunks 1 and 2, or done with them
+    shared = chunks[1].shared
+    assert shared is not None and not shared.over.is_set()
+    shared.over = Watched()
     got: list[Found | None] = []
     waiter = threading.Thread(target=lambda: got.append(ahead.known(chunks[1], chunks[1].items)))
     waiter.start()
+    assert shared.over.waited.wait(30)  # the chunk waits for the running read...
     reads.gate.set()
     waiter.join(30)
-    assert got == [read_ahead(chunks[1])] and [c[0] for c in reads.calls] == [0, 100]
+    assert got == [({"read-100"}, {})] and [c[0] for c in reads.calls] == [0, 100]  # ...and reads nothing itself
     ahead.close()
+
+
+def test_a_cancel_does_not_wait_for_a_read_ahead_nobody_will_use() -> None:
+    cancel = CancellationToken()
+    reads = Reads()
+    ahead, (first, second, _) = setup(3, reads, cancel)
+    ahead.known(first, first.items)
+    reads.gate.clear()  # the reader's read is held, as by a long Retry-After
+    ahead.kick()
+    assert second.shared is not None and ahead.reader is not None
+    cancel.cancel()
+    closer = threading.Thread(target=ahead.close)
+    closer.start()
+    closer.join(30)  # returns at once (a test that fails does not hang): the chunks it reads for will not begin
+    assert not closer.is_alive() and ahead.reader.is_alive()
+    reads.gate.set()
+    ahead.reader.join(30)
+    assert second.shared.over.is_set()
+
+
+def test_a_reader_thread_that_cannot_start_leaves_each_chunk_to_read_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads = Reads()
+    ahead, (first, second, third) = setup(3, reads)
+    ahead.known(first, first.items)
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    ahead.kick()  # no error, and no chunk left waiting for a read that never comes
+    monkeypatch.undo()
+    assert second.shared is None and third.shared is None and ahead.reader is None
+    assert ahead.known(second, second.items) == ({"read-100"}, {})
 
 
 def test_a_failed_read_ahead_leaves_each_chunk_to_read_for_itself() -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import uuid
+import warnings
 from typing import Any
 
 import httpx
@@ -173,39 +174,65 @@ def test_first_request_goes_alone_until_the_server_answers(clock: FakeClock) -> 
     assert governor.limit == 3
 
 
-def test_one_place_beside_the_limit_for_reads_ahead_and_none_under_a_runs_cap(clock: FakeClock) -> None:
+class Sender:
+    """A thread that takes a place (``beside`` or ordinary) and holds it until :meth:`let_go`; ``inside`` is set once
+    it holds one. What goes wrong in the thread is kept for the test to see."""
+
+    def __init__(self, governor: Governor, *, beside: bool) -> None:
+        self.inside, self.leave = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self.run, args=(governor, beside))
+        self.thread.start()
+
+    def run(self, governor: Governor, beside: bool) -> None:
+        try:
+            with governor.beside() if beside else contextlib.nullcontext(), governor.slot():
+                self.inside.set()
+                if not self.leave.wait(WAIT_S):
+                    raise AssertionError("never let go")
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def let_go(self) -> None:
+        self.leave.set()
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive() and not self.errors, self.errors
+
+
+def test_one_place_beside_the_limit_for_reads_ahead(clock: FakeClock) -> None:
     governor = Governor(clock=clock, max_parallelism=8)
     governor.observe({"x-ms-dop-hint": "2"})
-    inside = threading.Semaphore(0)
-    leave = threading.Event()
+    writes = [Sender(governor, beside=False) for _ in range(2)]
+    assert all(w.inside.wait(WAIT_S) for w in writes)  # the writes hold every place the hint allows
+    first = Sender(governor, beside=True)
+    assert first.inside.wait(WAIT_S) and governor.in_flight == 3  # a read ahead still gets one, beside them
+    second = Sender(governor, beside=True)
+    third_write = Sender(governor, beside=False)
+    assert not second.inside.wait(0.2) and not third_write.inside.is_set()  # one place beside, and no more writes
+    first.let_go()
+    assert second.inside.wait(WAIT_S) and governor.in_flight == 3  # the second read takes the place let go
+    assert not third_write.inside.is_set()  # which was never a write's
+    for sender in (*writes, second, third_write):
+        sender.let_go()
+    assert governor.in_flight == 0 and governor.peak == 3
 
-    def read_ahead() -> None:
-        with governor.beside(), governor.slot():
-            inside.release()
-            assert leave.wait(WAIT_S)
 
-    with contextlib.ExitStack() as writes:
-        for _ in range(2):
-            writes.enter_context(governor.slot())  # the writes hold every place the hint allows
-        first = threading.Thread(target=read_ahead)
-        first.start()
-        assert inside.acquire(timeout=WAIT_S) and governor.in_flight == 3  # a read ahead still gets one, beside them
-        second = threading.Thread(target=read_ahead)
-        second.start()
-        assert not inside.acquire(timeout=0.2)  # a second read ahead waits for the place beside
-        leave.set()
-        assert inside.acquire(timeout=WAIT_S)  # and takes it once the first lets it go
-        for thread in (first, second):
-            thread.join(WAIT_S)
-        leave.clear()
-        with governor.capped(2):  # a run's own cap leaves no room beside: a read ahead needs an ordinary place
-            third = threading.Thread(target=read_ahead)
-            third.start()
-            assert not inside.acquire(timeout=0.2) and governor.in_flight == 2
-    assert inside.acquire(timeout=WAIT_S)  # the writes let their places go
-    leave.set()
-    third.join(WAIT_S)
-    assert governor.in_flight == 0
+def test_a_runs_cap_leaves_no_place_beside_and_counts_a_read_already_there(clock: FakeClock) -> None:
+    governor = Governor(clock=clock, max_parallelism=8)
+    governor.observe({"x-ms-dop-hint": "2"})
+    early = Sender(governor, beside=True)  # a read beside, before any cap
+    assert early.inside.wait(WAIT_S)
+    with governor.capped(1):
+        write = Sender(governor, beside=False)
+        assert not write.inside.wait(0.2)  # the read counts against the cap of 1
+        early.let_go()
+        assert write.inside.wait(WAIT_S) and governor.in_flight == 1
+        read = Sender(governor, beside=True)
+        assert not read.inside.wait(0.2)  # under a cap a read ahead needs an ordinary place
+        write.let_go()
+        assert read.inside.wait(WAIT_S) and governor.in_flight == 1
+        read.let_go()
+    assert governor.peak == 1  # the write never joined the read that was there before the cap
 
 
 def test_coded_500_is_fatal_and_not_retried(cloud: Any, clock: FakeClock) -> None:
@@ -399,7 +426,9 @@ def test_ids_are_canonical_version_7_guids_and_a_forked_child_draws_its_own_rand
         parsed = uuid.UUID(value)
         assert str(parsed) == value and parsed.version == 7 and parsed.variant == uuid.RFC_4122
     reader, writer = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns when a process with threads forks; this child only writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: its ids' random parts, then gone
         os.close(reader)
         os.write(writer, json.dumps([new_id(lambda: 5_000)[19:] for _ in range(4)]).encode())
