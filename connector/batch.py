@@ -45,9 +45,10 @@ from connector.problems import Problems, check_key, check_select
 from connector.progress import CancellationToken, Reporter, Tracker
 
 if TYPE_CHECKING:
+    from connector.client import DataverseClient
     from connector.connection import Connection
 
-__all__ = ["MAX_OPERATIONS", "run_batch_operations", "run_batch_operations_problems"]
+__all__ = ["MAX_OPERATIONS", "post_batch", "run_batch_operations", "run_batch_operations_problems"]
 
 MAX_OPERATIONS = 1000
 _WRITES = ("create", "update", "upsert")
@@ -383,6 +384,39 @@ def _run(connection: Connection, inputs: RunBatchOperations, cancel: Cancellatio
     return results
 
 
+def post_batch(
+    client: DataverseClient,
+    parts: Sequence[BatchOperation | ChangeSet],
+    *,
+    prefer: Sequence[str] = (),
+    impersonate: str | Mapping[str, str] | None = None,
+    idempotent: bool | None = None,
+    what: str = "the $batch",
+) -> tuple[httpx.Response, list[OperationResponse | ChangeSetResponse]]:
+    """One ``$batch`` of ``parts``: the response and its answers, one per part in order; the one way this connector
+    sends a ``$batch`` (this action, the bulk writer's reads and fallback, FetchXML too long for a URL). A body that
+    cannot be read is a :class:`~connector.errors.FatalApiError` naming ``what`` was sent."""
+    content_type, payload = encode_batch(parts)
+    response = client.request(
+        "POST",
+        "$batch",
+        content=payload,
+        headers={"Content-Type": content_type},
+        prefer=prefer,
+        impersonate=impersonate,
+        idempotent=idempotent,
+        keep_response=_is_multipart,
+    )
+    try:
+        return response, decode_batch_response(response.headers.get("Content-Type", ""), response.content)
+    except MultipartError as exc:
+        raise FatalApiError(
+            f"Dataverse answered {what} with a body this connector cannot read ({exc})",
+            status_code=response.status_code,
+            method="POST",
+        ) from exc
+
+
 def _send(
     connection: Connection,
     inputs: RunBatchOperations,
@@ -391,25 +425,8 @@ def _send(
     results: list[dict[str, Any]],
     continue_on_error: bool,
 ) -> None:
-    content_type, body = encode_batch(items)
-    response = connection.client.request(
-        "POST",
-        "$batch",
-        content=body,
-        headers={"Content-Type": content_type},
-        prefer=["odata.continue-on-error"] if continue_on_error else [],
-        impersonate=inputs.impersonate,
-        keep_response=_is_multipart,
-    )
-    try:
-        answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-    except MultipartError as exc:
-        raise FatalApiError(
-            f"Dataverse answered the $batch with a body this connector cannot read ({exc}); no result can be "
-            "attributed to an operation",
-            status_code=response.status_code,
-            method="POST",
-        ) from exc
+    prefer = ["odata.continue-on-error"] if continue_on_error else []
+    response, answers = post_batch(connection.client, items, prefer=prefer, impersonate=inputs.impersonate)
     if len(answers) > len(sent):
         raise FatalApiError(
             f"Dataverse answered {len(answers)} parts to a $batch of {len(sent)}; results cannot be attributed",

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from connector.addressing import predicate
+from connector.batch import post_batch
 from connector.body import key_body
 from connector.bulk_reads import READ_VALUES, read_parts, read_rows
 from connector.client import DUPLICATE_RECORD
-from connector.errors import DataverseApiError, FatalApiError, MultipartError, OutcomeUnknownError, RetriableApiError
+from connector.errors import DataverseApiError, FatalApiError, OutcomeUnknownError, RetriableApiError
 from connector.governor import Outcome
 from connector.ids import new_id
 from connector.metadata import TableMetadata
-from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
+from connector.multipart import BatchOperation, OperationResponse
 from connector.odata import build_query_string, entity_id, filter_column, format_literal, key_is_url_safe, quote_string
 from connector.written import Verdict, compare_written, conflicting_columns, read_columns
 
@@ -486,26 +487,13 @@ class ChunkWriter:
     ) -> list[Any] | dict[int, RowOutcome]:
         """One continue-on-error ``$batch`` of ``operations`` (one per item, in order): the answers, or every item's
         outcome when the batch failed as a whole (``lost`` decides the items of a batch whose answer was lost)."""
-        content_type, payload = encode_batch(operations)
         try:
-            response = self.client.request(
-                "POST",
-                "$batch",
-                content=payload,
-                headers={"Content-Type": content_type},
-                prefer=["odata.continue-on-error"],
-                impersonate=self.options.impersonate,
-                idempotent=idempotent,
-                keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
-            )
-            return list(decode_batch_response(response.headers.get("Content-Type", ""), response.content))
+            prefer, impersonate = ["odata.continue-on-error"], self.options.impersonate
+            return post_batch(self.client, operations, prefer=prefer, impersonate=impersonate, idempotent=idempotent)[1]
         except (OutcomeUnknownError, RetriableApiError) as exc:
             return lost(items, exc)
-        except DataverseApiError as exc:
+        except DataverseApiError as exc:  # an unreadable answer too
             return {item.index: failed_outcome(item, exc) for item in items}
-        except MultipartError as exc:
-            error = FatalApiError(f"Dataverse answered the $batch with a body that cannot be read ({exc})")
-            return {item.index: failed_outcome(item, error) for item in items}
 
     def _batch(self, items: list[PlannedWrite]) -> dict[int, RowOutcome]:
         """Tables without the bulk messages: the chunk as one ``$batch`` with ``Prefer: odata.continue-on-error``.

@@ -17,8 +17,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from connector.api_errors import error_from_response
-from connector.errors import FatalApiError, MultipartError
-from connector.multipart import BatchOperation, OperationResponse, decode_batch_response, encode_batch
+from connector.batch import post_batch
+from connector.errors import FatalApiError
+from connector.multipart import BatchOperation, OperationResponse
 from connector.paging import iter_pages
 
 if TYPE_CHECKING:
@@ -59,20 +60,8 @@ def read_rows(client: DataverseClient, urls: Sequence[str], impersonate: str | N
     api_path = urlsplit(client.api_url).path.rstrip("/")
     prefer = (("Prefer", f"odata.maxpagesize={PAGE_SIZE}"),)
     operations = [BatchOperation("GET", f"{api_path}/{url}", prefer) for url in urls]
-    content_type, payload = encode_batch(operations)
-    response = client.request(
-        "POST",
-        "$batch",
-        content=payload,
-        headers={"Content-Type": content_type},
-        impersonate=impersonate,
-        idempotent=True,  # reads only: sent again after a lost answer changes nothing
-        keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
-    )
-    try:
-        answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-    except MultipartError as exc:
-        raise FatalApiError(f"Dataverse answered the $batch of reads with a body that cannot be read ({exc})") from None
+    # reads only: sent again after a lost answer changes nothing
+    answers = post_batch(client, operations, impersonate=impersonate, idempotent=True, what="the $batch of reads")[1]
     if len(answers) != len(urls):
         raise FatalApiError(f"Dataverse answered {len(answers)} of the $batch's {len(urls)} reads")
     out = []

@@ -34,9 +34,10 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException
 
-from connector.errors import FatalApiError, InputError, InputProblem, MultipartError
+from connector.batch import post_batch
+from connector.errors import FatalApiError, InputError, InputProblem
 from connector.inputs import RunFetchXmlQuery
-from connector.multipart import BatchOperation, ChangeSetResponse, decode_batch_response, encode_batch
+from connector.multipart import BatchOperation, ChangeSetResponse
 from connector.odata import ALL_ANNOTATIONS
 from connector.problems import Problems
 from connector.progress import CancellationToken, Reporter, Tracker
@@ -265,19 +266,8 @@ def _get(
             [InputProblem("$.fetch_xml", f"the query is too long even inside $batch ({len(url)} > {MAX_BATCH_URL})")]
         )
     headers = (("Prefer", ", ".join(prefer)),) if prefer else ()
-    content_type, content = encode_batch([BatchOperation("GET", url, headers)])
-    response = client.request(
-        "POST",
-        "$batch",
-        content=content,
-        headers={"Content-Type": content_type},
-        impersonate=impersonate,
-        keep_response=lambda r: str(r.headers.get("Content-Type", "")).startswith("multipart/mixed"),
-    )
-    try:
-        answers = decode_batch_response(response.headers.get("Content-Type", ""), response.content)
-    except MultipartError as exc:
-        raise FatalApiError(f"Dataverse answered the $batch FetchXML GET unreadably ({exc})", method="POST") from exc
+    operation = BatchOperation("GET", url, headers)
+    answers = post_batch(client, [operation], impersonate=impersonate, what="the $batch FetchXML GET")[1]
     if len(answers) != 1 or isinstance(answers[0], ChangeSetResponse):
         raise FatalApiError("Dataverse answered the $batch FetchXML GET with an unexpected layout", method="POST")
     answer = answers[0]
